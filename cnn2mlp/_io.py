@@ -1,0 +1,46 @@
+"""Writing outputs safely: to a temporary file in the target folder, renamed on success."""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+from .errors import CompileError
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail early, before any work, if ``path`` cannot be written."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise CompileError(f"{path}: the folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CompileError(f"{path}: the folder {folder} is not writable")
+    if Path(path).is_dir():
+        raise CompileError(f"{path}: is a folder; give a file name")
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Yield a temporary file beside ``path``; rename it over ``path`` only on success."""
+    path = Path(path)
+    check_writable(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

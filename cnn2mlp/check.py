@@ -1,0 +1,101 @@
+"""Comparing a compiled MLP with the reference runtime of the original model."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import CompileError
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Comparison:
+    samples: int
+    max_abs_error: float
+    max_rel_error: float     # |got - ref| / max(1, |ref|), worst element
+    worst_index: tuple[int, ...]
+    worst_reference: float
+    worst_got: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_rel_error <= self.tolerance
+
+    def describe(self) -> str:
+        return (f"max abs error {self.max_abs_error:.3g}, max rel error {self.max_rel_error:.3g} "
+                f"(tolerance {self.tolerance:g}) over {self.samples} inputs; worst at "
+                f"{self.worst_index}: reference {self.worst_reference:.9g}, "
+                f"got {self.worst_got:.9g}")
+
+    def as_dict(self) -> dict:
+        return {"samples": self.samples, "max_abs_error": self.max_abs_error,
+                "max_rel_error": self.max_rel_error, "tolerance": self.tolerance,
+                "passed": self.passed, "worst_index": list(self.worst_index)}
+
+
+def compare(reference: np.ndarray, got: np.ndarray, tolerance: float) -> Comparison:
+    """Element-wise error relative to ``max(1, |reference|)``."""
+    reference = np.asarray(reference, np.float64)
+    got = np.asarray(got, np.float64)
+    if reference.shape != got.shape:
+        raise AssertionError(f"shapes differ: reference {reference.shape}, got {got.shape}")
+    diff = np.abs(got - reference)
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    rel = diff / np.maximum(1.0, np.abs(reference))
+    worst = np.unravel_index(int(np.argmax(rel)), rel.shape) if rel.size else ()
+    return Comparison(len(reference), float(diff.max(initial=0.0)), float(rel.max(initial=0.0)),
+                      tuple(int(i) for i in worst),
+                      float(reference[worst]) if rel.size else 0.0,
+                      float(got[worst]) if rel.size else 0.0, tolerance)
+
+
+def random_inputs(shape: tuple[int, ...], n: int, low: float = 0.0, high: float = 1.0,
+                  seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(low, high, (n,) + tuple(shape)).astype(np.float32)
+
+
+def onnx_runner(model_path: str | Path, output: str | None = None) -> Runner:
+    """onnxruntime on the original ONNX file, fed the batch (one sample at a time if the
+    model fixes the batch to 1). ``output`` names an inner tensor to return instead of the
+    model's output (the logits when the compiler dropped a final Softmax)."""
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise CompileError("--check needs onnxruntime: pip install onnxruntime") from exc
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    source: str | bytes = str(model_path)
+    if output is not None:
+        proto = onnx.load(str(model_path))
+        if output not in [o.name for o in proto.graph.output]:
+            proto.graph.output.append(onnx.ValueInfoProto(name=output))
+        source = proto.SerializeToString()
+    try:
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise CompileError(f"{model_path}: onnxruntime, the reference for --check, cannot load "
+                           f"the model: {str(exc).strip().splitlines()[0][:300]}") from exc
+    feed = session.get_inputs()[0]
+    fetch = [output] if output is not None else None
+    fixed_batch = isinstance(feed.shape[0], int) and feed.shape[0] > 0 if feed.shape else False
+    dtype = np.float64 if feed.type == "tensor(double)" else (
+        np.float16 if feed.type == "tensor(float16)" else np.float32)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype)
+        try:
+            if fixed_batch:
+                return np.concatenate([session.run(fetch, {feed.name: x[i:i + 1]})[0]
+                                       for i in range(len(x))])
+            return session.run(fetch, {feed.name: x})[0]
+        except Exception as exc:
+            raise CompileError(f"{model_path}: onnxruntime, the reference for --check, could not "
+                               f"run the model: {str(exc).strip().splitlines()[0][:300]}") from exc
+
+    return run

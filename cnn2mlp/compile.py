@@ -1,0 +1,270 @@
+"""``python -m cnn2mlp.compile MODEL -o OUT``: compile a CNN into an MLP file.
+
+``main(argv) -> int`` is the importable entry; :func:`compile_model` the Python API.
+Exit codes: 0 success, 2 bad usage or input (one line on stderr), 1 internal error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import __version__
+from ._io import atomic_write, check_writable
+from .backends import target_for
+from .check import Comparison, compare, onnx_runner, random_inputs
+from .errors import CompileError
+from .frontends import load_model
+from .ir import Graph
+from .ir.mlp import Mlp, NotAnMlpError
+from .passes import PassContext, Pipeline, PipelineReport
+
+
+@dataclass
+class CompileResult:
+    mlp: Mlp
+    graph: Graph
+    target: str
+    pipeline: PipelineReport
+    seconds: dict[str, float] = field(default_factory=dict)
+    check: Comparison | None = None
+
+    @property
+    def exact(self) -> bool:
+        return not any(note.startswith("approximate") for note in self.mlp.notes)
+
+
+def compile_model(model: str | Path, output: str | Path | None = None, *,
+                  target: str | None = None, input_shape: Sequence[int] | None = None,
+                  passes: Sequence[str] | Pipeline | None = None,
+                  ctx: PassContext | None = None, print_ir: bool = False,
+                  allow_non_finite: bool = False) -> CompileResult:
+    """Compile ``model`` into an MLP; write it to ``output`` when given."""
+    seconds: dict[str, float] = {}
+    target = target_for(output, target) if output is not None else (target or "csr")
+    if output is not None:
+        check_writable(output)
+    start = time.perf_counter()
+    graph = load_model(model, input_shape)
+    seconds["frontend"] = time.perf_counter() - start
+    if not allow_non_finite:
+        reject_non_finite(graph, model)
+    output_shape = graph.shape(graph.output)
+    pipeline = passes if isinstance(passes, Pipeline) else (
+        Pipeline(passes) if passes is not None else Pipeline.default(target))
+    ctx = ctx or PassContext(target=target)
+    after_each = print_ir_after if print_ir else None
+    report = pipeline.run(graph, ctx, after_each)
+    try:
+        mlp = Mlp.from_graph(graph, output_shape)
+    except NotAnMlpError as exc:
+        raise CompileError(f"{model}: the pipeline left a graph that is not an MLP: {exc}; "
+                           "check --passes") from exc
+    result = CompileResult(mlp, graph, target, report, seconds)
+    if output is not None:
+        start = time.perf_counter()
+        write_target(mlp, output, target, {"source": str(model), "cnn2mlp": __version__})
+        seconds["backend"] = time.perf_counter() - start
+    return result
+
+
+def write_target(mlp: Mlp, output: str | Path, target: str, meta: dict[str, Any]) -> None:
+    if target == "csr":
+        from .backends.csr import save_csr
+
+        save_csr(mlp, output, meta)
+    else:  # target_for only returns known targets
+        raise CompileError(f"unknown target {target!r}")
+
+
+def reject_non_finite(graph: Graph, model: str | Path) -> None:
+    for node in graph.nodes:
+        for key, val in node.attrs.items():
+            data = getattr(val, "data", val) if hasattr(val, "nnz") else val
+            if isinstance(data, np.ndarray) and data.dtype.kind == "f" and \
+                    not np.isfinite(data).all():
+                raise CompileError(f"{model}: node {node.name!r} ({node.op}) has non-finite "
+                                   f"values (NaN or Inf) in its {key}; fix the model or pass "
+                                   "--allow-non-finite")
+
+
+def print_ir_after(name: str, graph: Graph) -> None:
+    print(f"=== IR after {name} ===\n{graph.dump()}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- reporting
+def layer_rows(mlp: Mlp) -> list[dict[str, Any]]:
+    rows = []
+    for i, layer in enumerate(mlp.layers):
+        w = layer.weight
+        nbytes = w.data.nbytes + w.indices.nbytes + w.indptr.nbytes + layer.bias.nbytes
+        rows.append({"layer": i, "inputs": layer.n_in, "neurons": layer.n_out, "nnz": int(w.nnz),
+                     "density": w.nnz / max(1, layer.n_in * layer.n_out),
+                     "bytes": int(nbytes), "activation": layer.activation})
+    return rows
+
+
+def format_table(result: CompileResult) -> str:
+    rows = layer_rows(result.mlp)
+    lines = [f"{'layer':>5} {'inputs':>9} {'neurons':>9} {'non-zeros':>12} {'density':>9} "
+             f"{'bytes':>12}  activation"]
+    for r in rows:
+        lines.append(f"{r['layer']:>5} {r['inputs']:>9} {r['neurons']:>9} {r['nnz']:>12} "
+                     f"{r['density']:>9.2%} {r['bytes']:>12}  {r['activation']}")
+    lines.append(f"{'total':>5} {'':>9} {sum(r['neurons'] for r in rows):>9} "
+                 f"{sum(r['nnz'] for r in rows):>12} {'':>9} {sum(r['bytes'] for r in rows):>12}")
+    lines.append("passes: " + ", ".join(f"{p.name} {p.seconds * 1e3:.1f} ms ({p.rewrites})"
+                                        for p in result.pipeline.records))
+    return "\n".join(lines)
+
+
+def report_dict(result: CompileResult, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "cnn2mlp": __version__, "model": str(args.model), "output": str(args.output),
+        "target": result.target, "input_shape": list(result.mlp.input_shape),
+        "output_shape": list(result.mlp.output_shape), "exact": result.exact,
+        "notes": result.mlp.notes, "layers": layer_rows(result.mlp),
+        "totals": {"neurons": sum(l.n_out for l in result.mlp.layers),
+                   "nnz": sum(int(l.weight.nnz) for l in result.mlp.layers)},
+        "passes": [{"name": p.name, "seconds": p.seconds, "rewrites": p.rewrites}
+                   for p in result.pipeline.records],
+        "seconds": result.seconds,
+        "check": result.check.as_dict() if result.check else None,
+    }
+
+
+# ------------------------------------------------------------------------------------ CLI
+def parse_dims(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of integers like 3,32,32")
+    if not dims or min(dims) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: dims must be positive integers")
+    return dims
+
+
+def parse_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI")
+    if not low < high:
+        raise argparse.ArgumentTypeError(f"{text!r}: LO must be below HI")
+    return low, high
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cnn2mlp.compile",
+                                description="Compile a trained CNN into an equivalent MLP.")
+    p.add_argument("model", type=Path, help="model file (.onnx)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output file; its suffix picks the target (.npz: csr)")
+    p.add_argument("--target", choices=["csr"], help="backend (default: from the suffix)")
+    p.add_argument("--input-shape", type=parse_dims, metavar="D1,D2,...",
+                   help="input dims after the batch axis, where the model leaves them open")
+    p.add_argument("--input-range", type=parse_range, default=(0.0, 1.0), metavar="LO,HI",
+                   help="input domain for --check and bound analyses (default 0,1)")
+    p.add_argument("--check", type=int, default=0, metavar="N",
+                   help="compare with the reference runtime on N random inputs")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="--check fails above this error relative to max(1, |y|)")
+    p.add_argument("--report", type=Path, metavar="FILE.json", help="write a JSON report")
+    p.add_argument("--passes", metavar="P1,P2,...",
+                   help="pass pipeline to run instead of the target's default")
+    p.add_argument("--kernel-py", type=Path, metavar="FILE.py",
+                   help="also write a standalone numpy module that runs the .npz")
+    p.add_argument("--print-ir-after-all", action="store_true",
+                   help="print the IR after every pass (stderr)")
+    p.add_argument("--allow-non-finite", action="store_true",
+                   help="accept NaN/Inf weights")
+    p.add_argument("--quiet", action="store_true", help="print only errors and warnings")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"cnn2mlp {__version__}")
+    return p
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    passes = [s.strip() for s in args.passes.split(",") if s.strip()] if args.passes else None
+    for extra in (args.report, args.kernel_py):
+        if extra is not None:
+            check_writable(extra)
+    ctx = PassContext(target=target_for(args.output, args.target), input_range=args.input_range)
+    result = compile_model(args.model, None, target=args.target, input_shape=args.input_shape,
+                           passes=passes, ctx=ctx, print_ir=args.print_ir_after_all,
+                           allow_non_finite=args.allow_non_finite)
+    if args.check:
+        result.check = check_against_reference(result, args)
+    write_target(result.mlp, args.output, result.target,
+                 {"source": str(args.model), "cnn2mlp": __version__})
+    if args.kernel_py:
+        from .backends.csr import write_kernel
+
+        write_kernel(args.kernel_py, args.output, result.mlp)
+    for note in result.mlp.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if not args.quiet:
+        print(format_table(result))
+        if result.check:
+            print(("check passed: " if result.check.passed else "check FAILED: ")
+                  + result.check.describe())
+        print(f"wrote {args.output}")
+    if args.report:
+        with atomic_write(args.report, "w") as handle:
+            json.dump(report_dict(result, args), handle, indent=2)
+    return 0
+
+
+def check_against_reference(result: CompileResult, args: argparse.Namespace) -> Comparison:
+    from .backends.csr import CsrModel
+
+    x = random_inputs(result.mlp.input_shape, args.check, *args.input_range)
+    reference = onnx_runner(args.model, result.graph.meta.get("logits"))(x)
+    got = CsrModel(result.mlp).predict(x)
+    comparison = compare(reference.reshape(got.shape), got, args.tolerance)
+    if not comparison.passed:
+        raise CheckFailed(f"{args.model}: --check failed: {comparison.describe()}; "
+                          f"{args.output} was not written")
+    return comparison
+
+
+class CheckFailed(CompileError):
+    """The compiled MLP differs from the reference beyond the tolerance."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed the usage error
+        return int(exc.code or 0)
+    try:
+        return run_cli(args)
+    except CheckFailed as exc:
+        print(f"cnn2mlp: error: {exc}", file=sys.stderr)
+        return 1
+    except CompileError as exc:
+        if args.debug:
+            raise
+        print(f"cnn2mlp: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cnn2mlp: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal error: say so, ask for a report
+        if args.debug:
+            raise
+        print(f"cnn2mlp: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("cnn2mlp: this is a bug in cnn2mlp; please report it with the model and "
+              "command (run again with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

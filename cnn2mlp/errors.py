@@ -1,0 +1,14 @@
+"""Errors the compiler raises on purpose.
+
+A :class:`CompileError` is bad usage or bad input: the CLI prints its one-line message and
+exits 2. Anything else escaping the CLI is an internal error (exit 1).
+"""
+from __future__ import annotations
+
+
+class CompileError(Exception):
+    """A problem with the user's model, arguments or files; the message says what to do."""
+
+
+class UnsupportedOpError(CompileError):
+    """The model uses an operator (or an attribute value) cnn2mlp cannot convert."""

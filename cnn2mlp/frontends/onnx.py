@@ -1,0 +1,579 @@
+"""ONNX frontend: an ``.onnx`` file (opsets 9–21) into the IR with static per-sample shapes.
+
+The first axis of the single input is the batch; the other dims come from the model or the
+user. Nodes whose inputs are all constants (shape computations, Constant nodes, weight
+preprocessing) are folded with ``onnx.reference``; ``Shape`` of a run-time value is known
+from the static shapes, with a sentinel standing for the batch size so that a reshape
+target computed from it can be recognised as "keep the batch".
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import CompileError, UnsupportedOpError
+from ..ir import Graph
+from ..ir.geometry import same_pads
+
+#: Stands for the batch size inside folded shape computations.
+BATCH = 1_000_003
+
+Converter = Callable[["OnnxImporter", onnx.NodeProto], None]
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converter(*op_types: str):
+    def register(fn: Converter) -> Converter:
+        for op_type in op_types:
+            CONVERTERS[op_type] = fn
+        return fn
+    return register
+
+
+def supported_ops() -> list[str]:
+    return sorted(set(CONVERTERS) | {"Constant", "Shape", "Size"} | FOLDABLE)
+
+
+# Ops folded to constants when every input is constant (shape arithmetic, weight prep).
+FOLDABLE = {"Gather", "Slice", "Concat", "Cast", "Unsqueeze", "Squeeze", "ConstantOfShape",
+            "Reshape", "Add", "Sub", "Mul", "Div", "Identity", "Transpose", "Range",
+            "Expand", "Floor", "Ceil", "Neg", "Abs", "Sqrt", "Equal", "Where", "Min", "Max",
+            "ReduceProd", "Flatten", "Tile", "CastLike", "Pow", "Reciprocal"}
+
+
+def load_onnx(path: str | Path, input_shape: Sequence[int] | None = None) -> Graph:
+    """Read an ONNX file into the IR. ``input_shape`` gives the per-sample dims (no batch)."""
+    model = read_model(path)
+    return OnnxImporter(model, str(path), input_shape).run()
+
+
+def read_model(path: str | Path) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.is_file():
+        raise CompileError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise CompileError(f"{path}: the file is empty; export the model again")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf raises several types for garbage
+        raise CompileError(f"{path}: not a readable ONNX file ({first_line(exc)}); "
+                           "check that the file is complete and is an .onnx model") from exc
+    if not model.graph.node and not model.graph.output:
+        raise CompileError(f"{path}: not an ONNX model (no graph); check the file")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise CompileError(f"{path}: invalid ONNX model: {first_line(exc)}") from exc
+    return model
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+class OnnxImporter:
+    def __init__(self, model: onnx.ModelProto, source: str,
+                 input_shape: Sequence[int] | None) -> None:
+        self.model = model
+        self.source = source
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                          None)
+        if self.opset is None:
+            raise CompileError(f"{source}: the model imports no default ONNX opset")
+        self.consts: dict[str, np.ndarray] = {}
+        self.user_shape = tuple(input_shape) if input_shape else None
+        self.graph: Graph | None = None
+        self.batch_is_one = False
+
+    # -- driver ---------------------------------------------------------------------------
+    def run(self) -> Graph:
+        g = self.model.graph
+        for init in g.initializer:
+            self.consts[init.name] = numpy_helper.to_array(init)
+        if g.sparse_initializer:
+            raise CompileError(f"{self.source}: sparse initializers are not supported; "
+                               "save the model with dense initializers")
+        self.graph = self._make_input()
+        for node in g.node:
+            self._convert(node)
+        if len(g.output) != 1:
+            raise CompileError(f"{self.source}: the model has {len(g.output)} outputs; "
+                               "cnn2mlp converts models with one output")
+        out = g.output[0].name
+        if out in self.consts:
+            raise CompileError(f"{self.source}: the output {out!r} does not depend on the input")
+        self.graph.output = out
+        self._check_output_shape(g.output[0])
+        return self.graph
+
+    def _make_input(self) -> Graph:
+        inputs = [i for i in self.model.graph.input if i.name not in self.consts]
+        if len(inputs) != 1:
+            names = ", ".join(i.name for i in inputs) or "none"
+            raise CompileError(f"{self.source}: the model has {len(inputs)} inputs ({names}); "
+                               "cnn2mlp converts models with one input")
+        value = inputs[0]
+        ttype = value.type.tensor_type
+        if ttype.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                                   onnx.TensorProto.FLOAT16):
+            raise CompileError(f"{self.source}: input {value.name!r} is not a float tensor")
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in ttype.shape.dim]
+        if not ttype.HasField("shape") or not dims:
+            dims = [None] + [None] * len(self.user_shape or ())
+        self.batch_is_one = dims[0] == 1
+        sample = self._resolve_input_dims(value.name, dims[1:])
+        return Graph(value.name, sample)
+
+    def _resolve_input_dims(self, name: str, dims: list[int | None]) -> tuple[int, ...]:
+        if self.user_shape is None:
+            if any(d is None for d in dims):
+                shown = ",".join("?" if d is None else str(d) for d in dims)
+                raise CompileError(f"{self.source}: input {name!r} has unknown dims (N,{shown}); "
+                                   f"pass --input-shape with the dims after the batch axis")
+            return tuple(dims)
+        if len(self.user_shape) != len(dims):
+            raise CompileError(f"{self.source}: --input-shape has {len(self.user_shape)} dims but "
+                               f"input {name!r} has {len(dims)} after the batch axis")
+        for model_dim, user_dim in zip(dims, self.user_shape):
+            if model_dim is not None and model_dim != user_dim:
+                shown = ",".join("?" if d is None else str(d) for d in dims)
+                raise CompileError(f"{self.source}: --input-shape "
+                                   f"{','.join(map(str, self.user_shape))} contradicts the "
+                                   f"model's input {name!r} (N,{shown})")
+        return self.user_shape
+
+    def _check_output_shape(self, out: onnx.ValueInfoProto) -> None:
+        dims = out.type.tensor_type.shape.dim
+        declared = [d.dim_value if d.HasField("dim_value") else None for d in dims][1:]
+        actual = self.graph.shape(self.graph.output)
+        if len(declared) == len(actual) and any(
+                d is not None and d > 0 and d != a for d, a in zip(declared, actual)):
+            raise CompileError(f"{self.source}: computed output shape (N,{actual}) differs from "
+                               f"the declared one; check --input-shape")
+
+    def _convert(self, node: onnx.NodeProto) -> None:
+        if node.domain not in ("", "ai.onnx"):
+            self._unsupported(node, f"custom domain {node.domain!r}")
+        if node.op_type == "Constant":
+            self.consts[node.output[0]] = constant_value(node)
+            return
+        if node.op_type in ("Shape", "Size") and not self.is_const(node.input[0]):
+            self.consts[node.output[0]] = self._shape_of(node)
+            return
+        data_inputs = [i for i in node.input if i]
+        if all(self.is_const(i) for i in data_inputs):
+            if node.op_type in FOLDABLE or node.op_type in CONVERTERS:
+                self._fold(node)
+                return
+        fn = CONVERTERS.get(node.op_type)
+        if fn is None:
+            self._unsupported(node)
+        fn(self, node)
+
+    def _unsupported(self, node: onnx.NodeProto, why: str = "") -> None:
+        what = f"op {node.op_type}" + (f" ({why})" if why else "")
+        raise UnsupportedOpError(
+            f"{self.source}: node {node.name or node.output[0]!r}: {what} is not supported; "
+            f"supported ops: {', '.join(sorted(CONVERTERS))}")
+
+    def fail(self, node: onnx.NodeProto, why: str) -> None:
+        raise UnsupportedOpError(
+            f"{self.source}: node {node.name or node.output[0]!r} ({node.op_type}): {why}")
+
+    # -- constants ------------------------------------------------------------------------
+    def is_const(self, name: str) -> bool:
+        return name in self.consts
+
+    def const(self, node: onnx.NodeProto, index: int, optional: bool = False) -> np.ndarray | None:
+        if index >= len(node.input) or not node.input[index]:
+            if optional:
+                return None
+            self.fail(node, f"input {index} is missing")
+        name = node.input[index]
+        if name not in self.consts:
+            self.fail(node, f"input {name!r} must be a constant (initializer), "
+                            "not computed from the model input")
+        return self.consts[name]
+
+    def _shape_of(self, node: onnx.NodeProto) -> np.ndarray:
+        full = np.array((BATCH,) + self.graph.shape(node.input[0]), dtype=np.int64)
+        if node.op_type == "Size":
+            return np.array(np.prod(full), dtype=np.int64)
+        start = attr(node, "start", 0)
+        end = attr(node, "end", None)
+        return full[start:end]
+
+    def _fold(self, node: onnx.NodeProto) -> None:
+        from onnx import helper
+        from onnx.reference import ReferenceEvaluator
+
+        inputs = [i for i in node.input if i]
+        value_info = [helper.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None)
+                      for i in inputs]
+        outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
+                   for o in node.output if o]
+        graph = helper.make_graph([node], "fold", value_info, outputs)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+        try:
+            results = ReferenceEvaluator(model).run(None, {i: self.consts[i] for i in inputs})
+        except Exception as exc:
+            self.fail(node, f"could not fold its constant inputs ({first_line(exc)})")
+        for out, val in zip([o for o in node.output if o], results):
+            self.consts[out] = np.asarray(val)
+
+    # -- helpers for converters -----------------------------------------------------------
+    def data(self, node: onnx.NodeProto, index: int = 0) -> str:
+        name = node.input[index]
+        if name not in self.graph.values:
+            self.fail(node, f"input {name!r} is unknown (is the graph topologically sorted?)")
+        return name
+
+    def emit(self, node: onnx.NodeProto, op: str, inputs: list[str], attrs=None,
+             output: str | None = None) -> str:
+        """Add an IR node; the last one of a conversion takes the ONNX output name."""
+        try:
+            ir_node = self.graph.add_node(op, inputs, attrs, name=node.name or op, output=output)
+        except ValueError as exc:
+            self.fail(node, str(exc))
+        return ir_node.output
+
+    def alias(self, node: onnx.NodeProto, src: str) -> None:
+        """The ONNX output is the same value as ``src``."""
+        self.emit(node, "Identity", [src], output=node.output[0])
+
+    def sample_rank(self, name: str) -> int:
+        return len(self.graph.shape(name))
+
+    def sample_axis(self, node: onnx.NodeProto, axis: int, full_rank: int) -> int:
+        """An ONNX axis of the batched tensor as an axis of the sample; never the batch."""
+        axis = axis + full_rank if axis < 0 else axis
+        if axis == 0 or not 0 < axis < full_rank:
+            self.fail(node, f"axis {axis} is the batch axis or out of range; only ops that "
+                            "keep each sample separate can become an MLP")
+        return axis - 1
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def constant_value(node: onnx.NodeProto) -> np.ndarray:
+    a = node.attribute[0]
+    if a.name == "value":
+        return numpy_helper.to_array(a.t)
+    if a.name == "sparse_value":
+        raise UnsupportedOpError(f"Constant node {node.name!r}: sparse constants are not supported")
+    value = onnx.helper.get_attribute_value(a)
+    if isinstance(value, bytes):
+        value = value.decode()
+    return np.asarray(value, dtype=np.float32 if a.name.startswith("value_float") else None)
+
+
+def as_str(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# ------------------------------------------------------------------------------ converters
+@converter("Identity", "Dropout", "Cast", "CastLike")
+def convert_identity(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+        training = imp.const(node, 2)
+        if bool(np.asarray(training)):
+            imp.fail(node, "training_mode=1; export the model in inference mode")
+    if node.op_type == "Cast":
+        to = attr(node, "to")
+        if to not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+            imp.fail(node, "casts the data to a non-float type")
+    imp.alias(node, imp.data(node))
+
+
+@converter("Relu", "Sigmoid", "Tanh", "LeakyRelu")
+def convert_activation(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    attrs = {"alpha": float(attr(node, "alpha", 0.01))} if node.op_type == "LeakyRelu" else {}
+    imp.emit(node, node.op_type, [imp.data(node)], attrs, output=node.output[0])
+
+
+@converter("Softmax")
+def convert_softmax(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    full_rank = imp.sample_rank(x) + 1
+    default = 1 if imp.opset < 13 else -1
+    axis = imp.sample_axis(node, attr(node, "axis", default), full_rank)
+    # Before opset 13 softmax flattens from `axis` on: axis 1 is the whole sample.
+    whole = axis == 0 if imp.opset < 13 else imp.sample_rank(x) == 1
+    if not whole:
+        imp.fail(node, "softmax over part of the sample is not supported")
+    imp.emit(node, "Softmax", [x], output=node.output[0])
+
+
+@converter("Flatten")
+def convert_flatten(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    full_rank = imp.sample_rank(x) + 1
+    axis = attr(node, "axis", 1)
+    if (axis + full_rank if axis < 0 else axis) != 1:
+        imp.fail(node, f"axis {axis} mixes the batch axis with others; only axis 1 is supported")
+    size = int(np.prod(imp.graph.shape(x), dtype=np.int64))
+    imp.emit(node, "Reshape", [x], {"shape": (size,)}, output=node.output[0])
+
+
+@converter("Reshape")
+def convert_reshape(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    if imp.opset < 5:
+        target = list(attr(node, "shape"))
+    else:
+        target = [int(d) for d in imp.const(node, 1).ravel()]
+    sample = imp.graph.shape(x)
+    full = (BATCH,) + sample
+    allowzero = attr(node, "allowzero", 0)
+    resolved = [full[i] if d == 0 and not allowzero else d for i, d in enumerate(target)]
+    if imp.batch_is_one and resolved and resolved[0] == 1:
+        resolved[0] = BATCH  # a model exported with batch 1 hard-codes it
+    if resolved.count(-1) == 1:
+        known = math.prod(d for d in resolved if d != -1)
+        total = math.prod(full)
+        if known <= 0 or total % known:
+            imp.fail(node, f"cannot reshape (N,{sample}) to {target}")
+        resolved[resolved.index(-1)] = total // known
+    if not resolved or resolved[0] != BATCH or math.prod(resolved[1:]) != math.prod(sample):
+        imp.fail(node, f"target {target} does not keep the batch axis first; "
+                       "only per-sample reshapes can become an MLP")
+    imp.emit(node, "Reshape", [x], {"shape": tuple(resolved[1:])}, output=node.output[0])
+
+
+@converter("Squeeze", "Unsqueeze")
+def convert_squeeze(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    sample = list(imp.graph.shape(x))
+    if imp.opset >= 13 and len(node.input) > 1 and node.input[1]:
+        axes = [int(a) for a in imp.const(node, 1).ravel()]
+    else:
+        axes = attr(node, "axes", None)
+    if node.op_type == "Squeeze":
+        if axes is None:
+            shape = [d for d in sample if d != 1]
+        else:
+            drop = {imp.sample_axis(node, a, len(sample) + 1) for a in axes}
+            if any(sample[a] != 1 for a in drop):
+                imp.fail(node, "squeezes an axis whose size is not 1")
+            shape = [d for i, d in enumerate(sample) if i not in drop]
+    else:
+        out_rank = len(sample) + 1 + len(axes)
+        add = sorted(imp.sample_axis(node, a, out_rank) for a in axes)
+        shape = sample
+        for a in add:
+            shape.insert(a, 1)
+    imp.emit(node, "Reshape", [x], {"shape": tuple(shape)}, output=node.output[0])
+
+
+@converter("Transpose")
+def convert_transpose(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    rank = imp.sample_rank(x) + 1
+    perm = attr(node, "perm", list(reversed(range(rank))))
+    if perm[0] != 0:
+        imp.fail(node, f"perm {list(perm)} moves the batch axis")
+    imp.emit(node, "Transpose", [x], {"perm": tuple(p - 1 for p in perm[1:])},
+             output=node.output[0])
+
+
+@converter("Conv")
+def convert_conv(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    kernel = np.asarray(imp.const(node, 1), dtype=np.float32)
+    bias = imp.const(node, 2, optional=True)
+    spatial = imp.graph.shape(x)[1:]
+    nd = kernel.ndim - 2
+    if len(spatial) != nd:
+        imp.fail(node, f"kernel {kernel.shape} does not fit input {imp.graph.shape(x)}")
+    ks = tuple(attr(node, "kernel_shape", kernel.shape[2:]))
+    if tuple(ks) != kernel.shape[2:]:
+        imp.fail(node, f"kernel_shape {ks} differs from the weight's {kernel.shape[2:]}")
+    strides = tuple(attr(node, "strides", [1] * nd))
+    dilations = tuple(attr(node, "dilations", [1] * nd))
+    pads = window_pads(imp, node, spatial, ks, strides, dilations)
+    attrs = {"kernel": kernel, "bias": None if bias is None else np.asarray(bias, np.float32),
+             "strides": strides, "pads": pads, "dilations": dilations,
+             "group": int(attr(node, "group", 1))}
+    imp.emit(node, "Conv", [x], attrs, output=node.output[0])
+
+
+def window_pads(imp: OnnxImporter, node: onnx.NodeProto, spatial, kernel, strides,
+                dilations) -> tuple[int, ...]:
+    """Explicit (begins..., ends...) pads from ``pads`` or ``auto_pad``."""
+    nd = len(spatial)
+    auto_pad = as_str(attr(node, "auto_pad", "NOTSET"))
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pairs = [same_pads(spatial[a], kernel[a], strides[a], dilations[a],
+                           upper=auto_pad == "SAME_UPPER") for a in range(nd)]
+        return tuple(p[0] for p in pairs) + tuple(p[1] for p in pairs)
+    if auto_pad == "VALID":
+        return (0,) * (2 * nd)
+    if auto_pad != "NOTSET":
+        imp.fail(node, f"auto_pad {auto_pad!r} is unknown")
+    pads = tuple(attr(node, "pads", [0] * (2 * nd)))
+    if len(pads) != 2 * nd or min(pads) < 0:
+        imp.fail(node, f"pads {list(pads)} do not fit {nd} spatial axes")
+    return pads
+
+
+@converter("Gemm")
+def convert_gemm(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    if attr(node, "transA", 0):
+        imp.fail(node, "transA=1 mixes the batch axis into the product")
+    if imp.sample_rank(x) != 1:
+        imp.fail(node, f"input has sample shape {imp.graph.shape(x)}; Gemm needs a flat vector")
+    b = np.asarray(imp.const(node, 1), np.float64)
+    b = b.T if attr(node, "transB", 0) else b
+    weight = attr(node, "alpha", 1.0) * b.T
+    c = imp.const(node, 2, optional=True)
+    bias = None
+    if c is not None:
+        c = np.asarray(c, np.float64)
+        if c.ndim == 2 and c.shape[0] != 1:
+            imp.fail(node, f"C of shape {c.shape} varies along the batch axis")
+        bias = attr(node, "beta", 1.0) * np.broadcast_to(c.reshape(-1) if c.ndim else c,
+                                                         (weight.shape[0],))
+    imp.emit(node, "Dense", [x], {"weight": weight.astype(np.float32),
+                                  "bias": None if bias is None else bias.astype(np.float32)},
+             output=node.output[0])
+
+
+@converter("MatMul")
+def convert_matmul(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    b = np.asarray(imp.const(node, 1), np.float32)
+    sample = imp.graph.shape(x)
+    if b.ndim != 2 or not sample or sample[-1] != b.shape[0]:
+        imp.fail(node, f"multiplies (N,{sample}) by a constant of shape {b.shape}; "
+                       "only data @ matrix is supported")
+    import scipy.sparse as sp
+
+    rows = math.prod(sample[:-1])
+    weight = b.T if rows == 1 else sp.kron(sp.identity(rows, np.float32, "csr"),
+                                           sp.csr_array(b.T), format="csr")
+    imp.emit(node, "Dense", [x], {"weight": weight, "bias": None,
+                                  "out_shape": sample[:-1] + (b.shape[1],)},
+             output=node.output[0])
+
+
+@converter("Add", "Sub", "Mul", "Div")
+def convert_arithmetic(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    a_const, b_const = (imp.is_const(i) for i in node.input[:2])
+    if not (a_const or b_const):
+        imp.fail(node, "both operands are computed from the input (residual connections "
+                       "are not supported yet)")
+    data_index = 1 if a_const else 0
+    x = imp.data(node, data_index)
+    c = broadcast_const(imp, node, np.asarray(imp.const(node, 1 - data_index), np.float64), x)
+    op = node.op_type
+    if op == "Div" and data_index == 1:
+        imp.fail(node, "divides a constant by the input, which is not linear")
+    if op == "Sub" and data_index == 1:  # c - x
+        x = imp.emit(node, "MulConst", [x], {"const": -np.ones_like(c)})
+        op = "Add"
+    elif op == "Sub":
+        c, op = -c, "Add"
+    elif op == "Div":
+        c, op = 1.0 / c, "Mul"
+    imp.emit(node, "AddConst" if op == "Add" else "MulConst", [x], {"const": c},
+             output=node.output[0])
+
+
+def broadcast_const(imp: OnnxImporter, node: onnx.NodeProto, c: np.ndarray, x: str) -> np.ndarray:
+    """A constant operand as an array that broadcasts to the sample shape of ``x``."""
+    sample = imp.graph.shape(x)
+    if c.ndim == len(sample) + 1:
+        if c.shape[0] != 1:
+            imp.fail(node, f"constant of shape {c.shape} varies along the batch axis")
+        c = c[0]
+    try:
+        if np.broadcast_shapes(c.shape, sample) != sample:
+            raise ValueError
+    except ValueError:
+        imp.fail(node, f"constant of shape {c.shape} would change the shape (N,{sample})")
+    return c
+
+
+@converter("BatchNormalization")
+def convert_batchnorm(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    if attr(node, "training_mode", 0) or len([o for o in node.output if o]) > 1:
+        imp.fail(node, "training mode; export the model in inference mode (model.eval())")
+    attrs = {key: np.asarray(imp.const(node, i), np.float64)
+             for i, key in enumerate(("scale", "bias", "mean", "var"), start=1)}
+    attrs["epsilon"] = float(attr(node, "epsilon", 1e-5))
+    imp.emit(node, "BatchNorm", [x], attrs, output=node.output[0])
+
+
+@converter("Pad")
+def convert_pad(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    mode = as_str(attr(node, "mode", "constant"))
+    if mode != "constant":
+        imp.fail(node, f"mode {mode!r}; only constant padding is supported")
+    rank = imp.sample_rank(x) + 1
+    if imp.opset < 11:
+        pads, value = list(attr(node, "pads")), float(attr(node, "value", 0.0))
+    else:
+        pads = [int(p) for p in imp.const(node, 1).ravel()]
+        cv = imp.const(node, 2, optional=True)
+        value = float(np.asarray(cv).ravel()[0]) if cv is not None and np.size(cv) else 0.0
+        axes = imp.const(node, 3, optional=True)
+        if axes is not None:
+            full = [0] * (2 * rank)
+            axes = [int(a) + rank if a < 0 else int(a) for a in np.ravel(axes)]
+            for i, a in enumerate(axes):
+                full[a], full[rank + a] = pads[i], pads[len(axes) + i]
+            pads = full
+    if len(pads) != 2 * rank:
+        imp.fail(node, f"pads {pads} do not fit rank {rank}")
+    if pads[0] or pads[rank]:
+        imp.fail(node, "pads the batch axis")
+    sample_pads = tuple(pads[1:rank]) + tuple(pads[rank + 1:])
+    imp.emit(node, "Pad", [x], {"pads": sample_pads, "value": value}, output=node.output[0])
+
+
+@converter("MaxPool", "AveragePool")
+def convert_pool(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    if len([o for o in node.output if o]) > 1:
+        imp.fail(node, "the Indices output of MaxPool is not supported")
+    if attr(node, "storage_order", 0):
+        imp.fail(node, "storage_order=1 is not supported")
+    spatial = imp.graph.shape(x)[1:]
+    nd = len(spatial)
+    ks = tuple(attr(node, "kernel_shape"))
+    if len(ks) != nd:
+        imp.fail(node, f"kernel_shape {ks} does not fit input {imp.graph.shape(x)}")
+    strides = tuple(attr(node, "strides", [1] * nd))
+    dilations = tuple(attr(node, "dilations", [1] * nd))
+    attrs = {"kernel_shape": ks, "strides": strides, "dilations": dilations,
+             "pads": window_pads(imp, node, spatial, ks, strides, dilations),
+             "ceil_mode": bool(attr(node, "ceil_mode", 0))}
+    if node.op_type == "AveragePool":
+        attrs["count_include_pad"] = bool(attr(node, "count_include_pad", 0))
+    imp.emit(node, node.op_type, [x], attrs, output=node.output[0])
+
+
+@converter("GlobalMaxPool", "GlobalAveragePool")
+def convert_global_pool(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    spatial = imp.graph.shape(x)[1:]
+    nd = len(spatial)
+    attrs = {"kernel_shape": tuple(spatial), "strides": (1,) * nd, "dilations": (1,) * nd,
+             "pads": (0,) * (2 * nd), "ceil_mode": False, "count_include_pad": False}
+    op = "MaxPool" if node.op_type == "GlobalMaxPool" else "AveragePool"
+    imp.emit(node, op, [x], attrs, output=node.output[0])

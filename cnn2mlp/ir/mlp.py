@@ -1,0 +1,88 @@
+"""The lowered form: a chain of layers ``h = f(W h + b)`` over the flattened sample."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from .graph import Graph, Shape
+from .linear import diagonal, to_csr
+from .ops import ACTIVATIONS
+
+#: IR activation op → the MLP's activation name
+ACTIVATION_NAMES = {"Relu": "relu", "LeakyRelu": "leaky_relu", "Sigmoid": "sigmoid",
+                    "Tanh": "tanh", "Identity": "identity"}
+_BY_NAME = {v: k for k, v in ACTIVATION_NAMES.items()}
+
+
+class NotAnMlpError(ValueError):
+    """The graph still holds ops that are not Dense layers and activations."""
+
+
+@dataclass
+class MlpLayer:
+    weight: sp.csr_array          # (n_out, n_in), float32
+    bias: np.ndarray              # (n_out,), float32
+    activation: str = "identity"
+    alpha: float = 0.0            # negative slope of leaky_relu
+
+    @property
+    def n_in(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def n_out(self) -> int:
+        return self.weight.shape[0]
+
+
+@dataclass
+class Mlp:
+    layers: list[MlpLayer]
+    input_shape: Shape
+    output_shape: Shape
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_graph(cls, graph: Graph, output_shape: Shape | None = None) -> "Mlp":
+        """Read a lowered graph: a chain of Dense nodes, each optionally followed by one
+        activation. An activation with no Dense before it gets an identity layer."""
+        layers: list[MlpLayer] = []
+        current = graph.input
+        open_layer = False  # the last layer has no activation yet
+        for node in graph.nodes:
+            if node.inputs != [current]:
+                raise NotAnMlpError(f"node {node.name} ({node.op}) is not part of a chain")
+            if node.op == "Dense":
+                w = to_csr(node.attrs["weight"]).astype(np.float32)
+                b = node.attrs.get("bias")
+                b = np.zeros(w.shape[0], np.float32) if b is None else np.asarray(b, np.float32)
+                layers.append(MlpLayer(w, b))
+                open_layer = True
+            elif node.op in ACTIVATION_NAMES:
+                if not open_layer:
+                    n = graph.values[current].size
+                    layers.append(MlpLayer(diagonal(np.ones(n)), np.zeros(n, np.float32)))
+                layers[-1].activation = ACTIVATION_NAMES[node.op]
+                layers[-1].alpha = float(node.attrs.get("alpha", 0.0))
+                open_layer = False
+            elif node.op != "Reshape" or node.output != graph.output:
+                raise NotAnMlpError(f"node {node.name} ({node.op}) was not lowered to a "
+                                    "Dense layer")
+            current = node.output
+        if not layers:
+            n = graph.values[graph.input].size
+            layers.append(MlpLayer(diagonal(np.ones(n)), np.zeros(n, np.float32)))
+        return cls(layers, graph.shape(graph.input), output_shape or graph.shape(graph.output),
+                   list(graph.notes))
+
+    def forward(self, x: np.ndarray, dtype=np.float64) -> np.ndarray:
+        h = np.asarray(x, dtype).reshape(len(x), -1)
+        for layer in self.layers:
+            h = np.asarray((layer.weight.astype(dtype) @ h.T).T) + layer.bias.astype(dtype)
+            h = activate(layer.activation, layer.alpha, h)
+        return h.reshape((len(x),) + tuple(self.output_shape))
+
+
+def activate(name: str, alpha: float, h: np.ndarray) -> np.ndarray:
+    return ACTIVATIONS[_BY_NAME[name]](h, {"alpha": alpha})

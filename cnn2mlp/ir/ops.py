@@ -1,0 +1,295 @@
+"""Every op of the IR, defined once: a shape rule and a numpy reference evaluation.
+
+Shapes are per sample (no batch axis); ``evaluate`` receives and returns batched arrays
+``(B, *shape)``. The reference evaluation favours clarity over speed: it is what the
+interpreter runs to check that each pass preserves the function.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from .geometry import combined_mask, gather_windows, window_axes
+from .graph import Node, Shape
+
+OPS: dict[str, "Op"] = {}
+
+
+def register_op(cls: type["Op"]) -> type["Op"]:
+    OPS[cls.name] = cls()
+    return cls
+
+
+def get_op(name: str) -> "Op":
+    try:
+        return OPS[name]
+    except KeyError:
+        raise KeyError(f"IR has no op {name!r}") from None
+
+
+class Op:
+    name = ""
+    #: element-wise non-linearity (acts on each entry alone, shape-agnostic)
+    activation = False
+
+    def infer_shape(self, node: Node, shapes: list[Shape]) -> list[Shape]:
+        return [shapes[0]]
+
+    def evaluate(self, node: Node, xs: list[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------- activations
+class _Activation(Op):
+    activation = True
+    fn: Callable[[np.ndarray, dict[str, Any]], np.ndarray]
+
+    def evaluate(self, node, xs):
+        return [type(self).fn(xs[0], node.attrs)]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # Split by sign so that exp never overflows.
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out
+
+
+ACTIVATIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
+    "Relu": lambda x, a: np.maximum(x, 0),
+    "LeakyRelu": lambda x, a: np.where(x >= 0, x, x * a.get("alpha", 0.01)),
+    "Sigmoid": lambda x, a: _sigmoid(x),
+    "Tanh": lambda x, a: np.tanh(x),
+    "Identity": lambda x, a: x,
+}
+
+for _name, _fn in ACTIVATIONS.items():
+    register_op(type(_name, (_Activation,), {"name": _name, "fn": staticmethod(_fn)}))
+
+
+@register_op
+class Softmax(Op):
+    """Softmax over the whole sample vector (frontends only accept that axis)."""
+
+    name = "Softmax"
+
+    def evaluate(self, node, xs):
+        x = xs[0].reshape(len(xs[0]), -1)
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        return [(e / e.sum(axis=1, keepdims=True)).reshape(xs[0].shape)]
+
+
+# -------------------------------------------------------------------------------- linear
+@register_op
+class Dense(Op):
+    """``y = W vec(x) + b`` reshaped to ``out_shape``; W is (out, in), sparse or dense."""
+
+    name = "Dense"
+
+    def infer_shape(self, node, shapes):
+        w = node.attrs["weight"]
+        n_in = int(np.prod(shapes[0], dtype=np.int64))
+        if w.shape[1] != n_in:
+            raise ValueError(f"Dense weight {w.shape} does not take {n_in} inputs")
+        out_shape = tuple(node.attrs.get("out_shape") or (w.shape[0],))
+        if int(np.prod(out_shape, dtype=np.int64)) != w.shape[0]:
+            raise ValueError(f"Dense out_shape {out_shape} does not hold {w.shape[0]} outputs")
+        return [out_shape]
+
+    def evaluate(self, node, xs):
+        x = xs[0].reshape(len(xs[0]), -1)
+        w, b = node.attrs["weight"], node.attrs.get("bias")
+        y = np.asarray((w @ x.T).T) if sp.issparse(w) else x @ w.T
+        if b is not None:
+            y = y + b
+        return [y.reshape((len(x),) + self.infer_shape(node, [xs[0].shape[1:]])[0])]
+
+
+@register_op
+class Conv(Op):
+    """ONNX Conv on ``(C, *spatial)``: kernel (O, C/group, *k), explicit pads, any rank."""
+
+    name = "Conv"
+
+    def infer_shape(self, node, shapes):
+        a = node.attrs
+        kernel = a["kernel"]
+        c_in, spatial = shapes[0][0], shapes[0][1:]
+        if len(spatial) != kernel.ndim - 2:
+            raise ValueError(f"Conv kernel rank {kernel.ndim} does not fit input {shapes[0]}")
+        if kernel.shape[1] * a["group"] != c_in or kernel.shape[0] % a["group"]:
+            raise ValueError(f"Conv kernel {kernel.shape} with group {a['group']} "
+                             f"does not fit {c_in} input channels")
+        axes = window_axes(spatial, kernel.shape[2:], a["strides"], a["dilations"], a["pads"])
+        return [(kernel.shape[0],) + tuple(ax.size_out for ax in axes)]
+
+    def evaluate(self, node, xs):
+        a = node.attrs
+        x, kernel, g = xs[0], a["kernel"], a["group"]
+        axes = window_axes(x.shape[2:], kernel.shape[2:], a["strides"], a["dilations"], a["pads"])
+        win = gather_windows(x, axes, 0.0)  # (B, C, out..., k...)
+        b, c = win.shape[:2]
+        out_sp = tuple(ax.size_out for ax in axes)
+        win = win.reshape(b, g, c // g, int(np.prod(out_sp)), -1)
+        k = kernel.reshape(g, kernel.shape[0] // g, c // g, -1)
+        y = np.einsum("bgcpk,gock->bgop", win, k).reshape((b, kernel.shape[0]) + out_sp)
+        if a.get("bias") is not None:
+            y = y + a["bias"].reshape((1, -1) + (1,) * len(out_sp))
+        return [y]
+
+
+class _Pool(Op):
+    """MaxPool / AveragePool on ``(C, *spatial)``: padding never counts as a value for max."""
+
+    def _axes(self, node, spatial):
+        a = node.attrs
+        return window_axes(spatial, a["kernel_shape"], a["strides"], a["dilations"], a["pads"],
+                           a.get("ceil_mode", False))
+
+    def infer_shape(self, node, shapes):
+        axes = self._axes(node, shapes[0][1:])
+        return [(shapes[0][0],) + tuple(ax.size_out for ax in axes)]
+
+
+@register_op
+class MaxPool(_Pool):
+    name = "MaxPool"
+
+    def evaluate(self, node, xs):
+        axes = self._axes(node, xs[0].shape[2:])
+        win = gather_windows(xs[0], axes, -np.inf)
+        nd = len(axes)
+        return [win.max(axis=tuple(range(2 + nd, 2 + 2 * nd)))]
+
+
+@register_op
+class AveragePool(_Pool):
+    name = "AveragePool"
+
+    def evaluate(self, node, xs):
+        axes = self._axes(node, xs[0].shape[2:])
+        nd = len(axes)
+        k_axes = tuple(range(2 + nd, 2 + 2 * nd))
+        total = gather_windows(xs[0], axes, 0.0).sum(axis=k_axes)
+        which = "inside_padded" if node.attrs.get("count_include_pad") else "inside"
+        count = combined_mask(axes, which).sum(axis=tuple(range(nd, 2 * nd)))
+        return [total / np.maximum(count, 1)]
+
+
+@register_op
+class BatchNorm(Op):
+    """Inference batch norm over axis 0 of the sample (channels)."""
+
+    name = "BatchNorm"
+
+    def evaluate(self, node, xs):
+        scale, shift = batchnorm_affine(node.attrs)
+        shape = (1, -1) + (1,) * (xs[0].ndim - 2)
+        return [xs[0] * scale.reshape(shape) + shift.reshape(shape)]
+
+
+def batchnorm_affine(attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """BatchNorm as ``x * scale + shift`` per channel (float64)."""
+    gamma = np.asarray(attrs["scale"], np.float64)
+    scale = gamma / np.sqrt(np.asarray(attrs["var"], np.float64) + attrs["epsilon"])
+    shift = np.asarray(attrs["bias"], np.float64) - np.asarray(attrs["mean"], np.float64) * scale
+    return scale, shift
+
+
+@register_op
+class AddConst(Op):
+    """``x + c`` with a constant broadcast to the sample shape."""
+
+    name = "AddConst"
+
+    def evaluate(self, node, xs):
+        return [xs[0] + node.attrs["const"]]
+
+
+@register_op
+class MulConst(Op):
+    """``x * c`` with a constant broadcast to the sample shape."""
+
+    name = "MulConst"
+
+    def evaluate(self, node, xs):
+        return [xs[0] * node.attrs["const"]]
+
+
+@register_op
+class Pad(Op):
+    """Constant padding; ``pads`` is (begins..., ends...) over the sample axes, may be < 0."""
+
+    name = "Pad"
+
+    def infer_shape(self, node, shapes):
+        p = node.attrs["pads"]
+        nd = len(shapes[0])
+        return [tuple(d + p[i] + p[nd + i] for i, d in enumerate(shapes[0]))]
+
+    def evaluate(self, node, xs):
+        x, p = xs[0], node.attrs["pads"]
+        nd = x.ndim - 1
+        grow = [(0, 0)] + [(max(p[i], 0), max(p[nd + i], 0)) for i in range(nd)]
+        y = np.pad(x, grow, constant_values=node.attrs.get("value", 0.0))
+        crop = (slice(None),) + tuple(slice(max(-p[i], 0), y.shape[i + 1] - max(-p[nd + i], 0))
+                                      for i in range(nd))
+        return [y[crop]]
+
+
+# -------------------------------------------------------------------------------- layout
+@register_op
+class Reshape(Op):
+    name = "Reshape"
+
+    def infer_shape(self, node, shapes):
+        shape = tuple(node.attrs["shape"])
+        if np.prod(shape, dtype=np.int64) != np.prod(shapes[0], dtype=np.int64):
+            raise ValueError(f"cannot reshape {shapes[0]} to {shape}")
+        return [shape]
+
+    def evaluate(self, node, xs):
+        return [xs[0].reshape((len(xs[0]),) + tuple(node.attrs["shape"]))]
+
+
+@register_op
+class Transpose(Op):
+    """Permutes the sample axes by ``perm``."""
+
+    name = "Transpose"
+
+    def infer_shape(self, node, shapes):
+        return [tuple(shapes[0][p] for p in node.attrs["perm"])]
+
+    def evaluate(self, node, xs):
+        return [xs[0].transpose((0,) + tuple(p + 1 for p in node.attrs["perm"]))]
+
+
+@register_op
+class Select(Op):
+    """``y = vec(x)[indices]`` reshaped to ``out_shape``: permutations and row selections."""
+
+    name = "Select"
+
+    def infer_shape(self, node, shapes):
+        idx = node.attrs["indices"]
+        n_in = int(np.prod(shapes[0], dtype=np.int64))
+        if len(idx) and (idx.min() < 0 or idx.max() >= n_in):
+            raise ValueError("Select index out of range")
+        out_shape = tuple(node.attrs.get("out_shape") or (len(idx),))
+        if int(np.prod(out_shape, dtype=np.int64)) != len(idx):
+            raise ValueError(f"Select out_shape {out_shape} does not hold {len(idx)} values")
+        return [out_shape]
+
+    def evaluate(self, node, xs):
+        x = xs[0].reshape(len(xs[0]), -1)[:, node.attrs["indices"]]
+        return [x.reshape((len(x),) + self.infer_shape(node, [xs[0].shape[1:]])[0])]
+
+
+def activation_ops() -> Sequence[str]:
+    return [name for name, op in OPS.items() if op.activation]

@@ -1,0 +1,9 @@
+"""Graph rewrites, one pass a file, registered by name; and pass pipelines."""
+from . import (conv_to_dense, drop_final_softmax, eliminate_dead, eliminate_identity,  # noqa: F401
+               fold_affine, fold_batchnorm, fold_pad, fold_stride, fuse_dense,
+               layout_to_permutation, lower_linear)
+from .base import PASSES, Pass, PassContext, get_pass, register_pass
+from .pipeline import DEFAULT_PIPELINES, Pipeline, PipelineReport
+
+__all__ = ["PASSES", "Pass", "PassContext", "get_pass", "register_pass", "Pipeline",
+           "PipelineReport", "DEFAULT_PIPELINES"]

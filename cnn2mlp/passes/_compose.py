@@ -1,0 +1,66 @@
+"""Helpers shared by the passes that merge linear maps into Dense nodes."""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..ir import Graph, Node
+from ..ir.linear import LinearMap, to_csr
+
+
+def nnz(w) -> int:
+    return int(w.nnz) if sp.issparse(w) else int(np.count_nonzero(w))
+
+
+def product_nnz_bound(w2, w1) -> int:
+    """Upper bound on nnz(w2 @ w1): sum over k of nnz(column k of w2) * nnz(row k of w1)."""
+    w1, w2 = to_csr(w1), to_csr(w2)
+    rows1 = np.diff(w1.indptr).astype(np.int64)
+    cols2 = np.bincount(w2.indices, minlength=w2.shape[1]).astype(np.int64)
+    return int(cols2 @ rows1)
+
+
+def compose(first: LinearMap, second: LinearMap) -> LinearMap:
+    """``second ∘ first``: ``W2 (W1 x + b1) + b2 = (W2 W1) x + (W2 b1 + b2)``."""
+    w1, b1 = first
+    w2, b2 = second
+    w = to_csr(w2) @ to_csr(w1)
+    w = sp.csr_array(w)
+    w.sum_duplicates()  # canonical: sorted, unique column indices
+    bias = None
+    if b1 is not None:
+        bias = np.asarray(to_csr(w2) @ np.asarray(b1, np.float64), np.float64)
+    if b2 is not None:
+        bias = np.asarray(b2, np.float64) if bias is None else bias + b2
+    return w.astype(np.float32), (None if bias is None else bias.astype(np.float32))
+
+
+def dense_map(node: Node) -> LinearMap:
+    return node.attrs["weight"], node.attrs.get("bias")
+
+
+def set_dense(node: Node, lin: LinearMap) -> None:
+    node.attrs["weight"], node.attrs["bias"] = lin
+
+
+def fold_into_neighbour(graph: Graph, node: Node, lin: LinearMap) -> bool:
+    """Merge the linear op ``node`` (matrix form ``lin``) into an adjacent Dense node.
+
+    Into the Dense that reads it (as the first factor) or, failing that, into the Dense it
+    reads when ``node`` is that Dense's only reader. Returns False if neither exists.
+    """
+    reader = graph.single_consumer(node.output)
+    if reader is not None and reader.op == "Dense":
+        set_dense(reader, compose(lin, dense_map(reader)))
+        reader.inputs = [node.input]
+        graph.remove_node(node)
+        return True
+    source = graph.producer(node.input)
+    if source is not None and source.op == "Dense" and graph.single_consumer(node.input) is node:
+        set_dense(source, compose(dense_map(source), lin))
+        source.attrs["out_shape"] = graph.shape(node.output)
+        graph.values[source.output].shape = graph.shape(node.output)
+        graph.replace_uses(node.output, source.output)
+        graph.remove_node(node)
+        return True
+    return False

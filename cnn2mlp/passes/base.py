@@ -1,0 +1,54 @@
+"""The pass interface and the registry of passes by name."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..ir import Graph
+
+PASSES: dict[str, type["Pass"]] = {}
+
+
+@dataclass
+class PassContext:
+    """What passes may read (options) and write (notes for the report)."""
+
+    target: str = "csr"
+    #: "cost": fuse linear layers only when the non-zeros do not grow; "always": fuse all.
+    fusion: str = "cost"
+    #: declared input domain, used by analyses that need bounds
+    input_range: tuple[float, float] = (0.0, 1.0)
+    options: dict[str, Any] = field(default_factory=dict)
+    #: per-pass statistics, filled by passes (e.g. neurons added)
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Pass:
+    """A graph rewrite. Subclasses set ``name`` and implement :meth:`run`, in place.
+
+    ``run`` returns the number of rewrites made (0 when nothing matched), which the
+    pipeline reports.
+    """
+
+    name: ClassVar[str] = ""
+
+    def run(self, graph: Graph, ctx: PassContext) -> int:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<pass {self.name}>"
+
+
+def register_pass(cls: type[Pass]) -> type[Pass]:
+    if not cls.name or cls.name in PASSES:
+        raise ValueError(f"pass name {cls.name!r} is empty or taken")
+    PASSES[cls.name] = cls
+    return cls
+
+
+def get_pass(name: str) -> Pass:
+    from ..errors import CompileError
+
+    if name not in PASSES:
+        raise CompileError(f"unknown pass {name!r}; passes: {', '.join(sorted(PASSES))}")
+    return PASSES[name]()

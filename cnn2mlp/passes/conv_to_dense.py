@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..ir import Graph, Node
+from ..ir.geometry import broadcast_axis, combined_mask, window_axes
+from ..ir.linear import index_dtype
+from .base import Pass, PassContext, register_pass
+
+
+@register_pass
+class ConvToDense(Pass):
+    """Rewrites each Conv as a Dense whose weight is the convolution's sparse matrix.
+
+    Row ``(o, *out_pos)`` holds ``K[o, c, *u]`` in column ``(c, *in_pos)`` for every kernel
+    offset ``u`` that lands inside the input; padding contributes nothing. The CSR arrays
+    are built directly, vectorized, in O(non-zeros) time and memory.
+
+    Option ``conv-to-dense.fold_stride`` (default True): emit the strided matrix directly.
+    When False, emit the stride-1 matrix followed by a Select of the strided positions,
+    which the fold-stride pass then folds.
+
+    Preserves: the function exactly (the weights are the kernel's values, unchanged).
+    """
+
+    name = "conv-to-dense"
+
+    def run(self, graph: Graph, ctx: PassContext) -> int:
+        direct = ctx.options.get("conv-to-dense.fold_stride", True)
+        count = 0
+        for node in graph:
+            if node.op == "Conv":
+                lower_conv(graph, node, direct)
+                count += 1
+        return count
+
+
+def lower_conv(graph: Graph, node: Node, direct: bool) -> None:
+    a = node.attrs
+    in_shape = graph.shape(node.input)
+    out_shape = graph.shape(node.output)
+    strides = a["strides"] if direct else (1,) * len(a["strides"])
+    weight, bias, full_shape = conv_matrix(a["kernel"], a.get("bias"), in_shape, strides,
+                                           a["pads"], a["dilations"], a["group"])
+    node.op, node.attrs = "Dense", {"weight": weight, "bias": bias, "out_shape": full_shape}
+    if full_shape == out_shape:
+        return
+    # Stride-1 matrix: keep every s-th output position through a Select.
+    graph.values[node.output].shape = full_shape
+    select = strided_positions(full_shape, a["strides"])
+    out = node.output
+    sel = graph.add_node("Select", [out], {"indices": select, "out_shape": out_shape},
+                         name=f"{node.name}_stride")
+    graph.nodes.pop()
+    graph.nodes.insert(graph.nodes.index(node) + 1, sel)
+    for reader in graph.consumers(out):
+        if reader is not sel:
+            reader.inputs = [sel.output if i == out else i for i in reader.inputs]
+    if graph.output == out:
+        graph.output = sel.output
+
+
+def strided_positions(shape: tuple[int, ...], strides) -> np.ndarray:
+    """Flat indices of positions ``(c, s1*i1, s2*i2, ...)`` in a ``(C, *spatial)`` tensor."""
+    grid = np.arange(math.prod(shape)).reshape(shape)
+    return grid[(slice(None),) + tuple(slice(None, None, s) for s in strides)].ravel()
+
+
+def conv_matrix(kernel: np.ndarray, bias: np.ndarray | None, in_shape, strides, pads,
+                dilations, group: int):
+    """The CSR matrix, bias vector and output shape of a convolution on ``in_shape``.
+
+    Every row has the same pattern up to a column offset per group: the columns for output
+    position ``p`` are ``(c, in_pos(p, u))`` for the offsets ``u`` inside the input,
+    ordered by channel then offset, which is ascending column order (CSR without a sort).
+    """
+    c_in, spatial = in_shape[0], tuple(in_shape[1:])
+    n_out = kernel.shape[0]
+    c_group = c_in // group
+    axes = window_axes(spatial, kernel.shape[2:], strides, dilations, pads)
+    out_spatial = tuple(ax.size_out for ax in axes)
+    n_pos, n_off = math.prod(out_spatial), math.prod(kernel.shape[2:])
+    n_pix = math.prod(spatial)
+
+    inside = combined_mask(axes).reshape(n_pos, n_off)
+    pixel = flat_input_pixel(axes, spatial).reshape(n_pos, n_off)
+    pos, chan, off = np.nonzero(np.broadcast_to(inside[:, None, :], (n_pos, c_group, n_off)))
+    row_cols = chan * n_pix + pixel[pos, off]   # columns of one output channel, group 0
+    row_taps = chan * n_off + off               # which kernel entry fills each column
+    per_row = inside.sum(axis=1) * c_group      # non-zeros per output position
+
+    pattern = len(row_cols)
+    nnz = n_out * pattern
+    dt = index_dtype(nnz, c_in * n_pix, n_out * n_pos)
+    data = np.empty(nnz, dtype=np.float32)
+    np.take(kernel.reshape(n_out, -1).astype(np.float32, copy=False), row_taps, axis=1,
+            out=data.reshape(n_out, pattern))
+    indices = np.empty(nnz, dtype=dt)
+    group_start = (np.arange(n_out) // (n_out // group)) * (c_group * n_pix)
+    np.add(group_start.astype(dt)[:, None], row_cols.astype(dt)[None, :],
+           out=indices.reshape(n_out, pattern))
+    indptr = np.zeros(n_out * n_pos + 1, dtype=dt)
+    np.cumsum(np.tile(per_row.astype(dt), n_out), out=indptr[1:])
+
+    weight = sp.csr_array((data, indices, indptr), shape=(n_out * n_pos, c_in * n_pix))
+    weight.has_sorted_indices = True
+    out_bias = None if bias is None else np.repeat(np.asarray(bias, np.float32), n_pos)
+    return weight, out_bias, (n_out,) + out_spatial
+
+
+def flat_input_pixel(axes, spatial) -> np.ndarray:
+    """Row-major flat index of the (clipped) input pixel read at each (out..., k...)."""
+    nd = len(axes)
+    flat = np.zeros([1] * (2 * nd), dtype=np.int64)
+    for a, ax in enumerate(axes):
+        pos = np.clip(ax.positions(), 0, spatial[a] - 1)
+        flat = flat * spatial[a] + broadcast_axis(pos, a, nd)
+    return flat

@@ -1,0 +1,109 @@
+"""Named, editable pass pipelines (in the manner of coremltools' PassPipeline)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from ..ir import Graph
+from .base import PassContext, get_pass
+
+DEFAULT_PIPELINES: dict[str, list[str]] = {
+    "csr": [
+        "eliminate-identity",
+        "drop-final-softmax",
+        "fold-batchnorm",
+        "fold-pad",
+        "conv-to-dense",
+        "layout-to-permutation",
+        "fold-stride",
+        "fold-affine",
+        "lower-linear",
+        "fuse-dense",
+        "eliminate-dead",
+    ],
+}
+
+
+@dataclass
+class PassRecord:
+    name: str
+    seconds: float
+    rewrites: int
+
+
+@dataclass
+class PipelineReport:
+    records: list[PassRecord] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.records)
+
+
+class Pipeline:
+    """An ordered list of pass names that a user can build, edit and run.
+
+    >>> p = Pipeline.default("csr")
+    >>> p.remove("fuse-dense")
+    >>> p.insert_after("conv-to-dense", "eliminate-dead")
+    """
+
+    def __init__(self, passes: Iterable[str] = ()) -> None:
+        self.passes: list[str] = []
+        for name in passes:
+            self.append(name)
+
+    @classmethod
+    def default(cls, target: str = "csr") -> "Pipeline":
+        if target not in DEFAULT_PIPELINES:
+            raise ValueError(f"no default pipeline for target {target!r}")
+        return cls(DEFAULT_PIPELINES[target])
+
+    # -- editing ----------------------------------------------------------------------------
+    def append(self, name: str) -> None:
+        get_pass(name)  # fail early on a typo
+        self.passes.append(name)
+
+    def insert(self, index: int, name: str) -> None:
+        get_pass(name)
+        self.passes.insert(index, name)
+
+    def insert_before(self, anchor: str, name: str) -> None:
+        self.insert(self._index(anchor), name)
+
+    def insert_after(self, anchor: str, name: str) -> None:
+        self.insert(self._index(anchor) + 1, name)
+
+    def remove(self, name: str) -> None:
+        self.passes.pop(self._index(name))
+
+    def replace(self, old: str, new: str) -> None:
+        get_pass(new)
+        self.passes[self._index(old)] = new
+
+    def _index(self, name: str) -> int:
+        try:
+            return self.passes.index(name)
+        except ValueError:
+            raise ValueError(f"pass {name!r} is not in the pipeline {self.passes}") from None
+
+    def __iter__(self):
+        return iter(self.passes)
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.passes})"
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self, graph: Graph, ctx: PassContext | None = None,
+            after_each: Callable[[str, Graph], None] | None = None) -> PipelineReport:
+        """Run the passes in order, in place; ``after_each(name, graph)`` sees each result."""
+        ctx = ctx or PassContext()
+        report = PipelineReport()
+        for name in self.passes:
+            start = time.perf_counter()
+            rewrites = get_pass(name).run(graph, ctx)
+            report.records.append(PassRecord(name, time.perf_counter() - start, rewrites))
+            if after_each is not None:
+                after_each(name, graph)
+        return report
