@@ -80,6 +80,12 @@ class Graph:
         self.nodes.append(node)
         return node
 
+    def append(self, op: str, attrs: dict[str, Any] | None = None, name: str = "") -> Node:
+        """Add a node reading the current output and make its result the output (chains)."""
+        node = self.add_node(op, [self.output], attrs, name)
+        self.output = node.output
+        return node
+
     def insert_node_before(self, anchor: Node, op: str, inputs: list[str],
                            attrs: dict[str, Any] | None = None, name: str = "") -> Node:
         """Add a node and move it in front of ``anchor`` (keeps the topological order)."""
@@ -158,6 +164,9 @@ class Graph:
                 known.add(out)
         if self.output not in known:
             raise AssertionError(f"graph output {self.output} is never produced")
+
+    def __repr__(self) -> str:
+        return f"<Graph\n{self.dump()}>"
 
     def dump(self) -> str:
         lines = [f"input {self.input}: {self.shape(self.input)}"]

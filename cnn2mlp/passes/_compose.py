@@ -24,8 +24,8 @@ def compose(first: LinearMap, second: LinearMap) -> LinearMap:
     """``second ∘ first``: ``W2 (W1 x + b1) + b2 = (W2 W1) x + (W2 b1 + b2)``."""
     w1, b1 = first
     w2, b2 = second
-    w = to_csr(w2) @ to_csr(w1)
-    w = sp.csr_array(w)
+    # Multiply in float64 and round once: float32 products drift by ~1e-5 on wide sums.
+    w = sp.csr_array(to_csr(w2).astype(np.float64) @ to_csr(w1).astype(np.float64))
     w.sum_duplicates()  # canonical: sorted, unique column indices
     bias = None
     if b1 is not None:
