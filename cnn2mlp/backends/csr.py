@@ -57,6 +57,10 @@ def read_csr(path: str | Path) -> tuple[Mlp, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+            raise ArtifactError(f"{path}: not a cnn2mlp .npz file (not a zip archive); "
+                                "compile the model with cnn2mlp")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}

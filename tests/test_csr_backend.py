@@ -1,0 +1,78 @@
+"""The CSR artifact: round trip, runtime contract, and what load refuses."""
+import numpy as np
+import pytest
+from hypothesis import given
+
+import cnn2mlp
+from cnn2mlp.backends.csr import ArtifactError, CsrModel, save_csr
+from cnn2mlp.ir.mlp import Mlp
+from cnn2mlp.passes import Pipeline
+from cnn2mlp.testing import cnn_graphs
+
+
+def lowered(graph):
+    out_shape = graph.shape(graph.output)
+    g = graph.copy()
+    Pipeline.default("csr").run(g)
+    return Mlp.from_graph(g, out_shape)
+
+
+@given(graph=cnn_graphs())
+def test_round_trip_is_bit_exact(graph, tmp_path_factory):
+    mlp = lowered(graph)
+    path = tmp_path_factory.mktemp("a") / "m.npz"
+    save_csr(mlp, path)
+    loaded = cnn2mlp.load(path)
+    x = np.random.default_rng(0).uniform(-1, 1, (4,) + tuple(mlp.input_shape))
+    np.testing.assert_array_equal(loaded.predict(x), CsrModel(mlp).predict(x))
+    assert loaded.predict(x, dtype=np.float64).dtype == np.float64
+    for a, b in zip(loaded.layers, mlp.layers):
+        assert (a.weight != b.weight).nnz == 0 and a.activation == b.activation
+
+
+def make_artifact(tmp_path):
+    from cnn2mlp.ir import Graph
+
+    g = Graph("x", (2, 3))
+    g.append("Reshape", {"shape": (6,)})
+    g.append("Dense", {"weight": np.arange(12, dtype=np.float32).reshape(2, 6), "bias": None})
+    g.append("Relu")
+    path = tmp_path / "m.npz"
+    save_csr(lowered(g), path)
+    return path
+
+
+def test_predict_checks_the_input_shape(tmp_path):
+    model = cnn2mlp.load(make_artifact(tmp_path))
+    assert model.predict(np.ones((5, 2, 3))).shape == (5, 2)
+    with pytest.raises(ValueError, match=r"expects \(B, 2, 3\)"):
+        model.predict(np.ones((5, 6)))
+
+
+def test_pickled_npz_is_refused(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, format=np.array("cnn2mlp-csr"), format_version=np.array(1),
+             meta=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(ArtifactError, match="pickled"):
+        cnn2mlp.load(path)
+
+
+@pytest.mark.parametrize("version", [None, 0, 99])
+def test_wrong_or_missing_format_version(tmp_path, version):
+    path = make_artifact(tmp_path)
+    with np.load(path) as z:
+        arrays = dict(z)
+    if version is None:
+        del arrays["format_version"]
+    else:
+        arrays["format_version"] = np.array(version)
+    np.savez(path, **arrays)
+    with pytest.raises(ArtifactError, match="format"):
+        cnn2mlp.load(path)
+
+
+def test_not_an_npz(tmp_path):
+    path = tmp_path / "junk.npz"
+    path.write_bytes(b"\x00junk" * 10)
+    with pytest.raises(ArtifactError, match="not a cnn2mlp"):
+        cnn2mlp.load(path)
