@@ -113,7 +113,7 @@ class CsrModel:
     def _cast(self, dtype) -> list[sp.csr_array]:
         key = np.dtype(dtype)
         if key not in self._weights:
-            self._weights[key] = [layer.weight.astype(key) for layer in self.mlp.layers]
+            self._weights[key] = [layer.weight.astype(key, copy=False) for layer in self.mlp.layers]
         return self._weights[key]
 
     def predict(self, x: np.ndarray, dtype=np.float32) -> np.ndarray:

@@ -54,7 +54,7 @@ class Mlp:
             if node.inputs != [current]:
                 raise NotAnMlpError(f"node {node.name} ({node.op}) is not part of a chain")
             if node.op == "Dense":
-                w = to_csr(node.attrs["weight"]).astype(np.float32)
+                w = to_csr(node.attrs["weight"]).astype(np.float32, copy=False)
                 b = node.attrs.get("bias")
                 b = np.zeros(w.shape[0], np.float32) if b is None else np.asarray(b, np.float32)
                 layers.append(MlpLayer(w, b))

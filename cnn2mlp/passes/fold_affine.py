@@ -23,7 +23,9 @@ class FoldAffine(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> int:
         count = 0
-        for node in graph:
+        # Last first: in (x - m) / s before a Dense, the Div folds into the Dense, and then
+        # the Sub finds the Dense right behind it.
+        for node in reversed(list(graph.nodes)):
             if node.op in AFFINE_OPS and fold_into_neighbour(graph, node, linear_map(graph, node)):
                 count += 1
         return count
