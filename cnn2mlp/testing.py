@@ -61,6 +61,37 @@ def conv_geometries(draw, in_shape: Sequence[int], max_kernel: int = 5, max_stri
             "out_channels": out_channels}
 
 
+@st.composite
+def pool_geometries(draw, in_shape: Sequence[int], max_kernel: int = 4, max_stride: int = 3,
+                    max_dilation: int = 2, dilations: bool = True) -> dict[str, Any]:
+    """Attributes of one MaxPool/AveragePool on ``(C, *spatial)``: any kernel, strides,
+    dilations, asymmetric pads (each smaller than the kernel, as ONNX requires), ceil_mode
+    and count_include_pad."""
+    kernel, strides, dils, pads_b, pads_e = [], [], [], [], []
+    for size in in_shape[1:]:
+        k = draw(st.integers(1, min(max_kernel, size)))
+        d = draw(st.integers(1, max_dilation)) if dilations and k > 1 else 1
+        if d * (k - 1) + 1 > size:
+            d = 1
+        limit = min(k - 1, d * (k - 1))
+        kernel.append(k)
+        dils.append(d)
+        strides.append(draw(st.integers(1, max_stride)))
+        pads_b.append(draw(st.integers(0, limit)))
+        pads_e.append(draw(st.integers(0, limit)))
+    return {"kernel_shape": tuple(kernel), "strides": tuple(strides), "dilations": tuple(dils),
+            "pads": tuple(pads_b + pads_e), "ceil_mode": draw(st.booleans()),
+            "count_include_pad": draw(st.booleans())}
+
+
+def pool_output_shape(in_shape: Sequence[int], geo: dict[str, Any]) -> tuple[int, ...]:
+    nd = len(in_shape) - 1
+    return (in_shape[0],) + tuple(
+        output_size(in_shape[1 + a], geo["kernel_shape"][a], geo["strides"][a],
+                    geo["dilations"][a], geo["pads"][a], geo["pads"][nd + a], geo["ceil_mode"])
+        for a in range(nd))
+
+
 def conv_output_shape(in_shape: Sequence[int], geo: dict[str, Any]) -> tuple[int, ...]:
     nd = len(in_shape) - 1
     return (geo["out_channels"],) + tuple(
@@ -92,7 +123,7 @@ def _push(g: Graph, op: str, attrs: dict[str, Any]):
 @st.composite
 def cnn_graphs(draw, ranks: Sequence[int] = (1, 2), max_layers: int = 3,
                layers: Sequence[str] = ("conv", "conv", "batchnorm", "activation", "affine",
-                                        "pad", "transpose"),
+                                        "pad", "transpose", "maxpool", "avgpool"),
                dense_head: bool = True) -> Graph:
     """Small random IR graphs: convolutions of every geometry mixed with the other ops,
     optionally ending in Flatten + Dense."""
@@ -110,6 +141,11 @@ def cnn_graphs(draw, ranks: Sequence[int] = (1, 2), max_layers: int = 3,
                                             "strides": geo["strides"], "pads": geo["pads"],
                                             "dilations": geo["dilations"],
                                             "group": geo["group"]})
+        elif kind in ("maxpool", "avgpool"):
+            geo = draw(pool_geometries(shape))
+            if kind == "maxpool":
+                geo.pop("count_include_pad")
+            _push(g, "MaxPool" if kind == "maxpool" else "AveragePool", geo)
         elif kind == "batchnorm":
             c = shape[0]
             _push(g, "BatchNorm", {
@@ -207,6 +243,22 @@ class OnnxBuilder:
                                                                           geo["pads"])})
         return self.node("Conv", inputs, **attrs)
 
+    def pool(self, op: str, geo: dict[str, Any]) -> str:
+        """MaxPool / AveragePool (and Global* when ``geo`` is None)."""
+        if op.startswith("Global"):
+            self.shape = (self.shape[0],) + (1,) * (len(self.shape) - 1)
+            return self.node(op, [self.current])
+        attrs = dict(kernel_shape=list(geo["kernel_shape"]), strides=list(geo["strides"]),
+                     pads=list(geo["pads"]))
+        if geo.get("ceil_mode"):
+            attrs["ceil_mode"] = 1
+        if max(geo["dilations"]) > 1:
+            attrs["dilations"] = list(geo["dilations"])
+        if op == "AveragePool" and geo.get("count_include_pad"):
+            attrs["count_include_pad"] = 1
+        self.shape = pool_output_shape(self.shape, geo)
+        return self.node(op, [self.current], **attrs)
+
     def batchnorm(self) -> str:
         c = self.shape[0]
         ins = [self.const(self.weights(c, 0.5, 1.5)), self.const(self.weights(c)),
@@ -275,7 +327,9 @@ class OnnxBuilder:
 @st.composite
 def onnx_cnns(draw, ranks: Sequence[int] = (1, 2), max_convs: int = 3,
               activations: Sequence[str] = ACTIVATIONS,
-              opsets: Sequence[int] = (9, 11, 13, 17, 21)) -> onnx.ModelProto:
+              opsets: Sequence[int] = (9, 11, 13, 17, 21),
+              pools: Sequence[str] = ("MaxPool", "AveragePool", "GlobalMaxPool",
+                                      "GlobalAveragePool")) -> onnx.ModelProto:
     """Random ONNX CNNs as exporters write them: NCHW or NHWC (+Transpose) input, symbolic or
     fixed batch, optional Sub/Div normalization, convolutions of every geometry with
     BatchNorm and activations, then Flatten/Reshape and Gemm or MatMul+Add."""
@@ -295,6 +349,16 @@ def onnx_cnns(draw, ranks: Sequence[int] = (1, 2), max_convs: int = 3,
         if draw(st.booleans()):
             b.batchnorm()
         b.activation(draw(st.sampled_from(list(activations))))
+        if pools and draw(st.booleans()):
+            op = draw(st.sampled_from(list(pools)))
+            geo = None
+            if not op.startswith("Global"):
+                # ceil_mode needs opset 10, pool dilations opset 10 (Max) / 19 (Average)
+                dilated = opset >= (19 if op == "AveragePool" else 10)
+                geo = draw(pool_geometries(b.shape, dilations=dilated))
+                if opset < 10:
+                    geo["ceil_mode"] = False
+            b.pool(op, geo)
     style = draw(st.sampled_from(["flatten", "reshape", "shape", "tf2onnx"] if nhwc
                                  else ["flatten", "reshape", "shape"]))
     b.flatten(style)

@@ -107,12 +107,13 @@ def test_layout_to_permutation_and_fold(graph):
 
 @given(cnn_graphs())
 def test_lower_linear_leaves_only_dense_and_activations(graph):
-    after, _ = apply(graph, "conv-to-dense", "lower-linear")
+    after, _ = apply(graph, "conv-to-dense", "maxpool-to-relu", "lower-linear")
     assert set(after.ops()) <= {"Dense", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Reshape"}
     assert_same_function(graph, after)
 
 
-@given(cnn_graphs(layers=("conv", "affine", "pad", "transpose")), st.sampled_from(["cost", "always"]))
+@given(cnn_graphs(layers=("conv", "affine", "pad", "transpose", "avgpool")),
+       st.sampled_from(["cost", "always"]))
 def test_fuse_dense(graph, policy):
     lowered, _ = apply(graph, "conv-to-dense", "lower-linear", "layout-to-permutation")
     after = lowered.copy()

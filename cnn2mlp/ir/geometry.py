@@ -102,3 +102,13 @@ def gather_windows(x: np.ndarray, axes: list[AxisWindow], fill: float) -> np.nda
                   for a, ax in enumerate(axes))
     windows = x[(slice(None), slice(None)) + index]
     return np.where(combined_mask(axes), windows, fill)
+
+
+def flat_input_pixel(axes, spatial) -> np.ndarray:
+    """Row-major flat index of the (clipped) input pixel read at each (out..., k...)."""
+    nd = len(axes)
+    flat = np.zeros([1] * (2 * nd), dtype=np.int64)
+    for a, ax in enumerate(axes):
+        pos = np.clip(ax.positions(), 0, spatial[a] - 1)
+        flat = flat * spatial[a] + broadcast_axis(pos, a, nd)
+    return flat

@@ -1,13 +1,17 @@
 """Linear ops as sparse matrices on the flattened sample: ``vec(y) = W vec(x) + b``.
 
-These are the matrix forms of the IR's cheap linear ops (element-wise affine, layout,
-padding). Convolution and pooling have their own builders in the passes that lower them.
+These are the matrix forms of the IR's linear ops (element-wise affine, layout, padding,
+average pooling) and the window tables of pooling. Convolution's matrix is built by the
+conv-to-dense pass.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import scipy.sparse as sp
 
+from .geometry import combined_mask, flat_input_pixel, window_axes
 from .graph import Graph, Node, Shape
 from .ops import batchnorm_affine
 
@@ -90,6 +94,54 @@ def linear_map(graph: Graph, node: Node) -> LinearMap | None:
         return selection(np.arange(n), n), None
     if node.op == "Pad":
         return pad_map(shape, node.attrs["pads"], node.attrs.get("value", 0.0))
+    if node.op == "AveragePool":
+        return avgpool_matrix(shape, node.attrs), None
     if node.op == "Dense":
         return to_csr(node.attrs["weight"]), node.attrs.get("bias")
     return None
+
+
+# ------------------------------------------------------------------------------- pooling
+def pool_axes(attrs, spatial):
+    return window_axes(spatial, attrs["kernel_shape"], attrs["strides"], attrs["dilations"],
+                       attrs["pads"], attrs.get("ceil_mode", False))
+
+
+def window_members(in_shape, attrs) -> np.ndarray:
+    """``(C * n_pos, k)`` flat input indices read by each pool output (row-major over
+    (channel, position)); the valid ones first, then -1 for padding."""
+    channels, spatial = in_shape[0], tuple(in_shape[1:])
+    axes = pool_axes(attrs, spatial)
+    n_pos = math.prod(ax.size_out for ax in axes)
+    n_off = math.prod(attrs["kernel_shape"])
+    inside = combined_mask(axes).reshape(n_pos, n_off)
+    pixel = flat_input_pixel(axes, spatial).reshape(n_pos, n_off)
+    order = np.argsort(~inside, axis=1, kind="stable")  # valid first, in kernel order
+    pixel = np.take_along_axis(pixel, order, axis=1)
+    valid = np.take_along_axis(inside, order, axis=1)
+    n_pix = math.prod(spatial)
+    members = np.arange(channels)[:, None, None] * n_pix + pixel[None]
+    members = np.where(valid[None], members, -1)
+    return members.reshape(channels * n_pos, n_off)
+
+
+def avgpool_matrix(in_shape, attrs) -> sp.csr_array:
+    """AveragePool as a CSR matrix: 1/count on the valid cells of each window, where count
+    includes the explicit padding when count_include_pad (never the ceil-mode overhang)."""
+    channels, spatial = in_shape[0], tuple(in_shape[1:])
+    axes = pool_axes(attrs, spatial)
+    nd = len(axes)
+    which = "inside_padded" if attrs.get("count_include_pad") else "inside"
+    counts = combined_mask(axes, which).sum(axis=tuple(range(nd, 2 * nd))).ravel()
+    members = window_members(in_shape, attrs)
+    valid = members >= 0
+    per_row = valid.sum(axis=1)
+    if np.any(per_row == 0):
+        raise ValueError("a pooling window lies entirely in the padding")
+    weights = np.broadcast_to((1.0 / np.tile(counts, channels))[:, None], members.shape)
+    n_in = channels * math.prod(spatial)
+    dt = index_dtype(members.size, n_in)
+    indptr = np.zeros(len(members) + 1, dtype=dt)
+    np.cumsum(per_row, out=indptr[1:])
+    return sp.csr_array((weights[valid].astype(np.float32), members[valid].astype(dt), indptr),
+                        shape=(len(members), n_in))

@@ -1,7 +1,20 @@
 """Graph rewrites, one pass a file, registered by name; and pass pipelines."""
-from . import (conv_to_dense, drop_final_softmax, eliminate_dead, eliminate_identity,  # noqa: F401
-               fold_affine, fold_batchnorm, fold_pad, fold_stride, fuse_dense,
-               layout_to_permutation, lower_linear)
+from . import (  # noqa: F401  (importing a pass module registers the pass)
+    avgpool_fuse,
+    avgpool_linearize,
+    conv_to_dense,
+    drop_final_softmax,
+    eliminate_dead,
+    eliminate_identity,
+    fold_affine,
+    fold_batchnorm,
+    fold_pad,
+    fold_stride,
+    fuse_dense,
+    layout_to_permutation,
+    lower_linear,
+    maxpool_to_relu,
+)
 from .base import PASSES, Pass, PassContext, get_pass, register_pass
 from .pipeline import DEFAULT_PIPELINES, Pipeline, PipelineReport
 

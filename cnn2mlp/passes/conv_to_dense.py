@@ -6,7 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..ir import Graph, Node
-from ..ir.geometry import broadcast_axis, combined_mask, window_axes
+from ..ir.geometry import combined_mask, flat_input_pixel, window_axes
 from ..ir.linear import index_dtype
 from .base import Pass, PassContext, register_pass
 
@@ -109,13 +109,3 @@ def conv_matrix(kernel: np.ndarray, bias: np.ndarray | None, in_shape, strides, 
     weight.has_sorted_indices = True
     out_bias = None if bias is None else np.repeat(np.asarray(bias, np.float32), n_pos)
     return weight, out_bias, (n_out,) + out_spatial
-
-
-def flat_input_pixel(axes, spatial) -> np.ndarray:
-    """Row-major flat index of the (clipped) input pixel read at each (out..., k...)."""
-    nd = len(axes)
-    flat = np.zeros([1] * (2 * nd), dtype=np.int64)
-    for a, ax in enumerate(axes):
-        pos = np.clip(ax.positions(), 0, spatial[a] - 1)
-        flat = flat * spatial[a] + broadcast_axis(pos, a, nd)
-    return flat

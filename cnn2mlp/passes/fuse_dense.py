@@ -13,7 +13,8 @@ class FuseDense(Pass):
     Cost-aware: with ``ctx.fusion == "cost"`` it fuses only when a bound on the product's
     non-zeros does not exceed the two factors' (diagonal, permutation and selection factors
     always qualify); with ``"always"`` (targets with no room for a linear layer) it fuses
-    every pair. Preserves: the function exactly, up to float32 rounding of the product.
+    every pair, as it does for a Dense marked ``fuse_with_next`` (the recombination step of a
+    lowered max pool). Preserves: the function exactly, up to float32 rounding of the product.
     """
 
     name = "fuse-dense"
@@ -28,7 +29,8 @@ class FuseDense(Pass):
                 if second is None or second.op != "Dense" or first not in graph.nodes:
                     continue
                 w1, w2 = first.attrs["weight"], second.attrs["weight"]
-                if ctx.fusion != "always" and product_nnz_bound(w2, w1) > nnz(w1) + nnz(w2):
+                demanded = ctx.fusion == "always" or first.attrs.get("fuse_with_next")
+                if not demanded and product_nnz_bound(w2, w1) > nnz(w1) + nnz(w2):
                     continue
                 second.attrs["weight"], second.attrs["bias"] = compose(dense_map(first),
                                                                        dense_map(second))

@@ -4,12 +4,13 @@ from ..ir import Graph
 from ..ir.linear import linear_map
 from .base import Pass, PassContext, register_pass
 
-LOWERED = ("AddConst", "MulConst", "BatchNorm", "Pad", "Transpose", "Select")
+LOWERED = ("AddConst", "MulConst", "BatchNorm", "Pad", "Transpose", "Select", "AveragePool")
 
 
 @register_pass
 class LowerLinear(Pass):
-    """Turns every remaining cheap linear op (element-wise affine, Pad, Transpose, Select)
+    """Turns every remaining linear op (element-wise affine, Pad, Transpose, Select, an
+    AveragePool that avgpool-fuse left alone)
     into a Dense node with its sparse matrix, so that the graph holds only Dense layers and
     activations. Reshapes between Dense layers and activations are dropped.
 

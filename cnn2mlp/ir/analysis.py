@@ -1,0 +1,118 @@
+"""Analyses over the IR: element-wise interval bounds and Lipschitz constants.
+
+``interval_bounds`` propagates a box ``[low, high]`` on the input through every op: monotone
+ops map the two corners, affine ops use centre ± |W| · radius. The bounds are sound (up to
+float64 rounding) and are what the passes use to prove a value is ≥ 0, and what targets
+use to shift an output into an activation's range.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .graph import Graph, Node
+from .ops import get_op
+
+#: stands for an unbounded input; big enough to dominate, small enough to stay finite
+UNBOUNDED = 1e30
+
+MONOTONE = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Identity", "MaxPool", "AveragePool",
+            "Reshape", "Transpose", "Select", "Pad"}
+AFFINE = {"Conv", "Dense", "AddConst", "MulConst", "BatchNorm"}
+
+Bounds = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def interval_bounds(graph: Graph, low: float | np.ndarray = -UNBOUNDED,
+                    high: float | np.ndarray = UNBOUNDED) -> Bounds:
+    """Lower and upper bound of every value, per element, for inputs in ``[low, high]``."""
+    shape = graph.shape(graph.input)
+    lo = np.broadcast_to(np.asarray(low, np.float64), shape).astype(np.float64)
+    hi = np.broadcast_to(np.asarray(high, np.float64), shape).astype(np.float64)
+    bounds: Bounds = {graph.input: (lo, hi)}
+    for node in graph.nodes:
+        lo, hi = bounds[node.input]
+        bounds[node.output] = node_bounds(node, lo, hi)
+    return bounds
+
+
+def node_bounds(node: Node, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    op = get_op(node.op)
+    if node.op in MONOTONE:
+        both = op.evaluate(node, [np.stack([lo, hi])])[0]
+        return both[0], both[1]
+    if node.op == "Softmax":
+        return np.zeros_like(lo), np.ones_like(hi)
+    if node.op in AFFINE:
+        centre = (lo + hi) / 2
+        radius = (hi - lo) / 2
+        mid = op.evaluate(node, [centre[None]])[0][0]
+        spread = op.evaluate(abs_linear(node), [radius[None]])[0][0]
+        return mid - spread, mid + spread
+    raise ValueError(f"no interval rule for {node.op}")
+
+
+def abs_linear(node: Node) -> Node:
+    """The node with its weights replaced by their absolute values and no bias/shift."""
+    a: dict[str, Any] = dict(node.attrs)
+    if node.op == "Conv":
+        a["kernel"], a["bias"] = np.abs(a["kernel"]), None
+    elif node.op == "Dense":
+        w = a["weight"]
+        a["weight"], a["bias"] = (abs(w) if sp.issparse(w) else np.abs(w)), None
+    elif node.op == "AddConst":
+        a["const"] = np.zeros_like(np.asarray(a["const"], np.float64))
+    elif node.op == "MulConst":
+        a["const"] = np.abs(a["const"])
+    elif node.op == "BatchNorm":
+        from .ops import batchnorm_affine
+
+        scale, _ = batchnorm_affine(a)
+        a = {"scale": np.abs(scale), "bias": np.zeros_like(scale), "mean": np.zeros_like(scale),
+             "var": np.ones_like(scale), "epsilon": 0.0}
+    return Node(node.op, node.inputs, node.outputs, a, node.name)
+
+
+def nonnegative(graph: Graph, value: str, bounds: Bounds | None = None) -> np.ndarray:
+    """Mask of the entries of ``value`` proven ≥ 0 for every input."""
+    bounds = bounds or interval_bounds(graph)
+    return bounds[value][0] >= 0
+
+
+LIPSCHITZ = {"Relu": 1.0, "LeakyRelu": 1.0, "Tanh": 1.0, "Sigmoid": 0.25, "Identity": 1.0,
+             "MaxPool": 1.0, "AveragePool": 1.0, "Reshape": 1.0, "Transpose": 1.0,
+             "Select": 1.0, "Pad": 1.0, "Softmax": 1.0, "AddConst": 1.0}
+
+
+def lipschitz_inf(graph: Graph, start: str) -> float:
+    """A bound L with ``|out(v + e) - out(v)|_inf <= L |e|_inf`` for changes ``e`` of the
+    value ``start`` (a chain from ``start`` to the output is assumed)."""
+    constant = 1.0
+    current = start
+    for node in graph.nodes:
+        if node.inputs != [current]:
+            continue
+        constant *= node_lipschitz(node)
+        current = node.output
+    return constant
+
+
+def node_lipschitz(node: Node) -> float:
+    if node.op in LIPSCHITZ:
+        return LIPSCHITZ[node.op] * (abs(node.attrs.get("alpha", 1.0)) if node.op == "LeakyRelu"
+                                     and abs(node.attrs.get("alpha", 1.0)) > 1 else 1.0)
+    if node.op == "Dense":
+        w = node.attrs["weight"]
+        return float(np.max(np.asarray(abs(w).sum(axis=1)), initial=0.0))
+    if node.op == "Conv":
+        k = np.abs(node.attrs["kernel"])
+        return float(k.reshape(len(k), -1).sum(axis=1).max(initial=0.0))
+    if node.op == "MulConst":
+        return float(np.max(np.abs(node.attrs["const"]), initial=0.0))
+    if node.op == "BatchNorm":
+        from .ops import batchnorm_affine
+
+        return float(np.max(np.abs(batchnorm_affine(node.attrs)[0]), initial=0.0))
+    raise ValueError(f"no Lipschitz rule for {node.op}")
