@@ -15,7 +15,8 @@ from cnn2mlp.check import compare
 from cnn2mlp.testing import compile_to_model
 
 OPS = {"Conv", "Gemm", "MatMul", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Flatten", "Transpose",
-       "BatchNormalization", "Identity", "Dropout"}
+       "BatchNormalization", "Identity", "Dropout",
+       "MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool"}
 
 
 def all_cases():

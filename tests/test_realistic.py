@@ -176,3 +176,79 @@ def test_pad_node_and_leaky_relu_1d():
     b.dense(3, style="matmul")
     model = b.build()
     assert_equivalent(model, compile_to_model(model), n=16)
+
+
+def pool_geo(k=2, s=2, p=0, ceil=False, include_pad=False, nd=2):
+    return {"kernel_shape": (k,) * nd, "strides": (s,) * nd, "dilations": (1,) * nd,
+            "pads": (p,) * (2 * nd), "ceil_mode": ceil, "count_include_pad": include_pad}
+
+
+@pytest.mark.parametrize("ceil", [False, True])
+def test_pytorch_lenet_with_maxpool(ceil):
+    """Conv → Relu → MaxPool → Conv → Relu → MaxPool(ceil_mode) → Flatten → Gemm → Relu → Gemm."""
+    b = OnnxBuilder((1, 15, 15), batch="batch_size", opset=13, seed=8)
+    b.conv(conv_geo(k=5, p=2, out=6))
+    b.activation("Relu")
+    b.pool("MaxPool", pool_geo(ceil=ceil))
+    b.conv(conv_geo(k=3, p=0, out=8))
+    b.activation("Relu")
+    b.pool("MaxPool", pool_geo(k=3, s=2, p=1, ceil=ceil))
+    b.flatten("flatten")
+    b.dense(20)
+    b.activation("Relu")
+    b.dense(10)
+    model = b.build()
+    compiled = compile_to_model(model)
+    assert all(layer.activation in ("relu", "identity") for layer in compiled.layers)
+    assert_equivalent(model, compiled, n=32)
+
+
+def test_pad_node_in_front_of_average_pool():
+    """Older tools write an explicit Pad, then AveragePool with count_include_pad=0: the
+    padded zeros are real values to the pool and count in the average."""
+    b = OnnxBuilder((2, 8, 8), opset=11, seed=9)
+    b.conv(conv_geo(out=3))
+    b.activation("Tanh")
+    b.node("Pad", [b.current, b.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))],
+           mode="constant")
+    b.shape = (3, 10, 10)
+    b.pool("AveragePool", pool_geo(k=3, s=3))
+    b.flatten("flatten")
+    b.dense(4)
+    model = b.build()
+    assert_equivalent(model, compile_to_model(model), n=16)
+
+
+def test_keras_nhwc_cnn_with_pools_through_transposes():
+    b = OnnxBuilder((3, 12, 12), batch="unk__17", opset=13, seed=10, nhwc=True)
+    b.conv(conv_geo(out=4))
+    b.activation("Relu")
+    b.pool("MaxPool", pool_geo())
+    b.conv(conv_geo(out=4, p=1))
+    b.activation("Relu")
+    b.pool("AveragePool", pool_geo(k=3, s=2, p=1, ceil=True, include_pad=True))
+    b.flatten("tf2onnx")
+    b.dense(5, style="matmul")
+    b.node("Softmax", [b.current], axis=-1)
+    model = b.build()
+    assert_equivalent(model, compile_to_model(model), n=16)
+
+
+def test_global_pools_head():
+    b = OnnxBuilder((3, 9, 9), opset=17, seed=12)
+    b.conv(conv_geo(out=8, s=2))
+    b.batchnorm()
+    b.activation("Relu")
+    b.pool("GlobalAveragePool", None)
+    b.flatten("flatten")
+    b.dense(6)
+    model = b.build()
+    assert_equivalent(model, compile_to_model(model), n=16)
+    b = OnnxBuilder((3, 9), opset=17, seed=13)
+    b.conv(conv_geo(out=8, k=3, nd=1))
+    b.activation("Sigmoid")
+    b.pool("GlobalMaxPool", None)
+    b.flatten("flatten")
+    b.dense(6)
+    model = b.build()
+    assert_equivalent(model, compile_to_model(model), n=16)

@@ -1,0 +1,221 @@
+"""Pooling: maxpool-to-relu, avgpool-fuse, avgpool-linearize, against the interpreter and
+onnxruntime, over pool geometry."""
+import math
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from cnn2mlp.ir import Graph, run
+from cnn2mlp.ir.mlp import Mlp
+from cnn2mlp.passes import PassContext, Pipeline, get_pass
+from cnn2mlp.testing import (OnnxBuilder, assert_equivalent, compile_to_model, input_shapes,
+                             pool_geometries)
+
+
+@st.composite
+def pool_models(draw, op=None, opset=None):
+    """A single pool (after an optional ReLU) on a random input, as ONNX."""
+    shape = draw(input_shapes(min_size=3, max_size=8))
+    opset = opset or draw(st.sampled_from([11, 13, 19, 21]))
+    op = op or draw(st.sampled_from(["MaxPool", "AveragePool"]))
+    geo = draw(pool_geometries(shape, dilations=opset >= 19 or op == "MaxPool"))
+    b = OnnxBuilder(shape, opset=opset, seed=0)
+    if draw(st.booleans()):
+        b.activation("Relu")
+    b.pool(op, geo)
+    return b.build()
+
+
+@given(pool_models())
+def test_pool_semantics_and_compiled_mlp_match_onnxruntime(model):
+    # The IR's pool evaluation is the reference the pass tests trust: check it first.
+    from cnn2mlp.frontends.onnx import OnnxImporter
+
+    graph = OnnxImporter(model, "model", None).run()
+    assert_equivalent(model, graph, n=6)
+    assert_equivalent(model, compile_to_model(model), n=6)
+
+
+def pool_graph(draw_shape, geo, op, relu_first: bool) -> Graph:
+    g = Graph("x", draw_shape)
+    if relu_first:
+        g.append("Relu")
+    g.append(op, geo)
+    return g
+
+
+@given(st.data())
+def test_maxpool_to_relu_is_exact_and_lean(data):
+    shape = data.draw(input_shapes(min_size=3, max_size=8))
+    geo = data.draw(pool_geometries(shape))
+    geo.pop("count_include_pad")
+    relu_first = data.draw(st.booleans())
+    g = pool_graph(shape, geo, "MaxPool", relu_first)
+    after = g.copy()
+    ctx = PassContext()
+    assert get_pass("maxpool-to-relu").run(after, ctx) == 1
+    after.verify()
+    assert "MaxPool" not in after.ops()
+    assert_equivalent(g, after, n=8, rtol=1e-6)
+
+    k = math.prod(geo["kernel_shape"])
+    relus = after.ops().count("Relu") - relu_first
+    stats = ctx.stats["maxpool-to-relu"]
+    assert relus == stats["relu_layers"] <= math.ceil(math.log2(k)) if k > 1 else relus == 0
+    # Never more than a tournament per window without sharing: a pair costs a difference
+    # and a passed value (two neurons if its sign is unknown), a lone value its pass.
+    from cnn2mlp.ir.linear import window_members
+
+    per_pass = 1 if relu_first else 2
+    sizes = (window_members(shape, geo) >= 0).sum(axis=1)
+    levels = stats["relu_layers"]
+    assert stats["neurons"] <= sum(tournament_cost(int(m), per_pass, levels) for m in sizes)
+
+
+def tournament_cost(m: int, per_pass: int, levels: int) -> int:
+    """Neurons of one window's tournament over ``levels`` ReLU layers (a window smaller
+    than the largest one passes its values on until the last layer)."""
+    cost = 0
+    for _ in range(levels):
+        cost += (m // 2) * (1 + per_pass) + (m % 2) * per_pass
+        m = (m + 1) // 2
+    return cost
+
+
+def test_maxpool_neurons_for_a_2x2_window_after_relu():
+    # One window of 4 non-negative values: level 1 = 2 differences + 2 passes,
+    # level 2 = 1 difference + 1 pass: 6 neurons in 2 ReLU layers.
+    g = pool_graph((1, 2, 2), {"kernel_shape": (2, 2), "strides": (2, 2), "dilations": (1, 1),
+                               "pads": (0, 0, 0, 0), "ceil_mode": False}, "MaxPool", True)
+    ctx = PassContext()
+    after = g.copy()
+    get_pass("maxpool-to-relu").run(after, ctx)
+    assert ctx.stats["maxpool-to-relu"] == {"neurons": 6, "relu_layers": 2}
+    signed = Graph("x", (1, 2, 2))
+    signed.append("MaxPool", g.nodes[1].attrs)
+    ctx = PassContext()
+    get_pass("maxpool-to-relu").run(signed.copy(), ctx)
+    assert ctx.stats["maxpool-to-relu"]["neurons"] == 2 + 4 + 1 + 2  # passes cost two
+
+
+def test_overlapping_windows_share_pairs():
+    geo = {"kernel_shape": (2,), "strides": (1,), "dilations": (1,), "pads": (0, 0),
+           "ceil_mode": False}
+    g = pool_graph((1, 9), geo, "MaxPool", True)
+    ctx = PassContext()
+    get_pass("maxpool-to-relu").run(g, ctx)
+    # 8 windows of 2: 8 differences + 8 distinct passed values (x1..x8), no repeats.
+    assert ctx.stats["maxpool-to-relu"]["neurons"] == 16
+
+
+@given(st.data(), st.sampled_from(["conv_after", "dense_before"]))
+def test_avgpool_fuse(data, where):
+    shape = data.draw(input_shapes(min_size=3, max_size=7))
+    geo = data.draw(pool_geometries(shape))
+    g = Graph("x", shape)
+    rng = np.random.default_rng(0)
+    if where == "dense_before":
+        n = math.prod(shape)
+        g.append("Dense", {"weight": rng.normal(size=(n, n)).astype(np.float32),
+                           "bias": rng.normal(size=n).astype(np.float32), "out_shape": shape})
+    g.append("AveragePool", geo)
+    n = math.prod(g.shape(g.output))
+    g.append("Reshape", {"shape": (n,)})
+    if where == "conv_after":
+        g.append("Dense", {"weight": rng.normal(size=(3, n)).astype(np.float32), "bias": None})
+    after = g.copy()
+    Pipeline(["layout-to-permutation"]).run(after)
+    assert get_pass("avgpool-fuse").run(after, PassContext(fusion="always")) == 1
+    assert "AveragePool" not in after.ops()
+    assert_equivalent(g, after, n=8, rtol=1e-5)
+
+
+def tanh_cnn_with_final_avgpool(activation="Tanh", seed=0) -> Graph:
+    """conv → f → avgpool → dense → f → avgpool (at the end): both pools stand alone."""
+    rng = np.random.default_rng(seed)
+    g = Graph("x", (2, 8, 8))
+    g.append("Conv", {"kernel": rng.normal(size=(3, 2, 3, 3)).astype(np.float32),
+                      "bias": rng.normal(size=3).astype(np.float32), "strides": (1, 1),
+                      "pads": (1, 1, 1, 1), "dilations": (1, 1), "group": 1})
+    g.append(activation)
+    g.append("AveragePool", {"kernel_shape": (2, 2), "strides": (2, 2), "dilations": (1, 1),
+                             "pads": (0, 0, 0, 0), "ceil_mode": False,
+                             "count_include_pad": False})
+    g.append("Conv", {"kernel": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
+                      "bias": None, "strides": (1, 1), "pads": (0, 0, 0, 0),
+                      "dilations": (1, 1), "group": 1})
+    g.append(activation)
+    g.append("AveragePool", {"kernel_shape": (2, 2), "strides": (1, 1), "dilations": (1, 1),
+                             "pads": (0, 1, 0, 1), "ceil_mode": False,
+                             "count_include_pad": True})
+    return g
+
+
+LINEARIZE = ["eliminate-identity", "fold-batchnorm", "avgpool-linearize", "conv-to-dense",
+             "lower-linear", "fuse-dense", "eliminate-dead"]
+
+
+@pytest.mark.parametrize("activation", ["Tanh", "Sigmoid"])
+@pytest.mark.parametrize("eps", [None, 1e-1, 3e-2, 1e-2, 1e-3, 1e-4])
+def test_linearization_error_stays_within_the_reported_bound(activation, eps):
+    g = tanh_cnn_with_final_avgpool(activation)
+    after = g.copy()
+    options = {} if eps is None else {"avgpool-linearize.epsilon": eps}
+    ctx = PassContext(input_range=(0.0, 1.0), options=options)
+    Pipeline(LINEARIZE).run(after, ctx)
+    mlp = Mlp.from_graph(after, g.shape(g.output))
+    assert "AveragePool" not in after.ops()
+    assert any(n.startswith("approximate") for n in after.notes)
+    pools = ctx.stats["avgpool-linearize"]["pools"]
+    assert len(pools) == 2
+    # The exact compile (pools fused) on the same inputs: its float32 error is the baseline.
+    exact = g.copy()
+    Pipeline.default("csr").run(exact, PassContext(fusion="always"))
+    exact_mlp = Mlp.from_graph(exact, g.shape(g.output))
+    x = np.random.default_rng(1).uniform(0, 1, (64, 2, 8, 8))
+    reference = run(g, x)
+    from cnn2mlp.backends.csr import CsrModel
+
+    measured = np.abs(CsrModel(mlp).predict(x) - reference).max()
+    baseline = np.abs(CsrModel(exact_mlp).predict(x) - reference).max()
+    # The first pool's error reaches the output through the Lipschitz bound; add both.
+    bound = sum(p["bound_at_output"] for p in pools)
+    assert measured <= bound + baseline, (measured, bound, baseline)
+    if eps is None:  # the chosen eps keeps the error near float32 rounding
+        assert measured < 1e-3
+
+
+def test_chosen_epsilon_beats_a_sweep():
+    def error(eps):
+        g = tanh_cnn_with_final_avgpool("Sigmoid")
+        after = g.copy()
+        options = {} if eps is None else {"avgpool-linearize.epsilon": eps}
+        Pipeline(LINEARIZE).run(after, PassContext(options=options))
+        from cnn2mlp.backends.csr import CsrModel
+
+        x = np.random.default_rng(2).uniform(0, 1, (64, 2, 8, 8))
+        return np.abs(CsrModel(Mlp.from_graph(after)).predict(x) - run(g, x)).max()
+
+    chosen = error(None)
+    assert chosen <= 2 * min(error(e) for e in [1e-1, 1e-2, 1e-3, 1e-4, 1e-5])
+
+
+@pytest.mark.parametrize("relu_first", [True, False])
+def test_linearize_under_relu_is_exact(relu_first):
+    g = Graph("x", (2, 6, 6))
+    if relu_first:
+        g.append("Relu")
+    g.append("AveragePool", {"kernel_shape": (3, 3), "strides": (2, 2), "dilations": (1, 1),
+                             "pads": (1, 1, 1, 1), "ceil_mode": True, "count_include_pad": False})
+    after = g.copy()
+    ctx = PassContext(options={"activation": "Relu"})
+    Pipeline(["avgpool-linearize", "lower-linear", "fuse-dense"]).run(after, ctx)
+    assert not after.notes  # exact: nothing approximate to report
+    mlp = Mlp.from_graph(after, g.shape(g.output))
+    # non-negative inputs: one neuron an output; signed: relu(z) and relu(-z)
+    widths = [layer.n_out for layer in mlp.layers]
+    n = math.prod(g.shape(g.output))
+    assert widths[-1 if relu_first else -2] == (n if relu_first else 2 * n)
+    assert_equivalent(g, after, n=8, rtol=1e-6)
