@@ -34,6 +34,7 @@ class CompileResult:
     pipeline: PipelineReport
     seconds: dict[str, float] = field(default_factory=dict)
     check: Comparison | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def exact(self) -> bool:
@@ -66,7 +67,7 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
     except NotAnMlpError as exc:
         raise CompileError(f"{model}: the pipeline left a graph that is not an MLP: {exc}; "
                            "check --passes") from exc
-    result = CompileResult(mlp, graph, target, report, seconds)
+    result = CompileResult(mlp, graph, target, report, seconds, stats=ctx.stats)
     if output is not None:
         start = time.perf_counter()
         write_target(mlp, output, target, {"source": str(model), "cnn2mlp": __version__})
@@ -121,6 +122,14 @@ def format_table(result: CompileResult) -> str:
                  f"{sum(r['nnz'] for r in rows):>12} {'':>9} {sum(r['bytes'] for r in rows):>12}")
     lines.append("passes: " + ", ".join(f"{p.name} {p.seconds * 1e3:.1f} ms ({p.rewrites})"
                                         for p in result.pipeline.records))
+    pools = result.stats.get("maxpool-to-relu")
+    if pools:
+        lines.append(f"maxpool-to-relu added {pools['neurons']} neurons in "
+                     f"{pools['relu_layers']} ReLU layers")
+    for entry in result.graph.meta.get("approximations", []):
+        lines.append(f"APPROXIMATE: {entry['node']} linearized under {entry['activation']} "
+                     f"(eps {entry['epsilon']:.3g}): error bound {entry['bound_at_output']:.3g} "
+                     "at the output")
     return "\n".join(lines)
 
 
@@ -136,6 +145,8 @@ def report_dict(result: CompileResult, args: argparse.Namespace) -> dict[str, An
                    for p in result.pipeline.records],
         "seconds": result.seconds,
         "check": result.check.as_dict() if result.check else None,
+        "stats": result.stats,
+        "approximations": result.graph.meta.get("approximations", []),
     }
 
 
@@ -175,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare with the reference runtime on N random inputs")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="--check fails above this error relative to max(1, |y|)")
+    p.add_argument("--epsilon", type=float, metavar="EPS",
+                   help="scale of avgpool-linearize (default: chosen to minimise the error)")
     p.add_argument("--report", type=Path, metavar="FILE.json", help="write a JSON report")
     p.add_argument("--passes", metavar="P1,P2,...",
                    help="pass pipeline to run instead of the target's default")
@@ -196,6 +209,10 @@ def run_cli(args: argparse.Namespace) -> int:
         if extra is not None:
             check_writable(extra)
     ctx = PassContext(target=target_for(args.output, args.target), input_range=args.input_range)
+    if args.epsilon is not None:
+        if not args.epsilon > 0:
+            raise CompileError(f"--epsilon must be positive, got {args.epsilon}")
+        ctx.options["avgpool-linearize.epsilon"] = args.epsilon
     result = compile_model(args.model, None, target=args.target, input_shape=args.input_shape,
                            passes=passes, ctx=ctx, print_ir=args.print_ir_after_all,
                            allow_non_finite=args.allow_non_finite)

@@ -98,3 +98,38 @@ def test_failed_check_writes_nothing(model_path, tmp_path):
     assert proc.returncode == 1
     assert "--check failed" in proc.stderr and "Traceback" not in proc.stderr
     assert out.read_bytes() == b"previous"
+
+
+def test_linearized_pool_is_reported_approximate(tmp_path):
+    b = OnnxBuilder((2, 8, 8), opset=13, seed=1)
+    b.conv({"kernel_shape": (3, 3), "strides": (1, 1), "dilations": (1, 1), "pads": (1, 1, 1, 1),
+            "group": 1, "out_channels": 3})
+    b.activation("Tanh")
+    b.pool("AveragePool", {"kernel_shape": (2, 2), "strides": (2, 2), "dilations": (1, 1),
+                           "pads": (0, 0, 0, 0), "ceil_mode": False})
+    model, out, report = tmp_path / "m.onnx", tmp_path / "m.npz", tmp_path / "r.json"
+    onnx.save(b.build(), str(model))
+    passes = ("eliminate-identity,avgpool-linearize,conv-to-dense,layout-to-permutation,"
+              "fold-stride,lower-linear,fuse-dense,eliminate-dead")
+    proc = cli(model, "-o", out, "--passes", passes, "--check", 50, "--epsilon", "1e-3",
+               "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    assert "APPROXIMATE" in proc.stdout and "approximate:" in proc.stderr
+    data = json.loads(report.read_text())
+    assert data["exact"] is False
+    (entry,) = data["approximations"]
+    assert entry["epsilon"] == 1e-3
+    assert data["check"]["max_abs_error"] <= entry["bound_at_output"] + 1e-4
+
+
+def test_maxpool_neurons_are_reported(tmp_path):
+    b = OnnxBuilder((1, 8, 8), opset=13, seed=1)
+    b.activation("Relu")
+    b.pool("MaxPool", {"kernel_shape": (2, 2), "strides": (2, 2), "dilations": (1, 1),
+                       "pads": (0, 0, 0, 0), "ceil_mode": False})
+    model, out, report = tmp_path / "m.onnx", tmp_path / "m.npz", tmp_path / "r.json"
+    onnx.save(b.build(), str(model))
+    proc = cli(model, "-o", out, "--check", 20, "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    assert "maxpool-to-relu added 96 neurons in 2 ReLU layers" in proc.stdout
+    assert json.loads(report.read_text())["exact"] is True
