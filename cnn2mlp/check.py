@@ -44,9 +44,12 @@ def compare(reference: np.ndarray, got: np.ndarray, tolerance: float) -> Compari
     got = np.asarray(got, np.float64)
     if reference.shape != got.shape:
         raise AssertionError(f"shapes differ: reference {reference.shape}, got {got.shape}")
-    diff = np.abs(got - reference)
-    diff = np.where(np.isnan(diff), np.inf, diff)
-    rel = diff / np.maximum(1.0, np.abs(reference))
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(got - reference)
+        # equal infinities (overflow on both sides) and NaN on both sides agree
+        same = (got == reference) | (np.isnan(got) & np.isnan(reference))
+        diff = np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff))
+        rel = np.where(same, 0.0, diff / np.maximum(1.0, np.abs(reference)))
     worst = np.unravel_index(int(np.argmax(rel)), rel.shape) if rel.size else ()
     return Comparison(len(reference), float(diff.max(initial=0.0)), float(rel.max(initial=0.0)),
                       tuple(int(i) for i in worst),

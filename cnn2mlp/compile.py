@@ -45,17 +45,17 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
                   target: str | None = None, input_shape: Sequence[int] | None = None,
                   passes: Sequence[str] | Pipeline | None = None,
                   ctx: PassContext | None = None, print_ir: bool = False,
-                  allow_non_finite: bool = False) -> CompileResult:
+                  allow_non_finite: bool = False,
+                  max_bytes: int | None = None) -> CompileResult:
     """Compile ``model`` into an MLP; write it to ``output`` when given."""
     seconds: dict[str, float] = {}
     target = target_for(output, target) if output is not None else (target or "csr")
     if output is not None:
         check_writable(output)
     start = time.perf_counter()
-    graph = load_model(model, input_shape)
+    graph = load_model(model, input_shape, allow_non_finite)
     seconds["frontend"] = time.perf_counter() - start
-    if not allow_non_finite:
-        reject_non_finite(graph, model)
+    preflight(graph, model, max_bytes)
     output_shape = graph.shape(graph.output)
     pipeline = passes if isinstance(passes, Pipeline) else (
         Pipeline(passes) if passes is not None else Pipeline.default(target))
@@ -84,15 +84,29 @@ def write_target(mlp: Mlp, output: str | Path, target: str, meta: dict[str, Any]
         raise CompileError(f"unknown target {target!r}")
 
 
-def reject_non_finite(graph: Graph, model: str | Path) -> None:
-    for node in graph.nodes:
-        for key, val in node.attrs.items():
-            data = getattr(val, "data", val) if hasattr(val, "nnz") else val
-            if isinstance(data, np.ndarray) and data.dtype.kind == "f" and \
-                    not np.isfinite(data).all():
-                raise CompileError(f"{model}: node {node.name!r} ({node.op}) has non-finite "
-                                   f"values (NaN or Inf) in its {key}; fix the model or pass "
-                                   "--allow-non-finite")
+def default_max_bytes() -> int:
+    """A quarter of the physical memory: fusion and writing need room beyond the result."""
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30
+
+
+def preflight(graph: Graph, model: str | Path, max_bytes: int | None) -> None:
+    """Refuse, from the shapes alone, an MLP that would not fit."""
+    from .ir.cost import estimate_size
+
+    limit = default_max_bytes() if max_bytes is None else max_bytes
+    size = estimate_size(graph)
+    if size.bytes > limit:
+        name, op, nnz = size.largest
+        raise CompileError(
+            f"{model}: the MLP would need about {size.nnz:,} non-zeros "
+            f"({size.bytes / 2**30:.1f} GiB), above the limit of {limit / 2**30:.1f} GiB; "
+            f"the largest layer is {name!r} ({op}, {nnz:,} non-zeros). Use a smaller "
+            "--input-shape, or raise --max-bytes if the machine has the memory")
 
 
 def print_ir_after(name: str, graph: Graph) -> None:
@@ -161,6 +175,17 @@ def parse_dims(text: str) -> tuple[int, ...]:
     return dims
 
 
+def parse_bytes(text: str) -> int:
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    text = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 512M or 8G")
+
+
 def parse_range(text: str) -> tuple[float, float]:
     try:
         low, high = (float(v) for v in text.split(","))
@@ -195,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a standalone numpy module that runs the .npz")
     p.add_argument("--print-ir-after-all", action="store_true",
                    help="print the IR after every pass (stderr)")
+    p.add_argument("--max-bytes", type=parse_bytes, metavar="SIZE",
+                   help="refuse MLPs estimated above SIZE (e.g. 8G; default: a quarter of RAM)")
     p.add_argument("--allow-non-finite", action="store_true",
                    help="accept NaN/Inf weights")
     p.add_argument("--quiet", action="store_true", help="print only errors and warnings")
@@ -215,7 +242,7 @@ def run_cli(args: argparse.Namespace) -> int:
         ctx.options["avgpool-linearize.epsilon"] = args.epsilon
     result = compile_model(args.model, None, target=args.target, input_shape=args.input_shape,
                            passes=passes, ctx=ctx, print_ir=args.print_ir_after_all,
-                           allow_non_finite=args.allow_non_finite)
+                           allow_non_finite=args.allow_non_finite, max_bytes=args.max_bytes)
     if args.check:
         result.check = check_against_reference(result, args)
     write_target(result.mlp, args.output, result.target,

@@ -46,10 +46,12 @@ FOLDABLE = {"Gather", "Slice", "Concat", "Cast", "Unsqueeze", "Squeeze", "Consta
             "ReduceProd", "Flatten", "Tile", "CastLike", "Pow", "Reciprocal"}
 
 
-def load_onnx(path: str | Path, input_shape: Sequence[int] | None = None) -> Graph:
-    """Read an ONNX file into the IR. ``input_shape`` gives the per-sample dims (no batch)."""
+def load_onnx(path: str | Path, input_shape: Sequence[int] | None = None,
+              allow_non_finite: bool = False) -> Graph:
+    """Read an ONNX file into the IR. ``input_shape`` gives the per-sample dims (no batch);
+    weights with NaN or Inf are refused unless ``allow_non_finite``."""
     model = read_model(path)
-    return OnnxImporter(model, str(path), input_shape).run()
+    return OnnxImporter(model, str(path), input_shape, allow_non_finite).run()
 
 
 def read_model(path: str | Path) -> onnx.ModelProto:
@@ -79,7 +81,8 @@ def first_line(exc: BaseException) -> str:
 
 class OnnxImporter:
     def __init__(self, model: onnx.ModelProto, source: str,
-                 input_shape: Sequence[int] | None) -> None:
+                 input_shape: Sequence[int] | None, allow_non_finite: bool = False) -> None:
+        self.allow_non_finite = allow_non_finite
         self.model = model
         self.source = source
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
@@ -175,7 +178,13 @@ class OnnxImporter:
         fn = CONVERTERS.get(node.op_type)
         if fn is None:
             self._unsupported(node)
-        fn(self, node)
+        try:
+            fn(self, node)
+        except CompileError:
+            raise
+        except Exception as exc:  # malformed attributes or tensors in the file
+            self.fail(node, f"cannot be converted ({type(exc).__name__}: {first_line(exc)}); "
+                            "check the node's attributes and weights")
 
     def _unsupported(self, node: onnx.NodeProto, why: str = "") -> None:
         what = f"op {node.op_type}" + (f" ({why})" if why else "")
@@ -200,7 +209,13 @@ class OnnxImporter:
         if name not in self.consts:
             self.fail(node, f"input {name!r} must be a constant (initializer), "
                             "not computed from the model input")
-        return self.consts[name]
+        value = self.consts[name]
+        if not self.allow_non_finite and value.dtype.kind == "f" and not np.isfinite(value).all():
+            bad = int(np.size(value) - np.isfinite(value).sum())
+            raise CompileError(f"{self.source}: tensor {name!r} (read by node "
+                               f"{node.name or node.output[0]!r}, {node.op_type}) has {bad} "
+                               "NaN/Inf values; fix the model, or pass --allow-non-finite")
+        return value
 
     def _shape_of(self, node: onnx.NodeProto) -> np.ndarray:
         full = np.array((BATCH,) + self.graph.shape(node.input[0]), dtype=np.int64)
