@@ -40,6 +40,23 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
+@contextmanager
+def staged_path(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh path beside ``path`` to write (and check) the output at; rename it
+    over ``path`` only when the block succeeds, delete it otherwise."""
+    path = Path(path)
+    check_writable(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".stage",
+                               dir=path.resolve().parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import __version__
-from ._io import atomic_write, check_writable
+from ._io import atomic_write, check_writable, staged_path
 from .backends import target_for
 from .check import Comparison, compare, onnx_runner, random_inputs
 from .errors import CompileError
@@ -59,7 +59,7 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
     output_shape = graph.shape(graph.output)
     pipeline = passes if isinstance(passes, Pipeline) else (
         Pipeline(passes) if passes is not None else Pipeline.default(target))
-    ctx = ctx or PassContext(target=target)
+    ctx = ctx or context_for(target)
     after_each = print_ir_after if print_ir else None
     report = pipeline.run(graph, ctx, after_each)
     try:
@@ -70,18 +70,51 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
     result = CompileResult(mlp, graph, target, report, seconds, stats=ctx.stats)
     if output is not None:
         start = time.perf_counter()
-        write_target(mlp, output, target, {"source": str(model), "cnn2mlp": __version__})
+        write_target(result, output, {"source": str(model), "cnn2mlp": __version__})
         seconds["backend"] = time.perf_counter() - start
     return result
 
 
-def write_target(mlp: Mlp, output: str | Path, target: str, meta: dict[str, Any]) -> None:
-    if target == "csr":
+def context_for(target: str, **kwargs) -> PassContext:
+    from .backends import FUSION
+
+    ctx = PassContext(target=target, fusion=FUSION[target], **kwargs)
+    if target == "opencv":
+        ctx.options["precision"] = "opencv"
+    return ctx
+
+
+def write_target(result: CompileResult, output: str | Path, meta: dict[str, Any],
+                 options: dict[str, Any] | None = None) -> None:
+    """Write the compiled MLP for its target (atomically)."""
+    options = options or {}
+    if result.target == "csr":
         from .backends.csr import save_csr
 
-        save_csr(mlp, output, meta)
+        save_csr(result.mlp, output, meta)
+    elif result.target == "opencv":
+        from .backends.opencv import preflight as dense_preflight, save_opencv
+
+        dense_preflight(result.mlp, options.get("max_dense_bytes", DEFAULT_MAX_DENSE_BYTES),
+                        str(meta.get("source", "")))
+        save_opencv(result.mlp, opencv_spec(result), output, options.get("encoding", "text"))
     else:  # target_for only returns known targets
-        raise CompileError(f"unknown target {target!r}")
+        raise CompileError(f"unknown target {result.target!r}")
+
+
+DEFAULT_MAX_DENSE_BYTES = 2**30
+
+
+def opencv_spec(result: CompileResult):
+    from .backends.opencv import AnnSpec
+
+    uniform = result.graph.meta.get("uniform")
+    if uniform is None:
+        raise CompileError("the opencv target needs the unify-activation pass in --passes")
+    names = {"Relu": "relu", "LeakyRelu": "leaky_relu", "Tanh": "tanh", "Identity": "identity"}
+    scale, shift = result.graph.meta.get("input_affine", (None, None))
+    return AnnSpec(names[uniform["activation"]], uniform["alpha"], scale, shift,
+                   uniform["output_scale"], uniform["output_shift"], result.mlp.notes)
 
 
 def default_max_bytes() -> int:
@@ -201,8 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Compile a trained CNN into an equivalent MLP.")
     p.add_argument("model", type=Path, help="model file (.onnx)")
     p.add_argument("-o", "--output", type=Path, required=True,
-                   help="output file; its suffix picks the target (.npz: csr)")
-    p.add_argument("--target", choices=["csr"], help="backend (default: from the suffix)")
+                   help="output file; its suffix picks the target (.npz: csr, .xml: opencv)")
+    p.add_argument("--target", choices=["csr", "opencv"],
+                   help="backend (default: from the suffix: .npz csr, .xml opencv)")
+    p.add_argument("--xml-encoding", choices=["text", "base64"], default="text",
+                   help="opencv target: decimal text (17 digits) or base64 binary doubles")
+    p.add_argument("--max-dense-bytes", type=parse_bytes, metavar="SIZE",
+                   default=DEFAULT_MAX_DENSE_BYTES,
+                   help="opencv target: refuse dense weights above SIZE (default 1G)")
     p.add_argument("--input-shape", type=parse_dims, metavar="D1,D2,...",
                    help="input dims after the batch axis, where the model leaves them open")
     p.add_argument("--input-range", type=parse_range, default=(0.0, 1.0), metavar="LO,HI",
@@ -232,21 +271,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_cli(args: argparse.Namespace) -> int:
     passes = [s.strip() for s in args.passes.split(",") if s.strip()] if args.passes else None
+    if args.kernel_py and target_for(args.output, args.target) != "csr":
+        raise CompileError("--kernel-py runs a .npz: it goes with the csr target")
     for extra in (args.report, args.kernel_py):
         if extra is not None:
             check_writable(extra)
-    ctx = PassContext(target=target_for(args.output, args.target), input_range=args.input_range)
+    target = target_for(args.output, args.target)
+    ctx = context_for(target, input_range=args.input_range)
     if args.epsilon is not None:
         if not args.epsilon > 0:
             raise CompileError(f"--epsilon must be positive, got {args.epsilon}")
         ctx.options["avgpool-linearize.epsilon"] = args.epsilon
-    result = compile_model(args.model, None, target=args.target, input_shape=args.input_shape,
+    result = compile_model(args.model, None, target=target, input_shape=args.input_shape,
                            passes=passes, ctx=ctx, print_ir=args.print_ir_after_all,
                            allow_non_finite=args.allow_non_finite, max_bytes=args.max_bytes)
-    if args.check:
-        result.check = check_against_reference(result, args)
-    write_target(result.mlp, args.output, result.target,
-                 {"source": str(args.model), "cnn2mlp": __version__})
+    meta = {"source": str(args.model), "cnn2mlp": __version__}
+    options = {"encoding": args.xml_encoding, "max_dense_bytes": args.max_dense_bytes}
+    with staged_path(args.output) as staged:
+        write_target(result, staged, meta, options)
+        if args.check:  # check the file as written, before it replaces anything
+            result.check = check_against_reference(result, args, staged)
     if args.kernel_py:
         from .backends.csr import write_kernel
 
@@ -265,17 +309,26 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_against_reference(result: CompileResult, args: argparse.Namespace) -> Comparison:
-    from .backends.csr import CsrModel
-
+def check_against_reference(result: CompileResult, args: argparse.Namespace,
+                            artifact: Path) -> Comparison:
     x = random_inputs(result.mlp.input_shape, args.check, *args.input_range)
     reference = onnx_runner(args.model, result.graph.meta.get("logits"))(x)
-    got = CsrModel(result.mlp).predict(x)
+    got = load_artifact(result, artifact).predict(x)
     comparison = compare(reference.reshape(got.shape), got, args.tolerance)
     if not comparison.passed:
         raise CheckFailed(f"{args.model}: --check failed: {comparison.describe()}; "
                           f"{args.output} was not written")
     return comparison
+
+
+def load_artifact(result: CompileResult, path: Path):
+    if result.target == "opencv":
+        from .backends.opencv import OpenCvModel
+
+        return OpenCvModel(path, result.mlp.input_shape, result.mlp.output_shape)
+    from .backends.csr import load
+
+    return load(path)
 
 
 class CheckFailed(CompileError):

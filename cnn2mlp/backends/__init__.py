@@ -5,7 +5,9 @@ from pathlib import Path
 
 from ..errors import CompileError
 
-TARGETS = {"csr": ".npz"}
+TARGETS = {"csr": ".npz", "opencv": ".xml"}
+#: fusion policy each target needs: OpenCV has no room for a linear layer
+FUSION = {"csr": "cost", "opencv": "always"}
 
 
 def target_for(path: str | Path, target: str | None) -> str:

@@ -6,6 +6,7 @@ from . import (  # noqa: F401  (importing a pass module registers the pass)
     drop_final_softmax,
     eliminate_dead,
     eliminate_identity,
+    extract_input_affine,
     fold_affine,
     fold_batchnorm,
     fold_pad,
@@ -14,6 +15,7 @@ from . import (  # noqa: F401  (importing a pass module registers the pass)
     layout_to_permutation,
     lower_linear,
     maxpool_to_relu,
+    unify_activation,
 )
 from .base import PASSES, Pass, PassContext, get_pass, register_pass
 from .pipeline import DEFAULT_PIPELINES, Pipeline, PipelineReport

@@ -9,7 +9,7 @@ from ..ir.analysis import interval_bounds, lipschitz_inf
 from ..ir.linear import avgpool_matrix, diagonal
 from .base import Pass, PassContext, register_pass
 
-#: unit roundoff of float32 (weights are stored in float32)
+#: unit roundoffs (weights are stored in float32)
 FLOAT32_U = 2.0 ** -24
 FLOAT64_U = 2.0 ** -53
 
@@ -67,31 +67,38 @@ def network_activation(graph: Graph) -> str:
     return "Tanh" if "Tanh" in ops else "Sigmoid" if "Sigmoid" in ops else "Relu"
 
 
-def rounding_unit(ctx: PassContext) -> float:
-    return FLOAT64_U if ctx.options.get("precision") == "float64" else FLOAT32_U
+def rounding_model(activation: str, ctx: PassContext) -> tuple[float, float]:
+    """(relative error of the layer's values, absolute error of f's output near 0).
+
+    float32 runtimes (CSR predict): f is accurate relative to its value, so only an offset
+    f(0) loses digits (sigmoid). OpenCV computes in float64 but its SIGMOID_SYM is
+    ``(1 - e^-x) / (1 + e^-x)``, which cancels near 0: an absolute error of a few ulps.
+    """
+    f0, _, _ = SERIES[activation]
+    if ctx.options.get("precision") == "opencv":
+        return 8 * FLOAT64_U, 4 * FLOAT64_U
+    return 8 * FLOAT32_U, 4 * FLOAT32_U * abs(f0)
 
 
 def best_epsilon(activation: str, zmax: float, ctx: PassContext) -> float:
-    """Minimise ``c3/f1 eps^2 zmax^3 + u |f0| / (f1 eps)`` (or reach the rounding floor)."""
-    f0, f1, c3 = SERIES[activation]
-    u = rounding_unit(ctx)
+    """Minimise ``c3/f1 eps^2 zmax^3 + a / (f1 eps)`` (or reach the relative rounding floor)."""
+    _, f1, c3 = SERIES[activation]
+    relative, absolute = rounding_model(activation, ctx)
     if zmax == 0:
         return 1.0
     a = c3 / f1 * zmax ** 3
-    if f0:
-        eps = (u * abs(f0) / f1 / (2 * a)) ** (1 / 3)
+    if absolute:
+        eps = (absolute / f1 / (2 * a)) ** (1 / 3)
     else:
-        eps = math.sqrt(u * zmax / a)
+        eps = math.sqrt(relative * zmax / a)
     return min(eps, 1.0 / zmax)
 
 
 def error_bound(activation: str, eps: float, zmax: float, ctx: PassContext) -> float:
     """Bound on |z - undo(f(eps z))| per pool output: truncation + first-order rounding."""
-    f0, f1, c3 = SERIES[activation]
-    u = rounding_unit(ctx)
-    truncation = c3 / f1 * eps ** 2 * zmax ** 3
-    rounding = 8 * u * zmax + 4 * u * abs(f0) / (f1 * eps)
-    return truncation + rounding
+    _, f1, c3 = SERIES[activation]
+    relative, absolute = rounding_model(activation, ctx)
+    return c3 / f1 * eps ** 2 * zmax ** 3 + relative * zmax + absolute / (f1 * eps)
 
 
 def linearize(graph: Graph, node: Node, pool, activation: str, eps: float) -> None:

@@ -24,6 +24,25 @@ DEFAULT_PIPELINES: dict[str, list[str]] = {
         "fuse-dense",
         "eliminate-dead",
     ],
+    # OpenCV's ANN_MLP: one activation for every layer, so every linear map is fused.
+    "opencv": [
+        "eliminate-identity",
+        "drop-final-softmax",
+        "fold-batchnorm",
+        "fold-pad",
+        "extract-input-affine",
+        "conv-to-dense",
+        "maxpool-to-relu",
+        "layout-to-permutation",
+        "fold-stride",
+        "avgpool-fuse",
+        "avgpool-linearize",
+        "fold-affine",
+        "lower-linear",
+        "fuse-dense",
+        "eliminate-dead",
+        "unify-activation",
+    ],
 }
 
 

@@ -1,0 +1,212 @@
+"""OpenCV backend: the MLP as the ``opencv_ml_ann_mlp`` FileStorage XML that
+``cv2.ml.ANN_MLP_load`` and C++ ``cv::ml::ANN_MLP::load`` read.
+
+ANN_MLP applies ONE activation to every layer, the output layer too, and its weights are
+dense: layer k is ``(n_in + 1) x n_out`` doubles, rows = inputs, the last row the bias.
+Prediction is ``x' = x * input_scale[2i] + input_scale[2i+1]``, ``h = f(h W + b)`` per layer,
+``y = h * output_scale[2j] + output_scale[2j+1]``. The unify-activation pass prepares the
+graph (one activation, output shift/scale, input scale); this module only writes it,
+streaming: a layer is converted to dense a block of rows at a time.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterator
+
+import numpy as np
+import scipy.sparse as sp
+
+from .._io import atomic_write
+from ..errors import CompileError
+from ..ir.mlp import Mlp
+
+#: OpenCV's names and parameters: f_param1 (alpha), f_param2 (beta)
+ACTIVATIONS = {
+    "relu": ("RELU", 0.0, 0.0),
+    "tanh": ("SIGMOID_SYM", 2.0, 1.0),      # beta * tanh(alpha x / 2) = tanh(x)
+    "leaky_relu": ("LEAKYRELU", None, 0.0),  # f_param1 = the negative slope
+    "identity": ("IDENTITY", 1.0, 1.0),
+}
+#: numbers per text line, and bytes per base64 line (64 characters), as OpenCV writes them
+TEXT_PER_LINE = 8
+B64_LINE_BYTES = 48
+ROW_BLOCK = 4096
+
+
+@dataclass
+class AnnSpec:
+    """What the XML holds besides the layers."""
+
+    activation: str
+    alpha: float = 0.0
+    input_scale: np.ndarray | None = None    # (n_in,), default 1
+    input_shift: np.ndarray | None = None    # (n_in,), default 0
+    output_scale: np.ndarray | None = None   # (n_out,), default 1
+    output_shift: np.ndarray | None = None   # (n_out,), default 0
+    notes: list[str] = field(default_factory=list)
+
+
+def dense_size(mlp: Mlp) -> tuple[int, int, int, int]:
+    """(weights, bytes in memory, bytes as text, bytes as base64) of the ANN_MLP."""
+    weights = sum((layer.n_in + 1) * layer.n_out for layer in mlp.layers)
+    return weights, 8 * weights, 25 * weights, 8 * weights * 4 // 3
+
+
+def preflight(mlp: Mlp, max_bytes: int, source: str = "") -> None:
+    weights, memory, text, b64 = dense_size(mlp)
+    if memory > max_bytes:
+        widest = max(mlp.layers, key=lambda l: (l.n_in + 1) * l.n_out)
+        raise CompileError(
+            f"{source}: as an OpenCV ANN_MLP this network needs {weights:,} dense weights "
+            f"({memory / 2**20:,.0f} MiB in memory, about {text / 2**20:,.0f} MiB as text XML, "
+            f"{b64 / 2**20:,.0f} MiB as base64), above --max-dense-bytes "
+            f"{max_bytes / 2**20:,.0f} MiB; its widest layer is {widest.n_in}x{widest.n_out}. "
+            "ANN_MLP weights are dense: use --target csr (sparse), or raise --max-dense-bytes")
+
+
+def save_opencv(mlp: Mlp, spec: AnnSpec, path: str | Path, encoding: str = "text") -> None:
+    if encoding not in ("text", "base64"):
+        raise CompileError(f"unknown XML encoding {encoding!r}: use text or base64")
+    name, f1, f2 = ACTIVATIONS[spec.activation]
+    if f1 is None:
+        f1 = spec.alpha
+    sizes = [mlp.layers[0].n_in] + [layer.n_out for layer in mlp.layers]
+    n_in, n_out = sizes[0], sizes[-1]
+    in_scale = interleave(spec.input_scale, spec.input_shift, n_in)
+    out_scale = interleave(spec.output_scale, spec.output_shift, n_out)
+    inv_scale = interleave(1.0 / out_scale[0::2], -out_scale[1::2] / out_scale[0::2], n_out)
+    writer = _Writer(encoding)
+    with atomic_write(path, "w") as handle:
+        writer.handle = handle
+        handle.write('<?xml version="1.0"?>\n<opencv_storage>\n<opencv_ml_ann_mlp>\n')
+        handle.write("  <format>3</format>\n")
+        writer.sequence("layer_sizes", np.array(sizes, np.int32), "  ")
+        handle.write(f"  <activation_function>{name}</activation_function>\n")
+        handle.write(f"  <f_param1>{f1!r}</f_param1>\n  <f_param2>{f2!r}</f_param2>\n")
+        # min/max_val only matter for training; OpenCV writes these for SIGMOID_SYM
+        handle.write("  <min_val>0.</min_val>\n  <max_val>0.</max_val>\n"
+                     "  <min_val1>0.</min_val1>\n  <max_val1>0.</max_val1>\n")
+        if spec.notes:
+            handle.write(f"  <!-- cnn2mlp: {escape_comment('; '.join(spec.notes))} -->\n")
+        writer.sequence("input_scale", in_scale, "  ")
+        writer.sequence("output_scale", out_scale, "  ")
+        writer.sequence("inv_output_scale", inv_scale, "  ")
+        handle.write("  <weights>\n")
+        for layer in mlp.layers:
+            writer.sequence("_", None, "    ", blocks=layer_blocks(layer.weight, layer.bias))
+        handle.write("  </weights></opencv_ml_ann_mlp>\n</opencv_storage>\n")
+
+
+def interleave(scale, shift, n) -> np.ndarray:
+    out = np.empty(2 * n, np.float64)
+    out[0::2] = 1.0 if scale is None else scale
+    out[1::2] = 0.0 if shift is None else shift
+    return out
+
+
+def escape_comment(text: str) -> str:
+    return text.replace("--", "- -")
+
+
+def layer_blocks(weight: sp.csr_array, bias: np.ndarray) -> Iterator[np.ndarray]:
+    """The layer's ``[W^T; b]`` as float64 row blocks, never the whole dense matrix at once."""
+    by_input = sp.csc_array(weight)  # column i of W = row i of W^T
+    n_in = weight.shape[1]
+    for start in range(0, n_in, ROW_BLOCK):
+        block = by_input[:, start:start + ROW_BLOCK].toarray().T
+        yield np.ascontiguousarray(block, dtype=np.float64)
+    yield np.asarray(bias, np.float64)[None, :]
+
+
+class _Writer:
+    """FileStorage sequences as decimal text or as base64 binary, written in pieces."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        self.handle: IO[str] | None = None
+
+    def sequence(self, tag: str, values: np.ndarray | None, indent: str,
+                 blocks: Iterator[np.ndarray] | None = None) -> None:
+        blocks = blocks if blocks is not None else iter([values])
+        if self.encoding == "base64":
+            self._base64(tag, blocks, indent)
+        else:
+            self._text(tag, blocks, indent)
+
+    def _text(self, tag: str, blocks, indent: str) -> None:
+        h = self.handle
+        h.write(f"{indent}<{tag}>")
+        for block in blocks:
+            numbers = format_numbers(block.ravel())
+            for start in range(0, len(numbers), TEXT_PER_LINE):
+                h.write(f"\n{indent}  " + " ".join(numbers[start:start + TEXT_PER_LINE]))
+        h.write(f"</{tag}>\n")
+
+    def _base64(self, tag: str, blocks, indent: str) -> None:
+        h = self.handle
+        first = next(blocks)
+        code = "i" if first.dtype.kind == "i" else "d"
+        h.write(f'{indent}<{tag} type_id="binary">\n')
+        pending = code.ljust(24).encode()  # FileStorage's header: the element type, padded
+        for block in _chain(first, blocks):
+            raw = np.ascontiguousarray(block, "<i4" if code == "i" else "<f8").tobytes()
+            pending += raw
+            cut = len(pending) - len(pending) % B64_LINE_BYTES
+            self._b64_lines(pending[:cut], indent)
+            pending = pending[cut:]
+        self._b64_lines(pending, indent)
+        h.write(f"{indent}  </{tag}>\n")
+
+    def _b64_lines(self, data: bytes, indent: str) -> None:
+        if not data:
+            return
+        text = base64.b64encode(data).decode()
+        step = B64_LINE_BYTES * 4 // 3
+        self.handle.write("".join(f"{indent}  {text[i:i + step]}\n"
+                                  for i in range(0, len(text), step)))
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def format_numbers(values: np.ndarray) -> list[str]:
+    """Shortest decimal text that reads back to the same double (exact, ≤ 17 digits)."""
+    if values.dtype.kind == "i":
+        return [str(int(v)) for v in values]
+    return [repr(float(v)) for v in values.astype(np.float64)]
+
+
+class OpenCvModel:
+    """The written XML loaded through cv2: ``predict(x)`` with x ``(B, *input_shape)``."""
+
+    def __init__(self, path: str | Path, input_shape, output_shape) -> None:
+        cv2 = import_cv2()
+        self.net = cv2.ml.ANN_MLP_load(str(path))
+        if self.net.empty() if hasattr(self.net, "empty") else False:
+            raise CompileError(f"{path}: OpenCV could not load the ANN_MLP")
+        self.input_shape = tuple(input_shape)
+        self.output_shape = tuple(output_shape)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        _, y = self.net.predict(x.reshape(len(x), -1))
+        return np.asarray(y).reshape((len(x),) + self.output_shape)
+
+
+def import_cv2():
+    try:
+        import cv2
+    except ImportError as exc:
+        raise CompileError("the opencv target's --check needs cv2 with the ml module: "
+                           "pip install 'cnn2mlp[opencv]' (opencv-contrib-python-headless)") \
+            from exc
+    if not hasattr(cv2, "ml"):
+        raise CompileError("this cv2 has no ml module (OpenCV 5 moved it to contrib): "
+                           "pip uninstall opencv-python; pip install "
+                           "opencv-contrib-python-headless")
+    return cv2
