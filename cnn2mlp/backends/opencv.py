@@ -79,25 +79,26 @@ def save_opencv(mlp: Mlp, spec: AnnSpec, path: str | Path, encoding: str = "text
     out_scale = interleave(spec.output_scale, spec.output_shift, n_out)
     inv_scale = interleave(1.0 / out_scale[0::2], -out_scale[1::2] / out_scale[0::2], n_out)
     writer = _Writer(encoding)
-    with atomic_write(path, "w") as handle:
+    with atomic_write(path, "wb") as handle:
         writer.handle = handle
-        handle.write('<?xml version="1.0"?>\n<opencv_storage>\n<opencv_ml_ann_mlp>\n')
-        handle.write("  <format>3</format>\n")
+        put = writer.put
+        put('<?xml version="1.0"?>\n<opencv_storage>\n<opencv_ml_ann_mlp>\n')
+        put("  <format>3</format>\n")
         writer.sequence("layer_sizes", np.array(sizes, np.int32), "  ")
-        handle.write(f"  <activation_function>{name}</activation_function>\n")
-        handle.write(f"  <f_param1>{f1!r}</f_param1>\n  <f_param2>{f2!r}</f_param2>\n")
+        put(f"  <activation_function>{name}</activation_function>\n")
+        put(f"  <f_param1>{f1!r}</f_param1>\n  <f_param2>{f2!r}</f_param2>\n")
         # min/max_val only matter for training; OpenCV writes these for SIGMOID_SYM
-        handle.write("  <min_val>0.</min_val>\n  <max_val>0.</max_val>\n"
-                     "  <min_val1>0.</min_val1>\n  <max_val1>0.</max_val1>\n")
+        put("  <min_val>0.</min_val>\n  <max_val>0.</max_val>\n"
+            "  <min_val1>0.</min_val1>\n  <max_val1>0.</max_val1>\n")
         if spec.notes:
-            handle.write(f"  <!-- cnn2mlp: {escape_comment('; '.join(spec.notes))} -->\n")
+            put(f"  <!-- cnn2mlp: {escape_comment('; '.join(spec.notes))} -->\n")
         writer.sequence("input_scale", in_scale, "  ")
         writer.sequence("output_scale", out_scale, "  ")
         writer.sequence("inv_output_scale", inv_scale, "  ")
-        handle.write("  <weights>\n")
+        put("  <weights>\n")
         for layer in mlp.layers:
             writer.sequence("_", None, "    ", blocks=layer_blocks(layer.weight, layer.bias))
-        handle.write("  </weights></opencv_ml_ann_mlp>\n</opencv_storage>\n")
+        put("  </weights></opencv_ml_ann_mlp>\n</opencv_storage>\n")
 
 
 def interleave(scale, shift, n) -> np.ndarray:
@@ -126,7 +127,10 @@ class _Writer:
 
     def __init__(self, encoding: str) -> None:
         self.encoding = encoding
-        self.handle: IO[str] | None = None
+        self.handle: IO[bytes] | None = None
+
+    def put(self, text: str) -> None:
+        self.handle.write(text.encode("ascii", "replace"))
 
     def sequence(self, tag: str, values: np.ndarray | None, indent: str,
                  blocks: Iterator[np.ndarray] | None = None) -> None:
@@ -137,19 +141,23 @@ class _Writer:
             self._text(tag, blocks, indent)
 
     def _text(self, tag: str, blocks, indent: str) -> None:
-        h = self.handle
-        h.write(f"{indent}<{tag}>")
+        h = self
+        h.put(f"{indent}<{tag}>")
+        carry: list[str] = []  # numbers that did not fill a line yet
         for block in blocks:
-            numbers = format_numbers(block.ravel())
-            for start in range(0, len(numbers), TEXT_PER_LINE):
-                h.write(f"\n{indent}  " + " ".join(numbers[start:start + TEXT_PER_LINE]))
-        h.write(f"</{tag}>\n")
+            numbers = carry + format_numbers(block.ravel())
+            full = len(numbers) - len(numbers) % TEXT_PER_LINE
+            h.put("".join(f"\n{indent}  " + " ".join(numbers[i:i + TEXT_PER_LINE])
+                          for i in range(0, full, TEXT_PER_LINE)))
+            carry = numbers[full:]
+        if carry:
+            h.put(f"\n{indent}  " + " ".join(carry))
+        h.put(f"</{tag}>\n")
 
     def _base64(self, tag: str, blocks, indent: str) -> None:
-        h = self.handle
         first = next(blocks)
         code = "i" if first.dtype.kind == "i" else "d"
-        h.write(f'{indent}<{tag} type_id="binary">\n')
+        self.put(f'{indent}<{tag} type_id="binary">\n')
         pending = code.ljust(24).encode()  # FileStorage's header: the element type, padded
         for block in _chain(first, blocks):
             raw = np.ascontiguousarray(block, "<i4" if code == "i" else "<f8").tobytes()
@@ -158,15 +166,24 @@ class _Writer:
             self._b64_lines(pending[:cut], indent)
             pending = pending[cut:]
         self._b64_lines(pending, indent)
-        h.write(f"{indent}  </{tag}>\n")
+        self.put(f"{indent}  </{tag}>\n")
 
     def _b64_lines(self, data: bytes, indent: str) -> None:
         if not data:
             return
-        text = base64.b64encode(data).decode()
+        text = np.frombuffer(base64.b64encode(data), np.uint8)
         step = B64_LINE_BYTES * 4 // 3
-        self.handle.write("".join(f"{indent}  {text[i:i + step]}\n"
-                                  for i in range(0, len(text), step)))
+        full = len(text) - len(text) % step
+        # Lay the lines out as rows of a byte matrix: indent, 64 characters, newline.
+        prefix = np.frombuffer(f"{indent}  ".encode(), np.uint8)
+        lines = np.empty((full // step, len(prefix) + step + 1), np.uint8)
+        lines[:, :len(prefix)] = prefix
+        lines[:, len(prefix):-1] = text[:full].reshape(-1, step)
+        lines[:, -1] = ord("\n")
+        if len(lines):
+            self.handle.write(memoryview(lines).cast("B"))
+        if full < len(text):
+            self.handle.write(prefix.tobytes() + text[full:].tobytes() + b"\n")
 
 
 def _chain(first, rest):
@@ -175,10 +192,15 @@ def _chain(first, rest):
 
 
 def format_numbers(values: np.ndarray) -> list[str]:
-    """Shortest decimal text that reads back to the same double (exact, ≤ 17 digits)."""
+    """Shortest decimal text that reads back to the same double (exact, ≤ 17 digits).
+    Zeros, most of a converted convolution's dense matrix, skip the formatter."""
     if values.dtype.kind == "i":
         return [str(int(v)) for v in values]
-    return [repr(float(v)) for v in values.astype(np.float64)]
+    values = values.astype(np.float64)
+    out = np.full(len(values), "0", dtype=object)
+    nonzero = np.flatnonzero(values)
+    out[nonzero] = [repr(v) for v in values[nonzero].tolist()]
+    return out.tolist()
 
 
 class OpenCvModel:
