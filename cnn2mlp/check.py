@@ -102,3 +102,40 @@ def onnx_runner(model_path: str | Path, output: str | None = None) -> Runner:
                                f"run the model: {str(exc).strip().splitlines()[0][:300]}") from exc
 
     return run
+
+
+def keras_runner(model_path: str | Path) -> Runner:
+    """Keras itself on the .keras/.h5 file (safe_mode: a Lambda is never deserialized)."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        import keras
+    except ImportError as exc:
+        raise CompileError("--check on a Keras model runs Keras: pip install "
+                           "'cnn2mlp[tensorflow]'") from exc
+    model = keras.saving.load_model(str(model_path), compile=False, safe_mode=True)
+    return lambda x: np.asarray(model.predict(np.asarray(x, np.float32), verbose=0))
+
+
+def reference_runner(model_path: str | Path, logits: str | None = None) -> tuple[Runner, bool]:
+    """The original model's own runtime, and whether it returns the logits when the
+    compiler dropped a final softmax (onnxruntime can; Keras and TensorFlow cannot)."""
+    from .frontends import model_kind
+
+    kind = model_kind(model_path)
+    if kind == "onnx":
+        return onnx_runner(model_path, logits), True
+    if kind == "keras":
+        return keras_runner(model_path), False
+    if kind == "savedmodel":
+        from .frontends.tensorflow import savedmodel_runner
+
+        return savedmodel_runner(Path(model_path)), False
+    raise CompileError(f"{model_path}: --check has no reference runtime for a frozen .pb")
+
+
+def softmax(y: np.ndarray) -> np.ndarray:
+    flat = y.reshape(len(y), -1).astype(np.float64)
+    e = np.exp(flat - flat.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).reshape(y.shape)

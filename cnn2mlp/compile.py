@@ -18,7 +18,7 @@ import numpy as np
 from . import __version__
 from ._io import atomic_write, check_writable, staged_path
 from .backends import target_for
-from .check import Comparison, compare, onnx_runner, random_inputs
+from .check import Comparison, compare, random_inputs, reference_runner, softmax
 from .errors import CompileError
 from .frontends import load_model
 from .ir import Graph
@@ -312,8 +312,12 @@ def run_cli(args: argparse.Namespace) -> int:
 def check_against_reference(result: CompileResult, args: argparse.Namespace,
                             artifact: Path) -> Comparison:
     x = random_inputs(result.mlp.input_shape, args.check, *args.input_range)
-    reference = onnx_runner(args.model, result.graph.meta.get("logits"))(x)
+    dropped = "logits" in result.graph.meta
+    run_reference, gives_logits = reference_runner(args.model, result.graph.meta.get("logits"))
+    reference = run_reference(x)
     got = load_artifact(result, artifact).predict(x)
+    if dropped and not gives_logits:  # compare probabilities: softmax of our logits
+        got = softmax(got)
     comparison = compare(reference.reshape(got.shape), got, args.tolerance)
     if not comparison.passed:
         raise CheckFailed(f"{args.model}: --check failed: {comparison.describe()}; "

@@ -7,16 +7,42 @@ from typing import Sequence
 from ..errors import CompileError
 from ..ir import Graph
 
+FORMATS = ".onnx, .keras, .h5, a SavedModel folder or a frozen .pb"
+
+
+def model_kind(path: str | Path) -> str:
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        if (path / "saved_model.pb").exists() or (path / "saved_model.pbtxt").exists():
+            return "savedmodel"
+        raise CompileError(f"{path}: a folder without saved_model.pb; cnn2mlp reads {FORMATS}")
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in (".keras", ".h5", ".hdf5"):
+        return "keras"
+    if suffix == ".pb":
+        return "graphdef"
+    if not path.exists():
+        raise CompileError(f"{path}: no such file")
+    raise CompileError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; "
+                       f"cnn2mlp reads {FORMATS}")
+
 
 def load_model(path: str | Path, input_shape: Sequence[int] | None = None,
                allow_non_finite: bool = False) -> Graph:
     """Read a model file into the IR, choosing the frontend from the file."""
-    path = Path(path)
-    if path.suffix.lower() == ".onnx":
+    kind = model_kind(path)
+    if kind == "onnx":
         from .onnx import load_onnx
 
         return load_onnx(path, input_shape, allow_non_finite)
-    if not path.exists():
-        raise CompileError(f"{path}: no such file")
-    raise CompileError(f"{path}: unknown model format {path.suffix or '(no suffix)'!r}; "
-                       "cnn2mlp reads .onnx files")
+    if kind == "keras":
+        from .keras import load_keras
+
+        return load_keras(path, input_shape, allow_non_finite)
+    from .onnx import OnnxImporter
+    from .tensorflow import tensorflow_to_onnx
+
+    model = tensorflow_to_onnx(Path(path), kind)
+    return OnnxImporter(model, str(path), input_shape, allow_non_finite).run()

@@ -1,9 +1,10 @@
 """Analyses over the IR: element-wise interval bounds and Lipschitz constants.
 
 ``interval_bounds`` propagates a box ``[low, high]`` on the input through every op: monotone
-ops map the two corners, affine ops use centre ± |W| · radius. The bounds are sound (up to
-float64 rounding) and are what the passes use to prove a value is ≥ 0, and what targets
-use to shift an output into an activation's range.
+ops map the two corners, affine ops ``W x + b`` give ``W+ low + W- high + b`` and
+``W+ high + W- low + b`` (no centre-radius form: with an unbounded input it would cancel
+huge numbers). The bounds are sound (up to float64 rounding) and are what the passes use to
+prove a value is ≥ 0, and what targets use to shift an output into an activation's range.
 """
 from __future__ import annotations
 
@@ -46,33 +47,46 @@ def node_bounds(node: Node, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray,
     if node.op == "Softmax":
         return np.zeros_like(lo), np.ones_like(hi)
     if node.op in AFFINE:
-        centre = (lo + hi) / 2
-        radius = (hi - lo) / 2
-        mid = op.evaluate(node, [centre[None]])[0][0]
-        spread = op.evaluate(abs_linear(node), [radius[None]])[0][0]
-        return mid - spread, mid + spread
+        constant = op.evaluate(node, [np.zeros((1,) + lo.shape)])[0][0]
+        pos, neg = signed_parts(node, lo.ndim)
+        run_pos = lambda v: get_op(pos.op).evaluate(pos, [v[None]])[0][0]  # noqa: E731
+        run_neg = lambda v: get_op(neg.op).evaluate(neg, [v[None]])[0][0]  # noqa: E731
+        return (run_pos(lo) + run_neg(hi) + constant, run_pos(hi) + run_neg(lo) + constant)
     raise ValueError(f"no interval rule for {node.op}")
 
 
-def abs_linear(node: Node) -> Node:
-    """The node with its weights replaced by their absolute values and no bias/shift."""
+def signed_parts(node: Node, rank: int) -> tuple[Node, Node]:
+    """The linear part of an affine node split into its positive and negative weights."""
     a: dict[str, Any] = dict(node.attrs)
+
+    def with_weights(op: str, key: str, pos, neg, **extra) -> tuple[Node, Node]:
+        make = lambda w: Node(op, node.inputs, node.outputs, {**a, **extra, key: w},  # noqa
+                              node.name)
+        return make(pos), make(neg)
+
     if node.op == "Conv":
-        a["kernel"], a["bias"] = np.abs(a["kernel"]), None
-    elif node.op == "Dense":
+        k = a["kernel"]
+        return with_weights("Conv", "kernel", np.maximum(k, 0), np.minimum(k, 0), bias=None)
+    if node.op == "Dense":
         w = a["weight"]
-        a["weight"], a["bias"] = (abs(w) if sp.issparse(w) else np.abs(w)), None
-    elif node.op == "AddConst":
-        a["const"] = np.zeros_like(np.asarray(a["const"], np.float64))
-    elif node.op == "MulConst":
-        a["const"] = np.abs(a["const"])
-    elif node.op == "BatchNorm":
+        if sp.issparse(w):
+            w = sp.csr_array(w)
+            return with_weights("Dense", "weight", w.multiply(w > 0).tocsr(),
+                                w.multiply(w < 0).tocsr(), bias=None)
+        return with_weights("Dense", "weight", np.maximum(w, 0), np.minimum(w, 0), bias=None)
+    if node.op == "AddConst":
+        a = {}
+        return with_weights("MulConst", "const", np.ones(()), np.zeros(()))
+    if node.op == "MulConst":
+        c = np.asarray(a["const"], np.float64)
+        return with_weights("MulConst", "const", np.maximum(c, 0), np.minimum(c, 0))
+    if node.op == "BatchNorm":
         from .ops import batchnorm_affine
 
-        scale, _ = batchnorm_affine(a)
-        a = {"scale": np.abs(scale), "bias": np.zeros_like(scale), "mean": np.zeros_like(scale),
-             "var": np.ones_like(scale), "epsilon": 0.0}
-    return Node(node.op, node.inputs, node.outputs, a, node.name)
+        scale = batchnorm_affine(a)[0].reshape((-1,) + (1,) * (rank - 1))
+        a = {}
+        return with_weights("MulConst", "const", np.maximum(scale, 0), np.minimum(scale, 0))
+    raise ValueError(f"{node.op} is not affine")
 
 
 def nonnegative(graph: Graph, value: str, bounds: Bounds | None = None) -> np.ndarray:

@@ -1,0 +1,567 @@
+"""Keras frontend: ``.keras`` (a zip with config.json and model.weights.h5) and legacy
+``.h5`` files, read with zipfile, json and h5py alone: TensorFlow is never imported and no
+code in the file is ever run or unmarshalled (a Lambda layer is refused by its class name).
+
+Keras tensors are channels-last (N, H, W, C); the IR's convolutions are channels-first.
+Each tensor is tracked with its layout, and Transposes are inserted only where a layer
+needs the other one (the layout pass then folds them into the weights for free).
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import CompileError, UnsupportedOpError
+from ..ir import Graph
+from ..ir.geometry import same_pads
+
+CODE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
+ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}
+IDENTITY_LAYERS = {"Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise",
+                   "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity"}
+
+LayerConverter = Callable[["KerasImporter", "Layer", "Tensor"], "Tensor"]
+CONVERTERS: dict[str, LayerConverter] = {}
+
+
+def layer(*names: str):
+    def register(fn: LayerConverter) -> LayerConverter:
+        for name in names:
+            CONVERTERS[name] = fn
+        return fn
+    return register
+
+
+@dataclass
+class Tensor:
+    """An IR value and whether it is laid out as Keras has it (channels last) or as the
+    IR's convolutions want it (channels first)."""
+
+    value: str
+    channels_first: bool
+
+
+@dataclass
+class Layer:
+    name: str
+    class_name: str
+    config: dict[str, Any]
+    weights: list[np.ndarray]
+    inbound: list[str]
+
+
+def load_keras(path: str | Path, input_shape: Sequence[int] | None = None,
+               allow_non_finite: bool = False) -> Graph:
+    """Read a Keras ``.keras`` or ``.h5`` model into the IR (per-sample shapes, channels-last
+    input as Keras has it)."""
+    path = Path(path)
+    config, weights = read_keras_file(path)
+    return KerasImporter(path, config, weights, input_shape, allow_non_finite).run()
+
+
+# ------------------------------------------------------------------------------ reading
+def read_keras_file(path: Path) -> tuple[dict, "WeightSource"]:
+    if not path.is_file():
+        raise CompileError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise CompileError(f"{path}: the file is empty")
+    try:
+        import h5py
+    except ImportError as exc:
+        raise CompileError("reading Keras files needs h5py: pip install 'cnn2mlp[keras]'") from exc
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                config = json.loads(archive.read("config.json"))
+                blob = archive.read("model.weights.h5")
+        except (KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+            raise CompileError(f"{path}: not a Keras .keras archive ({exc}); it needs "
+                               "config.json and model.weights.h5") from exc
+        return config, WeightSource(h5py.File(io.BytesIO(blob), "r"), keras3=True)
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise CompileError(f"{path}: neither a .keras zip nor an HDF5 .h5 file ({exc})") from exc
+    raw = handle.attrs.get("model_config")
+    if raw is None:
+        raise CompileError(f"{path}: this HDF5 file holds no model_config (weights only?); "
+                           "save the whole model with model.save(...)")
+    config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    return config, WeightSource(handle, keras3=False)
+
+
+class WeightSource:
+    """The weights of a layer, in the order Keras lists them."""
+
+    def __init__(self, handle, keras3: bool) -> None:
+        self.handle = handle
+        self.keras3 = keras3
+
+    def of(self, name: str, key: str) -> list[np.ndarray]:
+        """Weights of the layer ``name``; Keras 3 files file them under ``key`` instead."""
+        if self.keras3:
+            group = find_vars_group(self.handle, key) or find_vars_group(self.handle, name)
+            if group is None:
+                return []
+            return [np.asarray(group[k]) for k in sorted(group.keys(), key=int)]
+        root = self.handle["model_weights"] if "model_weights" in self.handle else self.handle
+        if name not in root:
+            return []
+        group = root[name]
+        names = [n.decode() if isinstance(n, bytes) else n
+                 for n in group.attrs.get("weight_names", [])]
+        return [np.asarray(group[n]) for n in names]
+
+
+def find_vars_group(handle, name: str):
+    """Keras 3 stores a layer's variables at layers/<name>/vars (older: nested paths)."""
+    for path in (f"layers/{name}/vars", f"_layer_checkpoint_dependencies/{name}/vars"):
+        if path in handle:
+            return handle[path]
+    found = []
+
+    def visit(key, obj):
+        if key.endswith(f"/{name}/vars") or key == f"{name}/vars":
+            found.append(obj)
+
+    handle.visititems(visit)
+    return found[0] if found else None
+
+
+# ------------------------------------------------------------------------------ importing
+class KerasImporter:
+    def __init__(self, path: Path, config: dict, weights: WeightSource,
+                 input_shape: Sequence[int] | None, allow_non_finite: bool) -> None:
+        self.path = path
+        self.config = config
+        self.weights = weights
+        self.user_shape = tuple(input_shape) if input_shape else None
+        self.allow_non_finite = allow_non_finite
+        self.graph: Graph | None = None
+
+    def run(self) -> Graph:
+        class_name = self.config.get("class_name")
+        if class_name not in ("Sequential", "Functional", "Model"):
+            raise UnsupportedOpError(f"{self.path}: top-level {class_name!r} is not a "
+                                     "Sequential or Functional model")
+        layers = self.read_layers()
+        refuse_code_layers(self.path, layers)
+        input_dims = self.input_dims(layers)
+        self.graph = Graph("input", self.resolve_dims(input_dims))
+        tensors: dict[str, Tensor] = {}
+        current = Tensor("input", False)
+        last = None
+        for lay in layers:
+            if lay.class_name == "InputLayer":
+                tensors[lay.name] = current
+                continue
+            source = tensors[lay.inbound[0]] if lay.inbound else current
+            fn = CONVERTERS.get(lay.class_name)
+            if fn is None:
+                raise UnsupportedOpError(
+                    f"{self.path}: layer {lay.name!r} of class {lay.class_name} is not "
+                    f"supported; supported layers: {', '.join(sorted(CONVERTERS))}")
+            try:
+                out = fn(self, lay, source)
+            except CompileError:
+                raise
+            except Exception as exc:
+                raise CompileError(f"{self.path}: layer {lay.name!r} ({lay.class_name}) cannot "
+                                   f"be converted: {type(exc).__name__}: {exc}") from exc
+            tensors[lay.name] = current = out
+            last = lay.name
+        output = tensors[self.output_layer(layers) or last] if layers else current
+        output = self.keras_layout(output)
+        self.graph.output = output.value
+        return self.graph
+
+    def read_layers(self) -> list[Layer]:
+        cfg = self.config.get("config", {})
+        raw_layers = cfg.get("layers", cfg if isinstance(cfg, list) else [])
+        keys = weight_keys(raw_layers, sequential=self.config.get("class_name") == "Sequential")
+        layers = []
+        for raw, key in zip(raw_layers, keys):
+            lcfg = raw.get("config", {})
+            name = lcfg.get("name") or raw.get("name")
+            if raw.get("class_name") in ("Sequential", "Functional", "Model"):
+                raise UnsupportedOpError(f"{self.path}: layer {name!r} is a nested model; "
+                                         "flatten it into one model before converting")
+            inbound = parse_inbound(raw.get("inbound_nodes", []))
+            if len(inbound) > 1:
+                raise UnsupportedOpError(f"{self.path}: layer {name!r} ({raw.get('class_name')}) "
+                                         f"has {len(inbound)} inputs; only chains of "
+                                         "single-input layers are supported")
+            weights = [] if raw.get("class_name") in CODE_LAYERS else self.weights.of(name, key)
+            layers.append(Layer(name, raw.get("class_name"), lcfg, weights, inbound))
+        return layers
+
+    def output_layer(self, layers: list[Layer]) -> str | None:
+        outs = self.config.get("config", {}).get("output_layers")
+        if not outs:
+            return None
+        if isinstance(outs[0], list) and outs and isinstance(outs[0], list) and len(outs) > 1:
+            raise UnsupportedOpError(f"{self.path}: the model has {len(outs)} outputs; "
+                                     "cnn2mlp converts models with one output")
+        first = outs[0] if isinstance(outs[0], list) else outs
+        return first[0]
+
+    def input_dims(self, layers: list[Layer]) -> list[int | None]:
+        for lay in layers[:1]:
+            for key in ("batch_shape", "batch_input_shape"):
+                if lay.config.get(key):
+                    return list(lay.config[key])[1:]
+        build = self.config.get("build_config", {}).get("input_shape")
+        if build:
+            return list(build)[1:]
+        raise CompileError(f"{self.path}: the model does not record its input shape; pass "
+                           "--input-shape")
+
+    def resolve_dims(self, dims: list[int | None]) -> tuple[int, ...]:
+        if self.user_shape is None:
+            if any(d is None for d in dims):
+                shown = ",".join("?" if d is None else str(d) for d in dims)
+                raise CompileError(f"{self.path}: the input has unknown dims (N,{shown}); pass "
+                                   "--input-shape with the dims after the batch axis")
+            return tuple(int(d) for d in dims)
+        if len(self.user_shape) != len(dims) or any(
+                d is not None and d != u for d, u in zip(dims, self.user_shape)):
+            shown = ",".join("?" if d is None else str(d) for d in dims)
+            raise CompileError(f"{self.path}: --input-shape "
+                               f"{','.join(map(str, self.user_shape))} contradicts the "
+                               f"model's input (N,{shown})")
+        return self.user_shape
+
+    # -- helpers for converters -----------------------------------------------------------
+    def emit(self, lay: Layer, op: str, t: Tensor, attrs=None, channels_first=None) -> Tensor:
+        try:
+            node = self.graph.add_node(op, [t.value], attrs, name=lay.name)
+        except ValueError as exc:
+            raise CompileError(f"{self.path}: layer {lay.name!r} ({lay.class_name}): {exc}") from exc
+        return Tensor(node.output, t.channels_first if channels_first is None else channels_first)
+
+    def shape(self, t: Tensor) -> tuple[int, ...]:
+        return self.graph.shape(t.value)
+
+    def internal_layout(self, t: Tensor, lay: Layer) -> Tensor:
+        """Channels first, as Conv and the pools want it."""
+        if t.channels_first or len(self.shape(t)) < 2:
+            return Tensor(t.value, True) if len(self.shape(t)) < 2 else t
+        rank = len(self.shape(t))
+        perm = (rank - 1,) + tuple(range(rank - 1))
+        return self.emit(lay, "Transpose", t, {"perm": perm}, channels_first=True)
+
+    def keras_layout(self, t: Tensor, lay: Layer | None = None) -> Tensor:
+        """Channels last, as Keras has it (Flatten, Reshape, Dense on a map, the output)."""
+        rank = len(self.shape(t))
+        if not t.channels_first or rank < 2:
+            return Tensor(t.value, False)
+        perm = tuple(range(1, rank)) + (0,)
+        node = self.graph.add_node("Transpose", [t.value], {"perm": perm},
+                                   name=(lay.name if lay else "output") + "_to_nhwc")
+        return Tensor(node.output, False)
+
+    def weight(self, lay: Layer, index: int, what: str) -> np.ndarray:
+        if index >= len(lay.weights):
+            raise CompileError(f"{self.path}: layer {lay.name!r} ({lay.class_name}) has no "
+                               f"{what} in the weights file")
+        w = np.asarray(lay.weights[index], np.float64)
+        if not self.allow_non_finite and not np.isfinite(w).all():
+            raise CompileError(f"{self.path}: weight {what!r} of layer {lay.name!r} has NaN/Inf "
+                               "values; fix the model, or pass --allow-non-finite")
+        return w
+
+    def activation(self, lay: Layer, t: Tensor, name: str | None) -> Tensor:
+        return apply_activation(self, lay, t, name)
+
+
+def weight_keys(raw_layers: list[dict], sequential: bool) -> list[str]:
+    """Where Keras 3 files each layer's weights: the snake_case class name, numbered in the
+    order of model.layers (which leaves out a Sequential's InputLayer)."""
+    used: dict[str, int] = {}
+    keys = []
+    for raw in raw_layers:
+        if sequential and raw.get("class_name") == "InputLayer":
+            keys.append("")
+            continue
+        key = snake_case(raw.get("class_name", ""))
+        if key in used:
+            used[key] += 1
+            key = f"{key}_{used[key]}"
+        else:
+            used[key] = 0
+        keys.append(key)
+    return keys
+
+
+def snake_case(name: str) -> str:
+    import re
+
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def parse_inbound(nodes) -> list[str]:
+    """Source layer names of a Functional layer, in Keras 3 or Keras 2 notation."""
+    names: list[str] = []
+    for node in nodes:
+        if isinstance(node, dict):  # Keras 3: {"args": [keras tensors], "kwargs": {...}}
+            for arg in node.get("args", []):
+                names.extend(keras_history_names(arg))
+        elif isinstance(node, list):  # Keras 2: [[name, node_index, tensor_index, kwargs]]
+            names.extend(entry[0] for entry in node if isinstance(entry, list) and entry)
+    return names
+
+
+def keras_history_names(arg) -> list[str]:
+    if isinstance(arg, dict):
+        history = arg.get("config", {}).get("keras_history")
+        if history:
+            return [history[0]]
+    if isinstance(arg, list):
+        return [n for item in arg for n in keras_history_names(item)]
+    return []
+
+
+def refuse_code_layers(path: Path, layers: list[Layer]) -> None:
+    for lay in layers:
+        if lay.class_name in CODE_LAYERS or "function" in lay.config and \
+                lay.class_name not in CONVERTERS:
+            raise UnsupportedOpError(
+                f"{path}: layer {lay.name!r} is a {lay.class_name} layer, which carries "
+                "Python code; cnn2mlp never runs or unmarshals code from model files. Rebuild "
+                "the model with built-in layers in place of the Lambda")
+
+
+# ------------------------------------------------------------------------------ layers
+def apply_activation(imp: KerasImporter, lay: Layer, t: Tensor, name) -> Tensor:
+    if isinstance(name, dict):  # a serialized activation object
+        name = name.get("config", {}).get("name") or name.get("class_name")
+    name = (name or "linear").lower()
+    if name in ("linear", "identity", None):
+        return t
+    if name in ACTIVATION_OPS:
+        return imp.emit(lay, ACTIVATION_OPS[name], t)
+    if name == "leaky_relu":  # keras.activations.leaky_relu: negative_slope 0.2
+        return imp.emit(lay, "LeakyRelu", t, {"alpha": 0.2})
+    if name == "softmax":
+        flat = imp.keras_layout(t, lay)
+        if len(imp.shape(flat)) != 1:
+            raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: softmax over part of a "
+                                     "tensor is not supported")
+        return imp.emit(lay, "Softmax", flat)
+    raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: activation {name!r} is not "
+                             "supported (relu, tanh, sigmoid, leaky_relu, linear, softmax)")
+
+
+@layer("Activation")
+def convert_activation_layer(imp, lay, t):
+    return imp.activation(lay, t, lay.config.get("activation"))
+
+
+@layer("ReLU")
+def convert_relu(imp, lay, t):
+    c = lay.config
+    if c.get("max_value") is not None or c.get("threshold", 0.0):
+        raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: ReLU with max_value or "
+                                 "threshold is not supported")
+    slope = c.get("negative_slope", 0.0) or 0.0
+    if slope:
+        return imp.emit(lay, "LeakyRelu", t, {"alpha": float(slope)})
+    return imp.emit(lay, "Relu", t)
+
+
+@layer("LeakyReLU")
+def convert_leaky(imp, lay, t):
+    slope = lay.config.get("negative_slope", lay.config.get("alpha", 0.3))
+    return imp.emit(lay, "LeakyRelu", t, {"alpha": float(slope)})
+
+
+@layer(*IDENTITY_LAYERS)
+def convert_identity(imp, lay, t):
+    return t
+
+
+def spatial_rank(lay: Layer) -> int:
+    return 1 if lay.class_name.endswith("1D") else 2
+
+
+def check_channels_last(imp, lay):
+    if lay.config.get("data_format", "channels_last") != "channels_last":
+        raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: data_format "
+                                 f"{lay.config['data_format']!r}; only channels_last is supported")
+
+
+def as_tuple(value, n: int) -> tuple[int, ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(int(v) for v in value)
+    return (int(value),) * n
+
+
+def keras_pads(imp, lay, spatial, kernel, strides, dilations) -> tuple[int, ...]:
+    padding = lay.config.get("padding", "valid")
+    nd = len(spatial)
+    if padding == "valid":
+        return (0,) * (2 * nd)
+    if padding == "same":  # TensorFlow pads the extra cell at the end
+        pairs = [same_pads(spatial[a], kernel[a], strides[a], dilations[a]) for a in range(nd)]
+        return tuple(p[0] for p in pairs) + tuple(p[1] for p in pairs)
+    if padding == "causal" and nd == 1:
+        return ((kernel[0] - 1) * dilations[0], 0)
+    raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: padding {padding!r}")
+
+
+@layer("Conv1D", "Conv2D")
+def convert_conv(imp, lay, t):
+    check_channels_last(imp, lay)
+    nd = spatial_rank(lay)
+    c = lay.config
+    x = imp.internal_layout(t, lay)
+    kernel = imp.weight(lay, 0, "kernel")  # (k..., in/groups, out)
+    oihw = kernel.transpose((nd + 1, nd) + tuple(range(nd)))
+    bias = imp.weight(lay, 1, "bias") if c.get("use_bias", True) else None
+    strides = as_tuple(c.get("strides", 1), nd)
+    dilations = as_tuple(c.get("dilation_rate", 1), nd)
+    pads = keras_pads(imp, lay, imp.shape(x)[1:], oihw.shape[2:], strides, dilations)
+    y = imp.emit(lay, "Conv", x, {"kernel": oihw.astype(np.float32),
+                                  "bias": None if bias is None else bias.astype(np.float32),
+                                  "strides": strides, "pads": pads, "dilations": dilations,
+                                  "group": int(c.get("groups", 1))})
+    return imp.activation(lay, y, c.get("activation"))
+
+
+@layer("DepthwiseConv1D", "DepthwiseConv2D")
+def convert_depthwise(imp, lay, t):
+    check_channels_last(imp, lay)
+    nd = spatial_rank(lay)
+    c = lay.config
+    x = imp.internal_layout(t, lay)
+    dk = imp.weight(lay, 0, "depthwise_kernel")  # (k..., in, multiplier)
+    channels, mult = dk.shape[nd], dk.shape[nd + 1]
+    # output channel c * multiplier + m reads input channel c alone
+    oihw = dk.reshape(dk.shape[:nd] + (channels * mult,)).transpose(
+        (nd,) + tuple(range(nd)))[:, None]
+    bias = imp.weight(lay, 1, "bias") if c.get("use_bias", True) else None
+    strides = as_tuple(c.get("strides", 1), nd)
+    dilations = as_tuple(c.get("dilation_rate", 1), nd)
+    pads = keras_pads(imp, lay, imp.shape(x)[1:], oihw.shape[2:], strides, dilations)
+    y = imp.emit(lay, "Conv", x, {"kernel": oihw.astype(np.float32),
+                                  "bias": None if bias is None else bias.astype(np.float32),
+                                  "strides": strides, "pads": pads, "dilations": dilations,
+                                  "group": channels})
+    return imp.activation(lay, y, c.get("activation"))
+
+
+@layer("Dense")
+def convert_dense(imp, lay, t):
+    c = lay.config
+    x = imp.keras_layout(t, lay)
+    kernel = imp.weight(lay, 0, "kernel")  # (in, out)
+    bias = imp.weight(lay, 1, "bias") if c.get("use_bias", True) else None
+    shape = imp.shape(x)
+    if len(shape) == 1:
+        weight = kernel.T.astype(np.float32)
+    else:  # Dense acts on the last axis of each position
+        import scipy.sparse as sp
+
+        rows = int(np.prod(shape[:-1]))
+        weight = sp.kron(sp.identity(rows, format="csr"), sp.csr_array(kernel.T),
+                         format="csr").astype(np.float32)
+        bias = None if bias is None else np.tile(bias, rows)
+    y = imp.emit(lay, "Dense", x, {"weight": weight,
+                                   "bias": None if bias is None else bias.astype(np.float32),
+                                   "out_shape": shape[:-1] + (kernel.shape[1],)})
+    return imp.activation(lay, y, c.get("activation"))
+
+
+@layer("Flatten")
+def convert_flatten(imp, lay, t):
+    x = imp.keras_layout(t, lay)  # Keras flattens in (H, W, C) order
+    return imp.emit(lay, "Reshape", x, {"shape": (int(np.prod(imp.shape(x))),)})
+
+
+@layer("Reshape")
+def convert_reshape(imp, lay, t):
+    x = imp.keras_layout(t, lay)
+    target = [int(d) for d in lay.config["target_shape"]]
+    if -1 in target:
+        known = int(np.prod([d for d in target if d != -1]))
+        target[target.index(-1)] = int(np.prod(imp.shape(x))) // known
+    return imp.emit(lay, "Reshape", x, {"shape": tuple(target)})
+
+
+@layer("BatchNormalization")
+def convert_batchnorm(imp, lay, t):
+    c = lay.config
+    axis = c.get("axis", -1)
+    axis = axis[0] if isinstance(axis, list) else axis
+    rank = len(imp.shape(t)) + 1
+    if axis % rank != rank - 1:
+        raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: BatchNormalization over "
+                                 f"axis {axis}; only the channel axis (-1) is supported")
+    x = imp.internal_layout(t, lay)
+    index = 0
+    scale = imp.weight(lay, index, "gamma") if c.get("scale", True) else None
+    index += scale is not None
+    shift = imp.weight(lay, index, "beta") if c.get("center", True) else None
+    index += shift is not None
+    mean, var = imp.weight(lay, index, "moving_mean"), imp.weight(lay, index + 1, "moving_variance")
+    ones = np.ones_like(mean)
+    return imp.emit(lay, "BatchNorm", x, {
+        "scale": ones if scale is None else scale, "bias": 0 * ones if shift is None else shift,
+        "mean": mean, "var": var, "epsilon": float(c.get("epsilon", 1e-3))})
+
+
+@layer("ZeroPadding1D", "ZeroPadding2D")
+def convert_zero_padding(imp, lay, t):
+    check_channels_last(imp, lay)
+    nd = spatial_rank(lay)
+    padding = lay.config.get("padding", 1)
+    if isinstance(padding, int):
+        pairs = [(padding, padding)] * nd
+    elif nd == 1:
+        pairs = [tuple(padding)] if len(padding) == 2 and isinstance(padding[0], int) else \
+            [tuple(padding[0])]
+    else:
+        pairs = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+    x = imp.internal_layout(t, lay)
+    pads = (0,) + tuple(p[0] for p in pairs) + (0,) + tuple(p[1] for p in pairs)
+    return imp.emit(lay, "Pad", x, {"pads": pads, "value": 0.0})
+
+
+@layer("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D")
+def convert_pool(imp, lay, t):
+    check_channels_last(imp, lay)
+    nd = spatial_rank(lay)
+    c = lay.config
+    x = imp.internal_layout(t, lay)
+    kernel = as_tuple(c.get("pool_size", 2), nd)
+    strides = as_tuple(c.get("strides") or kernel, nd)
+    pads = keras_pads(imp, lay, imp.shape(x)[1:], kernel, strides, (1,) * nd)
+    op = "MaxPool" if lay.class_name.startswith("Max") else "AveragePool"
+    # TensorFlow's SAME average pooling divides by the cells inside the input.
+    return imp.emit(lay, op, x, {"kernel_shape": kernel, "strides": strides, "pads": pads,
+                                 "dilations": (1,) * nd, "ceil_mode": False,
+                                 "count_include_pad": False})
+
+
+@layer("GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalAveragePooling1D",
+       "GlobalAveragePooling2D")
+def convert_global_pool(imp, lay, t):
+    check_channels_last(imp, lay)
+    x = imp.internal_layout(t, lay)
+    spatial = imp.shape(x)[1:]
+    nd = len(spatial)
+    op = "MaxPool" if "Max" in lay.class_name else "AveragePool"
+    y = imp.emit(lay, op, x, {"kernel_shape": spatial, "strides": (1,) * nd,
+                              "pads": (0,) * (2 * nd), "dilations": (1,) * nd,
+                              "ceil_mode": False, "count_include_pad": False})
+    if lay.config.get("keepdims"):
+        return y
+    return imp.emit(lay, "Reshape", y, {"shape": (imp.shape(y)[0],)}, channels_first=False)

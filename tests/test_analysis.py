@@ -1,0 +1,65 @@
+"""Interval bounds are sound: every value the interpreter computes lies inside them."""
+import numpy as np
+from hypothesis import given, strategies as st
+
+from cnn2mlp.ir import Graph, run
+from cnn2mlp.ir.analysis import interval_bounds, lipschitz_inf, nonnegative
+from cnn2mlp.testing import cnn_graphs
+
+
+def values_of(graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
+    out = {}
+    for node in graph.nodes:
+        probe = graph.copy()
+        probe.output = node.output
+        out[node.output] = run(probe, x)
+    return out
+
+
+@given(cnn_graphs(), st.sampled_from([(0.0, 1.0), (-2.0, 3.0)]))
+def test_bounds_contain_every_value(graph, box):
+    bounds = interval_bounds(graph, *box)
+    x = np.random.default_rng(0).uniform(*box, (16,) + graph.shape(graph.input))
+    corners = np.stack([np.full(graph.shape(graph.input), box[0]),
+                        np.full(graph.shape(graph.input), box[1])])
+    for name, value in values_of(graph, np.concatenate([x, corners])).items():
+        lo, hi = bounds[name]
+        slack = 1e-9 * (1 + np.abs(value))
+        assert (value >= lo - slack).all() and (value <= hi + slack).all(), name
+
+
+@given(cnn_graphs(layers=("conv", "activation", "batchnorm", "maxpool")))
+def test_nonnegativity_proofs_hold_for_unbounded_inputs(graph):
+    bounds = interval_bounds(graph)
+    x = np.random.default_rng(1).normal(0, 100, (32,) + graph.shape(graph.input))
+    for name, value in values_of(graph, x).items():
+        proven = nonnegative(graph, name, bounds)
+        assert (value[:, proven] >= 0).all(), name
+
+
+def test_batchnorm_after_relu_with_negative_shift_is_not_nonnegative():
+    # Regression: centre-radius bounds cancelled 1e30-sized numbers and "proved" this >= 0.
+    g = Graph("x", (2, 3, 3))
+    g.append("Relu")
+    g.append("BatchNorm", {"scale": np.array([1.0, 0.5]), "bias": np.array([-0.25, 0.5]),
+                           "mean": np.array([0.5, 0.0]), "var": np.array([1.0, 1.0]),
+                           "epsilon": 0.0})
+    lo, _ = interval_bounds(g)[g.output]
+    assert (lo[0] < 0).all() and np.allclose(lo[1], 0.5)
+
+
+def test_lipschitz_bounds_the_output_change():
+    rng = np.random.default_rng(2)
+    g = Graph("x", (4,))
+    g.append("Dense", {"weight": rng.normal(size=(5, 4)), "bias": rng.normal(size=5)})
+    start = g.output
+    g.append("Tanh")
+    g.append("Dense", {"weight": rng.normal(size=(3, 5)), "bias": None})
+    constant = lipschitz_inf(g, start)
+    head = Graph("h", (5,))
+    head.append("Tanh")
+    head.append("Dense", {"weight": g.nodes[-1].attrs["weight"], "bias": None})
+    h = rng.normal(size=(64, 5))
+    e = rng.uniform(-1e-3, 1e-3, (64, 5))
+    change = np.abs(run(head, h + e) - run(head, h)).max(axis=1)
+    assert (change <= constant * np.abs(e).max(axis=1) + 1e-12).all()
