@@ -63,10 +63,16 @@ def conv_geometries(draw, in_shape: Sequence[int], max_kernel: int = 5, max_stri
 
 @st.composite
 def pool_geometries(draw, in_shape: Sequence[int], max_kernel: int = 4, max_stride: int = 3,
-                    max_dilation: int = 2, dilations: bool = True) -> dict[str, Any]:
+                    max_dilation: int = 2, dilations: bool = True,
+                    ort_consistent: bool = True) -> dict[str, Any]:
     """Attributes of one MaxPool/AveragePool on ``(C, *spatial)``: any kernel, strides,
     dilations, asymmetric pads (each smaller than the kernel, as ONNX requires), ceil_mode
-    and count_include_pad."""
+    and count_include_pad.
+
+    With ceil_mode, a last window that would start in the trailing padding is dropped (as
+    PyTorch and onnxruntime's kernels do), but ONNX shape inference keeps it, and
+    onnxruntime then fails on a model with more layers. ``ort_consistent`` avoids those
+    geometries, so that onnxruntime can serve as the reference."""
     kernel, strides, dils, pads_b, pads_e = [], [], [], [], []
     for size in in_shape[1:]:
         k = draw(st.integers(1, min(max_kernel, size)))
@@ -79,9 +85,24 @@ def pool_geometries(draw, in_shape: Sequence[int], max_kernel: int = 4, max_stri
         strides.append(draw(st.integers(1, max_stride)))
         pads_b.append(draw(st.integers(0, limit)))
         pads_e.append(draw(st.integers(0, limit)))
-    return {"kernel_shape": tuple(kernel), "strides": tuple(strides), "dilations": tuple(dils),
-            "pads": tuple(pads_b + pads_e), "ceil_mode": draw(st.booleans()),
-            "count_include_pad": draw(st.booleans())}
+    geo = {"kernel_shape": tuple(kernel), "strides": tuple(strides), "dilations": tuple(dils),
+           "pads": tuple(pads_b + pads_e), "ceil_mode": draw(st.booleans()),
+           "count_include_pad": draw(st.booleans())}
+    if ort_consistent and geo["ceil_mode"] and drops_last_window(in_shape, geo):
+        geo["ceil_mode"] = False
+    return geo
+
+
+def drops_last_window(in_shape: Sequence[int], geo: dict[str, Any]) -> bool:
+    """Whether ceil_mode's rule "no window starts in the trailing padding" applies."""
+    nd = len(in_shape) - 1
+    for a in range(nd):
+        k, s, d = geo["kernel_shape"][a], geo["strides"][a], geo["dilations"][a]
+        pb, pe = geo["pads"][a], geo["pads"][nd + a]
+        room = in_shape[1 + a] + pb + pe - d * (k - 1) - 1
+        if room >= 0 and -(-room // s) + 1 != output_size(in_shape[1 + a], k, s, d, pb, pe, True):
+            return True
+    return False
 
 
 def pool_output_shape(in_shape: Sequence[int], geo: dict[str, Any]) -> tuple[int, ...]:

@@ -20,7 +20,9 @@ def pool_models(draw, op=None, opset=None):
     shape = draw(input_shapes(min_size=3, max_size=8))
     opset = opset or draw(st.sampled_from([11, 13, 19, 21]))
     op = op or draw(st.sampled_from(["MaxPool", "AveragePool"]))
-    geo = draw(pool_geometries(shape, dilations=opset >= 19 or op == "MaxPool"))
+    # A lone pool: onnxruntime's kernel runs even where ONNX shape inference disagrees.
+    geo = draw(pool_geometries(shape, dilations=opset >= 19 or op == "MaxPool",
+                               ort_consistent=False))
     b = OnnxBuilder(shape, opset=opset, seed=0)
     if draw(st.booleans()):
         b.activation("Relu")
