@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from . import __version__
 from ._io import atomic_write, check_writable, staged_path
 from .backends import target_for

@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from onnx import helper
 
 from cnn2mlp.compile import main
 from cnn2mlp.testing import OnnxBuilder

@@ -3,7 +3,6 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from cnn2mlp.frontends.onnx import load_onnx
-from cnn2mlp.ir import run
 from cnn2mlp.testing import assert_equivalent, compile_to_model, onnx_cnns
 
 

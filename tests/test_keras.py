@@ -3,7 +3,6 @@ compiles, and cnn2mlp.load(...).predict matches model.predict within 1e-4 * max(
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -3,7 +3,6 @@ onnxruntime computes on the original model, within 1e-4 * max(1, |y|) on the dom
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -1,6 +1,5 @@
 """Each pass on hypothesis-generated graphs: the interpreter before and after must agree."""
 import numpy as np
-import pytest
 from hypothesis import given, strategies as st
 
 from cnn2mlp.ir import Graph, run

@@ -3,9 +3,8 @@ onnxruntime, over pool geometry."""
 import math
 
 import numpy as np
-import onnx
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from cnn2mlp.ir import Graph, run
 from cnn2mlp.ir.mlp import Mlp

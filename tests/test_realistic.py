@@ -119,7 +119,6 @@ def test_pytorch_batch1_with_hard_coded_reshape():
 
 def test_verification_benchmark_mlp_input_784x1_with_normalization():
     """ERAN/VNN-COMP style: input [1, 784, 1], Sub/Div normalization, Flatten, Gemm + Sigmoid."""
-    rng = np.random.default_rng(7)
     b = OnnxBuilder((784, 1), batch=1, opset=11, seed=7)
     b.node("Sub", [b.current, b.const(np.array(0.1307, np.float32))])
     b.node("Div", [b.current, b.const(np.array(0.3081, np.float32))])

@@ -11,7 +11,6 @@ streaming: a layer is converted to dense a block of rows at a time.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator

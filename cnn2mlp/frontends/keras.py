@@ -421,10 +421,16 @@ def keras_pads(imp, lay, spatial, kernel, strides, dilations) -> tuple[int, ...]
 def convert_conv(imp, lay, t):
     check_channels_last(imp, lay)
     nd = spatial_rank(lay)
-    c = lay.config
     x = imp.internal_layout(t, lay)
     kernel = imp.weight(lay, 0, "kernel")  # (k..., in/groups, out)
     oihw = kernel.transpose((nd + 1, nd) + tuple(range(nd)))
+    return emit_conv(imp, lay, x, oihw, int(lay.config.get("groups", 1)))
+
+
+def emit_conv(imp, lay, x: Tensor, oihw: np.ndarray, group: int) -> Tensor:
+    """A Keras convolution (kernel already OIHW) with its bias, padding and activation."""
+    c = lay.config
+    nd = oihw.ndim - 2
     bias = imp.weight(lay, 1, "bias") if c.get("use_bias", True) else None
     strides = as_tuple(c.get("strides", 1), nd)
     dilations = as_tuple(c.get("dilation_rate", 1), nd)
@@ -432,7 +438,7 @@ def convert_conv(imp, lay, t):
     y = imp.emit(lay, "Conv", x, {"kernel": oihw.astype(np.float32),
                                   "bias": None if bias is None else bias.astype(np.float32),
                                   "strides": strides, "pads": pads, "dilations": dilations,
-                                  "group": int(c.get("groups", 1))})
+                                  "group": group})
     return imp.activation(lay, y, c.get("activation"))
 
 
@@ -440,22 +446,13 @@ def convert_conv(imp, lay, t):
 def convert_depthwise(imp, lay, t):
     check_channels_last(imp, lay)
     nd = spatial_rank(lay)
-    c = lay.config
     x = imp.internal_layout(t, lay)
     dk = imp.weight(lay, 0, "depthwise_kernel")  # (k..., in, multiplier)
     channels, mult = dk.shape[nd], dk.shape[nd + 1]
     # output channel c * multiplier + m reads input channel c alone
     oihw = dk.reshape(dk.shape[:nd] + (channels * mult,)).transpose(
         (nd,) + tuple(range(nd)))[:, None]
-    bias = imp.weight(lay, 1, "bias") if c.get("use_bias", True) else None
-    strides = as_tuple(c.get("strides", 1), nd)
-    dilations = as_tuple(c.get("dilation_rate", 1), nd)
-    pads = keras_pads(imp, lay, imp.shape(x)[1:], oihw.shape[2:], strides, dilations)
-    y = imp.emit(lay, "Conv", x, {"kernel": oihw.astype(np.float32),
-                                  "bias": None if bias is None else bias.astype(np.float32),
-                                  "strides": strides, "pads": pads, "dilations": dilations,
-                                  "group": channels})
-    return imp.activation(lay, y, c.get("activation"))
+    return emit_conv(imp, lay, x, oihw, channels)
 
 
 @layer("Dense")

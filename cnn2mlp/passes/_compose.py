@@ -1,6 +1,8 @@
 """Helpers shared by the passes that merge linear maps into Dense nodes."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -10,6 +12,12 @@ from ..ir.linear import LinearMap, to_csr
 
 def nnz(w) -> int:
     return int(w.nnz) if sp.issparse(w) else int(np.count_nonzero(w))
+
+
+def fusion_is_cheap(first, second) -> bool:
+    """The cost model: fuse when the product's non-zeros (bounded) do not exceed the two
+    factors' together."""
+    return product_nnz_bound(second, first) <= nnz(first) + nnz(second)
 
 
 def product_nnz_bound(w2, w1) -> int:
@@ -43,20 +51,24 @@ def set_dense(node: Node, lin: LinearMap) -> None:
     node.attrs["weight"], node.attrs["bias"] = lin
 
 
-def fold_into_neighbour(graph: Graph, node: Node, lin: LinearMap) -> bool:
+def fold_into_neighbour(graph: Graph, node: Node, lin: LinearMap,
+                        accept: Callable[[Any, Any], bool] | None = None) -> bool:
     """Merge the linear op ``node`` (matrix form ``lin``) into an adjacent Dense node.
 
     Into the Dense that reads it (as the first factor) or, failing that, into the Dense it
-    reads when ``node`` is that Dense's only reader. Returns False if neither exists.
+    reads when ``node`` is that Dense's only reader. ``accept(first_weight, second_weight)``
+    may veto a product (a cost model). Returns False if nothing was merged.
     """
+    accept = accept or (lambda first, second: True)
     reader = graph.single_consumer(node.output)
-    if reader is not None and reader.op == "Dense":
+    if reader is not None and reader.op == "Dense" and accept(lin[0], reader.attrs["weight"]):
         set_dense(reader, compose(lin, dense_map(reader)))
         reader.inputs = [node.input]
         graph.remove_node(node)
         return True
     source = graph.producer(node.input)
-    if source is not None and source.op == "Dense" and graph.single_consumer(node.input) is node:
+    if source is not None and source.op == "Dense" and \
+            graph.single_consumer(node.input) is node and accept(source.attrs["weight"], lin[0]):
         set_dense(source, compose(dense_map(source), lin))
         source.attrs["out_shape"] = graph.shape(node.output)
         graph.values[source.output].shape = graph.shape(node.output)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from ..ir import Graph, Node
 from ..ir.linear import avgpool_matrix
-from ._compose import compose, dense_map, nnz, product_nnz_bound
+from ._compose import fold_into_neighbour, fusion_is_cheap
 from .base import Pass, PassContext, register_pass
 
 
@@ -30,25 +30,4 @@ class AvgPoolFuse(Pass):
 
 def fuse_pool(graph: Graph, node: Node, always: bool) -> bool:
     pool = avgpool_matrix(graph.shape(node.input), node.attrs)
-    reader = graph.single_consumer(node.output)
-    if reader is not None and reader.op == "Dense" and (
-            always or cheap(pool, reader.attrs["weight"])):
-        reader.attrs["weight"], reader.attrs["bias"] = compose((pool, None), dense_map(reader))
-        reader.inputs = [node.input]
-        graph.remove_node(node)
-        return True
-    source = graph.producer(node.input)
-    if source is not None and source.op == "Dense" and \
-            graph.single_consumer(node.input) is node and (
-                always or cheap(source.attrs["weight"], pool)):
-        source.attrs["weight"], source.attrs["bias"] = compose(dense_map(source), (pool, None))
-        source.attrs["out_shape"] = graph.shape(node.output)
-        graph.values[source.output].shape = graph.shape(node.output)
-        graph.replace_uses(node.output, source.output)
-        graph.remove_node(node)
-        return True
-    return False
-
-
-def cheap(first, second) -> bool:
-    return product_nnz_bound(second, first) <= nnz(first) + nnz(second)
+    return fold_into_neighbour(graph, node, (pool, None), None if always else fusion_is_cheap)

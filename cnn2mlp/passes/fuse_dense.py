@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from ..ir import Graph
-from ._compose import compose, dense_map, nnz, product_nnz_bound
+from ._compose import compose, dense_map, fusion_is_cheap
 from .base import Pass, PassContext, register_pass
 
 
@@ -30,7 +30,7 @@ class FuseDense(Pass):
                     continue
                 w1, w2 = first.attrs["weight"], second.attrs["weight"]
                 demanded = ctx.fusion == "always" or first.attrs.get("fuse_with_next")
-                if not demanded and product_nnz_bound(w2, w1) > nnz(w1) + nnz(w2):
+                if not demanded and not fusion_is_cheap(w1, w2):
                     continue
                 second.attrs["weight"], second.attrs["bias"] = compose(dense_map(first),
                                                                        dense_map(second))

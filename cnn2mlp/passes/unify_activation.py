@@ -139,17 +139,22 @@ def relu_layers_to_leaky(graph, layers, alpha: float) -> None:
     for i, (dense, act) in enumerate(layers[:-1]):
         if act is None or act.op != "Relu":
             continue
-        w = to_csr(dense.attrs["weight"])
-        b = dense.attrs.get("bias")
-        dense.attrs["weight"] = sp.vstack([w, -w], format="csr")
-        dense.attrs["bias"] = None if b is None else np.concatenate([b, -b])
-        dense.attrs.pop("out_shape", None)
-        graph.values[dense.output].shape = (2 * w.shape[0],)
-        graph.values[act.output].shape = (2 * w.shape[0],)
+        mirror_rows(graph, dense)
+        graph.values[act.output].shape = graph.shape(dense.output)
         act.op, act.attrs = "LeakyRelu", {"alpha": alpha}
         nxt = layers[i + 1][0]
         w2 = to_csr(nxt.attrs["weight"]).astype(np.float64) / (1.0 - alpha * alpha)
         nxt.attrs["weight"] = sp.hstack([w2, alpha * w2], format="csr").astype(np.float32)
+
+
+def mirror_rows(graph: Graph, dense: Node) -> None:
+    """Make the layer compute ``[z; -z]`` instead of ``z``."""
+    w = to_csr(dense.attrs["weight"])
+    b = dense.attrs.get("bias")
+    dense.attrs["weight"] = sp.vstack([w, -w], format="csr")
+    dense.attrs["bias"] = None if b is None else np.concatenate([b, -b])
+    dense.attrs.pop("out_shape", None)
+    graph.values[dense.output].shape = (2 * w.shape[0],)
 
 
 def scale_rows(dense: Node, factor: float) -> None:
@@ -167,12 +172,7 @@ def make_hidden_layers_nonlinear(graph, layers, activation, alpha) -> None:
         if activation not in ("Relu", "LeakyRelu"):
             raise CompileError(f"layer {i} (node {dense.name}) is linear inside a "
                                f"{activation.lower()} network and could not be fused")
-        w = to_csr(dense.attrs["weight"])
-        b = dense.attrs.get("bias")
-        dense.attrs["weight"] = sp.vstack([w, -w], format="csr")
-        dense.attrs["bias"] = None if b is None else np.concatenate([b, -b])
-        dense.attrs.pop("out_shape", None)
-        graph.values[dense.output].shape = (2 * w.shape[0],)
+        mirror_rows(graph, dense)
         act_node = graph.insert_node_before(layers[i + 1][0], activation, [dense.output],
                                             {"alpha": alpha} if activation == "LeakyRelu" else {})
         nxt = layers[i + 1][0]
@@ -211,7 +211,7 @@ def activate_output(graph, ctx, dense, activation, alpha, out_scale, out_shift):
         graph.notes.append(f"approximate: the linear output layer runs in tanh's linear regime "
                            f"(eps={eps:.3g}); error bound {bound:.3g} for inputs in "
                            f"[{ctx.input_range[0]:g}, {ctx.input_range[1]:g}]")
-    act = graph.append(activation, {"alpha": alpha} if activation == "LeakyRelu" else {})
+    graph.append(activation, {"alpha": alpha} if activation == "LeakyRelu" else {})
     return out_scale, out_shift
 
 
