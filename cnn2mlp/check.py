@@ -86,16 +86,17 @@ def onnx_runner(model_path: str | Path, output: str | None = None) -> Runner:
                            f"the model: {str(exc).strip().splitlines()[0][:300]}") from exc
     feed = session.get_inputs()[0]
     fetch = [output] if output is not None else None
-    fixed_batch = isinstance(feed.shape[0], int) and feed.shape[0] > 0 if feed.shape else False
+    batch = feed.shape[0] if feed.shape and isinstance(feed.shape[0], int) else None
     dtype = np.float64 if feed.type == "tensor(double)" else (
         np.float16 if feed.type == "tensor(float16)" else np.float32)
 
     def run(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype)
         try:
-            if fixed_batch:
-                return np.concatenate([session.run(fetch, {feed.name: x[i:i + 1]})[0]
-                                       for i in range(len(x))])
+            if batch:  # the model fixes the batch size: run in chunks of it, padding the last
+                padded = np.concatenate([x, np.zeros((-len(x) % batch,) + x.shape[1:], x.dtype)])
+                return np.concatenate([session.run(fetch, {feed.name: padded[i:i + batch]})[0]
+                                       for i in range(0, len(padded), batch)])[:len(x)]
             return session.run(fetch, {feed.name: x})[0]
         except Exception as exc:
             raise CompileError(f"{model_path}: onnxruntime, the reference for --check, could not "
@@ -132,6 +133,10 @@ def reference_runner(model_path: str | Path, logits: str | None = None) -> tuple
         from .frontends.tensorflow import savedmodel_runner
 
         return savedmodel_runner(Path(model_path)), False
+    if kind == "tflite":
+        from .frontends.tensorflow import tflite_runner
+
+        return tflite_runner(Path(model_path)), False
     raise CompileError(f"{model_path}: --check has no reference runtime for a frozen .pb")
 
 

@@ -235,3 +235,15 @@ def test_tf_keras_2_files(tmp_path):
             path = tmp_path / f"{model.name}.{fmt}"
             model.save(path)
             assert_close(reference, compile_to_model(path).predict(x))
+
+
+def test_tflite_float_model(tmp_path, capsys):
+    tf = pytest.importorskip("tensorflow", reason="install the tensorflow extra")
+    model = randomize_batchnorm(depthwise_bn())
+    path = tmp_path / "m.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    x = inputs_for(model)
+    assert_close(model.predict(x, verbose=0), compile_to_model(path).predict(x))
+    # --check runs the TensorFlow Lite interpreter on the file itself
+    assert main([str(path), "-o", str(tmp_path / "m.npz"), "--check", "8"]) == 0
+    assert "check passed" in capsys.readouterr().out

@@ -251,3 +251,14 @@ def test_global_pools_head():
     b.dense(6)
     model = b.build()
     assert_equivalent(model, compile_to_model(model), n=16)
+
+
+def test_model_with_a_fixed_batch_of_four():
+    b = OnnxBuilder((2, 6, 6), batch=4, opset=13, seed=14)
+    b.conv(conv_geo(out=3))
+    b.activation("Relu")
+    b.flatten("reshape")
+    b.dense(2)
+    model = b.build()
+    compiled = compile_to_model(model)
+    assert_equivalent(model, compiled, n=7)  # 7 samples: two chunks of 4, the last padded

@@ -7,7 +7,7 @@ from typing import Sequence
 from ..errors import CompileError
 from ..ir import Graph
 
-FORMATS = ".onnx, .keras, .h5, a SavedModel folder or a frozen .pb"
+FORMATS = ".onnx, .keras, .h5, .tflite, a SavedModel folder or a frozen .pb"
 
 
 def model_kind(path: str | Path) -> str:
@@ -23,6 +23,8 @@ def model_kind(path: str | Path) -> str:
         return "keras"
     if suffix == ".pb":
         return "graphdef"
+    if suffix == ".tflite":
+        return "tflite"
     if not path.exists():
         raise CompileError(f"{path}: no such file")
     raise CompileError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; "

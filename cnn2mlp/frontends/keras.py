@@ -152,6 +152,10 @@ class KerasImporter:
                                      "Sequential or Functional model")
         layers = self.read_layers()
         refuse_code_layers(self.path, layers)
+        inputs = [lay.name for lay in layers if lay.class_name == "InputLayer"]
+        if len(inputs) > 1:
+            raise UnsupportedOpError(f"{self.path}: the model has {len(inputs)} inputs "
+                                     f"({', '.join(inputs)}); cnn2mlp converts models with one")
         input_dims = self.input_dims(layers)
         self.graph = Graph("input", self.resolve_dims(input_dims))
         tensors: dict[str, Tensor] = {}
@@ -205,11 +209,12 @@ class KerasImporter:
         outs = self.config.get("config", {}).get("output_layers")
         if not outs:
             return None
-        if isinstance(outs[0], list) and outs and isinstance(outs[0], list) and len(outs) > 1:
+        if not isinstance(outs[0], list):  # one output written flat: [name, node, tensor]
+            return outs[0]
+        if len(outs) > 1:
             raise UnsupportedOpError(f"{self.path}: the model has {len(outs)} outputs; "
                                      "cnn2mlp converts models with one output")
-        first = outs[0] if isinstance(outs[0], list) else outs
-        return first[0]
+        return outs[0][0]
 
     def input_dims(self, layers: list[Layer]) -> list[int | None]:
         for lay in layers[:1]:

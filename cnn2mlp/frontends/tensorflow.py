@@ -1,10 +1,12 @@
-"""TensorFlow SavedModel folders and frozen GraphDef ``.pb`` files, converted in memory to
-ONNX by tf2onnx, then read by the ONNX frontend. Needs the ``tensorflow`` extra."""
+"""TensorFlow SavedModel folders, frozen GraphDef ``.pb`` files and float ``.tflite`` models,
+converted in memory to ONNX by tf2onnx, then read by the ONNX frontend. Needs the
+``tensorflow`` extra."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from ..errors import CompileError
@@ -29,6 +31,9 @@ def tensorflow_to_onnx(path: Path, kind: str) -> onnx.ModelProto:
     from tf2onnx import convert, tf_loader
 
     try:
+        if kind == "tflite":
+            model, _ = convert.from_tflite(str(path), opset=OPSET)
+            return model
         if kind == "savedmodel":
             graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
                 str(path), None, None, return_tensors_to_rename=True)
@@ -68,5 +73,25 @@ def savedmodel_runner(path: Path):
     def run(x):
         outputs = serve(tf.constant(x))
         return next(iter(outputs.values())).numpy()
+
+    return run
+
+
+def tflite_runner(path: Path):
+    """The TensorFlow Lite interpreter on the .tflite file (the reference for --check)."""
+    tf = import_tensorflow()
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    feed = interpreter.get_input_details()[0]
+    fetch = interpreter.get_output_details()[0]
+
+    def run(x):
+        outputs = []
+        for sample in x:  # converted models usually fix the batch to 1
+            interpreter.resize_tensor_input(feed["index"], (1,) + sample.shape)
+            interpreter.allocate_tensors()
+            interpreter.set_tensor(feed["index"], sample[None].astype(feed["dtype"]))
+            interpreter.invoke()
+            outputs.append(interpreter.get_tensor(fetch["index"]))
+        return np.concatenate(outputs)
 
     return run
