@@ -89,6 +89,9 @@ def write_target(result: CompileResult, output: str | Path, meta: dict[str, Any]
     if result.target == "csr":
         from .backends.csr import save_csr
 
+        if "input_affine" in result.graph.meta or "uniform" in result.graph.meta:
+            raise CompileError("extract-input-affine and unify-activation prepare a graph for "
+                               "the opencv target; leave them out of --passes for csr")
         save_csr(result.mlp, output, meta)
     elif result.target == "opencv":
         from .backends.opencv import preflight as dense_preflight, save_opencv
