@@ -220,3 +220,28 @@ def test_linearize_under_relu_is_exact(relu_first):
     n = math.prod(g.shape(g.output))
     assert widths[-1 if relu_first else -2] == (n if relu_first else 2 * n)
     assert_equivalent(g, after, n=8, rtol=1e-6)
+
+
+@given(st.data(), st.sampled_from(["Relu", "Tanh", "Sigmoid"]))
+def test_avgpool_linearize_over_geometry(data, activation):
+    """Exact under ReLU; under tanh/sigmoid within the bound it reports at the pool."""
+    shape = data.draw(input_shapes(min_size=3, max_size=7))
+    geo = data.draw(pool_geometries(shape))
+    relu_first = data.draw(st.booleans())
+    g = Graph("x", shape)
+    if relu_first:
+        g.append("Relu")
+    g.append("AveragePool", geo)
+    after = g.copy()
+    ctx = PassContext(input_range=(-1.0, 1.0), options={"activation": activation})
+    assert get_pass("avgpool-linearize").run(after, ctx) == 1
+    after.verify()
+    assert "AveragePool" not in after.ops()
+    x = np.random.default_rng(3).uniform(-1, 1, (8,) + shape)
+    error = np.abs(run(after, x) - run(g, x)).max()
+    if activation == "Relu":
+        assert error < 1e-6 and not after.notes
+    else:
+        (entry,) = ctx.stats["avgpool-linearize"]["pools"]
+        assert error <= entry["bound_at_output"]
+        assert after.notes[0].startswith("approximate")
