@@ -22,25 +22,6 @@ def check_writable(path: str | Path) -> None:
 
 
 @contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Yield a temporary file beside ``path``; rename it over ``path`` only on success."""
-    path = Path(path)
-    check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-@contextmanager
 def staged_path(path: str | Path) -> Iterator[Path]:
     """Yield a fresh path beside ``path`` to write (and check) the output at; rename it
     over ``path`` only when the block succeeds, delete it otherwise."""
@@ -55,6 +36,18 @@ def staged_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Yield a file open at a temporary path beside ``path``; it replaces ``path`` only when
+    the block succeeds (flushed to disk, with the usual permissions)."""
+    with staged_path(path) as staged:
+        with open(staged, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(staged, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
 
 
 def _umask() -> int:

@@ -62,8 +62,8 @@ def random_inputs(shape: tuple[int, ...], n: int, low: float = 0.0, high: float 
     return np.random.default_rng(seed).uniform(low, high, (n,) + tuple(shape)).astype(np.float32)
 
 
-def onnx_runner(model_path: str | Path, output: str | None = None) -> Runner:
-    """onnxruntime on the original ONNX file, fed the batch (one sample at a time if the
+def onnx_runner(model_path, output: str | None = None) -> Runner:
+    """onnxruntime on the original ONNX file (or an in-memory ModelProto), fed the batch (one sample at a time if the
     model fixes the batch to 1). ``output`` names an inner tensor to return instead of the
     model's output (the logits when the compiler dropped a final Softmax)."""
     try:
@@ -73,12 +73,17 @@ def onnx_runner(model_path: str | Path, output: str | None = None) -> Runner:
         raise CompileError("--check needs onnxruntime: pip install onnxruntime") from exc
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    source: str | bytes = str(model_path)
+    in_memory = isinstance(model_path, onnx.ModelProto)
+    source: str | bytes = model_path.SerializeToString() if in_memory else str(model_path)
     if output is not None:
-        proto = onnx.load(str(model_path))
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model_path) if in_memory else proto.ParseFromString(
+            Path(model_path).read_bytes())
         if output not in [o.name for o in proto.graph.output]:
             proto.graph.output.append(onnx.ValueInfoProto(name=output))
         source = proto.SerializeToString()
+    if in_memory:
+        model_path = "the ONNX model"
     try:
         session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:

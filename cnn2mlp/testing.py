@@ -427,14 +427,7 @@ def _runner(obj: Any, logits: str | None = None) -> tuple[Callable[[np.ndarray],
         return obj.forward, tuple(obj.input_shape)
     if isinstance(obj, (onnx.ModelProto, str, Path)) and (
             isinstance(obj, onnx.ModelProto) or str(obj).endswith(".onnx")):
-        tmp = None
-        if isinstance(obj, onnx.ModelProto):
-            tmp = tempfile.NamedTemporaryFile(suffix=".onnx", delete=False)
-            tmp.write(obj.SerializeToString())
-            tmp.close()
-            obj = tmp.name
-        run_onnx = onnx_runner(obj, logits)
-        return run_onnx, None
+        return onnx_runner(obj, logits), None
     if isinstance(obj, (str, Path)):
         from .backends.csr import load
 

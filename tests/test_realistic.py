@@ -233,20 +233,17 @@ def test_keras_nhwc_cnn_with_pools_through_transposes():
     assert_equivalent(model, compile_to_model(model), n=16)
 
 
-def test_global_pools_head():
-    b = OnnxBuilder((3, 9, 9), opset=17, seed=12)
-    b.conv(conv_geo(out=8, s=2))
+@pytest.mark.parametrize("shape, activation, pool", [
+    ((3, 9, 9), "Relu", "GlobalAveragePool"),   # ResNet-style head
+    ((3, 9), "Sigmoid", "GlobalMaxPool"),       # 1D, signed inputs to the max
+])
+def test_global_pools_head(shape, activation, pool):
+    nd = len(shape) - 1
+    b = OnnxBuilder(shape, opset=17, seed=12)
+    b.conv(conv_geo(out=8, s=2, nd=nd))
     b.batchnorm()
-    b.activation("Relu")
-    b.pool("GlobalAveragePool", None)
-    b.flatten("flatten")
-    b.dense(6)
-    model = b.build()
-    assert_equivalent(model, compile_to_model(model), n=16)
-    b = OnnxBuilder((3, 9), opset=17, seed=13)
-    b.conv(conv_geo(out=8, k=3, nd=1))
-    b.activation("Sigmoid")
-    b.pool("GlobalMaxPool", None)
+    b.activation(activation)
+    b.pool(pool, None)
     b.flatten("flatten")
     b.dense(6)
     model = b.build()

@@ -35,10 +35,6 @@ def converter(*op_types: str):
     return register
 
 
-def supported_ops() -> list[str]:
-    return sorted(set(CONVERTERS) | {"Constant", "Shape", "Size"} | FOLDABLE)
-
-
 # Ops folded to constants when every input is constant (shape arithmetic, weight prep).
 FOLDABLE = {"Gather", "Slice", "Concat", "Cast", "Unsqueeze", "Squeeze", "ConstantOfShape",
             "Reshape", "Add", "Sub", "Mul", "Div", "Identity", "Transpose", "Range",

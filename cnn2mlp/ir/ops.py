@@ -6,7 +6,7 @@ interpreter runs to check that each pass preserves the function.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -290,6 +290,3 @@ class Select(Op):
         x = xs[0].reshape(len(xs[0]), -1)[:, node.attrs["indices"]]
         return [x.reshape((len(x),) + self.infer_shape(node, [xs[0].shape[1:]])[0])]
 
-
-def activation_ops() -> Sequence[str]:
-    return [name for name, op in OPS.items() if op.activation]
