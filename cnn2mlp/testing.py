@@ -132,6 +132,13 @@ def _floats(draw, shape, low=-1.0, high=1.0, seed_label="w") -> np.ndarray:
     return np.random.default_rng(seed).uniform(low, high, shape).astype(np.float32)
 
 
+def _signed_away_from_zero(draw, shape) -> np.ndarray:
+    """Factors in ±[0.5, 1.5]: both signs, so that a rule that assumes one sign fails."""
+    magnitude = _floats(draw, shape, 0.5, 1.5, seed_label="magnitude")
+    sign = np.where(_floats(draw, shape, -1.0, 1.0, seed_label="sign") < 0, -1.0, 1.0)
+    return (magnitude * sign).astype(np.float32)
+
+
 # --------------------------------------------------------------------------- IR graphs
 ACTIVATIONS = ("Relu", "LeakyRelu", "Sigmoid", "Tanh")
 
@@ -169,8 +176,8 @@ def cnn_graphs(draw, ranks: Sequence[int] = (1, 2), max_layers: int = 3,
             _push(g, "MaxPool" if kind == "maxpool" else "AveragePool", geo)
         elif kind == "batchnorm":
             c = shape[0]
-            _push(g, "BatchNorm", {
-                "scale": _floats(draw, c, 0.5, 1.5), "bias": _floats(draw, c),
+            _push(g, "BatchNorm", {  # negative scales too: they flip interval bounds
+                "scale": _signed_away_from_zero(draw, c), "bias": _floats(draw, c),
                 "mean": _floats(draw, c), "var": _floats(draw, c, 0.5, 2.0), "epsilon": 1e-5})
         elif kind == "activation":
             op = draw(st.sampled_from(ACTIVATIONS))
@@ -179,9 +186,9 @@ def cnn_graphs(draw, ranks: Sequence[int] = (1, 2), max_layers: int = 3,
             const_shape = draw(st.sampled_from([(), (shape[0],) + (1,) * (len(shape) - 1),
                                                 tuple(shape)]))
             op = draw(st.sampled_from(["AddConst", "MulConst"]))
-            low = 0.5 if op == "MulConst" else -1.0
-            _push(g, op, {"const": _floats(draw, const_shape, low, 1.5)
-                                        .astype(np.float64)})
+            const = _signed_away_from_zero(draw, const_shape) if op == "MulConst" else \
+                _floats(draw, const_shape, -1.0, 1.5)
+            _push(g, op, {"const": const.astype(np.float64)})
         elif kind == "pad":
             nd = len(shape)
             pads = tuple([0] + [draw(st.integers(0, 2)) for _ in range(nd - 1)]) * 1
@@ -282,7 +289,8 @@ class OnnxBuilder:
 
     def batchnorm(self) -> str:
         c = self.shape[0]
-        ins = [self.const(self.weights(c, 0.5, 1.5)), self.const(self.weights(c)),
+        gamma = self.weights(c, 0.5, 1.5) * np.where(self.weights(c) < -0.6, -1, 1)
+        ins = [self.const(gamma.astype(np.float32)), self.const(self.weights(c)),
                self.const(self.weights(c)), self.const(self.weights(c, 0.5, 2.0))]
         return self.node("BatchNormalization", [self.current] + ins, epsilon=1e-3)
 

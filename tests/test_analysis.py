@@ -1,5 +1,6 @@
 """Interval bounds are sound: every value the interpreter computes lies inside them."""
 import numpy as np
+import pytest
 from hypothesis import given, strategies as st
 
 from cnn2mlp.ir import Graph, run
@@ -63,3 +64,45 @@ def test_lipschitz_bounds_the_output_change():
     e = rng.uniform(-1e-3, 1e-3, (64, 5))
     change = np.abs(run(head, h + e) - run(head, h)).max(axis=1)
     assert (change <= constant * np.abs(e).max(axis=1) + 1e-12).all()
+
+
+def worst_case_change(head: Graph, h: np.ndarray, row: np.ndarray, delta: float) -> float:
+    """The output change when ``h`` moves by ``delta * sign(row)``: what a row of a linear
+    layer amplifies most (the infinity-norm of that row times delta)."""
+    e = delta * np.sign(row)[None]
+    return float(np.abs(run(head, h + e) - run(head, h)).max())
+
+
+@pytest.mark.parametrize("activation, slope", [("Identity", 1.0), ("Tanh", 1.0),
+                                               ("Sigmoid", 0.25)])
+def test_lipschitz_bound_is_not_below_the_worst_case_near_zero(activation, slope):
+    """Near 0 the activation has its steepest slope; moving the input along the sign of the
+    widest row of the next Dense reaches ``slope * |row|_1 * delta``: the bound may not be
+    below it (a column-sum rule or a halved sigmoid slope is)."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(3, 8))
+    w[1] *= 4.0  # the widest row: rows and columns have different largest sums
+    g = Graph("h", (8,))
+    g.append(activation)
+    g.append("Dense", {"weight": w, "bias": rng.normal(size=3)})
+    delta = 1e-4
+    realized = max(worst_case_change(g, np.zeros((1, 8)), row, delta) for row in w)
+    constant = lipschitz_inf(g, "h")
+    assert constant * delta >= realized * (1 - 1e-6)
+    assert realized >= 0.99 * slope * np.abs(w).sum(axis=1).max() * delta  # the probe bites
+
+
+def test_lipschitz_of_a_dense_layer_is_its_largest_row_sum():
+    w = np.array([[1.0, -2.0, 0.5], [0.1, 0.1, 3.0]])
+    g = Graph("x", (3,))
+    g.append("Dense", {"weight": w, "bias": None})
+    assert lipschitz_inf(g, "x") == pytest.approx(3.5)
+
+
+def test_negative_scale_flips_interval_bounds():
+    g = Graph("x", (2,))
+    g.append("Relu")
+    g.append("MulConst", {"const": np.array([-1.0, 2.0])})
+    lo, hi = interval_bounds(g, -1.0, 3.0)[g.output]
+    np.testing.assert_array_equal(lo, [-3.0, 0.0])
+    np.testing.assert_array_equal(hi, [0.0, 6.0])

@@ -62,9 +62,19 @@ def test_missing_file(tmp_path, out):
 
 
 def test_empty_file(tmp_path, out):
-    model = tmp_path / "empty.onnx"
+    model = tmp_path / "m0.onnx"
     model.write_bytes(b"")
-    assert_clean_failure(run_cli(model, "-o", out), "empty.onnx", "empty")
+    assert_clean_failure(run_cli(model, "-o", out), "m0.onnx", "the file is empty")
+
+
+def test_initializer_whose_data_does_not_match_its_dims(tmp_path, out):
+    """Found by the fuzz test: dims that disagree with the data are bad input (exit 2)."""
+    m = small_model()
+    name = m.graph.initializer[0].name
+    m.graph.initializer[0].dims[0] = 2
+    model = tmp_path / "m.onnx"
+    model.write_bytes(m.SerializeToString())
+    assert_clean_failure(run_cli(model, "-o", out), name, "is damaged", "export the model again")
 
 
 def test_random_bytes(tmp_path, out):

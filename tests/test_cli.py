@@ -9,6 +9,7 @@ import onnx
 import pytest
 
 import cnn2mlp
+from cnn2mlp.check import random_inputs, softmax
 from cnn2mlp.compile import main
 from cnn2mlp.testing import OnnxBuilder, assert_equivalent
 
@@ -49,7 +50,9 @@ def test_compile_check_report_as_a_user_runs_it(model_path, tmp_path):
     assert any("Softmax" in n for n in data["notes"])
     model = cnn2mlp.load(out)
     assert model.input_shape == (10, 10, 3)  # the model's own NHWC layout
-    assert_equivalent(model_path, model, n=8) if not data["notes"] else None
+    # The Softmax was dropped: the MLP's softmax must give the model's probabilities.
+    assert_equivalent(model_path, lambda x: softmax(model.predict(x)), n=8,
+                      inputs=random_inputs(model.input_shape, 8, seed=3))
 
 
 def test_main_is_importable_and_quiet(model_path, tmp_path, capsys):
@@ -133,3 +136,34 @@ def test_maxpool_neurons_are_reported(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "maxpool-to-relu added 96 neurons in 2 ReLU layers" in proc.stdout
     assert json.loads(report.read_text())["exact"] is True
+
+
+def test_kernel_module_computes_every_activation(tmp_path):
+    """The standalone module has its own activation formulas: check each one, with signed
+    pre-activations so that both sides of every kink are used."""
+    import scipy.sparse as sp
+
+    from cnn2mlp.backends.csr import CsrModel, save_csr, write_kernel
+    from cnn2mlp.ir.mlp import Mlp, MlpLayer
+
+    rng = np.random.default_rng(5)
+    acts = [("leaky_relu", 0.3), ("sigmoid", 0.0), ("relu", 0.0), ("tanh", 0.0),
+            ("identity", 0.0)]
+    layers, n = [], 6
+    for act, alpha in acts:
+        w = sp.csr_array(rng.normal(size=(n, n)).astype(np.float32) * 2)
+        layers.append(MlpLayer(w, rng.normal(size=n).astype(np.float32), act, alpha))
+    mlp = Mlp(layers, (n,), (n,))
+    save_csr(mlp, tmp_path / "acts.npz")
+    write_kernel(tmp_path / "acts_kernel.py", tmp_path / "acts.npz", mlp)
+    script = ("import sys, numpy as np; sys.modules['scipy'] = None; sys.modules['cnn2mlp'] = None\n"
+              "import acts_kernel\n"
+              "x = np.load('x.npy')\n"
+              "np.save('y.npy', acts_kernel.load('acts.npz').predict(x, dtype=np.float64))\n")
+    x = rng.normal(size=(32, n)) * 3
+    np.save(tmp_path / "x.npy", x)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"),
+                               CsrModel(mlp).predict(x, dtype=np.float64), rtol=1e-9, atol=1e-9)

@@ -49,16 +49,31 @@ def test_predict_checks_the_input_shape(tmp_path):
         model.predict(np.ones((5, 6)))
 
 
-def test_pickled_npz_is_refused(tmp_path):
-    path = tmp_path / "evil.npz"
+class WritesMarker:
+    """Unpickling this object creates a file: proof that a pickle was loaded."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_npz_is_refused_and_never_unpickled(tmp_path):
+    marker = tmp_path / "unpickled.txt"
+    path = tmp_path / "a.npz"
     np.savez(path, format=np.array("cnn2mlp-csr"), format_version=np.array(1),
-             meta=np.array([{"x": 1}], dtype=object))
-    with pytest.raises(ArtifactError, match="pickled"):
+             meta=np.array([WritesMarker(marker)], dtype=object))
+    with pytest.raises(ArtifactError, match="pickled objects, which cnn2mlp never loads"):
         cnn2mlp.load(path)
+    assert not marker.exists()
 
 
-@pytest.mark.parametrize("version", [None, 0, 99])
-def test_wrong_or_missing_format_version(tmp_path, version):
+@pytest.mark.parametrize("version, words", [
+    (None, "it has no format or no format_version member"),
+    (0, "format version 0, this cnn2mlp reads"),
+    (99, "format version 99, this cnn2mlp reads")])
+def test_wrong_or_missing_format_version(tmp_path, version, words):
     path = make_artifact(tmp_path)
     with np.load(path) as z:
         arrays = dict(z)
@@ -67,7 +82,7 @@ def test_wrong_or_missing_format_version(tmp_path, version):
     else:
         arrays["format_version"] = np.array(version)
     np.savez(path, **arrays)
-    with pytest.raises(ArtifactError, match="format"):
+    with pytest.raises(ArtifactError, match=words):
         cnn2mlp.load(path)
 
 

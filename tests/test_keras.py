@@ -16,15 +16,19 @@ from cnn2mlp.compile import main  # noqa: E402
 from cnn2mlp.testing import compile_to_model  # noqa: E402
 
 
-def randomize_batchnorm(model, seed=0):
-    """Give BatchNormalization non-trivial statistics (fresh layers are the identity)."""
+def randomize(model, seed=0):
+    """Give every bias random non-zero values (fresh layers have zero biases, which hide a
+    dropped or misplaced bias) and BatchNormalization non-trivial statistics."""
     rng = np.random.default_rng(seed)
     for w in model.weights:
         path = getattr(w, "path", None) or w.name  # tf_keras variables have no .path
         if any(k in path for k in ("gamma", "moving_variance")):
             w.assign(rng.uniform(0.5, 1.5, tuple(w.shape)))
-        elif any(k in path for k in ("beta", "moving_mean")):
-            w.assign(rng.uniform(-0.5, 0.5, tuple(w.shape)))
+        elif any(k in path for k in ("beta", "moving_mean", "bias")):
+            sign = np.where(rng.uniform(size=tuple(w.shape)) < 0.5, -1.0, 1.0)
+            w.assign(sign * rng.uniform(0.1, 0.6, tuple(w.shape)))
+    biases = [w for w in model.weights if "bias" in (getattr(w, "path", None) or w.name)]
+    assert all(np.all(np.asarray(b) != 0) for b in biases)
     return model
 
 
@@ -113,7 +117,7 @@ def assert_close(reference, got):
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("fmt", ["keras", "h5"])
 def test_keras_files(tmp_path, name, fmt):
-    model = randomize_batchnorm(MODELS[name]())
+    model = randomize(MODELS[name]())
     path = tmp_path / f"{name}.{fmt}"
     model.save(path)
     x = inputs_for(model)
@@ -129,7 +133,7 @@ def test_keras_files(tmp_path, name, fmt):
 
 @pytest.mark.parametrize("name", ["lenet", "depthwise_bn"])
 def test_savedmodel_through_tf2onnx(tmp_path, name):
-    model = randomize_batchnorm(MODELS[name]())
+    model = randomize(MODELS[name]())
     folder = tmp_path / "saved"
     model.export(str(folder), verbose=False)
     x = inputs_for(model)
@@ -144,7 +148,7 @@ def test_savedmodel_through_tf2onnx(tmp_path, name):
 
 
 def test_cli_check_on_keras_and_savedmodel(tmp_path, capsys):
-    model = randomize_batchnorm(depthwise_bn())
+    model = randomize(depthwise_bn())
     model.save(tmp_path / "m.keras")
     model.export(str(tmp_path / "saved"), verbose=False)
     assert main([str(tmp_path / "m.keras"), "-o", str(tmp_path / "a.npz"), "--check", "8"]) == 0
@@ -228,7 +232,7 @@ def test_tf_keras_2_files(tmp_path):
                                        K.Activation("sigmoid"), K.GlobalMaxPooling1D(),
                                        K.Dense(2)])
     for model in (functional_model, sequential_model):
-        randomize_batchnorm(model)
+        randomize(model)
         x = inputs_for(model)
         reference = model.predict(x, verbose=0)
         for fmt in ("h5", "keras"):
@@ -239,7 +243,7 @@ def test_tf_keras_2_files(tmp_path):
 
 def test_tflite_float_model(tmp_path, capsys):
     tf = pytest.importorskip("tensorflow", reason="install the tensorflow extra")
-    model = randomize_batchnorm(depthwise_bn())
+    model = randomize(depthwise_bn())
     path = tmp_path / "m.tflite"
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     x = inputs_for(model)

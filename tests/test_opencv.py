@@ -98,6 +98,18 @@ def test_relu_family_cnn_with_pools_and_negative_logits(tmp_path, activation):
     reference = assert_matches_onnxruntime(src, out, report)
     assert (reference < 0).any()  # negative logits come through the ReLU output shift
     assert any("shifted" in note for note in report["notes"])
+    assert_inverse_output_scale(xml)
+
+
+def assert_inverse_output_scale(xml: str) -> None:
+    """inv_output_scale undoes output_scale (OpenCV uses it when training goes on)."""
+    scale, inverse = extract_sequence(xml, "output_scale"), extract_sequence(xml, "inv_output_scale")
+    assert len(scale) == len(inverse) and len(scale) % 2 == 0
+    # a real scale or shift, so that the check below has something to check
+    assert np.any(scale[1::2] != 0) or np.any(scale[0::2] != 1)
+    y = np.linspace(-3, 3, len(scale) // 2)
+    np.testing.assert_allclose((y * scale[0::2] + scale[1::2]) * inverse[0::2] + inverse[1::2],
+                               y, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("activation", ["Tanh", "Sigmoid"])
@@ -105,6 +117,7 @@ def test_tanh_and_sigmoid_cnns(tmp_path, activation):
     code, src, out, report = compile_xml(tmp_path, tanh_cnn(activation), "--check", "32")
     assert code == 0, report
     assert "<activation_function>SIGMOID_SYM</activation_function>" in out.read_text()
+    assert_inverse_output_scale(out.read_text())  # the linear regime's 1/eps
     assert report["exact"] is False  # a linearized pool and the linear output regime
     assert {a["node"] for a in report["approximations"]}
     assert_matches_onnxruntime(src, out, report)

@@ -245,3 +245,63 @@ def test_avgpool_linearize_over_geometry(data, activation):
         (entry,) = ctx.stats["avgpool-linearize"]["pools"]
         assert error <= entry["bound_at_output"]
         assert after.notes[0].startswith("approximate")
+
+
+@pytest.mark.parametrize("precision", [None, "opencv"])
+@pytest.mark.parametrize("activation", ["Tanh", "Sigmoid"])
+@pytest.mark.parametrize("zmax", [0.05, 1.0, 7.5, 300.0])
+def test_chosen_epsilon_minimises_the_reported_bound(precision, activation, zmax):
+    """The pass reports ``error_bound(eps)``; the eps it picks must be the best one for that
+    bound among its neighbours (within the linear regime eps <= 1/zmax)."""
+    from cnn2mlp.passes.avgpool_linearize import best_epsilon, error_bound, rounding_model
+
+    ctx = PassContext(options={"precision": precision} if precision else {})
+    eps = best_epsilon(activation, zmax, ctx)
+    assert 0 < eps <= 1.0 / zmax
+    chosen = error_bound(activation, eps, zmax, ctx)
+    if rounding_model(activation, ctx)[1] == 0:
+        # tanh in float32 has no absolute rounding floor: any small eps reaches the relative
+        # floor; the pass stops where truncation equals it, within 2x of the infimum.
+        relative = rounding_model(activation, ctx)[0] * zmax
+        assert chosen <= 2 * relative * (1 + 1e-9)
+        return
+    for factor in (0.5, 0.8, 1.25, 2.0):
+        if eps * factor <= 1.0 / zmax:
+            assert chosen <= error_bound(activation, eps * factor, zmax, ctx) * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("activation", ["Sigmoid", "Tanh"])
+def test_linearized_pool_in_float32_stays_within_its_bound_without_allowance(activation):
+    """x → f → AveragePool (the output): the whole error of the float32 MLP against the
+    float64 interpreter is the pool's, and must lie within the bound it reports."""
+    from cnn2mlp.backends.csr import CsrModel
+
+    g = Graph("x", (2, 6, 6))
+    g.append(activation)
+    g.append("AveragePool", {"kernel_shape": (3, 3), "strides": (1, 1), "dilations": (1, 1),
+                             "pads": (1, 1, 1, 1), "ceil_mode": False,
+                             "count_include_pad": False})
+    after = g.copy()
+    ctx = PassContext(input_range=(-4.0, 4.0))
+    Pipeline(LINEARIZE).run(after, ctx)
+    (entry,) = ctx.stats["avgpool-linearize"]["pools"]
+    x = np.random.default_rng(4).uniform(-4, 4, (256, 2, 6, 6)).astype(np.float32)
+    measured = np.abs(CsrModel(Mlp.from_graph(after, g.shape(g.output))).predict(x)
+                      - run(g, x.astype(np.float64))).max()
+    assert measured <= entry["bound_at_output"], (measured, entry)
+
+
+def test_max_pool_after_a_negative_scale_is_exact():
+    """Relu → Mul(-1) → MaxPool: the pooled values are <= 0. A sign rule that assumed a
+    positive constant would "prove" them >= 0 and pass them through one ReLU neuron."""
+    b = OnnxBuilder((2, 6, 6), opset=13, seed=2)
+    b.conv({"kernel_shape": (3, 3), "strides": (1, 1), "dilations": (1, 1),
+            "pads": (1, 1, 1, 1), "group": 1, "out_channels": 3})
+    b.activation("Relu")
+    b.node("Mul", [b.current, b.const(np.array(-1.0, np.float32))])
+    b.pool("MaxPool", {"kernel_shape": (2, 2), "strides": (2, 2), "dilations": (1, 1),
+                       "pads": (0, 0, 0, 0), "ceil_mode": False})
+    b.flatten("flatten")
+    b.dense(3)
+    model = b.build()
+    assert_equivalent(model, compile_to_model(model), n=16)

@@ -259,3 +259,28 @@ def test_model_with_a_fixed_batch_of_four():
     model = b.build()
     compiled = compile_to_model(model)
     assert_equivalent(model, compiled, n=7)  # 7 samples: two chunks of 4, the last padded
+
+
+@pytest.mark.parametrize("op", ["Sub", "Add", "Mul"])
+def test_constant_on_the_left_of_arithmetic(op):
+    """``c - x`` is not ``x - c``: a per-channel constant on the left, negative values too."""
+    b = OnnxBuilder((3, 6, 6), opset=13, seed=15)
+    c = b.weights((1, 3, 1, 1), -2.0, 2.0)
+    b.node(op, [b.const(c), b.current])
+    b.conv(conv_geo(out=4))
+    b.activation("Relu")
+    b.node("Div", [b.current, b.const(np.array([[[[-2.5]]]], np.float32))])
+    b.flatten("flatten")
+    b.dense(3)
+    model = b.build()
+    assert_equivalent(model, compile_to_model(model), n=16, input_range=(-1, 1))
+
+
+def test_constant_divided_by_the_input_is_refused_by_name(tmp_path):
+    from cnn2mlp.errors import CompileError
+
+    b = OnnxBuilder((4,), opset=13, seed=15)
+    b.node("Div", [b.const(np.array(2.0, np.float32)), b.current])
+    b.dense(2)
+    with pytest.raises(CompileError, match="divides a constant by the input"):
+        compile_to_model(b.build())

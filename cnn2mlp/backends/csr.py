@@ -12,7 +12,7 @@ File layout (format ``cnn2mlp-csr``, version 1), every entry a plain array so th
 from __future__ import annotations
 
 import json
-import zipfile
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +20,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._io import atomic_write
-from ..errors import CompileError
 from ..ir.mlp import Mlp, MlpLayer, activate
+from .npz_reader import ArtifactError, SafeNpz
 
 FORMAT = "cnn2mlp-csr"
 FORMAT_VERSION = 1
 
 
-class ArtifactError(CompileError):
-    """A compiled file that cnn2mlp cannot load."""
+KNOWN_ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "identity")
 
 
 def save_csr(mlp: Mlp, path: str | Path, meta: dict[str, Any] | None = None) -> None:
@@ -52,8 +51,11 @@ def save_csr(mlp: Mlp, path: str | Path, meta: dict[str, Any] | None = None) -> 
         np.savez(handle, **arrays)
 
 
-def read_csr(path: str | Path) -> tuple[Mlp, dict[str, Any]]:
-    """Read a CSR artifact without unpickling anything."""
+def read_csr(path: str | Path, max_bytes: int | None = None) -> tuple[Mlp, dict[str, Any]]:
+    """Read a CSR artifact, validating every member before it is used: nothing is
+    unpickled, no member is read before its size is checked, only the members the format
+    defines are read, and a damaged file raises :class:`ArtifactError` naming the member
+    instead of crashing ``predict``."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
@@ -61,33 +63,107 @@ def read_csr(path: str | Path) -> tuple[Mlp, dict[str, Any]]:
         if handle.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
             raise ArtifactError(f"{path}: not a cnn2mlp .npz file (not a zip archive); "
                                 "compile the model with cnn2mlp")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except ValueError as exc:
-        raise ArtifactError(f"{path}: holds pickled objects, which cnn2mlp never loads "
-                            f"({exc}); recompile the model") from exc
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise ArtifactError(f"{path}: not a cnn2mlp .npz file ({exc})") from exc
-    if str(arrays.get("format", "")) != FORMAT or "format_version" not in arrays:
-        raise ArtifactError(f"{path}: not a cnn2mlp CSR file (no format/format_version); "
-                            "compile the model with cnn2mlp")
-    version = int(arrays["format_version"])
-    if version != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: format version {version}, this cnn2mlp reads version "
-                            f"{FORMAT_VERSION}; recompile the model or upgrade cnn2mlp")
-    try:
-        layers = [MlpLayer(sp.csr_array((arrays[f"layer{i}.data"], arrays[f"layer{i}.indices"],
-                                         arrays[f"layer{i}.indptr"]),
-                                        shape=tuple(arrays[f"layer{i}.shape"])),
-                           arrays[f"layer{i}.bias"], str(act), float(alpha))
-                  for i, (act, alpha) in enumerate(zip(arrays["activations"], arrays["alphas"]))]
-        meta = json.loads(str(arrays["meta"]))
-        mlp = Mlp(layers, tuple(arrays["input_shape"]), tuple(arrays["output_shape"]),
-                  meta.get("notes", []))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ArtifactError(f"{path}: damaged cnn2mlp file ({exc}); recompile the model") from exc
+    limit = max_bytes if max_bytes is not None else default_load_limit()
+    with SafeNpz(path, limit) as npz:
+        check_format(npz)
+        meta = read_meta(npz)
+        mlp = read_layers(npz, meta)
     return mlp, meta
+
+
+def default_load_limit() -> int:
+    """Half the physical memory: a file claiming more is refused before it is read."""
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def check_format(npz: SafeNpz) -> None:
+    if "format" not in npz or "format_version" not in npz:
+        raise ArtifactError(f"{npz.path}: not a cnn2mlp CSR file (it has no format or no "
+                            "format_version member); compile the model with cnn2mlp")
+    if str(npz.array("format", "U", ndim=0)) != FORMAT:
+        raise ArtifactError(f"{npz.path}: not a cnn2mlp CSR file (format is not {FORMAT!r})")
+    version = npz.array("format_version", "iu", ndim=0)
+    if int(version) != FORMAT_VERSION:
+        raise ArtifactError(f"{npz.path}: format version {int(version)}, this cnn2mlp reads "
+                            f"version {FORMAT_VERSION}; recompile the model or upgrade cnn2mlp")
+
+
+def read_meta(npz: SafeNpz) -> dict[str, Any]:
+    text = str(npz.array("meta", "U", ndim=0))
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise npz.fail("meta", f"is not JSON ({type(exc).__name__})") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("notes", []), list):
+        raise npz.fail("meta", "is not a JSON object with a list of notes")
+    return meta
+
+
+def read_layers(npz: SafeNpz, meta: dict[str, Any]) -> Mlp:
+    input_shape = read_shape(npz, "input_shape")
+    output_shape = read_shape(npz, "output_shape")
+    activations = npz.array("activations", "U", ndim=1)
+    alphas = npz.array("alphas", "f", ndim=1)
+    if len(activations) == 0 or len(alphas) != len(activations):
+        raise npz.fail("alphas", f"has {len(alphas)} entries for {len(activations)} layers")
+    unknown = sorted({str(a) for a in activations} - set(KNOWN_ACTIVATIONS))
+    if unknown:
+        raise npz.fail("activations", f"names unknown activations {unknown}")
+    if not np.isfinite(alphas).all():
+        raise npz.fail("alphas", "holds NaN or Inf")
+    layers, n_in = [], math.prod(input_shape)
+    for i, (act, alpha) in enumerate(zip(activations, alphas)):
+        weight, bias = read_layer(npz, i, n_in)
+        layers.append(MlpLayer(weight, bias, str(act), float(alpha)))
+        n_in = weight.shape[0]
+    if n_in != math.prod(output_shape):
+        raise npz.fail(f"layer{len(layers) - 1}.shape",
+                       f"gives {n_in} outputs, but output_shape {output_shape} holds "
+                       f"{math.prod(output_shape)}")
+    return Mlp(layers, input_shape, output_shape, [str(n) for n in meta.get("notes", [])])
+
+
+def read_shape(npz: SafeNpz, key: str) -> tuple[int, ...]:
+    dims = npz.array(key, "iu", ndim=1)
+    if len(dims) > 32 or np.any(dims <= 0):
+        raise npz.fail(key, f"is not a shape of positive dims ({dims.tolist()[:8]})")
+    return tuple(int(d) for d in dims)
+
+
+def read_layer(npz: SafeNpz, i: int, n_in: int) -> tuple[sp.csr_array, np.ndarray]:
+    """One layer's CSR arrays, checked to form a valid (n_out, n_in) matrix before any of
+    its data is read."""
+    key = f"layer{i}"
+    shape = npz.array(f"{key}.shape", "iu", ndim=1)
+    if len(shape) != 2 or shape[0] <= 0 or int(shape[1]) != n_in:
+        raise npz.fail(f"{key}.shape", f"is {shape.tolist()}, but the layer before gives "
+                                       f"{n_in} inputs")
+    n_out = int(shape[0])
+    sizes = {part: npz.header(f"{key}.{part}")[0] for part in ("data", "indices", "indptr",
+                                                                "bias")}
+    (nnz,) = sizes["data"] if len(sizes["data"]) == 1 else (-1,)
+    if sizes["indices"] != (nnz,) or sizes["indptr"] != (n_out + 1,) or \
+            sizes["bias"] != (n_out,):
+        raise npz.fail(key, f"arrays do not fit together for {n_out} rows: "
+                            + ", ".join(f"{part} {shape}" for part, shape in sizes.items()))
+    indptr = npz.array(f"{key}.indptr", "iu", ndim=1)
+    if indptr[0] != 0 or indptr[-1] != nnz or np.any(np.diff(indptr) < 0):
+        raise npz.fail(f"{key}.indptr", "is not a non-decreasing row pointer from 0 to the "
+                                        "number of non-zeros")
+    indices = npz.array(f"{key}.indices", "iu", ndim=1)
+    if len(indices) and (indices.min() < 0 or indices.max() >= n_in):
+        raise npz.fail(f"{key}.indices", f"holds a column outside 0..{n_in - 1}")
+    data = npz.array(f"{key}.data", "f", ndim=1).astype(np.float32, copy=False)
+    bias = npz.array(f"{key}.bias", "f", ndim=1).astype(np.float32, copy=False)
+    index_type = np.int32 if max(n_in, nnz) < 2**31 - 1 else np.int64
+    weight = sp.csr_array((data, indices.astype(index_type, copy=False),
+                           indptr.astype(index_type, copy=False)), shape=(n_out, n_in))
+    return weight, bias
 
 
 class CsrModel:

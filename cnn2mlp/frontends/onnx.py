@@ -94,7 +94,7 @@ class OnnxImporter:
     def run(self) -> Graph:
         g = self.model.graph
         for init in g.initializer:
-            self.consts[init.name] = numpy_helper.to_array(init)
+            self.consts[init.name] = self._tensor(init)
         if g.sparse_initializer:
             raise CompileError(f"{self.source}: sparse initializers are not supported; "
                                "save the model with dense initializers")
@@ -110,6 +110,16 @@ class OnnxImporter:
         self.graph.output = out
         self._check_output_shape(g.output[0])
         return self.graph
+
+    def _tensor(self, tensor: onnx.TensorProto) -> np.ndarray:
+        """An initializer as an array; a tensor whose data does not match its dims is bad
+        input (exit 2), not a crash."""
+        try:
+            return numpy_helper.to_array(tensor)
+        except Exception as exc:
+            raise CompileError(f"{self.source}: initializer {tensor.name!r} (dims "
+                               f"{list(tensor.dims)}) is damaged: {first_line(exc)}; "
+                               "export the model again") from exc
 
     def _make_input(self) -> Graph:
         inputs = [i for i in self.model.graph.input if i.name not in self.consts]
@@ -161,7 +171,13 @@ class OnnxImporter:
         if node.domain not in ("", "ai.onnx"):
             self._unsupported(node, f"custom domain {node.domain!r}")
         if node.op_type == "Constant":
-            self.consts[node.output[0]] = constant_value(node)
+            try:
+                self.consts[node.output[0]] = constant_value(node)
+            except CompileError:
+                raise
+            except Exception as exc:  # data that does not match its dims, no attribute
+                self.fail(node, f"its value is damaged ({first_line(exc)}); export the "
+                                "model again")
             return
         if node.op_type in ("Shape", "Size") and not self.is_const(node.input[0]):
             self.consts[node.output[0]] = self._shape_of(node)

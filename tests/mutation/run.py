@@ -1,0 +1,170 @@
+"""Mutation testing on demand: plant one small bug at a time in a scratch copy of the tree
+and run the test suite against it. A planted bug that no test catches is a blind spot.
+
+    python tests/mutation/run.py              # every mutant (about 10-20 minutes here)
+    python tests/mutation/run.py -k csr       # the mutants whose name contains "csr"
+    python tests/mutation/run.py --list
+
+Each mutant is (name, file, the exact text to replace, the replacement). The text must occur
+exactly once, so a mutant that no longer applies fails loudly instead of testing nothing.
+Prints one line per mutant (CAUGHT by which test, or SURVIVED) and the score.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+MUTANTS: list[tuple[str, str, str, str]] = [
+    # ir: analysis, geometry, matrix forms, op semantics
+    ("analysis: Mul by a constant assumed >= 0", "cnn2mlp/ir/analysis.py",
+     'return with_weights("MulConst", "const", np.maximum(c, 0), np.minimum(c, 0))',
+     'return with_weights("MulConst", "const", c, 0 * c)'),
+    ("analysis: affine upper/lower corner mixed", "cnn2mlp/ir/analysis.py",
+     "return (run_pos(lo) + run_neg(hi) + constant,", "return (run_pos(lo) + run_neg(lo) + constant,"),
+    ("analysis: Dense Lipschitz from column sums", "cnn2mlp/ir/analysis.py",
+     "np.asarray(abs(w).sum(axis=1))", "np.asarray(abs(w).sum(axis=0))"),
+    ("analysis: sigmoid slope 0.125", "cnn2mlp/ir/analysis.py",
+     '"Sigmoid": 0.25, "Identity"', '"Sigmoid": 0.125, "Identity"'),
+    ("geometry: ceil_mode keeps a window starting in the trailing pad", "cnn2mlp/ir/geometry.py",
+     "if (out - 1) * stride >= size_in + pad_begin:", "if (out - 1) * stride > size_in + pad_begin:"),
+    ("geometry: SAME_UPPER pads at the start", "cnn2mlp/ir/geometry.py",
+     "return (small, total - small) if upper else (total - small, small)",
+     "return (total - small, small) if upper else (small, total - small)"),
+    ("geometry: inside_padded ignores the end pad", "cnn2mlp/ir/geometry.py",
+     "return (pos >= -self.pad_begin) & (pos < self.size_in + self.pad_end)",
+     "return (pos >= -self.pad_begin) & (pos < self.size_in)"),
+    ("linear: count_include_pad ignored", "cnn2mlp/ir/linear.py",
+     'which = "inside_padded" if attrs.get("count_include_pad") else "inside"',
+     'which = "inside"'),
+    ("linear: pad value on the kept entries", "cnn2mlp/ir/linear.py",
+     "bias = np.where(kept, 0.0, value) if value else None",
+     "bias = np.where(kept, value, 0.0) if value else None"),
+    ("linear: transpose by the inverse permutation", "cnn2mlp/ir/linear.py",
+     ".reshape(shape).transpose(perm).ravel()", ".reshape(shape).transpose(np.argsort(perm)).ravel()"),
+    ("ops: batch norm without epsilon", "cnn2mlp/ir/ops.py",
+     'np.asarray(attrs["var"], np.float64) + attrs["epsilon"]', 'np.asarray(attrs["var"], np.float64)'),
+    # passes
+    ("conv-to-dense: groups by modulo", "cnn2mlp/passes/conv_to_dense.py",
+     "group_start = (np.arange(n_out) // (n_out // group)) * (c_group * n_pix)",
+     "group_start = (np.arange(n_out) % group) * (c_group * n_pix)"),
+    ("conv-to-dense: bias tiled instead of repeated", "cnn2mlp/passes/conv_to_dense.py",
+     "np.repeat(np.asarray(bias, np.float32), n_pos)", "np.tile(np.asarray(bias, np.float32), n_pos)"),
+    ("maxpool-to-relu: every passed value taken as >= 0", "cnn2mlp/passes/maxpool_to_relu.py",
+     "needs_neg = ~nonneg[pass_values]", "needs_neg = np.zeros(len(pass_values), bool)"),
+    ("fold-batchnorm: conv bias not scaled", "cnn2mlp/passes/fold_batchnorm.py",
+     'conv.attrs["bias"] = (bias * scale + shift).astype(np.float32)',
+     'conv.attrs["bias"] = (bias + shift).astype(np.float32)'),
+    ("compose: second bias dropped", "cnn2mlp/passes/_compose.py",
+     "bias = np.asarray(b2, np.float64) if bias is None else bias + b2",
+     "bias = np.asarray(b2, np.float64) if bias is None else bias"),
+    ("fold-stride: bias not selected", "cnn2mlp/passes/fold_stride.py",
+     'source.attrs["bias"] = None if b is None else b[idx]',
+     'source.attrs["bias"] = None if b is None else b[:len(idx)]'),
+    ("fold-pad: pads of the wrong axis", "cnn2mlp/passes/fold_pad.py",
+     "old[a] + pads[1 + a] for a in range(spatial)", "old[a] + pads[a] for a in range(spatial)"),
+    ("avgpool-linearize: eps ignores f'(0)", "cnn2mlp/passes/avgpool_linearize.py",
+     "a = c3 / f1 * zmax ** 3", "a = c3 * zmax ** 3"),
+    ("avgpool-linearize: bound ignores f'(0)", "cnn2mlp/passes/avgpool_linearize.py",
+     "return c3 / f1 * eps ** 2 * zmax ** 3 + relative * zmax + absolute / (f1 * eps)",
+     "return c3 * eps ** 2 * zmax ** 3 + relative * zmax + absolute / (f1 * eps)"),
+    ("unify-activation: output shift of the wrong sign", "cnn2mlp/passes/unify_activation.py",
+     "shift = np.maximum(0.0, -z_lo)", "shift = np.maximum(0.0, z_lo)"),
+    ("unify-activation: sigmoid not halved", "cnn2mlp/passes/unify_activation.py",
+     "scale_rows(dense, 0.5)", "scale_rows(dense, 1.0)"),
+    ("unify-activation: relu from leaky off by 1 + alpha", "cnn2mlp/passes/unify_activation.py",
+     "/ (1.0 - alpha * alpha)", "/ (1.0 - alpha)"),
+    ("extract-input-affine: shift not scaled", "cnn2mlp/passes/extract_input_affine.py",
+     "scale, shift = scale * s, shift * s + t", "scale, shift = scale * s, shift + t"),
+    # backends
+    ("csr: load unpickles", "cnn2mlp/backends/csr.py",
+     "with np.load(path, allow_pickle=False) as npz:", "with np.load(path, allow_pickle=True) as npz:"),
+    ("kernel-py: sigmoid without the halving", "cnn2mlp/backends/csr.py",
+     "return 0.5 * (1.0 + np.tanh(0.5 * h))", "return 0.5 * (1.0 + np.tanh(h))"),
+    ("kernel-py: leaky slope fixed", "cnn2mlp/backends/csr.py",
+     "return np.where(h >= 0, h, alpha * h)", "return np.where(h >= 0, h, 0.01 * h)"),
+    ("opencv: inv_output_scale not the inverse", "cnn2mlp/backends/opencv.py",
+     "-out_scale[1::2] / out_scale[0::2], n_out)", "-out_scale[1::2], n_out)"),
+    # frontends and the checker
+    ("onnx: Sub(c, x) loses the sign", "cnn2mlp/frontends/onnx.py",
+     'x = imp.emit(node, "MulConst", [x], {"const": -np.ones_like(c)})',
+     'x = imp.emit(node, "MulConst", [x], {"const": np.ones_like(c)})'),
+    ("onnx: Gemm alpha ignored", "cnn2mlp/frontends/onnx.py",
+     'weight = attr(node, "alpha", 1.0) * b.T', "weight = b.T"),
+    ("keras: Dense-on-a-map bias repeated", "cnn2mlp/frontends/keras.py",
+     "bias = None if bias is None else np.tile(bias, rows)",
+     "bias = None if bias is None else np.repeat(bias, rows)"),
+    ("keras: Conv bias dropped", "cnn2mlp/frontends/keras.py",
+     'bias = imp.weight(lay, 1, "bias") if c.get("use_bias", True) else None\n    strides',
+     "bias = None\n    strides"),
+    ("keras: causal pad ignores dilation", "cnn2mlp/frontends/keras.py",
+     "return ((kernel[0] - 1) * dilations[0], 0)", "return ((kernel[0] - 1), 0)"),
+    ("check: comparison 100x looser", "cnn2mlp/check.py",
+     "diff / np.maximum(1.0, np.abs(reference))", "diff / np.maximum(100.0, np.abs(reference))"),
+]
+
+
+def apply(tree: Path, file: str, old: str, new: str) -> None:
+    path = tree / file
+    text = path.read_text()
+    if text.count(old) != 1:
+        raise SystemExit(f"mutant no longer applies: {old!r} occurs {text.count(old)} times "
+                         f"in {file}; update tests/mutation/run.py")
+    path.write_text(text.replace(old, new))
+
+
+def run_suite(tree: Path, timeout: float) -> tuple[bool, str]:
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                               "tests"], cwd=tree, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return True, "timeout (counted as caught)"
+    failed = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    return proc.returncode != 0, (failed[0] if failed else proc.stdout.strip()[-200:])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-k", default="", help="run only mutants whose name contains this")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args()
+    chosen = [m for m in MUTANTS if args.k in m[0]]
+    if args.list:
+        print("\n".join(m[0] for m in chosen))
+        return 0
+    with tempfile.TemporaryDirectory() as scratch:
+        clean = Path(scratch, "clean")
+        shutil.copytree(ROOT, clean, ignore=shutil.ignore_patterns(
+            ".git", ".venv", "__pycache__", ".hypothesis", ".pytest_cache", "*.egg-info"))
+        ok, why = run_suite(clean, args.timeout)
+        if ok:
+            print(f"the unmutated suite fails: {why}")
+            return 2
+        survivors = []
+        for name, file, old, new in chosen:
+            tree = Path(scratch, "mutant")
+            shutil.rmtree(tree, ignore_errors=True)
+            shutil.copytree(clean, tree)
+            apply(tree, file, old, new)
+            start = time.perf_counter()
+            caught, why = run_suite(tree, args.timeout)
+            status = "CAUGHT  " if caught else "SURVIVED"
+            print(f"{status} {name} ({time.perf_counter() - start:.0f} s): {why}", flush=True)
+            if not caught:
+                survivors.append(name)
+    print(f"score: {len(chosen) - len(survivors)}/{len(chosen)} planted bugs caught")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""The comparison behind --check and assert_equivalent, at the edge of its tolerance."""
+import numpy as np
+import pytest
+
+from cnn2mlp.check import compare
+
+TOL = 1e-4
+
+
+@pytest.mark.parametrize("reference", [0.0, 0.5, -1.0, 10.0, -250.0])
+def test_error_is_relative_to_max_one_and_the_reference(reference):
+    scale = max(1.0, abs(reference))
+    inside = compare(np.array([[reference]]), np.array([[reference + 0.99 * TOL * scale]]), TOL)
+    outside = compare(np.array([[reference]]), np.array([[reference + 1.01 * TOL * scale]]), TOL)
+    assert inside.passed and not outside.passed
+    assert outside.max_rel_error == pytest.approx(1.01 * TOL, rel=1e-6)
+    assert outside.max_abs_error == pytest.approx(1.01 * TOL * scale, rel=1e-6)
+
+
+def test_the_worst_element_is_reported():
+    reference = np.zeros((3, 4))
+    got = reference.copy()
+    got[2, 1] = 0.5
+    got[0, 3] = 0.25
+    comparison = compare(reference, got, TOL)
+    assert comparison.worst_index == (2, 1) and comparison.worst_got == 0.5
+    assert "reference 0, got 0.5" in comparison.describe()
+
+
+def test_nan_and_infinity():
+    assert not compare(np.array([[1.0]]), np.array([[np.nan]]), TOL).passed
+    assert not compare(np.array([[1.0]]), np.array([[np.inf]]), TOL).passed
+    assert compare(np.array([[np.nan, np.inf]]), np.array([[np.nan, np.inf]]), TOL).passed
+
+
+def test_shapes_must_agree():
+    with pytest.raises(AssertionError, match="shapes differ"):
+        compare(np.zeros((2, 3)), np.zeros((3, 2)), TOL)
