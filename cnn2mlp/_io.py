@@ -1,7 +1,13 @@
-"""Writing outputs safely: to a temporary file in the target folder, renamed on success."""
+"""Writing outputs safely: every output of a run is written to a temporary file beside its
+destination, and all of them replace their destinations together, only when the whole run
+succeeded. A failure, an interrupt or SIGTERM removes the temporary files and leaves every
+existing file as it was; only SIGKILL (which no process can catch) leaves a ``.*.stage``
+file behind.
+"""
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,43 +17,94 @@ from .errors import CompileError
 
 
 def check_writable(path: str | Path) -> None:
-    """Fail early, before any work, if ``path`` cannot be written."""
-    folder = Path(path).resolve().parent
+    """Fail early, before any work, if ``path`` cannot be written as a regular file."""
+    path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()  # a link is followed deliberately: its target is written
+    folder = path.absolute().parent
     if not folder.is_dir():
         raise CompileError(f"{path}: the folder {folder} does not exist; create it first")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise CompileError(f"{path}: the folder {folder} is not writable")
-    if Path(path).is_dir():
+    if path.is_dir():
         raise CompileError(f"{path}: is a folder; give a file name")
+    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+        raise CompileError(f"{path}: exists and is not a regular file (a FIFO, a device or a "
+                           "socket); give the name of a file to write")
+
+
+def destination(path: str | Path) -> Path:
+    """Where writing ``path`` really goes: the target of a symlink, else the path itself."""
+    path = Path(path)
+    return path.resolve() if path.is_symlink() else path.absolute()
+
+
+class StagedOutputs:
+    """Outputs staged beside their destinations and committed together.
+
+    >>> with StagedOutputs() as outputs:
+    ...     write(outputs.stage("model.npz"))
+    ...     write(outputs.stage("report.json"))
+    ... # both replaced here, or neither
+    """
+
+    def __init__(self) -> None:
+        self.staged: list[tuple[Path, Path]] = []
+
+    def stage(self, path: str | Path) -> Path:
+        final = destination(path)
+        check_writable(final)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".stage", dir=final.parent)
+        os.close(fd)
+        self.staged.append((Path(tmp), final))
+        return Path(tmp)
+
+    def commit(self) -> None:
+        mode = 0o666 & ~_umask()  # mkstemp makes 0600; give the usual mode
+        for tmp, final in self.staged:
+            os.chmod(tmp, mode)
+        for tmp, final in self.staged:
+            os.replace(tmp, final)
+        self.staged = []
+
+    def discard(self) -> None:
+        for tmp, _ in self.staged:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        self.staged = []
+
+    def __enter__(self) -> "StagedOutputs":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                self.commit()
+            finally:
+                self.discard()
+        else:
+            self.discard()
 
 
 @contextmanager
 def staged_path(path: str | Path) -> Iterator[Path]:
     """Yield a fresh path beside ``path`` to write (and check) the output at; rename it
     over ``path`` only when the block succeeds, delete it otherwise."""
-    path = Path(path)
-    check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".stage",
-                               dir=path.resolve().parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with StagedOutputs() as outputs:
+        yield outputs.stage(path)
 
 
 @contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Yield a file open at a temporary path beside ``path``; it replaces ``path`` only when
-    the block succeeds (flushed to disk, with the usual permissions)."""
+    the block succeeds (flushed to disk)."""
     with staged_path(path) as staged:
         with open(staged, mode) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(staged, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
 
 
 def _umask() -> int:

@@ -77,8 +77,10 @@ def onnx_runner(model_path, output: str | None = None) -> Runner:
     source: str | bytes = model_path.SerializeToString() if in_memory else str(model_path)
     if output is not None:
         proto = onnx.ModelProto()
-        proto.CopyFrom(model_path) if in_memory else proto.ParseFromString(
-            Path(model_path).read_bytes())
+        if in_memory:
+            proto.CopyFrom(model_path)
+        else:  # onnx.load brings in external data from beside the file, raw bytes would not
+            proto = onnx.load(str(model_path))
         if output not in [o.name for o in proto.graph.output]:
             proto.graph.output.append(onnx.ValueInfoProto(name=output))
         source = proto.SerializeToString()
@@ -120,7 +122,20 @@ def keras_runner(model_path: str | Path) -> Runner:
     except ImportError as exc:
         raise CompileError("--check on a Keras model runs Keras: pip install "
                            "'cnn2mlp[tensorflow]'") from exc
-    model = keras.saving.load_model(str(model_path), compile=False, safe_mode=True)
+    import inspect
+
+    load_model = keras.saving.load_model
+    if "safe_mode" not in inspect.signature(load_model).parameters:
+        raise CompileError(f"--check on a Keras model loads it with Keras' safe_mode, which this "
+                           f"Keras ({getattr(keras, '__version__', '?')}) lacks: upgrade Keras "
+                           "(2.13 or later), or compile without --check")
+    try:
+        model = load_model(str(model_path), compile=False, safe_mode=True)
+    except Exception as exc:  # safe_mode refusing code, or a file Keras cannot read
+        raise CompileError(f"{model_path}: Keras, the reference for --check, refused to load "
+                           f"the model: {type(exc).__name__}: "
+                           f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+                           ) from exc
     return lambda x: np.asarray(model.predict(np.asarray(x, np.float32), verbose=0))
 
 

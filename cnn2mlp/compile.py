@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from ._io import atomic_write, check_writable, staged_path
+from ._io import StagedOutputs, check_writable, destination
 from .backends import target_for
 from .check import Comparison, compare, random_inputs, reference_runner, softmax
 from .errors import CompileError
@@ -51,15 +54,22 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
     if output is not None:
         check_writable(output)
     start = time.perf_counter()
-    graph = load_model(model, input_shape, allow_non_finite)
+    graph = load_model(model, input_shape, allow_non_finite, max_bytes)
     seconds["frontend"] = time.perf_counter() - start
+    if not allow_non_finite:
+        refuse_non_finite(graph, model, "in the model")
     preflight(graph, model, max_bytes)
     output_shape = graph.shape(graph.output)
     pipeline = passes if isinstance(passes, Pipeline) else (
         Pipeline(passes) if passes is not None else Pipeline.default(target))
     ctx = ctx or context_for(target)
+    if target == "opencv":
+        dense_preflight_from_shapes(graph, model, ctx.options.get("max_dense_bytes",
+                                                                  DEFAULT_MAX_DENSE_BYTES))
     after_each = print_ir_after if print_ir else None
     report = pipeline.run(graph, ctx, after_each)
+    if not allow_non_finite:
+        refuse_non_finite(graph, model, "after compiling (an overflow)")
     try:
         mlp = Mlp.from_graph(graph, output_shape)
     except NotAnMlpError as exc:
@@ -118,19 +128,37 @@ def opencv_spec(result: CompileResult):
                    uniform["output_scale"], uniform["output_shift"], result.mlp.notes)
 
 
-def default_max_bytes() -> int:
-    """A quarter of the physical memory: fusion and writing need room beyond the result."""
-    try:
-        import os
+def refuse_non_finite(graph: Graph, model: str | Path, where: str) -> None:
+    """NaN or Inf that the model's arithmetic creates (a negative variance, a division by
+    zero) is refused like NaN weights, naming the node."""
+    from .ir.analysis import non_finite_constants
 
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    except (ValueError, OSError, AttributeError):
-        return 4 * 2**30
+    found = non_finite_constants(graph)
+    if found:
+        node, what = found[0]
+        raise CompileError(f"{model}: node {node.name!r} ({node.op}) computes NaN/Inf in its "
+                           f"{what} {where} (a negative variance? a division by zero?); fix "
+                           "the model, or pass --allow-non-finite")
+
+
+def dense_preflight_from_shapes(graph: Graph, model: str | Path, limit: int) -> None:
+    """OpenCV's weights are dense: refuse, before fusing anything, a network whose dense
+    layers cannot fit (fusing N→1→N alone makes an N×N matrix)."""
+    from .ir.cost import dense_bytes_lower_bound
+
+    need, widths = dense_bytes_lower_bound(graph)
+    if need > limit:
+        shown = "-".join(map(str, widths[:8])) + ("-…" if len(widths) > 8 else "")
+        raise CompileError(
+            f"{model}: as an OpenCV ANN_MLP this network needs at least {need / 2**20:,.0f} MiB "
+            f"of dense weights (layers {shown}), above --max-dense-bytes "
+            f"{limit / 2**20:,.0f} MiB. ANN_MLP weights are dense: use --target csr (sparse), "
+            "or raise --max-dense-bytes")
 
 
 def preflight(graph: Graph, model: str | Path, max_bytes: int | None) -> None:
     """Refuse, from the shapes alone, an MLP that would not fit."""
-    from .ir.cost import estimate_size
+    from .ir.cost import default_max_bytes, estimate_size
 
     limit = default_max_bytes() if max_bytes is None else max_bytes
     size = estimate_size(graph)
@@ -211,29 +239,61 @@ def parse_dims(text: str) -> tuple[int, ...]:
 
 def parse_bytes(text: str) -> int:
     units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-    text = text.strip().lower().removesuffix("b").removesuffix("i")
+    value = text.strip().lower().removesuffix("b").removesuffix("i")
+    scale = 1
+    if value and value[-1] in units:
+        value, scale = value[:-1], units[value[-1]]
     try:
-        if text and text[-1] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(text)
+        number = float(value) * scale
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 512M or 8G")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 512M or 8G") from None
+    if not math.isfinite(number) or number <= 0 or number >= 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive, finite size like 8G")
+    return int(number)
 
 
 def parse_range(text: str) -> tuple[float, float]:
     try:
         low, high = (float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI")
+        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI (e.g. 0,1 or -1,1)") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise argparse.ArgumentTypeError(f"{text!r}: LO and HI must be finite numbers")
     if not low < high:
         raise argparse.ArgumentTypeError(f"{text!r}: LO must be below HI")
     return low, high
 
 
+#: options whose value may start with "-" (a negative number): argparse would take it for
+#: an option, so "--input-range -1,1" becomes "--input-range=-1,1" before parsing
+SIGNED_OPTIONS = ("--input-range", "--max-bytes", "--max-dense-bytes", "--tolerance",
+                  "--epsilon", "--check")
+
+
+def join_signed_values(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in SIGNED_OPTIONS and i + 1 < len(argv) and argv[i + 1][:1] == "-" and \
+                argv[i + 1][1:2] in tuple("0123456789.i"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cnn2mlp.compile",
-                                description="Compile a trained CNN into an equivalent MLP.")
-    p.add_argument("model", type=Path, help="model file (.onnx)")
+    p = argparse.ArgumentParser(
+        prog="python -m cnn2mlp.compile",
+        description="Compile a trained CNN into an equivalent MLP.",
+        epilog="Trust: .onnx, .keras and .h5 files are read as data (no code in them runs; a "
+               "Keras Lambda is refused). SavedModel folders, frozen .pb and .tflite files are "
+               "converted and, with --check, run by TensorFlow itself: use them only from a "
+               "trusted source. Compiled .npz files are loaded without unpickling.")
+    p.add_argument("model", type=Path,
+                   help="model file: .onnx, .keras, .h5, .tflite, a SavedModel folder or .pb")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="output file; its suffix picks the target (.npz: csr, .xml: opencv)")
     p.add_argument("--target", choices=["csr", "opencv"],
@@ -272,30 +332,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_cli(args: argparse.Namespace) -> int:
     passes = [s.strip() for s in args.passes.split(",") if s.strip()] if args.passes else None
-    if args.kernel_py and target_for(args.output, args.target) != "csr":
-        raise CompileError("--kernel-py runs a .npz: it goes with the csr target")
-    for extra in (args.report, args.kernel_py):
-        if extra is not None:
-            check_writable(extra)
     target = target_for(args.output, args.target)
+    if args.kernel_py and target != "csr":
+        raise CompileError("--kernel-py runs a .npz: it goes with the csr target")
+    check_options(args)
+    plan_outputs(args, target)
     ctx = context_for(target, input_range=args.input_range)
+    ctx.options["max_dense_bytes"] = args.max_dense_bytes
     if args.epsilon is not None:
-        if not args.epsilon > 0:
-            raise CompileError(f"--epsilon must be positive, got {args.epsilon}")
         ctx.options["avgpool-linearize.epsilon"] = args.epsilon
     result = compile_model(args.model, None, target=target, input_shape=args.input_shape,
                            passes=passes, ctx=ctx, print_ir=args.print_ir_after_all,
                            allow_non_finite=args.allow_non_finite, max_bytes=args.max_bytes)
     meta = {"source": str(args.model), "cnn2mlp": __version__}
     options = {"encoding": args.xml_encoding, "max_dense_bytes": args.max_dense_bytes}
-    with staged_path(args.output) as staged:
+    # Every output is staged; they replace their destinations together, or none does.
+    with StagedOutputs() as outputs:
+        staged = outputs.stage(args.output)
         write_target(result, staged, meta, options)
         if args.check:  # check the file as written, before it replaces anything
             result.check = check_against_reference(result, args, staged)
-    if args.kernel_py:
-        from .backends.csr import write_kernel
+        if args.kernel_py:
+            from .backends.csr import write_kernel
 
-        write_kernel(args.kernel_py, args.output, result.mlp)
+            write_kernel(outputs.stage(args.kernel_py), args.output, result.mlp,
+                         module_path=args.kernel_py)
+        if args.report:
+            with open(outputs.stage(args.report), "w") as handle:
+                json.dump(report_dict(result, args), handle, indent=2)
     for note in result.mlp.notes:
         print(f"note: {note}", file=sys.stderr)
     if not args.quiet:
@@ -304,10 +368,53 @@ def run_cli(args: argparse.Namespace) -> int:
             print(("check passed: " if result.check.passed else "check FAILED: ")
                   + result.check.describe())
         print(f"wrote {args.output}")
-    if args.report:
-        with atomic_write(args.report, "w") as handle:
-            json.dump(report_dict(result, args), handle, indent=2)
     return 0
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Numbers argparse accepts but the compiler cannot use."""
+    if args.check < 0:
+        raise CompileError(f"--check {args.check}: the number of inputs cannot be negative")
+    if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
+        raise CompileError(f"--tolerance {args.tolerance}: give a finite number >= 0")
+    if args.epsilon is not None and not (math.isfinite(args.epsilon) and args.epsilon > 0):
+        raise CompileError(f"--epsilon {args.epsilon}: give a finite number > 0")
+
+
+#: suffixes that name a format: an output may not carry one that its content is not
+FORMAT_SUFFIXES = {".npz": "a CSR artifact", ".xml": "an OpenCV XML", ".onnx": "an ONNX model",
+                   ".nnet": "an NNet file", ".keras": "a Keras model", ".h5": "a Keras model",
+                   ".hdf5": "an HDF5 file", ".pb": "a TensorFlow graph",
+                   ".tflite": "a TFLite model", ".json": "a JSON report",
+                   ".py": "a Python module"}
+
+
+def plan_outputs(args: argparse.Namespace, target: str) -> None:
+    """Before any work: no output may overwrite the model or another output (also through
+    ``./``, ``..`` or a link), and no output may carry a suffix that names another format."""
+    from .backends import TARGETS
+
+    outputs = [("-o", args.output, TARGETS[target]), ("--report", args.report, ".json"),
+               ("--kernel-py", args.kernel_py, ".py")]
+    outputs = [(flag, Path(path), suffix) for flag, path, suffix in outputs if path is not None]
+    model = Path(args.model).resolve()
+    seen: dict[Path, str] = {}
+    for flag, path, suffix in outputs:
+        dest = destination(path).resolve()
+        if dest == model or (dest.exists() and model.exists() and os.path.samefile(dest, model)):
+            raise CompileError(f"{flag} {path} is the model file itself; writing it would "
+                               "destroy the model: choose another name")
+        if dest in seen:
+            raise CompileError(f"{flag} {path} and {seen[dest]} are the same file; give each "
+                               "output its own name")
+        seen[dest] = f"{flag} {path}"
+    for flag, path, suffix in outputs:
+        actual = path.suffix.lower()
+        if actual in FORMAT_SUFFIXES and actual != suffix:
+            raise CompileError(f"{flag} {path}: the suffix {actual} names "
+                               f"{FORMAT_SUFFIXES[actual]}, but this output is "
+                               f"{FORMAT_SUFFIXES[suffix]}; name it *{suffix}")
+        check_writable(path)
 
 
 def check_against_reference(result: CompileResult, args: argparse.Namespace,
@@ -340,12 +447,22 @@ class CheckFailed(CompileError):
     """The compiled MLP differs from the reference beyond the tolerance."""
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind (removing staged files) and exit."""
+
+
+def on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = join_signed_values(sys.argv[1:] if argv is None else list(argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed the usage error
         return int(exc.code or 0)
+    previous = install_signal_handlers()
     try:
         return run_cli(args)
     except CheckFailed as exc:
@@ -356,9 +473,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"cnn2mlp: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the disk is full, a file-size limit, a permission: the OS's words
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"cnn2mlp: error: {where}{exc.strerror or exc}; nothing was written",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("cnn2mlp: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except Terminated:
+        print("cnn2mlp: terminated; nothing was written", file=sys.stderr)
+        return 143
     except Exception as exc:  # an internal error: say so, ask for a report
         if args.debug:
             raise
@@ -366,6 +493,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("cnn2mlp: this is a bug in cnn2mlp; please report it with the model and "
               "command (run again with --debug for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        restore_signal_handlers(previous)
+
+
+def install_signal_handlers() -> dict:
+    """SIGTERM unwinds like Ctrl-C (staged files are removed); exceeding a file-size limit
+    is an OSError (EFBIG) rather than a silent kill by SIGXFSZ. Only in the main thread."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_sigterm)}
+    if hasattr(signal, "SIGXFSZ"):
+        previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return previous
+
+
+def restore_signal_handlers(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -106,3 +106,14 @@ def test_negative_scale_flips_interval_bounds():
     lo, hi = interval_bounds(g, -1.0, 3.0)[g.output]
     np.testing.assert_array_equal(lo, [-3.0, 0.0])
     np.testing.assert_array_equal(hi, [0.0, 6.0])
+
+
+@given(st.integers(1, 12), st.integers(1, 7), st.integers(1, 3), st.integers(1, 3),
+       st.integers(0, 6), st.integers(0, 6), st.booleans())
+def test_window_taps_by_arithmetic_match_the_window_table(n, k, s, d, pb, pe, ceil):
+    from cnn2mlp.ir.cost import axis_taps
+    from cnn2mlp.ir.geometry import window_axes
+
+    (ax,) = window_axes((n,), (k,), (s,), (d,), (pb, pe), ceil)
+    if ax.size_out > 0:
+        assert axis_taps(ax) == int(ax.inside().sum())

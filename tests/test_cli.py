@@ -167,3 +167,17 @@ def test_kernel_module_computes_every_activation(tmp_path):
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"),
                                CsrModel(mlp).predict(x, dtype=np.float64), rtol=1e-9, atol=1e-9)
+
+
+def test_output_name_cannot_become_code_in_the_kernel_module(model_path, tmp_path):
+    """The kernel module embeds the artifact's name: a crafted name must stay a string."""
+    marker = tmp_path / "injected.txt"
+    crafted = 'x"); open("injected.txt", "w"); ("\\n""" + \'\'\'.npz'
+    out, kernel = tmp_path / crafted, tmp_path / "k.py"
+    assert main([str(model_path), "-o", str(out), "--kernel-py", str(kernel), "--quiet"]) == 0
+    script = "import k\nm = k.load()\nprint(m.input_shape)"
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "(10, 10, 3)"
+    assert not marker.exists()

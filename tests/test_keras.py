@@ -251,3 +251,26 @@ def test_tflite_float_model(tmp_path, capsys):
     # --check runs the TensorFlow Lite interpreter on the file itself
     assert main([str(path), "-o", str(tmp_path / "m.npz"), "--check", "8"]) == 0
     assert "check passed" in capsys.readouterr().out
+
+
+def test_check_needs_keras_safe_mode(tmp_path, monkeypatch):
+    """--check loads the model with Keras: only with safe_mode, and a refusal is exit 2."""
+    from cnn2mlp.check import keras_runner
+    from cnn2mlp.errors import CompileError
+
+    path = tmp_path / "m.keras"
+    lenet().save(path)
+
+    def old_load_model(filepath, custom_objects=None, compile=True):  # no safe_mode
+        raise AssertionError("must not be called")
+
+    monkeypatch.setattr(keras.saving, "load_model", old_load_model)
+    with pytest.raises(CompileError, match="lacks: upgrade Keras"):
+        keras_runner(path)
+
+    def refusing(filepath, compile=True, safe_mode=True):
+        raise ValueError("Requested the deserialization of a Lambda layer")
+
+    monkeypatch.setattr(keras.saving, "load_model", refusing)
+    with pytest.raises(CompileError, match="refused to load the model: ValueError"):
+        keras_runner(path)

@@ -213,3 +213,19 @@ def test_cpp_loads_the_xml(tmp_path):
     got = np.array([float(v) for v in run.stdout.split()])
     reference = onnx_runner(src)(np.full((1, 3, 12, 12), 0.5, np.float32)).ravel()
     assert compare(reference, got, 1e-4).passed
+
+
+@pytest.mark.parametrize("name", ["pool--->x", "pool-", "a<b>&c\x01\u00e9-->"])
+def test_node_names_cannot_break_the_xml(tmp_path, name):
+    """Notes that name nodes go into an XML comment: whatever the name, the file parses."""
+    import xml.etree.ElementTree as ET
+
+    model = tanh_cnn()
+    pool = next(n for n in model.graph.node if n.op_type == "AveragePool" and
+                any(a.name == "count_include_pad" for a in n.attribute))
+    pool.name = name
+    code, src, out, report = compile_xml(tmp_path, model)
+    assert code == 0
+    assert any(name in note for note in report["notes"])  # the name did reach the notes
+    ET.parse(out)  # raises on a broken comment
+    assert cv2.ml.ANN_MLP_load(str(out)).getLayerSizes() is not None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -211,15 +212,16 @@ def load(path: str | Path) -> CsrModel:
 
 KERNEL_TEMPLATE = '''"""Standalone runtime for a cnn2mlp CSR artifact: needs numpy only.
 
-    import {module}
-    model = {module}.load("{artifact}")
-    y = model.predict(x)   # x shaped (B, {input_shape})
+    model = load()          # the artifact named in ARTIFACT, or load(path)
+    y = model.predict(x)    # x shaped (B, *model.input_shape)
 """
 import json
 
 import numpy as np
 
 FORMAT_VERSION = {version}
+ARTIFACT = {artifact}   # beside this module unless absolute
+INPUT_SHAPE = {input_shape}
 
 
 def _activate(name, alpha, h):
@@ -271,16 +273,25 @@ class Model:
         return h.reshape((len(x),) + self.output_shape)
 
 
-def load(path="{artifact}"):
+def load(path=None):
+    if path is None:
+        import os
+
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), ARTIFACT)
     return Model(path)
 '''
 
 
-def write_kernel(path: str | Path, artifact: str | Path, mlp: Mlp) -> None:
-    """Write a standalone numpy-only ``.py`` module that runs the artifact."""
+def write_kernel(path: str | Path, artifact: str | Path, mlp: Mlp,
+                 module_path: str | Path | None = None) -> None:
+    """Write a standalone numpy-only ``.py`` module that runs the artifact. ``module_path``
+    is where the module will finally live (when ``path`` is a staging file): the artifact
+    is found relative to it."""
     path = Path(path)
-    text = KERNEL_TEMPLATE.format(module=path.stem, artifact=Path(artifact).name,
-                                  version=FORMAT_VERSION,
-                                  input_shape=", ".join(map(str, mlp.input_shape)))
+    home = Path(module_path or path).absolute().parent
+    relative = os.path.relpath(Path(artifact).absolute(), home)
+    # Every value enters the code through repr(): a file name cannot become code.
+    text = KERNEL_TEMPLATE.format(artifact=repr(relative), version=repr(FORMAT_VERSION),
+                                  input_shape=repr(tuple(int(d) for d in mlp.input_shape)))
     with atomic_write(path, "w") as handle:
         handle.write(text)

@@ -108,7 +108,12 @@ def interleave(scale, shift, n) -> np.ndarray:
 
 
 def escape_comment(text: str) -> str:
-    return text.replace("--", "- -")
+    """Text that is safe inside ``<!-- ... -->``: printable ASCII, no ``--`` anywhere (XML
+    forbids it in a comment, and ``-->`` would end it), and no ``-`` at the end."""
+    text = "".join(c if " " <= c <= "~" else "?" for c in text)
+    while "--" in text:
+        text = text.replace("--", "-")
+    return text + " " if text.endswith("-") else text
 
 
 def layer_blocks(weight: sp.csr_array, bias: np.ndarray) -> Iterator[np.ndarray]:

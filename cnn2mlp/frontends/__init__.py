@@ -32,19 +32,20 @@ def model_kind(path: str | Path) -> str:
 
 
 def load_model(path: str | Path, input_shape: Sequence[int] | None = None,
-               allow_non_finite: bool = False) -> Graph:
-    """Read a model file into the IR, choosing the frontend from the file."""
+               allow_non_finite: bool = False, max_bytes: int | None = None) -> Graph:
+    """Read a model file into the IR, choosing the frontend from the file. Nothing larger
+    than ``max_bytes`` (default: a quarter of the RAM) is read, folded or built."""
     kind = model_kind(path)
     if kind == "onnx":
         from .onnx import load_onnx
 
-        return load_onnx(path, input_shape, allow_non_finite)
+        return load_onnx(path, input_shape, allow_non_finite, max_bytes)
     if kind == "keras":
         from .keras import load_keras
 
-        return load_keras(path, input_shape, allow_non_finite)
+        return load_keras(path, input_shape, allow_non_finite, max_bytes)
     from .onnx import OnnxImporter
     from .tensorflow import tensorflow_to_onnx
 
     model = tensorflow_to_onnx(Path(path), kind)
-    return OnnxImporter(model, str(path), input_shape, allow_non_finite).run()
+    return OnnxImporter(model, str(path), input_shape, allow_non_finite, max_bytes).run()

@@ -57,16 +57,36 @@ class Layer:
 
 
 def load_keras(path: str | Path, input_shape: Sequence[int] | None = None,
-               allow_non_finite: bool = False) -> Graph:
+               allow_non_finite: bool = False, max_bytes: int | None = None) -> Graph:
     """Read a Keras ``.keras`` or ``.h5`` model into the IR (per-sample shapes, channels-last
-    input as Keras has it)."""
+    input as Keras has it). Nothing larger than ``max_bytes`` is read or built."""
+    from ..ir.cost import default_max_bytes
+
     path = Path(path)
-    config, weights = read_keras_file(path)
-    return KerasImporter(path, config, weights, input_shape, allow_non_finite).run()
+    limit = default_max_bytes() if max_bytes is None else max_bytes
+    try:
+        config, weights = read_keras_file(path, limit)
+        importer = KerasImporter(path, config, weights, input_shape, allow_non_finite, limit)
+        return importer.run()
+    except CompileError:
+        raise
+    except (OSError, RuntimeError) as exc:  # h5py on a damaged HDF5 structure
+        raise CompileError(f"{path}: the HDF5 data is damaged ({type(exc).__name__}: "
+                           f"{str(exc)[:200]}); save the model again") from exc
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError, RecursionError) as exc:
+        # a config that is JSON but not the structure Keras writes
+        raise CompileError(f"{path}: the model config is malformed ({type(exc).__name__}: "
+                           f"{str(exc)[:200]}); save the model again with Keras") from exc
 
 
 # ------------------------------------------------------------------------------ reading
-def read_keras_file(path: Path) -> tuple[dict, "WeightSource"]:
+#: config.json larger than this is refused before it is read
+MAX_CONFIG_BYTES = 64 * 2**20
+#: a compressed zip member may inflate this much (plus a MiB) before it counts as a bomb
+MAX_INFLATION = 1000
+
+
+def read_keras_file(path: Path, max_bytes: int) -> tuple[dict, "WeightSource"]:
     if not path.is_file():
         raise CompileError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -78,12 +98,14 @@ def read_keras_file(path: Path) -> tuple[dict, "WeightSource"]:
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as archive:
-                config = json.loads(archive.read("config.json"))
-                blob = archive.read("model.weights.h5")
-        except (KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+                config = parse_config(path, read_member(path, archive, "config.json",
+                                                        MAX_CONFIG_BYTES))
+                blob = read_member(path, archive, "model.weights.h5", max_bytes)
+            handle = h5py.File(io.BytesIO(blob), "r")
+        except (KeyError, zipfile.BadZipFile, OSError) as exc:
             raise CompileError(f"{path}: not a Keras .keras archive ({exc}); it needs "
                                "config.json and model.weights.h5") from exc
-        return config, WeightSource(h5py.File(io.BytesIO(blob), "r"), keras3=True)
+        return config, WeightSource(path, handle, keras3=True, max_bytes=max_bytes)
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
@@ -92,52 +114,139 @@ def read_keras_file(path: Path) -> tuple[dict, "WeightSource"]:
     if raw is None:
         raise CompileError(f"{path}: this HDF5 file holds no model_config (weights only?); "
                            "save the whole model with model.save(...)")
-    config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-    return config, WeightSource(handle, keras3=False)
+    config = parse_config(path, raw.decode() if isinstance(raw, bytes) else str(raw))
+    return config, WeightSource(path, handle, keras3=False, max_bytes=max_bytes)
+
+
+def read_member(path: Path, archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    """A zip member, its declared size checked before a byte is inflated."""
+    info = archive.getinfo(name)
+    if info.file_size > limit:
+        raise CompileError(f"{path}: the archive member {name} holds {info.file_size:,} bytes, "
+                           f"above the limit of {limit:,}; raise --max-bytes if it is genuine")
+    if info.compress_type != zipfile.ZIP_STORED and \
+            info.file_size > MAX_INFLATION * info.compress_size + 2**20:
+        raise CompileError(f"{path}: the archive member {name} inflates {info.compress_size:,} "
+                           f"bytes to {info.file_size:,} (a zip bomb?); refused")
+    return archive.read(info)
+
+
+def parse_config(path: Path, text: str | bytes) -> dict:
+    try:
+        config = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CompileError(f"{path}: the model config is not valid JSON "
+                           f"({type(exc).__name__}: {str(exc)[:200]})") from exc
+    if not isinstance(config, dict):
+        raise CompileError(f"{path}: the model config is not a JSON object")
+    return config
 
 
 class WeightSource:
-    """The weights of a layer, in the order Keras lists them."""
+    """The weights of a layer, in the order Keras lists them, as HDF5 datasets that are
+    read only once their shape is checked (:meth:`read`).
 
-    def __init__(self, handle, keras3: bool) -> None:
+    Every HDF5 object is reached through hard links inside the file: soft and external
+    links, datasets whose data lies in other files (external storage) and virtual datasets
+    are refused, so that a model file cannot pull another file's bytes into the weights.
+    """
+
+    def __init__(self, path: Path, handle, keras3: bool, max_bytes: int) -> None:
+        self.path = path
         self.handle = handle
         self.keras3 = keras3
+        self.budget = max_bytes  # bytes of weights still allowed to be read
 
-    def of(self, name: str, key: str) -> list[np.ndarray]:
+    def of(self, name: str, key: str) -> list:
         """Weights of the layer ``name``; Keras 3 files file them under ``key`` instead."""
         if self.keras3:
-            group = find_vars_group(self.handle, key) or find_vars_group(self.handle, name)
+            group = self.vars_group(key) or self.vars_group(name)
             if group is None:
                 return []
-            return [np.asarray(group[k]) for k in sorted(group.keys(), key=int)]
-        root = self.handle["model_weights"] if "model_weights" in self.handle else self.handle
-        if name not in root:
+            keys = sorted((k for k in group.keys() if k.isdigit()), key=int)
+            return [self.child(group, k) for k in keys]
+        root = self.child(self.handle, "model_weights") or self.handle
+        group = self.child(root, name)
+        if group is None:
             return []
-        group = root[name]
-        names = [n.decode() if isinstance(n, bytes) else n
+        names = [n.decode() if isinstance(n, bytes) else str(n)
                  for n in group.attrs.get("weight_names", [])]
-        return [np.asarray(group[n]) for n in names]
+        return [self.child(group, n, required=True) for n in names]
 
+    def vars_group(self, name: str):
+        """Keras 3 stores a layer's variables at layers/<name>/vars (older: nested paths)."""
+        for path in (f"layers/{name}/vars", f"_layer_checkpoint_dependencies/{name}/vars"):
+            group = self.child(self.handle, path)
+            if group is not None:
+                return group
+        found = []
 
-def find_vars_group(handle, name: str):
-    """Keras 3 stores a layer's variables at layers/<name>/vars (older: nested paths)."""
-    for path in (f"layers/{name}/vars", f"_layer_checkpoint_dependencies/{name}/vars"):
-        if path in handle:
-            return handle[path]
-    found = []
+        def visit(key, obj):  # h5py's visit follows hard links only
+            if key.endswith(f"/{name}/vars") or key == f"{name}/vars":
+                found.append(key)
 
-    def visit(key, obj):
-        if key.endswith(f"/{name}/vars") or key == f"{name}/vars":
-            found.append(obj)
+        self.handle.visititems(visit)
+        return self.child(self.handle, found[0]) if found else None
 
-    handle.visititems(visit)
-    return found[0] if found else None
+    def child(self, group, path: str, required: bool = False):
+        """The object at ``path`` below ``group``, reached through hard links only."""
+        import h5py
+
+        node = group
+        for part in [p for p in path.split("/") if p]:
+            link = node.get(part, getlink=True) if isinstance(node, h5py.Group) else None
+            if link is None:
+                if required:
+                    raise CompileError(f"{self.path}: the weights file has no {path!r} below "
+                                       f"{group.name!r}")
+                return None
+            if not isinstance(link, h5py.HardLink):
+                raise CompileError(f"{self.path}: {node.name.rstrip('/')}/{part} is a "
+                                   f"{type(link).__name__} to outside the weights; refused "
+                                   "(a model file must not read other files)")
+            node = node[part]
+        if isinstance(node, h5py.Dataset):
+            self.check_storage(node)
+        return node
+
+    def check_storage(self, dataset) -> None:
+        if dataset.external:
+            raise CompileError(f"{self.path}: dataset {dataset.name} keeps its data in another "
+                               f"file ({dataset.external[0][0]!s}); refused (a model file must "
+                               "not read other files)")
+        if dataset.is_virtual:
+            raise CompileError(f"{self.path}: dataset {dataset.name} is a virtual dataset "
+                               "(data mapped from other files); refused")
+
+    def read(self, dataset, what: str, shape: tuple[int, ...] | None) -> np.ndarray:
+        """The values of ``dataset``, after its shape is checked against ``shape`` (from the
+        layer's config) and its size against what may still be read."""
+        import h5py
+
+        if not isinstance(dataset, h5py.Dataset):
+            raise CompileError(f"{self.path}: {what} ({getattr(dataset, 'name', '?')}) is not "
+                               "a dataset")
+        self.check_storage(dataset)
+        if shape is not None and tuple(dataset.shape) != tuple(shape):
+            raise CompileError(f"{self.path}: {what} ({dataset.name}) has shape "
+                               f"{tuple(dataset.shape)}, the layer's config says {tuple(shape)}")
+        if dataset.dtype.kind not in "fiu":
+            raise CompileError(f"{self.path}: {what} ({dataset.name}) holds {dataset.dtype}, "
+                               "not numbers")
+        nbytes = int(np.prod(dataset.shape, dtype=np.int64)) * 8
+        if nbytes > self.budget:
+            raise CompileError(f"{self.path}: {what} ({dataset.name}) needs {nbytes:,} bytes, "
+                               "above what --max-bytes leaves for the weights")
+        self.budget -= nbytes
+        return np.asarray(dataset[()], np.float64)
 
 
 # ------------------------------------------------------------------------------ importing
 class KerasImporter:
     def __init__(self, path: Path, config: dict, weights: WeightSource,
-                 input_shape: Sequence[int] | None, allow_non_finite: bool) -> None:
+                 input_shape: Sequence[int] | None, allow_non_finite: bool,
+                 max_bytes: int) -> None:
+        self.max_bytes = max_bytes
         self.path = path
         self.config = config
         self.weights = weights
@@ -271,15 +380,27 @@ class KerasImporter:
                                    name=(lay.name if lay else "output") + "_to_nhwc")
         return Tensor(node.output, False)
 
-    def weight(self, lay: Layer, index: int, what: str) -> np.ndarray:
+    def weight(self, lay: Layer, index: int, what: str,
+               shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """The layer's ``index``-th weight, read once its shape is checked against
+        ``shape`` (what the layer's config implies)."""
         if index >= len(lay.weights):
             raise CompileError(f"{self.path}: layer {lay.name!r} ({lay.class_name}) has no "
                                f"{what} in the weights file")
-        w = np.asarray(lay.weights[index], np.float64)
+        w = self.weights.read(lay.weights[index], f"{what} of layer {lay.name!r}", shape)
         if not self.allow_non_finite and not np.isfinite(w).all():
             raise CompileError(f"{self.path}: weight {what!r} of layer {lay.name!r} has NaN/Inf "
                                "values; fix the model, or pass --allow-non-finite")
         return w
+
+    def check_size(self, lay: Layer, nnz: int) -> None:
+        """Refuse a matrix of ``nnz`` non-zeros above --max-bytes before building it."""
+        from ..ir.cost import BYTES_PER_NNZ
+
+        if nnz * BYTES_PER_NNZ > self.max_bytes:
+            raise CompileError(f"{self.path}: layer {lay.name!r} ({lay.class_name}) would need "
+                               f"{nnz:,} non-zeros, above --max-bytes "
+                               f"{self.max_bytes / 2**30:.2g} GiB")
 
     def activation(self, lay: Layer, t: Tensor, name: str | None) -> Tensor:
         return apply_activation(self, lay, t, name)
@@ -427,16 +548,19 @@ def convert_conv(imp, lay, t):
     check_channels_last(imp, lay)
     nd = spatial_rank(lay)
     x = imp.internal_layout(t, lay)
-    kernel = imp.weight(lay, 0, "kernel")  # (k..., in/groups, out)
+    c = lay.config
+    groups = int(c.get("groups", 1))
+    expected = as_tuple(c["kernel_size"], nd) + (imp.shape(x)[0] // groups, int(c["filters"]))
+    kernel = imp.weight(lay, 0, "kernel", expected)  # (k..., in/groups, out)
     oihw = kernel.transpose((nd + 1, nd) + tuple(range(nd)))
-    return emit_conv(imp, lay, x, oihw, int(lay.config.get("groups", 1)))
+    return emit_conv(imp, lay, x, oihw, groups)
 
 
 def emit_conv(imp, lay, x: Tensor, oihw: np.ndarray, group: int) -> Tensor:
     """A Keras convolution (kernel already OIHW) with its bias, padding and activation."""
     c = lay.config
     nd = oihw.ndim - 2
-    bias = imp.weight(lay, 1, "bias") if c.get("use_bias", True) else None
+    bias = imp.weight(lay, 1, "bias", oihw.shape[:1]) if c.get("use_bias", True) else None
     strides = as_tuple(c.get("strides", 1), nd)
     dilations = as_tuple(c.get("dilation_rate", 1), nd)
     pads = keras_pads(imp, lay, imp.shape(x)[1:], oihw.shape[2:], strides, dilations)
@@ -452,7 +576,9 @@ def convert_depthwise(imp, lay, t):
     check_channels_last(imp, lay)
     nd = spatial_rank(lay)
     x = imp.internal_layout(t, lay)
-    dk = imp.weight(lay, 0, "depthwise_kernel")  # (k..., in, multiplier)
+    expected = as_tuple(lay.config["kernel_size"], nd) + (
+        imp.shape(x)[0], int(lay.config.get("depth_multiplier", 1)))
+    dk = imp.weight(lay, 0, "depthwise_kernel", expected)  # (k..., in, multiplier)
     channels, mult = dk.shape[nd], dk.shape[nd + 1]
     # output channel c * multiplier + m reads input channel c alone
     oihw = dk.reshape(dk.shape[:nd] + (channels * mult,)).transpose(
@@ -464,15 +590,17 @@ def convert_depthwise(imp, lay, t):
 def convert_dense(imp, lay, t):
     c = lay.config
     x = imp.keras_layout(t, lay)
-    kernel = imp.weight(lay, 0, "kernel")  # (in, out)
-    bias = imp.weight(lay, 1, "bias") if c.get("use_bias", True) else None
     shape = imp.shape(x)
+    units = int(c["units"])
+    kernel = imp.weight(lay, 0, "kernel", (shape[-1], units))  # (in, out)
+    bias = imp.weight(lay, 1, "bias", (units,)) if c.get("use_bias", True) else None
     if len(shape) == 1:
         weight = kernel.T.astype(np.float32)
     else:  # Dense acts on the last axis of each position
         import scipy.sparse as sp
 
         rows = int(np.prod(shape[:-1]))
+        imp.check_size(lay, rows * np.count_nonzero(kernel))
         weight = sp.kron(sp.identity(rows, format="csr"), sp.csr_array(kernel.T),
                          format="csr").astype(np.float32)
         bias = None if bias is None else np.tile(bias, rows)
@@ -508,12 +636,14 @@ def convert_batchnorm(imp, lay, t):
         raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: BatchNormalization over "
                                  f"axis {axis}; only the channel axis (-1) is supported")
     x = imp.internal_layout(t, lay)
+    channels = (imp.shape(x)[0],)
     index = 0
-    scale = imp.weight(lay, index, "gamma") if c.get("scale", True) else None
+    scale = imp.weight(lay, index, "gamma", channels) if c.get("scale", True) else None
     index += scale is not None
-    shift = imp.weight(lay, index, "beta") if c.get("center", True) else None
+    shift = imp.weight(lay, index, "beta", channels) if c.get("center", True) else None
     index += shift is not None
-    mean, var = imp.weight(lay, index, "moving_mean"), imp.weight(lay, index + 1, "moving_variance")
+    mean = imp.weight(lay, index, "moving_mean", channels)
+    var = imp.weight(lay, index + 1, "moving_variance", channels)
     ones = np.ones_like(mean)
     return imp.emit(lay, "BatchNorm", x, {
         "scale": ones if scale is None else scale, "bias": 0 * ones if shift is None else shift,

@@ -42,15 +42,23 @@ FOLDABLE = {"Gather", "Slice", "Concat", "Cast", "Unsqueeze", "Squeeze", "Consta
             "ReduceProd", "Flatten", "Tile", "CastLike", "Pow", "Reciprocal"}
 
 
+#: the oldest opset whose operator semantics the converters implement
+MIN_OPSET = 7
+
+
 def load_onnx(path: str | Path, input_shape: Sequence[int] | None = None,
-              allow_non_finite: bool = False) -> Graph:
+              allow_non_finite: bool = False, max_bytes: int | None = None) -> Graph:
     """Read an ONNX file into the IR. ``input_shape`` gives the per-sample dims (no batch);
-    weights with NaN or Inf are refused unless ``allow_non_finite``."""
-    model = read_model(path)
-    return OnnxImporter(model, str(path), input_shape, allow_non_finite).run()
+    weights with NaN or Inf are refused unless ``allow_non_finite``; nothing larger than
+    ``max_bytes`` is folded or built."""
+    model, notes = read_model(path)
+    graph = OnnxImporter(model, str(path), input_shape, allow_non_finite, max_bytes).run()
+    graph.notes[:0] = notes
+    return graph
 
 
-def read_model(path: str | Path) -> onnx.ModelProto:
+def read_model(path: str | Path) -> tuple[onnx.ModelProto, list[str]]:
+    """The model (external data loaded from beside it) and notes for the report."""
     path = Path(path)
     if not path.is_file():
         raise CompileError(f"{path}: no such file")
@@ -63,12 +71,33 @@ def read_model(path: str | Path) -> onnx.ModelProto:
                            "check that the file is complete and is an .onnx model") from exc
     if not model.graph.node and not model.graph.output:
         raise CompileError(f"{path}: not an ONNX model (no graph); check the file")
+    return model, check_model(model, str(path))
+
+
+def check_model(model: onnx.ModelProto, source: str) -> list[str]:
+    """onnx.checker, except for graph outputs that declare no type or shape: onnxruntime
+    runs such models and the shapes are inferred anyway, so they compile with a note."""
     try:
         onnx.checker.check_model(model)
+        return []
     except Exception as exc:
-        raise CompileError(f"{path}: invalid ONNX model: {first_line(exc)}") from exc
-    return model
-
+        first = first_line(exc)
+    untyped = [o.name for o in model.graph.output
+               if not o.type.HasField("tensor_type") or not o.type.tensor_type.HasField("shape")]
+    if untyped:
+        patched = onnx.ModelProto()
+        patched.CopyFrom(model)
+        for out in patched.graph.output:
+            if out.name in untyped:
+                out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+                out.type.tensor_type.shape.dim.add().dim_param = "N"
+        try:
+            onnx.checker.check_model(patched)
+            return [f"the model's output {', '.join(map(repr, untyped))} declares no type or "
+                    "shape (onnx.checker rejects that; onnxruntime accepts it): inferred"]
+        except Exception:
+            pass
+    raise CompileError(f"{source}: invalid ONNX model: {first}")
 
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
@@ -77,14 +106,24 @@ def first_line(exc: BaseException) -> str:
 
 class OnnxImporter:
     def __init__(self, model: onnx.ModelProto, source: str,
-                 input_shape: Sequence[int] | None, allow_non_finite: bool = False) -> None:
+                 input_shape: Sequence[int] | None, allow_non_finite: bool = False,
+                 max_bytes: int | None = None) -> None:
+        from ..ir.cost import default_max_bytes
+
         self.allow_non_finite = allow_non_finite
+        self.max_bytes = default_max_bytes() if max_bytes is None else max_bytes
         self.model = model
         self.source = source
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                           None)
         if self.opset is None:
             raise CompileError(f"{source}: the model imports no default ONNX opset")
+        newest = onnx.defs.onnx_opset_version()  # what the installed onnx can check
+        if not MIN_OPSET <= self.opset <= newest:
+            raise CompileError(f"{source}: the model uses ONNX opset {self.opset}; cnn2mlp reads "
+                               f"opsets {MIN_OPSET} to {newest} (the newest this onnx package "
+                               "knows): convert it with "
+                               "onnx.version_converter.convert_version(model, 17)")
         self.consts: dict[str, np.ndarray] = {}
         self.user_shape = tuple(input_shape) if input_shape else None
         self.graph: Graph | None = None
@@ -222,6 +261,10 @@ class OnnxImporter:
             self.fail(node, f"input {name!r} must be a constant (initializer), "
                             "not computed from the model input")
         value = self.consts[name]
+        if value.dtype.kind == "f" and value.dtype.itemsize < 4 or "bfloat16" in str(value.dtype):
+            self.fail(node, f"tensor {name!r} is {value.dtype} while the data is float: ONNX "
+                            "needs both operands of one type; insert a Cast to float or save "
+                            "the weights as float32")
         if not self.allow_non_finite and value.dtype.kind == "f" and not np.isfinite(value).all():
             bad = int(np.size(value) - np.isfinite(value).sum())
             raise CompileError(f"{self.source}: tensor {name!r} (read by node "
@@ -242,6 +285,7 @@ class OnnxImporter:
         from onnx.reference import ReferenceEvaluator
 
         inputs = [i for i in node.input if i]
+        self._check_fold_size(node)
         value_info = [helper.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None)
                       for i in inputs]
         outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
@@ -254,6 +298,40 @@ class OnnxImporter:
             self.fail(node, f"could not fold its constant inputs ({first_line(exc)})")
         for out, val in zip([o for o in node.output if o], results):
             self.consts[out] = np.asarray(val)
+
+    def _check_fold_size(self, node: onnx.NodeProto) -> None:
+        """Ops whose output can dwarf their inputs (a ConstantOfShape of [10^6, 10^6]) are
+        refused from their inputs' values, before anything is allocated."""
+        def value(i: int) -> np.ndarray | None:
+            name = node.input[i] if i < len(node.input) else ""
+            return np.asarray(self.consts[name]) if name else None
+
+        try:
+            if node.op_type == "ConstantOfShape":
+                size = math.prod(int(d) for d in value(0).ravel())
+            elif node.op_type == "Expand":
+                size = math.prod(np.broadcast_shapes(value(0).shape,
+                                                     tuple(int(d) for d in value(1).ravel())))
+            elif node.op_type == "Tile":
+                size = value(0).size * math.prod(int(r) for r in value(1).ravel())
+            elif node.op_type == "Range":
+                start, limit, delta = (float(value(i)) for i in range(3))
+                size = max(0, math.ceil((limit - start) / delta)) if delta else 0
+            else:
+                return
+        except (ValueError, TypeError, OverflowError, ZeroDivisionError):
+            return  # malformed: the reference evaluator reports it
+        if size * 8 > self.max_bytes:
+            self.fail(node, f"folding it would make a constant of {size:,} values, above "
+                            f"--max-bytes {self.max_bytes / 2**30:.2g} GiB")
+
+    def check_size(self, node: onnx.NodeProto, nnz: int) -> None:
+        """Refuse a matrix of ``nnz`` non-zeros above --max-bytes before building it."""
+        from ..ir.cost import BYTES_PER_NNZ
+
+        if nnz * BYTES_PER_NNZ > self.max_bytes:
+            self.fail(node, f"as a matrix it needs {nnz:,} non-zeros, above --max-bytes "
+                            f"{self.max_bytes / 2**30:.2g} GiB")
 
     # -- helpers for converters -----------------------------------------------------------
     def data(self, node: onnx.NodeProto, index: int = 0) -> str:
@@ -489,6 +567,7 @@ def convert_matmul(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     import scipy.sparse as sp
 
     rows = math.prod(sample[:-1])
+    imp.check_size(node, rows * int(np.count_nonzero(b)))
     weight = b.T if rows == 1 else sp.kron(sp.identity(rows, np.float32, "csr"),
                                            sp.csr_array(b.T), format="csr")
     imp.emit(node, "Dense", [x], {"weight": weight, "bias": None,
@@ -514,7 +593,8 @@ def convert_arithmetic(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     elif op == "Sub":
         c, op = -c, "Add"
     elif op == "Div":
-        c, op = 1.0 / c, "Mul"
+        with np.errstate(divide="ignore"):  # a zero divisor is refused, naming the node
+            c, op = 1.0 / c, "Mul"
     imp.emit(node, "AddConst" if op == "Add" else "MulConst", [x], {"const": c},
              output=node.output[0])
 

@@ -130,3 +130,24 @@ def node_lipschitz(node: Node) -> float:
 
         return float(np.max(np.abs(batchnorm_affine(node.attrs)[0]), initial=0.0))
     raise ValueError(f"no Lipschitz rule for {node.op}")
+
+
+def non_finite_constants(graph: Graph) -> list[tuple[Node, str]]:
+    """Nodes whose constants, as the op uses them, hold NaN or Inf: a BatchNorm whose
+    variance plus epsilon is negative, a division by zero folded into a MulConst, an
+    overflow in a fused matrix. ``(node, what)`` for each."""
+    from .ops import batchnorm_affine
+
+    found = []
+    for node in graph.nodes:
+        arrays: dict[str, Any] = {k: v for k, v in node.attrs.items()
+                                  if k in ("kernel", "bias", "weight", "const")}
+        if node.op == "BatchNorm":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                arrays["scale and shift"] = np.concatenate(batchnorm_affine(node.attrs))
+        for what, value in arrays.items():
+            data = value.data if sp.issparse(value) else value
+            if data is not None and np.asarray(data).dtype.kind == "f" and \
+                    not np.isfinite(data).all():
+                found.append((node, what))
+    return found

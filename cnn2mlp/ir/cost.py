@@ -13,6 +13,16 @@ from .graph import Graph, Node
 BYTES_PER_NNZ = 8
 
 
+def default_max_bytes() -> int:
+    """A quarter of the physical memory: fusion and writing need room beyond the result."""
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30
+
+
 @dataclass
 class SizeEstimate:
     nnz: int
@@ -49,10 +59,13 @@ def node_nnz(graph: Graph, node: Node) -> int:
         taps = window_taps(shape[1:], a["kernel_shape"], a["strides"], a["dilations"], a["pads"],
                            a.get("ceil_mode", False))
         per_channel = shape[0] * taps
+        # the window tables (every output position × every kernel offset) are built too
+        tables = n_out * math.prod(a["kernel_shape"])
         if node.op == "AveragePool":
-            return per_channel
+            return max(per_channel, tables)
         levels = math.ceil(math.log2(max(2, math.prod(a["kernel_shape"]))))
-        return 4 * per_channel + 6 * n_out * levels  # tournament matrices, a rough upper size
+        # tournament matrices, a rough upper size
+        return max(4 * per_channel + 6 * n_out * levels, tables)
     if node.op == "Dense":
         w = a["weight"]
         return int(w.nnz) if hasattr(w, "nnz") else int(np.count_nonzero(w))
@@ -62,8 +75,37 @@ def node_nnz(graph: Graph, node: Node) -> int:
 
 
 def window_taps(spatial, kernel, strides, dilations, pads, ceil_mode=False) -> int:
-    """Sum over output positions of the kernel cells inside the input (separable per axis)."""
+    """Sum over output positions of the kernel cells inside the input (separable per axis),
+    by arithmetic per output position: no (positions × kernel) table, whatever the pads."""
     taps = 1
     for ax in window_axes(spatial, kernel, strides, dilations, pads, ceil_mode):
-        taps *= int(ax.inside().sum())
+        taps *= axis_taps(ax)
     return taps
+
+
+def axis_taps(ax) -> int:
+    if ax.size_out > 10**7:  # too many positions to count one by one: an upper bound
+        return ax.size_out * min(ax.kernel, ax.size_in)
+    start = ax.stride * np.arange(ax.size_out, dtype=np.int64) - ax.pad_begin
+    # offsets u with 0 <= start + d*u <= n - 1, within [0, k - 1]
+    first = np.maximum(0, -(start // ax.dilation))
+    last = np.minimum(ax.kernel - 1, (ax.size_in - 1 - start) // ax.dilation)
+    return int(np.maximum(0, last - first + 1).sum())
+
+
+def dense_bytes_lower_bound(graph: Graph) -> tuple[int, list[int]]:
+    """A lower bound on the bytes of a dense MLP (float64 weights, as OpenCV's ANN_MLP keeps
+    them) made from ``graph``, from its shapes alone, before any matrix is built or fused:
+    every activation stays a layer at least as wide as its values, and every linear map
+    between two of them fuses into one dense matrix. Returns (bytes, layer widths)."""
+    from .ops import get_op
+
+    widths = [graph.values[graph.input].size]
+    for node in graph.nodes:
+        if get_op(node.op).activation and node.op != "Identity":
+            widths.append(graph.values[node.output].size)
+    last = graph.producer(graph.output)
+    if last is None or not get_op(last.op).activation:
+        widths.append(graph.values[graph.output].size)
+    weights = sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
+    return 8 * weights, widths
