@@ -89,6 +89,7 @@ def context_for(target: str, **kwargs) -> PassContext:
     ctx = PassContext(target=target, fusion=FUSION[target], **kwargs)
     if target == "opencv":
         ctx.options["precision"] = "opencv"
+        ctx.options["linearize-dag.uniform"] = True  # ANN_MLP: one activation for all
     return ctx
 
 

@@ -1,13 +1,17 @@
 """CSR backend: the MLP as one ``.npz`` of CSR arrays, and its numpy/scipy runtime.
 
-File layout (format ``cnn2mlp-csr``, version 1), every entry a plain array so that
+File layout (format ``cnn2mlp-csr``, version 2), every entry a plain array so that
 ``np.load(path, allow_pickle=False)`` reads it:
 
-- ``format`` (str), ``format_version`` (int), ``meta`` (JSON str: notes, source, version)
+- ``format`` (str), ``format_version`` (int), ``meta`` (JSON str: notes, source, version,
+  carried neurons per layer)
 - ``input_shape``, ``output_shape`` (int64): per sample, in the model's own layout
 - ``activations`` (str per layer), ``alphas`` (float64 per layer)
 - ``layer{i}.data`` (float32), ``layer{i}.indices``, ``layer{i}.indptr`` (int32 or int64),
   ``layer{i}.shape`` (n_out, n_in), ``layer{i}.bias`` (float32)
+- version 2: a layer whose activation is ``mixed`` has one activation per run of neurons:
+  ``layer{i}.segment_stops`` (int64, the end of each run), ``layer{i}.segment_activations``
+  (str), ``layer{i}.segment_alphas`` (float64). Version 1 files (no mixed layers) load too.
 """
 from __future__ import annotations
 
@@ -21,21 +25,25 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._io import atomic_write
-from ..ir.mlp import Mlp, MlpLayer, activate
+from ..ir.mlp import Mlp, MlpLayer, activate_layer
 from .npz_reader import ArtifactError, SafeNpz
 
 FORMAT = "cnn2mlp-csr"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 KNOWN_ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "identity")
+MIXED = "mixed"
 
 
 def save_csr(mlp: Mlp, path: str | Path, meta: dict[str, Any] | None = None) -> None:
     arrays: dict[str, np.ndarray] = {
         "format": np.array(FORMAT),
         "format_version": np.array(FORMAT_VERSION),
-        "meta": np.array(json.dumps({"notes": mlp.notes, **(meta or {})})),
+        "meta": np.array(json.dumps({"notes": mlp.notes,
+                                     "carried": [layer.carried for layer in mlp.layers],
+                                     **(meta or {})})),
         "input_shape": np.array(mlp.input_shape, np.int64),
         "output_shape": np.array(mlp.output_shape, np.int64),
         "activations": np.array([layer.activation for layer in mlp.layers]),
@@ -48,6 +56,12 @@ def save_csr(mlp: Mlp, path: str | Path, meta: dict[str, Any] | None = None) -> 
         arrays[f"layer{i}.indptr"] = w.indptr
         arrays[f"layer{i}.shape"] = np.array(w.shape, np.int64)
         arrays[f"layer{i}.bias"] = np.asarray(layer.bias, np.float32)
+        if layer.segments is not None:
+            arrays[f"layer{i}.segment_stops"] = np.array([g[1] for g in layer.segments],
+                                                         np.int64)
+            arrays[f"layer{i}.segment_activations"] = np.array([g[2] for g in layer.segments])
+            arrays[f"layer{i}.segment_alphas"] = np.array([g[3] for g in layer.segments],
+                                                          np.float64)
     with atomic_write(path) as handle:
         np.savez(handle, **arrays)
 
@@ -66,9 +80,9 @@ def read_csr(path: str | Path, max_bytes: int | None = None) -> tuple[Mlp, dict[
                                 "compile the model with cnn2mlp")
     limit = max_bytes if max_bytes is not None else default_load_limit()
     with SafeNpz(path, limit) as npz:
-        check_format(npz)
+        version = check_format(npz)
         meta = read_meta(npz)
-        mlp = read_layers(npz, meta)
+        mlp = read_layers(npz, meta, version)
     return mlp, meta
 
 
@@ -82,16 +96,18 @@ def default_load_limit() -> int:
         return 8 * 2**30
 
 
-def check_format(npz: SafeNpz) -> None:
+def check_format(npz: SafeNpz) -> int:
     if "format" not in npz or "format_version" not in npz:
         raise ArtifactError(f"{npz.path}: not a cnn2mlp CSR file (it has no format or no "
                             "format_version member); compile the model with cnn2mlp")
     if str(npz.array("format", "U", ndim=0)) != FORMAT:
         raise ArtifactError(f"{npz.path}: not a cnn2mlp CSR file (format is not {FORMAT!r})")
-    version = npz.array("format_version", "iu", ndim=0)
-    if int(version) != FORMAT_VERSION:
-        raise ArtifactError(f"{npz.path}: format version {int(version)}, this cnn2mlp reads "
-                            f"version {FORMAT_VERSION}; recompile the model or upgrade cnn2mlp")
+    version = int(npz.array("format_version", "iu", ndim=0))
+    if version not in READABLE_VERSIONS:
+        raise ArtifactError(f"{npz.path}: format version {version}, this cnn2mlp reads "
+                            f"versions {', '.join(map(str, READABLE_VERSIONS))}; recompile "
+                            "the model or upgrade cnn2mlp")
+    return version
 
 
 def read_meta(npz: SafeNpz) -> dict[str, Any]:
@@ -105,28 +121,50 @@ def read_meta(npz: SafeNpz) -> dict[str, Any]:
     return meta
 
 
-def read_layers(npz: SafeNpz, meta: dict[str, Any]) -> Mlp:
+def read_layers(npz: SafeNpz, meta: dict[str, Any], version: int) -> Mlp:
     input_shape = read_shape(npz, "input_shape")
     output_shape = read_shape(npz, "output_shape")
     activations = npz.array("activations", "U", ndim=1)
     alphas = npz.array("alphas", "f", ndim=1)
     if len(activations) == 0 or len(alphas) != len(activations):
         raise npz.fail("alphas", f"has {len(alphas)} entries for {len(activations)} layers")
-    unknown = sorted({str(a) for a in activations} - set(KNOWN_ACTIVATIONS))
+    allowed = set(KNOWN_ACTIVATIONS) | ({MIXED} if version >= 2 else set())
+    unknown = sorted({str(a) for a in activations} - allowed)
     if unknown:
         raise npz.fail("activations", f"names unknown activations {unknown}")
     if not np.isfinite(alphas).all():
         raise npz.fail("alphas", "holds NaN or Inf")
     layers, n_in = [], math.prod(input_shape)
+    carried = meta.get("carried") if isinstance(meta.get("carried"), list) else []
     for i, (act, alpha) in enumerate(zip(activations, alphas)):
         weight, bias = read_layer(npz, i, n_in)
-        layers.append(MlpLayer(weight, bias, str(act), float(alpha)))
+        segs = read_segments(npz, i, weight.shape[0]) if str(act) == MIXED else None
+        count = carried[i] if i < len(carried) and isinstance(carried[i], int) else 0
+        layers.append(MlpLayer(weight, bias, str(act), float(alpha), segs, count))
         n_in = weight.shape[0]
     if n_in != math.prod(output_shape):
         raise npz.fail(f"layer{len(layers) - 1}.shape",
                        f"gives {n_in} outputs, but output_shape {output_shape} holds "
                        f"{math.prod(output_shape)}")
     return Mlp(layers, input_shape, output_shape, [str(n) for n in meta.get("notes", [])])
+
+
+def read_segments(npz: SafeNpz, i: int, n_out: int) -> tuple:
+    """The runs of a mixed layer: they must tile [0, n_out) with known activations."""
+    key = f"layer{i}.segment"
+    stops = npz.array(f"{key}_stops", "iu", ndim=1)
+    names = npz.array(f"{key}_activations", "U", ndim=1)
+    alphas = npz.array(f"{key}_alphas", "f", ndim=1)
+    if not (len(stops) == len(names) == len(alphas) > 0) or np.any(np.diff(stops) < 0) or \
+            stops[0] < 0 or stops[-1] != n_out:
+        raise npz.fail(f"{key}_stops", f"do not tile the layer's {n_out} neurons")
+    unknown = sorted({str(a) for a in names} - set(KNOWN_ACTIVATIONS))
+    if unknown or not np.isfinite(alphas).all():
+        raise npz.fail(f"{key}_activations", f"name unknown activations {unknown} or "
+                                             "non-finite slopes")
+    starts = np.concatenate([[0], stops[:-1]])
+    return tuple((int(a), int(b), str(n), float(al))
+                 for a, b, n, al in zip(starts, stops, names, alphas))
 
 
 def read_shape(npz: SafeNpz, key: str) -> tuple[int, ...]:
@@ -201,7 +239,7 @@ class CsrModel:
         h = x.reshape(len(x), -1).astype(dtype, copy=False)
         for layer, weight in zip(self.mlp.layers, self._cast(dtype)):
             h = np.asarray((weight @ h.T).T) + layer.bias.astype(dtype)
-            h = activate(layer.activation, layer.alpha, h).astype(dtype, copy=False)
+            h = activate_layer(layer, h).astype(dtype, copy=False)
         return h.reshape((len(x),) + self.output_shape)
 
 
@@ -219,7 +257,7 @@ import json
 
 import numpy as np
 
-FORMAT_VERSION = {version}
+FORMAT_VERSIONS = (1, {version})
 ARTIFACT = {artifact}   # beside this module unless absolute
 INPUT_SHAPE = {input_shape}
 
@@ -234,6 +272,18 @@ def _activate(name, alpha, h):
     if name == "sigmoid":
         return 0.5 * (1.0 + np.tanh(0.5 * h))
     return h
+
+
+def _segments(z, i, act, alpha):
+    """(start, stop, activation, alpha) runs of a layer: one for the whole layer, or the
+    runs of a mixed layer (format version 2)."""
+    n_out = int(z[f"layer{{i}}.shape"][0])
+    if act != "mixed":
+        return [(0, n_out, act, alpha)]
+    stops = [int(s) for s in z[f"layer{{i}}.segment_stops"]]
+    starts = [0] + stops[:-1]
+    return list(zip(starts, stops, [str(a) for a in z[f"layer{{i}}.segment_activations"]],
+                    [float(a) for a in z[f"layer{{i}}.segment_alphas"]]))
 
 
 def _csr_matmul(data, indices, indptr, n_out, h, chunk_entries=1 << 24):
@@ -252,13 +302,13 @@ def _csr_matmul(data, indices, indptr, n_out, h, chunk_entries=1 << 24):
 class Model:
     def __init__(self, path):
         with np.load(path, allow_pickle=False) as z:
-            if str(z["format"]) != "cnn2mlp-csr" or int(z["format_version"]) != FORMAT_VERSION:
-                raise ValueError(f"{{path}}: not a cnn2mlp CSR file of version {{FORMAT_VERSION}}")
+            if str(z["format"]) != "cnn2mlp-csr" or int(z["format_version"]) not in FORMAT_VERSIONS:
+                raise ValueError(f"{{path}}: not a cnn2mlp CSR file of versions {{FORMAT_VERSIONS}}")
             self.input_shape = tuple(int(d) for d in z["input_shape"])
             self.output_shape = tuple(int(d) for d in z["output_shape"])
             self.layers = [(z[f"layer{{i}}.data"], z[f"layer{{i}}.indices"], z[f"layer{{i}}.indptr"],
-                            int(z[f"layer{{i}}.shape"][0]), z[f"layer{{i}}.bias"], str(act),
-                            float(alpha))
+                            int(z[f"layer{{i}}.shape"][0]), z[f"layer{{i}}.bias"],
+                            _segments(z, i, str(act), float(alpha)))
                            for i, (act, alpha) in enumerate(zip(z["activations"], z["alphas"]))]
             self.meta = json.loads(str(z["meta"]))
 
@@ -267,9 +317,10 @@ class Model:
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"expected (B, *{{self.input_shape}}), got {{x.shape}}")
         h = x.reshape(len(x), -1).astype(dtype)
-        for data, indices, indptr, n_out, bias, act, alpha in self.layers:
+        for data, indices, indptr, n_out, bias, segments in self.layers:
             h = _csr_matmul(data.astype(dtype), indices, indptr, n_out, h) + bias.astype(dtype)
-            h = _activate(act, alpha, h)
+            for start, stop, act, alpha in segments:
+                h[:, start:stop] = _activate(act, alpha, h[:, start:stop])
         return h.reshape((len(x),) + self.output_shape)
 
 

@@ -20,7 +20,9 @@ from .ops import get_op
 UNBOUNDED = 1e30
 
 MONOTONE = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Identity", "MaxPool", "AveragePool",
-            "Reshape", "Transpose", "Select", "Pad"}
+            "Reshape", "Transpose", "Select", "Pad", "MixedActivation"}
+#: multi-input ops monotone in every input: the box maps corner to corner
+MONOTONE_JOINT = {"Concat", "Maximum", "Minimum"}
 AFFINE = {"Conv", "Dense", "AddConst", "MulConst", "BatchNorm"}
 
 Bounds = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -34,9 +36,27 @@ def interval_bounds(graph: Graph, low: float | np.ndarray = -UNBOUNDED,
     hi = np.broadcast_to(np.asarray(high, np.float64), shape).astype(np.float64)
     bounds: Bounds = {graph.input: (lo, hi)}
     for node in graph.nodes:
-        lo, hi = bounds[node.input]
-        bounds[node.output] = node_bounds(node, lo, hi)
+        if node.op in MONOTONE_JOINT:
+            op = get_op(node.op)
+            low = op.evaluate(node, [bounds[i][0][None] for i in node.inputs])[0][0]
+            high = op.evaluate(node, [bounds[i][1][None] for i in node.inputs])[0][0]
+            bounds[node.output] = (low, high)
+        elif node.op == "Sum":
+            bounds[node.output] = sum_bounds(node, [bounds[i] for i in node.inputs])
+        else:
+            lo, hi = bounds[node.input]
+            bounds[node.output] = node_bounds(node, lo, hi)
     return bounds
+
+
+def sum_bounds(node: Node, boxes: list[tuple[np.ndarray, np.ndarray]]):
+    from .ops import sum_coeffs
+
+    low = high = 0.0
+    for c, (lo, hi) in zip(sum_coeffs(node), boxes):
+        low = low + (c * lo if c >= 0 else c * hi)
+        high = high + (c * hi if c >= 0 else c * lo)
+    return np.asarray(low, np.float64), np.asarray(high, np.float64)
 
 
 def node_bounds(node: Node, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,21 +116,30 @@ def nonnegative(graph: Graph, value: str, bounds: Bounds | None = None) -> np.nd
 
 
 LIPSCHITZ = {"Relu": 1.0, "LeakyRelu": 1.0, "Tanh": 1.0, "Sigmoid": 0.25, "Identity": 1.0,
+             "MixedActivation": 1.0,
              "MaxPool": 1.0, "AveragePool": 1.0, "Reshape": 1.0, "Transpose": 1.0,
              "Select": 1.0, "Pad": 1.0, "Softmax": 1.0, "AddConst": 1.0}
 
 
 def lipschitz_inf(graph: Graph, start: str) -> float:
     """A bound L with ``|out(v + e) - out(v)|_inf <= L |e|_inf`` for changes ``e`` of the
-    value ``start`` (a chain from ``start`` to the output is assumed)."""
-    constant = 1.0
-    current = start
+    value ``start``, along every path from ``start`` to the output (DAGs included)."""
+    from .ops import sum_coeffs
+
+    sensitivity = {start: 1.0}
     for node in graph.nodes:
-        if node.inputs != [current]:
+        reached = [sensitivity.get(i, 0.0) for i in node.inputs]
+        if not any(reached):
             continue
-        constant *= node_lipschitz(node)
-        current = node.output
-    return constant
+        if node.op == "Sum":
+            value = sum(abs(c) * s for c, s in zip(sum_coeffs(node), reached))
+        elif node.op in MONOTONE_JOINT:  # each output reads one input entry (max: 1-Lipschitz)
+            value = max(reached)
+        else:
+            value = node_lipschitz(node) * reached[0]
+        for out in node.outputs:
+            sensitivity[out] = value
+    return sensitivity.get(graph.output, 0.0)
 
 
 def node_lipschitz(node: Node) -> float:

@@ -20,12 +20,18 @@ class NotAnMlpError(ValueError):
     """The graph still holds ops that are not Dense layers and activations."""
 
 
+#: one run of neurons with its own activation: (start, stop, activation name, alpha)
+Segment = tuple[int, int, str, float]
+
+
 @dataclass
 class MlpLayer:
     weight: sp.csr_array          # (n_out, n_in), float32
     bias: np.ndarray              # (n_out,), float32
-    activation: str = "identity"
+    activation: str = "identity"  # "mixed" when ``segments`` gives one per run of neurons
     alpha: float = 0.0            # negative slope of leaky_relu
+    segments: tuple[Segment, ...] | None = None
+    carried: int = 0              # neurons that carry values for later layers (DAGs)
 
     @property
     def n_in(self) -> int:
@@ -51,20 +57,26 @@ class Mlp:
         current = graph.input
         open_layer = False  # the last layer has no activation yet
         for node in graph.nodes:
-            if node.inputs != [current]:
+            if list(node.inputs) != [current]:
                 raise NotAnMlpError(f"node {node.name} ({node.op}) is not part of a chain")
             if node.op == "Dense":
                 w = to_csr(node.attrs["weight"]).astype(np.float32, copy=False)
                 b = node.attrs.get("bias")
                 b = np.zeros(w.shape[0], np.float32) if b is None else np.asarray(b, np.float32)
-                layers.append(MlpLayer(w, b))
+                layers.append(MlpLayer(w, b, carried=int(node.attrs.get("carried", 0))))
                 open_layer = True
-            elif node.op in ACTIVATION_NAMES:
+            elif node.op in ACTIVATION_NAMES or node.op == "MixedActivation":
                 if not open_layer:
                     n = graph.values[current].size
                     layers.append(MlpLayer(diagonal(np.ones(n)), np.zeros(n, np.float32)))
-                layers[-1].activation = ACTIVATION_NAMES[node.op]
-                layers[-1].alpha = float(node.attrs.get("alpha", 0.0))
+                if node.op == "MixedActivation":
+                    layers[-1].activation = "mixed"
+                    layers[-1].segments = tuple(
+                        (int(a), int(b), ACTIVATION_NAMES[op], float(alpha))
+                        for a, b, op, alpha in node.attrs["segments"])
+                else:
+                    layers[-1].activation = ACTIVATION_NAMES[node.op]
+                    layers[-1].alpha = float(node.attrs.get("alpha", 0.0))
                 open_layer = False
             elif node.op != "Reshape" or node.output != graph.output:
                 raise NotAnMlpError(f"node {node.name} ({node.op}) was not lowered to a "
@@ -80,9 +92,19 @@ class Mlp:
         h = np.asarray(x, dtype).reshape(len(x), -1)
         for layer in self.layers:
             h = np.asarray((layer.weight.astype(dtype) @ h.T).T) + layer.bias.astype(dtype)
-            h = activate(layer.activation, layer.alpha, h)
+            h = activate_layer(layer, h)
         return h.reshape((len(x),) + tuple(self.output_shape))
 
 
 def activate(name: str, alpha: float, h: np.ndarray) -> np.ndarray:
     return ACTIVATIONS[_BY_NAME[name]](h, {"alpha": alpha})
+
+
+def activate_layer(layer: MlpLayer, h: np.ndarray) -> np.ndarray:
+    """The layer's activation on ``h`` (B, n_out): one function, or one per segment."""
+    if layer.segments is None:
+        return activate(layer.activation, layer.alpha, h)
+    out = np.empty_like(h)
+    for start, stop, name, alpha in layer.segments:
+        out[:, start:stop] = activate(name, alpha, h[:, start:stop])
+    return out

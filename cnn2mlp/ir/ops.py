@@ -290,3 +290,112 @@ class Select(Op):
         x = xs[0].reshape(len(xs[0]), -1)[:, node.attrs["indices"]]
         return [x.reshape((len(x),) + self.infer_shape(node, [xs[0].shape[1:]])[0])]
 
+
+
+# --------------------------------------------------------------------- multi-input (DAGs)
+def _same_shapes(node: Node, shapes: list[Shape]) -> Shape:
+    if not shapes:
+        raise ValueError(f"{node.op} needs at least one input")
+    if any(tuple(s) != tuple(shapes[0]) for s in shapes):
+        raise ValueError(f"{node.op} inputs have different shapes {shapes}")
+    return tuple(shapes[0])
+
+
+@register_op
+class Sum(Op):
+    """``y = sum_i c_i x_i`` over inputs of one shape (Add, Sub, Sum, Mean of computed
+    tensors); ``coeffs`` defaults to all ones."""
+
+    name = "Sum"
+
+    def infer_shape(self, node, shapes):
+        coeffs = node.attrs.get("coeffs")
+        if coeffs is not None and len(coeffs) != len(shapes):
+            raise ValueError(f"Sum has {len(shapes)} inputs but {len(coeffs)} coefficients")
+        return [_same_shapes(node, shapes)]
+
+    def evaluate(self, node, xs):
+        coeffs = sum_coeffs(node)
+        return [sum(c * x for c, x in zip(coeffs, xs))]
+
+
+def sum_coeffs(node: Node) -> tuple[float, ...]:
+    return tuple(node.attrs.get("coeffs") or (1.0,) * len(node.inputs))
+
+
+@register_op
+class Concat(Op):
+    """Concatenation along the sample axis ``axis`` (never the batch)."""
+
+    name = "Concat"
+
+    def infer_shape(self, node, shapes):
+        axis = node.attrs["axis"]
+        rank = len(shapes[0])
+        if not 0 <= axis < rank or any(len(s) != rank for s in shapes):
+            raise ValueError(f"Concat axis {axis} does not fit shapes {shapes}")
+        rest = [tuple(d for i, d in enumerate(s) if i != axis) for s in shapes]
+        if any(r != rest[0] for r in rest):
+            raise ValueError(f"Concat inputs {shapes} differ off axis {axis}")
+        out = list(shapes[0])
+        out[axis] = sum(s[axis] for s in shapes)
+        return [tuple(out)]
+
+    def evaluate(self, node, xs):
+        return [np.concatenate(xs, axis=node.attrs["axis"] + 1)]
+
+
+class _Extremum(Op):
+    """Element-wise max or min of inputs of one shape."""
+
+    reduce: Callable
+
+    def infer_shape(self, node, shapes):
+        return [_same_shapes(node, shapes)]
+
+    def evaluate(self, node, xs):
+        return [type(self).reduce(np.stack(xs), axis=0)]
+
+
+@register_op
+class Maximum(_Extremum):
+    name = "Maximum"
+    reduce = staticmethod(np.max)
+
+
+@register_op
+class Minimum(_Extremum):
+    name = "Minimum"
+    reduce = staticmethod(np.min)
+
+
+@register_op
+class MixedActivation(Op):
+    """A different element-wise activation on each run of the flat vector: ``segments`` is a
+    list of ``(start, stop, op, alpha)`` covering ``[0, n)`` (a layer whose neurons carry
+    values with the identity beside ReLU neurons, say)."""
+
+    name = "MixedActivation"
+    activation = True
+
+    def infer_shape(self, node, shapes):
+        n = int(np.prod(shapes[0], dtype=np.int64))
+        check_segments(node.attrs["segments"], n)
+        return [shapes[0]]
+
+    def evaluate(self, node, xs):
+        x = xs[0].reshape(len(xs[0]), -1)
+        y = np.empty_like(x)
+        for start, stop, op, alpha in node.attrs["segments"]:
+            y[:, start:stop] = ACTIVATIONS[op](x[:, start:stop], {"alpha": alpha})
+        return [y.reshape(xs[0].shape)]
+
+
+def check_segments(segments, n: int) -> None:
+    position = 0
+    for start, stop, op, _ in segments:
+        if start != position or stop < start or op not in ACTIVATIONS:
+            raise ValueError(f"activation segments {segments} do not tile [0, {n})")
+        position = stop
+    if position != n:
+        raise ValueError(f"activation segments {segments} do not tile [0, {n})")

@@ -6,6 +6,7 @@ from . import (  # noqa: F401  (importing a pass module registers the pass)
     drop_final_softmax,
     eliminate_dead,
     eliminate_identity,
+    extremum_to_relu,
     extract_input_affine,
     fold_affine,
     fold_batchnorm,
@@ -13,8 +14,10 @@ from . import (  # noqa: F401  (importing a pass module registers the pass)
     fold_stride,
     fuse_dense,
     layout_to_permutation,
+    linearize_dag,
     lower_linear,
     maxpool_to_relu,
+    prune_neurons,
     unify_activation,
 )
 from .base import PASSES, Pass, PassContext, get_pass, register_pass

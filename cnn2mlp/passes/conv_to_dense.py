@@ -52,11 +52,10 @@ def lower_conv(graph: Graph, node: Node, direct: bool) -> None:
     graph.values[node.output].shape = full_shape
     select = strided_positions(full_shape, a["strides"])
     out = node.output
+    readers = graph.consumers(out)
     sel = graph.add_node("Select", [out], {"indices": select, "out_shape": out_shape},
                          name=f"{node.name}_stride")
-    graph.nodes.pop()
-    graph.nodes.insert(graph.nodes.index(node) + 1, sel)
-    for reader in graph.consumers(out):
+    for reader in readers:
         if reader is not sel:
             reader.inputs = [sel.output if i == out else i for i in reader.inputs]
     if graph.output == out:

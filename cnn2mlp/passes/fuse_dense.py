@@ -26,7 +26,7 @@ class FuseDense(Pass):
             changed = False
             for first in graph:
                 second = graph.single_consumer(first.output) if first.op == "Dense" else None
-                if second is None or second.op != "Dense" or first not in graph.nodes:
+                if second is None or second.op != "Dense" or first not in graph:
                     continue
                 w1, w2 = first.attrs["weight"], second.attrs["weight"]
                 demanded = ctx.fusion == "always" or first.attrs.get("fuse_with_next")

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from ..ir import Graph
+from ..ir import Graph, get_op
 from ..ir.linear import linear_map
 from .base import Pass, PassContext, register_pass
+from .layout_to_permutation import FLAT_READERS
 
 LOWERED = ("AddConst", "MulConst", "BatchNorm", "Pad", "Transpose", "Select", "AveragePool")
 
@@ -28,7 +29,9 @@ class LowerLinear(Pass):
                 node.attrs = {"weight": weight, "bias": bias,
                               "out_shape": graph.shape(node.output)}
                 count += 1
-            elif node.op == "Reshape" and node.output != graph.output:
-                graph.bypass(node)
+            elif node.op == "Reshape" and node.output != graph.output and all(
+                    r.op in FLAT_READERS or get_op(r.op).activation
+                    for r in graph.consumers(node.output)):
+                graph.bypass(node)  # (a reshape before a Concat or Sum keeps its meaning)
                 count += 1
         return count

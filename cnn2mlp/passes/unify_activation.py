@@ -61,7 +61,7 @@ def read_chain(graph: Graph) -> list[list[Node | None]]:
     layers: list[list[Node | None]] = []
     current = graph.input
     for node in list(graph.nodes):
-        if node.inputs != [current]:
+        if list(node.inputs) != [current]:
             raise CompileError(f"node {node.name} ({node.op}) is not part of a layer chain")
         if node.op == "Dense":
             layers.append([node, None])

@@ -1,0 +1,362 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import CompileError
+from ..ir import Graph, Node, get_op
+from ..ir.analysis import interval_bounds
+from ..ir.linear import selection, to_csr
+from ..ir.ops import sum_coeffs
+from .base import Pass, PassContext, register_pass
+
+#: ops that are linear maps of their inputs once the chain passes ran
+LINEAR_OPS = {"Dense", "Sum", "Concat", "Select", "Reshape", "Identity"}
+#: activation ops that can carry a value with their own neurons (op → neurons per value)
+IDENTITY = "Identity"
+
+
+@register_pass
+class LinearizeDag(Pass):
+    """Lowers a DAG (residual Add, Concat, branches, values read by several nodes) to a
+    chain of layers ``h_k = f_k(W_k h_{k-1} + b_k)``.
+
+    Run after the single-input passes, when the graph holds only linear nodes (Dense, Sum,
+    Concat, Select, Reshape) and element-wise activations. Every activation output is a
+    *source*; every linear value is an affine function of sources, composed exactly. An
+    activation's *depth* is one more than the deepest source its input reads; layer k holds
+    the activations of depth k, plus every source that a deeper layer (or the output) still
+    needs, *carried* through layer k:
+
+    - through a ReLU layer: ``relu(v)`` (one neuron) where the interval analysis proves
+      ``v >= 0`` for every input, else ``relu(v)`` and ``relu(-v)``, read back as their
+      difference;
+    - through a LeakyReLU layer (slope a != -1): ``(lrelu(v) - lrelu(-v)) / (1 + a)``;
+    - otherwise (tanh, sigmoid, mixed layers, or option ``linearize-dag.carry=identity``):
+      one neuron with the identity activation: the layer gets a per-neuron activation
+      (``MixedActivation``). Targets that need one activation per layer set
+      ``linearize-dag.uniform`` and such a layer is an error naming it.
+
+    A join (Add of two branches) is the sum of two matrices on the same layer, a Concat a
+    stack of rows. Records per layer how many neurons carry values (``ctx.stats``, and
+    ``carried`` on each Dense). A graph that is already a chain is left alone.
+
+    Preserves: the function exactly (carrying is exact; matrices are composed in float64).
+    """
+
+    name = "linearize-dag"
+
+    def run(self, graph: Graph, ctx: PassContext) -> int:
+        if is_chain(graph):
+            return 0
+        plan = plan_layers(graph)
+        Emitter(graph, ctx, plan).emit()
+        return 1
+
+
+def is_chain(graph: Graph) -> bool:
+    """Dense and activation nodes one after another: nothing to linearize."""
+    current = graph.input
+    for node in graph.nodes:
+        if list(node.inputs) != [current] or len(graph.consumers(current)) != 1 or \
+                node.op not in ("Dense", "Reshape") and not get_op(node.op).activation:
+            return False
+        current = node.output
+    return current == graph.output
+
+
+# ----------------------------------------------------------------------------- affine forms
+class Affine:
+    """``sum_s M_s s + bias`` over sources ``s``; ``M_s`` is None for the identity."""
+
+    __slots__ = ("terms", "bias", "size")
+
+    def __init__(self, terms: dict[str, sp.csr_array | None], bias: np.ndarray | None,
+                 size: int) -> None:
+        self.terms, self.bias, self.size = terms, bias, size
+
+    @classmethod
+    def source(cls, name: str, size: int) -> "Affine":
+        return cls({name: None}, None, size)
+
+    def map(self, matrix: sp.csr_array) -> "Affine":
+        """``matrix @ self``."""
+        terms = {s: matrix if m is None else sp.csr_array(matrix @ m)
+                 for s, m in self.terms.items()}
+        bias = None if self.bias is None else matrix @ self.bias
+        return Affine(terms, bias, matrix.shape[0])
+
+
+def add_affines(parts: list[tuple[sp.csr_array, Affine]], size: int) -> Affine:
+    """``sum_i P_i a_i`` for matrices ``P_i`` (size × a_i.size)."""
+    terms: dict[str, sp.csr_array] = {}
+    bias = None
+    for matrix, affine in parts:
+        mapped = affine.map(matrix)
+        for s, m in mapped.terms.items():
+            terms[s] = m if s not in terms else sp.csr_array(terms[s] + m)
+        if mapped.bias is not None:
+            bias = mapped.bias if bias is None else bias + mapped.bias
+    return Affine(terms, bias, size)
+
+
+def linear_affine(graph: Graph, node: Node, args: list[Affine]) -> Affine:
+    size = graph.values[node.output].size
+    if node.op == "Dense":
+        w = to_csr(node.attrs["weight"]).astype(np.float64)
+        out = args[0].map(w)
+        b = node.attrs.get("bias")
+        if b is not None:
+            out.bias = np.asarray(b, np.float64) + (0 if out.bias is None else out.bias)
+        return out
+    if node.op == "Sum":
+        return add_affines([(sp.identity(a.size, np.float64, "csr") * c, a)
+                            for c, a in zip(sum_coeffs(node), args)], size)
+    if node.op == "Concat":
+        return add_affines(list(zip(concat_placements(graph, node), args)), size)
+    if node.op == "Select":
+        return args[0].map(selection(node.attrs["indices"], args[0].size).astype(np.float64))
+    return args[0]  # Reshape, Identity: the flat vector is unchanged
+
+
+def concat_placements(graph: Graph, node: Node) -> list[sp.csr_array]:
+    """For each input, the 0/1 matrix that puts its entries where Concat puts them."""
+    axis = node.attrs["axis"]
+    shapes = [graph.shape(i) for i in node.inputs]
+    out_shape = graph.shape(node.output)
+    n_out = int(np.prod(out_shape))
+    grid = np.arange(n_out).reshape(out_shape)
+    placements, start = [], 0
+    for shape in shapes:
+        index = [slice(None)] * len(out_shape)
+        index[axis] = slice(start, start + shape[axis])
+        rows = grid[tuple(index)].ravel()
+        n_in = len(rows)
+        placements.append(sp.csr_array((np.ones(n_in), (rows, np.arange(n_in))),
+                                       shape=(n_out, n_in)))
+        start += shape[axis]
+    return placements
+
+
+# ----------------------------------------------------------------------------- planning
+@dataclass
+class Plan:
+    pre: dict[str, Affine]           # activation output → its pre-activation
+    depth: dict[str, int]            # source → depth (input 0)
+    activations: dict[str, Node]     # activation output → node
+    output: Affine                   # the graph output over sources
+    last_use: dict[str, int]         # source → the last layer that must hold it
+    layers: int                      # L: layers of activations
+    final_linear: bool               # a linear output layer L + 1 follows
+
+
+def plan_layers(graph: Graph) -> Plan:
+    memo: dict[str, Affine] = {graph.input: Affine.source(graph.input,
+                                                          graph.values[graph.input].size)}
+    remaining = {name: len(graph.consumers(name)) for name in graph.values}
+    pre: dict[str, Affine] = {}
+    activations: dict[str, Node] = {}
+    depth = {graph.input: 0}
+    for node in graph.nodes:
+        args = [memo[i] for i in node.inputs]
+        op = get_op(node.op)
+        if op.activation and node.op != IDENTITY:
+            out = node.output
+            pre[out] = args[0]
+            activations[out] = node
+            depth[out] = 1 + max((depth[s] for s in args[0].terms), default=0)
+            memo[out] = Affine.source(out, graph.values[out].size)
+        elif node.op in LINEAR_OPS:
+            memo[node.output] = linear_affine(graph, node, args)
+        else:
+            raise CompileError(f"node {node.name!r} ({node.op}) is neither linear nor an "
+                               "element-wise activation; it must be lowered before "
+                               "linearize-dag (check --passes)")
+        for i in node.inputs:  # free affine forms nobody else reads
+            remaining[i] -= 1
+            if remaining[i] == 0 and i != graph.output and i in memo and i not in activations:
+                del memo[i]
+    output = memo[graph.output]
+    layers = max(depth.values())
+    final_linear = not (graph.output in activations and depth[graph.output] == layers)
+    last_use: dict[str, int] = {}
+    for out, affine in pre.items():
+        for s in affine.terms:
+            last_use[s] = max(last_use.get(s, 0), depth[out] - 1)
+    if final_linear:
+        for s in output.terms:
+            last_use[s] = max(last_use.get(s, 0), layers)
+    return Plan(pre, depth, activations, output, last_use, layers, final_linear)
+
+
+# ----------------------------------------------------------------------------- emitting
+@dataclass
+class Block:
+    """A run of neurons of one layer: rows of W and b, and one activation."""
+
+    weight: sp.csr_array
+    bias: np.ndarray
+    op: str
+    alpha: float
+    carried: bool
+
+
+class Emitter:
+    def __init__(self, graph: Graph, ctx: PassContext, plan: Plan) -> None:
+        self.graph, self.ctx, self.plan = graph, ctx, plan
+        self.mode = ctx.options.get("linearize-dag.carry", "activation")
+        self.uniform = bool(ctx.options.get("linearize-dag.uniform", False))
+        self._bounds = None
+
+    def emit(self) -> None:
+        plan, graph = self.plan, self.graph
+        n_in = graph.values[graph.input].size
+        reads = {graph.input: sp.identity(n_in, np.float64, "csr")}  # source → R (n_s × n_k)
+        chain: list[tuple[sp.csr_array, np.ndarray, list[tuple[int, int, str, float]], int]] = []
+        stats = self.ctx.stats.setdefault(self.name, {"layers": 0, "carried": []})
+        for k in range(1, plan.layers + 1):
+            blocks, placed = self.layer_blocks(k, reads)
+            reads = self.reconstruction(blocks, placed)
+            weight = sp.vstack([b.weight for b in blocks], format="csr")
+            bias = np.concatenate([b.bias for b in blocks])
+            rows = np.concatenate([np.full(b.weight.shape[0], b.carried) for b in blocks])
+            chain.append((weight, bias, segments(blocks), rows))
+            stats["carried"].append(int(rows.sum()))
+        stats["layers"] = plan.layers
+        out_shape = graph.shape(graph.output)
+        for node in list(graph.nodes):
+            graph.remove_node(node)
+        current = graph.input
+        for k, (weight, bias, segs, rows) in enumerate(chain, start=1):
+            dense = graph.add_node("Dense", [current], {
+                "weight": weight.astype(np.float32), "bias": bias.astype(np.float32),
+                "carried": int(rows.sum()), "carried_rows": rows}, name=f"layer{k}")
+            current = self.activation_node(dense, segs, k).output
+        if plan.final_linear:
+            weight, bias = self.combine(plan.output, reads)
+            current = graph.add_node("Dense", [current], {
+                "weight": weight.astype(np.float32), "bias": bias.astype(np.float32),
+                "out_shape": out_shape}, name="output").output
+        elif graph.shape(current) != out_shape:
+            current = graph.add_node("Reshape", [current], {"shape": out_shape}).output
+        graph.output = current
+        live = {graph.input} | {o for node in graph.nodes for o in node.outputs}
+        graph.values = {k: v for k, v in graph.values.items() if k in live}
+
+    name = LinearizeDag.name
+
+    def activation_node(self, dense: Node, segs, k: int) -> Node:
+        if len(segs) == 1:
+            _, _, op, alpha = segs[0]
+            attrs = {"alpha": alpha} if op == "LeakyRelu" else {}
+            return self.graph.add_node(op, [dense.output], attrs, name=f"layer{k}_{op.lower()}")
+        return self.graph.add_node("MixedActivation", [dense.output], {"segments": segs},
+                                   name=f"layer{k}_mixed")
+
+    # -- one layer --------------------------------------------------------------------------
+    def layer_blocks(self, k: int, reads: dict[str, sp.csr_array]):
+        plan = self.plan
+        blocks: list[Block] = []
+        placed: list[tuple[str, list[tuple[int, float]]]] = []  # source → its pieces
+        for out, node in plan.activations.items():
+            if plan.depth[out] != k:
+                continue
+            weight, bias = self.combine(plan.pre[out], reads)
+            op, alpha = node.op, float(node.attrs.get("alpha", 0.0))
+            if op == "MixedActivation":
+                raise CompileError(f"node {node.name!r}: a per-neuron activation before "
+                                   "linearize-dag; run it once")
+            blocks.append(Block(weight, bias, op, alpha, carried=False))
+            placed.append((out, [(len(blocks) - 1, 1.0)]))
+        kinds = {(b.op, b.alpha) for b in blocks}
+        carried = [s for s, last in plan.last_use.items() if plan.depth[s] < k <= last]
+        for s in sorted(carried, key=lambda s: plan.depth[s]):
+            placed.append((s, self.carry(s, reads[s], kinds, k, blocks)))
+        # neurons of one activation side by side: fewer runs in a mixed layer
+        order = sorted(range(len(blocks)), key=lambda i: (blocks[i].op, blocks[i].alpha))
+        new_index = {old: new for new, old in enumerate(order)}
+        placed = [(s, [(new_index[p[0]],) + tuple(p[1:]) for p in pieces])
+                  for s, pieces in placed]
+        return [blocks[i] for i in order], placed
+
+    def carry(self, s: str, read: sp.csr_array, kinds, k: int, blocks: list[Block]):
+        """Blocks that carry source ``s`` through layer k; returns (block, coefficient)
+        pieces whose sum gives ``s`` back."""
+        n = read.shape[0]
+        zero = np.zeros(n)
+        (op, alpha), = kinds if len(kinds) == 1 else ((None, 0.0),)
+        if self.mode == "identity" or op not in ("Relu", "LeakyRelu") or \
+                (op == "LeakyRelu" and alpha == -1.0):
+            if self.uniform:
+                shown = ", ".join(sorted(k_[0] for k_ in kinds))
+                raise CompileError(f"a value must be carried through layer {k}, whose "
+                                   f"activation ({shown}) cannot carry it exactly and the "
+                                   "target needs one activation per layer; use --target csr")
+            blocks.append(Block(read, zero, IDENTITY, 0.0, carried=True))
+            return [(len(blocks) - 1, 1.0)]
+        if op == "Relu":
+            signed = ~self.nonnegative(s)
+            blocks.append(Block(read, zero, "Relu", 0.0, carried=True))
+            pieces = [(len(blocks) - 1, 1.0)]
+            if signed.any():
+                blocks.append(Block(sp.csr_array(-read[np.flatnonzero(signed)]),
+                                    zero[signed], "Relu", 0.0, carried=True))
+                pieces.append((len(blocks) - 1, -1.0, np.flatnonzero(signed)))
+            return pieces
+        blocks.append(Block(read, zero, "LeakyRelu", alpha, carried=True))
+        blocks.append(Block(sp.csr_array(-read), zero, "LeakyRelu", alpha, carried=True))
+        scale = 1.0 / (1.0 + alpha)
+        return [(len(blocks) - 2, scale), (len(blocks) - 1, -scale)]
+
+    def nonnegative(self, s: str) -> np.ndarray:
+        if self._bounds is None:
+            self._bounds = interval_bounds(self.graph)
+        return (self._bounds[s][0] >= 0).ravel()
+
+    def reconstruction(self, blocks: list[Block], placed) -> dict[str, sp.csr_array]:
+        """For each source in this layer, the matrix that reads it back from the neurons."""
+        offsets = np.cumsum([0] + [b.weight.shape[0] for b in blocks])
+        width = int(offsets[-1])
+        reads = {}
+        for s, pieces in placed:
+            n = blocks[pieces[0][0]].weight.shape[0]
+            rows, cols, vals = [], [], []
+            for piece in pieces:
+                block, coeff = piece[0], piece[1]
+                m = blocks[block].weight.shape[0]
+                which = piece[2] if len(piece) > 2 else np.arange(m)
+                rows.append(which)
+                cols.append(offsets[block] + np.arange(m))
+                vals.append(np.full(m, coeff))
+            reads[s] = sp.csr_array((np.concatenate(vals),
+                                     (np.concatenate(rows), np.concatenate(cols))),
+                                    shape=(n, width))
+        return reads
+
+    def combine(self, affine: Affine, reads: dict[str, sp.csr_array]):
+        """``affine`` as a matrix on the previous layer's neurons, and its bias."""
+        width = next(iter(reads.values())).shape[1]
+        weight = sp.csr_array((affine.size, width), dtype=np.float64)
+        for s, m in affine.terms.items():
+            read = reads[s]
+            weight = weight + (read if m is None else sp.csr_array(m @ read))
+        weight = sp.csr_array(weight)
+        weight.sum_duplicates()
+        bias = np.zeros(affine.size) if affine.bias is None else np.asarray(affine.bias)
+        return weight, bias
+
+
+def segments(blocks: list[Block]) -> list[tuple[int, int, str, float]]:
+    """Runs of neurons with one activation, merging neighbours of the same kind."""
+    runs: list[tuple[int, int, str, float]] = []
+    start = 0
+    for b in blocks:
+        stop = start + b.weight.shape[0]
+        if runs and runs[-1][2:] == (b.op, b.alpha):
+            runs[-1] = (runs[-1][0], stop, b.op, b.alpha)
+        elif stop > start:
+            runs.append((start, stop, b.op, b.alpha))
+        start = stop
+    return runs or [(0, 0, IDENTITY, 0.0)]

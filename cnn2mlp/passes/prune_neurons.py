@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Node, get_op
+from ..ir.linear import to_csr
+from .base import Pass, PassContext, register_pass
+
+
+@register_pass
+class PruneNeurons(Pass):
+    """Removes neurons that nothing reads: in a chain ``Dense_k → f_k → Dense_{k+1}``, a
+    row of ``Dense_k`` whose column in ``Dense_{k+1}`` is all zeros (a convolution output
+    that a pool's windows never cover, a carried value the next layer does not use) is
+    dropped from ``W_k``, ``b_k`` and the activation, and the column from ``W_{k+1}``.
+    Layers are visited from the output back, so that pruning cascades.
+
+    Preserves: the function exactly (a removed neuron contributed zero to every later
+    value, whatever its activation). Records the neurons removed in ``ctx.stats``.
+    """
+
+    name = "prune-neurons"
+
+    def run(self, graph: Graph, ctx: PassContext) -> int:
+        layers = chain_layers(graph)
+        removed = 0
+        for (dense, act), (reader, _) in reversed(list(zip(layers[:-1], layers[1:]))):
+            w_next = to_csr(reader.attrs["weight"])
+            used = np.bincount(w_next.indices[w_next.data != 0],
+                               minlength=w_next.shape[1]) > 0
+            if used.all():
+                continue
+            keep = np.flatnonzero(used)
+            if len(keep) == 0:  # nothing is read: keep one (inert) neuron, layers need width
+                keep = np.array([0])
+            if len(keep) == w_next.shape[1]:
+                continue
+            removed += w_next.shape[1] - len(keep)
+            shrink(graph, dense, act, keep)
+            reader.attrs["weight"] = w_next[:, keep] if not isinstance(
+                reader.attrs["weight"], np.ndarray) else reader.attrs["weight"][:, keep]
+        if removed:
+            ctx.stats.setdefault(self.name, {"neurons": 0})["neurons"] += removed
+        return removed
+
+
+def chain_layers(graph: Graph) -> list[tuple[Node, Node | None]]:
+    """(Dense, its activation or None) for a chain graph; [] for anything else."""
+    layers: list[tuple[Node, Node | None]] = []
+    current = graph.input
+    for node in graph.nodes:
+        if list(node.inputs) != [current] or len(graph.consumers(current)) > 1:
+            return []
+        if node.op == "Dense":
+            layers.append((node, None))
+        elif get_op(node.op).activation and layers and layers[-1][1] is None:
+            layers[-1] = (layers[-1][0], node)
+        elif not (node.op == "Reshape" and node.output == graph.output):
+            return []
+        current = node.output
+    # only Dense → activation → Dense boundaries are prunable: both nodes needed
+    return layers
+
+
+def shrink(graph: Graph, dense: Node, act: Node | None, keep: np.ndarray) -> None:
+    w = dense.attrs["weight"]
+    dense.attrs["weight"] = w[keep] if isinstance(w, np.ndarray) else to_csr(w)[keep]
+    if dense.attrs.get("bias") is not None:
+        dense.attrs["bias"] = np.asarray(dense.attrs["bias"])[keep]
+    if "carried_rows" in dense.attrs:
+        dense.attrs["carried_rows"] = dense.attrs["carried_rows"][keep]
+        dense.attrs["carried"] = int(dense.attrs["carried_rows"].sum())
+    dense.attrs.pop("out_shape", None)
+    graph.values[dense.output].shape = (len(keep),)
+    if act is not None:
+        graph.values[act.output].shape = (len(keep),)
+        if act.op == "MixedActivation":
+            act.attrs["segments"] = keep_segments(act.attrs["segments"], keep)
+
+
+def keep_segments(segments, keep: np.ndarray):
+    """The runs of a mixed activation after keeping the neurons ``keep`` (sorted)."""
+    out = []
+    for start, stop, op, alpha in segments:
+        lo, hi = np.searchsorted(keep, [start, stop])
+        if hi > lo:
+            if out and out[-1][2:] == (op, alpha) and out[-1][1] == lo:
+                out[-1] = (out[-1][0], int(hi), op, alpha)
+            else:
+                out.append((int(lo), int(hi), op, alpha))
+    return out
