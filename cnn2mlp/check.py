@@ -112,7 +112,7 @@ def onnx_runner(model_path, output: str | None = None) -> Runner:
     return run
 
 
-def keras_runner(model_path: str | Path) -> Runner:
+def keras_runner(model_path: str | Path, layer: str | None = None) -> Runner:
     """Keras itself on the .keras/.h5 file (safe_mode: a Lambda is never deserialized)."""
     import os
 
@@ -136,19 +136,26 @@ def keras_runner(model_path: str | Path) -> Runner:
                            f"the model: {type(exc).__name__}: "
                            f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
                            ) from exc
+    if layer is not None:  # the inner layer --output-tensor named
+        model = keras.Model(model.inputs, model.get_layer(layer).output)
     return lambda x: np.asarray(model.predict(np.asarray(x, np.float32), verbose=0))
 
 
-def reference_runner(model_path: str | Path, logits: str | None = None) -> tuple[Runner, bool]:
+def reference_runner(model_path: str | Path, logits: str | None = None,
+                     output_tensor: str | None = None) -> tuple[Runner, bool]:
     """The original model's own runtime, and whether it returns the logits when the
-    compiler dropped a final softmax (onnxruntime can; Keras and TensorFlow cannot)."""
+    compiler dropped a final softmax (onnxruntime can; Keras and TensorFlow cannot).
+    ``output_tensor`` (--output-tensor) is read instead of the model's output."""
     from .frontends import model_kind
 
     kind = model_kind(model_path)
     if kind == "onnx":
-        return onnx_runner(model_path, logits), True
+        return onnx_runner(model_path, logits or output_tensor), True
     if kind == "keras":
-        return keras_runner(model_path), False
+        return keras_runner(model_path, output_tensor), False
+    if output_tensor is not None:
+        raise CompileError(f"{model_path}: --check with --output-tensor needs an ONNX or Keras "
+                           "model; compile without --check, or convert the model to ONNX")
     if kind == "savedmodel":
         from .frontends.tensorflow import savedmodel_runner
 

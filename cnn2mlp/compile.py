@@ -47,14 +47,16 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
                   passes: Sequence[str] | Pipeline | None = None,
                   ctx: PassContext | None = None, print_ir: bool = False,
                   allow_non_finite: bool = False,
-                  max_bytes: int | None = None) -> CompileResult:
-    """Compile ``model`` into an MLP; write it to ``output`` when given."""
+                  max_bytes: int | None = None,
+                  output_tensor: str | None = None) -> CompileResult:
+    """Compile ``model`` into an MLP; write it to ``output`` when given. ``output_tensor``
+    names a tensor (ONNX) or layer (Keras) to compile up to instead of the model's output."""
     seconds: dict[str, float] = {}
     target = target_for(output, target) if output is not None else (target or "csr")
     if output is not None:
         check_writable(output)
     start = time.perf_counter()
-    graph = load_model(model, input_shape, allow_non_finite, max_bytes)
+    graph = load_model(model, input_shape, allow_non_finite, max_bytes, output_tensor)
     seconds["frontend"] = time.perf_counter() - start
     if not allow_non_finite:
         refuse_non_finite(graph, model, "in the model")
@@ -182,23 +184,45 @@ def layer_rows(mlp: Mlp) -> list[dict[str, Any]]:
     for i, layer in enumerate(mlp.layers):
         w = layer.weight
         nbytes = w.data.nbytes + w.indices.nbytes + w.indptr.nbytes + layer.bias.nbytes
-        rows.append({"layer": i, "inputs": layer.n_in, "neurons": layer.n_out, "nnz": int(w.nnz),
+        rows.append({"layer": i, "inputs": layer.n_in, "neurons": layer.n_out,
+                     "carried": layer.carried, "nnz": int(w.nnz),
                      "density": w.nnz / max(1, layer.n_in * layer.n_out),
-                     "bytes": int(nbytes), "activation": layer.activation})
+                     "bytes": int(nbytes), "activation": describe_activation(layer)})
     return rows
+
+
+def describe_activation(layer) -> str:
+    if layer.segments is None:
+        return layer.activation
+    return "mixed"
+
+
+def activation_detail(layer) -> str:
+    """``mixed (relu 144, identity 64)`` for a layer with per-neuron activations."""
+    if layer.segments is None:
+        return layer.activation
+    counts: dict[str, int] = {}
+    for start, stop, name, _ in layer.segments:
+        counts[name] = counts.get(name, 0) + stop - start
+    return "mixed (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
 
 
 def format_table(result: CompileResult) -> str:
     rows = layer_rows(result.mlp)
-    lines = [f"{'layer':>5} {'inputs':>9} {'neurons':>9} {'non-zeros':>12} {'density':>9} "
-             f"{'bytes':>12}  activation"]
-    for r in rows:
-        lines.append(f"{r['layer']:>5} {r['inputs']:>9} {r['neurons']:>9} {r['nnz']:>12} "
-                     f"{r['density']:>9.2%} {r['bytes']:>12}  {r['activation']}")
+    lines = [f"{'layer':>5} {'inputs':>9} {'neurons':>9} {'carried':>8} {'non-zeros':>12} "
+             f"{'density':>9} {'bytes':>12}  activation"]
+    for r, layer in zip(rows, result.mlp.layers):
+        lines.append(f"{r['layer']:>5} {r['inputs']:>9} {r['neurons']:>9} {r['carried']:>8} "
+                     f"{r['nnz']:>12} {r['density']:>9.2%} {r['bytes']:>12}  "
+                     f"{activation_detail(layer)}")
     lines.append(f"{'total':>5} {'':>9} {sum(r['neurons'] for r in rows):>9} "
-                 f"{sum(r['nnz'] for r in rows):>12} {'':>9} {sum(r['bytes'] for r in rows):>12}")
+                 f"{sum(r['carried'] for r in rows):>8} {sum(r['nnz'] for r in rows):>12} "
+                 f"{'':>9} {sum(r['bytes'] for r in rows):>12}")
     lines.append("passes: " + ", ".join(f"{p.name} {p.seconds * 1e3:.1f} ms ({p.rewrites})"
                                         for p in result.pipeline.records))
+    pruned = result.stats.get("prune-neurons")
+    if pruned:
+        lines.append(f"prune-neurons removed {pruned['neurons']} neurons nothing read")
     pools = result.stats.get("maxpool-to-relu")
     if pools:
         lines.append(f"maxpool-to-relu added {pools['neurons']} neurons in "
@@ -304,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-dense-bytes", type=parse_bytes, metavar="SIZE",
                    default=DEFAULT_MAX_DENSE_BYTES,
                    help="opencv target: refuse dense weights above SIZE (default 1G)")
+    p.add_argument("--output-tensor", metavar="TENSOR",
+                   help="compile up to this tensor (ONNX) or layer (Keras) instead of the "
+                        "model's output, e.g. the logits before an ArgMax")
+    p.add_argument("--carry", choices=["activation", "identity"], default="activation",
+                   help="DAGs: carry skipped values with the layer's own activation (ReLU: "
+                        "1 or 2 neurons) or with identity neurons (1, per-neuron activation)")
     p.add_argument("--input-shape", type=parse_dims, metavar="D1,D2,...",
                    help="input dims after the batch axis, where the model leaves them open")
     p.add_argument("--input-range", type=parse_range, default=(0.0, 1.0), metavar="LO,HI",
@@ -342,9 +372,11 @@ def run_cli(args: argparse.Namespace) -> int:
     ctx.options["max_dense_bytes"] = args.max_dense_bytes
     if args.epsilon is not None:
         ctx.options["avgpool-linearize.epsilon"] = args.epsilon
+    ctx.options["linearize-dag.carry"] = args.carry
     result = compile_model(args.model, None, target=target, input_shape=args.input_shape,
                            passes=passes, ctx=ctx, print_ir=args.print_ir_after_all,
-                           allow_non_finite=args.allow_non_finite, max_bytes=args.max_bytes)
+                           allow_non_finite=args.allow_non_finite, max_bytes=args.max_bytes,
+                           output_tensor=args.output_tensor)
     meta = {"source": str(args.model), "cnn2mlp": __version__}
     options = {"encoding": args.xml_encoding, "max_dense_bytes": args.max_dense_bytes}
     # Every output is staged; they replace their destinations together, or none does.
@@ -421,8 +453,10 @@ def plan_outputs(args: argparse.Namespace, target: str) -> None:
 def check_against_reference(result: CompileResult, args: argparse.Namespace,
                             artifact: Path) -> Comparison:
     x = random_inputs(result.mlp.input_shape, args.check, *args.input_range)
-    dropped = "logits" in result.graph.meta
-    run_reference, gives_logits = reference_runner(args.model, result.graph.meta.get("logits"))
+    meta = result.graph.meta
+    dropped = "logits" in meta
+    run_reference, gives_logits = reference_runner(args.model, meta.get("logits"),
+                                                   meta.get("output_tensor"))
     reference = run_reference(x)
     got = load_artifact(result, artifact).predict(x)
     if dropped and not gives_logits:  # compare probabilities: softmax of our logits

@@ -475,3 +475,133 @@ def assert_equivalent(original: Any, compiled: Any, inputs: np.ndarray | None = 
     if not comparison.passed or (atol is not None and comparison.max_abs_error > atol):
         raise AssertionError("not equivalent: " + comparison.describe())
     return comparison
+
+
+# --------------------------------------------------------------------------- DAGs
+DAG_STEPS = ("conv", "conv", "add", "sub", "concat", "max", "min", "projection",
+             "activation", "sum3")
+
+
+@st.composite
+def dag_graphs(draw, ranks: Sequence[int] = (1, 2), max_steps: int = 5,
+               steps: Sequence[str] = DAG_STEPS,
+               activations: Sequence[str] = ACTIVATIONS) -> Graph:
+    """Random IR DAGs: convolutions with activations, residual Add/Sub (shortcuts with and
+    without a projection), Concat of branches, Maximum/Minimum of branches, a Sum of three,
+    values read by several nodes; a Dense head reads the last value. For testing
+    linearize-dag and friends with the interpreter."""
+    shape = draw(input_shapes(ranks, max_channels=3, min_size=3, max_size=6))
+    g = Graph("x", shape)
+    pool = ["x"]
+    for _ in range(draw(st.integers(1, max_steps))):
+        kind = draw(st.sampled_from(list(steps)))
+        src = draw(st.sampled_from(pool))
+        same = [v for v in pool if g.shape(v) == g.shape(src)]
+        other = draw(st.sampled_from(same))
+        if kind in ("conv", "projection"):
+            node = _same_conv(draw, g, src, 1 if kind == "projection" else 3)
+            if kind == "projection":
+                c = g.shape(node)[0]
+                node = g.add_node("BatchNorm", [node], {
+                    "scale": _signed_away_from_zero(draw, c), "bias": _floats(draw, c),
+                    "mean": _floats(draw, c), "var": _floats(draw, c, 0.5, 2.0),
+                    "epsilon": 1e-5}).output
+            else:
+                op = draw(st.sampled_from(list(activations)))
+                node = g.add_node(op, [node], {"alpha": 0.1} if op == "LeakyRelu" else {}
+                                  ).output
+        elif kind in ("add", "sub"):
+            node = g.add_node("Sum", [src, other],
+                              {"coeffs": (1.0, 1.0 if kind == "add" else -1.0)}).output
+        elif kind == "sum3":
+            third = draw(st.sampled_from(same))
+            node = g.add_node("Sum", [src, other, third], {"coeffs": (0.5, -1.0, 1.5)}).output
+        elif kind == "concat":
+            peers = [v for v in pool if g.shape(v)[1:] == g.shape(src)[1:]]
+            node = g.add_node("Concat", [src, draw(st.sampled_from(peers))],
+                              {"axis": 0}).output
+        elif kind in ("max", "min"):
+            node = g.add_node("Maximum" if kind == "max" else "Minimum", [src, other]).output
+        else:
+            op = draw(st.sampled_from(list(activations)))
+            node = g.add_node(op, [src], {"alpha": 0.1} if op == "LeakyRelu" else {}).output
+        pool.append(node)
+    last = pool[-1]
+    n = g.values[last].size
+    flat = g.add_node("Reshape", [last], {"shape": (n,)}).output
+    units = draw(st.integers(1, 4))
+    g.output = g.add_node("Dense", [flat], {"weight": _floats(draw, (units, n)),
+                                            "bias": _floats(draw, units)}).output
+    return g
+
+
+def _same_conv(draw, g: Graph, src: str, k: int) -> str:
+    """A stride-1 convolution with 'same' padding (so that its output can join others)."""
+    shape = g.shape(src)
+    nd = len(shape) - 1
+    out_c = draw(st.integers(1, 3))
+    kernel = _floats(draw, (out_c, shape[0]) + (k,) * nd, -0.8, 0.8)
+    return g.add_node("Conv", [src], {"kernel": kernel, "bias": _floats(draw, out_c),
+                                      "strides": (1,) * nd, "pads": (k // 2,) * (2 * nd),
+                                      "dilations": (1,) * nd, "group": 1}).output
+
+
+@st.composite
+def onnx_dag_cnns(draw, max_steps: int = 5, activations: Sequence[str] = ACTIVATIONS,
+                  opsets: Sequence[int] = (11, 13, 17, 21)) -> onnx.ModelProto:
+    """Random ONNX DAG CNNs laid out as PyTorch exports them: Conv + BatchNorm + activation
+    blocks, residual Add/Sub, Concat (channels), Max/Min of branches, Sum/Mean of three,
+    Split into halves, a Slice of channels; Flatten and Gemm at the end."""
+    shape = draw(input_shapes((2,), max_channels=3, min_size=3, max_size=6))
+    opset = draw(st.sampled_from(list(opsets)))
+    b = OnnxBuilder(shape, batch=draw(st.sampled_from(["N", 1])), opset=opset,
+                    seed=draw(st.integers(0, 2**32 - 1)))
+    shapes = {b.current: tuple(shape)}
+    for _ in range(draw(st.integers(1, max_steps))):
+        kind = draw(st.sampled_from(["conv", "conv", "add", "sub", "concat", "max", "min",
+                                     "sum", "mean", "split", "slice"]))
+        src = draw(st.sampled_from(sorted(shapes)))
+        same = sorted(v for v in shapes if shapes[v] == shapes[src])
+        other = draw(st.sampled_from(same))
+        if kind == "conv":
+            b.current, b.shape = src, shapes[src]
+            k = draw(st.sampled_from([1, 3]))
+            b.conv({"kernel_shape": (k, k), "strides": (1, 1), "dilations": (1, 1),
+                    "pads": (k // 2,) * 4, "group": 1, "out_channels": draw(st.integers(1, 3))})
+            if draw(st.booleans()):
+                b.batchnorm()
+            if draw(st.booleans()):
+                b.activation(draw(st.sampled_from(list(activations))))
+            shapes[b.current] = b.shape
+        elif kind in ("add", "sub", "max", "min"):
+            op = {"add": "Add", "sub": "Sub", "max": "Max", "min": "Min"}[kind]
+            shapes[b.node(op, [src, other])] = shapes[src]
+        elif kind in ("sum", "mean"):
+            third = draw(st.sampled_from(same))
+            shapes[b.node(kind.capitalize(), [src, other, third])] = shapes[src]
+        elif kind == "concat":
+            peers = sorted(v for v in shapes if shapes[v][1:] == shapes[src][1:])
+            peer = draw(st.sampled_from(peers))
+            out = b.node("Concat", [src, peer], axis=1)
+            shapes[out] = (shapes[src][0] + shapes[peer][0],) + shapes[src][1:]
+        elif kind == "split" and shapes[src][0] >= 2:
+            c = shapes[src][0]
+            first = b.name("split")
+            second = b.name("split")
+            sizes = b.const(np.array([c // 2, c - c // 2], np.int64))
+            inputs = [src, sizes] if opset >= 13 else [src]
+            attrs = {"axis": 1} if opset >= 13 else {"axis": 1, "split": [c // 2, c - c // 2]}
+            b.nodes.append(helper.make_node("Split", inputs, [first, second], **attrs))
+            shapes[first] = (c // 2,) + shapes[src][1:]
+            shapes[second] = (c - c // 2,) + shapes[src][1:]
+        elif kind == "slice" and shapes[src][0] >= 2:
+            c = shapes[src][0]
+            out = b.node("Slice", [src, b.const(np.array([1], np.int64)),
+                                   b.const(np.array([c], np.int64)),
+                                   b.const(np.array([1], np.int64))])
+            shapes[out] = (c - 1,) + shapes[src][1:]
+    last = max(shapes, key=lambda v: int(v.rsplit("_", 1)[-1]) if "_" in v else -1)
+    b.current, b.shape = last, shapes[last]
+    b.flatten("flatten")
+    b.dense(draw(st.integers(1, 4)))
+    return b.build()

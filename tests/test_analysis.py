@@ -1,7 +1,8 @@
 """Interval bounds are sound: every value the interpreter computes lies inside them."""
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cnn2mlp.ir import Graph, run
 from cnn2mlp.ir.analysis import interval_bounds, lipschitz_inf, nonnegative

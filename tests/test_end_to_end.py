@@ -1,6 +1,7 @@
 """Hypothesis-generated ONNX CNNs, compiled and run, against onnxruntime."""
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cnn2mlp.frontends.onnx import load_onnx
 from cnn2mlp.testing import assert_equivalent, compile_to_model, onnx_cnns

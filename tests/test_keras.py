@@ -100,8 +100,42 @@ def functional():
     return keras.Model(inputs, outputs)
 
 
+def residual_dag():
+    """A Functional DAG with every merge layer: a ResNet-style Add, Maximum, Subtract,
+    Average of three, Minimum, Concatenate; the stem is read by four layers."""
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(4, 3, padding="same", activation="relu", name="stem")(inputs)
+    a = L.Conv2D(4, 3, padding="same")(x)
+    a = L.BatchNormalization()(a)
+    a = L.ReLU()(a)
+    a = L.Conv2D(4, 3, padding="same")(a)
+    y = L.Activation("relu")(L.Add()([a, x]))
+    b = L.Conv2D(4, 1, activation="tanh")(x)
+    m = L.Maximum()([y, b])
+    d = L.Subtract()([m, x])
+    av = L.Average()([d, y, b])
+    mn = L.Minimum()([av, m])
+    c = L.Concatenate()([mn, b])
+    c = L.MaxPooling2D()(c)
+    out = L.Dense(5)(L.Flatten()(c))
+    return keras.Model(inputs, out)
+
+
+def inception_1d():
+    """Branches of different depth concatenated on the channel and on the time axis."""
+    inputs = keras.Input((12, 2))
+    a = L.Conv1D(3, 1, activation="relu")(inputs)
+    b = L.Conv1D(3, 3, padding="same", activation="relu")(inputs)
+    b = L.Conv1D(3, 3, padding="same", activation="sigmoid")(b)
+    c = L.Concatenate(axis=-1)([a, b, inputs])
+    t = L.Concatenate(axis=1)([c, L.Conv1D(8, 5, activation="relu")(c)])
+    out = L.Dense(3)(L.GlobalAveragePooling1D()(t))
+    return keras.Model(inputs, out)
+
+
 MODELS = {"lenet": lenet, "tanh": tanh_net, "depthwise_bn": depthwise_bn,
-          "causal_conv1d": causal_conv1d, "functional": functional}
+          "causal_conv1d": causal_conv1d, "functional": functional,
+          "residual_dag": residual_dag, "inception_1d": inception_1d}
 
 
 def inputs_for(model, n=16, seed=0):
@@ -131,7 +165,7 @@ def test_keras_files(tmp_path, name, fmt):
     assert_close(reference, got)
 
 
-@pytest.mark.parametrize("name", ["lenet", "depthwise_bn"])
+@pytest.mark.parametrize("name", ["lenet", "depthwise_bn", "residual_dag"])
 def test_savedmodel_through_tf2onnx(tmp_path, name):
     model = randomize(MODELS[name]())
     folder = tmp_path / "saved"
@@ -274,3 +308,33 @@ def test_check_needs_keras_safe_mode(tmp_path, monkeypatch):
     monkeypatch.setattr(keras.saving, "load_model", refusing)
     with pytest.raises(CompileError, match="refused to load the model: ValueError"):
         keras_runner(path)
+
+
+def test_tf_keras_2_functional_dag(tmp_path):
+    """tf.keras 2.x writes merge layers' inputs as one list-style inbound node."""
+    tfk = pytest.importorskip("tf_keras", reason="install the tensorflow extra")
+    K = tfk.layers
+    inputs = K.Input((6, 6, 2))
+    x = K.Conv2D(3, 3, padding="same", activation="relu")(inputs)
+    y = K.Conv2D(3, 3, padding="same")(x)
+    z = K.Add()([x, y])
+    z = K.Concatenate()([z, K.Maximum()([x, y])])
+    model = tfk.Model(inputs, K.Dense(2)(K.Flatten()(z)))
+    randomize(model)
+    x = inputs_for(model)
+    reference = model.predict(x, verbose=0)
+    for fmt in ("h5", "keras"):
+        path = tmp_path / f"dag.{fmt}"
+        model.save(path)
+        assert_close(reference, compile_to_model(path).predict(x))
+
+
+def test_keras_multiply_is_refused_as_a_product(tmp_path):
+    inputs = keras.Input((4,))
+    gate = L.Dense(4, activation="sigmoid")(inputs)
+    model = keras.Model(inputs, L.Dense(2)(L.Multiply(name="gating")([inputs, gate])))
+    model.save(tmp_path / "m.keras")
+    proc = subprocess.run([sys.executable, "-m", "cnn2mlp.compile", str(tmp_path / "m.keras"),
+                           "-o", str(tmp_path / "m.npz")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "'gating' (Multiply) is a product of two values" in proc.stderr

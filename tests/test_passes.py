@@ -1,6 +1,7 @@
 """Each pass on hypothesis-generated graphs: the interpreter before and after must agree."""
 import numpy as np
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cnn2mlp.ir import Graph, run
 from cnn2mlp.ir.mlp import Mlp

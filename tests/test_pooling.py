@@ -4,13 +4,19 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cnn2mlp.ir import Graph, run
 from cnn2mlp.ir.mlp import Mlp
 from cnn2mlp.passes import PassContext, Pipeline, get_pass
-from cnn2mlp.testing import (OnnxBuilder, assert_equivalent, compile_to_model, input_shapes,
-                             pool_geometries)
+from cnn2mlp.testing import (
+    OnnxBuilder,
+    assert_equivalent,
+    compile_to_model,
+    input_shapes,
+    pool_geometries,
+)
 
 
 @st.composite
@@ -253,7 +259,11 @@ def test_avgpool_linearize_over_geometry(data, activation):
 def test_chosen_epsilon_minimises_the_reported_bound(precision, activation, zmax):
     """The pass reports ``error_bound(eps)``; the eps it picks must be the best one for that
     bound among its neighbours (within the linear regime eps <= 1/zmax)."""
-    from cnn2mlp.passes.avgpool_linearize import best_epsilon, error_bound, rounding_model
+    from cnn2mlp.passes.avgpool_linearize import (
+        best_epsilon,
+        error_bound,
+        rounding_model,
+    )
 
     ctx = PassContext(options={"precision": precision} if precision else {})
     eps = best_epsilon(activation, zmax, ctx)

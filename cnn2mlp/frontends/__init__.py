@@ -32,20 +32,23 @@ def model_kind(path: str | Path) -> str:
 
 
 def load_model(path: str | Path, input_shape: Sequence[int] | None = None,
-               allow_non_finite: bool = False, max_bytes: int | None = None) -> Graph:
+               allow_non_finite: bool = False, max_bytes: int | None = None,
+               output: str | None = None) -> Graph:
     """Read a model file into the IR, choosing the frontend from the file. Nothing larger
-    than ``max_bytes`` (default: a quarter of the RAM) is read, folded or built."""
+    than ``max_bytes`` (default: a quarter of the RAM) is read, folded or built. ``output``
+    names a tensor (ONNX) or layer (Keras) to compile up to, instead of the model's output."""
     kind = model_kind(path)
     if kind == "onnx":
         from .onnx import load_onnx
 
-        return load_onnx(path, input_shape, allow_non_finite, max_bytes)
+        return load_onnx(path, input_shape, allow_non_finite, max_bytes, output)
     if kind == "keras":
         from .keras import load_keras
 
-        return load_keras(path, input_shape, allow_non_finite, max_bytes)
+        return load_keras(path, input_shape, allow_non_finite, max_bytes, output)
     from .onnx import OnnxImporter
     from .tensorflow import tensorflow_to_onnx
 
     model = tensorflow_to_onnx(Path(path), kind)
-    return OnnxImporter(model, str(path), input_shape, allow_non_finite, max_bytes).run()
+    return OnnxImporter(model, str(path), input_shape, allow_non_finite, max_bytes,
+                        output).run()

@@ -28,6 +28,16 @@ IDENTITY_LAYERS = {"Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianN
 
 LayerConverter = Callable[["KerasImporter", "Layer", "Tensor"], "Tensor"]
 CONVERTERS: dict[str, LayerConverter] = {}
+#: layers that read several tensors (joins of a Functional graph)
+MERGE_CONVERTERS: dict[str, Callable[["KerasImporter", "Layer", list["Tensor"]], "Tensor"]] = {}
+
+
+def merge_layer(*names: str):
+    def register(fn):
+        for name in names:
+            MERGE_CONVERTERS[name] = fn
+        return fn
+    return register
 
 
 def layer(*names: str):
@@ -57,7 +67,8 @@ class Layer:
 
 
 def load_keras(path: str | Path, input_shape: Sequence[int] | None = None,
-               allow_non_finite: bool = False, max_bytes: int | None = None) -> Graph:
+               allow_non_finite: bool = False, max_bytes: int | None = None,
+               output: str | None = None) -> Graph:
     """Read a Keras ``.keras`` or ``.h5`` model into the IR (per-sample shapes, channels-last
     input as Keras has it). Nothing larger than ``max_bytes`` is read or built."""
     from ..ir.cost import default_max_bytes
@@ -67,6 +78,7 @@ def load_keras(path: str | Path, input_shape: Sequence[int] | None = None,
     try:
         config, weights = read_keras_file(path, limit)
         importer = KerasImporter(path, config, weights, input_shape, allow_non_finite, limit)
+        importer.output_name = output
         return importer.run()
     except CompileError:
         raise
@@ -247,6 +259,7 @@ class KerasImporter:
                  input_shape: Sequence[int] | None, allow_non_finite: bool,
                  max_bytes: int) -> None:
         self.max_bytes = max_bytes
+        self.output_name: str | None = None  # a layer to compile up to (--output-tensor)
         self.path = path
         self.config = config
         self.weights = weights
@@ -274,14 +287,23 @@ class KerasImporter:
             if lay.class_name == "InputLayer":
                 tensors[lay.name] = current
                 continue
-            source = tensors[lay.inbound[0]] if lay.inbound else current
+            unknown = [n for n in lay.inbound if n not in tensors]
+            if unknown:
+                raise CompileError(f"{self.path}: layer {lay.name!r} reads {unknown[0]!r}, which "
+                                   "no earlier layer produces; save the model again")
+            sources = [tensors[n] for n in lay.inbound] or [current]
+            merge = MERGE_CONVERTERS.get(lay.class_name)
             fn = CONVERTERS.get(lay.class_name)
-            if fn is None:
+            if fn is None and merge is None:
+                known = sorted(CONVERTERS) + sorted(MERGE_CONVERTERS)
                 raise UnsupportedOpError(
                     f"{self.path}: layer {lay.name!r} of class {lay.class_name} is not "
-                    f"supported; supported layers: {', '.join(sorted(CONVERTERS))}")
+                    f"supported; supported layers: {', '.join(known)}")
+            if fn is not None and len(sources) != 1:
+                raise UnsupportedOpError(f"{self.path}: layer {lay.name!r} ({lay.class_name}) "
+                                         f"reads {len(sources)} tensors; it takes one")
             try:
-                out = fn(self, lay, source)
+                out = merge(self, lay, sources) if merge else fn(self, lay, sources[0])
             except CompileError:
                 raise
             except Exception as exc:
@@ -289,9 +311,15 @@ class KerasImporter:
                                    f"be converted: {type(exc).__name__}: {exc}") from exc
             tensors[lay.name] = current = out
             last = lay.name
-        output = tensors[self.output_layer(layers) or last] if layers else current
+        name = self.output_name
+        if name is not None and name not in tensors:
+            raise CompileError(f"{self.path}: --output-tensor {name!r} is not a layer of the model")
+        output = tensors[name or self.output_layer(layers) or last] if layers else current
         output = self.keras_layout(output)
         self.graph.output = output.value
+        if name is not None:
+            self.graph.meta["output_tensor"] = name
+            self.graph.notes.append(f"compiled up to the layer {name!r} (--output-tensor)")
         return self.graph
 
     def read_layers(self) -> list[Layer]:
@@ -305,11 +333,12 @@ class KerasImporter:
             if raw.get("class_name") in ("Sequential", "Functional", "Model"):
                 raise UnsupportedOpError(f"{self.path}: layer {name!r} is a nested model; "
                                          "flatten it into one model before converting")
-            inbound = parse_inbound(raw.get("inbound_nodes", []))
-            if len(inbound) > 1:
+            calls = raw.get("inbound_nodes", [])
+            if len(calls) > 1:
                 raise UnsupportedOpError(f"{self.path}: layer {name!r} ({raw.get('class_name')}) "
-                                         f"has {len(inbound)} inputs; only chains of "
-                                         "single-input layers are supported")
+                                         f"is called {len(calls)} times (shared weights); "
+                                         "cnn2mlp converts layers used once each")
+            inbound = parse_inbound(calls)
             weights = [] if raw.get("class_name") in CODE_LAYERS else self.weights.of(name, key)
             layers.append(Layer(name, raw.get("class_name"), lcfg, weights, inbound))
         return layers
@@ -697,3 +726,56 @@ def convert_global_pool(imp, lay, t):
     if lay.config.get("keepdims"):
         return y
     return imp.emit(lay, "Reshape", y, {"shape": (imp.shape(y)[0],)}, channels_first=False)
+
+
+# ------------------------------------------------------------------------------ merges
+def same_layout(imp: KerasImporter, lay: Layer, sources: list[Tensor]) -> list[Tensor]:
+    """All inputs in one layout: channels-first if they all are, else Keras' own."""
+    if all(t.channels_first for t in sources):
+        return sources
+    return [imp.keras_layout(t, lay) for t in sources]
+
+
+def emit_multi(imp: KerasImporter, lay: Layer, op: str, sources: list[Tensor], attrs=None,
+               channels_first: bool = False) -> Tensor:
+    try:
+        node = imp.graph.add_node(op, [t.value for t in sources], attrs, name=lay.name)
+    except ValueError as exc:
+        raise CompileError(f"{imp.path}: layer {lay.name!r} ({lay.class_name}): {exc}") from exc
+    return Tensor(node.output, channels_first)
+
+
+@merge_layer("Add", "Subtract", "Average")
+def convert_add(imp, lay, sources):
+    sources = same_layout(imp, lay, sources)
+    n = len(sources)
+    coeffs = {"Add": (1.0,) * n, "Subtract": (1.0, -1.0), "Average": (1.0 / n,) * n}
+    if lay.class_name == "Subtract" and n != 2:
+        raise CompileError(f"{imp.path}: layer {lay.name!r}: Subtract takes two tensors")
+    return emit_multi(imp, lay, "Sum", sources, {"coeffs": coeffs[lay.class_name]},
+                      sources[0].channels_first)
+
+
+@merge_layer("Maximum", "Minimum")
+def convert_extremum(imp, lay, sources):
+    sources = same_layout(imp, lay, sources)
+    return emit_multi(imp, lay, lay.class_name, sources, channels_first=sources[0].channels_first)
+
+
+@merge_layer("Concatenate")
+def convert_concatenate(imp, lay, sources):
+    sources = [imp.keras_layout(t, lay) for t in sources]
+    rank = len(imp.shape(sources[0])) + 1
+    axis = int(lay.config.get("axis", -1))
+    axis = axis + rank if axis < 0 else axis
+    if not 0 < axis < rank:
+        raise CompileError(f"{imp.path}: layer {lay.name!r}: Concatenate on the batch axis")
+    return emit_multi(imp, lay, "Concat", sources, {"axis": axis - 1})
+
+
+@merge_layer("Multiply", "Dot")
+def convert_product(imp, lay, sources):
+    raise UnsupportedOpError(
+        f"{imp.path}: layer {lay.name!r} ({lay.class_name}) is a product of two values "
+        "computed from the input (as squeeze-and-excitation, attention or gating compute): no "
+        "MLP layer f(Wx + b) computes a product exactly")

@@ -174,7 +174,7 @@ def plan_layers(graph: Graph) -> Plan:
             raise CompileError(f"node {node.name!r} ({node.op}) is neither linear nor an "
                                "element-wise activation; it must be lowered before "
                                "linearize-dag (check --passes)")
-        for i in node.inputs:  # free affine forms nobody else reads
+        for i in set(node.inputs):  # free affine forms nobody else reads
             remaining[i] -= 1
             if remaining[i] == 0 and i != graph.output and i in memo and i not in activations:
                 del memo[i]

@@ -118,10 +118,10 @@ MUTANTS: list[tuple[str, str, str, str]] = [
     ("opencv: inv_output_scale not the inverse", "cnn2mlp/backends/opencv.py",
      "-out_scale[1::2] / out_scale[0::2], n_out)", "-out_scale[1::2], n_out)"),
     # frontends and the checker
-    ("onnx: Sub(c, x) loses the sign", "cnn2mlp/frontends/onnx.py",
+    ("onnx: Sub(c, x) loses the sign", "cnn2mlp/frontends/onnx/arithmetic.py",
      'x = imp.emit(node, "MulConst", [x], {"const": -np.ones_like(c)})',
      'x = imp.emit(node, "MulConst", [x], {"const": np.ones_like(c)})'),
-    ("onnx: Gemm alpha ignored", "cnn2mlp/frontends/onnx.py",
+    ("onnx: Gemm alpha ignored", "cnn2mlp/frontends/onnx/linear.py",
      'weight = attr(node, "alpha", 1.0) * b.T', "weight = b.T"),
     ("keras: Dense-on-a-map bias repeated", "cnn2mlp/frontends/keras.py",
      "bias = None if bias is None else np.tile(bias, rows)",

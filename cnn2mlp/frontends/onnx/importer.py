@@ -16,9 +16,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import CompileError, UnsupportedOpError
-from ..ir import Graph
-from ..ir.geometry import same_pads
+from ...errors import CompileError, UnsupportedOpError
+from ...ir import Graph
 
 #: Stands for the batch size inside folded shape computations.
 BATCH = 1_000_003
@@ -47,12 +46,14 @@ MIN_OPSET = 7
 
 
 def load_onnx(path: str | Path, input_shape: Sequence[int] | None = None,
-              allow_non_finite: bool = False, max_bytes: int | None = None) -> Graph:
+              allow_non_finite: bool = False, max_bytes: int | None = None,
+              output: str | None = None) -> Graph:
     """Read an ONNX file into the IR. ``input_shape`` gives the per-sample dims (no batch);
     weights with NaN or Inf are refused unless ``allow_non_finite``; nothing larger than
     ``max_bytes`` is folded or built."""
     model, notes = read_model(path)
-    graph = OnnxImporter(model, str(path), input_shape, allow_non_finite, max_bytes).run()
+    graph = OnnxImporter(model, str(path), input_shape, allow_non_finite, max_bytes,
+                         output).run()
     graph.notes[:0] = notes
     return graph
 
@@ -99,6 +100,32 @@ def check_model(model: onnx.ModelProto, source: str) -> list[str]:
             pass
     raise CompileError(f"{source}: invalid ONNX model: {first}")
 
+#: ops that jump: no continuous piecewise-linear function, so no MLP, computes them
+DISCONTINUOUS = {"ArgMax", "ArgMin", "OneHot", "Equal", "Greater", "Less", "GreaterOrEqual",
+                 "LessOrEqual", "Round", "Floor", "Ceil", "Sign", "TopK", "NonZero", "Not",
+                 "And", "Or", "Xor", "IsNaN", "IsInf", "BitShift", "Mod"}
+
+
+def needed_nodes(graph: onnx.GraphProto, target: str) -> list[onnx.NodeProto]:
+    """The nodes ``target`` depends on, in the file's order."""
+    producer = {out: node for node in graph.node for out in node.output if out}
+    keep: set[int] = set()
+    stack = [target]
+    seen = set()
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in producer:
+            continue
+        seen.add(name)
+        node = producer[name]
+        keep.add(id(node))
+        stack.extend(i for i in node.input if i)
+        for attribute in node.attribute:  # subgraphs (If, Loop) read outer names too
+            if attribute.g.node:
+                stack.extend(i for n in attribute.g.node for i in n.input if i)
+    return [node for node in graph.node if id(node) in keep]
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
@@ -107,8 +134,8 @@ def first_line(exc: BaseException) -> str:
 class OnnxImporter:
     def __init__(self, model: onnx.ModelProto, source: str,
                  input_shape: Sequence[int] | None, allow_non_finite: bool = False,
-                 max_bytes: int | None = None) -> None:
-        from ..ir.cost import default_max_bytes
+                 max_bytes: int | None = None, output: str | None = None) -> None:
+        from ...ir.cost import default_max_bytes
 
         self.allow_non_finite = allow_non_finite
         self.max_bytes = default_max_bytes() if max_bytes is None else max_bytes
@@ -126,6 +153,7 @@ class OnnxImporter:
                                "onnx.version_converter.convert_version(model, 17)")
         self.consts: dict[str, np.ndarray] = {}
         self.user_shape = tuple(input_shape) if input_shape else None
+        self.output_name = output
         self.graph: Graph | None = None
         self.batch_is_one = False
 
@@ -138,16 +166,23 @@ class OnnxImporter:
             raise CompileError(f"{self.source}: sparse initializers are not supported; "
                                "save the model with dense initializers")
         self.graph = self._make_input()
-        for node in g.node:
-            self._convert(node)
-        if len(g.output) != 1:
+        if self.output_name is None and len(g.output) != 1:
             raise CompileError(f"{self.source}: the model has {len(g.output)} outputs; "
-                               "cnn2mlp converts models with one output")
-        out = g.output[0].name
+                               "cnn2mlp converts models with one output (or pick a tensor "
+                               "with --output-tensor)")
+        out = self.output_name or g.output[0].name
+        for node in needed_nodes(g, out):  # nodes the output does not need are never read
+            self._convert(node)
         if out in self.consts:
             raise CompileError(f"{self.source}: the output {out!r} does not depend on the input")
+        if out not in self.graph.values:
+            raise CompileError(f"{self.source}: --output-tensor {out!r} is not a tensor of the model")
         self.graph.output = out
-        self._check_output_shape(g.output[0])
+        if self.output_name is None:
+            self._check_output_shape(g.output[0])
+        else:
+            self.graph.meta["output_tensor"] = out
+            self.graph.notes.append(f"compiled up to the tensor {out!r} (--output-tensor)")
         return self.graph
 
     def _tensor(self, tensor: onnx.TensorProto) -> np.ndarray:
@@ -238,6 +273,11 @@ class OnnxImporter:
                             "check the node's attributes and weights")
 
     def _unsupported(self, node: onnx.NodeProto, why: str = "") -> None:
+        if node.op_type in DISCONTINUOUS:
+            raise UnsupportedOpError(
+                f"{self.source}: node {node.name or node.output[0]!r}: op {node.op_type} is "
+                "discontinuous (a jump no weighted sum of ReLUs has): no MLP computes it. "
+                f"Compile the network up to its input with --output-tensor {node.input[0]}")
         what = f"op {node.op_type}" + (f" ({why})" if why else "")
         raise UnsupportedOpError(
             f"{self.source}: node {node.name or node.output[0]!r}: {what} is not supported; "
@@ -327,7 +367,7 @@ class OnnxImporter:
 
     def check_size(self, node: onnx.NodeProto, nnz: int) -> None:
         """Refuse a matrix of ``nnz`` non-zeros above --max-bytes before building it."""
-        from ..ir.cost import BYTES_PER_NNZ
+        from ...ir.cost import BYTES_PER_NNZ
 
         if nnz * BYTES_PER_NNZ > self.max_bytes:
             self.fail(node, f"as a matrix it needs {nnz:,} non-zeros, above --max-bytes "
@@ -335,7 +375,9 @@ class OnnxImporter:
 
     # -- helpers for converters -----------------------------------------------------------
     def data(self, node: onnx.NodeProto, index: int = 0) -> str:
-        name = node.input[index]
+        return self.data_by_name(node, node.input[index])
+
+    def data_by_name(self, node: onnx.NodeProto, name: str) -> str:
         if name not in self.graph.values:
             self.fail(node, f"input {name!r} is unknown (is the graph topologically sorted?)")
         return name
@@ -386,301 +428,3 @@ def constant_value(node: onnx.NodeProto) -> np.ndarray:
 
 def as_str(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-# ------------------------------------------------------------------------------ converters
-@converter("Identity", "Dropout", "Cast", "CastLike")
-def convert_identity(imp: OnnxImporter, node: onnx.NodeProto) -> None:
-    if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
-        training = imp.const(node, 2)
-        if bool(np.asarray(training)):
-            imp.fail(node, "training_mode=1; export the model in inference mode")
-    if node.op_type == "Cast":
-        to = attr(node, "to")
-        if to not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
-            imp.fail(node, "casts the data to a non-float type")
-    imp.alias(node, imp.data(node))
-
-
-@converter("Relu", "Sigmoid", "Tanh", "LeakyRelu")
-def convert_activation(imp: OnnxImporter, node: onnx.NodeProto) -> None:
-    attrs = {"alpha": float(attr(node, "alpha", 0.01))} if node.op_type == "LeakyRelu" else {}
-    imp.emit(node, node.op_type, [imp.data(node)], attrs, output=node.output[0])
-
-
-@converter("Softmax")
-def convert_softmax(imp: OnnxImporter, node: onnx.NodeProto) -> None:
-    x = imp.data(node)
-    full_rank = imp.sample_rank(x) + 1
-    default = 1 if imp.opset < 13 else -1
-    axis = imp.sample_axis(node, attr(node, "axis", default), full_rank)
-    # Before opset 13 softmax flattens from `axis` on: axis 1 is the whole sample.
-    whole = axis == 0 if imp.opset < 13 else imp.sample_rank(x) == 1
-    if not whole:
-        imp.fail(node, "softmax over part of the sample is not supported")
-    imp.emit(node, "Softmax", [x], output=node.output[0])
-
-
-@converter("Flatten")
-def convert_flatten(imp: OnnxImporter, node: onnx.NodeProto) -> None:
-    x = imp.data(node)
-    full_rank = imp.sample_rank(x) + 1
-    axis = attr(node, "axis", 1)
-    if (axis + full_rank if axis < 0 else axis) != 1:
-        imp.fail(node, f"axis {axis} mixes the batch axis with others; only axis 1 is supported")
-    size = int(np.prod(imp.graph.shape(x), dtype=np.int64))
-    imp.emit(node, "Reshape", [x], {"shape": (size,)}, output=node.output[0])
-
-
-@converter("Reshape")
-def convert_reshape(imp: OnnxImporter, node: onnx.NodeProto) -> None:
-    x = imp.data(node)
-    if imp.opset < 5:
-        target = list(attr(node, "shape"))
-    else:
-        target = [int(d) for d in imp.const(node, 1).ravel()]
-    sample = imp.graph.shape(x)
-    full = (BATCH,) + sample
-    allowzero = attr(node, "allowzero", 0)
-    resolved = [full[i] if d == 0 and not allowzero else d for i, d in enumerate(target)]
-    if imp.batch_is_one and resolved and resolved[0] == 1:
-        resolved[0] = BATCH  # a model exported with batch 1 hard-codes it
-    if resolved.count(-1) == 1:
-        known = math.prod(d for d in resolved if d != -1)
-        total = math.prod(full)
-        if known <= 0 or total % known:
-            imp.fail(node, f"cannot reshape (N,{sample}) to {target}")
-        resolved[resolved.index(-1)] = total // known
-    if not resolved or resolved[0] != BATCH or math.prod(resolved[1:]) != math.prod(sample):
-        imp.fail(node, f"target {target} does not keep the batch axis first; "
-                       "only per-sample reshapes can become an MLP")
-    imp.emit(node, "Reshape", [x], {"shape": tuple(resolved[1:])}, output=node.output[0])
-
-
-@converter("Squeeze", "Unsqueeze")
-def convert_squeeze(imp: OnnxImporter, node: onnx.NodeProto) -> None:
-    x = imp.data(node)
-    sample = list(imp.graph.shape(x))
-    if imp.opset >= 13 and len(node.input) > 1 and node.input[1]:
-        axes = [int(a) for a in imp.const(node, 1).ravel()]
-    else:
-        axes = attr(node, "axes", None)
-    if node.op_type == "Squeeze":
-        if axes is None:
-            shape = [d for d in sample if d != 1]
-        else:
-            drop = {imp.sample_axis(node, a, len(sample) + 1) for a in axes}
-            if any(sample[a] != 1 for a in drop):
-                imp.fail(node, "squeezes an axis whose size is not 1")
-            shape = [d for i, d in enumerate(sample) if i not in drop]
-    else:
-        out_rank = len(sample) + 1 + len(axes)
-        add = sorted(imp.sample_axis(node, a, out_rank) for a in axes)
-        shape = sample
-        for a in add:
-            shape.insert(a, 1)
-    imp.emit(node, "Reshape", [x], {"shape": tuple(shape)}, output=node.output[0])
-
-
-@converter("Transpose")
-def convert_transpose(imp: OnnxImporter, node: onnx.NodeProto) -> None:
-    x = imp.data(node)
-    rank = imp.sample_rank(x) + 1
-    perm = attr(node, "perm", list(reversed(range(rank))))
-    if perm[0] != 0:
-        imp.fail(node, f"perm {list(perm)} moves the batch axis")
-    imp.emit(node, "Transpose", [x], {"perm": tuple(p - 1 for p in perm[1:])},
-             output=node.output[0])
-
-
-@converter("Conv")
-def convert_conv(imp: OnnxImporter, node: onnx.NodeProto) -> None:
-    x = imp.data(node)
-    kernel = np.asarray(imp.const(node, 1), dtype=np.float32)
-    bias = imp.const(node, 2, optional=True)
-    spatial = imp.graph.shape(x)[1:]
-    nd = kernel.ndim - 2
-    if len(spatial) != nd:
-        imp.fail(node, f"kernel {kernel.shape} does not fit input {imp.graph.shape(x)}")
-    ks = tuple(attr(node, "kernel_shape", kernel.shape[2:]))
-    if tuple(ks) != kernel.shape[2:]:
-        imp.fail(node, f"kernel_shape {ks} differs from the weight's {kernel.shape[2:]}")
-    strides = tuple(attr(node, "strides", [1] * nd))
-    dilations = tuple(attr(node, "dilations", [1] * nd))
-    pads = window_pads(imp, node, spatial, ks, strides, dilations)
-    attrs = {"kernel": kernel, "bias": None if bias is None else np.asarray(bias, np.float32),
-             "strides": strides, "pads": pads, "dilations": dilations,
-             "group": int(attr(node, "group", 1))}
-    imp.emit(node, "Conv", [x], attrs, output=node.output[0])
-
-
-def window_pads(imp: OnnxImporter, node: onnx.NodeProto, spatial, kernel, strides,
-                dilations) -> tuple[int, ...]:
-    """Explicit (begins..., ends...) pads from ``pads`` or ``auto_pad``."""
-    nd = len(spatial)
-    auto_pad = as_str(attr(node, "auto_pad", "NOTSET"))
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        pairs = [same_pads(spatial[a], kernel[a], strides[a], dilations[a],
-                           upper=auto_pad == "SAME_UPPER") for a in range(nd)]
-        return tuple(p[0] for p in pairs) + tuple(p[1] for p in pairs)
-    if auto_pad == "VALID":
-        return (0,) * (2 * nd)
-    if auto_pad != "NOTSET":
-        imp.fail(node, f"auto_pad {auto_pad!r} is unknown")
-    pads = tuple(attr(node, "pads", [0] * (2 * nd)))
-    if len(pads) != 2 * nd or min(pads) < 0:
-        imp.fail(node, f"pads {list(pads)} do not fit {nd} spatial axes")
-    return pads
-
-
-@converter("Gemm")
-def convert_gemm(imp: OnnxImporter, node: onnx.NodeProto) -> None:
-    x = imp.data(node)
-    if attr(node, "transA", 0):
-        imp.fail(node, "transA=1 mixes the batch axis into the product")
-    if imp.sample_rank(x) != 1:
-        imp.fail(node, f"input has sample shape {imp.graph.shape(x)}; Gemm needs a flat vector")
-    b = np.asarray(imp.const(node, 1), np.float64)
-    b = b.T if attr(node, "transB", 0) else b
-    weight = attr(node, "alpha", 1.0) * b.T
-    c = imp.const(node, 2, optional=True)
-    bias = None
-    if c is not None:
-        c = np.asarray(c, np.float64)
-        if c.ndim == 2 and c.shape[0] != 1:
-            imp.fail(node, f"C of shape {c.shape} varies along the batch axis")
-        bias = attr(node, "beta", 1.0) * np.broadcast_to(c.reshape(-1) if c.ndim else c,
-                                                         (weight.shape[0],))
-    imp.emit(node, "Dense", [x], {"weight": weight.astype(np.float32),
-                                  "bias": None if bias is None else bias.astype(np.float32)},
-             output=node.output[0])
-
-
-@converter("MatMul")
-def convert_matmul(imp: OnnxImporter, node: onnx.NodeProto) -> None:
-    x = imp.data(node)
-    b = np.asarray(imp.const(node, 1), np.float32)
-    sample = imp.graph.shape(x)
-    if b.ndim != 2 or not sample or sample[-1] != b.shape[0]:
-        imp.fail(node, f"multiplies (N,{sample}) by a constant of shape {b.shape}; "
-                       "only data @ matrix is supported")
-    import scipy.sparse as sp
-
-    rows = math.prod(sample[:-1])
-    imp.check_size(node, rows * int(np.count_nonzero(b)))
-    weight = b.T if rows == 1 else sp.kron(sp.identity(rows, np.float32, "csr"),
-                                           sp.csr_array(b.T), format="csr")
-    imp.emit(node, "Dense", [x], {"weight": weight, "bias": None,
-                                  "out_shape": sample[:-1] + (b.shape[1],)},
-             output=node.output[0])
-
-
-@converter("Add", "Sub", "Mul", "Div")
-def convert_arithmetic(imp: OnnxImporter, node: onnx.NodeProto) -> None:
-    a_const, b_const = (imp.is_const(i) for i in node.input[:2])
-    if not (a_const or b_const):
-        imp.fail(node, "both operands are computed from the input (residual connections "
-                       "are not supported yet)")
-    data_index = 1 if a_const else 0
-    x = imp.data(node, data_index)
-    c = broadcast_const(imp, node, np.asarray(imp.const(node, 1 - data_index), np.float64), x)
-    op = node.op_type
-    if op == "Div" and data_index == 1:
-        imp.fail(node, "divides a constant by the input, which is not linear")
-    if op == "Sub" and data_index == 1:  # c - x
-        x = imp.emit(node, "MulConst", [x], {"const": -np.ones_like(c)})
-        op = "Add"
-    elif op == "Sub":
-        c, op = -c, "Add"
-    elif op == "Div":
-        with np.errstate(divide="ignore"):  # a zero divisor is refused, naming the node
-            c, op = 1.0 / c, "Mul"
-    imp.emit(node, "AddConst" if op == "Add" else "MulConst", [x], {"const": c},
-             output=node.output[0])
-
-
-def broadcast_const(imp: OnnxImporter, node: onnx.NodeProto, c: np.ndarray, x: str) -> np.ndarray:
-    """A constant operand as an array that broadcasts to the sample shape of ``x``."""
-    sample = imp.graph.shape(x)
-    if c.ndim == len(sample) + 1:
-        if c.shape[0] != 1:
-            imp.fail(node, f"constant of shape {c.shape} varies along the batch axis")
-        c = c[0]
-    try:
-        if np.broadcast_shapes(c.shape, sample) != sample:
-            raise ValueError
-    except ValueError:
-        imp.fail(node, f"constant of shape {c.shape} would change the shape (N,{sample})")
-    return c
-
-
-@converter("BatchNormalization")
-def convert_batchnorm(imp: OnnxImporter, node: onnx.NodeProto) -> None:
-    x = imp.data(node)
-    if attr(node, "training_mode", 0) or len([o for o in node.output if o]) > 1:
-        imp.fail(node, "training mode; export the model in inference mode (model.eval())")
-    attrs = {key: np.asarray(imp.const(node, i), np.float64)
-             for i, key in enumerate(("scale", "bias", "mean", "var"), start=1)}
-    attrs["epsilon"] = float(attr(node, "epsilon", 1e-5))
-    imp.emit(node, "BatchNorm", [x], attrs, output=node.output[0])
-
-
-@converter("Pad")
-def convert_pad(imp: OnnxImporter, node: onnx.NodeProto) -> None:
-    x = imp.data(node)
-    mode = as_str(attr(node, "mode", "constant"))
-    if mode != "constant":
-        imp.fail(node, f"mode {mode!r}; only constant padding is supported")
-    rank = imp.sample_rank(x) + 1
-    if imp.opset < 11:
-        pads, value = list(attr(node, "pads")), float(attr(node, "value", 0.0))
-    else:
-        pads = [int(p) for p in imp.const(node, 1).ravel()]
-        cv = imp.const(node, 2, optional=True)
-        value = float(np.asarray(cv).ravel()[0]) if cv is not None and np.size(cv) else 0.0
-        axes = imp.const(node, 3, optional=True)
-        if axes is not None:
-            full = [0] * (2 * rank)
-            axes = [int(a) + rank if a < 0 else int(a) for a in np.ravel(axes)]
-            for i, a in enumerate(axes):
-                full[a], full[rank + a] = pads[i], pads[len(axes) + i]
-            pads = full
-    if len(pads) != 2 * rank:
-        imp.fail(node, f"pads {pads} do not fit rank {rank}")
-    if pads[0] or pads[rank]:
-        imp.fail(node, "pads the batch axis")
-    sample_pads = tuple(pads[1:rank]) + tuple(pads[rank + 1:])
-    imp.emit(node, "Pad", [x], {"pads": sample_pads, "value": value}, output=node.output[0])
-
-
-@converter("MaxPool", "AveragePool")
-def convert_pool(imp: OnnxImporter, node: onnx.NodeProto) -> None:
-    x = imp.data(node)
-    if len([o for o in node.output if o]) > 1:
-        imp.fail(node, "the Indices output of MaxPool is not supported")
-    if attr(node, "storage_order", 0):
-        imp.fail(node, "storage_order=1 is not supported")
-    spatial = imp.graph.shape(x)[1:]
-    nd = len(spatial)
-    ks = tuple(attr(node, "kernel_shape"))
-    if len(ks) != nd:
-        imp.fail(node, f"kernel_shape {ks} does not fit input {imp.graph.shape(x)}")
-    strides = tuple(attr(node, "strides", [1] * nd))
-    dilations = tuple(attr(node, "dilations", [1] * nd))
-    attrs = {"kernel_shape": ks, "strides": strides, "dilations": dilations,
-             "pads": window_pads(imp, node, spatial, ks, strides, dilations),
-             "ceil_mode": bool(attr(node, "ceil_mode", 0))}
-    if node.op_type == "AveragePool":
-        attrs["count_include_pad"] = bool(attr(node, "count_include_pad", 0))
-    imp.emit(node, node.op_type, [x], attrs, output=node.output[0])
-
-
-@converter("GlobalMaxPool", "GlobalAveragePool")
-def convert_global_pool(imp: OnnxImporter, node: onnx.NodeProto) -> None:
-    x = imp.data(node)
-    spatial = imp.graph.shape(x)[1:]
-    nd = len(spatial)
-    attrs = {"kernel_shape": tuple(spatial), "strides": (1,) * nd, "dilations": (1,) * nd,
-             "pads": (0,) * (2 * nd), "ceil_mode": False, "count_include_pad": False}
-    op = "MaxPool" if node.op_type == "GlobalMaxPool" else "AveragePool"
-    imp.emit(node, op, [x], attrs, output=node.output[0])

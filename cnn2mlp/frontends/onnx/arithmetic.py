@@ -1,0 +1,131 @@
+"""Add, Sub, Mul, Div with a constant operand, and of two computed tensors (joins of
+a DAG); Sum, Mean, Max and Min."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .importer import OnnxImporter, converter
+
+
+@converter("Add", "Sub", "Mul", "Div")
+def convert_arithmetic(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    a_const, b_const = (imp.is_const(i) for i in node.input[:2])
+    if not (a_const or b_const):
+        join(imp, node)
+        return
+    data_index = 1 if a_const else 0
+    x = imp.data(node, data_index)
+    c = broadcast_const(imp, node, np.asarray(imp.const(node, 1 - data_index), np.float64), x)
+    op = node.op_type
+    if op == "Div" and data_index == 1:
+        imp.fail(node, "divides a constant by the input, which is not linear")
+    if op == "Sub" and data_index == 1:  # c - x
+        x = imp.emit(node, "MulConst", [x], {"const": -np.ones_like(c)})
+        op = "Add"
+    elif op == "Sub":
+        c, op = -c, "Add"
+    elif op == "Div":
+        with np.errstate(divide="ignore"):  # a zero divisor is refused, naming the node
+            c, op = 1.0 / c, "Mul"
+    imp.emit(node, "AddConst" if op == "Add" else "MulConst", [x], {"const": c},
+             output=node.output[0])
+
+
+def broadcast_const(imp: OnnxImporter, node: onnx.NodeProto, c: np.ndarray, x: str) -> np.ndarray:
+    """A constant operand as an array that broadcasts to the sample shape of ``x``."""
+    sample = imp.graph.shape(x)
+    if c.ndim == len(sample) + 1:
+        if c.shape[0] != 1:
+            imp.fail(node, f"constant of shape {c.shape} varies along the batch axis")
+        c = c[0]
+    try:
+        if np.broadcast_shapes(c.shape, sample) != sample:
+            raise ValueError
+    except ValueError:
+        imp.fail(node, f"constant of shape {c.shape} would change the shape (N,{sample})")
+    return c
+
+
+PRODUCT = ("is a product of two values computed from the input (as squeeze-and-excitation, "
+           "attention or gating compute): no MLP layer f(Wx + b) computes a product exactly. "
+           "Compile the network up to a tensor before it with --output-tensor TENSOR")
+
+
+def join(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    """Add or Sub of two computed tensors (a residual join); Mul and Div are refused."""
+    if node.op_type in ("Mul", "Div"):
+        imp.fail(node, PRODUCT)
+    a, b = broadcast_all(imp, node, [imp.data(node, 0), imp.data(node, 1)])
+    coeffs = (1.0, -1.0) if node.op_type == "Sub" else (1.0, 1.0)
+    imp.emit(node, "Sum", [a, b], {"coeffs": coeffs}, output=node.output[0])
+
+
+def broadcast_all(imp: OnnxImporter, node: onnx.NodeProto, values: list[str]) -> list[str]:
+    """Computed tensors broadcast to one per-sample shape (ONNX multidirectional
+    broadcasting, with every tensor keeping its batch axis): a smaller one is copied by a
+    selection, a linear map."""
+    shapes = [imp.graph.shape(v) for v in values]
+    if len({len(s) for s in shapes}) != 1:
+        imp.fail(node, f"operands of shapes {['(N,' + str(s)[1:] for s in shapes]} have "
+                       "different ranks: broadcasting would mix the batch axis with others")
+    try:
+        out = np.broadcast_shapes(*shapes)
+    except ValueError:
+        imp.fail(node, f"operand shapes {shapes} do not broadcast")
+    return [v if s == out else broadcast_value(imp, node, v, s, out)
+            for v, s in zip(values, shapes)]
+
+
+def broadcast_value(imp: OnnxImporter, node: onnx.NodeProto, value: str, shape, out) -> str:
+    n = int(np.prod(shape))
+    indices = np.broadcast_to(np.arange(n).reshape(shape), out).ravel()
+    return imp.emit(node, "Select", [value], {"indices": indices, "out_shape": tuple(out)})
+
+
+@converter("Sum", "Mean")
+def convert_sum(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    names = [i for i in node.input if i]
+    computed = [i for i in names if not imp.is_const(i)]
+    weight = 1.0 / len(names) if node.op_type == "Mean" else 1.0
+    values = broadcast_all(imp, node, [imp.data_by_name(node, i) for i in computed])
+    consts = [np.asarray(imp.const(node, k), np.float64) for k, i in enumerate(node.input)
+              if i and imp.is_const(i)]
+    out = node.output[0]
+    total = imp.emit(node, "Sum", values, {"coeffs": (weight,) * len(values)},
+                     output=None if consts else out)
+    if consts:
+        c = broadcast_const(imp, node, weight * sum(consts), total)
+        imp.emit(node, "AddConst", [total], {"const": c}, output=out)
+
+
+@converter("Max", "Min")
+def convert_extremum(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    """Of computed tensors: Maximum/Minimum (ReLU tournaments later). With constants:
+    ``max(x, c) = c + relu(x - c)`` and ``min(x, c) = c - relu(c - x)``, per element."""
+    names = [i for i in node.input if i]
+    computed = [i for i in names if not imp.is_const(i)]
+    consts = [np.asarray(imp.const(node, k), np.float64) for k, i in enumerate(node.input)
+              if i and imp.is_const(i)]
+    values = broadcast_all(imp, node, [imp.data_by_name(node, i) for i in computed])
+    out = node.output[0]
+    is_max = node.op_type == "Max"
+    op = "Maximum" if is_max else "Minimum"
+    x = values[0] if len(values) == 1 else imp.emit(node, op, values,
+                                                    output=None if consts else out)
+    if not consts:
+        if len(values) == 1:
+            imp.alias(node, x)
+        return
+    reduce = np.maximum if is_max else np.minimum
+    c = consts[0]
+    for other in consts[1:]:
+        c = reduce(c, other)
+    c = broadcast_const(imp, node, c, x)
+    sign = 1.0 if is_max else -1.0
+    # max: c + relu(x - c); min: c - relu(c - x) = c + (-1) * relu(-x + c)
+    shifted = imp.emit(node, "MulConst", [x], {"const": np.full_like(c, sign)})
+    shifted = imp.emit(node, "AddConst", [shifted], {"const": -sign * c})
+    relu = imp.emit(node, "Relu", [shifted])
+    back = imp.emit(node, "MulConst", [relu], {"const": np.full_like(c, sign)})
+    imp.emit(node, "AddConst", [back], {"const": c}, output=out)

@@ -1,0 +1,197 @@
+"""Ops that move or copy values without arithmetic: Identity/Dropout/Cast, Flatten,
+Reshape, Squeeze/Unsqueeze, Transpose, Pad, and (for DAGs) Concat, Split and Slice."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+
+from .importer import BATCH, OnnxImporter, as_str, attr, converter
+
+
+@converter("Identity", "Dropout", "Cast", "CastLike")
+def convert_identity(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+        training = imp.const(node, 2)
+        if bool(np.asarray(training)):
+            imp.fail(node, "training_mode=1; export the model in inference mode")
+    if node.op_type == "Cast":
+        to = attr(node, "to")
+        if to not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+            imp.fail(node, "casts the data to a non-float type")
+    imp.alias(node, imp.data(node))
+
+
+@converter("Flatten")
+def convert_flatten(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    full_rank = imp.sample_rank(x) + 1
+    axis = attr(node, "axis", 1)
+    if (axis + full_rank if axis < 0 else axis) != 1:
+        imp.fail(node, f"axis {axis} mixes the batch axis with others; only axis 1 is supported")
+    size = int(np.prod(imp.graph.shape(x), dtype=np.int64))
+    imp.emit(node, "Reshape", [x], {"shape": (size,)}, output=node.output[0])
+
+
+@converter("Reshape")
+def convert_reshape(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    if imp.opset < 5:
+        target = list(attr(node, "shape"))
+    else:
+        target = [int(d) for d in imp.const(node, 1).ravel()]
+    sample = imp.graph.shape(x)
+    full = (BATCH,) + sample
+    allowzero = attr(node, "allowzero", 0)
+    resolved = [full[i] if d == 0 and not allowzero else d for i, d in enumerate(target)]
+    if imp.batch_is_one and resolved and resolved[0] == 1:
+        resolved[0] = BATCH  # a model exported with batch 1 hard-codes it
+    if resolved.count(-1) == 1:
+        known = math.prod(d for d in resolved if d != -1)
+        total = math.prod(full)
+        if known <= 0 or total % known:
+            imp.fail(node, f"cannot reshape (N,{sample}) to {target}")
+        resolved[resolved.index(-1)] = total // known
+    if not resolved or resolved[0] != BATCH or math.prod(resolved[1:]) != math.prod(sample):
+        imp.fail(node, f"target {target} does not keep the batch axis first; "
+                       "only per-sample reshapes can become an MLP")
+    imp.emit(node, "Reshape", [x], {"shape": tuple(resolved[1:])}, output=node.output[0])
+
+
+@converter("Squeeze", "Unsqueeze")
+def convert_squeeze(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    sample = list(imp.graph.shape(x))
+    if imp.opset >= 13 and len(node.input) > 1 and node.input[1]:
+        axes = [int(a) for a in imp.const(node, 1).ravel()]
+    else:
+        axes = attr(node, "axes", None)
+    if node.op_type == "Squeeze":
+        if axes is None:
+            shape = [d for d in sample if d != 1]
+        else:
+            drop = {imp.sample_axis(node, a, len(sample) + 1) for a in axes}
+            if any(sample[a] != 1 for a in drop):
+                imp.fail(node, "squeezes an axis whose size is not 1")
+            shape = [d for i, d in enumerate(sample) if i not in drop]
+    else:
+        out_rank = len(sample) + 1 + len(axes)
+        add = sorted(imp.sample_axis(node, a, out_rank) for a in axes)
+        shape = sample
+        for a in add:
+            shape.insert(a, 1)
+    imp.emit(node, "Reshape", [x], {"shape": tuple(shape)}, output=node.output[0])
+
+
+@converter("Transpose")
+def convert_transpose(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    rank = imp.sample_rank(x) + 1
+    perm = attr(node, "perm", list(reversed(range(rank))))
+    if perm[0] != 0:
+        imp.fail(node, f"perm {list(perm)} moves the batch axis")
+    imp.emit(node, "Transpose", [x], {"perm": tuple(p - 1 for p in perm[1:])},
+             output=node.output[0])
+
+
+@converter("Pad")
+def convert_pad(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    mode = as_str(attr(node, "mode", "constant"))
+    if mode != "constant":
+        imp.fail(node, f"mode {mode!r}; only constant padding is supported")
+    rank = imp.sample_rank(x) + 1
+    if imp.opset < 11:
+        pads, value = list(attr(node, "pads")), float(attr(node, "value", 0.0))
+    else:
+        pads = [int(p) for p in imp.const(node, 1).ravel()]
+        cv = imp.const(node, 2, optional=True)
+        value = float(np.asarray(cv).ravel()[0]) if cv is not None and np.size(cv) else 0.0
+        axes = imp.const(node, 3, optional=True)
+        if axes is not None:
+            full = [0] * (2 * rank)
+            axes = [int(a) + rank if a < 0 else int(a) for a in np.ravel(axes)]
+            for i, a in enumerate(axes):
+                full[a], full[rank + a] = pads[i], pads[len(axes) + i]
+            pads = full
+    if len(pads) != 2 * rank:
+        imp.fail(node, f"pads {pads} do not fit rank {rank}")
+    if pads[0] or pads[rank]:
+        imp.fail(node, "pads the batch axis")
+    sample_pads = tuple(pads[1:rank]) + tuple(pads[rank + 1:])
+    imp.emit(node, "Pad", [x], {"pads": sample_pads, "value": value}, output=node.output[0])
+
+
+@converter("Concat")
+def convert_concat(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    names = [i for i in node.input if i]
+    if any(imp.is_const(i) for i in names):
+        imp.fail(node, "concatenates a constant with computed values; only computed "
+                       "tensors can be concatenated")
+    values = [imp.data_by_name(node, i) for i in names]
+    rank = imp.sample_rank(values[0]) + 1
+    axis = imp.sample_axis(node, attr(node, "axis", 1 if imp.opset < 4 else None), rank)
+    imp.emit(node, "Concat", values, {"axis": axis}, output=node.output[0])
+
+
+def select_block(imp: OnnxImporter, node: onnx.NodeProto, x: str, index, output: str) -> None:
+    """``y = x[index]`` (per sample) as a Select of flat positions."""
+    shape = imp.graph.shape(x)
+    grid = np.arange(int(np.prod(shape))).reshape(shape)[index]
+    if grid.size == 0:
+        imp.fail(node, "selects no values")
+    imp.emit(node, "Select", [x], {"indices": grid.ravel(), "out_shape": grid.shape},
+             output=output)
+
+
+@converter("Split")
+def convert_split(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    shape = imp.graph.shape(x)
+    axis = imp.sample_axis(node, attr(node, "axis", 0), len(shape) + 1)
+    outputs = [o for o in node.output]
+    if imp.opset >= 13 and len(node.input) > 1 and node.input[1]:
+        sizes = [int(v) for v in imp.const(node, 1).ravel()]
+    elif attr(node, "split") is not None:
+        sizes = [int(v) for v in attr(node, "split")]
+    else:  # equal parts; opset 18's num_outputs lets the last one be smaller
+        parts = len(outputs)
+        step = -(-shape[axis] // parts)
+        sizes = [min(step, shape[axis] - i * step) for i in range(parts)]
+    if sum(sizes) != shape[axis] or len(sizes) != len(outputs) or min(sizes) < 0:
+        imp.fail(node, f"split sizes {sizes} do not divide axis size {shape[axis]} into "
+                       f"{len(outputs)} outputs")
+    start = 0
+    for size, out in zip(sizes, outputs):
+        if out:
+            index = [slice(None)] * len(shape)
+            index[axis] = slice(start, start + size)
+            select_block(imp, node, x, tuple(index), out)
+        start += size
+
+
+@converter("Slice")
+def convert_slice(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    shape = imp.graph.shape(x)
+    rank = len(shape) + 1
+    if imp.opset < 10:
+        starts, ends = attr(node, "starts"), attr(node, "ends")
+        axes, steps = attr(node, "axes", list(range(len(starts)))), [1] * len(starts)
+    else:
+        starts, ends = imp.const(node, 1).ravel(), imp.const(node, 2).ravel()
+        axes = imp.const(node, 3, optional=True)
+        axes = list(range(len(starts))) if axes is None else axes.ravel()
+        steps = imp.const(node, 4, optional=True)
+        steps = [1] * len(starts) if steps is None else steps.ravel()
+    index = [slice(None)] * len(shape)
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis = int(axis) + rank if axis < 0 else int(axis)
+        if axis == 0:
+            if (int(start), int(step)) != (0, 1) or int(end) < BATCH:
+                imp.fail(node, "slices the batch axis; only per-sample slices can become an "
+                               "MLP")
+            continue
+        index[imp.sample_axis(node, axis, rank)] = slice(int(start), int(end), int(step))
+    select_block(imp, node, x, tuple(index), node.output[0])

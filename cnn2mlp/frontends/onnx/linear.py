@@ -1,0 +1,62 @@
+"""Gemm, MatMul and BatchNormalization: affine maps with constant weights."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+
+from .importer import OnnxImporter, attr, converter
+
+
+@converter("Gemm")
+def convert_gemm(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    if attr(node, "transA", 0):
+        imp.fail(node, "transA=1 mixes the batch axis into the product")
+    if imp.sample_rank(x) != 1:
+        imp.fail(node, f"input has sample shape {imp.graph.shape(x)}; Gemm needs a flat vector")
+    b = np.asarray(imp.const(node, 1), np.float64)
+    b = b.T if attr(node, "transB", 0) else b
+    weight = attr(node, "alpha", 1.0) * b.T
+    c = imp.const(node, 2, optional=True)
+    bias = None
+    if c is not None:
+        c = np.asarray(c, np.float64)
+        if c.ndim == 2 and c.shape[0] != 1:
+            imp.fail(node, f"C of shape {c.shape} varies along the batch axis")
+        bias = attr(node, "beta", 1.0) * np.broadcast_to(c.reshape(-1) if c.ndim else c,
+                                                         (weight.shape[0],))
+    imp.emit(node, "Dense", [x], {"weight": weight.astype(np.float32),
+                                  "bias": None if bias is None else bias.astype(np.float32)},
+             output=node.output[0])
+
+
+@converter("MatMul")
+def convert_matmul(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    b = np.asarray(imp.const(node, 1), np.float32)
+    sample = imp.graph.shape(x)
+    if b.ndim != 2 or not sample or sample[-1] != b.shape[0]:
+        imp.fail(node, f"multiplies (N,{sample}) by a constant of shape {b.shape}; "
+                       "only data @ matrix is supported")
+    import scipy.sparse as sp
+
+    rows = math.prod(sample[:-1])
+    imp.check_size(node, rows * int(np.count_nonzero(b)))
+    weight = b.T if rows == 1 else sp.kron(sp.identity(rows, np.float32, "csr"),
+                                           sp.csr_array(b.T), format="csr")
+    imp.emit(node, "Dense", [x], {"weight": weight, "bias": None,
+                                  "out_shape": sample[:-1] + (b.shape[1],)},
+             output=node.output[0])
+
+
+@converter("BatchNormalization")
+def convert_batchnorm(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    x = imp.data(node)
+    if attr(node, "training_mode", 0) or len([o for o in node.output if o]) > 1:
+        imp.fail(node, "training mode; export the model in inference mode (model.eval())")
+    attrs = {key: np.asarray(imp.const(node, i), np.float64)
+             for i, key in enumerate(("scale", "bias", "mean", "var"), start=1)}
+    attrs["epsilon"] = float(attr(node, "epsilon", 1e-5))
+    imp.emit(node, "BatchNorm", [x], attrs, output=node.output[0])
