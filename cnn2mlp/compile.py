@@ -48,7 +48,8 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
                   ctx: PassContext | None = None, print_ir: bool = False,
                   allow_non_finite: bool = False,
                   max_bytes: int | None = None,
-                  output_tensor: str | None = None) -> CompileResult:
+                  output_tensor: str | None = None,
+                  show_progress: bool = False) -> CompileResult:
     """Compile ``model`` into an MLP; write it to ``output`` when given. ``output_tensor``
     names a tensor (ONNX) or layer (Keras) to compile up to instead of the model's output."""
     seconds: dict[str, float] = {}
@@ -69,7 +70,9 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
         dense_preflight_from_shapes(graph, model, ctx.options.get("max_dense_bytes",
                                                                   DEFAULT_MAX_DENSE_BYTES))
     after_each = print_ir_after if print_ir else None
-    report = pipeline.run(graph, ctx, after_each)
+    progress = Progress(enabled=show_progress)
+    report = pipeline.run(graph, ctx, after_each, progress.step)
+    progress.done()
     if not allow_non_finite:
         refuse_non_finite(graph, model, "after compiling (an overflow)")
     try:
@@ -172,6 +175,29 @@ def preflight(graph: Graph, model: str | Path, max_bytes: int | None) -> None:
             f"({size.bytes / 2**30:.1f} GiB), above the limit of {limit / 2**30:.1f} GiB; "
             f"the largest layer is {name!r} ({op}, {nnz:,} non-zeros). Use a smaller "
             "--input-shape, or raise --max-bytes if the machine has the memory")
+
+
+class Progress:
+    """One status line on a terminal's stderr (``[ 5/17] conv-to-dense 3.1 s``), shown once
+    a compile has run for ``after`` seconds and cleared at the end. Never on a pipe or a
+    file, so that logs and error output stay one line."""
+
+    def __init__(self, enabled: bool, after: float = 2.0) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.after = after
+        self.start = time.perf_counter()
+        self.shown = False
+
+    def step(self, index: int, total: int, name: str) -> None:
+        elapsed = time.perf_counter() - self.start
+        if self.enabled and elapsed >= self.after:
+            print(f"\r[{index + 1:>2}/{total}] {name:<24} {elapsed:6.1f} s", end="",
+                  file=sys.stderr, flush=True)
+            self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            print("\r" + " " * 44 + "\r", end="", file=sys.stderr, flush=True)
 
 
 def print_ir_after(name: str, graph: Graph) -> None:
@@ -376,7 +402,7 @@ def run_cli(args: argparse.Namespace) -> int:
     result = compile_model(args.model, None, target=target, input_shape=args.input_shape,
                            passes=passes, ctx=ctx, print_ir=args.print_ir_after_all,
                            allow_non_finite=args.allow_non_finite, max_bytes=args.max_bytes,
-                           output_tensor=args.output_tensor)
+                           output_tensor=args.output_tensor, show_progress=not args.quiet)
     meta = {"source": str(args.model), "cnn2mlp": __version__}
     options = {"encoding": args.xml_encoding, "max_dense_bytes": args.max_dense_bytes}
     # Every output is staged; they replace their destinations together, or none does.

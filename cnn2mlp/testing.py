@@ -479,7 +479,7 @@ def assert_equivalent(original: Any, compiled: Any, inputs: np.ndarray | None = 
 
 # --------------------------------------------------------------------------- DAGs
 DAG_STEPS = ("conv", "conv", "add", "sub", "concat", "max", "min", "projection",
-             "activation", "sum3")
+             "activation", "sum3", "clip")
 
 
 @st.composite
@@ -522,6 +522,10 @@ def dag_graphs(draw, ranks: Sequence[int] = (1, 2), max_steps: int = 5,
                               {"axis": 0}).output
         elif kind in ("max", "min"):
             node = g.add_node("Maximum" if kind == "max" else "Minimum", [src, other]).output
+        elif kind == "clip":  # ReLU6-like, one-sided, or degenerate (high <= low)
+            low, high = draw(st.sampled_from([(0.0, 6.0), (-0.5, 0.3), (None, 0.2),
+                                              (-0.1, None), (0.4, 0.1)]))
+            node = g.add_node("Clip", [src], {"low": low, "high": high}).output
         else:
             op = draw(st.sampled_from(list(activations)))
             node = g.add_node(op, [src], {"alpha": 0.1} if op == "LeakyRelu" else {}).output

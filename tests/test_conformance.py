@@ -16,7 +16,7 @@ from cnn2mlp.testing import compile_to_model
 
 OPS = {"Conv", "Gemm", "MatMul", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Flatten", "Transpose",
        "BatchNormalization", "Identity", "Dropout",
-       "MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool"}
+       "MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool", "Clip"}
 
 
 def all_cases():
@@ -41,6 +41,8 @@ def out_of_scope(case) -> str | None:
         return "not float32"
     if x.ndim > 4:
         return "more than 2 spatial axes"
+    if x.ndim < 2:
+        return "no batch axis (a rank-1 tensor is one sample)"
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if attrs.get("training_mode") or (node.op_type == "Dropout" and len(inputs) > 2
                                       and bool(np.asarray(inputs[2]))):

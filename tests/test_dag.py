@@ -19,7 +19,8 @@ from cnn2mlp.testing import (
 )
 
 BEFORE_LINEARIZE = ["eliminate-identity", "fold-batchnorm", "conv-to-dense", "maxpool-to-relu",
-                    "extremum-to-relu", "layout-to-permutation", "fold-stride", "fold-affine",
+                    "extremum-to-relu", "clip-to-relu", "layout-to-permutation", "fold-stride",
+                    "fold-affine",
                     "lower-linear", "fuse-dense"]
 
 
@@ -396,3 +397,43 @@ def test_carry_flag(tmp_path, carry):
     layers = json.loads(report.read_text())["layers"]
     expected = "relu" if carry == "activation" else "mixed"
     assert layers[1]["activation"] == expected and layers[1]["carried"] == 8 * 8 * 8
+
+
+@given(dag_graphs(steps=("conv", "clip", "add", "activation")))
+def test_clip_to_relu(graph):
+    after = graph.copy()
+    count = get_pass("clip-to-relu").run(after, PassContext())
+    after.verify()
+    assert count == graph.ops().count("Clip") and "Clip" not in after.ops()
+    assert_equivalent(graph, after, n=8, rtol=1e-6, input_range=(-8, 8))
+
+
+def test_relu6_is_one_layer_of_two_neurons():
+    g = Graph("x", (4,))
+    g.append("Dense", {"weight": np.random.default_rng(0).normal(size=(4, 4)) * 5,
+                       "bias": np.zeros(4)})
+    g.append("Clip", {"low": 0.0, "high": 6.0})
+    g.append("Dense", {"weight": np.ones((2, 4)), "bias": np.zeros(2)})
+    after = g.copy()
+    Pipeline.default("csr").run(after, PassContext())
+    mlp = Mlp.from_graph(after, g.shape(g.output))
+    assert [(l.n_out, l.activation) for l in mlp.layers] == [(8, "relu"), (2, "identity")]
+    assert_equivalent(g, mlp, n=32, rtol=1e-5, input_range=(-2, 2))
+
+
+def test_progress_line_on_a_terminal_only(monkeypatch):
+    import io
+    import sys
+
+    from cnn2mlp.compile import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, shown in ((Tty(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        progress = Progress(enabled=True, after=0.0)
+        progress.step(4, 17, "conv-to-dense")
+        progress.done()
+        assert ("[ 5/17] conv-to-dense" in stream.getvalue()) == shown

@@ -133,7 +133,22 @@ def inception_1d():
     return keras.Model(inputs, out)
 
 
-MODELS = {"lenet": lenet, "tanh": tanh_net, "depthwise_bn": depthwise_bn,
+def mobilenet_v2_block():
+    """MobileNetV2's inverted residual: 1×1 expand + ReLU(6), depthwise 3×3 + relu6,
+    1×1 project, Add; a ReLU with max_value and negative_slope at the head."""
+    inputs = keras.Input((6, 6, 4))
+    x = L.Conv2D(12, 1)(inputs)
+    x = L.BatchNormalization()(x)
+    x = L.ReLU(6.0)(x)
+    x = L.DepthwiseConv2D(3, padding="same", activation="relu6")(x)
+    x = L.Conv2D(4, 1)(x)
+    x = L.Add()([x, inputs])
+    x = L.ReLU(max_value=2.0, negative_slope=0.1)(x)
+    out = L.Dense(3)(L.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, out)
+
+
+MODELS = {"mobilenet_v2_block": mobilenet_v2_block, "lenet": lenet, "tanh": tanh_net, "depthwise_bn": depthwise_bn,
           "causal_conv1d": causal_conv1d, "functional": functional,
           "residual_dag": residual_dag, "inception_1d": inception_1d}
 

@@ -505,6 +505,8 @@ def apply_activation(imp: KerasImporter, lay: Layer, t: Tensor, name) -> Tensor:
         return imp.emit(lay, ACTIVATION_OPS[name], t)
     if name == "leaky_relu":  # keras.activations.leaky_relu: negative_slope 0.2
         return imp.emit(lay, "LeakyRelu", t, {"alpha": 0.2})
+    if name == "relu6":
+        return imp.emit(lay, "Clip", t, {"low": 0.0, "high": 6.0})
     if name == "softmax":
         flat = imp.keras_layout(t, lay)
         if len(imp.shape(flat)) != 1:
@@ -522,14 +524,26 @@ def convert_activation_layer(imp, lay, t):
 
 @layer("ReLU")
 def convert_relu(imp, lay, t):
+    """Keras ReLU(max_value=m, negative_slope=s, threshold=0): ``clip(x, 0, m) - s relu(-x)``.
+    A non-zero threshold jumps at the threshold: no sum of ReLUs equals it."""
     c = lay.config
-    if c.get("max_value") is not None or c.get("threshold", 0.0):
-        raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: ReLU with max_value or "
-                                 "threshold is not supported")
-    slope = c.get("negative_slope", 0.0) or 0.0
-    if slope:
-        return imp.emit(lay, "LeakyRelu", t, {"alpha": float(slope)})
-    return imp.emit(lay, "Relu", t)
+    if c.get("threshold", 0.0):
+        raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: ReLU with threshold "
+                                 f"{c['threshold']} jumps at the threshold (discontinuous): "
+                                 "no MLP computes it exactly")
+    slope = float(c.get("negative_slope", 0.0) or 0.0)
+    top = c.get("max_value")
+    if top is None:
+        return imp.emit(lay, "LeakyRelu", t, {"alpha": slope}) if slope else \
+            imp.emit(lay, "Relu", t)
+    clipped = imp.emit(lay, "Clip", t, {"low": 0.0, "high": float(top)})
+    if not slope:
+        return clipped
+    shape = imp.shape(t)
+    negative = imp.emit(lay, "MulConst", t, {"const": np.full(shape, -1.0)})
+    negative = imp.emit(lay, "Relu", negative)
+    return emit_multi(imp, lay, "Sum", [clipped, negative], {"coeffs": (1.0, -slope)},
+                      t.channels_first)
 
 
 @layer("LeakyReLU")

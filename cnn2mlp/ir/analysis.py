@@ -20,7 +20,7 @@ from .ops import get_op
 UNBOUNDED = 1e30
 
 MONOTONE = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Identity", "MaxPool", "AveragePool",
-            "Reshape", "Transpose", "Select", "Pad", "MixedActivation"}
+            "Reshape", "Transpose", "Select", "Pad", "MixedActivation", "Clip"}
 #: multi-input ops monotone in every input: the box maps corner to corner
 MONOTONE_JOINT = {"Concat", "Maximum", "Minimum"}
 AFFINE = {"Conv", "Dense", "AddConst", "MulConst", "BatchNorm"}
@@ -116,7 +116,7 @@ def nonnegative(graph: Graph, value: str, bounds: Bounds | None = None) -> np.nd
 
 
 LIPSCHITZ = {"Relu": 1.0, "LeakyRelu": 1.0, "Tanh": 1.0, "Sigmoid": 0.25, "Identity": 1.0,
-             "MixedActivation": 1.0,
+             "MixedActivation": 1.0, "Clip": 1.0,
              "MaxPool": 1.0, "AveragePool": 1.0, "Reshape": 1.0, "Transpose": 1.0,
              "Select": 1.0, "Pad": 1.0, "Softmax": 1.0, "AddConst": 1.0}
 

@@ -399,3 +399,15 @@ def check_segments(segments, n: int) -> None:
         position = stop
     if position != n:
         raise ValueError(f"activation segments {segments} do not tile [0, {n})")
+
+
+@register_op
+class Clip(Op):
+    """``min(max(x, low), high)`` element-wise; ``low`` or ``high`` may be None (unbounded).
+    ReLU6 is Clip(0, 6)."""
+
+    name = "Clip"
+
+    def evaluate(self, node, xs):
+        low, high = node.attrs.get("low"), node.attrs.get("high")
+        return [np.clip(xs[0], -np.inf if low is None else low, np.inf if high is None else high)]

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from ..errors import CompileError
 from ..ir import Graph, Node, get_op
 from ..ir.analysis import interval_bounds
-from ..ir.linear import selection, to_csr
+from ..ir.linear import index_dtype, selection, to_csr
 from ..ir.ops import sum_coeffs
 from .base import Pass, PassContext, register_pass
 
@@ -82,11 +82,17 @@ class Affine:
         return cls({name: None}, None, size)
 
     def map(self, matrix: sp.csr_array) -> "Affine":
-        """``matrix @ self``."""
-        terms = {s: matrix if m is None else sp.csr_array(matrix @ m)
-                 for s, m in self.terms.items()}
-        bias = None if self.bias is None else matrix @ self.bias
+        """``matrix @ self``: a product of two weight matrices is formed in float64 and
+        rounded once; an identity term shares ``matrix`` (no copy)."""
+        terms = {s: matrix if m is None else product(matrix, m) for s, m in self.terms.items()}
+        bias = None if self.bias is None else matrix @ np.asarray(self.bias, np.float64)
         return Affine(terms, bias, matrix.shape[0])
+
+
+def product(a: sp.csr_array, b: sp.csr_array) -> sp.csr_array:
+    out = sp.csr_array(a.astype(np.float64) @ b.astype(np.float64))
+    out.sum_duplicates()
+    return out.astype(np.float32)
 
 
 def add_affines(parts: list[tuple[sp.csr_array, Affine]], size: int) -> Affine:
@@ -105,19 +111,19 @@ def add_affines(parts: list[tuple[sp.csr_array, Affine]], size: int) -> Affine:
 def linear_affine(graph: Graph, node: Node, args: list[Affine]) -> Affine:
     size = graph.values[node.output].size
     if node.op == "Dense":
-        w = to_csr(node.attrs["weight"]).astype(np.float64)
+        w = to_csr(node.attrs["weight"]).astype(np.float32, copy=False)
         out = args[0].map(w)
         b = node.attrs.get("bias")
         if b is not None:
             out.bias = np.asarray(b, np.float64) + (0 if out.bias is None else out.bias)
         return out
     if node.op == "Sum":
-        return add_affines([(sp.identity(a.size, np.float64, "csr") * c, a)
+        return add_affines([(sp.identity(a.size, np.float32, "csr") * np.float32(c), a)
                             for c, a in zip(sum_coeffs(node), args)], size)
     if node.op == "Concat":
         return add_affines(list(zip(concat_placements(graph, node), args)), size)
     if node.op == "Select":
-        return args[0].map(selection(node.attrs["indices"], args[0].size).astype(np.float64))
+        return args[0].map(selection(node.attrs["indices"], args[0].size))
     return args[0]  # Reshape, Identity: the flat vector is unchanged
 
 
@@ -134,7 +140,7 @@ def concat_placements(graph: Graph, node: Node) -> list[sp.csr_array]:
         index[axis] = slice(start, start + shape[axis])
         rows = grid[tuple(index)].ravel()
         n_in = len(rows)
-        placements.append(sp.csr_array((np.ones(n_in), (rows, np.arange(n_in))),
+        placements.append(sp.csr_array((np.ones(n_in, np.float32), (rows, np.arange(n_in))),
                                        shape=(n_out, n_in)))
         start += shape[axis]
     return placements
@@ -203,39 +209,52 @@ class Block:
     carried: bool
 
 
+#: how a source is read back from a layer's neurons: pieces (column offset, coefficient,
+#: the source entries those columns hold, or None for all of them, in order)
+Piece = tuple[int, float, "np.ndarray | None"]
+
+
 class Emitter:
+    """Builds the chain layer by layer. Memory stays near the final arrays: weights stay
+    float32, the old graph is dropped before the layers are built, each pre-activation is
+    freed once its layer exists, and placing a matrix on a layer's neurons is a column
+    shift, not a sparse product."""
+
     def __init__(self, graph: Graph, ctx: PassContext, plan: Plan) -> None:
         self.graph, self.ctx, self.plan = graph, ctx, plan
         self.mode = ctx.options.get("linearize-dag.carry", "activation")
         self.uniform = bool(ctx.options.get("linearize-dag.uniform", False))
-        self._bounds = None
+        self.nonneg: dict[str, np.ndarray] = {}
+
+    name = LinearizeDag.name
 
     def emit(self) -> None:
         plan, graph = self.plan, self.graph
+        self.prove_signs()
+        out_shape = graph.shape(graph.output)
+        for node in list(graph.nodes):  # everything needed is in the plan now
+            graph.remove_node(node)
         n_in = graph.values[graph.input].size
-        reads = {graph.input: sp.identity(n_in, np.float64, "csr")}  # source → R (n_s × n_k)
-        chain: list[tuple[sp.csr_array, np.ndarray, list[tuple[int, int, str, float]], int]] = []
+        reads: dict[str, tuple[int, list[Piece]]] = {graph.input: (n_in, [(0, 1.0, None)])}
+        width = n_in
         stats = self.ctx.stats.setdefault(self.name, {"layers": 0, "carried": []})
+        current = graph.input
         for k in range(1, plan.layers + 1):
-            blocks, placed = self.layer_blocks(k, reads)
-            reads = self.reconstruction(blocks, placed)
-            weight = sp.vstack([b.weight for b in blocks], format="csr")
-            bias = np.concatenate([b.bias for b in blocks])
+            blocks, placed = self.layer_blocks(k, reads, width)
+            reads, width = self.reconstruction(blocks, placed)
+            weight = sp.vstack([b.weight for b in blocks], format="csr").astype(np.float32)
+            bias = np.concatenate([b.bias for b in blocks]).astype(np.float32)
             rows = np.concatenate([np.full(b.weight.shape[0], b.carried) for b in blocks])
-            chain.append((weight, bias, segments(blocks), rows))
+            segs = segments(blocks)
+            del blocks
+            dense = graph.add_node("Dense", [current], {
+                "weight": weight, "bias": bias, "carried": int(rows.sum()),
+                "carried_rows": rows}, name=f"layer{k}")
+            current = self.activation_node(dense, segs, k).output
             stats["carried"].append(int(rows.sum()))
         stats["layers"] = plan.layers
-        out_shape = graph.shape(graph.output)
-        for node in list(graph.nodes):
-            graph.remove_node(node)
-        current = graph.input
-        for k, (weight, bias, segs, rows) in enumerate(chain, start=1):
-            dense = graph.add_node("Dense", [current], {
-                "weight": weight.astype(np.float32), "bias": bias.astype(np.float32),
-                "carried": int(rows.sum()), "carried_rows": rows}, name=f"layer{k}")
-            current = self.activation_node(dense, segs, k).output
         if plan.final_linear:
-            weight, bias = self.combine(plan.output, reads)
+            weight, bias = self.combine(plan.output, reads, width)
             current = graph.add_node("Dense", [current], {
                 "weight": weight.astype(np.float32), "bias": bias.astype(np.float32),
                 "out_shape": out_shape}, name="output").output
@@ -245,7 +264,15 @@ class Emitter:
         live = {graph.input} | {o for node in graph.nodes for o in node.outputs}
         graph.values = {k: v for k, v in graph.values.items() if k in live}
 
-    name = LinearizeDag.name
+    def prove_signs(self) -> None:
+        """Which entries of the sources carried through ReLU layers are >= 0 for every
+        input (interval analysis on the graph before it is replaced)."""
+        plan = self.plan
+        carried = [s for s, last in plan.last_use.items() if last > plan.depth[s]]
+        if self.mode == "identity" or not carried:
+            return
+        bounds = interval_bounds(self.graph)
+        self.nonneg = {s: (bounds[s][0] >= 0).ravel() for s in carried}
 
     def activation_node(self, dense: Node, segs, k: int) -> Node:
         if len(segs) == 1:
@@ -256,96 +283,113 @@ class Emitter:
                                    name=f"layer{k}_mixed")
 
     # -- one layer --------------------------------------------------------------------------
-    def layer_blocks(self, k: int, reads: dict[str, sp.csr_array]):
+    def layer_blocks(self, k: int, reads, width: int):
         plan = self.plan
         blocks: list[Block] = []
-        placed: list[tuple[str, list[tuple[int, float]]]] = []  # source → its pieces
-        for out, node in plan.activations.items():
-            if plan.depth[out] != k:
-                continue
-            weight, bias = self.combine(plan.pre[out], reads)
+        placed: list[tuple[str, list[Piece]]] = []  # source → (block, coefficient, subset)
+        for out in [o for o in plan.activations if plan.depth[o] == k]:
+            node = plan.activations[out]
+            weight, bias = self.combine(plan.pre.pop(out), reads, width)
             op, alpha = node.op, float(node.attrs.get("alpha", 0.0))
             if op == "MixedActivation":
                 raise CompileError(f"node {node.name!r}: a per-neuron activation before "
                                    "linearize-dag; run it once")
             blocks.append(Block(weight, bias, op, alpha, carried=False))
-            placed.append((out, [(len(blocks) - 1, 1.0)]))
+            placed.append((out, [(len(blocks) - 1, 1.0, None)]))
         kinds = {(b.op, b.alpha) for b in blocks}
         carried = [s for s, last in plan.last_use.items() if plan.depth[s] < k <= last]
         for s in sorted(carried, key=lambda s: plan.depth[s]):
-            placed.append((s, self.carry(s, reads[s], kinds, k, blocks)))
+            placed.append((s, self.carry(s, reads[s], width, kinds, k, blocks)))
         # neurons of one activation side by side: fewer runs in a mixed layer
         order = sorted(range(len(blocks)), key=lambda i: (blocks[i].op, blocks[i].alpha))
         new_index = {old: new for new, old in enumerate(order)}
-        placed = [(s, [(new_index[p[0]],) + tuple(p[1:]) for p in pieces])
-                  for s, pieces in placed]
+        placed = [(s, [(new_index[b], c, sub) for b, c, sub in pieces]) for s, pieces in placed]
         return [blocks[i] for i in order], placed
 
-    def carry(self, s: str, read: sp.csr_array, kinds, k: int, blocks: list[Block]):
-        """Blocks that carry source ``s`` through layer k; returns (block, coefficient)
-        pieces whose sum gives ``s`` back."""
-        n = read.shape[0]
+    def carry(self, s: str, read, width: int, kinds, k: int, blocks: list[Block]):
+        """Blocks that carry source ``s`` through layer k; returns the pieces (block,
+        coefficient, entries) whose sum gives ``s`` back."""
+        n = read[0]
+        rows = read_matrix(read, width)
         zero = np.zeros(n)
         (op, alpha), = kinds if len(kinds) == 1 else ((None, 0.0),)
         if self.mode == "identity" or op not in ("Relu", "LeakyRelu") or \
                 (op == "LeakyRelu" and alpha == -1.0):
             if self.uniform:
-                shown = ", ".join(sorted(k_[0] for k_ in kinds))
+                shown = ", ".join(sorted(kind[0] for kind in kinds))
                 raise CompileError(f"a value must be carried through layer {k}, whose "
                                    f"activation ({shown}) cannot carry it exactly and the "
                                    "target needs one activation per layer; use --target csr")
-            blocks.append(Block(read, zero, IDENTITY, 0.0, carried=True))
-            return [(len(blocks) - 1, 1.0)]
+            blocks.append(Block(rows, zero, IDENTITY, 0.0, carried=True))
+            return [(len(blocks) - 1, 1.0, None)]
         if op == "Relu":
-            signed = ~self.nonnegative(s)
-            blocks.append(Block(read, zero, "Relu", 0.0, carried=True))
-            pieces = [(len(blocks) - 1, 1.0)]
-            if signed.any():
-                blocks.append(Block(sp.csr_array(-read[np.flatnonzero(signed)]),
-                                    zero[signed], "Relu", 0.0, carried=True))
-                pieces.append((len(blocks) - 1, -1.0, np.flatnonzero(signed)))
+            signed = np.flatnonzero(~self.nonneg[s])
+            blocks.append(Block(rows, zero, "Relu", 0.0, carried=True))
+            pieces = [(len(blocks) - 1, 1.0, None)]
+            if len(signed):
+                blocks.append(Block(sp.csr_array(-rows[signed]), zero[signed], "Relu", 0.0,
+                                    carried=True))
+                pieces.append((len(blocks) - 1, -1.0, signed))
             return pieces
-        blocks.append(Block(read, zero, "LeakyRelu", alpha, carried=True))
-        blocks.append(Block(sp.csr_array(-read), zero, "LeakyRelu", alpha, carried=True))
+        blocks.append(Block(rows, zero, "LeakyRelu", alpha, carried=True))
+        blocks.append(Block(sp.csr_array(-rows), zero, "LeakyRelu", alpha, carried=True))
         scale = 1.0 / (1.0 + alpha)
-        return [(len(blocks) - 2, scale), (len(blocks) - 1, -scale)]
+        return [(len(blocks) - 2, scale, None), (len(blocks) - 1, -scale, None)]
 
-    def nonnegative(self, s: str) -> np.ndarray:
-        if self._bounds is None:
-            self._bounds = interval_bounds(self.graph)
-        return (self._bounds[s][0] >= 0).ravel()
-
-    def reconstruction(self, blocks: list[Block], placed) -> dict[str, sp.csr_array]:
-        """For each source in this layer, the matrix that reads it back from the neurons."""
+    def reconstruction(self, blocks: list[Block], placed):
+        """For each source in this layer, how to read it back from the neurons."""
         offsets = np.cumsum([0] + [b.weight.shape[0] for b in blocks])
-        width = int(offsets[-1])
         reads = {}
         for s, pieces in placed:
             n = blocks[pieces[0][0]].weight.shape[0]
-            rows, cols, vals = [], [], []
-            for piece in pieces:
-                block, coeff = piece[0], piece[1]
-                m = blocks[block].weight.shape[0]
-                which = piece[2] if len(piece) > 2 else np.arange(m)
-                rows.append(which)
-                cols.append(offsets[block] + np.arange(m))
-                vals.append(np.full(m, coeff))
-            reads[s] = sp.csr_array((np.concatenate(vals),
-                                     (np.concatenate(rows), np.concatenate(cols))),
-                                    shape=(n, width))
-        return reads
+            reads[s] = (n, [(int(offsets[b]), c, sub) for b, c, sub in pieces])
+        return reads, int(offsets[-1])
 
-    def combine(self, affine: Affine, reads: dict[str, sp.csr_array]):
+    def combine(self, affine: Affine, reads, width: int):
         """``affine`` as a matrix on the previous layer's neurons, and its bias."""
-        width = next(iter(reads.values())).shape[1]
-        weight = sp.csr_array((affine.size, width), dtype=np.float64)
+        weight = None
         for s, m in affine.terms.items():
-            read = reads[s]
-            weight = weight + (read if m is None else sp.csr_array(m @ read))
-        weight = sp.csr_array(weight)
-        weight.sum_duplicates()
+            part = read_matrix(reads[s], width) if m is None else place(m, reads[s], width)
+            weight = part if weight is None else sp.csr_array(weight + part)
+        if weight is None:
+            weight = sp.csr_array((affine.size, width), dtype=np.float32)
         bias = np.zeros(affine.size) if affine.bias is None else np.asarray(affine.bias)
         return weight, bias
+
+
+def shift_columns(m: sp.csr_array, offset: int, width: int) -> sp.csr_array:
+    """``m`` with every column moved right by ``offset``, in a matrix ``width`` wide."""
+    m = to_csr(m)
+    dt = index_dtype(width, m.nnz)
+    return sp.csr_array((m.data, m.indices.astype(dt) + dt(offset), m.indptr.astype(dt)),
+                        shape=(m.shape[0], width))
+
+
+def place(m: sp.csr_array, read, width: int) -> sp.csr_array:
+    """``m @ R``: ``m`` reads a source that the layer holds as the pieces of ``read``."""
+    parts = []
+    for offset, coeff, subset in read[1]:
+        sub = to_csr(m) if subset is None else sp.csr_array(to_csr(m)[:, subset])
+        if coeff != 1.0:
+            sub = sub * np.float32(coeff)
+        parts.append(shift_columns(sub, offset, width))
+    out = parts[0]
+    for part in parts[1:]:
+        out = sp.csr_array(out + part)
+    return out
+
+
+def read_matrix(read, width: int) -> sp.csr_array:
+    """The reconstruction itself (n_s × width): the source's entries from the neurons."""
+    n, pieces = read
+    rows, cols, vals = [], [], []
+    for offset, coeff, subset in pieces:
+        entries = np.arange(n) if subset is None else subset
+        rows.append(entries)
+        cols.append(offset + np.arange(len(entries)))
+        vals.append(np.full(len(entries), coeff, np.float32))
+    return sp.csr_array((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                        shape=(n, width))
 
 
 def segments(blocks: list[Block]) -> list[tuple[int, int, str, float]]:

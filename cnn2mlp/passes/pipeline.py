@@ -17,6 +17,7 @@ DEFAULT_PIPELINES: dict[str, list[str]] = {
         "conv-to-dense",
         "maxpool-to-relu",
         "extremum-to-relu",
+        "clip-to-relu",
         "layout-to-permutation",
         "fold-stride",
         "avgpool-fuse",
@@ -37,6 +38,7 @@ DEFAULT_PIPELINES: dict[str, list[str]] = {
         "conv-to-dense",
         "maxpool-to-relu",
         "extremum-to-relu",
+        "clip-to-relu",
         "layout-to-permutation",
         "fold-stride",
         "avgpool-fuse",
@@ -124,11 +126,15 @@ class Pipeline:
 
     # -- running ----------------------------------------------------------------------------
     def run(self, graph: Graph, ctx: PassContext | None = None,
-            after_each: Callable[[str, Graph], None] | None = None) -> PipelineReport:
-        """Run the passes in order, in place; ``after_each(name, graph)`` sees each result."""
+            after_each: Callable[[str, Graph], None] | None = None,
+            before_each: Callable[[int, int, str], None] | None = None) -> PipelineReport:
+        """Run the passes in order, in place; ``before_each(index, total, name)`` is told
+        which pass starts (progress), ``after_each(name, graph)`` sees each result."""
         ctx = ctx or PassContext()
         report = PipelineReport()
-        for name in self.passes:
+        for index, name in enumerate(self.passes):
+            if before_each is not None:
+                before_each(index, len(self.passes), name)
             start = time.perf_counter()
             rewrites = get_pass(name).run(graph, ctx)
             report.records.append(PassRecord(name, time.perf_counter() - start, rewrites))

@@ -1,6 +1,7 @@
 """Element-wise activations and the final Softmax."""
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from .importer import OnnxImporter, attr, converter
@@ -23,3 +24,22 @@ def convert_softmax(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     if not whole:
         imp.fail(node, "softmax over part of the sample is not supported")
     imp.emit(node, "Softmax", [x], output=node.output[0])
+
+
+@converter("Clip")
+def convert_clip(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    """Clip(x, min, max), ReLU6 among them: bounds from attributes (opset < 11) or constant
+    inputs; either may be absent."""
+    x = imp.data(node)
+    if imp.opset < 11:
+        low, high = attr(node, "min", None), attr(node, "max", None)
+    else:
+        low, high = (imp.const(node, i, optional=True) for i in (1, 2))
+    bounds = {}
+    for key, value in (("low", low), ("high", high)):
+        if value is not None:
+            value = np.asarray(value, np.float64)
+            if value.size != 1:
+                imp.fail(node, f"{key} bound of shape {value.shape}; Clip takes scalars")
+            bounds[key] = float(value.ravel()[0])
+    imp.emit(node, "Clip", [x], bounds, output=node.output[0])
