@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from . import __version__
 from ._io import StagedOutputs, check_writable, destination
 from .backends import target_for
@@ -66,9 +68,11 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
     pipeline = passes if isinstance(passes, Pipeline) else (
         Pipeline(passes) if passes is not None else Pipeline.default(target))
     ctx = ctx or context_for(target)
-    if target == "opencv":
+    graph.meta.setdefault("io_names", io_names(graph, model))
+    if target in ("opencv", "onnx", "nnet"):
         dense_preflight_from_shapes(graph, model, ctx.options.get("max_dense_bytes",
-                                                                  DEFAULT_MAX_DENSE_BYTES))
+                                                                  DEFAULT_MAX_DENSE_BYTES),
+                                    target)
     after_each = print_ir_after if print_ir else None
     progress = Progress(enabled=show_progress)
     report = pipeline.run(graph, ctx, after_each, progress.step)
@@ -95,6 +99,8 @@ def context_for(target: str, **kwargs) -> PassContext:
     if target == "opencv":
         ctx.options["precision"] = "opencv"
         ctx.options["linearize-dag.uniform"] = True  # ANN_MLP: one activation for all
+    if target == "nnet":
+        ctx.options["linearize-dag.uniform"] = True  # .nnet: ReLU hidden layers only
     return ctx
 
 
@@ -110,13 +116,46 @@ def write_target(result: CompileResult, output: str | Path, meta: dict[str, Any]
                                "the opencv target; leave them out of --passes for csr")
         save_csr(result.mlp, output, meta)
     elif result.target == "opencv":
-        from .backends.opencv import preflight as dense_preflight, save_opencv
+        from .backends.opencv import preflight as dense_preflight
+        from .backends.opencv import save_opencv
 
         dense_preflight(result.mlp, options.get("max_dense_bytes", DEFAULT_MAX_DENSE_BYTES),
                         str(meta.get("source", "")))
         save_opencv(result.mlp, opencv_spec(result), output, options.get("encoding", "text"))
+    elif result.target in ("onnx", "nnet"):
+        write_verifier_target(result, output, meta, options)
     else:  # target_for only returns known targets
         raise CompileError(f"unknown target {result.target!r}")
+
+
+def write_verifier_target(result: CompileResult, output: str | Path, meta: dict[str, Any],
+                          options: dict[str, Any]) -> None:
+    """ONNX (MatMul/Add/Relu) or .nnet for verifiers: never an approximate network unless
+    the user said so, and never above --max-dense-bytes."""
+    from .backends import dense_preflight
+
+    source = str(meta.get("source", ""))
+    if not result.exact and not options.get("allow_approximate"):
+        raise CompileError(f"{source}: the MLP is approximate ({'; '.join(result.mlp.notes)}); "
+                           "a verifier must not be given an approximate network silently: "
+                           "pass --allow-approximate to write it anyway")
+    dense_preflight(result.mlp, result.target,
+                    options.get("max_dense_bytes", DEFAULT_MAX_DENSE_BYTES), source)
+    input_name, output_name = result.graph.meta.get("io_names", ("input", "output"))
+    if result.target == "onnx":
+        from .backends.onnx_mlp import save_onnx_mlp
+
+        save_onnx_mlp(result.mlp, output, input_name, output_name,
+                      doc=f"cnn2mlp {__version__} from {source}")
+    else:
+        from .backends.nnet import save_nnet
+
+        save_nnet(result.mlp, output, options.get("input_range", (0.0, 1.0)), [
+            f"cnn2mlp {__version__}: an MLP equivalent to {source}",
+            f"input: the source's input {tuple(result.mlp.input_shape)} flattened row-major "
+            f"(X_0..X_{result.mlp.layers[0].n_in - 1}); output: "
+            f"{tuple(result.mlp.output_shape)} flattened (Y_0..)",
+            "hidden layers ReLU, last layer linear; means 0 and ranges 1: no normalization"])
 
 
 DEFAULT_MAX_DENSE_BYTES = 2**30
@@ -147,19 +186,35 @@ def refuse_non_finite(graph: Graph, model: str | Path, where: str) -> None:
                            "the model, or pass --allow-non-finite")
 
 
-def dense_preflight_from_shapes(graph: Graph, model: str | Path, limit: int) -> None:
-    """OpenCV's weights are dense: refuse, before fusing anything, a network whose dense
-    layers cannot fit (fusing N→1→N alone makes an N×N matrix)."""
+def io_names(graph: Graph, model: str | Path) -> tuple[str, str]:
+    """The source model's input and output names (the ONNX tensors; Keras: input/output)."""
+    from .frontends import model_kind
+
+    try:
+        if model_kind(model) == "onnx":
+            return graph.input, graph.output
+    except CompileError:
+        pass
+    return "input", "output"
+
+
+def dense_preflight_from_shapes(graph: Graph, model: str | Path, limit: int,
+                                target: str = "opencv") -> None:
+    """Dense targets store every weight: refuse, before fusing anything, a network whose
+    dense layers cannot fit (fusing N→1→N alone makes an N×N matrix)."""
+    from .backends import DENSE_BYTES
     from .ir.cost import dense_bytes_lower_bound
 
     need, widths = dense_bytes_lower_bound(graph)
+    need = need // 8 * DENSE_BYTES[target]
     if need > limit:
         shown = "-".join(map(str, widths[:8])) + ("-…" if len(widths) > 8 else "")
+        what = "an OpenCV ANN_MLP" if target == "opencv" else f"a dense {target} network"
         raise CompileError(
-            f"{model}: as an OpenCV ANN_MLP this network needs at least {need / 2**20:,.0f} MiB "
+            f"{model}: as {what} this network needs at least {need / 2**20:,.0f} MiB "
             f"of dense weights (layers {shown}), above --max-dense-bytes "
-            f"{limit / 2**20:,.0f} MiB. ANN_MLP weights are dense: use --target csr (sparse), "
-            "or raise --max-dense-bytes")
+            f"{limit / 2**20:,.0f} MiB. The {target} format stores dense weights: use "
+            "--target csr (sparse), or raise --max-dense-bytes")
 
 
 def preflight(graph: Graph, model: str | Path, max_bytes: int | None) -> None:
@@ -274,6 +329,23 @@ def report_dict(result: CompileResult, args: argparse.Namespace) -> dict[str, An
         "check": result.check.as_dict() if result.check else None,
         "stats": result.stats,
         "approximations": result.graph.meta.get("approximations", []),
+        "contract": contract(result),
+    }
+
+
+def contract(result: CompileResult) -> dict[str, Any]:
+    """What a verifier user needs: how inputs and outputs are indexed, and whether a
+    property of the source model carries over."""
+    n_in = int(np.prod(result.mlp.input_shape))
+    n_out = int(np.prod(result.mlp.output_shape))
+    return {
+        "input": f"X_0..X_{n_in - 1}: the model's input without the batch axis, shape "
+                 f"{list(result.mlp.input_shape)}, flattened row-major in its own layout",
+        "output": f"Y_0..Y_{n_out - 1}: the model's output (logits if a final Softmax was "
+                  f"dropped), shape {list(result.mlp.output_shape)}, flattened row-major",
+        "vnnlib": "a VNN-LIB property written for the source model applies to the MLP "
+                  "unchanged" if result.exact else "the MLP is approximate: see approximations",
+        "exact": result.exact,
     }
 
 
@@ -346,9 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path,
                    help="model file: .onnx, .keras, .h5, .tflite, a SavedModel folder or .pb")
     p.add_argument("-o", "--output", type=Path, required=True,
-                   help="output file; its suffix picks the target (.npz: csr, .xml: opencv)")
-    p.add_argument("--target", choices=["csr", "opencv"],
-                   help="backend (default: from the suffix: .npz csr, .xml opencv)")
+                   help="output file; its suffix picks the target (.npz: csr, .xml: opencv, "
+                        ".onnx: onnx, .nnet: nnet)")
+    p.add_argument("--target", choices=["csr", "opencv", "onnx", "nnet"],
+                   help="backend (default: from the suffix: .npz csr, .xml opencv, .onnx onnx "
+                        "(MatMul/Add/Relu, for verifiers), .nnet nnet)")
+    p.add_argument("--allow-approximate", action="store_true",
+                   help="onnx/nnet: write a network that a linearization made approximate")
     p.add_argument("--xml-encoding", choices=["text", "base64"], default="text",
                    help="opencv target: decimal text (17 digits) or base64 binary doubles")
     p.add_argument("--max-dense-bytes", type=parse_bytes, metavar="SIZE",
@@ -404,7 +480,8 @@ def run_cli(args: argparse.Namespace) -> int:
                            allow_non_finite=args.allow_non_finite, max_bytes=args.max_bytes,
                            output_tensor=args.output_tensor, show_progress=not args.quiet)
     meta = {"source": str(args.model), "cnn2mlp": __version__}
-    options = {"encoding": args.xml_encoding, "max_dense_bytes": args.max_dense_bytes}
+    options = {"encoding": args.xml_encoding, "max_dense_bytes": args.max_dense_bytes,
+               "allow_approximate": args.allow_approximate, "input_range": args.input_range}
     # Every output is staged; they replace their destinations together, or none does.
     with StagedOutputs() as outputs:
         staged = outputs.stage(args.output)
@@ -499,6 +576,18 @@ def load_artifact(result: CompileResult, path: Path):
         from .backends.opencv import OpenCvModel
 
         return OpenCvModel(path, result.mlp.input_shape, result.mlp.output_shape)
+    if result.target == "onnx":  # the emitted file, run by onnxruntime
+        from .check import onnx_runner
+
+        run = onnx_runner(path)
+
+        class Emitted:
+            predict = staticmethod(run)
+        return Emitted()
+    if result.target == "nnet":
+        from .backends.nnet import NNetModel
+
+        return NNetModel(path, result.mlp.input_shape, result.mlp.output_shape)
     from .backends.csr import load
 
     return load(path)

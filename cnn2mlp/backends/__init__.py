@@ -5,9 +5,13 @@ from pathlib import Path
 
 from ..errors import CompileError
 
-TARGETS = {"csr": ".npz", "opencv": ".xml"}
-#: fusion policy each target needs: OpenCV has no room for a linear layer
-FUSION = {"csr": "cost", "opencv": "always"}
+TARGETS = {"csr": ".npz", "opencv": ".xml", "onnx": ".onnx", "nnet": ".nnet"}
+#: fusion policy each target needs: dense targets fuse every linear map (fewer, and for
+#: OpenCV and .nnet no linear hidden layers)
+FUSION = {"csr": "cost", "opencv": "always", "onnx": "always", "nnet": "always"}
+#: bytes a dense weight takes in each dense target (float64 in OpenCV, float32 in ONNX,
+#: text in .nnet)
+DENSE_BYTES = {"opencv": 8, "onnx": 4, "nnet": 13}
 
 
 def target_for(path: str | Path, target: str | None) -> str:
@@ -22,3 +26,17 @@ def target_for(path: str | Path, target: str | None) -> str:
     raise CompileError(f"{path}: cannot tell the target from the suffix {suffix or '(none)'!r}; "
                        f"use --target ({', '.join(TARGETS)}) or a {'/'.join(TARGETS.values())} "
                        "output")
+
+
+def dense_preflight(mlp, target: str, max_bytes: int, source: str = "") -> None:
+    """Dense targets store every weight: refuse, with the numbers, a network whose dense
+    form is above ``max_bytes``."""
+    weights = sum((layer.n_in + 1) * layer.n_out for layer in mlp.layers)
+    need = weights * DENSE_BYTES[target]
+    if need > max_bytes:
+        widest = max(mlp.layers, key=lambda l: (l.n_in + 1) * l.n_out)
+        raise CompileError(
+            f"{source}: as a dense {target} network this MLP needs {weights:,} weights "
+            f"({need / 2**20:,.0f} MiB), above --max-dense-bytes {max_bytes / 2**20:,.0f} MiB; "
+            f"its widest layer is {widest.n_in}x{widest.n_out}. The {target} format stores "
+            "dense weights: use --target csr (sparse), or raise --max-dense-bytes")

@@ -28,6 +28,15 @@ DEFAULT_PIPELINES: dict[str, list[str]] = {
         "prune-neurons",
         "eliminate-dead",
     ],
+    # Verifier formats (ONNX MatMul/Add/Relu, .nnet): dense layers, every linear map fused,
+    # exact passes only (no linearization).
+    "onnx": [
+        "eliminate-identity", "drop-final-softmax", "fold-batchnorm", "fold-pad",
+        "conv-to-dense", "maxpool-to-relu", "extremum-to-relu", "clip-to-relu",
+        "layout-to-permutation", "fold-stride", "avgpool-fuse", "fold-affine",
+        "lower-linear", "fuse-dense", "linearize-dag", "fuse-dense", "prune-neurons",
+        "eliminate-dead",
+    ],
     # OpenCV's ANN_MLP: one activation for every layer, so every linear map is fused.
     "opencv": [
         "eliminate-identity",
@@ -53,6 +62,9 @@ DEFAULT_PIPELINES: dict[str, list[str]] = {
         "unify-activation",
     ],
 }
+
+
+DEFAULT_PIPELINES["nnet"] = list(DEFAULT_PIPELINES["onnx"])
 
 
 @dataclass

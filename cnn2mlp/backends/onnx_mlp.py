@@ -1,0 +1,99 @@
+"""ONNX backend: the MLP as a plain ONNX model of MatMul, Add and activations, for
+verifiers (Marabou, NNV, α,β-CROWN) and any ONNX runtime.
+
+The input keeps the source model's name and shape (with a symbolic batch axis ``N``) and is
+flattened by one Reshape; each layer is ``MatMul(h, W^T)`` + ``Add(b)`` and its activation
+(Relu, LeakyRelu, Sigmoid, Tanh; none for a linear layer); the output is reshaped to the
+source model's output shape and keeps its name. A layer with an activation per run of
+neurons is split into one MatMul per run, and the next layer sums their products, so that
+every node has one activation. Weights are dense float32: the MLP's own values, unchanged.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .._io import atomic_write
+from ..ir.mlp import Mlp, MlpLayer
+
+OPSET = 13
+#: ONNX op of each MLP activation (identity: no node)
+ONNX_ACTIVATIONS = {"relu": "Relu", "leaky_relu": "LeakyRelu", "sigmoid": "Sigmoid",
+                    "tanh": "Tanh", "identity": None}
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.count = 0
+
+    def name(self, hint: str) -> str:
+        self.count += 1
+        return f"{hint}_{self.count}"
+
+    def const(self, value: np.ndarray, hint: str) -> str:
+        name = self.name(hint)
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+        out = output or self.name(op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+
+def runs(layer: MlpLayer) -> list[tuple[int, int, str, float]]:
+    """The layer's neurons as runs of one activation."""
+    if layer.segments is not None:
+        return [tuple(s) for s in layer.segments]
+    return [(0, layer.n_out, layer.activation, layer.alpha)]
+
+
+def mlp_to_onnx(mlp: Mlp, input_name: str = "input", output_name: str = "output",
+                doc: str = "") -> onnx.ModelProto:
+    b = _Builder()
+    n_in = mlp.layers[0].n_in
+    flat = b.node("Reshape", [input_name, b.const(np.array([-1, n_in], np.int64), "shape")],
+                  "flat_input")
+    parts = [(flat, 0, n_in)]  # the previous layer as (tensor, first neuron, stop)
+    for k, layer in enumerate(mlp.layers):
+        dense = layer.weight.toarray().astype(np.float32)  # (n_out, n_in)
+        bias = np.asarray(layer.bias, np.float32)
+        outputs = []
+        for start, stop, act, alpha in runs(layer):
+            z = None
+            for tensor, lo, hi in parts:  # sum over the previous layer's runs
+                product = b.node("MatMul", [tensor, b.const(dense[start:stop, lo:hi].T,
+                                                              f"W{k}")])
+                z = product if z is None else b.node("Add", [z, product])
+            z = b.node("Add", [z, b.const(bias[start:stop], f"b{k}")], f"z{k}_{start}")
+            op = ONNX_ACTIVATIONS[act]
+            if op is not None:
+                z = b.node(op, [z], **({"alpha": alpha} if op == "LeakyRelu" else {}))
+            outputs.append((z, start, stop))
+        parts = outputs
+    (last, _, _), = parts
+    out_dims = ["N", *mlp.output_shape]
+    b.node("Reshape", [last, b.const(np.array([-1, *mlp.output_shape], np.int64), "shape")],
+           output_name)
+    graph = helper.make_graph(
+        b.nodes, "cnn2mlp_mlp",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT,
+                                       ["N", *mlp.input_shape])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, out_dims)], b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="cnn2mlp", doc_string=doc)
+    model.ir_version = 8  # readable by older onnxruntime and verifier builds
+    onnx.checker.check_model(model)
+    return model
+
+
+def save_onnx_mlp(mlp: Mlp, path: str | Path, input_name: str, output_name: str,
+                  doc: str = "") -> None:
+    model = mlp_to_onnx(mlp, input_name, output_name, doc)
+    with atomic_write(path, "wb") as handle:
+        handle.write(model.SerializeToString())
