@@ -6,11 +6,14 @@ from pathlib import Path
 __version__ = "0.1.0"
 
 
-def load(path: str | Path):
-    """Load a compiled ``.npz`` artifact; ``.predict(x)`` runs it on ``(B, *input_shape)``."""
+def load(path: str | Path, threads: int | None = None, engine: str | None = None):
+    """Load a compiled ``.npz`` artifact; ``.predict(x)`` runs it on ``(B, *input_shape)``.
+
+    ``threads``: default ``CNN2MLP_THREADS`` or all cores. ``engine``: "numba" or "scipy"
+    (default: numba when installed); ``model.engine`` tells which runs."""
     from .backends.csr import load as load_csr
 
-    return load_csr(path)
+    return load_csr(path, threads, engine)
 
 
 __all__ = ["load", "__version__"]

@@ -28,6 +28,7 @@ from .check import Comparison, compare, onnx_runner, random_inputs
 from .ir import Graph, run
 from .ir.geometry import output_size
 
+
 # --------------------------------------------------------------------------- geometry
 @st.composite
 def conv_geometries(draw, in_shape: Sequence[int], max_kernel: int = 5, max_stride: int = 3,

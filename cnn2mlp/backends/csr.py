@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._io import atomic_write
-from ..ir.mlp import Mlp, MlpLayer, activate_layer
+from ..ir.mlp import Mlp, MlpLayer
 from .npz_reader import ArtifactError, SafeNpz
 
 FORMAT = "cnn2mlp-csr"
@@ -206,12 +206,26 @@ def read_layer(npz: SafeNpz, i: int, n_in: int) -> tuple[sp.csr_array, np.ndarra
 
 
 class CsrModel:
-    """A compiled MLP ready to run: ``predict(x)`` with x shaped ``(B, *input_shape)``."""
+    """A compiled MLP ready to run: ``predict(x)`` with x shaped ``(B, *input_shape)``.
 
-    def __init__(self, mlp: Mlp, meta: dict[str, Any] | None = None) -> None:
+    ``engine`` says what runs it: "numba" (compiled, multi-threaded) when numba is
+    installed, else "scipy"; ``threads`` defaults to ``CNN2MLP_THREADS`` or all cores."""
+
+    def __init__(self, mlp: Mlp, meta: dict[str, Any] | None = None,
+                 threads: int | None = None, engine: str | None = None) -> None:
+        from ..runtime import make_engine
+
         self.mlp = mlp
         self.meta = meta or {}
-        self._weights: dict[Any, list[sp.csr_array]] = {}
+        self._engine = make_engine(mlp, engine, threads)
+
+    @property
+    def engine(self) -> str:
+        return self._engine.name
+
+    @property
+    def threads(self) -> int:
+        return self._engine.threads
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -225,27 +239,18 @@ class CsrModel:
     def layers(self) -> list[MlpLayer]:
         return self.mlp.layers
 
-    def _cast(self, dtype) -> list[sp.csr_array]:
-        key = np.dtype(dtype)
-        if key not in self._weights:
-            self._weights[key] = [layer.weight.astype(key, copy=False) for layer in self.mlp.layers]
-        return self._weights[key]
-
     def predict(self, x: np.ndarray, dtype=np.float32) -> np.ndarray:
         x = np.asarray(x)
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"predict expects (B, {', '.join(map(str, self.input_shape))}); "
                              f"got {x.shape}")
-        h = x.reshape(len(x), -1).astype(dtype, copy=False)
-        for layer, weight in zip(self.mlp.layers, self._cast(dtype)):
-            h = np.asarray((weight @ h.T).T) + layer.bias.astype(dtype)
-            h = activate_layer(layer, h).astype(dtype, copy=False)
-        return h.reshape((len(x),) + self.output_shape)
+        y = self._engine.run(x.reshape(len(x), -1), dtype)
+        return y.reshape((len(x),) + self.output_shape)
 
 
-def load(path: str | Path) -> CsrModel:
+def load(path: str | Path, threads: int | None = None, engine: str | None = None) -> CsrModel:
     mlp, meta = read_csr(path)
-    return CsrModel(mlp, meta)
+    return CsrModel(mlp, meta, threads, engine)
 
 
 KERNEL_TEMPLATE = '''"""Standalone runtime for a cnn2mlp CSR artifact: needs numpy only.
@@ -286,17 +291,56 @@ def _segments(z, i, act, alpha):
                     [float(a) for a in z[f"layer{{i}}.segment_alphas"]]))
 
 
-def _csr_matmul(data, indices, indptr, n_out, h, chunk_entries=1 << 24):
-    """(W @ h.T).T for CSR W and a batch h (B, n_in), chunked to bound memory."""
-    out = np.zeros((h.shape[0], n_out), dtype=h.dtype)
-    rows = np.nonzero(np.diff(indptr))[0]
-    if len(rows) == 0:
-        return out
-    step = max(1, chunk_entries // max(len(data), 1))
-    for start in range(0, h.shape[0], step):
-        part = h[start:start + step, indices] * data
-        out[start:start + step, rows] = np.add.reduceat(part, indptr[rows], axis=1)
+def _ell_groups(data, indices, indptr):
+    """The rows of a CSR matrix in groups of similar length (within 2x), each as column
+    and value tables (slot, row) padded with zeros: ELLPACK per group."""
+    counts = np.diff(indptr)
+    bucket = np.where(counts > 0, np.ceil(np.log2(np.maximum(counts, 1))), -1).astype(int)
+    groups = []
+    for b in np.unique(bucket[bucket >= 0]):
+        rows = np.flatnonzero(bucket == b)
+        width = int(counts[rows].max())
+        slot = np.arange(width)[:, None]
+        valid = slot < counts[rows][None, :]
+        position = np.where(valid, indptr[rows][None, :] + slot, 0)
+        groups.append((rows, np.where(valid, indices[position], 0),
+                       np.where(valid, data[position], 0)))
+    return groups
+
+
+def _ell_matmul(groups, n_out, h):
+    """W @ h for h (n_in, B), features by batch: one (rows × B) multiply-add per slot, so
+    temporaries stay the size of the output."""
+    out = np.zeros((n_out, h.shape[1]), dtype=h.dtype)
+    for rows, cols, vals in groups:
+        acc = np.zeros((len(rows), h.shape[1]), dtype=h.dtype)
+        tmp = np.empty_like(acc)
+        for k in range(len(cols)):
+            np.multiply(h[cols[k]], vals[k][:, None], out=tmp)
+            acc += tmp
+        out[rows] = acc
     return out
+
+
+class _Layer:
+    """A layer as the kernel runs it: dense (BLAS) when more than a third is non-zero."""
+
+    def __init__(self, data, indices, indptr, n_out, n_in, bias, segments, dtype):
+        data = data.astype(dtype)
+        self.n_out, self.bias, self.segments = n_out, bias.astype(dtype), segments
+        if len(data) > 0.3 * n_out * n_in:
+            self.dense = np.zeros((n_out, n_in), dtype)
+            rows = np.repeat(np.arange(n_out), np.diff(indptr))
+            np.add.at(self.dense, (rows, indices), data)
+        else:
+            self.dense, self.groups = None, _ell_groups(data, indices, indptr)
+
+    def __call__(self, h):
+        z = self.dense @ h if self.dense is not None else _ell_matmul(self.groups, self.n_out, h)
+        z += self.bias[:, None]
+        for start, stop, act, alpha in self.segments:
+            z[start:stop] = _activate(act, alpha, z[start:stop])
+        return z
 
 
 class Model:
@@ -306,22 +350,24 @@ class Model:
                 raise ValueError(f"{{path}}: not a cnn2mlp CSR file of versions {{FORMAT_VERSIONS}}")
             self.input_shape = tuple(int(d) for d in z["input_shape"])
             self.output_shape = tuple(int(d) for d in z["output_shape"])
-            self.layers = [(z[f"layer{{i}}.data"], z[f"layer{{i}}.indices"], z[f"layer{{i}}.indptr"],
-                            int(z[f"layer{{i}}.shape"][0]), z[f"layer{{i}}.bias"],
-                            _segments(z, i, str(act), float(alpha)))
+            self.arrays = [(z[f"layer{{i}}.data"], z[f"layer{{i}}.indices"], z[f"layer{{i}}.indptr"],
+                            int(z[f"layer{{i}}.shape"][0]), int(z[f"layer{{i}}.shape"][1]),
+                            z[f"layer{{i}}.bias"], _segments(z, i, str(act), float(alpha)))
                            for i, (act, alpha) in enumerate(zip(z["activations"], z["alphas"]))]
+            self._layers = {{}}
             self.meta = json.loads(str(z["meta"]))
 
     def predict(self, x, dtype=np.float32):
         x = np.asarray(x)
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"expected (B, *{{self.input_shape}}), got {{x.shape}}")
-        h = x.reshape(len(x), -1).astype(dtype)
-        for data, indices, indptr, n_out, bias, segments in self.layers:
-            h = _csr_matmul(data.astype(dtype), indices, indptr, n_out, h) + bias.astype(dtype)
-            for start, stop, act, alpha in segments:
-                h[:, start:stop] = _activate(act, alpha, h[:, start:stop])
-        return h.reshape((len(x),) + self.output_shape)
+        key = np.dtype(dtype)
+        if key not in self._layers:  # prepared once per dtype
+            self._layers[key] = [_Layer(*arrays, dtype=key) for arrays in self.arrays]
+        h = np.ascontiguousarray(x.reshape(len(x), -1).T, dtype=key)  # features × batch
+        for layer in self._layers[key]:
+            h = layer(h)
+        return h.T.reshape((len(x),) + self.output_shape)
 
 
 def load(path=None):

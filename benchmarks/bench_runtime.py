@@ -1,0 +1,123 @@
+"""The compiled MLP's runtime against onnxruntime running the original CNN, on real-sized
+models (the verification community's CIFAR nets, a LeNet with max pooling, a dense MLP):
+median latency per engine at batch 1 and 64, one thread (and all cores with --all-cores),
+ratios to onnxruntime and their geometric mean. Prints figures; asserts nothing.
+
+    python benchmarks/bench_runtime.py [--all-cores] [--no-opencv]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+THREADS = os.cpu_count() if "--all-cores" in sys.argv else 1
+for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = str(THREADS)  # before numpy loads BLAS
+
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+
+from cnn2mlp.bench import bench  # noqa: E402
+from cnn2mlp.testing import OnnxBuilder  # noqa: E402
+
+
+def conv(k, s, p, out):
+    return {"kernel_shape": (k, k), "strides": (s, s), "dilations": (1, 1),
+            "pads": (p, p, p, p), "group": 1, "out_channels": out}
+
+
+def cifar(c1, c2, dense):
+    b = OnnxBuilder((3, 32, 32), batch="N", opset=13, seed=1)
+    b.conv(conv(4, 2, 1, c1))
+    b.activation("Relu")
+    b.conv(conv(4, 2, 1, c2))
+    b.activation("Relu")
+    b.flatten("flatten")
+    b.dense(dense)
+    b.activation("Relu")
+    b.dense(10)
+    return b.build()
+
+
+def cifar_unpadded():
+    b = OnnxBuilder((3, 32, 32), batch="N", opset=13, seed=2)
+    b.conv(conv(4, 2, 0, 32))
+    b.activation("Relu")
+    b.conv(conv(4, 2, 0, 64))
+    b.activation("Relu")
+    b.flatten("flatten")
+    for units in (128, 64):
+        b.dense(units)
+        b.activation("Relu")
+    b.dense(10)
+    return b.build()
+
+
+def lenet():
+    b = OnnxBuilder((1, 28, 28), batch="N", opset=13, seed=3)
+    b.conv(conv(5, 1, 2, 6))
+    b.activation("Relu")
+    b.pool("MaxPool", {"kernel_shape": (2, 2), "strides": (2, 2), "dilations": (1, 1),
+                       "pads": (0, 0, 0, 0), "ceil_mode": False})
+    b.conv(conv(5, 1, 0, 16))
+    b.activation("Relu")
+    b.pool("MaxPool", {"kernel_shape": (2, 2), "strides": (2, 2), "dilations": (1, 1),
+                       "pads": (0, 0, 0, 0), "ceil_mode": False})
+    b.flatten("flatten")
+    for units in (120, 84):
+        b.dense(units)
+        b.activation("Relu")
+    b.dense(10)
+    return b.build()
+
+
+def dense_mlp():
+    b = OnnxBuilder((784,), batch="N", opset=13, seed=4)
+    for _ in range(6):
+        b.dense(256)
+        b.activation("Relu")
+    b.dense(10)
+    return b.build()
+
+
+MODELS = {"cifar 8/16 (cifar_base_kw-like)": lambda: cifar(8, 16, 100),
+          "cifar 16/32 (cifar_wide_kw-like)": lambda: cifar(16, 32, 100),
+          "cifar 32/64 unpadded": cifar_unpadded,
+          "LeNet + max pooling (MNIST)": lenet,
+          "dense 784-256x6-10": dense_mlp}
+
+
+def main() -> None:
+    ratios: dict[tuple[str, int], list[float]] = {}
+    print(f"threads: {THREADS}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, build in MODELS.items():
+            path = Path(tmp, "model.onnx")
+            onnx.save(build(), str(path))
+            work = Path(tmp, "work")
+            work.mkdir(exist_ok=True)
+            if "--no-opencv" in sys.argv:
+                import cnn2mlp.bench as module
+
+                module.opencv_engine = lambda model, workdir: []
+            rows, runtime = bench(path, None, [1, 64], THREADS, 100, work)
+            nnz = sum(layer.weight.nnz for layer in runtime.layers)
+            base = {r.batch: r.median_ms for r in rows if r.max_diff is None}
+            for batch in (1, 64):
+                cells = "  ".join(f"{r.engine.split(' (')[0] if 'CNN' in r.engine else r.engine}"
+                                  f" {r.median_ms:.3f} ms ({r.median_ms / base[batch]:.2f}x)"
+                                  for r in rows if r.batch == batch)
+                print(f"{name:<34} nnz {nnz / 1e6:5.2f} M  batch {batch:>2}: {cells}")
+                for r in rows:
+                    if r.batch == batch and r.max_diff is not None:
+                        ratios.setdefault((r.engine, batch), []).append(r.median_ms / base[batch])
+    print("\ngeometric mean of time / onnxruntime-on-the-CNN:")
+    for (engine, batch), values in sorted(ratios.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        print(f"  batch {batch:>2}  {engine:<26} {np.exp(np.mean(np.log(values))):7.2f}x")
+
+
+if __name__ == "__main__":
+    main()

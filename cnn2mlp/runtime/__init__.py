@@ -1,0 +1,15 @@
+"""Running a compiled MLP fast: engines that apply ``h = f(W h + b)`` layer by layer.
+
+Activations are kept as (features × batch) arrays, contiguous along the batch, so that each
+non-zero of a sparse row is one short, vectorizable multiply-add over the batch; the input
+is transposed once at the start and the output once at the end; bias and activation are
+applied in the same pass as the product; two ping-pong buffers serve every layer. Layers
+denser than :data:`~cnn2mlp.runtime.engine.DENSE_THRESHOLD` run as dense GEMM (BLAS).
+
+Engines: ``numba`` (a compiled, multi-threaded CSR kernel; ``pip install
+'cnn2mlp[fast]'``) and ``scipy`` (always there). Both give the same results up to float
+rounding, for any thread count.
+"""
+from .engine import DENSE_THRESHOLD, Engine, available_engines, make_engine
+
+__all__ = ["Engine", "make_engine", "available_engines", "DENSE_THRESHOLD"]

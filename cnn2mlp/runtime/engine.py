@@ -1,0 +1,140 @@
+"""Engines: the numba CSR kernel, or scipy; dense layers through BLAS in both."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..ir.mlp import Mlp, MlpLayer, activate_layer
+
+#: layers with more non-zeros than this fraction of their entries run as dense GEMM
+#: (measured in benchmarks/bench_runtime.py: CSR loses to BLAS above about a third)
+DENSE_THRESHOLD = 0.3
+#: ...unless the dense copy would exceed this many bytes
+DENSE_LIMIT = 256 * 2**20
+#: multiply-adds below which a layer runs on one thread (a parallel region costs ~10 µs)
+PARALLEL_WORK = 1 << 18
+CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
+
+
+def available_engines() -> list[str]:
+    try:
+        from . import numba_kernels  # noqa: F401
+    except ImportError:
+        return ["scipy"]
+    return ["numba", "scipy"]
+
+
+def default_threads() -> int:
+    value = os.environ.get("CNN2MLP_THREADS")
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            pass
+    return os.cpu_count() or 1
+
+
+def make_engine(mlp: Mlp, engine: str | None = None, threads: int | None = None) -> "Engine":
+    """The fastest engine available (``engine`` forces one: "numba" or "scipy")."""
+    names = available_engines()
+    if engine is not None and engine not in ("numba", "scipy"):
+        raise ValueError(f"unknown engine {engine!r}: numba or scipy")
+    if engine == "numba" and "numba" not in names:
+        raise ValueError("the numba engine needs numba: pip install 'cnn2mlp[fast]'")
+    name = engine or names[0]
+    return Engine(mlp, name, threads or default_threads())
+
+
+@dataclass
+class _Layer:
+    csr: sp.csr_array
+    dense: np.ndarray | None
+    bias: np.ndarray
+    codes: np.ndarray
+    alphas: np.ndarray
+    source: MlpLayer
+
+
+def row_activations(layer: MlpLayer) -> tuple[np.ndarray, np.ndarray]:
+    codes = np.empty(layer.n_out, np.int8)
+    alphas = np.empty(layer.n_out, np.float64)
+    runs = layer.segments or ((0, layer.n_out, layer.activation, layer.alpha),)
+    for start, stop, name, alpha in runs:
+        codes[start:stop] = CODES[name]
+        alphas[start:stop] = alpha
+    return codes, alphas
+
+
+class Engine:
+    """Runs an MLP on batches; ``name`` is "numba" or "scipy"."""
+
+    def __init__(self, mlp: Mlp, name: str, threads: int) -> None:
+        self.mlp, self.name, self.threads = mlp, name, threads
+        self._typed: dict[np.dtype, list[_Layer]] = {}
+
+    def layers(self, dtype) -> list[_Layer]:
+        key = np.dtype(dtype)
+        if key not in self._typed:
+            typed = []
+            for layer in self.mlp.layers:
+                w = layer.weight.astype(key, copy=False)
+                dense = None
+                if w.nnz > DENSE_THRESHOLD * w.shape[0] * w.shape[1] and \
+                        w.shape[0] * w.shape[1] * key.itemsize <= DENSE_LIMIT:
+                    dense = np.ascontiguousarray(w.toarray())
+                codes, alphas = row_activations(layer)
+                typed.append(_Layer(w, dense, layer.bias.astype(key), codes,
+                                    alphas.astype(key), layer))
+            self._typed[key] = typed
+        return self._typed[key]
+
+    def run(self, x: np.ndarray, dtype=np.float32) -> np.ndarray:
+        """``x`` (B, n_in) → (B, n_out)."""
+        layers = self.layers(dtype)
+        batch = len(x)
+        h = np.ascontiguousarray(np.asarray(x, dtype).T)  # (n_in, B): once
+        if self.name == "numba":
+            return self._run_numba(layers, h, batch, dtype).T.copy()
+        return self._run_scipy(layers, h, dtype).T.copy()
+
+    def _run_numba(self, layers, h, batch, dtype):
+        import numba
+
+        from . import numba_kernels as k
+
+        numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        widest = max(layer.csr.shape[0] for layer in layers)
+        buffers = [np.empty(widest * batch, dtype), np.empty(widest * batch, dtype)]
+        for index, layer in enumerate(layers):
+            out = buffers[index % 2][:layer.csr.shape[0] * batch].reshape(-1, batch)
+            work = (layer.csr.nnz if layer.dense is None else layer.dense.size) * batch
+            parallel = self.threads > 1 and work >= PARALLEL_WORK
+            if layer.dense is not None:
+                np.matmul(layer.dense, h, out=out)
+                (k.bias_activation if parallel else k.bias_activation_serial)(
+                    out, layer.bias, layer.codes, layer.alphas)
+            elif batch == 1 and not parallel:
+                # one vector: scipy's C++ CSR product beats the numba loop (measured in
+                # benchmarks/bench_runtime.py); bias and activation stay fused in numba
+                out[:, 0] = layer.csr @ h[:, 0]
+                k.bias_activation_serial(out, layer.bias, layer.codes, layer.alphas)
+            elif batch == 1:
+                w = layer.csr
+                k.csr_vector(w.data, w.indices, w.indptr, layer.bias, layer.codes,
+                             layer.alphas, h.reshape(-1), out.reshape(-1))
+            else:
+                w = layer.csr
+                (k.csr_layer if parallel else k.csr_layer_serial)(
+                    w.data, w.indices, w.indptr, layer.bias, layer.codes, layer.alphas, h, out)
+            h = out
+        return h
+
+    def _run_scipy(self, layers, h, dtype):
+        for layer in layers:
+            z = layer.dense @ h if layer.dense is not None else np.asarray(layer.csr @ h)
+            z += layer.bias[:, None]
+            h = activate_layer(layer.source, z.T).T.astype(dtype, copy=False)
+        return h

@@ -1,0 +1,78 @@
+"""The compiled kernels (numba). Importing this module fails without numba; the engine
+then falls back to scipy."""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+#: activation codes per neuron
+IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH = 0, 1, 2, 3, 4
+#: rows a thread takes at a time (amortizes the accumulator)
+ROW_BLOCK = 32
+
+
+@njit(cache=True, inline="always")
+def activate(z, code, alpha):
+    if code == RELU:
+        return z if z > 0 else z * 0
+    if code == LEAKY_RELU:
+        return z if z >= 0 else z * alpha
+    if code == SIGMOID:
+        if z >= 0:
+            return 1 / (1 + np.exp(-z))
+        e = np.exp(z)
+        return e / (1 + e)
+    if code == TANH:
+        return np.tanh(z)
+    return z
+
+
+def _csr_layer(data, indices, indptr, bias, codes, alphas, h, out):
+    """``out = f(W h + b)`` for CSR ``W`` (data, indices, indptr) and ``h`` (n_in × batch).
+
+    Each row is computed by one thread in a fixed order: results do not depend on the
+    number of threads."""
+    n_out, batch = out.shape
+    n_blocks = (n_out + ROW_BLOCK - 1) // ROW_BLOCK
+    for block in prange(n_blocks):
+        acc = np.empty(batch, dtype=out.dtype)
+        for i in range(block * ROW_BLOCK, min(n_out, (block + 1) * ROW_BLOCK)):
+            b = bias[i]
+            for j in range(batch):
+                acc[j] = b
+            for k in range(indptr[i], indptr[i + 1]):
+                w = data[k]
+                source = h[indices[k]]  # a contiguous row: the loop below vectorizes
+                for j in range(batch):
+                    acc[j] += w * source[j]
+            code, alpha = codes[i], alphas[i]
+            for j in range(batch):
+                out[i, j] = activate(acc[j], code, alpha)
+
+
+def _bias_activation(out, bias, codes, alphas):
+    """In place: ``out = f(out + b)`` row by row (after a dense GEMM)."""
+    n_out, batch = out.shape
+    for i in prange(n_out):
+        b, code, alpha = bias[i], codes[i], alphas[i]
+        for j in range(batch):
+            out[i, j] = activate(out[i, j] + b, code, alpha)
+
+
+def _csr_vector(data, indices, indptr, bias, codes, alphas, x, out):
+    """Batch 1: ``out = f(W x + b)`` with a scalar accumulator per row."""
+    for i in prange(out.shape[0]):
+        acc = bias[i]
+        for k in range(indptr[i], indptr[i + 1]):
+            acc += data[k] * x[indices[k]]
+        out[i] = activate(acc, codes[i], alphas[i])
+
+
+# One function, two compilations: threads for big layers, none for small ones (starting a
+# parallel region costs more than a small layer's work).
+csr_layer = njit(parallel=True, cache=True, nogil=True)(_csr_layer)
+csr_layer_serial = njit(cache=True, nogil=True)(_csr_layer)
+bias_activation = njit(parallel=True, cache=True, nogil=True)(_bias_activation)
+bias_activation_serial = njit(cache=True, nogil=True)(_bias_activation)
+csr_vector = njit(parallel=True, cache=True, nogil=True)(_csr_vector)
+csr_vector_serial = njit(cache=True, nogil=True)(_csr_vector)

@@ -1,0 +1,78 @@
+"""The runtime engines against a plain float64 reference, on random CSR layers: empty rows,
+one column, int64 indices, dense layers, every activation, mixed layers, thread counts."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given
+from hypothesis import strategies as st
+
+import cnn2mlp
+from cnn2mlp.backends.csr import CsrModel, save_csr
+from cnn2mlp.ir.mlp import Mlp, MlpLayer
+from cnn2mlp.runtime import available_engines
+
+ENGINES = available_engines()
+ACTIVATIONS = ["identity", "relu", "leaky_relu", "sigmoid", "tanh"]
+
+
+@st.composite
+def random_mlps(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    sizes = [draw(st.integers(1, 40)) for _ in range(draw(st.integers(2, 4)))]
+    layers = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        density = draw(st.sampled_from([0.0, 0.05, 0.3, 0.9]))  # empty rows .. dense GEMM
+        w = sp.random_array((n_out, n_in), density=density, rng=rng, format="csr",
+                            dtype=np.float32)
+        w.data = rng.normal(size=w.nnz).astype(np.float32)
+        if draw(st.booleans()):  # int64 indices, as huge layers have
+            w = sp.csr_array((w.data, w.indices.astype(np.int64), w.indptr.astype(np.int64)),
+                             shape=w.shape)
+        bias = rng.normal(size=n_out).astype(np.float32)
+        if draw(st.booleans()) and n_out >= 3:  # a mixed layer: runs of activations
+            cut = sorted(rng.choice(np.arange(1, n_out), 2, replace=False))
+            acts = [draw(st.sampled_from(ACTIVATIONS)) for _ in range(3)]
+            segments = tuple((int(a), int(b), act, 0.15) for a, b, act in
+                             zip([0, *cut], [*cut, n_out], acts))
+            layers.append(MlpLayer(w, bias, "mixed", 0.0, segments))
+        else:
+            layers.append(MlpLayer(w, bias, draw(st.sampled_from(ACTIVATIONS)), 0.2))
+    return Mlp(layers, (sizes[0],), (sizes[-1],))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@given(mlp=random_mlps(), batch=st.sampled_from([1, 3, 64]), threads=st.sampled_from([1, 2]),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_engine_matches_the_float64_reference(engine, mlp, batch, threads, dtype):
+    x = np.random.default_rng(1).normal(size=(batch, mlp.layers[0].n_in)) * 3
+    model = CsrModel(mlp, threads=threads, engine=engine)
+    assert model.engine == engine
+    got = model.predict(x, dtype=dtype)
+    assert got.dtype == dtype and got.shape == (batch, mlp.layers[-1].n_out)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(got, mlp.forward(x), rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.skipif("numba" not in ENGINES, reason="install the fast extra (numba)")
+def test_thread_count_does_not_change_the_result():
+    rng = np.random.default_rng(2)
+    w = sp.random_array((3000, 800), density=0.02, rng=rng, format="csr", dtype=np.float32)
+    mlp = Mlp([MlpLayer(w, rng.normal(size=3000).astype(np.float32), "relu")], (800,), (3000,))
+    x = rng.normal(size=(64, 800)).astype(np.float32)
+    one = CsrModel(mlp, threads=1, engine="numba").predict(x)
+    two = CsrModel(mlp, threads=2, engine="numba").predict(x)
+    np.testing.assert_array_equal(one, two)  # each row is summed by one thread, in order
+
+
+def test_load_options_and_the_environment(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    mlp = Mlp([MlpLayer(sp.csr_array(rng.normal(size=(3, 4)).astype(np.float32)),
+                        np.zeros(3, np.float32), "relu")], (4,), (3,))
+    save_csr(mlp, tmp_path / "m.npz")
+    assert cnn2mlp.load(tmp_path / "m.npz", engine="scipy").engine == "scipy"
+    assert cnn2mlp.load(tmp_path / "m.npz").engine == ENGINES[0]
+    monkeypatch.setenv("CNN2MLP_THREADS", "1")
+    assert cnn2mlp.load(tmp_path / "m.npz").threads == 1
+    assert cnn2mlp.load(tmp_path / "m.npz", threads=2).threads == 2
+    with pytest.raises(ValueError, match="unknown engine"):
+        cnn2mlp.load(tmp_path / "m.npz", engine="gpu")
