@@ -655,6 +655,10 @@ def install_signal_handlers() -> dict:
     if threading.current_thread() is not threading.main_thread():
         return {}
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_sigterm)}
+    # A blocked signal mask is inherited across exec (a parent's thread pool may block it):
+    # unblock SIGTERM, or it would wait, pending, until the compile had finished.
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     if hasattr(signal, "SIGXFSZ"):
         previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     return previous

@@ -142,6 +142,9 @@ def _signed_away_from_zero(draw, shape) -> np.ndarray:
 
 # --------------------------------------------------------------------------- IR graphs
 ACTIVATIONS = ("Relu", "LeakyRelu", "Sigmoid", "Tanh")
+#: every element-wise activation of the IR (exact in the CSR target)
+ELEMENTWISE = ACTIVATIONS + ("Elu", "Softplus", "Softsign", "HardSwish", "Mish", "Gelu",
+                             "GeluTanh", "ThresholdedRelu", "Swish", "Erf")
 
 
 def _push(g: Graph, op: str, attrs: dict[str, Any]):
@@ -181,8 +184,9 @@ def cnn_graphs(draw, ranks: Sequence[int] = (1, 2), max_layers: int = 3,
                 "scale": _signed_away_from_zero(draw, c), "bias": _floats(draw, c),
                 "mean": _floats(draw, c), "var": _floats(draw, c, 0.5, 2.0), "epsilon": 1e-5})
         elif kind == "activation":
-            op = draw(st.sampled_from(ACTIVATIONS))
-            _push(g, op, {"alpha": 0.1} if op == "LeakyRelu" else {})
+            op = draw(st.sampled_from(ELEMENTWISE))
+            alpha = {"LeakyRelu": 0.1, "Elu": 0.7, "ThresholdedRelu": 0.2}.get(op)
+            _push(g, op, {} if alpha is None else {"alpha": alpha})
         elif kind == "affine":
             const_shape = draw(st.sampled_from([(), (shape[0],) + (1,) * (len(shape) - 1),
                                                 tuple(shape)]))

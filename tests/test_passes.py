@@ -108,7 +108,9 @@ def test_layout_to_permutation_and_fold(graph):
 @given(cnn_graphs())
 def test_lower_linear_leaves_only_dense_and_activations(graph):
     after, _ = apply(graph, "conv-to-dense", "maxpool-to-relu", "lower-linear")
-    assert set(after.ops()) <= {"Dense", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Reshape"}
+    from cnn2mlp.ir import get_op
+
+    assert all(op in ("Dense", "Reshape") or get_op(op).activation for op in after.ops())
     assert_same_function(graph, after)
 
 

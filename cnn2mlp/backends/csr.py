@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._io import atomic_write
-from ..ir.mlp import Mlp, MlpLayer
+from ..ir.mlp import ACTIVATION_NAMES, Mlp, MlpLayer
 from .npz_reader import ArtifactError, SafeNpz
 
 FORMAT = "cnn2mlp-csr"
@@ -33,7 +33,7 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
 
-KNOWN_ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "identity")
+KNOWN_ACTIVATIONS = tuple(ACTIVATION_NAMES.values())
 MIXED = "mixed"
 
 
@@ -267,16 +267,41 @@ ARTIFACT = {artifact}   # beside this module unless absolute
 INPUT_SHAPE = {input_shape}
 
 
+def _erf(h):
+    import math
+
+    return np.frompyfunc(math.erf, 1, 1)(h).astype(h.dtype)
+
+
+def _softplus(h):
+    return np.logaddexp(0, h)
+
+
+def _sigmoid(h):
+    return 0.5 * (1.0 + np.tanh(0.5 * h))
+
+
+ACTIVATIONS = {{
+    "relu": lambda h, a: np.maximum(h, 0),
+    "leaky_relu": lambda h, a: np.where(h >= 0, h, a * h),
+    "tanh": lambda h, a: np.tanh(h),
+    "sigmoid": lambda h, a: _sigmoid(h),
+    "identity": lambda h, a: h,
+    "elu": lambda h, a: np.where(h > 0, h, a * np.expm1(np.minimum(h, 0))),
+    "softplus": lambda h, a: _softplus(h),
+    "softsign": lambda h, a: h / (1 + np.abs(h)),
+    "hard_swish": lambda h, a: h * np.clip(h / 6 + 0.5, 0, 1),
+    "mish": lambda h, a: h * np.tanh(_softplus(h)),
+    "gelu": lambda h, a: 0.5 * h * (1 + _erf(h / np.sqrt(2))),
+    "gelu_tanh": lambda h, a: 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3))),
+    "thresholded_relu": lambda h, a: np.where(h > a, h, 0 * h),
+    "swish": lambda h, a: h * _sigmoid(h),
+    "erf": lambda h, a: _erf(h),
+}}
+
+
 def _activate(name, alpha, h):
-    if name == "relu":
-        return np.maximum(h, 0)
-    if name == "leaky_relu":
-        return np.where(h >= 0, h, alpha * h)
-    if name == "tanh":
-        return np.tanh(h)
-    if name == "sigmoid":
-        return 0.5 * (1.0 + np.tanh(0.5 * h))
-    return h
+    return ACTIVATIONS[name](h, alpha)
 
 
 def _segments(z, i, act, alpha):

@@ -22,7 +22,12 @@ from ..ir.mlp import Mlp, MlpLayer
 OPSET = 13
 #: ONNX op of each MLP activation (identity: no node)
 ONNX_ACTIVATIONS = {"relu": "Relu", "leaky_relu": "LeakyRelu", "sigmoid": "Sigmoid",
-                    "tanh": "Tanh", "identity": None}
+                    "tanh": "Tanh", "identity": None, "elu": "Elu", "softplus": "Softplus",
+                    "softsign": "Softsign", "hard_swish": "HardSwish", "mish": "Mish",
+                    "gelu": "Gelu", "gelu_tanh": "Gelu", "thresholded_relu": "ThresholdedRelu",
+                    "swish": "Swish", "erf": "Erf"}
+#: the opset each activation op needs (ONNX added them over time)
+NEEDS_OPSET = {"HardSwish": 14, "Mish": 18, "Gelu": 20}
 
 
 class _Builder:
@@ -60,6 +65,7 @@ def mlp_to_onnx(mlp: Mlp, input_name: str = "input", output_name: str = "output"
     flat = b.node("Reshape", [input_name, b.const(np.array([-1, n_in], np.int64), "shape")],
                   "flat_input")
     parts = [(flat, 0, n_in)]  # the previous layer as (tensor, first neuron, stop)
+    opset = OPSET
     for k, layer in enumerate(mlp.layers):
         dense = layer.weight.toarray().astype(np.float32)  # (n_out, n_in)
         bias = np.asarray(layer.bias, np.float32)
@@ -72,8 +78,14 @@ def mlp_to_onnx(mlp: Mlp, input_name: str = "input", output_name: str = "output"
                 z = product if z is None else b.node("Add", [z, product])
             z = b.node("Add", [z, b.const(bias[start:stop], f"b{k}")], f"z{k}_{start}")
             op = ONNX_ACTIVATIONS[act]
-            if op is not None:
-                z = b.node(op, [z], **({"alpha": alpha} if op == "LeakyRelu" else {}))
+            opset = max(opset, NEEDS_OPSET.get(op, OPSET))
+            if op == "Swish":  # x * sigmoid(x): no Swish op before opset 24
+                z = b.node("Mul", [z, b.node("Sigmoid", [z])])
+            elif op is not None:
+                attrs = {"alpha": alpha} if op in ("LeakyRelu", "Elu", "ThresholdedRelu") else {}
+                if act == "gelu_tanh":
+                    attrs = {"approximate": "tanh"}
+                z = b.node(op, [z], **attrs)
             outputs.append((z, start, stop))
         parts = outputs
     (last, _, _), = parts
@@ -85,7 +97,7 @@ def mlp_to_onnx(mlp: Mlp, input_name: str = "input", output_name: str = "output"
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT,
                                        ["N", *mlp.input_shape])],
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, out_dims)], b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="cnn2mlp", doc_string=doc)
     model.ir_version = 8  # readable by older onnxruntime and verifier builds
     onnx.checker.check_model(model)

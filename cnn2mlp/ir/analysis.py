@@ -20,7 +20,8 @@ from .ops import get_op
 UNBOUNDED = 1e30
 
 MONOTONE = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Identity", "MaxPool", "AveragePool",
-            "Reshape", "Transpose", "Select", "Pad", "MixedActivation", "Clip"}
+            "Reshape", "Transpose", "Select", "Pad", "MixedActivation", "Clip",
+            "Elu", "Softplus", "Softsign", "Erf"}
 #: multi-input ops monotone in every input: the box maps corner to corner
 MONOTONE_JOINT = {"Concat", "Maximum", "Minimum"}
 AFFINE = {"Conv", "Dense", "AddConst", "MulConst", "BatchNorm"}
@@ -60,7 +61,19 @@ def sum_bounds(node: Node, boxes: list[tuple[np.ndarray, np.ndarray]]):
 
 
 def node_bounds(node: Node, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from .ops import UNIMODAL
+
     op = get_op(node.op)
+    if node.op in UNIMODAL:  # max at an end; min at an end, or at the minimum if inside
+        both = op.evaluate(node, [np.stack([lo, hi])])[0]
+        x_min = np.full((1,) + lo.shape, UNIMODAL[node.op])
+        f_min = op.evaluate(node, [x_min])[0][0]
+        inside = (lo <= UNIMODAL[node.op]) & (UNIMODAL[node.op] <= hi)
+        low = np.where(inside, np.minimum(f_min, both.min(axis=0)), both.min(axis=0))
+        # a small margin for the rounding of f_min
+        return low - 1e-9 * (1 + np.abs(low)), both.max(axis=0)
+    if node.op == "ThresholdedRelu":  # values are 0 or x > alpha: within [min(0, lo), max(0, hi)]
+        return np.minimum(0.0, lo), np.maximum(0.0, hi)
     if node.op in MONOTONE:
         both = op.evaluate(node, [np.stack([lo, hi])])[0]
         return both[0], both[1]
@@ -116,7 +129,9 @@ def nonnegative(graph: Graph, value: str, bounds: Bounds | None = None) -> np.nd
 
 
 LIPSCHITZ = {"Relu": 1.0, "LeakyRelu": 1.0, "Tanh": 1.0, "Sigmoid": 0.25, "Identity": 1.0,
-             "MixedActivation": 1.0, "Clip": 1.0,
+             "MixedActivation": 1.0, "Clip": 1.0, "Softplus": 1.0, "Softsign": 1.0,
+             "HardSwish": 1.5, "Mish": 1.1, "Gelu": 1.13, "GeluTanh": 1.13, "Swish": 1.1,
+             "Erf": 2 / np.sqrt(np.pi), "ThresholdedRelu": np.inf,
              "MaxPool": 1.0, "AveragePool": 1.0, "Reshape": 1.0, "Transpose": 1.0,
              "Select": 1.0, "Pad": 1.0, "Softmax": 1.0, "AddConst": 1.0}
 
@@ -143,6 +158,11 @@ def lipschitz_inf(graph: Graph, start: str) -> float:
 
 
 def node_lipschitz(node: Node) -> float:
+    if node.op == "Elu":
+        return max(1.0, float(node.attrs.get("alpha", 1.0)))
+    if node.op == "MixedActivation":  # the steepest of its activations
+        return max(node_lipschitz(Node(op, node.inputs, node.outputs, {"alpha": alpha}))
+                   for _, _, op, alpha in node.attrs["segments"])
     if node.op in LIPSCHITZ:
         return LIPSCHITZ[node.op] * (abs(node.attrs.get("alpha", 1.0)) if node.op == "LeakyRelu"
                                      and abs(node.attrs.get("alpha", 1.0)) > 1 else 1.0)

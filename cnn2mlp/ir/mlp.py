@@ -12,7 +12,10 @@ from .ops import ACTIVATIONS
 
 #: IR activation op → the MLP's activation name
 ACTIVATION_NAMES = {"Relu": "relu", "LeakyRelu": "leaky_relu", "Sigmoid": "sigmoid",
-                    "Tanh": "tanh", "Identity": "identity"}
+                    "Tanh": "tanh", "Identity": "identity", "Elu": "elu",
+                    "Softplus": "softplus", "Softsign": "softsign", "HardSwish": "hard_swish",
+                    "Mish": "mish", "Gelu": "gelu", "GeluTanh": "gelu_tanh",
+                    "ThresholdedRelu": "thresholded_relu", "Swish": "swish", "Erf": "erf"}
 _BY_NAME = {v: k for k, v in ACTIVATION_NAMES.items()}
 
 

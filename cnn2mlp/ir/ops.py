@@ -60,13 +60,43 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _erf(x: np.ndarray) -> np.ndarray:
+    from scipy.special import erf
+
+    return erf(x)
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0, x)
+
+
+def _elu(x: np.ndarray, alpha: float) -> np.ndarray:
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+#: each element-wise activation, with ONNX's formula (``a``: the node's attributes)
 ACTIVATIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "Relu": lambda x, a: np.maximum(x, 0),
     "LeakyRelu": lambda x, a: np.where(x >= 0, x, x * a.get("alpha", 0.01)),
     "Sigmoid": lambda x, a: _sigmoid(x),
     "Tanh": lambda x, a: np.tanh(x),
     "Identity": lambda x, a: x,
+    "Elu": lambda x, a: _elu(x, a.get("alpha", 1.0)),
+    "Softplus": lambda x, a: _softplus(x),
+    "Softsign": lambda x, a: x / (1 + np.abs(x)),
+    "HardSwish": lambda x, a: x * np.clip(x / 6 + 0.5, 0, 1),
+    "Mish": lambda x, a: x * np.tanh(_softplus(x)),
+    "Gelu": lambda x, a: 0.5 * x * (1 + _erf(x / np.sqrt(2))),
+    "GeluTanh": lambda x, a: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))),
+    "ThresholdedRelu": lambda x, a: np.where(x > a.get("alpha", 1.0), x, 0 * x),
+    "Swish": lambda x, a: x * _sigmoid(x),
+    "Erf": lambda x, a: _erf(x),
 }
+#: activations that take the attribute ``alpha``
+ALPHA_OPS = ("LeakyRelu", "Elu", "ThresholdedRelu")
+#: activations with one minimum at ``x*`` (decreasing before, increasing after): (x*, f(x*))
+UNIMODAL = {"HardSwish": -1.5, "Mish": -1.19201, "Gelu": -0.751791, "GeluTanh": -0.752263,
+            "Swish": -1.27846}
 
 for _name, _fn in ACTIVATIONS.items():
     register_op(type(_name, (_Activation,), {"name": _name, "fn": staticmethod(_fn)}))

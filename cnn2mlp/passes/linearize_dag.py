@@ -9,7 +9,7 @@ from ..errors import CompileError
 from ..ir import Graph, Node, get_op
 from ..ir.analysis import interval_bounds
 from ..ir.linear import index_dtype, selection, to_csr
-from ..ir.ops import sum_coeffs
+from ..ir.ops import ALPHA_OPS, sum_coeffs
 from .base import Pass, PassContext, register_pass
 
 #: ops that are linear maps of their inputs once the chain passes ran
@@ -161,11 +161,15 @@ class Plan:
 def plan_layers(graph: Graph) -> Plan:
     memo: dict[str, Affine] = {graph.input: Affine.source(graph.input,
                                                           graph.values[graph.input].size)}
-    remaining = {name: len(graph.consumers(name)) for name in graph.values}
+    live_ids = live_nodes(graph)
+    remaining = {name: sum(1 for c in graph.consumers(name) if id(c) in live_ids)
+                 for name in graph.values}
     pre: dict[str, Affine] = {}
     activations: dict[str, Node] = {}
     depth = {graph.input: 0}
     for node in graph.nodes:
+        if id(node) not in live_ids:  # nodes the output does not need get no neurons
+            continue
         args = [memo[i] for i in node.inputs]
         op = get_op(node.op)
         if op.activation and node.op != IDENTITY:
@@ -195,6 +199,17 @@ def plan_layers(graph: Graph) -> Plan:
         for s in output.terms:
             last_use[s] = max(last_use.get(s, 0), layers)
     return Plan(pre, depth, activations, output, last_use, layers, final_linear)
+
+
+def live_nodes(graph: Graph) -> set[int]:
+    """ids of the nodes the graph output depends on."""
+    live, stack = set(), [graph.output]
+    while stack:
+        node = graph.producer(stack.pop())
+        if node is not None and id(node) not in live:
+            live.add(id(node))
+            stack.extend(node.inputs)
+    return live
 
 
 # ----------------------------------------------------------------------------- emitting
@@ -277,7 +292,7 @@ class Emitter:
     def activation_node(self, dense: Node, segs, k: int) -> Node:
         if len(segs) == 1:
             _, _, op, alpha = segs[0]
-            attrs = {"alpha": alpha} if op == "LeakyRelu" else {}
+            attrs = {"alpha": alpha} if op in ALPHA_OPS else {}
             return self.graph.add_node(op, [dense.output], attrs, name=f"layer{k}_{op.lower()}")
         return self.graph.add_node("MixedActivation", [dense.output], {"segments": segs},
                                    name=f"layer{k}_mixed")

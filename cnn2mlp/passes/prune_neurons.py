@@ -4,6 +4,7 @@ import numpy as np
 
 from ..ir import Graph, Node, get_op
 from ..ir.linear import to_csr
+from ..ir.ops import ALPHA_OPS
 from .base import Pass, PassContext, register_pass
 
 
@@ -76,6 +77,9 @@ def shrink(graph: Graph, dense: Node, act: Node | None, keep: np.ndarray) -> Non
         graph.values[act.output].shape = (len(keep),)
         if act.op == "MixedActivation":
             act.attrs["segments"] = keep_segments(act.attrs["segments"], keep)
+            if len(act.attrs["segments"]) == 1:  # one activation left: a plain node
+                _, _, op, alpha = act.attrs["segments"][0]
+                act.op, act.attrs = op, ({"alpha": alpha} if op in ALPHA_OPS else {})
 
 
 def keep_segments(segments, keep: np.ndarray):

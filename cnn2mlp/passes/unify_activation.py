@@ -4,7 +4,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import CompileError
-from ..ir import Graph, Node
+from ..ir import Graph, Node, get_op
 from ..ir.analysis import interval_bounds
 from ..ir.linear import to_csr
 from .avgpool_linearize import best_epsilon, error_bound
@@ -65,7 +65,7 @@ def read_chain(graph: Graph) -> list[list[Node | None]]:
             raise CompileError(f"node {node.name} ({node.op}) is not part of a layer chain")
         if node.op == "Dense":
             layers.append([node, None])
-        elif node.op in ("Relu", "LeakyRelu", "Tanh", "Sigmoid"):
+        elif get_op(node.op).activation and node.op != "Identity":
             if not layers or layers[-1][1] is not None:
                 n = graph.values[current].size
                 dense = graph.insert_node_before(node, "Dense", [current],
@@ -92,6 +92,11 @@ def choose_activation(layers) -> tuple[str, float]:
     kinds = {act.op for _, act in acts}
     if not kinds:
         return "Identity", 0.0
+    foreign = sorted(kinds - {"Relu", "LeakyRelu", "Tanh", "Sigmoid"})
+    if foreign:
+        raise CompileError(f"OpenCV's ANN_MLP has no {', '.join(foreign)} activation (it has "
+                           "identity, sigmoid, gaussian, relu and leaky relu): use --target "
+                           "csr or onnx, which keep any element-wise activation")
     if kinds <= TANH_FAMILY:
         return "Tanh", 0.0
     alphas = {act.attrs.get("alpha", 0.01) for _, act in acts if act.op == "LeakyRelu"}

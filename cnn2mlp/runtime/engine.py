@@ -16,7 +16,9 @@ DENSE_THRESHOLD = 0.3
 DENSE_LIMIT = 256 * 2**20
 #: multiply-adds below which a layer runs on one thread (a parallel region costs ~10 µs)
 PARALLEL_WORK = 1 << 18
-CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
+CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4, "elu": 5,
+         "softplus": 6, "softsign": 7, "hard_swish": 8, "mish": 9, "gelu": 10,
+         "gelu_tanh": 11, "thresholded_relu": 12, "swish": 13, "erf": 14}
 
 
 def available_engines() -> list[str]:

@@ -54,11 +54,26 @@ PRODUCT = ("is a product of two values computed from the input (as squeeze-and-e
 
 def join(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     """Add or Sub of two computed tensors (a residual join); Mul and Div are refused."""
+    if node.op_type == "Mul":
+        swish = swish_operand(imp, node)
+        if swish is not None:  # x * sigmoid(x): one activation, not a product
+            imp.emit(node, "Swish", [swish], output=node.output[0])
+            return
     if node.op_type in ("Mul", "Div"):
         imp.fail(node, PRODUCT)
     a, b = broadcast_all(imp, node, [imp.data(node, 0), imp.data(node, 1)])
     coeffs = (1.0, -1.0) if node.op_type == "Sub" else (1.0, 1.0)
     imp.emit(node, "Sum", [a, b], {"coeffs": coeffs}, output=node.output[0])
+
+
+def swish_operand(imp: OnnxImporter, node: onnx.NodeProto) -> str | None:
+    """``x`` when the node is ``x * sigmoid(x)`` (either order), else None."""
+    a, b = node.input[0], node.input[1]
+    for x, gate in ((a, b), (b, a)):
+        producer = imp.graph.producer(gate)
+        if producer is not None and producer.op == "Sigmoid" and producer.input == x:
+            return x
+    return None
 
 
 def broadcast_all(imp: OnnxImporter, node: onnx.NodeProto, values: list[str]) -> list[str]:
