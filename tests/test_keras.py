@@ -353,3 +353,45 @@ def test_keras_multiply_is_refused_as_a_product(tmp_path):
                            "-o", str(tmp_path / "m.npz")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "'gating' (Multiply) is a product of two values" in proc.stderr
+
+
+def activations_zoo():
+    """Every activation Keras names, PReLU (per channel, shared spatial axes), ELU, a
+    Softmax layer at the end."""
+    inputs = keras.Input((6, 6, 3))
+    x = inputs
+    for act in ("elu", "selu", "softplus", "softsign", "silu", "gelu", "mish", "hard_sigmoid",
+                "hard_silu", "relu6"):
+        x = L.Conv2D(3, 3, padding="same", activation=act)(x)
+    x = L.PReLU(shared_axes=[1, 2])(x)
+    x = L.ELU(alpha=0.5)(x)
+    x = L.Dense(4)(L.Flatten()(x))
+    return keras.Model(inputs, L.Softmax()(x))
+
+
+def test_keras_activations_and_prelu(tmp_path):
+    model = randomize(activations_zoo())
+    for w in model.weights:
+        if "alpha" in (getattr(w, "path", None) or w.name):
+            w.assign(np.random.default_rng(1).uniform(-0.5, 1.5, tuple(w.shape)))
+    x = inputs_for(model)
+    reference = model.predict(x, verbose=0)
+    from cnn2mlp.check import softmax
+
+    for fmt in ("keras", "h5"):
+        path = tmp_path / f"zoo.{fmt}"
+        model.save(path)
+        assert_close(reference, softmax(compile_to_model(path).predict(x)))
+
+
+def test_tf_keras_hard_sigmoid_has_its_own_slope(tmp_path):
+    tfk = pytest.importorskip("tf_keras", reason="install the tensorflow extra")
+    K = tfk.layers
+    model = tfk.Sequential([K.InputLayer((5,)), K.Dense(4, activation="hard_sigmoid"),
+                            K.Dense(2)])
+    randomize(model)
+    x = inputs_for(model) * 4
+    reference = model.predict(x, verbose=0)
+    for fmt in ("h5", "keras"):
+        model.save(tmp_path / f"hs.{fmt}")
+        assert_close(reference, compile_to_model(tmp_path / f"hs.{fmt}").predict(x))

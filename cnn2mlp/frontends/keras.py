@@ -22,7 +22,11 @@ from ..ir import Graph
 from ..ir.geometry import same_pads
 
 CODE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
-ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}
+ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "softplus": "Softplus",
+                  "softsign": "Softsign", "silu": "Swish", "swish": "Swish", "gelu": "Gelu",
+                  "mish": "Mish", "hard_silu": "HardSwish", "hard_swish": "HardSwish"}
+#: keras.activations.selu's constants
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
 IDENTITY_LAYERS = {"Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise",
                    "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity"}
 
@@ -112,12 +116,14 @@ def read_keras_file(path: Path, max_bytes: int) -> tuple[dict, "WeightSource"]:
             with zipfile.ZipFile(path) as archive:
                 config = parse_config(path, read_member(path, archive, "config.json",
                                                         MAX_CONFIG_BYTES))
+                version = archive_version(path, archive)
                 blob = read_member(path, archive, "model.weights.h5", max_bytes)
             handle = h5py.File(io.BytesIO(blob), "r")
         except (KeyError, zipfile.BadZipFile, OSError) as exc:
             raise CompileError(f"{path}: not a Keras .keras archive ({exc}); it needs "
                                "config.json and model.weights.h5") from exc
-        return config, WeightSource(path, handle, keras3=True, max_bytes=max_bytes)
+        return config, WeightSource(path, handle, keras3=True, max_bytes=max_bytes,
+                                    keras_version=version)
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
@@ -127,7 +133,19 @@ def read_keras_file(path: Path, max_bytes: int) -> tuple[dict, "WeightSource"]:
         raise CompileError(f"{path}: this HDF5 file holds no model_config (weights only?); "
                            "save the whole model with model.save(...)")
     config = parse_config(path, raw.decode() if isinstance(raw, bytes) else str(raw))
-    return config, WeightSource(path, handle, keras3=False, max_bytes=max_bytes)
+    version = handle.attrs.get("keras_version", b"2")
+    version = version.decode() if isinstance(version, bytes) else str(version)
+    return config, WeightSource(path, handle, keras3=False, max_bytes=max_bytes,
+                                keras_version=version)
+
+
+def archive_version(path: Path, archive: zipfile.ZipFile) -> str:
+    """The Keras version a .keras archive records (metadata.json), "3" if it says none."""
+    try:
+        meta = json.loads(read_member(path, archive, "metadata.json", 2**20))
+        return str(meta.get("keras_version", "3")) if isinstance(meta, dict) else "3"
+    except (KeyError, ValueError, CompileError):
+        return "3"
 
 
 def read_member(path: Path, archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
@@ -163,10 +181,12 @@ class WeightSource:
     are refused, so that a model file cannot pull another file's bytes into the weights.
     """
 
-    def __init__(self, path: Path, handle, keras3: bool, max_bytes: int) -> None:
+    def __init__(self, path: Path, handle, keras3: bool, max_bytes: int,
+                 keras_version: str = "3") -> None:
         self.path = path
         self.handle = handle
         self.keras3 = keras3
+        self.keras_version = keras_version  # what wrote the file: some semantics differ
         self.budget = max_bytes  # bytes of weights still allowed to be read
 
     def of(self, name: str, key: str) -> list:
@@ -260,6 +280,7 @@ class KerasImporter:
                  max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.output_name: str | None = None  # a layer to compile up to (--output-tensor)
+        self.keras_version = weights.keras_version
         self.path = path
         self.config = config
         self.weights = weights
@@ -507,14 +528,26 @@ def apply_activation(imp: KerasImporter, lay: Layer, t: Tensor, name) -> Tensor:
         return imp.emit(lay, "LeakyRelu", t, {"alpha": 0.2})
     if name == "relu6":
         return imp.emit(lay, "Clip", t, {"low": 0.0, "high": 6.0})
+    if name == "elu":
+        return imp.emit(lay, "Elu", t, {"alpha": 1.0})
+    if name == "selu":
+        y = imp.emit(lay, "Elu", t, {"alpha": SELU_ALPHA})
+        return imp.emit(lay, "MulConst", y, {"const": np.full(imp.shape(y), SELU_SCALE)})
+    if name == "hard_sigmoid":  # Keras 3: relu6(x + 3) / 6; tf.keras 2: clip(0.2 x + 0.5, 0, 1)
+        slope = 0.2 if imp.keras_version.startswith("2.") else 1.0 / 6.0
+        y = imp.emit(lay, "MulConst", t, {"const": np.full(imp.shape(t), slope)})
+        y = imp.emit(lay, "AddConst", y, {"const": np.full(imp.shape(t), 0.5)})
+        return imp.emit(lay, "Clip", y, {"low": 0.0, "high": 1.0})
     if name == "softmax":
         flat = imp.keras_layout(t, lay)
         if len(imp.shape(flat)) != 1:
             raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: softmax over part of a "
                                      "tensor is not supported")
         return imp.emit(lay, "Softmax", flat)
+    known = sorted(set(ACTIVATION_OPS) | {"leaky_relu", "relu6", "elu", "selu",
+                                          "hard_sigmoid", "linear", "softmax"})
     raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: activation {name!r} is not "
-                             "supported (relu, tanh, sigmoid, leaky_relu, linear, softmax)")
+                             f"supported ({', '.join(known)})")
 
 
 @layer("Activation")
@@ -544,6 +577,36 @@ def convert_relu(imp, lay, t):
     negative = imp.emit(lay, "Relu", negative)
     return emit_multi(imp, lay, "Sum", [clipped, negative], {"coeffs": (1.0, -slope)},
                       t.channels_first)
+
+
+@layer("ELU")
+def convert_elu(imp, lay, t):
+    return imp.emit(lay, "Elu", t, {"alpha": float(lay.config.get("alpha", 1.0))})
+
+
+@layer("Softmax")
+def convert_softmax_layer(imp, lay, t):
+    axis = lay.config.get("axis", -1)
+    if axis not in (-1, [-1]):
+        raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: Softmax over axis {axis}")
+    return imp.activation(lay, t, "softmax")
+
+
+@layer("PReLU")
+def convert_prelu(imp, lay, t):
+    """``relu(x) - a relu(-x)`` with the learned slope ``a`` (shared axes broadcast)."""
+    x = imp.keras_layout(t, lay)
+    shape = imp.shape(x)
+    slope = imp.weight(lay, 0, "alpha")
+    try:
+        slope = np.broadcast_to(slope, shape)
+    except ValueError:
+        raise CompileError(f"{imp.path}: layer {lay.name!r}: slope of shape {slope.shape} does "
+                           f"not fit {shape}") from None
+    positive = imp.emit(lay, "Relu", x)
+    negative = imp.emit(lay, "Relu", imp.emit(lay, "MulConst", x, {"const": np.full(shape, -1.0)}))
+    negative = imp.emit(lay, "MulConst", negative, {"const": -slope.astype(np.float64)})
+    return emit_multi(imp, lay, "Sum", [positive, negative])
 
 
 @layer("LeakyReLU")
