@@ -46,3 +46,70 @@ def window_pads(imp: OnnxImporter, node: onnx.NodeProto, spatial, kernel, stride
     if len(pads) != 2 * nd or min(pads) < 0:
         imp.fail(node, f"pads {list(pads)} do not fit {nd} spatial axes")
     return pads
+
+
+@converter("ConvTranspose")
+def convert_conv_transpose(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    """ConvTranspose as the transpose of a convolution's matrix: the convolution that maps
+    the output space back onto the input (kernel (C_in, C_out/g, k...), same strides, pads
+    and dilations) has matrix A (n_in × n_out); ConvTranspose is ``y = Aᵀ x + b``. Built
+    directly in CSR, O(non-zeros)."""
+    import scipy.sparse as sp
+
+    from ...passes.conv_to_dense import conv_matrix
+
+    x = imp.data(node)
+    kernel = np.asarray(imp.const(node, 1), np.float32)
+    bias = imp.const(node, 2, optional=True)
+    c_in, spatial = imp.graph.shape(x)[0], imp.graph.shape(x)[1:]
+    nd = len(spatial)
+    group = int(attr(node, "group", 1))
+    if kernel.ndim != nd + 2 or kernel.shape[0] != c_in or c_in % group:
+        imp.fail(node, f"weight {kernel.shape} does not fit input {imp.graph.shape(x)}")
+    ks = tuple(attr(node, "kernel_shape", kernel.shape[2:]))
+    strides = tuple(attr(node, "strides", [1] * nd))
+    dilations = tuple(attr(node, "dilations", [1] * nd))
+    out_pad = tuple(attr(node, "output_padding", [0] * nd))
+    if any(op >= max(s, d) for op, s, d in zip(out_pad, strides, dilations)):
+        imp.fail(node, f"output_padding {list(out_pad)} must be below strides or dilations")
+    full = [s * (n - 1) + op + (k - 1) * d + 1
+            for n, k, s, d, op in zip(spatial, ks, strides, dilations, out_pad)]
+    pads = transpose_pads(imp, node, spatial, full)
+    out_spatial = tuple(f - pads[a] - pads[nd + a] for a, f in enumerate(full))
+    c_out = kernel.shape[1] * group
+    imp.check_size(node, kernel.size * int(np.prod(spatial)))
+    adjoint, _, shape = conv_matrix(kernel, None, (c_out,) + out_spatial, strides, pads,
+                                    dilations, group)
+    if tuple(shape) != (c_in,) + tuple(spatial):
+        imp.fail(node, f"geometry gives {shape[1:]} input positions for {spatial}")
+    weight = sp.csr_array(adjoint.T)
+    weight.sort_indices()
+    out_bias = None if bias is None else np.repeat(np.asarray(bias, np.float32),
+                                                   int(np.prod(out_spatial)))
+    imp.emit(node, "Dense", [x], {"weight": weight, "bias": out_bias,
+                                  "out_shape": (c_out,) + out_spatial}, output=node.output[0])
+
+
+def transpose_pads(imp: OnnxImporter, node: onnx.NodeProto, spatial, full) -> tuple[int, ...]:
+    """ConvTranspose's pads: given, from output_shape, or from auto_pad (the ONNX spec)."""
+    nd = len(spatial)
+    auto_pad = as_str(attr(node, "auto_pad", "NOTSET"))
+    output_shape = attr(node, "output_shape", None)
+    if output_shape is None and auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        output_shape = [n * s for n, s in zip(spatial, attr(node, "strides", [1] * nd))]
+    if output_shape is None:
+        pads = tuple(attr(node, "pads", [0] * (2 * nd)))
+        if auto_pad == "VALID":
+            pads = (0,) * (2 * nd)
+        if len(pads) != 2 * nd or min(pads) < 0:
+            imp.fail(node, f"pads {list(pads)} do not fit {nd} spatial axes")
+        return pads
+    output_shape = list(output_shape)[-nd:]
+    # a negative total (an output_shape beyond what the kernel covers) gives a negative end
+    # pad: extra outputs that only the bias reaches, as the ONNX formula says
+    total = [f - o for f, o in zip(full, output_shape)]
+    if auto_pad == "SAME_UPPER":
+        begins, ends = [t // 2 for t in total], [t - t // 2 for t in total]
+    else:
+        begins, ends = [t - t // 2 for t in total], [t // 2 for t in total]
+    return tuple(begins) + tuple(ends)

@@ -321,23 +321,29 @@ class OnnxImporter:
         return full[start:end]
 
     def _fold(self, node: onnx.NodeProto) -> None:
-        from onnx import helper
-        from onnx.reference import ReferenceEvaluator
-
-        inputs = [i for i in node.input if i]
         self._check_fold_size(node)
-        value_info = [helper.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None)
-                      for i in inputs]
-        outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
-                   for o in node.output if o]
-        graph = helper.make_graph([node], "fold", value_info, outputs)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
         try:
-            results = ReferenceEvaluator(model).run(None, {i: self.consts[i] for i in inputs})
+            results = self.reference(node, {})
         except Exception as exc:
             self.fail(node, f"could not fold its constant inputs ({first_line(exc)})")
         for out, val in zip([o for o in node.output if o], results):
             self.consts[out] = np.asarray(val)
+
+    def reference(self, node: onnx.NodeProto, data: dict[str, np.ndarray]) -> list:
+        """The node evaluated by onnx.reference (ONNX's own semantics), its inputs taken
+        from ``data`` or, for the others, the model's constants."""
+        from onnx import helper
+        from onnx.reference import ReferenceEvaluator
+
+        inputs = [i for i in node.input if i]
+        value_info = [helper.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None)
+                      for i in inputs]
+        outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
+                   for o in node.output if o]
+        graph = helper.make_graph([node], "node", value_info, outputs)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+        feeds = {i: data[i] if i in data else self.consts[i] for i in inputs}
+        return ReferenceEvaluator(model).run(None, feeds)
 
     def _check_fold_size(self, node: onnx.NodeProto) -> None:
         """Ops whose output can dwarf their inputs (a ConstantOfShape of [10^6, 10^6]) are

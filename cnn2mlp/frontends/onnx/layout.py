@@ -99,8 +99,9 @@ def convert_transpose(imp: OnnxImporter, node: onnx.NodeProto) -> None:
 def convert_pad(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     x = imp.data(node)
     mode = as_str(attr(node, "mode", "constant"))
-    if mode != "constant":
-        imp.fail(node, f"mode {mode!r}; only constant padding is supported")
+    if mode != "constant":  # edge, reflect, wrap: every output copies an input
+        select_by_reference(imp, node, x)
+        return
     rank = imp.sample_rank(x) + 1
     if imp.opset < 11:
         pads, value = list(attr(node, "pads")), float(attr(node, "value", 0.0))
@@ -195,3 +196,106 @@ def convert_slice(imp: OnnxImporter, node: onnx.NodeProto) -> None:
             continue
         index[imp.sample_axis(node, axis, rank)] = slice(int(start), int(end), int(step))
     select_block(imp, node, x, tuple(index), node.output[0])
+
+
+#: the largest dense (outputs × inputs) a linear op may be measured as, by basis vectors
+MAX_BASIS_ENTRIES = 1 << 27
+
+
+def index_grid(imp: OnnxImporter, x: str) -> np.ndarray:
+    """``(1, *sample_shape)``: each entry its own flat index (exact in float64)."""
+    shape = imp.graph.shape(x)
+    return np.arange(int(np.prod(shape)), dtype=np.float64).reshape((1,) + shape)
+
+
+@converter("DepthToSpace", "SpaceToDepth", "Tile", "Gather", "GatherElements")
+def convert_selection(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    """Ops that only move or copy values (constant indices, repeats, block sizes)."""
+    for i in node.input[1:]:
+        if i and not imp.is_const(i):
+            imp.fail(node, f"input {i!r} is computed from the input; only constant "
+                           "indices and repeats can become an MLP")
+    x = imp.data(node)
+    if node.op_type in ("Gather", "GatherElements"):
+        imp.sample_axis(node, attr(node, "axis", 0), imp.sample_rank(x) + 1)  # not the batch
+    select_by_reference(imp, node, x)
+
+
+def select_by_reference(imp: OnnxImporter, node: onnx.NodeProto, x: str) -> None:
+    """Run ONNX's reference implementation on a grid of flat indices: each output reads
+    the input entry whose index it holds; a Select of those indices is the op, exactly."""
+    (out,) = imp.reference(node, {x: index_grid(imp, x), **batch_sizes(imp, node, 1)})[:1]
+    out = np.asarray(out)
+    n_in = imp.graph.values[x].size
+    if out.ndim == 0 or out.shape[0] != 1:
+        imp.fail(node, "mixes the batch axis with others; only per-sample ops can become "
+                       "an MLP")
+    if out.size and (np.any(out != np.round(out)) or out.min() < 0 or out.max() >= n_in):
+        imp.fail(node, "does not only move or copy values")
+    imp.emit(node, "Select", [x], {"indices": out.ravel().astype(np.int64),
+                                   "out_shape": out.shape[1:]}, output=node.output[0])
+
+
+@converter("Resize", "Upsample")
+def convert_resize(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    """Nearest resizing copies values (a selection); linear and cubic resizing are fixed
+    weights per output (a matrix, measured on basis vectors with ONNX's reference, so
+    every coordinate-transformation and rounding mode means what ONNX says)."""
+    x = imp.data(node)
+    for i in node.input[1:]:
+        if i and not imp.is_const(i):
+            imp.fail(node, f"input {i!r} (scales or sizes) is computed; it must be constant")
+    if as_str(attr(node, "mode", "nearest")) == "nearest":
+        select_by_reference(imp, node, x)
+        return
+    linear_by_reference(imp, node, x)
+
+
+def batch_sizes(imp: OnnxImporter, node: onnx.NodeProto, batch: int) -> dict:
+    """Resize's ``sizes`` (input 3) name the batch too: evaluate with the batch we feed.
+    ``scales`` must leave the batch alone."""
+    if node.op_type != "Resize":
+        return {}
+    if len(node.input) > 2 and node.input[2] and imp.opset >= 11:
+        scales = np.asarray(imp.const(node, 2)).ravel()
+        if scales.size and scales[0] != 1 and not attr(node, "axes", None):
+            imp.fail(node, "scales the batch axis")
+    if len(node.input) > 3 and node.input[3]:
+        sizes = np.asarray(imp.const(node, 3)).astype(np.int64).copy()
+        if attr(node, "axes", None) is None:
+            sizes[0] = batch
+        return {node.input[3]: sizes}
+    return {}
+
+
+def linear_by_reference(imp: OnnxImporter, node: onnx.NodeProto, x: str) -> None:
+    import scipy.sparse as sp
+
+    shape = imp.graph.shape(x)
+    n_in = int(np.prod(shape))
+    probe = np.asarray(imp.reference(node, {x: np.zeros((1,) + shape),
+                                            **batch_sizes(imp, node, 1)})[0])
+    if probe.shape[0] != 1:
+        imp.fail(node, "mixes the batch axis with others")
+    n_out = probe[0].size
+    if n_in * n_out > MAX_BASIS_ENTRIES:
+        imp.fail(node, f"as a {n_out}x{n_in} linear map it is too large to measure "
+                       f"({n_in * n_out:,} entries; the limit is {MAX_BASIS_ENTRIES:,})")
+    imp.check_size(node, n_in * n_out // 8)
+    # the response to zero is a constant (tf_crop_and_resize's extrapolation value): the
+    # op is affine; each basis response minus it is a column of the matrix
+    bias = probe.reshape(-1).astype(np.float64)
+    columns = []
+    chunk = max(1, MAX_BASIS_ENTRIES // 16 // max(n_out, 1))
+    for start in range(0, n_in, chunk):
+        count = min(chunk, n_in - start)
+        basis = np.zeros((count, n_in))
+        basis[np.arange(count), start + np.arange(count)] = 1.0
+        response = np.asarray(imp.reference(node, {x: basis.reshape((count,) + shape),
+                                                   **batch_sizes(imp, node, count)})[0])
+        columns.append(sp.csr_array(response.reshape(count, n_out) - bias))
+    weight = sp.csr_array(sp.vstack(columns).T)
+    weight.eliminate_zeros()
+    imp.emit(node, "Dense", [x], {"weight": weight.astype(np.float32),
+                                  "bias": bias.astype(np.float32) if bias.any() else None,
+                                  "out_shape": probe.shape[1:]}, output=node.output[0])

@@ -60,3 +60,24 @@ def convert_batchnorm(imp: OnnxImporter, node: onnx.NodeProto) -> None:
              for i, key in enumerate(("scale", "bias", "mean", "var"), start=1)}
     attrs["epsilon"] = float(attr(node, "epsilon", 1e-5))
     imp.emit(node, "BatchNorm", [x], attrs, output=node.output[0])
+
+
+@converter("ReduceMean", "ReduceSum")
+def convert_reduce(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    """Averages and sums over sample axes: fixed weights, a matrix (from ONNX's reference on
+    basis vectors). Reducing the batch axis is refused."""
+    from .layout import linear_by_reference
+
+    x = imp.data(node)
+    rank = imp.sample_rank(x) + 1
+    takes_input = imp.opset >= 18 or (node.op_type == "ReduceSum" and imp.opset >= 13)
+    axes = imp.const(node, 1, optional=True) if takes_input else attr(node, "axes", None)
+    if axes is None or np.size(axes) == 0:
+        if attr(node, "noop_with_empty_axes", 0):
+            imp.alias(node, x)
+            return
+        imp.fail(node, "reduces every axis, the batch axis too; only per-sample reductions "
+                       "can become an MLP")
+    for axis in np.ravel(axes):
+        imp.sample_axis(node, int(axis), rank)  # fails on the batch axis
+    linear_by_reference(imp, node, x)
