@@ -395,3 +395,33 @@ def test_tf_keras_hard_sigmoid_has_its_own_slope(tmp_path):
     for fmt in ("h5", "keras"):
         model.save(tmp_path / f"hs.{fmt}")
         assert_close(reference, compile_to_model(tmp_path / f"hs.{fmt}").predict(x))
+
+
+def decoder_zoo():
+    """Rescaling, SeparableConv2D, Conv2DTranspose (valid and same, strided), UpSampling2D,
+    Cropping2D, Permute; a 1D branch with SeparableConv1D, Conv1DTranspose and
+    RepeatVector."""
+    inputs = keras.Input((6, 5, 2))
+    x = L.Rescaling(1 / 255.0, offset=-0.5)(inputs)
+    x = L.SeparableConv2D(4, 3, padding="same", depth_multiplier=2, activation="relu")(x)
+    x = L.Conv2DTranspose(3, 3, strides=2, padding="same", activation="relu")(x)
+    x = L.Conv2DTranspose(2, (2, 3), strides=(1, 2), padding="valid")(x)
+    x = L.UpSampling2D((2, 1))(x)
+    x = L.Cropping2D(((1, 2), (3, 1)))(x)
+    x = L.Permute((2, 1, 3))(x)
+    x = L.Flatten()(x)
+    v = L.RepeatVector(4)(L.Dense(3, activation="tanh")(x))
+    v = L.SeparableConv1D(4, 2, padding="same")(v)
+    v = L.Conv1DTranspose(2, 3, strides=2)(v)
+    out = L.Dense(3)(L.Flatten()(v))
+    return keras.Model(inputs, out)
+
+
+def test_keras_decoder_layers(tmp_path):
+    model = randomize(decoder_zoo())
+    x = inputs_for(model) * 255
+    reference = model.predict(x, verbose=0)
+    for fmt in ("keras", "h5"):
+        path = tmp_path / f"decoder.{fmt}"
+        model.save(path)
+        assert_close(reference, compile_to_model(path).predict(x))

@@ -856,3 +856,135 @@ def convert_product(imp, lay, sources):
         f"{imp.path}: layer {lay.name!r} ({lay.class_name}) is a product of two values "
         "computed from the input (as squeeze-and-excitation, attention or gating compute): no "
         "MLP layer f(Wx + b) computes a product exactly")
+
+
+# ------------------------------------------------------------------------------ more layers
+@layer("Conv1DTranspose", "Conv2DTranspose")
+def convert_conv_transpose(imp, lay, t):
+    """Keras' transposed convolution: kernel (k..., filters, in); "valid" gives
+    (n - 1) s + k outputs, "same" n s (TensorFlow's pads: the larger half at the end)."""
+    from ..passes.conv_to_dense import conv_transpose_matrix
+
+    check_channels_last(imp, lay)
+    c = lay.config
+    nd = 1 if lay.class_name.startswith("Conv1D") else 2
+    if c.get("output_padding") not in (None, [None] * nd):
+        raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: output_padding is not "
+                                 "supported")
+    x = imp.internal_layout(t, lay)
+    c_in, spatial = imp.shape(x)[0], imp.shape(x)[1:]
+    ks = as_tuple(c["kernel_size"], nd)
+    filters = int(c["filters"])
+    kernel = imp.weight(lay, 0, "kernel", ks + (filters, c_in))
+    strides = as_tuple(c.get("strides", 1), nd)
+    dilations = as_tuple(c.get("dilation_rate", 1), nd)
+    full = [(n - 1) * s + (k - 1) * d + 1 for n, k, s, d in zip(spatial, ks, strides, dilations)]
+    if c.get("padding", "valid") == "same":
+        total = [max(f - n * s, 0) for f, n, s in zip(full, spatial, strides)]
+        pads = tuple(t_ // 2 for t_ in total) + tuple(t_ - t_ // 2 for t_ in total)
+    else:
+        pads = (0,) * (2 * nd)
+    out_spatial = tuple(f - pads[a] - pads[nd + a] for a, f in enumerate(full))
+    io_kernel = kernel.transpose((nd + 1, nd) + tuple(range(nd))).astype(np.float32)
+    imp.check_size(lay, io_kernel.size * int(np.prod(spatial)))
+    weight = conv_transpose_matrix(io_kernel, imp.shape(x), out_spatial, strides, pads,
+                                   dilations, 1)
+    bias = imp.weight(lay, 1, "bias", (filters,)) if c.get("use_bias", True) else None
+    out_bias = None if bias is None else np.repeat(bias, int(np.prod(out_spatial)))
+    y = imp.emit(lay, "Dense", x, {"weight": weight.astype(np.float32),
+                                   "bias": None if out_bias is None else out_bias.astype(np.float32),
+                                   "out_shape": (filters,) + out_spatial})
+    return imp.activation(lay, y, c.get("activation"))
+
+
+@layer("SeparableConv1D", "SeparableConv2D")
+def convert_separable(imp, lay, t):
+    """A depthwise convolution (depth_multiplier) then a 1×1 pointwise one, with the bias."""
+    check_channels_last(imp, lay)
+    c = lay.config
+    nd = spatial_rank(lay)
+    x = imp.internal_layout(t, lay)
+    channels = imp.shape(x)[0]
+    mult = int(c.get("depth_multiplier", 1))
+    ks = as_tuple(c["kernel_size"], nd)
+    dk = imp.weight(lay, 0, "depthwise_kernel", ks + (channels, mult))
+    pk = imp.weight(lay, 1, "pointwise_kernel", (1,) * nd + (channels * mult, int(c["filters"])))
+    depthwise = dk.reshape(ks + (channels * mult,)).transpose((nd,) + tuple(range(nd)))[:, None]
+    strides = as_tuple(c.get("strides", 1), nd)
+    dilations = as_tuple(c.get("dilation_rate", 1), nd)
+    pads = keras_pads(imp, lay, imp.shape(x)[1:], ks, strides, dilations)
+    h = imp.emit(lay, "Conv", x, {"kernel": depthwise.astype(np.float32), "bias": None,
+                                  "strides": strides, "pads": pads, "dilations": dilations,
+                                  "group": channels})
+    pointwise = pk.reshape(channels * mult, -1).T.reshape((-1, channels * mult) + (1,) * nd)
+    bias = imp.weight(lay, 2, "bias", (int(c["filters"]),)) if c.get("use_bias", True) else None
+    y = imp.emit(lay, "Conv", h, {"kernel": pointwise.astype(np.float32),
+                                  "bias": None if bias is None else bias.astype(np.float32),
+                                  "strides": (1,) * nd, "pads": (0,) * (2 * nd),
+                                  "dilations": (1,) * nd, "group": 1})
+    return imp.activation(lay, y, c.get("activation"))
+
+
+def select_keras(imp, lay, t: Tensor, index) -> Tensor:
+    """A selection on Keras' own layout: ``index`` maps the (H, W, C) grid of flat
+    positions to the output grid."""
+    x = imp.keras_layout(t, lay)
+    grid = np.arange(int(np.prod(imp.shape(x)))).reshape(imp.shape(x))
+    picked = np.asarray(index(grid))
+    return imp.emit(lay, "Select", x, {"indices": picked.ravel(), "out_shape": picked.shape})
+
+
+@layer("UpSampling1D", "UpSampling2D")
+def convert_upsampling(imp, lay, t):
+    c = lay.config
+    check_channels_last(imp, lay)
+    if c.get("interpolation", "nearest") != "nearest":
+        raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: interpolation "
+                                 f"{c['interpolation']!r}; only nearest is supported")
+    nd = spatial_rank(lay)
+    size = as_tuple(c.get("size", 2), nd)
+
+    def repeat(grid):
+        for axis, s in enumerate(size):
+            grid = np.repeat(grid, s, axis=axis)
+        return grid
+
+    return select_keras(imp, lay, t, repeat)
+
+
+@layer("Cropping1D", "Cropping2D")
+def convert_cropping(imp, lay, t):
+    check_channels_last(imp, lay)
+    nd = spatial_rank(lay)
+    crop = lay.config.get("cropping", 1)
+    if isinstance(crop, int):
+        pairs = [(crop, crop)] * nd
+    elif nd == 1:
+        pairs = [tuple(crop)]
+    else:
+        pairs = [(p, p) if isinstance(p, int) else tuple(p) for p in crop]
+    return select_keras(imp, lay, t, lambda grid: grid[tuple(
+        slice(a, grid.shape[i] - b) for i, (a, b) in enumerate(pairs))])
+
+
+@layer("Permute")
+def convert_permute(imp, lay, t):
+    dims = [int(d) - 1 for d in lay.config["dims"]]
+    return select_keras(imp, lay, t, lambda grid: grid.transpose(dims))
+
+
+@layer("RepeatVector")
+def convert_repeat_vector(imp, lay, t):
+    n = int(lay.config["n"])
+    return select_keras(imp, lay, t, lambda grid: np.repeat(grid[None, :], n, axis=0))
+
+
+@layer("Rescaling")
+def convert_rescaling(imp, lay, t):
+    """``x * scale + offset`` (input preprocessing): folded into the first matrix."""
+    x = imp.keras_layout(t, lay)
+    shape = imp.shape(x)
+    scale = np.broadcast_to(np.asarray(lay.config.get("scale", 1.0), np.float64), shape)
+    offset = np.broadcast_to(np.asarray(lay.config.get("offset", 0.0), np.float64), shape)
+    y = imp.emit(lay, "MulConst", x, {"const": np.array(scale)})
+    return imp.emit(lay, "AddConst", y, {"const": np.array(offset)})

@@ -108,3 +108,19 @@ def conv_matrix(kernel: np.ndarray, bias: np.ndarray | None, in_shape, strides, 
     weight.has_sorted_indices = True
     out_bias = None if bias is None else np.repeat(np.asarray(bias, np.float32), n_pos)
     return weight, out_bias, (n_out,) + out_spatial
+
+
+def conv_transpose_matrix(kernel: np.ndarray, in_shape, out_spatial, strides, pads, dilations,
+                          group: int) -> sp.csr_array:
+    """ConvTranspose's matrix (n_out × n_in) for a kernel (C_in, C_out/group, k...): the
+    transpose of the convolution that maps the output space back onto the input."""
+    c_in, spatial = in_shape[0], tuple(in_shape[1:])
+    c_out = kernel.shape[1] * group
+    adjoint, _, shape = conv_matrix(kernel, None, (c_out,) + tuple(out_spatial), strides, pads,
+                                    dilations, group)
+    if tuple(shape) != (c_in,) + spatial:
+        raise ValueError(f"the transpose geometry gives {shape[1:]} input positions for "
+                         f"{spatial}")
+    weight = sp.csr_array(adjoint.T)
+    weight.sort_indices()
+    return weight

@@ -54,9 +54,7 @@ def convert_conv_transpose(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     the output space back onto the input (kernel (C_in, C_out/g, k...), same strides, pads
     and dilations) has matrix A (n_in × n_out); ConvTranspose is ``y = Aᵀ x + b``. Built
     directly in CSR, O(non-zeros)."""
-    import scipy.sparse as sp
-
-    from ...passes.conv_to_dense import conv_matrix
+    from ...passes.conv_to_dense import conv_transpose_matrix
 
     x = imp.data(node)
     kernel = np.asarray(imp.const(node, 1), np.float32)
@@ -78,12 +76,11 @@ def convert_conv_transpose(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     out_spatial = tuple(f - pads[a] - pads[nd + a] for a, f in enumerate(full))
     c_out = kernel.shape[1] * group
     imp.check_size(node, kernel.size * int(np.prod(spatial)))
-    adjoint, _, shape = conv_matrix(kernel, None, (c_out,) + out_spatial, strides, pads,
-                                    dilations, group)
-    if tuple(shape) != (c_in,) + tuple(spatial):
-        imp.fail(node, f"geometry gives {shape[1:]} input positions for {spatial}")
-    weight = sp.csr_array(adjoint.T)
-    weight.sort_indices()
+    try:
+        weight = conv_transpose_matrix(kernel, (c_in,) + tuple(spatial), out_spatial, strides,
+                                       pads, dilations, group)
+    except ValueError as exc:
+        imp.fail(node, str(exc))
     out_bias = None if bias is None else np.repeat(np.asarray(bias, np.float32),
                                                    int(np.prod(out_spatial)))
     imp.emit(node, "Dense", [x], {"weight": weight, "bias": out_bias,
