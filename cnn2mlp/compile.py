@@ -116,10 +116,11 @@ def write_target(result: CompileResult, output: str | Path, meta: dict[str, Any]
                                "the opencv target; leave them out of --passes for csr")
         save_csr(result.mlp, output, meta)
     elif result.target == "opencv":
-        from .backends.opencv import preflight as dense_preflight
+        from .backends import dense_preflight
         from .backends.opencv import save_opencv
 
-        dense_preflight(result.mlp, options.get("max_dense_bytes", DEFAULT_MAX_DENSE_BYTES),
+        dense_preflight(result.mlp, "opencv",
+                        options.get("max_dense_bytes", DEFAULT_MAX_DENSE_BYTES),
                         str(meta.get("source", "")))
         save_opencv(result.mlp, opencv_spec(result), output, options.get("encoding", "text"))
     elif result.target in ("onnx", "nnet"):

@@ -48,24 +48,6 @@ class AnnSpec:
     notes: list[str] = field(default_factory=list)
 
 
-def dense_size(mlp: Mlp) -> tuple[int, int, int, int]:
-    """(weights, bytes in memory, bytes as text, bytes as base64) of the ANN_MLP."""
-    weights = sum((layer.n_in + 1) * layer.n_out for layer in mlp.layers)
-    return weights, 8 * weights, 25 * weights, 8 * weights * 4 // 3
-
-
-def preflight(mlp: Mlp, max_bytes: int, source: str = "") -> None:
-    weights, memory, text, b64 = dense_size(mlp)
-    if memory > max_bytes:
-        widest = max(mlp.layers, key=lambda l: (l.n_in + 1) * l.n_out)
-        raise CompileError(
-            f"{source}: as an OpenCV ANN_MLP this network needs {weights:,} dense weights "
-            f"({memory / 2**20:,.0f} MiB in memory, about {text / 2**20:,.0f} MiB as text XML, "
-            f"{b64 / 2**20:,.0f} MiB as base64), above --max-dense-bytes "
-            f"{max_bytes / 2**20:,.0f} MiB; its widest layer is {widest.n_in}x{widest.n_out}. "
-            "ANN_MLP weights are dense: use --target csr (sparse), or raise --max-dense-bytes")
-
-
 def save_opencv(mlp: Mlp, spec: AnnSpec, path: str | Path, encoding: str = "text") -> None:
     if encoding not in ("text", "base64"):
         raise CompileError(f"unknown XML encoding {encoding!r}: use text or base64")

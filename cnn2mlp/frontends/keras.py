@@ -756,18 +756,21 @@ def convert_batchnorm(imp, lay, t):
         "mean": mean, "var": var, "epsilon": float(c.get("epsilon", 1e-3))})
 
 
+def spatial_pairs(value, nd: int) -> list[tuple[int, int]]:
+    """(before, after) per spatial axis from Keras' forms: n, (a, b) in 1D, ((a, b), (c, d))
+    or (n, m) in 2D."""
+    if isinstance(value, int):
+        return [(value, value)] * nd
+    if nd == 1:
+        flat = len(value) == 2 and isinstance(value[0], int)
+        return [tuple(value)] if flat else [tuple(value[0])]
+    return [(p, p) if isinstance(p, int) else tuple(p) for p in value]
+
+
 @layer("ZeroPadding1D", "ZeroPadding2D")
 def convert_zero_padding(imp, lay, t):
     check_channels_last(imp, lay)
-    nd = spatial_rank(lay)
-    padding = lay.config.get("padding", 1)
-    if isinstance(padding, int):
-        pairs = [(padding, padding)] * nd
-    elif nd == 1:
-        pairs = [tuple(padding)] if len(padding) == 2 and isinstance(padding[0], int) else \
-            [tuple(padding[0])]
-    else:
-        pairs = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+    pairs = spatial_pairs(lay.config.get("padding", 1), spatial_rank(lay))
     x = imp.internal_layout(t, lay)
     pads = (0,) + tuple(p[0] for p in pairs) + (0,) + tuple(p[1] for p in pairs)
     return imp.emit(lay, "Pad", x, {"pads": pads, "value": 0.0})
@@ -955,14 +958,7 @@ def convert_upsampling(imp, lay, t):
 @layer("Cropping1D", "Cropping2D")
 def convert_cropping(imp, lay, t):
     check_channels_last(imp, lay)
-    nd = spatial_rank(lay)
-    crop = lay.config.get("cropping", 1)
-    if isinstance(crop, int):
-        pairs = [(crop, crop)] * nd
-    elif nd == 1:
-        pairs = [tuple(crop)]
-    else:
-        pairs = [(p, p) if isinstance(p, int) else tuple(p) for p in crop]
+    pairs = spatial_pairs(lay.config.get("cropping", 1), spatial_rank(lay))
     return select_keras(imp, lay, t, lambda grid: grid[tuple(
         slice(a, grid.shape[i] - b) for i, (a, b) in enumerate(pairs))])
 
