@@ -1,7 +1,5 @@
 """Verifier targets: the MLP as ONNX (MatMul/Add/Relu) and as .nnet, read by a real verifier
 (Marabou, through maraboupy), giving the same values and the same verdicts as on the CNN."""
-import os
-
 import numpy as np
 import onnx
 import pytest
@@ -156,52 +154,93 @@ def test_nnet_reader_applies_the_formats_normalization(tmp_path):
 
 
 # ------------------------------------------------------------------ Marabou itself
-@pytest.fixture(scope="module")
-def marabou():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return pytest.importorskip("maraboupy.Marabou", reason="install the verify extra "
-                                                            "(maraboupy)")
+# maraboupy's import switches TensorFlow to v1 behaviour for the whole process (it calls
+# disable_v2_behavior), which would break every later Keras test: Marabou runs in a child
+# process, fed and read through JSON.
+MARABOU = r"""
+import json, os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
+from maraboupy import Marabou
 
+job = json.loads(sys.stdin.read())
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_marabou_evaluates_both_formats_like_onnxruntime_on_the_cnn(tmp_path, marabou, kind):
-    src, mlp_onnx, mlp_nnet = compile_for_verifiers(tmp_path, small_cnn(kind))
-    run = onnx_runner(src)
-    for seed in range(3):
-        x = random_inputs((1, 6, 6), 1, seed=seed)
-        reference = run(x).ravel()
-        from_onnx = marabou.read_onnx(str(mlp_onnx)).evaluateWithoutMarabou([x])[0].ravel()
-        from_nnet = np.ravel(marabou.read_nnet(str(mlp_nnet), normalize=False)
-                             .evaluateWithoutMarabou(x.ravel()))
-        for got in (from_onnx, from_nnet):
-            assert compare(reference, got, 1e-5).passed, (reference, got)
+def read(path):
+    return Marabou.read_nnet(path, normalize=False) if path.endswith(".nnet") \
+        else Marabou.read_onnx(path)
 
+def evaluate(path, x):
+    net = read(path)
+    x = np.asarray(x, np.float32)
+    if path.endswith(".nnet"):
+        return np.ravel(net.evaluateWithoutMarabou(x.ravel())).tolist()
+    return np.ravel(net.evaluateWithoutMarabou([x])[0]).tolist()
 
-def verdict(marabou, network, x0, radius, top, runner) -> str:
-    """Can the runner-up class reach the top class in the L∞ box of ``radius`` around x0?
-    'unsat': no (robust); 'sat': a counterexample exists."""
-    inputs, outputs = network.inputVars[0].ravel(), network.outputVars[0].ravel()
-    for var, centre in zip(inputs, x0.ravel()):
-        network.setLowerBound(var, float(centre) - radius)
-        network.setUpperBound(var, float(centre) + radius)
-    network.addInequality([outputs[top], outputs[runner]], [1.0, -1.0], 0.0)  # top <= runner
-    code, _, _ = network.solve(verbose=False, options=marabou.createOptions(
+def verdict(path, x0, radius, top, runner):
+    net = read(path)
+    inputs, outputs = net.inputVars[0].ravel(), net.outputVars[0].ravel()
+    for var, centre in zip(inputs, np.ravel(x0)):
+        net.setLowerBound(var, float(centre) - radius)
+        net.setUpperBound(var, float(centre) + radius)
+    net.addInequality([outputs[top], outputs[runner]], [1.0, -1.0], 0.0)  # top <= runner
+    code, _, _ = net.solve(verbose=False, options=Marabou.createOptions(
         verbosity=0, timeoutInSeconds=300))
     return code
 
+calls = {"evaluate": evaluate, "verdict": verdict}
+print(json.dumps([calls[name](*args) for name, args in job]))
+"""
+
+
+def marabou(*calls: tuple) -> list:
+    """Run ``(name, *args)`` calls in one child process (importing maraboupy is slow)."""
+    import json
+    import subprocess
+    import sys
+
+    job = [(name, list(args)) for name, *args in calls]
+    proc = subprocess.run([sys.executable, "-c", MARABOU], input=json.dumps(job),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def has_marabou():
+    import importlib.util
+
+    if importlib.util.find_spec("maraboupy") is None:
+        pytest.skip("install the verify extra (maraboupy)")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_marabou_evaluates_both_formats_like_onnxruntime_on_the_cnn(tmp_path, has_marabou,
+                                                                     kind):
+    src, mlp_onnx, mlp_nnet = compile_for_verifiers(tmp_path, small_cnn(kind))
+    run = onnx_runner(src)
+    inputs = [random_inputs((1, 6, 6), 1, seed=seed) for seed in range(3)]
+    paths = (mlp_onnx, mlp_nnet)
+    results = iter(marabou(*[("evaluate", str(p), x.tolist()) for x in inputs for p in paths]))
+    for x in inputs:
+        reference = run(x).ravel()
+        for path in paths:
+            got = np.array(next(results))
+            assert compare(reference, got, 1e-5).passed, (path.suffix, reference, got)
+
 
 @pytest.mark.parametrize("kind", ["plain", "maxpool"])
-def test_marabou_gives_the_same_verdict_on_the_mlp_as_on_the_cnn(tmp_path, marabou, kind):
+def test_marabou_gives_the_same_verdict_on_the_mlp_as_on_the_cnn(tmp_path, has_marabou, kind):
+    """Can the runner-up class reach the top class in the L∞ box around a sample?
+    'unsat': no (robust); 'sat': a counterexample exists. The same on the CNN (which
+    Marabou reads directly) and on both MLP files."""
     src, mlp_onnx, mlp_nnet = compile_for_verifiers(tmp_path, small_cnn(kind, normalize=False))
     x0 = random_inputs((1, 6, 6), 1, seed=1)
     order = np.argsort(-onnx_runner(src)(x0).ravel())
     top, runner = int(order[0]), int(order[1])
     verdicts = set()
     for radius in (0.002, 0.3):
-        on_cnn = verdict(marabou, marabou.read_onnx(str(src)), x0, radius, top, runner)
-        on_onnx = verdict(marabou, marabou.read_onnx(str(mlp_onnx)), x0, radius, top, runner)
-        on_nnet = verdict(marabou, marabou.read_nnet(str(mlp_nnet), normalize=False), x0,
-                          radius, top, runner)
-        assert on_cnn == on_onnx == on_nnet, (radius, on_cnn, on_onnx, on_nnet)
-        verdicts.add(on_cnn)
+        found = marabou(*[("verdict", str(path), x0.tolist(), radius, top, runner)
+                          for path in (src, mlp_onnx, mlp_nnet)])
+        assert len(set(found)) == 1, (radius, found)
+        verdicts.add(found[0])
     assert verdicts == {"unsat", "sat"}  # robust in the small box, not in the large one
