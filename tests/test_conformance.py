@@ -20,7 +20,7 @@ OPS = {"Conv", "Gemm", "MatMul", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Flatte
        "Elu", "Selu", "Celu", "Softplus", "Softsign", "HardSwish", "HardSigmoid", "Mish",
        "Gelu", "ThresholdedRelu", "Erf", "PRelu", "Abs", "Neg", "DepthToSpace",
        "SpaceToDepth", "Tile", "Gather", "GatherElements", "Pad", "Resize", "Upsample",
-       "ConvTranspose", "ReduceMean", "ReduceSum"}
+       "ConvTranspose", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1"}
 
 
 def all_cases():

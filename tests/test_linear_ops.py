@@ -100,3 +100,18 @@ def test_reductions_over_sample_axes():
     b.dense(2)
     model = b.build()
     assert_equivalent(model, compile_to_model(model), n=16)
+
+
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin", "ReduceL1"])
+def test_max_min_and_l1_reductions_in_a_cnn(op):
+    """Channel-wise and spatial reductions with the max-pool machinery (and |x| from ReLUs)."""
+    b = OnnxBuilder((3, 4, 5), opset=13, seed=65)
+    b.conv(conv(out=4))
+    b.activation("Tanh")
+    b.node(op, [b.current], axes=[1], keepdims=1)       # over channels: (1, 4, 5)
+    b.node(op, [b.current], axes=[3], keepdims=0)       # over width: (1, 4)
+    b.shape = (1, 4)
+    b.flatten("flatten")
+    b.dense(2)
+    model = b.build()
+    assert_equivalent(model, compile_to_model(model), n=16)

@@ -371,6 +371,12 @@ class OnnxImporter:
             self.fail(node, f"folding it would make a constant of {size:,} values, above "
                             f"--max-bytes {self.max_bytes / 2**30:.2g} GiB")
 
+    def const_name(self, node: onnx.NodeProto, value) -> str:
+        """A new constant, by name (for converters that rewrite a node into another)."""
+        name = f"{node.name or node.output[0]}__const_{len(self.consts)}"
+        self.consts[name] = np.asarray(value, np.int64)
+        return name
+
     def check_size(self, node: onnx.NodeProto, nnz: int) -> None:
         """Refuse a matrix of ``nnz`` non-zeros above --max-bytes before building it."""
         from ...ir.cost import BYTES_PER_NNZ
