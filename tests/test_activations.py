@@ -14,7 +14,12 @@ from cnn2mlp.ir import Graph, run
 from cnn2mlp.ir.analysis import interval_bounds
 from cnn2mlp.ir.mlp import ACTIVATION_NAMES, Mlp, MlpLayer
 from cnn2mlp.runtime import available_engines
-from cnn2mlp.testing import ELEMENTWISE, OnnxBuilder, assert_equivalent, compile_to_model
+from cnn2mlp.testing import (
+    ELEMENTWISE,
+    OnnxBuilder,
+    assert_equivalent,
+    compile_to_model,
+)
 
 ALPHA = {"LeakyRelu": 0.1, "Elu": 0.7, "ThresholdedRelu": 0.2}
 X = np.linspace(-8, 8, 4001)[None, :]

@@ -76,3 +76,37 @@ def test_load_options_and_the_environment(tmp_path, monkeypatch):
     assert cnn2mlp.load(tmp_path / "m.npz", threads=2).threads == 2
     with pytest.raises(ValueError, match="unknown engine"):
         cnn2mlp.load(tmp_path / "m.npz", engine="gpu")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@given(data=st.data(), batch=st.sampled_from([1, 5, 64]))
+def test_convolution_rows_run_as_gemm_exactly(engine, data, batch):
+    """Convolution matrices (every geometry): their row groups run as im2col + GEMM, the
+    rest as CSR; the result is the float64 reference's."""
+    from cnn2mlp.passes.conv_to_dense import conv_matrix
+    from cnn2mlp.testing import conv_geometries, input_shapes
+
+    shape = data.draw(input_shapes((1, 2), max_channels=3, min_size=4, max_size=12))
+    geo = data.draw(conv_geometries(shape, max_out_channels=6))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    kernel = rng.normal(size=(geo["out_channels"], shape[0] // geo["group"])
+                        + geo["kernel_shape"]).astype(np.float32)
+    w, b, out_shape = conv_matrix(kernel, rng.normal(size=geo["out_channels"]).astype(
+        np.float32), shape, geo["strides"], geo["pads"], geo["dilations"], geo["group"])
+    act = data.draw(st.sampled_from(ACTIVATIONS))
+    mlp = Mlp([MlpLayer(w, b, act, 0.1)], tuple(shape), tuple(out_shape))
+    x = rng.normal(size=(batch, w.shape[1]))
+    got = CsrModel(mlp, engine=engine).predict(x.reshape((batch,) + tuple(shape)))
+    np.testing.assert_allclose(got.reshape(batch, -1), mlp.forward(x).reshape(batch, -1),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_a_padded_convolution_is_found_as_row_groups():
+    from cnn2mlp.passes.conv_to_dense import conv_matrix
+    from cnn2mlp.runtime.structure import find_structure
+
+    kernel = np.random.default_rng(0).normal(size=(8, 3, 3, 3)).astype(np.float32)
+    w, _, _ = conv_matrix(kernel, None, (3, 16, 16), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    found = find_structure(w)
+    assert found.covered >= 0.95 * w.shape[0]  # interior, edges and corners
+    assert max(g.kernels.shape[0] for g in found.groups) == 8  # one weight vector a channel

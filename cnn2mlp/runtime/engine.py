@@ -8,12 +8,15 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..ir.mlp import Mlp, MlpLayer, activate_layer
+from .structure import Structure, find_structure, run_group
 
 #: layers with more non-zeros than this fraction of their entries run as dense GEMM
 #: (measured in benchmarks/bench_runtime.py: CSR loses to BLAS above about a third)
 DENSE_THRESHOLD = 0.3
 #: ...unless the dense copy would exceed this many bytes
 DENSE_LIMIT = 256 * 2**20
+#: a layer runs its row groups as GEMM when they cover this share of its rows
+STRUCTURE_MIN_COVER = 0.5
 #: multiply-adds below which a layer runs on one thread (a parallel region costs ~10 µs)
 PARALLEL_WORK = 1 << 18
 CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4, "elu": 5,
@@ -58,6 +61,7 @@ class _Layer:
     codes: np.ndarray
     alphas: np.ndarray
     source: MlpLayer
+    structure: Structure | None = None  # convolution-like row groups, run as GEMM
 
 
 def row_activations(layer: MlpLayer) -> tuple[np.ndarray, np.ndarray]:
@@ -88,8 +92,13 @@ class Engine:
                         w.shape[0] * w.shape[1] * key.itemsize <= DENSE_LIMIT:
                     dense = np.ascontiguousarray(w.toarray())
                 codes, alphas = row_activations(layer)
+                structure = None
+                if dense is None and w.nnz:
+                    found = find_structure(w)
+                    if found.covered >= STRUCTURE_MIN_COVER * w.shape[0]:
+                        structure = found
                 typed.append(_Layer(w, dense, layer.bias.astype(key), codes,
-                                    alphas.astype(key), layer))
+                                    alphas.astype(key), layer, structure))
             self._typed[key] = typed
         return self._typed[key]
 
@@ -118,6 +127,8 @@ class Engine:
                 np.matmul(layer.dense, h, out=out)
                 (k.bias_activation if parallel else k.bias_activation_serial)(
                     out, layer.bias, layer.codes, layer.alphas)
+            elif layer.structure is not None:
+                self._structured(layer, h, out, batch, parallel)
             elif batch == 1 and not parallel:
                 # one vector: scipy's C++ CSR product beats the numba loop (measured in
                 # benchmarks/bench_runtime.py); bias and activation stay fused in numba
@@ -134,9 +145,35 @@ class Engine:
             h = out
         return h
 
+    def _structured(self, layer, h, out, batch, parallel):
+        """Row groups by im2col + GEMM, the other rows by the CSR kernel (no bias, no
+        activation), then bias and activation over the whole layer."""
+        from . import numba_kernels as k
+
+        structure = layer.structure
+        for group in structure.groups:
+            run_group(group, h, out)
+        if len(structure.rest_rows):
+            rest = structure.rest
+            partial = np.empty((rest.shape[0], batch), out.dtype)
+            zeros = np.zeros(rest.shape[0], out.dtype)
+            identity = np.zeros(rest.shape[0], np.int8)
+            (k.csr_layer if parallel else k.csr_layer_serial)(
+                rest.data, rest.indices, rest.indptr, zeros, identity, zeros, h, partial)
+            out[structure.rest_rows] = partial
+        (k.bias_activation if parallel else k.bias_activation_serial)(
+            out, layer.bias, layer.codes, layer.alphas)
+
     def _run_scipy(self, layers, h, dtype):
         for layer in layers:
-            z = layer.dense @ h if layer.dense is not None else np.asarray(layer.csr @ h)
+            if layer.structure is not None:
+                z = np.empty((layer.csr.shape[0], h.shape[1]), h.dtype)
+                for group in layer.structure.groups:
+                    run_group(group, h, z)
+                if len(layer.structure.rest_rows):
+                    z[layer.structure.rest_rows] = np.asarray(layer.structure.rest @ h)
+            else:
+                z = layer.dense @ h if layer.dense is not None else np.asarray(layer.csr @ h)
             z += layer.bias[:, None]
             h = activate_layer(layer.source, z.T).T.astype(dtype, copy=False)
         return h

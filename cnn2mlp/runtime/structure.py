@@ -1,0 +1,107 @@
+"""Structure in a CSR matrix that a dense GEMM can run: rows that read the same column
+pattern up to an offset, with one of a few weight vectors each.
+
+A convolution's matrix is made of such rows: row ``(o, p)`` reads the columns
+``base(p) + rel`` (the kernel's taps, in the interior of the map) with the weights of
+output channel ``o``. When a group of rows is exactly every (weight vector, base) pair,
+it is a product: gathering the patches ``X[t, p] = h[base(p) + rel(t)]`` (im2col) and one
+GEMM ``K @ X`` computes all its rows at BLAS speed. Border rows, and anything else, stay
+CSR. Found from the matrix alone, at load time: the file stays a plain CSR MLP.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+#: groups smaller than this many rows are not worth a GEMM
+MIN_GROUP_ROWS = 64
+
+
+@dataclass
+class ProductGroup:
+    kernels: np.ndarray      # (n_kernels, taps): the weight vectors
+    offsets: np.ndarray      # (taps,): columns relative to a row's base
+    bases: np.ndarray        # (n_bases,): the first column of each position
+    rows: np.ndarray         # (n_kernels, n_bases): the matrix row of each pair
+
+
+@dataclass
+class Structure:
+    groups: list[ProductGroup]
+    rest_rows: np.ndarray            # rows not in any group
+    rest: sp.csr_array               # those rows, as CSR (len(rest_rows) × n_in)
+
+    @property
+    def covered(self) -> int:
+        return sum(g.rows.size for g in self.groups)
+
+
+def find_structure(w: sp.csr_array) -> Structure:
+    counts = np.diff(w.indptr)
+    in_group = np.zeros(w.shape[0], bool)
+    groups = []
+    for taps in np.unique(counts[counts > 0]):
+        rows = np.flatnonzero(counts == taps)
+        if len(rows) < MIN_GROUP_ROWS:
+            continue
+        starts = w.indptr[rows]
+        cols = w.indices[starts[:, None] + np.arange(taps)[None, :]].astype(np.int64)
+        data = w.data[starts[:, None] + np.arange(taps)[None, :]]
+        bases = cols[:, 0]
+        patterns, pattern_of = np.unique(cols - bases[:, None], axis=0, return_inverse=True)
+        for p in range(len(patterns)):
+            members = np.flatnonzero(pattern_of.ravel() == p)
+            if len(members) < MIN_GROUP_ROWS:
+                continue
+            for part in split_by_kernels(data[members], bases[members]):
+                group = product_group(rows[members[part]], bases[members[part]],
+                                      data[members[part]], patterns[p])
+                if group is not None:
+                    groups.append(group)
+                    in_group[group.rows.ravel()] = True
+    rest_rows = np.flatnonzero(~in_group)
+    return Structure(groups, rest_rows, sp.csr_array(w[rest_rows]))
+
+
+def split_by_kernels(data: np.ndarray, bases: np.ndarray) -> list[np.ndarray]:
+    """Rows of one column pattern, split by the set of weight vectors their base uses (a
+    convolution's top and bottom borders share a pattern but not the kernel rows)."""
+    _, kernel_of = np.unique(data, axis=0, return_inverse=True)
+    kernel_of = kernel_of.ravel()
+    signature: dict[int, list[int]] = {}
+    for base, kernel in zip(bases.tolist(), kernel_of.tolist()):
+        signature.setdefault(base, []).append(kernel)
+    classes: dict[tuple, list[int]] = {}
+    for base, kernels in signature.items():
+        classes.setdefault(tuple(sorted(kernels)), []).append(base)
+    parts = []
+    for members in classes.values():
+        chosen = np.isin(bases, members)
+        if chosen.sum() >= MIN_GROUP_ROWS:
+            parts.append(np.flatnonzero(chosen))
+    return parts
+
+
+def product_group(rows, bases, data, offsets) -> ProductGroup | None:
+    """The rows as every (weight vector, base) pair exactly once, or None."""
+    kernels, kernel_of = np.unique(data, axis=0, return_inverse=True)
+    unique_bases, base_of = np.unique(bases, return_inverse=True)
+    n_k, n_b = len(kernels), len(unique_bases)
+    if n_k * n_b != len(rows) or n_b < 2:
+        return None
+    table = np.full((n_k, n_b), -1, np.int64)
+    table[kernel_of.ravel(), base_of.ravel()] = rows
+    if (table < 0).any():  # a pair twice, another missing
+        return None
+    return ProductGroup(np.ascontiguousarray(kernels), offsets.astype(np.int64), unique_bases,
+                        table)
+
+
+def run_group(group: ProductGroup, h: np.ndarray, out: np.ndarray) -> None:
+    """``out[rows] = K @ patches`` for h (n_in × B): im2col and one GEMM."""
+    batch = h.shape[1]
+    patches = h[group.bases[None, :] + group.offsets[:, None]]  # (taps, n_bases, B)
+    product = group.kernels @ patches.reshape(len(group.offsets), -1)
+    out[group.rows.ravel()] = product.reshape(-1, batch)
