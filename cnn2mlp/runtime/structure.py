@@ -50,14 +50,16 @@ def find_structure(w: sp.csr_array) -> Structure:
         cols = w.indices[starts[:, None] + np.arange(taps)[None, :]].astype(np.int64)
         data = w.data[starts[:, None] + np.arange(taps)[None, :]]
         bases = cols[:, 0]
-        patterns, pattern_of = np.unique(cols - bases[:, None], axis=0, return_inverse=True)
-        for p in range(len(patterns)):
-            members = np.flatnonzero(pattern_of.ravel() == p)
+        relative = cols - bases[:, None]
+        del cols
+        pattern_of, firsts = group_equal_rows(relative)
+        for p, first in enumerate(firsts):
+            members = np.flatnonzero(pattern_of == p)
             if len(members) < MIN_GROUP_ROWS:
                 continue
             for part in split_by_kernels(data[members], bases[members]):
                 group = product_group(rows[members[part]], bases[members[part]],
-                                      data[members[part]], patterns[p])
+                                      data[members[part]], relative[first])
                 if group is not None:
                     groups.append(group)
                     in_group[group.rows.ravel()] = True
@@ -65,11 +67,39 @@ def find_structure(w: sp.csr_array) -> Structure:
     return Structure(groups, rest_rows, sp.csr_array(w[rest_rows]))
 
 
+def row_keys(matrix: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """A 64-bit key per row: a random linear hash of its bits, in chunks of rows."""
+    words = matrix.view(np.uint32) if matrix.dtype == np.float32 else matrix
+    weights = np.random.default_rng(20261126).integers(1, 2**62, words.shape[1],
+                                                        dtype=np.uint64)
+    keys = np.empty(len(words), np.uint64)
+    with np.errstate(over="ignore"):
+        for start in range(0, len(words), chunk):
+            block = words[start:start + chunk].astype(np.uint64)
+            keys[start:start + chunk] = (block * weights).sum(axis=1)
+    return keys
+
+
+def group_equal_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(group of each row, first row of each group) for rows that are equal, found by
+    hashing and then checked entry by entry (a hash collision splits, never merges)."""
+    _, first, group_of = np.unique(row_keys(matrix), return_index=True, return_inverse=True)
+    group_of = group_of.ravel()
+    same = np.ones(len(matrix), bool)
+    for start in range(0, len(matrix), 4096):
+        stop = start + 4096
+        same[start:stop] = (matrix[start:stop] == matrix[first[group_of[start:stop]]]).all(1)
+    if not same.all():  # a collision: give the odd rows groups of their own
+        odd = np.flatnonzero(~same)
+        group_of[odd] = len(first) + np.arange(len(odd))
+        first = np.concatenate([first, odd])
+    return group_of, first
+
+
 def split_by_kernels(data: np.ndarray, bases: np.ndarray) -> list[np.ndarray]:
     """Rows of one column pattern, split by the set of weight vectors their base uses (a
     convolution's top and bottom borders share a pattern but not the kernel rows)."""
-    _, kernel_of = np.unique(data, axis=0, return_inverse=True)
-    kernel_of = kernel_of.ravel()
+    kernel_of, _ = group_equal_rows(data)
     signature: dict[int, list[int]] = {}
     for base, kernel in zip(bases.tolist(), kernel_of.tolist()):
         signature.setdefault(base, []).append(kernel)
@@ -86,7 +116,8 @@ def split_by_kernels(data: np.ndarray, bases: np.ndarray) -> list[np.ndarray]:
 
 def product_group(rows, bases, data, offsets) -> ProductGroup | None:
     """The rows as every (weight vector, base) pair exactly once, or None."""
-    kernels, kernel_of = np.unique(data, axis=0, return_inverse=True)
+    kernel_of, firsts = group_equal_rows(data)
+    kernels = data[firsts]
     unique_bases, base_of = np.unique(bases, return_inverse=True)
     n_k, n_b = len(kernels), len(unique_bases)
     if n_k * n_b != len(rows) or n_b < 2:
