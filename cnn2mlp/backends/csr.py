@@ -258,6 +258,8 @@ KERNEL_TEMPLATE = '''"""Standalone runtime for a cnn2mlp CSR artifact: needs num
     model = load()          # the artifact named in ARTIFACT, or load(path)
     y = model.predict(x)    # x shaped (B, *model.input_shape)
 """
+from __future__ import annotations
+
 import json
 
 import numpy as np
@@ -347,21 +349,47 @@ def _ell_matmul(groups, n_out, h):
     return out
 
 
+# -- convolution-like row groups, run as im2col + GEMM (the same code as cnn2mlp's runtime)
+{structure}
+
+
+def _rows_of(data, indices, indptr, rows):
+    """The CSR arrays of a subset of rows."""
+    lengths = np.diff(indptr)[rows]
+    firsts = np.repeat(indptr[rows], lengths)
+    take = firsts + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return data[take], indices[take], np.concatenate([[0], np.cumsum(lengths)])
+
+
 class _Layer:
-    """A layer as the kernel runs it: dense (BLAS) when more than a third is non-zero."""
+    """A layer as the kernel runs it: dense (BLAS) when more than a third is non-zero, else
+    convolution-like row groups by GEMM and the other rows by ELL."""
 
     def __init__(self, data, indices, indptr, n_out, n_in, bias, segments, dtype):
         data = data.astype(dtype)
         self.n_out, self.bias, self.segments = n_out, bias.astype(dtype), segments
+        self.dense, self.groups = None, []
+        self.rest_rows = np.arange(n_out)
         if len(data) > 0.3 * n_out * n_in:
             self.dense = np.zeros((n_out, n_in), dtype)
             rows = np.repeat(np.arange(n_out), np.diff(indptr))
             np.add.at(self.dense, (rows, indices), data)
-        else:
-            self.dense, self.groups = None, _ell_groups(data, indices, indptr)
+            return
+        if len(data):
+            groups, rest = find_groups(data, indices, indptr)
+            if sum(g.rows.size for g in groups) >= 0.5 * n_out:
+                self.groups, self.rest_rows = groups, rest
+        self.rest = _ell_groups(*_rows_of(data, indices, indptr, self.rest_rows))
 
     def __call__(self, h):
-        z = self.dense @ h if self.dense is not None else _ell_matmul(self.groups, self.n_out, h)
+        if self.dense is not None:
+            z = self.dense @ h
+        else:
+            z = np.empty((self.n_out, h.shape[1]), dtype=h.dtype)
+            for group in self.groups:
+                run_group(group, h, z)
+            if len(self.rest_rows):
+                z[self.rest_rows] = _ell_matmul(self.rest, len(self.rest_rows), h)
         z += self.bias[:, None]
         for start, stop, act, alpha in self.segments:
             z[start:stop] = _activate(act, alpha, z[start:stop])
@@ -413,7 +441,10 @@ def write_kernel(path: str | Path, artifact: str | Path, mlp: Mlp,
     home = Path(module_path or path).absolute().parent
     relative = os.path.relpath(Path(artifact).absolute(), home)
     # Every value enters the code through repr(): a file name cannot become code.
+    from ..runtime.structure import embedded_source
+
     text = KERNEL_TEMPLATE.format(artifact=repr(relative), version=repr(FORMAT_VERSION),
-                                  input_shape=repr(tuple(int(d) for d in mlp.input_shape)))
+                                  input_shape=repr(tuple(int(d) for d in mlp.input_shape)),
+                                  structure=embedded_source())
     with atomic_write(path, "w") as handle:
         handle.write(text)

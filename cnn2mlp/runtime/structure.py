@@ -19,12 +19,13 @@ import scipy.sparse as sp
 MIN_GROUP_ROWS = 64
 
 
-@dataclass
 class ProductGroup:
-    kernels: np.ndarray      # (n_kernels, taps): the weight vectors
-    offsets: np.ndarray      # (taps,): columns relative to a row's base
-    bases: np.ndarray        # (n_bases,): the first column of each position
-    rows: np.ndarray         # (n_kernels, n_bases): the matrix row of each pair
+    """kernels (n_kernels, taps): the weight vectors; offsets (taps,): columns relative to
+    a row's base; bases (n_bases,): the first column of each position; rows (n_kernels,
+    n_bases): the matrix row of each pair."""
+
+    def __init__(self, kernels, offsets, bases, rows):
+        self.kernels, self.offsets, self.bases, self.rows = kernels, offsets, bases, rows
 
 
 @dataclass
@@ -39,16 +40,24 @@ class Structure:
 
 
 def find_structure(w: sp.csr_array) -> Structure:
-    counts = np.diff(w.indptr)
-    in_group = np.zeros(w.shape[0], bool)
+    groups, rest_rows = find_groups(w.data, w.indices, w.indptr)
+    return Structure(groups, rest_rows, sp.csr_array(w[rest_rows]))
+
+
+# The functions below use numpy alone: the standalone kernel module (--kernel-py) embeds
+# their source, so that both runtimes find the same groups.
+def find_groups(data_all, indices, indptr):
+    """(groups, rows in no group) of a CSR matrix given by its arrays."""
+    counts = np.diff(indptr)
+    in_group = np.zeros(len(counts), bool)
     groups = []
     for taps in np.unique(counts[counts > 0]):
         rows = np.flatnonzero(counts == taps)
         if len(rows) < MIN_GROUP_ROWS:
             continue
-        starts = w.indptr[rows]
-        cols = w.indices[starts[:, None] + np.arange(taps)[None, :]].astype(np.int64)
-        data = w.data[starts[:, None] + np.arange(taps)[None, :]]
+        starts = indptr[rows]
+        cols = indices[starts[:, None] + np.arange(taps)[None, :]].astype(np.int64)
+        data = data_all[starts[:, None] + np.arange(taps)[None, :]]
         bases = cols[:, 0]
         relative = cols - bases[:, None]
         del cols
@@ -63,8 +72,7 @@ def find_structure(w: sp.csr_array) -> Structure:
                 if group is not None:
                     groups.append(group)
                     in_group[group.rows.ravel()] = True
-    rest_rows = np.flatnonzero(~in_group)
-    return Structure(groups, rest_rows, sp.csr_array(w[rest_rows]))
+    return groups, np.flatnonzero(~in_group)
 
 
 def row_keys(matrix: np.ndarray, chunk: int = 4096) -> np.ndarray:
@@ -130,9 +138,22 @@ def product_group(rows, bases, data, offsets) -> ProductGroup | None:
                         table)
 
 
+
 def run_group(group: ProductGroup, h: np.ndarray, out: np.ndarray) -> None:
     """``out[rows] = K @ patches`` for h (n_in × B): im2col and one GEMM."""
     batch = h.shape[1]
     patches = h[group.bases[None, :] + group.offsets[:, None]]  # (taps, n_bases, B)
     product = group.kernels @ patches.reshape(len(group.offsets), -1)
     out[group.rows.ravel()] = product.reshape(-1, batch)
+
+
+#: the numpy-only part, embedded in the standalone kernel module
+EMBEDDED = (ProductGroup, row_keys, group_equal_rows, split_by_kernels, product_group,
+            find_groups, run_group)
+
+
+def embedded_source() -> str:
+    import inspect
+
+    return f"MIN_GROUP_ROWS = {MIN_GROUP_ROWS}\n\n\n" + "\n\n".join(
+        inspect.getsource(obj) for obj in EMBEDDED)
