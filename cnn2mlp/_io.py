@@ -61,7 +61,7 @@ class StagedOutputs:
 
     def commit(self) -> None:
         mode = 0o666 & ~_umask()  # mkstemp makes 0600; give the usual mode
-        for tmp, final in self.staged:
+        for tmp, _ in self.staged:
             os.chmod(tmp, mode)
         for tmp, final in self.staged:
             os.replace(tmp, final)

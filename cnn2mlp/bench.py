@@ -119,7 +119,7 @@ def bench(model: Path, artifact: Path | None, batches: Sequence[int], threads: i
 
                 got = softmax(got)
             diff = None if run is original else float(np.abs(got - reference).max())
-            rows.append(Row(name, batch, median_ms(lambda: run(x), repeats), size, diff))
+            rows.append(Row(name, batch, median_ms(lambda run=run, x=x: run(x), repeats), size, diff))
     return rows, runtime
 
 

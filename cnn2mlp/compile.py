@@ -355,7 +355,7 @@ def parse_dims(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list of integers like 3,32,32")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of integers like 3,32,32") from None
     if not dims or min(dims) <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: dims must be positive integers")
     return dims
@@ -536,7 +536,7 @@ def plan_outputs(args: argparse.Namespace, target: str) -> None:
     outputs = [(flag, Path(path), suffix) for flag, path, suffix in outputs if path is not None]
     model = Path(args.model).resolve()
     seen: dict[Path, str] = {}
-    for flag, path, suffix in outputs:
+    for flag, path, _ in outputs:
         dest = destination(path).resolve()
         if dest == model or (dest.exists() and model.exists() and os.path.samefile(dest, model)):
             raise CompileError(f"{flag} {path} is the model file itself; writing it would "

@@ -404,7 +404,7 @@ def onnx_cnns(draw, ranks: Sequence[int] = (1, 2), max_convs: int = 3,
 
 def _same(spatial, kernel) -> list[int]:
     begins, ends = [], []
-    for size, k in zip(spatial, kernel):
+    for _, k in zip(spatial, kernel):
         total = max(0, k - 1)
         begins.append(total // 2)
         ends.append(total - total // 2)

@@ -62,6 +62,7 @@ class _Layer:
     alphas: np.ndarray
     source: MlpLayer
     structure: Structure | None = None  # convolution-like row groups, run as GEMM
+    rest_plain: tuple[np.ndarray, np.ndarray] | None = None  # zero bias, identity codes
 
 
 def row_activations(layer: MlpLayer) -> tuple[np.ndarray, np.ndarray]:
@@ -97,8 +98,12 @@ class Engine:
                     found = find_structure(w)
                     if found.covered >= STRUCTURE_MIN_COVER * w.shape[0]:
                         structure = found
+                plain = None
+                if structure is not None:
+                    n_rest = len(structure.rest_rows)
+                    plain = (np.zeros(n_rest, key), np.zeros(n_rest, np.int8))
                 typed.append(_Layer(w, dense, layer.bias.astype(key), codes,
-                                    alphas.astype(key), layer, structure))
+                                    alphas.astype(key), layer, structure, plain))
             self._typed[key] = typed
         return self._typed[key]
 
@@ -156,8 +161,7 @@ class Engine:
         if len(structure.rest_rows):
             rest = structure.rest
             partial = np.empty((rest.shape[0], batch), out.dtype)
-            zeros = np.zeros(rest.shape[0], out.dtype)
-            identity = np.zeros(rest.shape[0], np.int8)
+            zeros, identity = layer.rest_plain  # no bias, the identity: both come after
             (k.csr_layer if parallel else k.csr_layer_serial)(
                 rest.data, rest.indices, rest.indptr, zeros, identity, zeros, h, partial)
             out[structure.rest_rows] = partial
