@@ -115,3 +115,17 @@ def test_max_min_and_l1_reductions_in_a_cnn(op):
     b.dense(2)
     model = b.build()
     assert_equivalent(model, compile_to_model(model), n=16)
+
+
+def test_matmul_with_the_constant_on_the_left():
+    """``C @ X`` for a per-sample matrix X (a token-mixing layer): kron(C, I)."""
+    b = OnnxBuilder((5, 3), opset=13, seed=66)
+    b.node("MatMul", [b.const(b.weights((4, 5))), b.current])
+    b.shape = (4, 3)
+    b.activation("Relu")
+    b.node("MatMul", [b.current, b.const(b.weights((3, 2)))])
+    b.shape = (4, 2)
+    b.flatten("flatten")
+    b.dense(2)
+    model = b.build()
+    assert_equivalent(model, compile_to_model(model), n=16)

@@ -34,6 +34,9 @@ def convert_gemm(imp: OnnxImporter, node: onnx.NodeProto) -> None:
 
 @converter("MatMul")
 def convert_matmul(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    if imp.is_const(node.input[0]) and not imp.is_const(node.input[1]):
+        convert_matmul_left(imp, node)
+        return
     x = imp.data(node)
     b = np.asarray(imp.const(node, 1), np.float32)
     sample = imp.graph.shape(x)
@@ -49,6 +52,23 @@ def convert_matmul(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     imp.emit(node, "Dense", [x], {"weight": weight, "bias": None,
                                   "out_shape": sample[:-1] + (b.shape[1],)},
              output=node.output[0])
+
+
+def convert_matmul_left(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    """``C @ X`` per sample, for X of sample shape (b, m): the matrix kron(C, I_m)."""
+    import scipy.sparse as sp
+
+    c = np.asarray(imp.const(node, 0), np.float32)
+    x = imp.data(node, 1)
+    sample = imp.graph.shape(x)
+    if c.ndim != 2 or len(sample) != 2 or sample[0] != c.shape[1]:
+        imp.fail(node, f"multiplies a constant of shape {c.shape} by (N,{sample}); only a "
+                       "matrix times a per-sample matrix is supported")
+    m = sample[1]
+    imp.check_size(node, m * int(np.count_nonzero(c)))
+    weight = sp.kron(sp.csr_array(c), sp.identity(m, np.float32, "csr"), format="csr")
+    imp.emit(node, "Dense", [x], {"weight": weight.astype(np.float32), "bias": None,
+                                  "out_shape": (c.shape[0], m)}, output=node.output[0])
 
 
 @converter("BatchNormalization")
