@@ -110,3 +110,41 @@ def test_a_padded_convolution_is_found_as_row_groups():
     found = find_structure(w)
     assert found.covered >= 0.95 * w.shape[0]  # interior, edges and corners
     assert max(g.kernels.shape[0] for g in found.groups) == 8  # one weight vector a channel
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_bench_command_on_the_example_model(tmp_path, capsys):
+    """python -m cnn2mlp.bench: every engine, both batches, a plot."""
+    pytest.importorskip("matplotlib", reason="install the plot extra")
+    from cnn2mlp.bench import main
+
+    plot = tmp_path / "bench.png"
+    assert main([str(ROOT / "examples" / "small_cnn.onnx"), "--batch", "1,4", "--repeats", "3",
+                 "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    for engine in ("onnxruntime (CNN)", "cnn2mlp (scipy)", "kernel-py (numpy)"):
+        assert out.count(engine) == 2, out
+    rows = [line.split() for line in out.splitlines() if line.startswith("cnn2mlp (")]
+    assert all(float(row[-2]) < 1e-4 for row in rows)  # max |diff|: the MLP is the model
+    assert plot.stat().st_size > 10_000
+
+
+def test_bench_command_on_a_keras_model(tmp_path, capsys):
+    keras = pytest.importorskip("keras", reason="install the tensorflow extra")
+    from cnn2mlp.bench import main
+
+    model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(3, 3, activation="relu"),
+                              keras.layers.Flatten(), keras.layers.Dense(4, activation="softmax")])
+    model.save(tmp_path / "m.keras")
+    assert main([str(tmp_path / "m.keras"), "--batch", "2", "--repeats", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "keras (CNN)" in out and "cnn2mlp (scipy)" in out
+
+
+def test_bench_refuses_bad_batches(capsys):
+    from cnn2mlp.bench import main
+
+    assert main([str(ROOT / "examples" / "small_cnn.onnx"), "--batch", "0"]) == 2
+    assert "--batch takes positive sizes" in capsys.readouterr().err
