@@ -126,3 +126,20 @@ def test_onnx_target_writes_the_activation_ops(tmp_path):
     x = np.random.default_rng(0).normal(size=(8, 6)).astype(np.float32)
     np.testing.assert_allclose(onnx_runner(tmp_path / "mlp.onnx")(x), onnx_runner(src)(x),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_soft_shrink_and_refused_hard_shrink():
+    from cnn2mlp.errors import CompileError
+
+    b = OnnxBuilder((6,), opset=13, seed=70)
+    b.dense(5)
+    b.node("Shrink", [b.current], lambd=0.4, bias=0.4)
+    b.dense(2)
+    model = b.build()
+    assert_equivalent(model, compile_to_model(model), n=32, input_range=(-2, 2))
+    b = OnnxBuilder((6,), opset=13, seed=70)
+    b.dense(5)
+    b.node("Shrink", [b.current], lambd=0.4)
+    b.dense(2)
+    with pytest.raises(CompileError, match="jumps at ±lambd"):
+        compile_to_model(b.build())

@@ -20,7 +20,8 @@ OPS = {"Conv", "Gemm", "MatMul", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Flatte
        "Elu", "Selu", "Celu", "Softplus", "Softsign", "HardSwish", "HardSigmoid", "Mish",
        "Gelu", "ThresholdedRelu", "Erf", "PRelu", "Abs", "Neg", "DepthToSpace",
        "SpaceToDepth", "Tile", "Gather", "GatherElements", "Pad", "Resize", "Upsample",
-       "ConvTranspose", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1"}
+       "ConvTranspose", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1",
+       "Shrink"}
 
 
 def all_cases():
@@ -68,6 +69,8 @@ def out_of_scope(case) -> str | None:
         return "batched weight"
     if node.op_type == "PRelu" and inputs[1].ndim == x.ndim and inputs[1].shape[0] != 1:
         return "slope varies along the batch axis"
+    if node.op_type == "Shrink" and attrs.get("bias", 0.0) != attrs.get("lambd", 0.5):
+        return "hard shrink jumps at ±lambd (discontinuous)"
     if node.op_type == "GatherElements" and inputs[1].shape[0] != 1:
         return "indices vary along the batch axis"
     if node.op_type in ("Gather", "GatherElements") and attrs.get("axis", 0) % x.ndim == 0:
@@ -102,9 +105,10 @@ def with_constant_weights(case) -> onnx.ModelProto:
 def test_the_scope_is_not_empty():
     covered = {c.model.graph.node[0].op_type for c in CASES}
     # Mish's cases are all rank 1 (no batch axis); it is tested in test_activations.py
-    # these ops' cases all use the batch axis; tested in test_activations.py and
+    # these ops' cases all use the batch axis or rank 1; tested in test_activations.py and
     # test_linear_ops.py instead
-    assert covered == OPS - {"Mish", "GatherElements", "Tile"}, f"no in-scope case for {OPS - covered}"
+    assert covered == OPS - {"Mish", "GatherElements", "Tile", "Shrink"}, \
+        f"no in-scope case for {OPS - covered}"
     assert len(CASES) >= 25
 
 

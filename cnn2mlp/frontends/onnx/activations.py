@@ -124,3 +124,21 @@ def convert_neg(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     x = imp.data(node)
     imp.emit(node, "MulConst", [x], {"const": np.full(imp.graph.shape(x), -1.0)},
              output=node.output[0])
+
+
+@converter("Shrink")
+def convert_shrink(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    """Soft shrink (bias == lambd) is ``relu(x - l) - relu(-x - l)``; with another bias the
+    function jumps at ±lambd: no MLP computes it."""
+    x = imp.data(node)
+    lambd, bias = float(attr(node, "lambd", 0.5)), float(attr(node, "bias", 0.0))
+    if bias != lambd:
+        imp.fail(node, f"bias {bias:g} differs from lambd {lambd:g}: the function jumps at "
+                       "±lambd (discontinuous), and no MLP computes it; only soft shrink "
+                       "(bias == lambd) is continuous")
+    shape = imp.graph.shape(x)
+    up = imp.emit(node, "AddConst", [x], {"const": np.full(shape, -lambd)})
+    down = imp.emit(node, "MulConst", [x], {"const": np.full(shape, -1.0)})
+    down = imp.emit(node, "AddConst", [down], {"const": np.full(shape, -lambd)})
+    imp.emit(node, "Sum", [imp.emit(node, "Relu", [up]), imp.emit(node, "Relu", [down])],
+             {"coeffs": (1.0, -1.0)}, output=node.output[0])
