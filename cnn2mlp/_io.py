@@ -7,8 +7,8 @@ file behind.
 from __future__ import annotations
 
 import os
+import secrets
 import stat
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
@@ -54,13 +54,17 @@ class StagedOutputs:
     def stage(self, path: str | Path) -> Path:
         final = destination(path)
         check_writable(final)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".stage", dir=final.parent)
-        os.close(fd)
-        self.staged.append((Path(tmp), final))
-        return Path(tmp)
+        while True:  # the name is recorded before the file exists: an interrupt never leaks it
+            tmp = final.parent / f".{final.name}.{secrets.token_hex(4)}.stage"
+            self.staged.append((tmp, final))
+            try:
+                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                return tmp
+            except FileExistsError:
+                self.staged.pop()
 
     def commit(self) -> None:
-        mode = 0o666 & ~_umask()  # mkstemp makes 0600; give the usual mode
+        mode = 0o666 & ~_umask()  # staged files are 0600; give the usual mode
         for tmp, _ in self.staged:
             os.chmod(tmp, mode)
         for tmp, final in self.staged:

@@ -229,3 +229,21 @@ def test_node_names_cannot_break_the_xml(tmp_path, name):
     assert any(name in note for note in report["notes"])  # the name did reach the notes
     ET.parse(out)  # raises on a broken comment
     assert cv2.ml.ANN_MLP_load(str(out)).getLayerSizes() is not None
+
+
+def test_sigmoid_output_layer_has_an_invertible_affine_output_scale(tmp_path):
+    """A sigmoid output becomes (1 + tanh(z/2)) / 2: output_scale 0.5 and shift 0.5, both
+    non-trivial, so inv_output_scale must undo a real scale and a real shift."""
+    b = OnnxBuilder((2, 6, 6), opset=13, seed=23)
+    b.conv(conv(out=3))
+    b.activation("Sigmoid")
+    b.flatten("flatten")
+    b.dense(4)
+    b.activation("Sigmoid")
+    code, src, out, report = compile_xml(tmp_path, b.build(), "--check", "16")
+    assert code == 0
+    xml = out.read_text()
+    scale = extract_sequence(xml, "output_scale")
+    assert np.all(scale[0::2] != 1) and np.all(scale[1::2] != 0)
+    assert_inverse_output_scale(xml)
+    assert_matches_onnxruntime(src, out, report)
