@@ -371,6 +371,19 @@ class OnnxImporter:
             self.fail(node, f"folding it would make a constant of {size:,} values, above "
                             f"--max-bytes {self.max_bytes / 2**30:.2g} GiB")
 
+    def reduce_axes(self, node: onnx.NodeProto, x: str) -> list[int] | None:
+        """The sample axes a Reduce* node reduces (sorted; the batch axis is refused), or
+        None for a no-op (empty axes with noop_with_empty_axes)."""
+        takes_input = self.opset >= 18 or (node.op_type == "ReduceSum" and self.opset >= 13)
+        axes = self.const(node, 1, optional=True) if takes_input else attr(node, "axes", None)
+        if axes is None or np.size(axes) == 0:
+            if attr(node, "noop_with_empty_axes", 0):
+                return None
+            self.fail(node, "reduces every axis, the batch axis too; only per-sample "
+                            "reductions can become an MLP")
+        rank = self.sample_rank(x) + 1
+        return sorted({self.sample_axis(node, int(a), rank) for a in np.ravel(axes)})
+
     def const_name(self, node: onnx.NodeProto, value) -> str:
         """A new constant, by name (for converters that rewrite a node into another)."""
         name = f"{node.name or node.output[0]}__const_{len(self.consts)}"

@@ -89,15 +89,7 @@ def convert_reduce(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     from .layout import linear_by_reference
 
     x = imp.data(node)
-    rank = imp.sample_rank(x) + 1
-    takes_input = imp.opset >= 18 or (node.op_type == "ReduceSum" and imp.opset >= 13)
-    axes = imp.const(node, 1, optional=True) if takes_input else attr(node, "axes", None)
-    if axes is None or np.size(axes) == 0:
-        if attr(node, "noop_with_empty_axes", 0):
-            imp.alias(node, x)
-            return
-        imp.fail(node, "reduces every axis, the batch axis too; only per-sample reductions "
-                       "can become an MLP")
-    for axis in np.ravel(axes):
-        imp.sample_axis(node, int(axis), rank)  # fails on the batch axis
+    if imp.reduce_axes(node, x) is None:
+        imp.alias(node, x)
+        return
     linear_by_reference(imp, node, x)

@@ -48,16 +48,10 @@ def convert_reduce_extremum(imp: OnnxImporter, node: onnx.NodeProto) -> None:
 
     x = imp.data(node)
     shape = imp.graph.shape(x)
-    rank = len(shape) + 1
-    takes_input = imp.opset >= 18
-    axes = imp.const(node, 1, optional=True) if takes_input else attr(node, "axes", None)
-    if axes is None or np.size(axes) == 0:
-        if attr(node, "noop_with_empty_axes", 0):
-            imp.alias(node, x)
-            return
-        imp.fail(node, "reduces every axis, the batch axis too; only per-sample reductions "
-                       "can become an MLP")
-    reduced = sorted({imp.sample_axis(node, int(a), rank) for a in np.ravel(axes)})
+    reduced = imp.reduce_axes(node, x)
+    if reduced is None:
+        imp.alias(node, x)
+        return
     kept = [a for a in range(len(shape)) if a not in reduced]
     keep_n = int(np.prod([shape[a] for a in kept]))
     span = int(np.prod([shape[a] for a in reduced]))
@@ -81,18 +75,15 @@ def convert_reduce_extremum(imp: OnnxImporter, node: onnx.NodeProto) -> None:
 @converter("ReduceL1")
 def convert_reduce_l1(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     """sum |x| over sample axes: |x| = relu(x) + relu(-x), then a sum (a matrix)."""
-    import numpy as np
 
     from .activations import relu_pair
     from .layout import linear_by_reference
 
     x = imp.data(node)
-    rank = imp.sample_rank(x) + 1
+    if imp.reduce_axes(node, x) is None:
+        imp.alias(node, x)
+        return
     axes = imp.const(node, 1, optional=True) if imp.opset >= 18 else attr(node, "axes", None)
-    if axes is None or np.size(axes) == 0:
-        imp.fail(node, "reduces every axis, the batch axis too")
-    for a in np.ravel(axes):
-        imp.sample_axis(node, int(a), rank)
     absolute = relu_pair(imp, node, x, -1.0, None)
     summed = onnx.helper.make_node("ReduceSum", [absolute] + list(node.input[1:]),
                                    list(node.output), name=node.name,
