@@ -143,3 +143,83 @@ def test_soft_shrink_and_refused_hard_shrink():
     b.dense(2)
     with pytest.raises(CompileError, match="jumps at ±lambd"):
         compile_to_model(b.build())
+
+
+def erf_gelu_model(form: str, seed: int) -> onnx.ModelProto:
+    """GELU spelled with Erf, as exporters before opset 20 write it."""
+    b = OnnxBuilder((3, 5, 5), opset=13, seed=seed)
+    b.conv({"kernel_shape": (3, 3), "strides": (1, 1), "dilations": (1, 1),
+            "pads": (1, 1, 1, 1), "group": 1, "out_channels": 3})
+    x = b.current
+    if form == "pytorch":  # x * (1 + erf(x / sqrt2)) * 0.5
+        erf = b.node("Erf", [b.node("Div", [x, b.const(np.array(1.4142135, np.float32))])])
+        one_plus = b.node("Add", [erf, b.const(np.array(1.0, np.float32))])
+        b.node("Mul", [b.node("Mul", [x, one_plus]), b.const(np.array(0.5, np.float32))])
+    else:  # (0.5 * x) * (1 + erf(x * 0.70710677)), constants as Constant nodes
+        half = b.node("Mul", [b.const(np.array(0.5, np.float32), as_node=True), x])
+        erf = b.node("Erf", [b.node("Mul", [x, b.const(np.array(0.70710677, np.float32),
+                                                       as_node=True)])])
+        b.node("Mul", [half, b.node("Add", [b.const(np.array(1.0, np.float32)), erf])])
+    b.flatten("flatten")
+    b.dense(2)
+    return b.build()
+
+
+@pytest.mark.parametrize("form", ["pytorch", "huggingface"])
+def test_erf_gelu_pattern_is_one_activation(form):
+    model = erf_gelu_model(form, seed=54)
+    compiled = compile_to_model(model)
+    assert [layer.activation for layer in compiled.layers].count("gelu") == 1
+    assert_equivalent(model, compiled, n=16, input_range=(-3, 3))
+
+
+def test_erf_with_another_scale_is_not_gelu():
+    """x * (1 + erf(x)) is a product, not GELU: refused, not silently fused."""
+    from cnn2mlp.errors import CompileError
+
+    b = OnnxBuilder((4,), opset=13, seed=55)
+    b.dense(4)
+    x = b.current
+    erf = b.node("Erf", [x])
+    b.node("Mul", [x, b.node("Add", [erf, b.const(np.array(1.0, np.float32))])])
+    b.dense(2)
+    with pytest.raises(CompileError, match="product of two values"):
+        compile_to_model(b.build())
+
+
+@pytest.mark.parametrize("form", ["where", "mul_cast", "tf2onnx_select"])
+def test_threshold_gate_pattern_is_thresholded_relu(form):
+    """where(x > θ, x, 0) in the forms exporters write (Keras' ReLU(threshold=θ))."""
+    b = OnnxBuilder((6,), opset=13, seed=56)
+    b.dense(8)
+    x = b.current
+    theta = b.const(np.array(0.3, np.float32))
+    gate = b.node("Greater", [x, theta])
+    if form == "where":
+        b.node("Where", [gate, x, b.const(np.array(0.0, np.float32))])
+    elif form == "mul_cast":
+        b.node("Mul", [b.node("Cast", [gate], to=onnx.TensorProto.FLOAT), x])
+    else:
+        kept = b.node("Mul", [b.node("Cast", [gate], to=onnx.TensorProto.FLOAT), x])
+        zero = b.node("Mul", [b.const(np.array(0.0, np.float32)),
+                              b.node("Cast", [b.node("Not", [gate])],
+                                     to=onnx.TensorProto.FLOAT)])
+        b.node("Add", [kept, zero])
+    b.dense(3)
+    model = b.build()
+    compiled = compile_to_model(model)
+    assert "thresholded_relu" in [layer.activation for layer in compiled.layers]
+    assert_equivalent(model, compiled, n=64, input_range=(-2, 2))
+
+
+def test_where_with_a_non_zero_branch_stays_refused():
+    from cnn2mlp.errors import CompileError
+
+    b = OnnxBuilder((6,), opset=13, seed=57)
+    b.dense(4)
+    x = b.current
+    gate = b.node("Greater", [x, b.const(np.array(0.3, np.float32))])
+    b.node("Where", [gate, x, b.const(np.array(0.5, np.float32))])
+    b.dense(2)
+    with pytest.raises(CompileError, match="discontinuous"):
+        compile_to_model(b.build())

@@ -148,7 +148,70 @@ def mobilenet_v2_block():
     return keras.Model(inputs, out)
 
 
-MODELS = {"mobilenet_v2_block": mobilenet_v2_block, "lenet": lenet, "tanh": tanh_net, "depthwise_bn": depthwise_bn,
+def channels_first_net():
+    """Every spatial layer with data_format="channels_first", BatchNormalization on axis 1
+    and Flatten's own channels_first reordering."""
+    cf = "channels_first"
+    inputs = keras.Input((3, 9, 8))
+    x = L.ZeroPadding2D(((1, 0), (0, 2)), data_format=cf)(inputs)
+    x = L.Conv2D(4, 3, strides=2, padding="same", data_format=cf)(x)
+    x = L.BatchNormalization(axis=1)(x)
+    x = L.ReLU()(x)
+    x = L.SeparableConv2D(4, 3, padding="same", data_format=cf, activation="relu")(x)
+    x = L.MaxPooling2D(2, data_format=cf)(x)
+    x = L.UpSampling2D(2, interpolation="bilinear", data_format=cf)(x)
+    x = L.Conv2DTranspose(3, 2, strides=2, data_format=cf)(x)
+    x = L.Cropping2D(((1, 2), (0, 1)), data_format=cf)(x)
+    x = L.AveragePooling2D(2, data_format=cf)(x)
+    y = L.GlobalMaxPooling2D(data_format=cf)(x)
+    x = L.Flatten(data_format=cf)(x)
+    return keras.Model(inputs, L.Dense(4)(L.Concatenate()([x, y])))
+
+
+def channels_first_1d():
+    cf = "channels_first"
+    return keras.Sequential([
+        keras.Input((3, 16)),
+        L.Conv1D(4, 3, dilation_rate=2, padding="causal", data_format=cf, activation="relu"),
+        L.UpSampling1D(2),
+        L.DepthwiseConv1D(3, data_format=cf),
+        L.GlobalAveragePooling1D(data_format=cf),
+        L.Dense(3),
+    ])
+
+
+def preprocessing_net():
+    """Normalization from the config and adapted, bilinear UpSampling2D, and ReLU with a
+    threshold (a jump: ThresholdedRelu), a slope and a ceiling."""
+    inputs = keras.Input((5, 4, 2))
+    x = L.Normalization(mean=[0.5, -1.0], variance=[2.0, 0.25])(inputs)
+    adapted = L.Normalization(axis=(1, 3))
+    adapted.adapt(np.random.default_rng(3).normal(1.0, 2.0, (32, 5, 4, 2)).astype("float32"))
+    x = adapted(x)
+    x = L.Conv2D(3, 3, padding="same")(x)
+    x = L.ReLU(threshold=0.3, negative_slope=0.1, max_value=2.0)(x)
+    x = L.UpSampling2D((2, 3), interpolation="bilinear")(x)
+    x = L.Conv2D(3, 3, strides=2)(x)
+    x = L.ReLU(threshold=0.2, max_value=1.5)(x)
+    return keras.Model(inputs, L.Dense(4)(L.Flatten()(x)))
+
+
+def dilated_convs():
+    """Dilated and causal convolutions, which a .tflite file writes as SpaceToBatchND →
+    Conv2D → BatchToSpaceND."""
+    inputs = keras.Input((12, 12, 3))
+    x = L.Conv2D(4, 3, padding="same", dilation_rate=2, activation="relu")(inputs)
+    x = L.DepthwiseConv2D(3, dilation_rate=(2, 1))(x)
+    x = L.SeparableConv2D(4, 3, padding="same", dilation_rate=2, activation="relu")(x)
+    x = L.Reshape((-1, 4))(x)
+    x = L.Conv1D(3, 3, padding="causal", dilation_rate=3, activation="relu")(x)
+    x = L.Conv1D(3, 2, padding="same", dilation_rate=2)(x)
+    return keras.Model(inputs, L.Dense(5)(L.Flatten()(x)))
+
+
+MODELS = {"channels_first": channels_first_net, "channels_first_1d": channels_first_1d,
+          "preprocessing": preprocessing_net, "dilated": dilated_convs,
+          "mobilenet_v2_block": mobilenet_v2_block, "lenet": lenet, "tanh": tanh_net, "depthwise_bn": depthwise_bn,
           "causal_conv1d": causal_conv1d, "functional": functional,
           "residual_dag": residual_dag, "inception_1d": inception_1d}
 
@@ -426,3 +489,22 @@ def test_keras_decoder_layers(tmp_path):
         path = tmp_path / f"decoder.{fmt}"
         model.save(path)
         assert_close(reference, compile_to_model(path).predict(x))
+
+
+@pytest.mark.parametrize("fmt, name", [
+    (fmt, name) for fmt in ("savedmodel", "tflite")
+    for name in ("preprocessing", "dilated")] + [
+    ("savedmodel", "channels_first")])  # TFLite cannot convert channels_first convolutions
+def test_new_layers_through_tf2onnx(tmp_path, name, fmt):
+    """The same models exported as a SavedModel and converted to .tflite: tf2onnx's ONNX
+    (threshold gates, dilated-conv patterns) compiles to the same function."""
+    tf = pytest.importorskip("tensorflow", reason="install the tensorflow extra")
+    model = randomize(MODELS[name]())
+    if fmt == "savedmodel":
+        path = tmp_path / "saved"
+        model.export(str(path), verbose=False)
+    else:
+        path = tmp_path / "m.tflite"
+        path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    x = inputs_for(model)
+    assert_close(model.predict(x, verbose=0), compile_to_model(path).predict(x))

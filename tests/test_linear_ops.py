@@ -129,3 +129,38 @@ def test_matmul_with_the_constant_on_the_left():
     b.dense(2)
     model = b.build()
     assert_equivalent(model, compile_to_model(model), n=16)
+
+
+@pytest.mark.parametrize("equation, const_shape, sample", [
+    ("bij,jk->bik", (5, 3), (4, 5)),        # a Dense on the last axis
+    ("bchw,oc->bohw", (2, 3), (3, 4, 4)),   # a 1x1 convolution
+    ("...i,ij->...j", (6, 2), (6,)),        # with an ellipsis
+    ("bi,ji", (3, 6), (6,)),                # implicit output: "bj"
+])
+def test_einsum_with_a_constant_is_a_linear_map(equation, const_shape, sample):
+    b = OnnxBuilder(sample, opset=13, seed=61)
+    const = b.weights(const_shape)
+    b.node("Einsum", [b.current, b.const(const)], equation=equation)
+    probe = np.zeros((1,) + sample, np.float32)
+    b.shape = np.einsum(equation.replace("...", "Z") if "..." in equation else equation,
+                        probe, const).shape[1:]
+    b.node("Relu", [b.current])
+    b.flatten("flatten")
+    b.dense(3)
+    model = b.build()
+    assert_equivalent(model, compile_to_model(model), n=16)
+
+
+@pytest.mark.parametrize("equation, why", [
+    ("bi,bi->b", "product"),                 # two computed operands
+    ("bi,ij->jb", "batch axis"),             # the batch moved
+])
+def test_einsum_that_is_not_per_sample_linear_is_refused(equation, why):
+    from cnn2mlp.errors import CompileError
+
+    b = OnnxBuilder((6,), opset=13, seed=62)
+    x = b.current
+    other = x if why == "product" else b.const(b.weights((6, 6)))
+    b.node("Einsum", [x, other], equation=equation)
+    with pytest.raises(CompileError, match=why):
+        compile_to_model(b.build())

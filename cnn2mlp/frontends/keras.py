@@ -557,25 +557,31 @@ def convert_activation_layer(imp, lay, t):
 
 @layer("ReLU")
 def convert_relu(imp, lay, t):
-    """Keras ReLU(max_value=m, negative_slope=s, threshold=0): ``clip(x, 0, m) - s relu(-x)``.
-    A non-zero threshold jumps at the threshold: no sum of ReLUs equals it."""
+    """Keras ReLU(max_value=m, negative_slope=s, threshold=θ), as Keras computes it:
+    ``x·[x > θ]``, clipped to [0, m] when m is given, minus ``s·relu(θ - x)``. With θ = 0
+    that is piecewise linear (ReLUs); with θ ≠ 0 it jumps at θ, and the jump is one
+    ThresholdedRelu activation (exact in the CSR target; no ReLU network equals it)."""
     c = lay.config
-    if c.get("threshold", 0.0):
-        raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: ReLU with threshold "
-                                 f"{c['threshold']} jumps at the threshold (discontinuous): "
-                                 "no MLP computes it exactly")
+    threshold = float(c.get("threshold", 0.0) or 0.0)
     slope = float(c.get("negative_slope", 0.0) or 0.0)
     top = c.get("max_value")
-    if top is None:
+    if not threshold and top is None:
         return imp.emit(lay, "LeakyRelu", t, {"alpha": slope}) if slope else \
             imp.emit(lay, "Relu", t)
-    clipped = imp.emit(lay, "Clip", t, {"low": 0.0, "high": float(top)})
+    if threshold:
+        y = imp.emit(lay, "ThresholdedRelu", t, {"alpha": threshold})
+        if top is not None:
+            y = imp.emit(lay, "Clip", y, {"low": 0.0, "high": float(top)})
+    else:
+        y = imp.emit(lay, "Clip", t, {"low": 0.0, "high": float(top)})
     if not slope:
-        return clipped
+        return y
     shape = imp.shape(t)
     negative = imp.emit(lay, "MulConst", t, {"const": np.full(shape, -1.0)})
+    if threshold:
+        negative = imp.emit(lay, "AddConst", negative, {"const": np.full(shape, threshold)})
     negative = imp.emit(lay, "Relu", negative)
-    return emit_multi(imp, lay, "Sum", [clipped, negative], {"coeffs": (1.0, -slope)},
+    return emit_multi(imp, lay, "Sum", [y, negative], {"coeffs": (1.0, -slope)},
                       t.channels_first)
 
 
@@ -624,10 +630,24 @@ def spatial_rank(lay: Layer) -> int:
     return 1 if lay.class_name.endswith("1D") else 2
 
 
-def check_channels_last(imp, lay):
-    if lay.config.get("data_format", "channels_last") != "channels_last":
-        raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: data_format "
-                                 f"{lay.config['data_format']!r}; only channels_last is supported")
+def channels_first_layer(imp, lay) -> bool:
+    fmt = lay.config.get("data_format") or "channels_last"
+    if fmt not in ("channels_last", "channels_first"):
+        raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: data_format {fmt!r}")
+    return fmt == "channels_first"
+
+
+def spatial_axis_offset(imp, lay) -> int:
+    """Where the spatial axes start in the layer's own (Keras) layout of a sample."""
+    return 1 if channels_first_layer(imp, lay) else 0
+
+
+def spatial_input(imp, t: Tensor, lay) -> Tensor:
+    """The input as (C, spatial...), as Conv and the pools want it: a channels_last
+    layer's input is transposed (lazily); a channels_first layer's is that already."""
+    if channels_first_layer(imp, lay):
+        return imp.keras_layout(t, lay)
+    return imp.internal_layout(t, lay)
 
 
 def as_tuple(value, n: int) -> tuple[int, ...]:
@@ -651,9 +671,8 @@ def keras_pads(imp, lay, spatial, kernel, strides, dilations) -> tuple[int, ...]
 
 @layer("Conv1D", "Conv2D")
 def convert_conv(imp, lay, t):
-    check_channels_last(imp, lay)
     nd = spatial_rank(lay)
-    x = imp.internal_layout(t, lay)
+    x = spatial_input(imp, t, lay)
     c = lay.config
     groups = int(c.get("groups", 1))
     expected = as_tuple(c["kernel_size"], nd) + (imp.shape(x)[0] // groups, int(c["filters"]))
@@ -679,9 +698,8 @@ def emit_conv(imp, lay, x: Tensor, oihw: np.ndarray, group: int) -> Tensor:
 
 @layer("DepthwiseConv1D", "DepthwiseConv2D")
 def convert_depthwise(imp, lay, t):
-    check_channels_last(imp, lay)
     nd = spatial_rank(lay)
-    x = imp.internal_layout(t, lay)
+    x = spatial_input(imp, t, lay)
     expected = as_tuple(lay.config["kernel_size"], nd) + (
         imp.shape(x)[0], int(lay.config.get("depth_multiplier", 1)))
     dk = imp.weight(lay, 0, "depthwise_kernel", expected)  # (k..., in, multiplier)
@@ -719,6 +737,10 @@ def convert_dense(imp, lay, t):
 @layer("Flatten")
 def convert_flatten(imp, lay, t):
     x = imp.keras_layout(t, lay)  # Keras flattens in (H, W, C) order
+    rank = len(imp.shape(x))
+    if lay.config.get("data_format") == "channels_first" and rank > 1:
+        # Flatten(data_format="channels_first") moves the channels last before flattening
+        x = imp.emit(lay, "Transpose", x, {"perm": tuple(range(1, rank)) + (0,)})
     return imp.emit(lay, "Reshape", x, {"shape": (int(np.prod(imp.shape(x))),)})
 
 
@@ -738,10 +760,13 @@ def convert_batchnorm(imp, lay, t):
     axis = c.get("axis", -1)
     axis = axis[0] if isinstance(axis, list) else axis
     rank = len(imp.shape(t)) + 1
-    if axis % rank != rank - 1:
+    if axis % rank == 1 and rank > 2:  # channels_first: the Keras array is (C, ...) already
+        x = imp.keras_layout(t, lay)
+    elif axis % rank == rank - 1:
+        x = imp.internal_layout(t, lay)
+    else:
         raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: BatchNormalization over "
-                                 f"axis {axis}; only the channel axis (-1) is supported")
-    x = imp.internal_layout(t, lay)
+                                 f"axis {axis}; only a channel axis (1 or -1) is supported")
     channels = (imp.shape(x)[0],)
     index = 0
     scale = imp.weight(lay, index, "gamma", channels) if c.get("scale", True) else None
@@ -769,19 +794,17 @@ def spatial_pairs(value, nd: int) -> list[tuple[int, int]]:
 
 @layer("ZeroPadding1D", "ZeroPadding2D")
 def convert_zero_padding(imp, lay, t):
-    check_channels_last(imp, lay)
     pairs = spatial_pairs(lay.config.get("padding", 1), spatial_rank(lay))
-    x = imp.internal_layout(t, lay)
+    x = spatial_input(imp, t, lay)
     pads = (0,) + tuple(p[0] for p in pairs) + (0,) + tuple(p[1] for p in pairs)
     return imp.emit(lay, "Pad", x, {"pads": pads, "value": 0.0})
 
 
 @layer("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D")
 def convert_pool(imp, lay, t):
-    check_channels_last(imp, lay)
     nd = spatial_rank(lay)
     c = lay.config
-    x = imp.internal_layout(t, lay)
+    x = spatial_input(imp, t, lay)
     kernel = as_tuple(c.get("pool_size", 2), nd)
     strides = as_tuple(c.get("strides") or kernel, nd)
     pads = keras_pads(imp, lay, imp.shape(x)[1:], kernel, strides, (1,) * nd)
@@ -795,8 +818,7 @@ def convert_pool(imp, lay, t):
 @layer("GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalAveragePooling1D",
        "GlobalAveragePooling2D")
 def convert_global_pool(imp, lay, t):
-    check_channels_last(imp, lay)
-    x = imp.internal_layout(t, lay)
+    x = spatial_input(imp, t, lay)
     spatial = imp.shape(x)[1:]
     nd = len(spatial)
     op = "MaxPool" if "Max" in lay.class_name else "AveragePool"
@@ -868,13 +890,12 @@ def convert_conv_transpose(imp, lay, t):
     (n - 1) s + k outputs, "same" n s (TensorFlow's pads: the larger half at the end)."""
     from ..passes.conv_to_dense import conv_transpose_matrix
 
-    check_channels_last(imp, lay)
     c = lay.config
     nd = 1 if lay.class_name.startswith("Conv1D") else 2
     if c.get("output_padding") not in (None, [None] * nd):
         raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: output_padding is not "
                                  "supported")
-    x = imp.internal_layout(t, lay)
+    x = spatial_input(imp, t, lay)
     c_in, spatial = imp.shape(x)[0], imp.shape(x)[1:]
     ks = as_tuple(c["kernel_size"], nd)
     filters = int(c["filters"])
@@ -903,10 +924,9 @@ def convert_conv_transpose(imp, lay, t):
 @layer("SeparableConv1D", "SeparableConv2D")
 def convert_separable(imp, lay, t):
     """A depthwise convolution (depth_multiplier) then a 1×1 pointwise one, with the bias."""
-    check_channels_last(imp, lay)
     c = lay.config
     nd = spatial_rank(lay)
-    x = imp.internal_layout(t, lay)
+    x = spatial_input(imp, t, lay)
     channels = imp.shape(x)[0]
     mult = int(c.get("depth_multiplier", 1))
     ks = as_tuple(c["kernel_size"], nd)
@@ -939,17 +959,31 @@ def select_keras(imp, lay, t: Tensor, index) -> Tensor:
 
 @layer("UpSampling1D", "UpSampling2D")
 def convert_upsampling(imp, lay, t):
+    """Nearest: each cell repeated (a selection). Bilinear: TensorFlow's resize with
+    half-pixel centres, a fixed linear map per spatial axis."""
     c = lay.config
-    check_channels_last(imp, lay)
-    if c.get("interpolation", "nearest") != "nearest":
-        raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: interpolation "
-                                 f"{c['interpolation']!r}; only nearest is supported")
     nd = spatial_rank(lay)
     size = as_tuple(c.get("size", 2), nd)
+    mode = c.get("interpolation", "nearest")
+    first = spatial_axis_offset(imp, lay)  # where the spatial axes start in Keras' layout
+    if mode == "bilinear":
+        from ..ir.linear import half_pixel_linear, kron_per_axis
+
+        x = imp.keras_layout(t, lay)
+        shape = imp.shape(x)
+        axes = {first + a: half_pixel_linear(shape[first + a], s) for a, s in enumerate(size)}
+        out_shape = tuple(n * size[a - first] if a in axes else n for a, n in enumerate(shape))
+        imp.check_size(lay, int(np.prod(out_shape)) * 2 ** nd)
+        weight = kron_per_axis(shape, axes).astype(np.float32)
+        return imp.emit(lay, "Dense", x, {"weight": weight, "bias": None,
+                                          "out_shape": out_shape})
+    if mode != "nearest":
+        raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: interpolation "
+                                 f"{mode!r}; nearest and bilinear are supported")
 
     def repeat(grid):
         for axis, s in enumerate(size):
-            grid = np.repeat(grid, s, axis=axis)
+            grid = np.repeat(grid, s, axis=first + axis)
         return grid
 
     return select_keras(imp, lay, t, repeat)
@@ -957,8 +991,9 @@ def convert_upsampling(imp, lay, t):
 
 @layer("Cropping1D", "Cropping2D")
 def convert_cropping(imp, lay, t):
-    check_channels_last(imp, lay)
     pairs = spatial_pairs(lay.config.get("cropping", 1), spatial_rank(lay))
+    first = spatial_axis_offset(imp, lay)
+    pairs = [(0, 0)] * first + pairs
     return select_keras(imp, lay, t, lambda grid: grid[tuple(
         slice(a, grid.shape[i] - b) for i, (a, b) in enumerate(pairs))])
 
@@ -984,3 +1019,54 @@ def convert_rescaling(imp, lay, t):
     offset = np.broadcast_to(np.asarray(lay.config.get("offset", 0.0), np.float64), shape)
     y = imp.emit(lay, "MulConst", x, {"const": np.array(scale)})
     return imp.emit(lay, "AddConst", y, {"const": np.array(offset)})
+
+
+#: keras.config.epsilon(), the floor Normalization puts under the standard deviation
+KERAS_EPSILON = 1e-7
+
+
+@layer("Normalization")
+def convert_normalization(imp, lay, t):
+    """``(x - mean) / max(sqrt(var), ε)`` (or its inverse with ``invert``), an affine map
+    folded into the first matrix; mean and variance come from the config or, after
+    ``adapt()``, from the weights, over the kept ``axis``."""
+    c = lay.config
+    x = imp.keras_layout(t, lay)
+    shape = imp.shape(x)
+    rank = len(shape) + 1
+    axes = c.get("axis", -1)
+    axes = [axes] if axes is None or isinstance(axes, int) else list(axes)
+    if None in axes:
+        axes = []
+    keep = sorted(a % rank for a in axes)
+    if 0 in keep:
+        raise UnsupportedOpError(f"{imp.path}: layer {lay.name!r}: Normalization keeps the "
+                                 "batch axis; only per-sample axes are supported")
+    broadcast = tuple(shape[d - 1] if d in keep else 1 for d in range(1, rank))
+    kept_dims = tuple(shape[d - 1] for d in keep)
+    if c.get("mean") is not None:
+        mean = config_stat(c["mean"], keep, broadcast)
+        var = config_stat(c["variance"], keep, broadcast)
+    else:
+        mean = imp.weight(lay, 0, "mean", kept_dims).reshape(broadcast)
+        var = imp.weight(lay, 1, "variance", kept_dims).reshape(broadcast)
+    std = np.maximum(np.sqrt(np.asarray(var, np.float64)), KERAS_EPSILON)
+    mean = np.asarray(mean, np.float64)
+    if c.get("invert"):
+        scale, offset = std, mean
+    else:
+        scale, offset = 1.0 / std, -mean / std
+    y = imp.emit(lay, "MulConst", x, {"const": np.broadcast_to(scale, shape).copy()})
+    return imp.emit(lay, "AddConst", y, {"const": np.broadcast_to(offset, shape).copy()})
+
+
+def config_stat(value, keep: list[int], broadcast: tuple[int, ...]) -> np.ndarray:
+    """A mean or variance given in the config, aligned to the kept axes from the right
+    (as Keras does) and broadcast over the rest."""
+    v = np.asarray(value, np.float64)
+    if v.ndim == 0:
+        return np.broadcast_to(v, broadcast)
+    expanded = [1] * len(broadcast)
+    for i in range(1, v.ndim + 1):
+        expanded[keep[-i] - 1] = v.shape[-i]
+    return np.broadcast_to(v.reshape(expanded), broadcast)

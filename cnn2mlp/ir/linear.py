@@ -145,3 +145,30 @@ def avgpool_matrix(in_shape, attrs) -> sp.csr_array:
     np.cumsum(per_row, out=indptr[1:])
     return sp.csr_array((weights[valid].astype(np.float32), members[valid].astype(dt), indptr),
                         shape=(len(members), n_in))
+
+
+def half_pixel_linear(n_in: int, scale: int) -> sp.csr_array:
+    """The (n_in·scale × n_in) matrix of linear interpolation with half-pixel centres
+    (TensorFlow's resize_bilinear, ONNX Resize linear/half_pixel): output o reads input
+    coordinate (o + 0.5)/scale - 0.5, clamped to the edge."""
+    out = np.arange(n_in * scale)
+    coord = np.clip((out + 0.5) / scale - 0.5, 0.0, n_in - 1)
+    lower = np.floor(coord).astype(np.int64)
+    upper = np.minimum(lower + 1, n_in - 1)
+    frac = coord - lower
+    rows = np.concatenate([out, out])
+    cols = np.concatenate([lower, upper])
+    vals = np.concatenate([1.0 - frac, frac])
+    return sp.csr_array((vals, (rows, cols)), shape=(len(out), n_in))
+
+
+def kron_per_axis(shape: Shape, matrices: dict) -> sp.csr_array:
+    """The map on a row-major tensor of ``shape`` that applies ``matrices[axis]`` along
+    each listed axis (identity along the others): a Kronecker product, built sparse."""
+    result = sp.csr_array(np.ones((1, 1)))
+    for axis, n in enumerate(shape):
+        m = matrices.get(axis)
+        m = sp.identity(n, format="csr") if m is None else sp.csr_array(m)
+        result = sp.kron(result, m, format="csr")
+    result.sum_duplicates()
+    return result

@@ -23,6 +23,8 @@ DEFAULT_PIPELINES: dict[str, list[str]] = {
         "avgpool-fuse",
         "fold-affine",
         "lower-linear",
+        # again: a Reshape read by a broadcasting AddConst goes once that is a Dense
+        "layout-to-permutation",
         "fuse-dense",
         "linearize-dag",
         "prune-neurons",
@@ -34,7 +36,7 @@ DEFAULT_PIPELINES: dict[str, list[str]] = {
         "eliminate-identity", "drop-final-softmax", "fold-batchnorm", "fold-pad",
         "conv-to-dense", "maxpool-to-relu", "extremum-to-relu", "clip-to-relu",
         "layout-to-permutation", "fold-stride", "avgpool-fuse", "fold-affine",
-        "lower-linear", "fuse-dense", "linearize-dag", "fuse-dense", "prune-neurons",
+        "lower-linear", "layout-to-permutation", "fuse-dense", "linearize-dag", "fuse-dense", "prune-neurons",
         "eliminate-dead",
     ],
     # OpenCV's ANN_MLP: one activation for every layer, so every linear map is fused.
@@ -54,6 +56,8 @@ DEFAULT_PIPELINES: dict[str, list[str]] = {
         "avgpool-linearize",
         "fold-affine",
         "lower-linear",
+        # again: a Reshape read by a broadcasting AddConst goes once that is a Dense
+        "layout-to-permutation",
         "fuse-dense",
         "linearize-dag",
         "fuse-dense",

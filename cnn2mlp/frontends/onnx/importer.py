@@ -18,6 +18,7 @@ from onnx import numpy_helper
 
 from ...errors import CompileError, UnsupportedOpError
 from ...ir import Graph
+from .patterns import fuse_patterns
 
 #: Stands for the batch size inside folded shape computations.
 BATCH = 1_000_003
@@ -106,9 +107,9 @@ DISCONTINUOUS = {"ArgMax", "ArgMin", "OneHot", "Equal", "Greater", "Less", "Grea
                  "And", "Or", "Xor", "IsNaN", "IsInf", "BitShift", "Mod"}
 
 
-def needed_nodes(graph: onnx.GraphProto, target: str) -> list[onnx.NodeProto]:
+def needed_nodes(nodes: list[onnx.NodeProto], target: str) -> list[onnx.NodeProto]:
     """The nodes ``target`` depends on, in the file's order."""
-    producer = {out: node for node in graph.node for out in node.output if out}
+    producer = {out: node for node in nodes for out in node.output if out}
     keep: set[int] = set()
     stack = [target]
     seen = set()
@@ -123,7 +124,7 @@ def needed_nodes(graph: onnx.GraphProto, target: str) -> list[onnx.NodeProto]:
         for attribute in node.attribute:  # subgraphs (If, Loop) read outer names too
             if attribute.g.node:
                 stack.extend(i for n in attribute.g.node for i in n.input if i)
-    return [node for node in graph.node if id(node) in keep]
+    return [node for node in nodes if id(node) in keep]
 
 
 def first_line(exc: BaseException) -> str:
@@ -171,7 +172,8 @@ class OnnxImporter:
                                "cnn2mlp converts models with one output (or pick a tensor "
                                "with --output-tensor)")
         out = self.output_name or g.output[0].name
-        for node in needed_nodes(g, out):  # nodes the output does not need are never read
+        nodes = fuse_patterns(list(g.node), self._scalar_lookup(g.node))
+        for node in needed_nodes(nodes, out):  # nodes the output does not need are never read
             self._convert(node)
         if out in self.consts:
             raise CompileError(f"{self.source}: the output {out!r} does not depend on the input")
@@ -184,6 +186,24 @@ class OnnxImporter:
             self.graph.meta["output_tensor"] = out
             self.graph.notes.append(f"compiled up to the tensor {out!r} (--output-tensor)")
         return self.graph
+
+    def _scalar_lookup(self, nodes):
+        """name → its value when it is a one-element constant (an initializer or a Constant
+        node), else None: what the pattern fusions need to know."""
+        constants = {n.output[0]: n for n in nodes if n.op_type == "Constant" and n.output}
+
+        def scalar(name: str) -> float | None:
+            value = self.consts.get(name)
+            if value is None and name in constants:
+                try:
+                    value = constant_value(constants[name])
+                except Exception:
+                    return None
+            if value is None or value.size != 1 or value.dtype.kind not in "fiu":
+                return None
+            return float(value.ravel()[0])
+
+        return scalar
 
     def _tensor(self, tensor: onnx.TensorProto) -> np.ndarray:
         """An initializer as an array; a tensor whose data does not match its dims is bad

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import onnx
 
-from .importer import OnnxImporter, attr, converter
+from .importer import OnnxImporter, as_str, attr, converter
 
 
 @converter("Gemm")
@@ -93,3 +93,44 @@ def convert_reduce(imp: OnnxImporter, node: onnx.NodeProto) -> None:
         imp.alias(node, x)
         return
     linear_by_reference(imp, node, x)
+
+
+@converter("Einsum")
+def convert_einsum(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    """An Einsum of one computed tensor with constants is a linear map of the sample when
+    the computed operand's first index (its batch axis) stays first in the output and no
+    constant carries it: measured with ONNX's reference on basis vectors. Einsums of two
+    computed tensors are products (refused); contracting or moving the batch is refused."""
+    from .arithmetic import PRODUCT
+    from .layout import linear_by_reference
+
+    computed = [k for k, name in enumerate(node.input) if name and not imp.is_const(name)]
+    if len(computed) != 1:
+        imp.fail(node, PRODUCT)
+    equation = as_str(attr(node, "equation", ""))
+    terms, output = einsum_terms(equation)
+    if terms is None or len(terms) != len(node.input):
+        imp.fail(node, f"equation {equation!r} cannot be read")
+    mine = terms[computed[0]]
+    batch = "..." if mine.startswith("...") else mine[:1]
+    others = [t for k, t in enumerate(terms) if k != computed[0]]
+    if not batch or not output.startswith(batch) or any(batch in t for t in others) or (
+            batch != "..." and (output.count(batch) != 1 or mine.count(batch) != 1)):
+        imp.fail(node, f"equation {equation!r} does not keep the batch "
+                       "axis (the computed operand's first index) first and alone")
+    linear_by_reference(imp, node, imp.data(node, computed[0]))
+
+
+def einsum_terms(equation: str) -> tuple[list[str] | None, str]:
+    """The input subscripts and the output subscript (implicit output: the letters used
+    once, sorted, after any ellipsis), spaces removed."""
+    equation = equation.replace(" ", "")
+    lhs, arrow, rhs = equation.partition("->")
+    terms = lhs.split(",")
+    if not all(t.replace("...", "").isalpha() or t.replace("...", "") == "" for t in terms):
+        return None, ""
+    if not arrow:
+        letters = "".join(t.replace("...", "") for t in terms)
+        rhs = ("..." if "..." in lhs else "") + "".join(
+            sorted(ch for ch in set(letters) if letters.count(ch) == 1))
+    return terms, rhs
