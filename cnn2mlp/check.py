@@ -21,6 +21,7 @@ class Comparison:
     worst_reference: float
     worst_got: float
     tolerance: float
+    reference: str = ""      # set when the reference is not the usual runtime for the file
 
     @property
     def passed(self) -> bool:
@@ -30,7 +31,8 @@ class Comparison:
         return (f"max abs error {self.max_abs_error:.3g}, max rel error {self.max_rel_error:.3g} "
                 f"(tolerance {self.tolerance:g}) over {self.samples} inputs; worst at "
                 f"{self.worst_index}: reference {self.worst_reference:.9g}, "
-                f"got {self.worst_got:.9g}")
+                f"got {self.worst_got:.9g}"
+                + (f"; reference: {self.reference}" if self.reference else ""))
 
     def as_dict(self) -> dict:
         return {"samples": self.samples, "max_abs_error": self.max_abs_error,
@@ -58,8 +60,8 @@ def compare(reference: np.ndarray, got: np.ndarray, tolerance: float) -> Compari
 
 
 def random_inputs(shape: tuple[int, ...], n: int, low: float = 0.0, high: float = 1.0,
-                  seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(low, high, (n,) + tuple(shape)).astype(np.float32)
+                  seed: int = 0, dtype=np.float32) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(low, high, (n,) + tuple(shape)).astype(dtype)
 
 
 def onnx_runner(model_path, output: str | None = None) -> Runner:
@@ -89,8 +91,10 @@ def onnx_runner(model_path, output: str | None = None) -> Runner:
     try:
         session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
+        if "NOT_IMPLEMENTED" in str(exc):  # e.g. no float64 Conv kernel in onnxruntime
+            return reference_evaluator(source, output, first_line_of(exc))
         raise CompileError(f"{model_path}: onnxruntime, the reference for --check, cannot load "
-                           f"the model: {str(exc).strip().splitlines()[0][:300]}") from exc
+                           f"the model: {first_line_of(exc)}") from exc
     feed = session.get_inputs()[0]
     fetch = [output] if output is not None else None
     batch = feed.shape[0] if feed.shape and isinstance(feed.shape[0], int) else None
@@ -109,6 +113,33 @@ def onnx_runner(model_path, output: str | None = None) -> Runner:
             raise CompileError(f"{model_path}: onnxruntime, the reference for --check, could not "
                                f"run the model: {str(exc).strip().splitlines()[0][:300]}") from exc
 
+    return run
+
+
+def first_line_of(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def reference_evaluator(source: bytes | str, output: str | None, why: str) -> Runner:
+    """ONNX's own reference implementation (onnx.reference), for a model onnxruntime has no
+    kernel for (float64 convolutions): slower, but the semantics the ONNX spec defines."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    proto = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(source)
+    evaluator = ReferenceEvaluator(proto)
+    feed = next(i for i in proto.graph.input
+                if i.name not in {t.name for t in proto.graph.initializer})
+    elem = feed.type.tensor_type.elem_type
+    dtype = {onnx.TensorProto.DOUBLE: np.float64,
+             onnx.TensorProto.FLOAT16: np.float16}.get(elem, np.float32)
+    fetch = [output] if output is not None else None
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(evaluator.run(fetch, {feed.name: np.asarray(x, dtype)})[0])
+
+    run.reference = f"onnx.reference, since onnxruntime cannot run the model ({why[:120]})"
     return run
 
 
@@ -138,7 +169,14 @@ def keras_runner(model_path: str | Path, layer: str | None = None) -> Runner:
                            ) from exc
     if layer is not None:  # the inner layer --output-tensor named
         model = keras.Model(model.inputs, model.get_layer(layer).output)
-    return lambda x: np.asarray(model.predict(np.asarray(x, np.float32), verbose=0))
+    def run(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if x.dtype == np.float64:  # predict() would cast to floatx (float32): call directly
+            return np.concatenate([np.asarray(model(x[i:i + 256], training=False))
+                                   for i in range(0, len(x), 256)])
+        return np.asarray(model.predict(x, verbose=0))
+
+    return run
 
 
 def reference_runner(model_path: str | Path, logits: str | None = None,

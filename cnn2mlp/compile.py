@@ -26,6 +26,7 @@ from .errors import CompileError
 from .frontends import load_model
 from .ir import Graph
 from .ir.mlp import Mlp, NotAnMlpError
+from .ir.precision import working_precision
 from .passes import PassContext, Pipeline, PipelineReport
 
 
@@ -80,7 +81,8 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
     if not allow_non_finite:
         refuse_non_finite(graph, model, "after compiling (an overflow)")
     try:
-        mlp = Mlp.from_graph(graph, output_shape)
+        with working_precision(graph.dtype):
+            mlp = Mlp.from_graph(graph, output_shape)
     except NotAnMlpError as exc:
         raise CompileError(f"{model}: the pipeline left a graph that is not an MLP: {exc}; "
                            "check --passes") from exc
@@ -302,6 +304,9 @@ def format_table(result: CompileResult) -> str:
                  f"{'':>9} {sum(r['bytes'] for r in rows):>12}")
     lines.append("passes: " + ", ".join(f"{p.name} {p.seconds * 1e3:.1f} ms ({p.rewrites})"
                                         for p in result.pipeline.records))
+    if result.mlp.dtype != np.float32:
+        lines.append(f"precision: {result.mlp.dtype.name} (the model's own; weights, the "
+                     "artifact and predict keep it)")
     pruned = result.stats.get("prune-neurons")
     if pruned:
         lines.append(f"prune-neurons removed {pruned['neurons']} neurons nothing read")
@@ -321,6 +326,7 @@ def report_dict(result: CompileResult, args: argparse.Namespace) -> dict[str, An
         "cnn2mlp": __version__, "model": str(args.model), "output": str(args.output),
         "target": result.target, "input_shape": list(result.mlp.input_shape),
         "output_shape": list(result.mlp.output_shape), "exact": result.exact,
+        "dtype": result.mlp.dtype.name,
         "notes": result.mlp.notes, "layers": layer_rows(result.mlp),
         "totals": {"neurons": sum(l.n_out for l in result.mlp.layers),
                    "nnz": sum(int(l.weight.nnz) for l in result.mlp.layers)},
@@ -443,8 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input domain for --check and bound analyses (default 0,1)")
     p.add_argument("--check", type=int, default=0, metavar="N",
                    help="compare with the reference runtime on N random inputs")
-    p.add_argument("--tolerance", type=float, default=1e-4,
-                   help="--check fails above this error relative to max(1, |y|)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="--check fails above this error relative to max(1, |y|) (default "
+                        "1e-4, or 1e-9 for a float64 model)")
     p.add_argument("--epsilon", type=float, metavar="EPS",
                    help="scale of avgpool-linearize (default: chosen to minimise the error)")
     p.add_argument("--report", type=Path, metavar="FILE.json", help="write a JSON report")
@@ -512,7 +519,8 @@ def check_options(args: argparse.Namespace) -> None:
     """Numbers argparse accepts but the compiler cannot use."""
     if args.check < 0:
         raise CompileError(f"--check {args.check}: the number of inputs cannot be negative")
-    if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
+    if args.tolerance is not None and not (math.isfinite(args.tolerance)
+                                           and args.tolerance >= 0):
         raise CompileError(f"--tolerance {args.tolerance}: give a finite number >= 0")
     if args.epsilon is not None and not (math.isfinite(args.epsilon) and args.epsilon > 0):
         raise CompileError(f"--epsilon {args.epsilon}: give a finite number > 0")
@@ -556,7 +564,9 @@ def plan_outputs(args: argparse.Namespace, target: str) -> None:
 
 def check_against_reference(result: CompileResult, args: argparse.Namespace,
                             artifact: Path) -> Comparison:
-    x = random_inputs(result.mlp.input_shape, args.check, *args.input_range)
+    dtype = result.mlp.dtype  # a double model is checked in double
+    x = random_inputs(result.mlp.input_shape, args.check, *args.input_range, dtype=dtype)
+    tolerance = args.tolerance if args.tolerance is not None else DEFAULT_TOLERANCE[dtype.name]
     meta = result.graph.meta
     dropped = "logits" in meta
     run_reference, gives_logits = reference_runner(args.model, meta.get("logits"),
@@ -565,7 +575,8 @@ def check_against_reference(result: CompileResult, args: argparse.Namespace,
     got = load_artifact(result, artifact).predict(x)
     if dropped and not gives_logits:  # compare probabilities: softmax of our logits
         got = softmax(got)
-    comparison = compare(reference.reshape(got.shape), got, args.tolerance)
+    comparison = compare(reference.reshape(got.shape), got, tolerance)
+    comparison.reference = getattr(run_reference, "reference", "")
     if not comparison.passed:
         raise CheckFailed(f"{args.model}: --check failed: {comparison.describe()}; "
                           f"{args.output} was not written")
@@ -592,6 +603,10 @@ def load_artifact(result: CompileResult, path: Path):
     from .backends.csr import load
 
     return load(path)
+
+
+#: --check's default: |got - ref| / max(1, |ref|) allowed, per precision
+DEFAULT_TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
 
 
 class CheckFailed(CompileError):

@@ -7,8 +7,11 @@ File layout (format ``cnn2mlp-csr``, version 2), every entry a plain array so th
   carried neurons per layer)
 - ``input_shape``, ``output_shape`` (int64): per sample, in the model's own layout
 - ``activations`` (str per layer), ``alphas`` (float64 per layer)
-- ``layer{i}.data`` (float32), ``layer{i}.indices``, ``layer{i}.indptr`` (int32 or int64),
-  ``layer{i}.shape`` (n_out, n_in), ``layer{i}.bias`` (float32)
+- ``layer{i}.data`` (float32, or float64 for a double model), ``layer{i}.indices``,
+  ``layer{i}.indptr`` (int32 or int64), ``layer{i}.shape`` (n_out, n_in), ``layer{i}.bias``
+  (the data's dtype)
+- ``dtype`` (str, optional): "float32" or "float64", the precision the model computes in;
+  absent means float32 (files before it was recorded)
 - version 2: a layer whose activation is ``mixed`` has one activation per run of neurons:
   ``layer{i}.segment_stops`` (int64, the end of each run), ``layer{i}.segment_activations``
   (str), ``layer{i}.segment_alphas`` (float64). Version 1 files (no mixed layers) load too.
@@ -48,14 +51,15 @@ def save_csr(mlp: Mlp, path: str | Path, meta: dict[str, Any] | None = None) -> 
         "output_shape": np.array(mlp.output_shape, np.int64),
         "activations": np.array([layer.activation for layer in mlp.layers]),
         "alphas": np.array([layer.alpha for layer in mlp.layers], np.float64),
+        "dtype": np.array(mlp.dtype.name),
     }
     for i, layer in enumerate(mlp.layers):
         w = layer.weight
-        arrays[f"layer{i}.data"] = np.asarray(w.data, np.float32)
+        arrays[f"layer{i}.data"] = np.asarray(w.data, mlp.dtype)
         arrays[f"layer{i}.indices"] = w.indices
         arrays[f"layer{i}.indptr"] = w.indptr
         arrays[f"layer{i}.shape"] = np.array(w.shape, np.int64)
-        arrays[f"layer{i}.bias"] = np.asarray(layer.bias, np.float32)
+        arrays[f"layer{i}.bias"] = np.asarray(layer.bias, mlp.dtype)
         if layer.segments is not None:
             arrays[f"layer{i}.segment_stops"] = np.array([g[1] for g in layer.segments],
                                                          np.int64)
@@ -134,10 +138,11 @@ def read_layers(npz: SafeNpz, meta: dict[str, Any], version: int) -> Mlp:
         raise npz.fail("activations", f"names unknown activations {unknown}")
     if not np.isfinite(alphas).all():
         raise npz.fail("alphas", "holds NaN or Inf")
+    dtype = read_dtype(npz)
     layers, n_in = [], math.prod(input_shape)
     carried = meta.get("carried") if isinstance(meta.get("carried"), list) else []
     for i, (act, alpha) in enumerate(zip(activations, alphas)):
-        weight, bias = read_layer(npz, i, n_in)
+        weight, bias = read_layer(npz, i, n_in, dtype)
         segs = read_segments(npz, i, weight.shape[0]) if str(act) == MIXED else None
         count = carried[i] if i < len(carried) and isinstance(carried[i], int) else 0
         layers.append(MlpLayer(weight, bias, str(act), float(alpha), segs, count))
@@ -167,6 +172,16 @@ def read_segments(npz: SafeNpz, i: int, n_out: int) -> tuple:
                  for a, b, n, al in zip(starts, stops, names, alphas))
 
 
+def read_dtype(npz: SafeNpz) -> np.dtype:
+    """The model's precision; files written before it was recorded are float32."""
+    if "dtype" not in npz:
+        return np.dtype(np.float32)
+    name = str(npz.array("dtype", "U", ndim=0))
+    if name not in ("float32", "float64"):
+        raise npz.fail("dtype", f"is {name[:20]!r}, not float32 or float64")
+    return np.dtype(name)
+
+
 def read_shape(npz: SafeNpz, key: str) -> tuple[int, ...]:
     dims = npz.array(key, "iu", ndim=1)
     if len(dims) > 32 or np.any(dims <= 0):
@@ -174,7 +189,8 @@ def read_shape(npz: SafeNpz, key: str) -> tuple[int, ...]:
     return tuple(int(d) for d in dims)
 
 
-def read_layer(npz: SafeNpz, i: int, n_in: int) -> tuple[sp.csr_array, np.ndarray]:
+def read_layer(npz: SafeNpz, i: int, n_in: int,
+               dtype=np.float32) -> tuple[sp.csr_array, np.ndarray]:
     """One layer's CSR arrays, checked to form a valid (n_out, n_in) matrix before any of
     its data is read."""
     key = f"layer{i}"
@@ -197,8 +213,8 @@ def read_layer(npz: SafeNpz, i: int, n_in: int) -> tuple[sp.csr_array, np.ndarra
     indices = npz.array(f"{key}.indices", "iu", ndim=1)
     if len(indices) and (indices.min() < 0 or indices.max() >= n_in):
         raise npz.fail(f"{key}.indices", f"holds a column outside 0..{n_in - 1}")
-    data = npz.array(f"{key}.data", "f", ndim=1).astype(np.float32, copy=False)
-    bias = npz.array(f"{key}.bias", "f", ndim=1).astype(np.float32, copy=False)
+    data = npz.array(f"{key}.data", "f", ndim=1).astype(dtype, copy=False)
+    bias = npz.array(f"{key}.bias", "f", ndim=1).astype(dtype, copy=False)
     index_type = np.int32 if max(n_in, nnz) < 2**31 - 1 else np.int64
     weight = sp.csr_array((data, indices.astype(index_type, copy=False),
                            indptr.astype(index_type, copy=False)), shape=(n_out, n_in))
@@ -239,7 +255,14 @@ class CsrModel:
     def layers(self) -> list[MlpLayer]:
         return self.mlp.layers
 
-    def predict(self, x: np.ndarray, dtype=np.float32) -> np.ndarray:
+    @property
+    def dtype(self) -> np.dtype:
+        """The precision the model computes in (float64 for a double source model)."""
+        return self.mlp.dtype
+
+    def predict(self, x: np.ndarray, dtype=None) -> np.ndarray:
+        """``dtype`` defaults to the model's own precision."""
+        dtype = self.mlp.dtype if dtype is None else dtype
         x = np.asarray(x)
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"predict expects (B, {', '.join(map(str, self.input_shape))}); "
@@ -410,11 +433,12 @@ class Model:
             self._layers = {{}}
             self.meta = json.loads(str(z["meta"]))
 
-    def predict(self, x, dtype=np.float32):
+    def predict(self, x, dtype=None):
+        """dtype defaults to the model's own precision (float32, or float64)."""
         x = np.asarray(x)
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"expected (B, *{{self.input_shape}}), got {{x.shape}}")
-        key = np.dtype(dtype)
+        key = np.dtype(self.arrays[0][0].dtype if dtype is None else dtype)
         if key not in self._layers:  # prepared once per dtype
             self._layers[key] = [_Layer(*arrays, dtype=key) for arrays in self.arrays]
         h = np.ascontiguousarray(x.reshape(len(x), -1).T, dtype=key)  # features × batch

@@ -6,7 +6,7 @@ ranges (inputSize + 1 values each: 0 and 1, so nothing is normalized); then for 
 one line of incoming weights per neuron and one bias line per neuron. Hidden layers are
 ReLU and the last layer is linear: that is the format's semantics, so only such networks
 are written. float32 weights are written with 9 significant digits, which reads back to
-the same float32.
+the same float32; float64 weights with 17.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def check_nnet_semantics(mlp: Mlp) -> Mlp:
         raise CompileError(f"the output layer has the activation {last.activation}; .nnet "
                            "files end with a linear layer after ReLU layers")
     n = last.n_out
-    identity = MlpLayer(sp.identity(n, np.float32, "csr"), np.zeros(n, np.float32))
+    identity = MlpLayer(sp.identity(n, mlp.dtype, "csr"), np.zeros(n, mlp.dtype))
     return Mlp(mlp.layers + [identity], mlp.input_shape, mlp.output_shape, mlp.notes)
 
 
@@ -60,11 +60,13 @@ def save_nnet(mlp: Mlp, path: str | Path, input_range: tuple[float, float],
             for start in range(0, layer.n_out, ROW_BLOCK):  # never the whole dense matrix
                 block = layer.weight[start:start + ROW_BLOCK].toarray()
                 write_rows(handle, block)
-            write_rows(handle, np.asarray(layer.bias, np.float32)[:, None])
+            write_rows(handle, np.asarray(layer.bias)[:, None])
 
 
 def write_rows(handle, rows: np.ndarray) -> None:
-    np.savetxt(handle, rows.astype(np.float32), fmt="%.9g", delimiter=",", newline=",\n")
+    """9 significant digits read back to the same float32, 17 to the same float64."""
+    digits = 17 if rows.dtype == np.float64 else 9
+    np.savetxt(handle, rows, fmt=f"%.{digits}g", delimiter=",", newline=",\n")
 
 
 def read_nnet(path: str | Path, input_shape=None, output_shape=None) -> Mlp:
@@ -96,8 +98,7 @@ def read_nnet(path: str | Path, input_shape=None, output_shape=None) -> Mlp:
         if k == n_layers - 1 and (means[n_in] or ranges[n_in] != 1):
             weight, bias = weight * ranges[n_in], bias * ranges[n_in] + means[n_in]
         act = "identity" if k == n_layers - 1 else "relu"
-        layers.append(MlpLayer(sp.csr_array(weight.astype(np.float32)),
-                               bias.astype(np.float32), act))
+        layers.append(MlpLayer(sp.csr_array(weight), bias, act))  # float64: no rounding
     return Mlp(layers, tuple(input_shape or (n_in,)), tuple(output_shape or (n_out,)))
 
 
@@ -109,4 +110,4 @@ class NNetModel:
         self.input_shape, self.output_shape = tuple(input_shape), tuple(output_shape)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.mlp.forward(np.asarray(x, np.float64)).astype(np.float32)
+        return self.mlp.forward(np.asarray(x, np.float64))

@@ -6,7 +6,8 @@ flattened by one Reshape; each layer is ``MatMul(h, W^T)`` + ``Add(b)`` and its 
 (Relu, LeakyRelu, Sigmoid, Tanh; none for a linear layer); the output is reshaped to the
 source model's output shape and keeps its name. A layer with an activation per run of
 neurons is split into one MatMul per run, and the next layer sums their products, so that
-every node has one activation. Weights are dense float32: the MLP's own values, unchanged.
+every node has one activation. Weights are dense float32 (float64 for a double model): the
+MLP's own values, unchanged.
 """
 from __future__ import annotations
 
@@ -67,8 +68,8 @@ def mlp_to_onnx(mlp: Mlp, input_name: str = "input", output_name: str = "output"
     parts = [(flat, 0, n_in)]  # the previous layer as (tensor, first neuron, stop)
     opset = OPSET
     for k, layer in enumerate(mlp.layers):
-        dense = layer.weight.toarray().astype(np.float32)  # (n_out, n_in)
-        bias = np.asarray(layer.bias, np.float32)
+        dense = layer.weight.toarray().astype(mlp.dtype)  # (n_out, n_in)
+        bias = np.asarray(layer.bias, mlp.dtype)
         outputs = []
         for start, stop, act, alpha in runs(layer):
             z = None
@@ -90,13 +91,13 @@ def mlp_to_onnx(mlp: Mlp, input_name: str = "input", output_name: str = "output"
         parts = outputs
     (last, _, _), = parts
     out_dims = ["N", *mlp.output_shape]
+    elem = TensorProto.DOUBLE if mlp.dtype == np.float64 else TensorProto.FLOAT
     b.node("Reshape", [last, b.const(np.array([-1, *mlp.output_shape], np.int64), "shape")],
            output_name)
     graph = helper.make_graph(
         b.nodes, "cnn2mlp_mlp",
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT,
-                                       ["N", *mlp.input_shape])],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, out_dims)], b.inits)
+        [helper.make_tensor_value_info(input_name, elem, ["N", *mlp.input_shape])],
+        [helper.make_tensor_value_info(output_name, elem, out_dims)], b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="cnn2mlp", doc_string=doc)
     model.ir_version = 8  # readable by older onnxruntime and verifier builds

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import CompileError, UnsupportedOpError
 from ..ir import Graph
 from ..ir.geometry import same_pads
+from ..ir.precision import real, working_precision
 
 CODE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
 ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "softplus": "Softplus",
@@ -301,6 +302,12 @@ class KerasImporter:
                                      f"({', '.join(inputs)}); cnn2mlp converts models with one")
         input_dims = self.input_dims(layers)
         self.graph = Graph("input", self.resolve_dims(input_dims))
+        if input_dtype(layers) == "float64":  # a double model stays double
+            self.graph.dtype = np.dtype(np.float64)
+        with working_precision(self.graph.dtype):
+            return self.convert_layers(layers)
+
+    def convert_layers(self, layers: list[Layer]) -> Graph:
         tensors: dict[str, Tensor] = {}
         current = Tensor("input", False)
         last = None
@@ -454,6 +461,17 @@ class KerasImporter:
 
     def activation(self, lay: Layer, t: Tensor, name: str | None) -> Tensor:
         return apply_activation(self, lay, t, name)
+
+
+def input_dtype(layers: list[Layer]) -> str:
+    """The InputLayer's dtype name ("float32" unless the model was built in float64)."""
+    for lay in layers[:1]:
+        dtype = lay.config.get("dtype")
+        if isinstance(dtype, dict):  # a DTypePolicy
+            dtype = dtype.get("config", {}).get("name")
+        if isinstance(dtype, str):
+            return dtype
+    return "float32"
 
 
 def weight_keys(raw_layers: list[dict], sequential: bool) -> list[str]:
@@ -689,8 +707,8 @@ def emit_conv(imp, lay, x: Tensor, oihw: np.ndarray, group: int) -> Tensor:
     strides = as_tuple(c.get("strides", 1), nd)
     dilations = as_tuple(c.get("dilation_rate", 1), nd)
     pads = keras_pads(imp, lay, imp.shape(x)[1:], oihw.shape[2:], strides, dilations)
-    y = imp.emit(lay, "Conv", x, {"kernel": oihw.astype(np.float32),
-                                  "bias": None if bias is None else bias.astype(np.float32),
+    y = imp.emit(lay, "Conv", x, {"kernel": oihw.astype(real()),
+                                  "bias": None if bias is None else bias.astype(real()),
                                   "strides": strides, "pads": pads, "dilations": dilations,
                                   "group": group})
     return imp.activation(lay, y, c.get("activation"))
@@ -719,17 +737,17 @@ def convert_dense(imp, lay, t):
     kernel = imp.weight(lay, 0, "kernel", (shape[-1], units))  # (in, out)
     bias = imp.weight(lay, 1, "bias", (units,)) if c.get("use_bias", True) else None
     if len(shape) == 1:
-        weight = kernel.T.astype(np.float32)
+        weight = kernel.T.astype(real())
     else:  # Dense acts on the last axis of each position
         import scipy.sparse as sp
 
         rows = int(np.prod(shape[:-1]))
         imp.check_size(lay, rows * np.count_nonzero(kernel))
         weight = sp.kron(sp.identity(rows, format="csr"), sp.csr_array(kernel.T),
-                         format="csr").astype(np.float32)
+                         format="csr").astype(real())
         bias = None if bias is None else np.tile(bias, rows)
     y = imp.emit(lay, "Dense", x, {"weight": weight,
-                                   "bias": None if bias is None else bias.astype(np.float32),
+                                   "bias": None if bias is None else bias.astype(real()),
                                    "out_shape": shape[:-1] + (kernel.shape[1],)})
     return imp.activation(lay, y, c.get("activation"))
 
@@ -909,14 +927,14 @@ def convert_conv_transpose(imp, lay, t):
     else:
         pads = (0,) * (2 * nd)
     out_spatial = tuple(f - pads[a] - pads[nd + a] for a, f in enumerate(full))
-    io_kernel = kernel.transpose((nd + 1, nd) + tuple(range(nd))).astype(np.float32)
+    io_kernel = kernel.transpose((nd + 1, nd) + tuple(range(nd))).astype(real())
     imp.check_size(lay, io_kernel.size * int(np.prod(spatial)))
     weight = conv_transpose_matrix(io_kernel, imp.shape(x), out_spatial, strides, pads,
                                    dilations, 1)
     bias = imp.weight(lay, 1, "bias", (filters,)) if c.get("use_bias", True) else None
     out_bias = None if bias is None else np.repeat(bias, int(np.prod(out_spatial)))
-    y = imp.emit(lay, "Dense", x, {"weight": weight.astype(np.float32),
-                                   "bias": None if out_bias is None else out_bias.astype(np.float32),
+    y = imp.emit(lay, "Dense", x, {"weight": weight.astype(real()),
+                                   "bias": None if out_bias is None else out_bias.astype(real()),
                                    "out_shape": (filters,) + out_spatial})
     return imp.activation(lay, y, c.get("activation"))
 
@@ -936,13 +954,13 @@ def convert_separable(imp, lay, t):
     strides = as_tuple(c.get("strides", 1), nd)
     dilations = as_tuple(c.get("dilation_rate", 1), nd)
     pads = keras_pads(imp, lay, imp.shape(x)[1:], ks, strides, dilations)
-    h = imp.emit(lay, "Conv", x, {"kernel": depthwise.astype(np.float32), "bias": None,
+    h = imp.emit(lay, "Conv", x, {"kernel": depthwise.astype(real()), "bias": None,
                                   "strides": strides, "pads": pads, "dilations": dilations,
                                   "group": channels})
     pointwise = pk.reshape(channels * mult, -1).T.reshape((-1, channels * mult) + (1,) * nd)
     bias = imp.weight(lay, 2, "bias", (int(c["filters"]),)) if c.get("use_bias", True) else None
-    y = imp.emit(lay, "Conv", h, {"kernel": pointwise.astype(np.float32),
-                                  "bias": None if bias is None else bias.astype(np.float32),
+    y = imp.emit(lay, "Conv", h, {"kernel": pointwise.astype(real()),
+                                  "bias": None if bias is None else bias.astype(real()),
                                   "strides": (1,) * nd, "pads": (0,) * (2 * nd),
                                   "dilations": (1,) * nd, "group": 1})
     return imp.activation(lay, y, c.get("activation"))
@@ -974,7 +992,7 @@ def convert_upsampling(imp, lay, t):
         axes = {first + a: half_pixel_linear(shape[first + a], s) for a, s in enumerate(size)}
         out_shape = tuple(n * size[a - first] if a in axes else n for a, n in enumerate(shape))
         imp.check_size(lay, int(np.prod(out_shape)) * 2 ** nd)
-        weight = kron_per_axis(shape, axes).astype(np.float32)
+        weight = kron_per_axis(shape, axes).astype(real())
         return imp.emit(lay, "Dense", x, {"weight": weight, "bias": None,
                                           "out_shape": out_shape})
     if mode != "nearest":

@@ -85,6 +85,8 @@ class Graph:
         self.notes: list[str] = []
         # Facts for later stages, e.g. "logits": the source-model tensor now output.
         self.meta: dict[str, Any] = {}
+        # The precision weights are stored in (float64 for a double model); see ir.precision.
+        self.dtype = np.dtype(np.float32)
         self._names = 0                              # for fresh_name
         self._next_seq = 0                           # insertion order of nodes
         self._members: dict[int, Node] = {}          # id(node) -> node, in insertion order
@@ -263,6 +265,7 @@ class Graph:
         new.output = self.output
         new.notes = copy.deepcopy(self.notes, memo)
         new.meta = copy.deepcopy(self.meta, memo)
+        new.dtype = self.dtype
         new._names = self._names
         for node in sorted(self._members.values(), key=lambda n: n._seq):
             new._attach(Node(node.op, node.inputs, node.outputs,

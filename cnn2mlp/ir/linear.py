@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from .geometry import combined_mask, flat_input_pixel, window_axes
 from .graph import Graph, Node, Shape
 from .ops import batchnorm_affine
+from .precision import real
 
 LinearMap = tuple[sp.csr_array, np.ndarray | None]
 
@@ -30,7 +31,7 @@ def to_csr(w) -> sp.csr_array:
 def diagonal(values: np.ndarray) -> sp.csr_array:
     n = len(values)
     idx = np.arange(n, dtype=index_dtype(n + 1))
-    return sp.csr_array((values.astype(np.float32), idx, np.arange(n + 1, dtype=idx.dtype)),
+    return sp.csr_array((values.astype(real()), idx, np.arange(n + 1, dtype=idx.dtype)),
                         shape=(n, n))
 
 
@@ -38,7 +39,7 @@ def selection(indices: np.ndarray, n_in: int) -> sp.csr_array:
     """The matrix with row r holding a single 1 in column ``indices[r]``."""
     n = len(indices)
     dt = index_dtype(n + 1, n_in)
-    return sp.csr_array((np.ones(n, np.float32), indices.astype(dt), np.arange(n + 1, dtype=dt)),
+    return sp.csr_array((np.ones(n, real()), indices.astype(dt), np.arange(n + 1, dtype=dt)),
                         shape=(n, n_in))
 
 
@@ -73,7 +74,7 @@ def pad_map(shape: Shape, pads, value: float) -> LinearMap:
     kept = source >= 0
     dt = index_dtype(len(source) + 1, n)
     indptr = np.concatenate([[0], np.cumsum(kept)]).astype(dt)
-    w = sp.csr_array((np.ones(int(kept.sum()), np.float32), source[kept].astype(dt), indptr),
+    w = sp.csr_array((np.ones(int(kept.sum()), real()), source[kept].astype(dt), indptr),
                      shape=(len(source), n))
     bias = np.where(kept, 0.0, value) if value else None
     return w, bias
@@ -143,7 +144,7 @@ def avgpool_matrix(in_shape, attrs) -> sp.csr_array:
     dt = index_dtype(members.size, n_in)
     indptr = np.zeros(len(members) + 1, dtype=dt)
     np.cumsum(per_row, out=indptr[1:])
-    return sp.csr_array((weights[valid].astype(np.float32), members[valid].astype(dt), indptr),
+    return sp.csr_array((weights[valid].astype(real()), members[valid].astype(dt), indptr),
                         shape=(len(members), n_in))
 
 

@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from .graph import Graph, Shape
 from .linear import diagonal, to_csr
 from .ops import ACTIVATIONS
+from .precision import real
 
 #: IR activation op → the MLP's activation name
 ACTIVATION_NAMES = {"Relu": "relu", "LeakyRelu": "leaky_relu", "Sigmoid": "sigmoid",
@@ -29,8 +30,8 @@ Segment = tuple[int, int, str, float]
 
 @dataclass
 class MlpLayer:
-    weight: sp.csr_array          # (n_out, n_in), float32
-    bias: np.ndarray              # (n_out,), float32
+    weight: sp.csr_array          # (n_out, n_in), float32 (float64 for a double model)
+    bias: np.ndarray              # (n_out,), the weight's dtype
     activation: str = "identity"  # "mixed" when ``segments`` gives one per run of neurons
     alpha: float = 0.0            # negative slope of leaky_relu
     segments: tuple[Segment, ...] | None = None
@@ -52,6 +53,11 @@ class Mlp:
     output_shape: Shape
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def dtype(self) -> np.dtype:
+        """The precision the weights are stored in, float32 or float64."""
+        return np.dtype(self.layers[0].weight.dtype)
+
     @classmethod
     def from_graph(cls, graph: Graph, output_shape: Shape | None = None) -> "Mlp":
         """Read a lowered graph: a chain of Dense nodes, each optionally followed by one
@@ -63,15 +69,15 @@ class Mlp:
             if list(node.inputs) != [current]:
                 raise NotAnMlpError(f"node {node.name} ({node.op}) is not part of a chain")
             if node.op == "Dense":
-                w = to_csr(node.attrs["weight"]).astype(np.float32, copy=False)
+                w = to_csr(node.attrs["weight"]).astype(real(), copy=False)
                 b = node.attrs.get("bias")
-                b = np.zeros(w.shape[0], np.float32) if b is None else np.asarray(b, np.float32)
+                b = np.zeros(w.shape[0], real()) if b is None else np.asarray(b, real())
                 layers.append(MlpLayer(w, b, carried=int(node.attrs.get("carried", 0))))
                 open_layer = True
             elif node.op in ACTIVATION_NAMES or node.op == "MixedActivation":
                 if not open_layer:
                     n = graph.values[current].size
-                    layers.append(MlpLayer(diagonal(np.ones(n)), np.zeros(n, np.float32)))
+                    layers.append(MlpLayer(diagonal(np.ones(n)), np.zeros(n, real())))
                 if node.op == "MixedActivation":
                     layers[-1].activation = "mixed"
                     layers[-1].segments = tuple(
@@ -87,7 +93,7 @@ class Mlp:
             current = node.output
         if not layers:
             n = graph.values[graph.input].size
-            layers.append(MlpLayer(diagonal(np.ones(n)), np.zeros(n, np.float32)))
+            layers.append(MlpLayer(diagonal(np.ones(n)), np.zeros(n, real())))
         return cls(layers, graph.shape(graph.input), output_shape or graph.shape(graph.output),
                    list(graph.notes))
 

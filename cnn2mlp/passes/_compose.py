@@ -8,6 +8,7 @@ import scipy.sparse as sp
 
 from ..ir import Graph, Node
 from ..ir.linear import LinearMap, to_csr
+from ..ir.precision import real
 
 
 def nnz(w) -> int:
@@ -40,7 +41,7 @@ def compose(first: LinearMap, second: LinearMap) -> LinearMap:
         bias = np.asarray(to_csr(w2) @ np.asarray(b1, np.float64), np.float64)
     if b2 is not None:
         bias = np.asarray(b2, np.float64) if bias is None else bias + b2
-    return w.astype(np.float32), (None if bias is None else bias.astype(np.float32))
+    return w.astype(real()), (None if bias is None else bias.astype(real()))
 
 
 def dense_map(node: Node) -> LinearMap:

@@ -7,6 +7,7 @@ import numpy as np
 from ..ir import Graph, Node
 from ..ir.analysis import interval_bounds, lipschitz_inf
 from ..ir.linear import avgpool_matrix, diagonal
+from ..ir.precision import real
 from .base import Pass, PassContext, register_pass
 
 #: unit roundoffs (weights are stored in float32)
@@ -104,13 +105,13 @@ def error_bound(activation: str, eps: float, zmax: float, ctx: PassContext) -> f
 def linearize(graph: Graph, node: Node, pool, activation: str, eps: float) -> None:
     f0, f1, _ = SERIES[activation]
     scaled = graph.insert_node_before(node, "Dense", [node.input],
-                                      {"weight": (pool * eps).astype(np.float32), "bias": None},
+                                      {"weight": (pool * eps).astype(real()), "bias": None},
                                       name=f"{node.name}_scaled")
     act = graph.insert_node_before(node, activation, [scaled.output], name=f"{node.name}_act")
     n = pool.shape[0]
     node.op, node.inputs = "Dense", [act.output]
     node.attrs = {"weight": diagonal(np.full(n, 1.0 / (eps * f1))),
-                  "bias": np.full(n, -f0 / (eps * f1), np.float32) if f0 else None,
+                  "bias": np.full(n, -f0 / (eps * f1), real()) if f0 else None,
                   "out_shape": graph.shape(node.output), "fuse_with_next": True}
 
 
@@ -129,7 +130,7 @@ def exact_under_relu(graph: Graph, node: Node, pool, nonneg: bool) -> None:
     dense = graph.insert_node_before(node, "Dense", [node.input], {"weight": both, "bias": None},
                                      name=f"{node.name}_pool")
     relu = graph.insert_node_before(node, "Relu", [dense.output], name=f"{node.name}_relu")
-    eye = sp.identity(n, dtype=np.float32, format="csr")
+    eye = sp.identity(n, dtype=real(), format="csr")
     node.op, node.inputs = "Dense", [relu.output]
     node.attrs = {"weight": sp.hstack([eye, -eye], format="csr"), "bias": None,
                   "out_shape": out_shape, "fuse_with_next": True}

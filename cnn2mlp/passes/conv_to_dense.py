@@ -8,6 +8,7 @@ import scipy.sparse as sp
 from ..ir import Graph, Node
 from ..ir.geometry import combined_mask, flat_input_pixel, window_axes
 from ..ir.linear import index_dtype
+from ..ir.precision import real
 from .base import Pass, PassContext, register_pass
 
 
@@ -94,8 +95,8 @@ def conv_matrix(kernel: np.ndarray, bias: np.ndarray | None, in_shape, strides, 
     pattern = len(row_cols)
     nnz = n_out * pattern
     dt = index_dtype(nnz, c_in * n_pix, n_out * n_pos)
-    data = np.empty(nnz, dtype=np.float32)
-    np.take(kernel.reshape(n_out, -1).astype(np.float32, copy=False), row_taps, axis=1,
+    data = np.empty(nnz, dtype=real())
+    np.take(kernel.reshape(n_out, -1).astype(real(), copy=False), row_taps, axis=1,
             out=data.reshape(n_out, pattern))
     indices = np.empty(nnz, dtype=dt)
     group_start = (np.arange(n_out) // (n_out // group)) * (c_group * n_pix)
@@ -106,7 +107,7 @@ def conv_matrix(kernel: np.ndarray, bias: np.ndarray | None, in_shape, strides, 
 
     weight = sp.csr_array((data, indices, indptr), shape=(n_out * n_pos, c_in * n_pix))
     weight.has_sorted_indices = True
-    out_bias = None if bias is None else np.repeat(np.asarray(bias, np.float32), n_pos)
+    out_bias = None if bias is None else np.repeat(np.asarray(bias, real()), n_pos)
     return weight, out_bias, (n_out,) + out_spatial
 
 

@@ -5,6 +5,7 @@ import scipy.sparse as sp
 
 from ..ir import Graph, Node
 from ..ir.ops import batchnorm_affine
+from ..ir.precision import real
 from .base import Pass, PassContext, register_pass
 
 
@@ -44,8 +45,8 @@ def fold_into_conv(conv: Node, bn: Node) -> None:
     bias = conv.attrs.get("bias")
     bias = np.zeros(len(scale)) if bias is None else bias.astype(np.float64)
     conv.attrs["kernel"] = (kernel * scale.reshape((-1,) + (1,) * (kernel.ndim - 1))
-                            ).astype(np.float32)
-    conv.attrs["bias"] = (bias * scale + shift).astype(np.float32)
+                            ).astype(real())
+    conv.attrs["bias"] = (bias * scale + shift).astype(real())
 
 
 def fold_into_dense(graph: Graph, dense: Node, bn: Node) -> None:
@@ -56,9 +57,9 @@ def fold_into_dense(graph: Graph, dense: Node, bn: Node) -> None:
     w = dense.attrs["weight"]
     if sp.issparse(w):
         w = sp.csr_array(w)
-        w.data = (w.data * np.repeat(scale, np.diff(w.indptr))).astype(np.float32)
+        w.data = (w.data * np.repeat(scale, np.diff(w.indptr))).astype(real())
     else:
-        w = (w * scale[:, None]).astype(np.float32)
+        w = (w * scale[:, None]).astype(real())
     bias = dense.attrs.get("bias")
     bias = np.zeros(len(scale)) if bias is None else bias.astype(np.float64)
-    dense.attrs["weight"], dense.attrs["bias"] = w, (bias * scale + shift).astype(np.float32)
+    dense.attrs["weight"], dense.attrs["bias"] = w, (bias * scale + shift).astype(real())

@@ -10,6 +10,7 @@ from ..ir import Graph, Node, get_op
 from ..ir.analysis import interval_bounds
 from ..ir.linear import index_dtype, selection, to_csr
 from ..ir.ops import ALPHA_OPS, sum_coeffs
+from ..ir.precision import real
 from .base import Pass, PassContext, register_pass
 
 #: ops that are linear maps of their inputs once the chain passes ran
@@ -92,7 +93,7 @@ class Affine:
 def product(a: sp.csr_array, b: sp.csr_array) -> sp.csr_array:
     out = sp.csr_array(a.astype(np.float64) @ b.astype(np.float64))
     out.sum_duplicates()
-    return out.astype(np.float32)
+    return out.astype(real())
 
 
 def add_affines(parts: list[tuple[sp.csr_array, Affine]], size: int) -> Affine:
@@ -111,14 +112,14 @@ def add_affines(parts: list[tuple[sp.csr_array, Affine]], size: int) -> Affine:
 def linear_affine(graph: Graph, node: Node, args: list[Affine]) -> Affine:
     size = graph.values[node.output].size
     if node.op == "Dense":
-        w = to_csr(node.attrs["weight"]).astype(np.float32, copy=False)
+        w = to_csr(node.attrs["weight"]).astype(real(), copy=False)
         out = args[0].map(w)
         b = node.attrs.get("bias")
         if b is not None:
             out.bias = np.asarray(b, np.float64) + (0 if out.bias is None else out.bias)
         return out
     if node.op == "Sum":
-        return add_affines([(sp.identity(a.size, np.float32, "csr") * np.float32(c), a)
+        return add_affines([(sp.identity(a.size, real(), "csr") * real().type(c), a)
                             for c, a in zip(sum_coeffs(node), args)], size)
     if node.op == "Concat":
         return add_affines(list(zip(concat_placements(graph, node), args)), size)
@@ -140,7 +141,7 @@ def concat_placements(graph: Graph, node: Node) -> list[sp.csr_array]:
         index[axis] = slice(start, start + shape[axis])
         rows = grid[tuple(index)].ravel()
         n_in = len(rows)
-        placements.append(sp.csr_array((np.ones(n_in, np.float32), (rows, np.arange(n_in))),
+        placements.append(sp.csr_array((np.ones(n_in, real()), (rows, np.arange(n_in))),
                                        shape=(n_out, n_in)))
         start += shape[axis]
     return placements
@@ -257,8 +258,8 @@ class Emitter:
         for k in range(1, plan.layers + 1):
             blocks, placed = self.layer_blocks(k, reads, width)
             reads, width = self.reconstruction(blocks, placed)
-            weight = sp.vstack([b.weight for b in blocks], format="csr").astype(np.float32)
-            bias = np.concatenate([b.bias for b in blocks]).astype(np.float32)
+            weight = sp.vstack([b.weight for b in blocks], format="csr").astype(real())
+            bias = np.concatenate([b.bias for b in blocks]).astype(real())
             rows = np.concatenate([np.full(b.weight.shape[0], b.carried) for b in blocks])
             segs = segments(blocks)
             del blocks
@@ -271,7 +272,7 @@ class Emitter:
         if plan.final_linear:
             weight, bias = self.combine(plan.output, reads, width)
             current = graph.add_node("Dense", [current], {
-                "weight": weight.astype(np.float32), "bias": bias.astype(np.float32),
+                "weight": weight.astype(real()), "bias": bias.astype(real()),
                 "out_shape": out_shape}, name="output").output
         elif graph.shape(current) != out_shape:
             current = graph.add_node("Reshape", [current], {"shape": out_shape}).output
@@ -367,7 +368,7 @@ class Emitter:
             part = read_matrix(reads[s], width) if m is None else place(m, reads[s], width)
             weight = part if weight is None else sp.csr_array(weight + part)
         if weight is None:
-            weight = sp.csr_array((affine.size, width), dtype=np.float32)
+            weight = sp.csr_array((affine.size, width), dtype=real())
         bias = np.zeros(affine.size) if affine.bias is None else np.asarray(affine.bias)
         return weight, bias
 
@@ -386,7 +387,7 @@ def place(m: sp.csr_array, read, width: int) -> sp.csr_array:
     for offset, coeff, subset in read[1]:
         sub = to_csr(m) if subset is None else sp.csr_array(to_csr(m)[:, subset])
         if coeff != 1.0:
-            sub = sub * np.float32(coeff)
+            sub = sub * real().type(coeff)
         parts.append(shift_columns(sub, offset, width))
     out = parts[0]
     for part in parts[1:]:
@@ -402,7 +403,7 @@ def read_matrix(read, width: int) -> sp.csr_array:
         entries = np.arange(n) if subset is None else subset
         rows.append(entries)
         cols.append(offset + np.arange(len(entries)))
-        vals.append(np.full(len(entries), coeff, np.float32))
+        vals.append(np.full(len(entries), coeff, real()))
     return sp.csr_array((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                         shape=(n, width))
 

@@ -8,6 +8,7 @@ import scipy.sparse as sp
 from ..ir import Graph, Node
 from ..ir.analysis import interval_bounds
 from ..ir.linear import selection, window_members
+from ..ir.precision import real
 from .base import Pass, PassContext, register_pass
 
 
@@ -112,7 +113,7 @@ def pair_up(candidates: np.ndarray, n_values: int, nonneg: np.ndarray) -> Step:
     next_candidates = np.full(a.shape, -1, dtype=np.int64)
     next_candidates[present] = inverse
     next_nonneg = nonneg[ia] | np.where(is_pair, nonneg[np.maximum(ib, 0)], False)
-    return Step(pre.astype(np.float32), post.astype(np.float32), next_candidates, next_nonneg,
+    return Step(pre.astype(real()), post.astype(real()), next_candidates, next_nonneg,
                 n_items)
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from ..ir import Graph
+from ..ir.precision import working_precision
 from .base import PassContext, get_pass
 
 DEFAULT_PIPELINES: dict[str, list[str]] = {
@@ -148,12 +149,13 @@ class Pipeline:
         which pass starts (progress), ``after_each(name, graph)`` sees each result."""
         ctx = ctx or PassContext()
         report = PipelineReport()
-        for index, name in enumerate(self.passes):
-            if before_each is not None:
-                before_each(index, len(self.passes), name)
-            start = time.perf_counter()
-            rewrites = get_pass(name).run(graph, ctx)
-            report.records.append(PassRecord(name, time.perf_counter() - start, rewrites))
-            if after_each is not None:
-                after_each(name, graph)
+        with working_precision(graph.dtype):  # weights are rounded to the model's precision
+            for index, name in enumerate(self.passes):
+                if before_each is not None:
+                    before_each(index, len(self.passes), name)
+                start = time.perf_counter()
+                rewrites = get_pass(name).run(graph, ctx)
+                report.records.append(PassRecord(name, time.perf_counter() - start, rewrites))
+                if after_each is not None:
+                    after_each(name, graph)
         return report

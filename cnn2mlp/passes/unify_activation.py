@@ -7,6 +7,7 @@ from ..errors import CompileError
 from ..ir import Graph, Node, get_op
 from ..ir.analysis import interval_bounds
 from ..ir.linear import to_csr
+from ..ir.precision import real
 from .avgpool_linearize import best_epsilon, error_bound
 from .base import Pass, PassContext, register_pass
 
@@ -69,7 +70,7 @@ def read_chain(graph: Graph) -> list[list[Node | None]]:
             if not layers or layers[-1][1] is not None:
                 n = graph.values[current].size
                 dense = graph.insert_node_before(node, "Dense", [current],
-                                                 {"weight": sp.identity(n, np.float32, "csr"),
+                                                 {"weight": sp.identity(n, real(), "csr"),
                                                   "bias": None}, name=f"{node.name}_in")
                 node.inputs = [dense.output]
                 layers.append([dense, None])
@@ -82,7 +83,7 @@ def read_chain(graph: Graph) -> list[list[Node | None]]:
         current = node.output
     if not layers:
         n = graph.values[graph.input].size
-        layers.append([graph.append("Dense", {"weight": sp.identity(n, np.float32, "csr"),
+        layers.append([graph.append("Dense", {"weight": sp.identity(n, real(), "csr"),
                                               "bias": None}), None])
     return layers
 
@@ -130,8 +131,8 @@ def sigmoid_to_tanh(graph, layers, out_scale, out_shift):
             w = to_csr(nxt.attrs["weight"]).astype(np.float64)
             bias = np.zeros(w.shape[0]) if nxt.attrs.get("bias") is None else \
                 np.asarray(nxt.attrs["bias"], np.float64)
-            nxt.attrs["bias"] = (bias + 0.5 * np.asarray(w.sum(axis=1)).ravel()).astype(np.float32)
-            nxt.attrs["weight"] = (0.5 * w).astype(np.float32)
+            nxt.attrs["bias"] = (bias + 0.5 * np.asarray(w.sum(axis=1)).ravel()).astype(real())
+            nxt.attrs["weight"] = (0.5 * w).astype(real())
         else:
             out_shift = out_shift + 0.5 * out_scale
             out_scale = 0.5 * out_scale
@@ -149,7 +150,7 @@ def relu_layers_to_leaky(graph, layers, alpha: float) -> None:
         act.op, act.attrs = "LeakyRelu", {"alpha": alpha}
         nxt = layers[i + 1][0]
         w2 = to_csr(nxt.attrs["weight"]).astype(np.float64) / (1.0 - alpha * alpha)
-        nxt.attrs["weight"] = sp.hstack([w2, alpha * w2], format="csr").astype(np.float32)
+        nxt.attrs["weight"] = sp.hstack([w2, alpha * w2], format="csr").astype(real())
 
 
 def mirror_rows(graph: Graph, dense: Node) -> None:
@@ -164,10 +165,10 @@ def mirror_rows(graph: Graph, dense: Node) -> None:
 
 def scale_rows(dense: Node, factor: float) -> None:
     dense.attrs["weight"] = (to_csr(dense.attrs["weight"]).astype(np.float64) * factor
-                             ).astype(np.float32)
+                             ).astype(real())
     if dense.attrs.get("bias") is not None:
         dense.attrs["bias"] = (np.asarray(dense.attrs["bias"], np.float64) * factor
-                               ).astype(np.float32)
+                               ).astype(real())
 
 
 def make_hidden_layers_nonlinear(graph, layers, activation, alpha) -> None:
@@ -183,7 +184,7 @@ def make_hidden_layers_nonlinear(graph, layers, activation, alpha) -> None:
         nxt = layers[i + 1][0]
         nxt.inputs = [act_node.output]
         w2 = to_csr(nxt.attrs["weight"]) / (1.0 + (alpha if activation == "LeakyRelu" else 0.0))
-        nxt.attrs["weight"] = sp.hstack([w2, -w2], format="csr").astype(np.float32)
+        nxt.attrs["weight"] = sp.hstack([w2, -w2], format="csr").astype(real())
         layers[i][1] = act_node
 
 
@@ -196,8 +197,8 @@ def activate_output(graph, ctx, dense, activation, alpha, out_scale, out_shift):
         shift = np.maximum(0.0, -z_lo)
         shift = shift + 1e-6 * (1.0 + shift)  # margin for float rounding of the bound
         bias = dense.attrs.get("bias")
-        bias = np.zeros(len(shift), np.float32) if bias is None else np.asarray(bias, np.float32)
-        shifted = (bias.astype(np.float64) + shift).astype(np.float32)
+        bias = np.zeros(len(shift), real()) if bias is None else np.asarray(bias, real())
+        shifted = (bias.astype(np.float64) + shift).astype(real())
         dense.attrs["bias"] = shifted
         # Biases are stored in float32: undo exactly the shift that was stored.
         shift = shifted.astype(np.float64) - bias.astype(np.float64)
@@ -239,8 +240,8 @@ def pad_single_neuron_layers(graph: Graph) -> None:
         dense.attrs["weight"] = sp.vstack([w, sp.csr_array((1, w.shape[1]), dtype=w.dtype)],
                                           format="csr")
         b = dense.attrs.get("bias")
-        dense.attrs["bias"] = np.concatenate([np.zeros(1, np.float32) if b is None else b,
-                                              np.zeros(1, np.float32)])
+        dense.attrs["bias"] = np.concatenate([np.zeros(1, real()) if b is None else b,
+                                              np.zeros(1, real())])
         dense.attrs.pop("out_shape", None)
         graph.values[dense.output].shape = (2,)
         act = graph.single_consumer(dense.output)

@@ -77,7 +77,8 @@ def find_groups(data_all, indices, indptr):
 
 def row_keys(matrix: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """A 64-bit key per row: a random linear hash of its bits, in chunks of rows."""
-    words = matrix.view(np.uint32) if matrix.dtype == np.float32 else matrix
+    bits = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
+    words = matrix.view(bits[matrix.dtype]) if matrix.dtype in bits else matrix
     weights = np.random.default_rng(20261126).integers(1, 2**62, words.shape[1],
                                                         dtype=np.uint64)
     keys = np.empty(len(words), np.uint64)

@@ -5,13 +5,14 @@ import numpy as np
 import onnx
 
 from ...ir.geometry import same_pads
+from ...ir.precision import real
 from .importer import OnnxImporter, as_str, attr, converter
 
 
 @converter("Conv")
 def convert_conv(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     x = imp.data(node)
-    kernel = np.asarray(imp.const(node, 1), dtype=np.float32)
+    kernel = np.asarray(imp.const(node, 1), dtype=real())
     bias = imp.const(node, 2, optional=True)
     spatial = imp.graph.shape(x)[1:]
     nd = kernel.ndim - 2
@@ -23,7 +24,7 @@ def convert_conv(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     strides = tuple(attr(node, "strides", [1] * nd))
     dilations = tuple(attr(node, "dilations", [1] * nd))
     pads = window_pads(imp, node, spatial, ks, strides, dilations)
-    attrs = {"kernel": kernel, "bias": None if bias is None else np.asarray(bias, np.float32),
+    attrs = {"kernel": kernel, "bias": None if bias is None else np.asarray(bias, real()),
              "strides": strides, "pads": pads, "dilations": dilations,
              "group": int(attr(node, "group", 1))}
     imp.emit(node, "Conv", [x], attrs, output=node.output[0])
@@ -57,7 +58,7 @@ def convert_conv_transpose(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     from ...passes.conv_to_dense import conv_transpose_matrix
 
     x = imp.data(node)
-    kernel = np.asarray(imp.const(node, 1), np.float32)
+    kernel = np.asarray(imp.const(node, 1), real())
     bias = imp.const(node, 2, optional=True)
     c_in, spatial = imp.graph.shape(x)[0], imp.graph.shape(x)[1:]
     nd = len(spatial)
@@ -81,7 +82,7 @@ def convert_conv_transpose(imp: OnnxImporter, node: onnx.NodeProto) -> None:
                                        pads, dilations, group)
     except ValueError as exc:
         imp.fail(node, str(exc))
-    out_bias = None if bias is None else np.repeat(np.asarray(bias, np.float32),
+    out_bias = None if bias is None else np.repeat(np.asarray(bias, real()),
                                                    int(np.prod(out_spatial)))
     imp.emit(node, "Dense", [x], {"weight": weight, "bias": out_bias,
                                   "out_shape": (c_out,) + out_spatial}, output=node.output[0])

@@ -18,6 +18,7 @@ from onnx import numpy_helper
 
 from ...errors import CompileError, UnsupportedOpError
 from ...ir import Graph
+from ...ir.precision import working_precision
 from .patterns import fuse_patterns
 
 #: Stands for the batch size inside folded shape computations.
@@ -173,8 +174,9 @@ class OnnxImporter:
                                "with --output-tensor)")
         out = self.output_name or g.output[0].name
         nodes = fuse_patterns(list(g.node), self._scalar_lookup(g.node))
-        for node in needed_nodes(nodes, out):  # nodes the output does not need are never read
-            self._convert(node)
+        with working_precision(self.graph.dtype):
+            for node in needed_nodes(nodes, out):  # nodes the output does not need are not read
+                self._convert(node)
         if out in self.consts:
             raise CompileError(f"{self.source}: the output {out!r} does not depend on the input")
         if out not in self.graph.values:
@@ -232,7 +234,10 @@ class OnnxImporter:
             dims = [None] + [None] * len(self.user_shape or ())
         self.batch_is_one = dims[0] == 1
         sample = self._resolve_input_dims(value.name, dims[1:])
-        return Graph(value.name, sample)
+        graph = Graph(value.name, sample)
+        if ttype.elem_type == onnx.TensorProto.DOUBLE:  # a double model stays double
+            graph.dtype = np.dtype(np.float64)
+        return graph
 
     def _resolve_input_dims(self, name: str, dims: list[int | None]) -> tuple[int, ...]:
         if self.user_shape is None:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import onnx
 
+from ...ir.precision import real
 from .importer import BATCH, OnnxImporter, as_str, attr, converter
 
 
@@ -296,6 +297,6 @@ def linear_by_reference(imp: OnnxImporter, node: onnx.NodeProto, x: str) -> None
         columns.append(sp.csr_array(response.reshape(count, n_out) - bias))
     weight = sp.csr_array(sp.vstack(columns).T)
     weight.eliminate_zeros()
-    imp.emit(node, "Dense", [x], {"weight": weight.astype(np.float32),
-                                  "bias": bias.astype(np.float32) if bias.any() else None,
+    imp.emit(node, "Dense", [x], {"weight": weight.astype(real()),
+                                  "bias": bias.astype(real()) if bias.any() else None,
                                   "out_shape": probe.shape[1:]}, output=node.output[0])

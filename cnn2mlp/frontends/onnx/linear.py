@@ -6,6 +6,7 @@ import math
 import numpy as np
 import onnx
 
+from ...ir.precision import real
 from .importer import OnnxImporter, as_str, attr, converter
 
 
@@ -27,8 +28,8 @@ def convert_gemm(imp: OnnxImporter, node: onnx.NodeProto) -> None:
             imp.fail(node, f"C of shape {c.shape} varies along the batch axis")
         bias = attr(node, "beta", 1.0) * np.broadcast_to(c.reshape(-1) if c.ndim else c,
                                                          (weight.shape[0],))
-    imp.emit(node, "Dense", [x], {"weight": weight.astype(np.float32),
-                                  "bias": None if bias is None else bias.astype(np.float32)},
+    imp.emit(node, "Dense", [x], {"weight": weight.astype(real()),
+                                  "bias": None if bias is None else bias.astype(real())},
              output=node.output[0])
 
 
@@ -38,7 +39,7 @@ def convert_matmul(imp: OnnxImporter, node: onnx.NodeProto) -> None:
         convert_matmul_left(imp, node)
         return
     x = imp.data(node)
-    b = np.asarray(imp.const(node, 1), np.float32)
+    b = np.asarray(imp.const(node, 1), real())
     sample = imp.graph.shape(x)
     if b.ndim != 2 or not sample or sample[-1] != b.shape[0]:
         imp.fail(node, f"multiplies (N,{sample}) by a constant of shape {b.shape}; "
@@ -47,7 +48,7 @@ def convert_matmul(imp: OnnxImporter, node: onnx.NodeProto) -> None:
 
     rows = math.prod(sample[:-1])
     imp.check_size(node, rows * int(np.count_nonzero(b)))
-    weight = b.T if rows == 1 else sp.kron(sp.identity(rows, np.float32, "csr"),
+    weight = b.T if rows == 1 else sp.kron(sp.identity(rows, real(), "csr"),
                                            sp.csr_array(b.T), format="csr")
     imp.emit(node, "Dense", [x], {"weight": weight, "bias": None,
                                   "out_shape": sample[:-1] + (b.shape[1],)},
@@ -58,7 +59,7 @@ def convert_matmul_left(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     """``C @ X`` per sample, for X of sample shape (b, m): the matrix kron(C, I_m)."""
     import scipy.sparse as sp
 
-    c = np.asarray(imp.const(node, 0), np.float32)
+    c = np.asarray(imp.const(node, 0), real())
     x = imp.data(node, 1)
     sample = imp.graph.shape(x)
     if c.ndim != 2 or len(sample) != 2 or sample[0] != c.shape[1]:
@@ -66,8 +67,8 @@ def convert_matmul_left(imp: OnnxImporter, node: onnx.NodeProto) -> None:
                        "matrix times a per-sample matrix is supported")
     m = sample[1]
     imp.check_size(node, m * int(np.count_nonzero(c)))
-    weight = sp.kron(sp.csr_array(c), sp.identity(m, np.float32, "csr"), format="csr")
-    imp.emit(node, "Dense", [x], {"weight": weight.astype(np.float32), "bias": None,
+    weight = sp.kron(sp.csr_array(c), sp.identity(m, real(), "csr"), format="csr")
+    imp.emit(node, "Dense", [x], {"weight": weight.astype(real()), "bias": None,
                                   "out_shape": (c.shape[0], m)}, output=node.output[0])
 
 

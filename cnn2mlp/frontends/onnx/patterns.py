@@ -153,7 +153,7 @@ def fuse_erf_gelu(graph: PatternGraph, node: onnx.NodeProto):
         match = next(((s1, x) for s1, x in graph.scale_chain(side) if x in xs), None)
         if match is None:
             continue
-        (s1, value), factor = match, 2.0 * match[0] * s2
+        value, factor = match[1], 2.0 * match[0] * s2
         name = node.name or node.output[0]
         if factor == 1.0:
             return [helper.make_node("Gelu", [value], [node.output[0]], name=name + "_gelu")]
