@@ -16,6 +16,25 @@ from typing import IO, Iterator
 from .errors import CompileError
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind (removing staged files) and exit."""
+
+
+_termination = {"requested": False}
+
+
+def request_termination() -> None:
+    """Record SIGTERM. The handler also raises :class:`Terminated`, but an exception raised
+    by a signal handler can be swallowed where it lands (inside an import, CPython's
+    compile() loses it), so commits check this flag too: nothing is committed after it."""
+    _termination["requested"] = True
+
+
+def raise_if_terminated() -> None:
+    if _termination["requested"]:
+        raise Terminated()
+
+
 def check_writable(path: str | Path) -> None:
     """Fail early, before any work, if ``path`` cannot be written as a regular file."""
     path = Path(path)
@@ -64,6 +83,7 @@ class StagedOutputs:
                 self.staged.pop()
 
     def commit(self) -> None:
+        raise_if_terminated()
         mode = 0o666 & ~_umask()  # staged files are 0600; give the usual mode
         for tmp, _ in self.staged:
             os.chmod(tmp, mode)

@@ -7,6 +7,7 @@ from typing import Callable
 
 import numpy as np
 
+from ._io import raise_if_terminated
 from .errors import CompileError
 
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -64,7 +65,7 @@ def random_inputs(shape: tuple[int, ...], n: int, low: float = 0.0, high: float 
     return np.random.default_rng(seed).uniform(low, high, (n,) + tuple(shape)).astype(dtype)
 
 
-def onnx_runner(model_path, output: str | None = None) -> Runner:
+def onnx_runner(model_path, output: str | None = None, batchless: bool = False) -> Runner:
     """onnxruntime on the original ONNX file (or an in-memory ModelProto), fed the batch (one sample at a time if the
     model fixes the batch to 1). ``output`` names an inner tensor to return instead of the
     model's output (the logits when the compiler dropped a final Softmax)."""
@@ -98,15 +99,20 @@ def onnx_runner(model_path, output: str | None = None) -> Runner:
     feed = session.get_inputs()[0]
     fetch = [output] if output is not None else None
     batch = feed.shape[0] if feed.shape and isinstance(feed.shape[0], int) else None
+    batch = None if batchless else batch  # a sample is the whole input: no chunking
     dtype = np.float64 if feed.type == "tensor(double)" else (
         np.float16 if feed.type == "tensor(float16)" else np.float32)
+
+    def run_chunk(chunk: np.ndarray) -> np.ndarray:
+        raise_if_terminated()  # many short calls: stop promptly after SIGTERM
+        return session.run(fetch, {feed.name: chunk})[0]
 
     def run(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype)
         try:
             if batch:  # the model fixes the batch size: run in chunks of it, padding the last
                 padded = np.concatenate([x, np.zeros((-len(x) % batch,) + x.shape[1:], x.dtype)])
-                return np.concatenate([session.run(fetch, {feed.name: padded[i:i + batch]})[0]
+                return np.concatenate([run_chunk(padded[i:i + batch])
                                        for i in range(0, len(padded), batch)])[:len(x)]
             return session.run(fetch, {feed.name: x})[0]
         except Exception as exc:
@@ -180,13 +186,18 @@ def keras_runner(model_path: str | Path, layer: str | None = None) -> Runner:
 
 
 def reference_runner(model_path: str | Path, logits: str | None = None,
-                     output_tensor: str | None = None) -> tuple[Runner, bool]:
+                     output_tensor: str | None = None,
+                     batchless: bool = False) -> tuple[Runner, bool]:
     """The original model's own runtime, and whether it returns the logits when the
     compiler dropped a final softmax (onnxruntime can; Keras and TensorFlow cannot).
-    ``output_tensor`` (--output-tensor) is read instead of the model's output."""
+    ``output_tensor`` (--output-tensor) is read instead of the model's output. A model
+    without a batch axis (``batchless``) is run one sample at a time."""
     from .frontends import model_kind
 
     kind = model_kind(model_path)
+    if kind == "onnx" and batchless:
+        return per_sample(onnx_runner(model_path, logits or output_tensor,
+                                      batchless=True)), True
     if kind == "onnx":
         return onnx_runner(model_path, logits or output_tensor), True
     if kind == "keras":
@@ -203,6 +214,19 @@ def reference_runner(model_path: str | Path, logits: str | None = None,
 
         return tflite_runner(Path(model_path)), False
     raise CompileError(f"{model_path}: --check has no reference runtime for a frozen .pb")
+
+
+def per_sample(run: Runner) -> Runner:
+    """A runner for a model without a batch axis, fed a batch one sample at a time."""
+    def batched(x: np.ndarray) -> np.ndarray:
+        outputs = []
+        for sample in np.asarray(x):
+            raise_if_terminated()
+            outputs.append(np.asarray(run(sample)))
+        return np.stack(outputs)
+
+    batched.reference = getattr(run, "reference", "")
+    return batched
 
 
 def softmax(y: np.ndarray) -> np.ndarray:

@@ -19,7 +19,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import __version__
-from ._io import StagedOutputs, check_writable, destination
+from ._io import (
+    StagedOutputs,
+    Terminated,
+    check_writable,
+    destination,
+    raise_if_terminated,
+    request_termination,
+)
 from .backends import target_for
 from .check import Comparison, compare, random_inputs, reference_runner, softmax
 from .errors import CompileError
@@ -52,6 +59,7 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
                   allow_non_finite: bool = False,
                   max_bytes: int | None = None,
                   output_tensor: str | None = None,
+                  batch_axis: str = "auto",
                   show_progress: bool = False) -> CompileResult:
     """Compile ``model`` into an MLP; write it to ``output`` when given. ``output_tensor``
     names a tensor (ONNX) or layer (Keras) to compile up to instead of the model's output."""
@@ -60,7 +68,8 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
     if output is not None:
         check_writable(output)
     start = time.perf_counter()
-    graph = load_model(model, input_shape, allow_non_finite, max_bytes, output_tensor)
+    graph = load_model(model, input_shape, allow_non_finite, max_bytes, output_tensor,
+                       batch_axis)
     seconds["frontend"] = time.perf_counter() - start
     if not allow_non_finite:
         refuse_non_finite(graph, model, "in the model")
@@ -440,6 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-tensor", metavar="TENSOR",
                    help="compile up to this tensor (ONNX) or layer (Keras) instead of the "
                         "model's output, e.g. the logits before an ArgMax")
+    p.add_argument("--batch-axis", choices=["auto", "0", "none"], default="auto",
+                   help="ONNX: whether the input's first axis is the batch (0) or the whole "
+                        "input is one sample (none, as in W @ x models); auto: a symbolic or "
+                        "size-1 first axis is the batch, a fixed vector or fixed first axis "
+                        "above 1 is one sample")
     p.add_argument("--carry", choices=["activation", "identity"], default="activation",
                    help="DAGs: carry skipped values with the layer's own activation (ReLU: "
                         "1 or 2 neurons) or with identity neurons (1, per-neuron activation)")
@@ -486,7 +500,8 @@ def run_cli(args: argparse.Namespace) -> int:
     result = compile_model(args.model, None, target=target, input_shape=args.input_shape,
                            passes=passes, ctx=ctx, print_ir=args.print_ir_after_all,
                            allow_non_finite=args.allow_non_finite, max_bytes=args.max_bytes,
-                           output_tensor=args.output_tensor, show_progress=not args.quiet)
+                           output_tensor=args.output_tensor, batch_axis=args.batch_axis,
+                           show_progress=not args.quiet)
     meta = {"source": str(args.model), "cnn2mlp": __version__}
     options = {"encoding": args.xml_encoding, "max_dense_bytes": args.max_dense_bytes,
                "allow_approximate": args.allow_approximate, "input_range": args.input_range}
@@ -570,8 +585,10 @@ def check_against_reference(result: CompileResult, args: argparse.Namespace,
     meta = result.graph.meta
     dropped = "logits" in meta
     run_reference, gives_logits = reference_runner(args.model, meta.get("logits"),
-                                                   meta.get("output_tensor"))
+                                                   meta.get("output_tensor"),
+                                                   batchless=meta.get("batch_axis", 0) is None)
     reference = run_reference(x)
+    raise_if_terminated()
     got = load_artifact(result, artifact).predict(x)
     if dropped and not gives_logits:  # compare probabilities: softmax of our logits
         got = softmax(got)
@@ -613,11 +630,8 @@ class CheckFailed(CompileError):
     """The compiled MLP differs from the reference beyond the tolerance."""
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived: unwind (removing staged files) and exit."""
-
-
 def on_sigterm(signum, frame) -> None:
+    request_termination()  # in case the exception is swallowed where it lands
     raise Terminated()
 
 

@@ -633,3 +633,18 @@ def test_pool_with_a_huge_kernel_is_refused_from_its_window_tables(tmp_path, out
     proc, peak_kib = run_cli_peak(model, "-o", out)
     assert_clean_failure(proc, "MaxPool", "--max-bytes")
     assert peak_kib < 1_000_000
+
+
+def test_nothing_is_committed_after_sigterm_even_if_the_exception_was_swallowed(tmp_path):
+    """A signal handler's exception can vanish where it lands (inside an import); the
+    recorded request still stops the commit, and the staged file goes."""
+    from cnn2mlp import _io
+
+    try:
+        with pytest.raises(_io.Terminated):
+            with _io.StagedOutputs() as outputs:
+                outputs.stage(tmp_path / "o.npz").write_bytes(b"partial")
+                _io.request_termination()  # what on_sigterm records before raising
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        _io._termination["requested"] = False

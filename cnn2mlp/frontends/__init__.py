@@ -33,7 +33,7 @@ def model_kind(path: str | Path) -> str:
 
 def load_model(path: str | Path, input_shape: Sequence[int] | None = None,
                allow_non_finite: bool = False, max_bytes: int | None = None,
-               output: str | None = None) -> Graph:
+               output: str | None = None, batch_axis: str = "auto") -> Graph:
     """Read a model file into the IR, choosing the frontend from the file. Nothing larger
     than ``max_bytes`` (default: a quarter of the RAM) is read, folded or built. ``output``
     names a tensor (ONNX) or layer (Keras) to compile up to, instead of the model's output."""
@@ -41,14 +41,18 @@ def load_model(path: str | Path, input_shape: Sequence[int] | None = None,
     if kind == "onnx":
         from .onnx import load_onnx
 
-        return load_onnx(path, input_shape, allow_non_finite, max_bytes, output)
+        return load_onnx(path, input_shape, allow_non_finite, max_bytes, output, batch_axis)
     if kind == "keras":
         from .keras import load_keras
 
+        if batch_axis == "none":
+            raise CompileError(f"{path}: a Keras model always has a batch axis; leave out "
+                               "--batch-axis none")
+
         return load_keras(path, input_shape, allow_non_finite, max_bytes, output)
-    from .onnx import OnnxImporter
+    from .onnx.importer import import_onnx
     from .tensorflow import tensorflow_to_onnx
 
     model = tensorflow_to_onnx(Path(path), kind)
-    return OnnxImporter(model, str(path), input_shape, allow_non_finite, max_bytes,
-                        output).run()
+    return import_onnx(model, str(path), input_shape, allow_non_finite, max_bytes, output,
+                       batch_axis)

@@ -16,7 +16,9 @@ def convert_arithmetic(imp: OnnxImporter, node: onnx.NodeProto) -> None:
         return
     data_index = 1 if a_const else 0
     x = imp.data(node, data_index)
-    c = broadcast_const(imp, node, np.asarray(imp.const(node, 1 - data_index), np.float64), x)
+    c = np.asarray(imp.const(node, 1 - data_index), np.float64)
+    x = grow_to_constant(imp, node, x, c)
+    c = broadcast_const(imp, node, c, x)
     op = node.op_type
     if op == "Div" and data_index == 1:
         imp.fail(node, "divides a constant by the input, which is not linear")
@@ -30,6 +32,20 @@ def convert_arithmetic(imp: OnnxImporter, node: onnx.NodeProto) -> None:
             c, op = 1.0 / c, "Mul"
     imp.emit(node, "AddConst" if op == "Add" else "MulConst", [x], {"const": c},
              output=node.output[0])
+
+
+def grow_to_constant(imp: OnnxImporter, node: onnx.NodeProto, x: str, c: np.ndarray) -> str:
+    """``x`` copied (a selection) to the shape it broadcasts to with a constant of larger
+    per-sample shape, as in ``v + C`` with v of shape (N, 1, 3) and C of shape (4, 3)."""
+    sample = imp.graph.shape(x)
+    if c.ndim > len(sample) + 1:
+        return x  # it would put axes before the batch: broadcast_const refuses it
+    c_sample = c.shape[1:] if c.ndim == len(sample) + 1 else c.shape
+    try:
+        out = np.broadcast_shapes(c_sample, sample)
+    except ValueError:
+        return x  # broadcast_const names the mismatch
+    return x if out == sample else broadcast_value(imp, node, x, sample, out)
 
 
 def broadcast_const(imp: OnnxImporter, node: onnx.NodeProto, c: np.ndarray, x: str) -> np.ndarray:

@@ -49,15 +49,42 @@ MIN_OPSET = 7
 
 def load_onnx(path: str | Path, input_shape: Sequence[int] | None = None,
               allow_non_finite: bool = False, max_bytes: int | None = None,
-              output: str | None = None) -> Graph:
+              output: str | None = None, batch_axis: str = "auto") -> Graph:
     """Read an ONNX file into the IR. ``input_shape`` gives the per-sample dims (no batch);
     weights with NaN or Inf are refused unless ``allow_non_finite``; nothing larger than
     ``max_bytes`` is folded or built."""
     model, notes = read_model(path)
-    graph = OnnxImporter(model, str(path), input_shape, allow_non_finite, max_bytes,
-                         output).run()
+    graph = import_onnx(model, str(path), input_shape, allow_non_finite, max_bytes, output,
+                        batch_axis)
     graph.notes[:0] = notes
     return graph
+
+
+def import_onnx(model: onnx.ModelProto, source: str, input_shape=None,
+                allow_non_finite: bool = False, max_bytes: int | None = None,
+                output: str | None = None, batch_axis: str = "auto") -> Graph:
+    """The importer, with ``batch_axis="auto"`` settled: a fixed first axis above 1 is read
+    as a batch axis first (exporters fix the batch of their dummy input); if the graph
+    then mixes it with the other axes (``W @ x`` with x a column), the whole input is one
+    sample. The first reading's error stands if the second fails too."""
+    def attempt(axis: str) -> Graph:
+        return OnnxImporter(model, source, input_shape, allow_non_finite, max_bytes, output,
+                            axis).run()
+
+    if batch_axis != "auto":
+        return attempt(batch_axis)
+    from .batch_axis import has_batch_axis
+
+    consts = {i.name for i in model.graph.initializer}
+    if has_batch_axis(model, consts)[0] is not None:
+        return attempt("auto")
+    try:
+        return attempt("0")
+    except UnsupportedOpError as first:
+        try:
+            return attempt("unsure")
+        except CompileError:
+            raise first from None
 
 
 def read_model(path: str | Path) -> tuple[onnx.ModelProto, list[str]]:
@@ -136,7 +163,8 @@ def first_line(exc: BaseException) -> str:
 class OnnxImporter:
     def __init__(self, model: onnx.ModelProto, source: str,
                  input_shape: Sequence[int] | None, allow_non_finite: bool = False,
-                 max_bytes: int | None = None, output: str | None = None) -> None:
+                 max_bytes: int | None = None, output: str | None = None,
+                 batch_axis: str = "auto") -> None:
         from ...ir.cost import default_max_bytes
 
         self.allow_non_finite = allow_non_finite
@@ -158,9 +186,14 @@ class OnnxImporter:
         self.output_name = output
         self.graph: Graph | None = None
         self.batch_is_one = False
+        if batch_axis not in ("auto", "0", "none", "unsure"):
+            raise CompileError(f"--batch-axis {batch_axis!r}: give auto, 0 or none")
+        self.batch_axis = batch_axis
+        self.batchless: str | None = None  # why the input is one sample, when it is
 
     # -- driver ---------------------------------------------------------------------------
     def run(self) -> Graph:
+        self._add_batch_axis_if_missing()
         g = self.model.graph
         for init in g.initializer:
             self.consts[init.name] = self._tensor(init)
@@ -182,12 +215,46 @@ class OnnxImporter:
         if out not in self.graph.values:
             raise CompileError(f"{self.source}: --output-tensor {out!r} is not a tensor of the model")
         self.graph.output = out
+        if self.batchless:
+            self.graph.meta["batch_axis"] = None
+            self.graph.notes.append(self.batchless)
         if self.output_name is None:
             self._check_output_shape(g.output[0])
         else:
             self.graph.meta["output_tensor"] = out
             self.graph.notes.append(f"compiled up to the tensor {out!r} (--output-tensor)")
         return self.graph
+
+    def _add_batch_axis_if_missing(self) -> None:
+        """A model whose whole input is one sample gets a batch axis (batch_axis.py)."""
+        from .batch_axis import add_batch_axis, has_batch_axis
+
+        if self.batch_axis == "0":
+            return
+        consts = {i.name for i in self.model.graph.initializer}
+        batched, why = has_batch_axis(self.model, consts)
+        if self.batch_axis == "auto" and batched is not False:
+            return  # unsure (None): import_onnx retries without a batch axis if this fails
+        why = "--batch-axis none" if self.batch_axis == "none" else why  # "unsure": retried
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        feed = next(i for i in model.graph.input if i.name not in consts)
+        dims = feed.type.tensor_type.shape.dim
+        if self.user_shape is not None:  # the user's shape is the whole input's
+            if len(self.user_shape) != len(dims):
+                raise CompileError(f"{self.source}: --input-shape has {len(self.user_shape)} "
+                                   f"dims but the input {feed.name!r} (no batch axis) has "
+                                   f"{len(dims)}")
+            for d, n in zip(dims, self.user_shape):
+                d.Clear()
+                d.dim_value = n
+        if not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+            raise CompileError(f"{self.source}: the input {feed.name!r} has no batch axis and "
+                               "unknown dims; pass --input-shape with every dim")
+        sample = tuple(d.dim_value for d in dims)
+        self.model = add_batch_axis(model, self.source, self.opset)
+        self.batchless = (f"the model has no batch axis ({why}): its whole input {sample} is "
+                          f"one sample, and predict takes (B, {', '.join(map(str, sample))})")
 
     def _scalar_lookup(self, nodes):
         """name → its value when it is a one-element constant (an initializer or a Constant

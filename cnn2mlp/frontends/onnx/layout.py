@@ -222,10 +222,30 @@ def convert_selection(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     select_by_reference(imp, node, x)
 
 
-def select_by_reference(imp: OnnxImporter, node: onnx.NodeProto, x: str) -> None:
+@converter("Expand")
+def convert_expand(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    """Broadcasting a computed tensor to a constant shape copies values: a selection. The
+    shape may name the batch (as the sentinel, or 1) but not add axes before it."""
+    x = imp.data(node)
+    if not imp.is_const(node.input[1]):
+        imp.fail(node, "the target shape is computed from the input; it must be constant")
+    shape = np.asarray(imp.const(node, 1), np.int64).ravel().copy()
+    full_rank = imp.sample_rank(x) + 1
+    if len(shape) > full_rank:
+        imp.fail(node, f"shape {shape.tolist()} adds axes before the batch axis")
+    if len(shape) == full_rank:
+        if shape[0] not in (1, BATCH):
+            imp.fail(node, f"shape {shape.tolist()} expands the batch axis")
+        shape[0] = 1
+    select_by_reference(imp, node, x, {node.input[1]: shape})
+
+
+def select_by_reference(imp: OnnxImporter, node: onnx.NodeProto, x: str,
+                        extra: dict | None = None) -> None:
     """Run ONNX's reference implementation on a grid of flat indices: each output reads
     the input entry whose index it holds; a Select of those indices is the op, exactly."""
-    (out,) = imp.reference(node, {x: index_grid(imp, x), **batch_sizes(imp, node, 1)})[:1]
+    (out,) = imp.reference(node, {x: index_grid(imp, x), **batch_sizes(imp, node, 1),
+                                  **(extra or {})})[:1]
     out = np.asarray(out)
     n_in = imp.graph.values[x].size
     if out.ndim == 0 or out.shape[0] != 1:

@@ -64,7 +64,8 @@ def convert_matmul_left(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     sample = imp.graph.shape(x)
     if c.ndim != 2 or len(sample) != 2 or sample[0] != c.shape[1]:
         imp.fail(node, f"multiplies a constant of shape {c.shape} by (N,{sample}); only a "
-                       "matrix times a per-sample matrix is supported")
+                       "matrix times a per-sample matrix is supported. If the model has no "
+                       "batch axis (W @ x with x a column), pass --batch-axis none")
     m = sample[1]
     imp.check_size(node, m * int(np.count_nonzero(c)))
     weight = sp.kron(sp.csr_array(c), sp.identity(m, real(), "csr"), format="csr")
