@@ -440,7 +440,24 @@ def rewrite_einsum(b: BatchAxisAdder, node) -> None:
     b.nodes.append(copy_node(node, None, equation=",".join(terms) + "->" + letter + output))
 
 
-RULES = {"Squeeze": rewrite_squeeze, "Unsqueeze": rewrite_unsqueeze,
+def rewrite_gather_elements(b: BatchAxisAdder, node) -> None:
+    """Constant indices pick fixed entries: a Gather of flat positions on the flattened
+    sample, whatever the axis."""
+    if node.input[1] in b.batched:
+        b.refuse(node, "the indices are computed")
+    shape = b.shape(node, node.input[0])
+    axis = attribute(node, "axis", 0) % len(shape)
+    index = np.asarray(b.value(node, 1), np.int64)
+    index = np.where(index < 0, index + shape[axis], index)
+    grids = np.indices(index.shape)
+    grids[axis] = index
+    flat = np.ravel_multi_index(tuple(grids), shape)
+    rows = b.emit("Reshape", [node.input[0], b.const(np.array([0, -1], np.int64), "shape")])
+    b.emit("Gather", [rows, b.const(flat.astype(np.int64), "positions")], [node.output[0]],
+           axis=1)
+
+
+RULES = {"GatherElements": rewrite_gather_elements, "Squeeze": rewrite_squeeze, "Unsqueeze": rewrite_unsqueeze,
          "Transpose": rewrite_transpose, "Reshape": rewrite_reshape, "Flatten": rewrite_flatten,
          "Shape": rewrite_shape, "Size": rewrite_shape, "MatMul": rewrite_matmul,
          "Gemm": rewrite_gemm, "Slice": rewrite_slice, "Pad": rewrite_pad, "Tile": rewrite_tile,

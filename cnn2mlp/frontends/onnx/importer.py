@@ -435,6 +435,12 @@ class OnnxImporter:
         graph = helper.make_graph([node], "node", value_info, outputs)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
         feeds = {i: data[i] if i in data else self.consts[i] for i in inputs}
+        if any(np.asarray(v).dtype == np.float64 for v in data.values()):
+            # probes are float64 (exact indices, exact basis responses): constants that
+            # meet them in a product (MatMul, Einsum) must be float64 too
+            feeds = {i: v.astype(np.float64) if i not in data and isinstance(v, np.ndarray)
+                     and v.dtype.kind == "f" and node.op_type in ("MatMul", "Einsum") else v
+                     for i, v in feeds.items()}
         return ReferenceEvaluator(model).run(None, feeds)
 
     def _check_fold_size(self, node: onnx.NodeProto) -> None:

@@ -42,8 +42,8 @@ def convert_matmul(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     b = np.asarray(imp.const(node, 1), real())
     sample = imp.graph.shape(x)
     if b.ndim != 2 or not sample or sample[-1] != b.shape[0]:
-        imp.fail(node, f"multiplies (N,{sample}) by a constant of shape {b.shape}; "
-                       "only data @ matrix is supported")
+        matmul_by_reference(imp, node, x, b.shape)
+        return
     import scipy.sparse as sp
 
     rows = math.prod(sample[:-1])
@@ -55,6 +55,18 @@ def convert_matmul(imp: OnnxImporter, node: onnx.NodeProto) -> None:
              output=node.output[0])
 
 
+def matmul_by_reference(imp: OnnxImporter, node: onnx.NodeProto, x: str, const_shape) -> None:
+    """Other MatMuls with a constant (a stack of matrices, a vector) are linear maps of the
+    sample when the constant does not reach the batch axis: measured on basis vectors."""
+    from .layout import linear_by_reference
+
+    sample = imp.graph.shape(x)
+    if len(const_shape) > len(sample) + (len(sample) > 1):
+        imp.fail(node, f"multiplies (N,{sample}) by a constant of shape {const_shape}, whose "
+                       "leading axes would broadcast against the batch axis")
+    linear_by_reference(imp, node, x)
+
+
 def convert_matmul_left(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     """``C @ X`` per sample, for X of sample shape (b, m): the matrix kron(C, I_m)."""
     import scipy.sparse as sp
@@ -62,6 +74,12 @@ def convert_matmul_left(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     c = np.asarray(imp.const(node, 0), real())
     x = imp.data(node, 1)
     sample = imp.graph.shape(x)
+    if len(sample) >= 2 and c.ndim <= len(sample) + 1 and (
+            c.ndim != 2 or len(sample) != 2 or sample[0] != c.shape[1]):
+        from .layout import linear_by_reference
+
+        linear_by_reference(imp, node, x)  # a stack of matrices: measured on basis vectors
+        return
     if c.ndim != 2 or len(sample) != 2 or sample[0] != c.shape[1]:
         imp.fail(node, f"multiplies a constant of shape {c.shape} by (N,{sample}); only a "
                        "matrix times a per-sample matrix is supported. If the model has no "
