@@ -148,3 +148,34 @@ def test_bench_refuses_bad_batches(capsys):
 
     assert main([str(ROOT / "examples" / "small_cnn.onnx"), "--batch", "0"]) == 2
     assert "--batch takes positive sizes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("out_channels, in_channels, kernel", [(16, 8, 3), (3, 2, 2)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_group_path_matches_the_reference(engine, out_channels, in_channels, kernel,
+                                                threads):
+    """A big kernel matrix runs as gather + GEMM, a small one as direct axpys (numba); at
+    batch 1 big groups gather from the vector and small ones join the CSR rows. The input
+    (8 × 16 × 16 floats, rows of 8 KiB) also takes the padded transpose."""
+    from cnn2mlp.passes.conv_to_dense import conv_matrix
+    from cnn2mlp.runtime.engine import DIRECT_MAX_WEIGHTS
+
+    rng = np.random.default_rng(out_channels)
+    shape = (in_channels, 16, 16) if in_channels == 8 else (in_channels, 32, 32)
+    k = rng.normal(size=(out_channels, in_channels, kernel, kernel)).astype(np.float32)
+    w, b, out_shape = conv_matrix(k, rng.normal(size=out_channels).astype(np.float32), shape,
+                                  (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    mlp = Mlp([MlpLayer(w, b, "relu")], shape, tuple(out_shape))
+    model = CsrModel(mlp, threads=threads, engine=engine)
+    for batch in (1, 5, 64):
+        x = rng.normal(size=(batch,) + shape)
+        got = model.predict(x.astype(np.float32))
+        np.testing.assert_allclose(got.reshape(batch, -1),
+                                   mlp.forward(x.reshape(batch, -1)).reshape(batch, -1),
+                                   rtol=1e-4, atol=1e-4)
+    if engine == "numba":
+        (layer,) = model._engine.layers(np.float32)
+        direct = [d is not None for d in layer.direct_groups]
+        big = k.size > DIRECT_MAX_WEIGHTS
+        assert layer.structure is not None and (not any(direct) if big else all(direct))

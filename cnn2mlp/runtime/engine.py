@@ -63,6 +63,65 @@ class _Layer:
     source: MlpLayer
     structure: Structure | None = None  # convolution-like row groups, run as GEMM
     rest_plain: tuple[np.ndarray, np.ndarray] | None = None  # zero bias, identity codes
+    vector_plan: "VectorPlan | None" = None  # batch 1: big groups as GEMM, the rest CSR
+    kernel_csr: tuple | None = None      # (data, indices, indptr), unsigned, for numba
+    kernel_rest: tuple | None = None     # the same for the structure's rest rows
+    direct_groups: list | None = None    # per group: arrays for the direct kernel, or None
+
+
+#: at batch 1, a group runs as a GEMM when it has this many non-zeros; smaller ones (a
+#: convolution's thin borders) join the CSR rows: below it, the calls of a gather and a
+#: GEMM (~5 µs) cost more than the CSR loop over its entries (~1 ns each)
+VECTOR_GROUP_NNZ = 6000
+
+
+#: groups with at most this many weights (kernels × taps) run as direct axpys, larger ones
+#: as gather + GEMM (measured in benchmarks/bench_runtime.py's models: LeNet's 6×25 kernel
+#: and max-pool pairs gain 1.4-6x direct, a 16×128 kernel loses 1.8x)
+DIRECT_MAX_WEIGHTS = 256
+
+
+def direct_arrays(group, dtype) -> tuple | None:
+    if group.kernels.size > DIRECT_MAX_WEIGHTS:
+        return None
+    return (group.kernels.astype(dtype), group.offsets.astype(np.uint64),
+            group.bases.astype(np.uint64), group.rows.astype(np.uint64))
+
+
+def unsigned_csr(m: sp.csr_array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(data, indices, indptr) with unsigned indices for the numba kernels: a signed index
+    makes numba check for negative (wrap-around) indexing on every access, which cost
+    2.5x in the batch-1 CSR loop."""
+    kind = np.uint32 if max(m.shape[1], m.nnz) < 2**32 - 1 else np.uint64
+    return m.data, m.indices.astype(kind), m.indptr.astype(kind)
+
+
+class VectorPlan:
+    """How a structured layer runs at batch 1: each big group gathers its patches from
+    the input vector (one take), multiplies by its kernels and scatters the rows; every
+    other row is one CSR product."""
+
+    def __init__(self, w: sp.csr_array, structure: Structure) -> None:
+        def is_big(g):
+            return g.rows.size * len(g.offsets) >= VECTOR_GROUP_NNZ
+
+        big = [g for g in structure.groups if is_big(g)]
+        self.groups = [(g.kernels, (g.bases[None, :] + g.offsets[:, None]).astype(np.intp),
+                        g.rows.ravel().astype(np.intp)) for g in big]
+        small = [g.rows.ravel() for g in structure.groups if not is_big(g)]
+        self.rows = np.sort(np.concatenate([structure.rest_rows.astype(np.int64)]
+                                           + [r.astype(np.int64) for r in small]))
+        self.csr = unsigned_csr(sp.csr_array(w[self.rows]))
+        self.rows = self.rows.astype(np.uint64)
+
+    def run(self, x: np.ndarray, out: np.ndarray) -> None:
+        """``out`` (n_out,) = W x, without bias or activation."""
+        from . import numba_kernels as k
+
+        for kernels, index, rows in self.groups:
+            out[rows] = (kernels @ np.take(x, index)).ravel()
+        if len(self.rows):
+            k.csr_rows_vector_serial(*self.csr, self.rows, x, out)
 
 
 def row_activations(layer: MlpLayer) -> tuple[np.ndarray, np.ndarray]:
@@ -73,6 +132,21 @@ def row_activations(layer: MlpLayer) -> tuple[np.ndarray, np.ndarray]:
         codes[start:stop] = CODES[name]
         alphas[start:stop] = alpha
     return codes, alphas
+
+
+def features_by_batch(x: np.ndarray) -> np.ndarray:
+    """``x.T`` made contiguous. When a row of ``x`` spans a multiple of 2 KiB, the rows a
+    transpose reads together fall into one cache set and evict each other (a 64 × 3072
+    float32 transpose took 0.56 ms); copying them first into rows padded by one cache line
+    spreads them over the sets (0.085 ms)."""
+    if x.ndim != 2 or x.shape[0] < 8 or (x.shape[1] * x.itemsize) % 2048:
+        return np.ascontiguousarray(x.T)
+    pad = 64 // x.itemsize
+    padded = np.empty((x.shape[0], x.shape[1] + pad), x.dtype)
+    padded[:, :x.shape[1]] = x
+    out = np.empty((x.shape[1], x.shape[0]), x.dtype)
+    np.copyto(out, padded[:, :x.shape[1]].T)
+    return out
 
 
 class Engine:
@@ -102,8 +176,13 @@ class Engine:
                 if structure is not None:
                     n_rest = len(structure.rest_rows)
                     plain = (np.zeros(n_rest, key), np.zeros(n_rest, np.int8))
-                typed.append(_Layer(w, dense, layer.bias.astype(key), codes,
-                                    alphas.astype(key), layer, structure, plain))
+                typed.append(_Layer(
+                    w, dense, layer.bias.astype(key), codes, alphas.astype(key), layer,
+                    structure, plain, None if structure is None else VectorPlan(w, structure),
+                    unsigned_csr(w) if dense is None else None,
+                    None if structure is None else unsigned_csr(structure.rest.astype(key)),
+                    None if structure is None else [direct_arrays(g, key)
+                                                    for g in structure.groups]))
             self._typed[key] = typed
         return self._typed[key]
 
@@ -111,7 +190,7 @@ class Engine:
         """``x`` (B, n_in) → (B, n_out)."""
         layers = self.layers(dtype)
         batch = len(x)
-        h = np.ascontiguousarray(np.asarray(x, dtype).T)  # (n_in, B): once
+        h = features_by_batch(np.asarray(x, dtype))  # (n_in, B): once
         if self.name == "numba":
             return self._run_numba(layers, h, batch, dtype).T.copy()
         return self._run_scipy(layers, h, dtype).T.copy()
@@ -132,21 +211,17 @@ class Engine:
                 np.matmul(layer.dense, h, out=out)
                 (k.bias_activation if parallel else k.bias_activation_serial)(
                     out, layer.bias, layer.codes, layer.alphas)
+            elif layer.structure is not None and batch == 1:
+                self._structured_vector(layer, h, out, parallel)
             elif layer.structure is not None:
                 self._structured(layer, h, out, batch, parallel)
-            elif batch == 1 and not parallel:
-                # one vector: scipy's C++ CSR product beats the numba loop (measured in
-                # benchmarks/bench_runtime.py); bias and activation stay fused in numba
-                out[:, 0] = layer.csr @ h[:, 0]
-                k.bias_activation_serial(out, layer.bias, layer.codes, layer.alphas)
             elif batch == 1:
-                w = layer.csr
-                k.csr_vector(w.data, w.indices, w.indptr, layer.bias, layer.codes,
-                             layer.alphas, h.reshape(-1), out.reshape(-1))
+                (k.csr_vector if parallel else k.csr_vector_serial)(
+                    *layer.kernel_csr, layer.bias, layer.codes, layer.alphas, h.reshape(-1),
+                    out.reshape(-1))
             else:
-                w = layer.csr
                 (k.csr_layer if parallel else k.csr_layer_serial)(
-                    w.data, w.indices, w.indptr, layer.bias, layer.codes, layer.alphas, h, out)
+                    *layer.kernel_csr, layer.bias, layer.codes, layer.alphas, h, out)
             h = out
         return h
 
@@ -156,15 +231,27 @@ class Engine:
         from . import numba_kernels as k
 
         structure = layer.structure
-        for group in structure.groups:
-            run_group(group, h, out)
+        for group, direct in zip(structure.groups, layer.direct_groups):
+            if direct is None:
+                run_group(group, h, out)
+            else:
+                (k.group_direct if parallel else k.group_direct_serial)(*direct, h, out)
         if len(structure.rest_rows):
             rest = structure.rest
             partial = np.empty((rest.shape[0], batch), out.dtype)
             zeros, identity = layer.rest_plain  # no bias, the identity: both come after
             (k.csr_layer if parallel else k.csr_layer_serial)(
-                rest.data, rest.indices, rest.indptr, zeros, identity, zeros, h, partial)
+                *layer.kernel_rest, zeros, identity, zeros, h, partial)
             out[structure.rest_rows] = partial
+        (k.bias_activation if parallel else k.bias_activation_serial)(
+            out, layer.bias, layer.codes, layer.alphas)
+
+    def _structured_vector(self, layer, h, out, parallel):
+        """Batch 1: big groups as gather + GEMM, all other rows in one compiled CSR call,
+        then bias and activation."""
+        from . import numba_kernels as k
+
+        layer.vector_plan.run(h.reshape(-1), out.reshape(-1))
         (k.bias_activation if parallel else k.bias_activation_serial)(
             out, layer.bias, layer.codes, layer.alphas)
 

@@ -143,7 +143,8 @@ def product_group(rows, bases, data, offsets) -> ProductGroup | None:
 def run_group(group: ProductGroup, h: np.ndarray, out: np.ndarray) -> None:
     """``out[rows] = K @ patches`` for h (n_in × B): im2col and one GEMM."""
     batch = h.shape[1]
-    patches = h[group.bases[None, :] + group.offsets[:, None]]  # (taps, n_bases, B)
+    # np.take gathers whole rows twice as fast as fancy indexing
+    patches = np.take(h, (group.bases[None, :] + group.offsets[:, None]).ravel(), axis=0)
     product = group.kernels @ patches.reshape(len(group.offsets), -1)
     out[group.rows.ravel()] = product.reshape(-1, batch)
 
