@@ -178,3 +178,28 @@ def _group_direct(kernels, offsets, bases, rows, h, out):
 
 group_direct = njit(parallel=True, cache=True, nogil=True)(_group_direct)
 group_direct_serial = njit(cache=True, nogil=True)(_group_direct)
+
+
+def _bias_relu(out, bias):
+    """In place ``out = max(out + b, 0)`` (the common uniform ReLU layer): no per-element
+    dispatch on the activation code, so it vectorises."""
+    n_out, batch = out.shape
+    for i in prange(n_out):
+        b = bias[i]
+        for j in range(batch):
+            z = out[i, j] + b
+            out[i, j] = z if z > 0 else z * 0
+
+
+def _bias_only(out, bias):
+    n_out, batch = out.shape
+    for i in prange(n_out):
+        b = bias[i]
+        for j in range(batch):
+            out[i, j] += b
+
+
+bias_relu = njit(parallel=True, cache=True, nogil=True)(_bias_relu)
+bias_relu_serial = njit(cache=True, nogil=True)(_bias_relu)
+bias_only = njit(parallel=True, cache=True, nogil=True)(_bias_only)
+bias_only_serial = njit(cache=True, nogil=True)(_bias_only)
