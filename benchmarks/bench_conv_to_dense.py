@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from cnn2mlp.compile import main
-from cnn2mlp.passes.conv_to_dense import conv_matrix
+from cnn2mlp.ir.conv_matrix import conv_matrix
 from cnn2mlp.testing import OnnxBuilder
 
 C, HW, K = 64, 32, 3

@@ -28,7 +28,7 @@ def build() -> Mlp:
 
 def converted_cnn() -> Mlp:
     """A 3x32x32 → 16 channel 3x3 conv → 10 MLP as converted: dense but mostly zeros."""
-    from cnn2mlp.passes.conv_to_dense import conv_matrix
+    from cnn2mlp.ir.conv_matrix import conv_matrix
 
     rng = np.random.default_rng(0)
     kernel = rng.normal(size=(16, 3, 3, 3)).astype(np.float32)

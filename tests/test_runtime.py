@@ -83,7 +83,7 @@ def test_load_options_and_the_environment(tmp_path, monkeypatch):
 def test_convolution_rows_run_as_gemm_exactly(engine, data, batch):
     """Convolution matrices (every geometry): their row groups run as im2col + GEMM, the
     rest as CSR; the result is the float64 reference's."""
-    from cnn2mlp.passes.conv_to_dense import conv_matrix
+    from cnn2mlp.ir.conv_matrix import conv_matrix
     from cnn2mlp.testing import conv_geometries, input_shapes
 
     shape = data.draw(input_shapes((1, 2), max_channels=3, min_size=4, max_size=12))
@@ -102,7 +102,7 @@ def test_convolution_rows_run_as_gemm_exactly(engine, data, batch):
 
 
 def test_a_padded_convolution_is_found_as_row_groups():
-    from cnn2mlp.passes.conv_to_dense import conv_matrix
+    from cnn2mlp.ir.conv_matrix import conv_matrix
     from cnn2mlp.runtime.structure import find_structure
 
     kernel = np.random.default_rng(0).normal(size=(8, 3, 3, 3)).astype(np.float32)
@@ -158,7 +158,7 @@ def test_every_group_path_matches_the_reference(engine, out_channels, in_channel
     """A big kernel matrix runs as gather + GEMM, a small one as direct axpys (numba); at
     batch 1 big groups gather from the vector and small ones join the CSR rows. The input
     (8 × 16 × 16 floats, rows of 8 KiB) also takes the padded transpose."""
-    from cnn2mlp.passes.conv_to_dense import conv_matrix
+    from cnn2mlp.ir.conv_matrix import conv_matrix
     from cnn2mlp.runtime.engine import DIRECT_MAX_WEIGHTS
 
     rng = np.random.default_rng(out_channels)

@@ -55,7 +55,7 @@ def convert_conv_transpose(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     the output space back onto the input (kernel (C_in, C_out/g, k...), same strides, pads
     and dilations) has matrix A (n_in × n_out); ConvTranspose is ``y = Aᵀ x + b``. Built
     directly in CSR, O(non-zeros)."""
-    from ...passes.conv_to_dense import conv_transpose_matrix
+    from ...ir.conv_matrix import conv_transpose_matrix
 
     x = imp.data(node)
     kernel = np.asarray(imp.const(node, 1), real())
