@@ -100,22 +100,29 @@ def _bias_activation(out, bias, codes, alphas):
             out[i, j] = activate(out[i, j] + b, code, alpha)
 
 
+@njit(cache=True, inline="always")
+def row_dot(data, indices, start, stop, x):
+    """``sum(data[k] * x[indices[k]])`` over one CSR row, in four partial sums (one sum
+    would wait on the previous multiply-add's latency)."""
+    a0 = a1 = a2 = a3 = data.dtype.type(0)
+    k = start
+    while k + 4 <= stop:
+        a0 += data[k] * x[indices[k]]
+        a1 += data[k + 1] * x[indices[k + 1]]
+        a2 += data[k + 2] * x[indices[k + 2]]
+        a3 += data[k + 3] * x[indices[k + 3]]
+        k += 4
+    while k < stop:
+        a0 += data[k] * x[indices[k]]
+        k += 1
+    return (a0 + a1) + (a2 + a3)
+
+
 def _csr_vector(data, indices, indptr, bias, codes, alphas, x, out):
-    """Batch 1: ``out = f(W x + b)``, four partial sums per row (one would wait on the
-    previous multiply-add's latency)."""
+    """Batch 1: ``out = f(W x + b)``."""
     for i in prange(out.shape[0]):
-        a0 = a1 = a2 = a3 = data.dtype.type(0)
-        k, stop = indptr[i], indptr[i + 1]
-        while k + 4 <= stop:
-            a0 += data[k] * x[indices[k]]
-            a1 += data[k + 1] * x[indices[k + 1]]
-            a2 += data[k + 2] * x[indices[k + 2]]
-            a3 += data[k + 3] * x[indices[k + 3]]
-            k += 4
-        while k < stop:
-            a0 += data[k] * x[indices[k]]
-            k += 1
-        out[i] = activate((a0 + a1) + (a2 + a3) + bias[i], codes[i], alphas[i])
+        z = row_dot(data, indices, indptr[i], indptr[i + 1], x) + bias[i]
+        out[i] = activate(z, codes[i], alphas[i])
 
 
 # One function, two compilations: threads for big layers, none for small ones (starting a
@@ -129,21 +136,9 @@ csr_vector_serial = njit(cache=True, nogil=True)(_csr_vector)
 
 
 def _csr_rows_vector(data, indices, indptr, rows, x, out):
-    """Batch 1: ``out[rows[i]] = (W x)_i`` for the rows no group covers (no bias yet).
-    Four partial sums per row: one would wait on the previous multiply-add's latency."""
+    """Batch 1: ``out[rows[i]] = (W x)_i`` for the rows no group covers (no bias yet)."""
     for i in prange(len(rows)):
-        a0 = a1 = a2 = a3 = data.dtype.type(0)
-        k, stop = indptr[i], indptr[i + 1]
-        while k + 4 <= stop:
-            a0 += data[k] * x[indices[k]]
-            a1 += data[k + 1] * x[indices[k + 1]]
-            a2 += data[k + 2] * x[indices[k + 2]]
-            a3 += data[k + 3] * x[indices[k + 3]]
-            k += 4
-        while k < stop:
-            a0 += data[k] * x[indices[k]]
-            k += 1
-        out[rows[i]] = (a0 + a1) + (a2 + a3)
+        out[rows[i]] = row_dot(data, indices, indptr[i], indptr[i + 1], x)
 
 
 csr_rows_vector = njit(parallel=True, cache=True, nogil=True)(_csr_rows_vector)
