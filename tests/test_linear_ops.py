@@ -2,6 +2,8 @@
 ONNX's own reference implementation, in realistic models, against onnxruntime."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cnn2mlp.testing import OnnxBuilder, assert_equivalent, compile_to_model
 
@@ -164,3 +166,42 @@ def test_einsum_that_is_not_per_sample_linear_is_refused(equation, why):
     b.node("Einsum", [x, other], equation=equation)
     with pytest.raises(CompileError, match=why):
         compile_to_model(b.build())
+
+
+EINSUM_TEMPLATES = [  # (equation, constant's axes as letters of the sample's dims)
+    ("bij,jk->bik", "jk"), ("bij,ki->bkj", "ki"), ("bi,i->b", "i"), ("bij,ij->bi", "ij"),
+    ("bijk,kl->bijl", "kl"), ("bij,jk->bki", "jk")]
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_einsum_property(data):
+    """Random constant contractions: the compiled MLP equals onnxruntime on the model."""
+    equation, const_axes = data.draw(st.sampled_from(EINSUM_TEMPLATES))
+    letters = equation.split(",")[0][1:]
+    dims = {ch: data.draw(st.integers(1, 4), label=ch) for ch in set(letters + const_axes)}
+    sample = tuple(dims[ch] for ch in letters)
+    b = OnnxBuilder(sample, opset=13, seed=data.draw(st.integers(0, 1000)))
+    const = b.weights(tuple(dims[ch] for ch in const_axes))
+    b.node("Einsum", [b.current, b.const(const)], equation=equation)
+    b.shape = np.einsum(equation, np.zeros((1,) + sample), const).shape[1:]
+    model = b.build()
+    assert_equivalent(model, compile_to_model(model), n=8)
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_expand_property(data):
+    """Expand of a computed tensor to a constant shape that grows some of its size-1 axes:
+    a selection."""
+    sample = tuple(data.draw(st.lists(st.integers(1, 3), min_size=1, max_size=3)))
+    target = [d if d > 1 or not data.draw(st.booleans()) else data.draw(st.integers(2, 3))
+              for d in sample]
+    b = OnnxBuilder(sample, opset=13, seed=data.draw(st.integers(0, 1000)))
+    b.node("Relu", [b.current])
+    b.node("Expand", [b.current, b.const(np.array([1] + target, np.int64))])
+    b.shape = tuple(target)
+    b.flatten("flatten")
+    b.dense(3)
+    model = b.build()
+    assert_equivalent(model, compile_to_model(model), n=8)
