@@ -28,6 +28,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from ...errors import UnsupportedOpError
+from .importer import constant_value
 
 UNARY = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Abs", "Neg", "Exp", "Log", "Sqrt", "Elu",
          "Selu", "Celu", "Softplus", "Softsign", "HardSigmoid", "HardSwish", "Mish", "Gelu",
@@ -136,8 +137,6 @@ class BatchAxisAdder:
         self.batched.add(feed.name)
         for node in g.node:
             if node.op_type == "Constant" and node.output:
-                from .importer import constant_value
-
                 self.consts[node.output[0]] = constant_value(node)
             if not any(i in self.batched for i in node.input if i):
                 self.nodes.append(node)
@@ -146,23 +145,24 @@ class BatchAxisAdder:
         return self.finish(feed)
 
     def finish(self, feed: onnx.ValueInfoProto) -> onnx.ModelProto:
-        g = self.model.graph
+        """A copy of the model with the rewritten nodes; the input and the batched outputs
+        declare the new leading axis ``N``. The original stays untouched."""
         model = onnx.ModelProto()
         model.CopyFrom(self.model)
         graph = model.graph
         del graph.node[:]
         graph.node.extend(self.nodes)
         graph.initializer.extend(self.inits)
-        del graph.value_info[:]
+        del graph.value_info[:]  # intermediate shapes all changed
         for vi in list(graph.input) + list(graph.output):
             if vi.name == feed.name or vi.name in self.batched:
                 dims = vi.type.tensor_type.shape.dim
-                old = [d.dim_value for d in dims]
+                old = [onnx.TensorShapeProto.Dimension() for _ in dims]
+                for copy, d in zip(old, dims):
+                    copy.CopyFrom(d)
                 del dims[:]
                 dims.add().dim_param = "N"
-                for d in old:
-                    dims.add().dim_value = d
-        del g  # the original stays untouched
+                dims.extend(old)
         return model
 
     def rewrite(self, node: onnx.NodeProto) -> None:
