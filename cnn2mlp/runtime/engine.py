@@ -19,6 +19,8 @@ DENSE_LIMIT = 256 * 2**20
 STRUCTURE_MIN_COVER = 0.5
 #: multiply-adds below which a layer runs on one thread (a parallel region costs ~10 µs)
 PARALLEL_WORK = 1 << 18
+#: outputs below which bias and activation run on one thread (one pass over them is cheap)
+PARALLEL_FINISH = 1 << 16
 CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4, "elu": 5,
          "softplus": 6, "softsign": 7, "hard_swish": 8, "mish": 9, "gelu": 10,
          "gelu_tanh": 11, "thresholded_relu": 12, "swish": 13, "erf": 14}
@@ -94,6 +96,7 @@ def finish_layer(layer: "_Layer", out: np.ndarray, parallel: bool) -> None:
     or the identity takes a kernel without per-element dispatch (2-4x faster)."""
     from . import numba_kernels as k
 
+    parallel = parallel and out.size >= PARALLEL_FINISH
     if layer.uniform == CODES["relu"]:
         (k.bias_relu if parallel else k.bias_relu_serial)(out, layer.bias)
     elif layer.uniform == CODES["identity"]:
