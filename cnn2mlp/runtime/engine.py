@@ -110,8 +110,11 @@ def unsigned_csr(m: sp.csr_array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(data, indices, indptr) with unsigned indices for the numba kernels: a signed index
     makes numba check for negative (wrap-around) indexing on every access, which cost
     2.5x in the batch-1 CSR loop."""
-    kind = np.uint32 if max(m.shape[1], m.nnz) < 2**32 - 1 else np.uint64
-    return m.data, m.indices.astype(kind), m.indptr.astype(kind)
+    def unsigned(a: np.ndarray) -> np.ndarray:  # a view when it can be: no copy
+        kind = {np.dtype(np.int32): np.uint32, np.dtype(np.int64): np.uint64}.get(a.dtype)
+        return a.view(kind) if kind is not None else a.astype(np.uint64)
+
+    return m.data, unsigned(m.indices), unsigned(m.indptr)
 
 
 class VectorPlan:
@@ -194,13 +197,14 @@ class Engine:
                 if structure is not None:
                     n_rest = len(structure.rest_rows)
                     plain = (np.zeros(n_rest, key), np.zeros(n_rest, np.int8))
+                compiled = self.name == "numba"  # what only the numba kernels read
+                structured = compiled and structure is not None
                 typed.append(_Layer(
                     w, dense, layer.bias.astype(key), codes, alphas.astype(key), layer,
-                    structure, plain, None if structure is None else VectorPlan(w, structure),
-                    unsigned_csr(w) if dense is None else None,
-                    None if structure is None else unsigned_csr(structure.rest.astype(key)),
-                    None if structure is None else [direct_arrays(g, key)
-                                                    for g in structure.groups],
+                    structure, plain, VectorPlan(w, structure) if structured else None,
+                    unsigned_csr(w) if compiled and dense is None else None,
+                    unsigned_csr(structure.rest.astype(key)) if structured else None,
+                    [direct_arrays(g, key) for g in structure.groups] if structured else None,
                     int(codes[0]) if len(codes) and (codes == codes[0]).all() else None))
             self._typed[key] = typed
         return self._typed[key]

@@ -103,18 +103,20 @@ def _bias_activation(out, bias, codes, alphas):
 @njit(cache=True, inline="always")
 def row_dot(data, indices, start, stop, x):
     """``sum(data[k] * x[indices[k]])`` over one CSR row, in four partial sums (one sum
-    would wait on the previous multiply-add's latency)."""
+    would wait on the previous multiply-add's latency). Positions are unsigned 64-bit
+    throughout: numba turns unsigned + signed into a float."""
     a0 = a1 = a2 = a3 = data.dtype.type(0)
-    k = start
-    while k + 4 <= stop:
+    one, four = np.uint64(1), np.uint64(4)
+    k, stop = np.uint64(start), np.uint64(stop)
+    while k + four <= stop:
         a0 += data[k] * x[indices[k]]
-        a1 += data[k + 1] * x[indices[k + 1]]
-        a2 += data[k + 2] * x[indices[k + 2]]
-        a3 += data[k + 3] * x[indices[k + 3]]
-        k += 4
+        a1 += data[k + one] * x[indices[k + one]]
+        a2 += data[k + one + one] * x[indices[k + one + one]]
+        a3 += data[k + four - one] * x[indices[k + four - one]]
+        k += four
     while k < stop:
         a0 += data[k] * x[indices[k]]
-        k += 1
+        k += one
     return (a0 + a1) + (a2 + a3)
 
 
