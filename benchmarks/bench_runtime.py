@@ -29,27 +29,14 @@ def conv(k, s, p, out):
             "pads": (p, p, p, p), "group": 1, "out_channels": out}
 
 
-def cifar(c1, c2, dense):
-    b = OnnxBuilder((3, 32, 32), batch="N", opset=13, seed=1)
-    b.conv(conv(4, 2, 1, c1))
-    b.activation("Relu")
-    b.conv(conv(4, 2, 1, c2))
-    b.activation("Relu")
+def cifar(c1, c2, dense, pad=1, seed=1):
+    """Two 4×4 stride-2 ReLU convolutions, then Dense ReLU layers and 10 logits."""
+    b = OnnxBuilder((3, 32, 32), batch="N", opset=13, seed=seed)
+    for channels in (c1, c2):
+        b.conv(conv(4, 2, pad, channels))
+        b.activation("Relu")
     b.flatten("flatten")
-    b.dense(dense)
-    b.activation("Relu")
-    b.dense(10)
-    return b.build()
-
-
-def cifar_unpadded():
-    b = OnnxBuilder((3, 32, 32), batch="N", opset=13, seed=2)
-    b.conv(conv(4, 2, 0, 32))
-    b.activation("Relu")
-    b.conv(conv(4, 2, 0, 64))
-    b.activation("Relu")
-    b.flatten("flatten")
-    for units in (128, 64):
+    for units in dense:
         b.dense(units)
         b.activation("Relu")
     b.dense(10)
@@ -83,9 +70,9 @@ def dense_mlp():
     return b.build()
 
 
-MODELS = {"cifar 8/16 (cifar_base_kw-like)": lambda: cifar(8, 16, 100),
-          "cifar 16/32 (cifar_wide_kw-like)": lambda: cifar(16, 32, 100),
-          "cifar 32/64 unpadded": cifar_unpadded,
+MODELS = {"cifar 8/16 (cifar_base_kw-like)": lambda: cifar(8, 16, [100]),
+          "cifar 16/32 (cifar_wide_kw-like)": lambda: cifar(16, 32, [100]),
+          "cifar 32/64 unpadded": lambda: cifar(32, 64, [128, 64], pad=0, seed=2),
           "LeNet + max pooling (MNIST)": lenet,
           "dense 784-256x6-10": dense_mlp}
 

@@ -614,3 +614,26 @@ def onnx_dag_cnns(draw, max_steps: int = 5, activations: Sequence[str] = ACTIVAT
     b.flatten("flatten")
     b.dense(draw(st.integers(1, 4)))
     return b.build()
+
+
+def run_kernel_module(mlp, x: np.ndarray, folder: str | Path) -> np.ndarray:
+    """Save ``mlp`` as CSR with its standalone ``--kernel-py`` module in ``folder``, and run
+    the module on ``x`` (float64) in a fresh interpreter where scipy cannot be imported:
+    what a user with numpy alone gets."""
+    import subprocess
+    import sys
+
+    from .backends.csr import save_csr, write_kernel
+
+    folder = Path(folder)
+    save_csr(mlp, folder / "kernel_model.npz")
+    write_kernel(folder / "kernel_module.py", folder / "kernel_model.npz", mlp)
+    np.save(folder / "kernel_x.npy", x)
+    script = ("import sys, numpy as np; sys.modules['scipy'] = None\nimport kernel_module\n"
+              "np.save('kernel_y.npy', kernel_module.load().predict(np.load('kernel_x.npy'), "
+              "dtype=np.float64))")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=folder, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"the kernel module failed: {proc.stderr[-2000:]}")
+    return np.load(folder / "kernel_y.npy")

@@ -1,15 +1,13 @@
 """Element-wise activations beyond ReLU/tanh/sigmoid: ONNX's formulas in the IR, the CSR
 runtime engines and the standalone module; interval bounds that hold for non-monotone ones;
 piecewise-linear ops as ReLU constructions."""
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
 import scipy.sparse as sp
 
-from cnn2mlp.backends.csr import CsrModel, save_csr, write_kernel
+from cnn2mlp.backends.csr import CsrModel
 from cnn2mlp.ir import Graph, run
 from cnn2mlp.ir.analysis import interval_bounds
 from cnn2mlp.ir.mlp import ACTIVATION_NAMES, Mlp, MlpLayer
@@ -19,6 +17,7 @@ from cnn2mlp.testing import (
     OnnxBuilder,
     assert_equivalent,
     compile_to_model,
+    run_kernel_module,
 )
 
 ALPHA = {"LeakyRelu": 0.1, "Elu": 0.7, "ThresholdedRelu": 0.2}
@@ -53,15 +52,8 @@ def test_runtime_and_kernel_module_compute_each_activation(tmp_path, engine, op)
     expected = run(g, X)
     got = CsrModel(mlp, engine=engine).predict(X, dtype=np.float64)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
-    save_csr(mlp, tmp_path / "a.npz")
-    write_kernel(tmp_path / "k.py", tmp_path / "a.npz", mlp)
-    np.save(tmp_path / "x.npy", X)
-    script = ("import sys, numpy as np; sys.modules['scipy'] = None\nimport k\n"
-              "np.save('y.npy', k.load().predict(np.load('x.npy'), dtype=np.float64))")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stderr
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(run_kernel_module(mlp, X, tmp_path), expected, rtol=1e-12,
+                               atol=1e-12)
 
 
 @pytest.mark.parametrize("op, attrs", [

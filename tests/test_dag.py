@@ -301,28 +301,21 @@ def test_version_1_artifacts_still_load(tmp_path):
 
 
 def test_mixed_layers_round_trip_and_run_in_the_kernel_module(tmp_path):
-    import subprocess
-    import sys
 
     import cnn2mlp
-    from cnn2mlp.backends.csr import save_csr, write_kernel
+    from cnn2mlp.backends.csr import save_csr
+    from cnn2mlp.testing import run_kernel_module
 
     g = residual(None, "Tanh")
     after = g.copy()
     Pipeline.default("csr").run(after, PassContext())
     mlp = Mlp.from_graph(after, g.shape(g.output))
     assert any(l.segments for l in mlp.layers)
-    save_csr(mlp, tmp_path / "m.npz")
-    write_kernel(tmp_path / "k.py", tmp_path / "m.npz", mlp)
     x = np.random.default_rng(1).normal(size=(7, 5))
-    np.save(tmp_path / "x.npy", x)
-    script = ("import sys, numpy as np; sys.modules['scipy'] = None\nimport k\n"
-              "np.save('y.npy', k.load().predict(np.load('x.npy'), dtype=np.float64))")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stderr
+    got = run_kernel_module(mlp, x, tmp_path)
+    save_csr(mlp, tmp_path / "m.npz")
     expected = cnn2mlp.load(tmp_path / "m.npz").predict(x, dtype=np.float64)
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-9)
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
     assert_equivalent(g, cnn2mlp.load(tmp_path / "m.npz"), n=8, rtol=1e-5)
 
 

@@ -93,7 +93,8 @@ def direct_arrays(group, dtype) -> tuple | None:
 
 def finish_layer(layer: "_Layer", out: np.ndarray, parallel: bool) -> None:
     """In place: bias and activation after a product. A layer whose neurons all share ReLU
-    or the identity takes a kernel without per-element dispatch (2-4x faster)."""
+    or the identity takes a kernel without per-element dispatch (measured: 2.5x faster at
+    batch 1, 1.2-1.3x at batch 64)."""
     from . import numba_kernels as k
 
     parallel = parallel and out.size >= PARALLEL_FINISH
@@ -203,7 +204,7 @@ class Engine:
                     w, dense, layer.bias.astype(key), codes, alphas.astype(key), layer,
                     structure, plain, VectorPlan(w, structure) if structured else None,
                     unsigned_csr(w) if compiled and dense is None else None,
-                    unsigned_csr(structure.rest.astype(key)) if structured else None,
+                    unsigned_csr(structure.rest) if structured else None,
                     [direct_arrays(g, key) for g in structure.groups] if structured else None,
                     int(codes[0]) if len(codes) and (codes == codes[0]).all() else None))
             self._typed[key] = typed

@@ -63,26 +63,30 @@ def load_onnx(path: str | Path, input_shape: Sequence[int] | None = None,
 def import_onnx(model: onnx.ModelProto, source: str, input_shape=None,
                 allow_non_finite: bool = False, max_bytes: int | None = None,
                 output: str | None = None, batch_axis: str = "auto") -> Graph:
-    """The importer, with ``batch_axis="auto"`` settled: a fixed first axis above 1 is read
-    as a batch axis first (exporters fix the batch of their dummy input); if the graph
-    then mixes it with the other axes (``W @ x`` with x a column), the whole input is one
-    sample. The first reading's error stands if the second fails too."""
-    def attempt(axis: str) -> Graph:
-        return OnnxImporter(model, source, input_shape, allow_non_finite, max_bytes, output,
-                            axis).run()
-
-    if batch_axis != "auto":
-        return attempt(batch_axis)
+    """The importer, with ``batch_axis`` settled: "0" reads the input's first axis as the
+    batch, "none" the whole input as one sample. "auto" asks ``has_batch_axis``; when it is
+    unsure (a fixed first axis above 1: exporters fix the batch of their dummy input), the
+    first axis is read as a batch, and if the graph then mixes it with the other axes
+    (``W @ x`` with x a column) the whole input is one sample. The first reading's error
+    stands if the second fails too."""
     from .batch_axis import has_batch_axis
 
-    consts = {i.name for i in model.graph.initializer}
-    if has_batch_axis(model, consts)[0] is not None:
-        return attempt("auto")
+    def attempt(one_sample: str | None) -> Graph:
+        return OnnxImporter(model, source, input_shape, allow_non_finite, max_bytes, output,
+                            one_sample).run()
+
+    if batch_axis not in ("auto", "0", "none"):
+        raise CompileError(f"--batch-axis {batch_axis!r}: give auto, 0 or none")
+    if batch_axis != "auto":
+        return attempt("--batch-axis none" if batch_axis == "none" else None)
+    batched, why = has_batch_axis(model, {i.name for i in model.graph.initializer})
+    if batched is not None:
+        return attempt(None if batched else why)
     try:
-        return attempt("0")
+        return attempt(None)
     except UnsupportedOpError as first:
         try:
-            return attempt("unsure")
+            return attempt(why)
         except CompileError:
             raise first from None
 
@@ -164,7 +168,7 @@ class OnnxImporter:
     def __init__(self, model: onnx.ModelProto, source: str,
                  input_shape: Sequence[int] | None, allow_non_finite: bool = False,
                  max_bytes: int | None = None, output: str | None = None,
-                 batch_axis: str = "auto") -> None:
+                 one_sample: str | None = None) -> None:
         from ...ir.cost import default_max_bytes
 
         self.allow_non_finite = allow_non_finite
@@ -186,10 +190,9 @@ class OnnxImporter:
         self.output_name = output
         self.graph: Graph | None = None
         self.batch_is_one = False
-        if batch_axis not in ("auto", "0", "none", "unsure"):
-            raise CompileError(f"--batch-axis {batch_axis!r}: give auto, 0 or none")
-        self.batch_axis = batch_axis
-        self.batchless: str | None = None  # why the input is one sample, when it is
+        # why the whole input is one sample (it then gets a batch axis), or None
+        self.one_sample = one_sample
+        self.batchless: str | None = None  # the report's note when it is
 
     # -- driver ---------------------------------------------------------------------------
     def run(self) -> Graph:
@@ -227,15 +230,11 @@ class OnnxImporter:
 
     def _add_batch_axis_if_missing(self) -> None:
         """A model whose whole input is one sample gets a batch axis (batch_axis.py)."""
-        from .batch_axis import add_batch_axis, has_batch_axis
+        from .batch_axis import add_batch_axis
 
-        if self.batch_axis == "0":
+        if self.one_sample is None:
             return
         consts = {i.name for i in self.model.graph.initializer}
-        batched, why = has_batch_axis(self.model, consts)
-        if self.batch_axis == "auto" and batched is not False:
-            return  # unsure (None): import_onnx retries without a batch axis if this fails
-        why = "--batch-axis none" if self.batch_axis == "none" else why  # "unsure": retried
         model = onnx.ModelProto()
         model.CopyFrom(self.model)
         feed = next(i for i in model.graph.input if i.name not in consts)
@@ -253,8 +252,9 @@ class OnnxImporter:
                                "unknown dims; pass --input-shape with every dim")
         sample = tuple(d.dim_value for d in dims)
         self.model = add_batch_axis(model, self.source, self.opset)
-        self.batchless = (f"the model has no batch axis ({why}): its whole input {sample} is "
-                          f"one sample, and predict takes (B, {', '.join(map(str, sample))})")
+        self.batchless = (f"the model has no batch axis ({self.one_sample}): its whole input "
+                          f"{sample} is one sample, and predict takes "
+                          f"(B, {', '.join(map(str, sample))})")
 
     def _scalar_lookup(self, nodes):
         """name → its value when it is a one-element constant (an initializer or a Constant
@@ -434,13 +434,9 @@ class OnnxImporter:
                    for o in node.output if o]
         graph = helper.make_graph([node], "node", value_info, outputs)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
-        feeds = {i: data[i] if i in data else self.consts[i] for i in inputs}
-        if any(np.asarray(v).dtype == np.float64 for v in data.values()):
-            # probes are float64 (exact indices, exact basis responses): constants that
-            # meet them in a product (MatMul, Einsum) must be float64 too
-            feeds = {i: v.astype(np.float64) if i not in data and isinstance(v, np.ndarray)
-                     and v.dtype.kind == "f" and node.op_type in ("MatMul", "Einsum") else v
-                     for i, v in feeds.items()}
+        # probes are float64 (exact indices, exact basis responses); float constants join
+        # them in float64, as ops that combine two tensors (MatMul, Einsum) need one type
+        feeds = {i: data[i] if i in data else as_float64(self.consts[i]) for i in inputs}
         return ReferenceEvaluator(model).run(None, feeds)
 
     def _check_fold_size(self, node: onnx.NodeProto) -> None:
@@ -547,6 +543,11 @@ def constant_value(node: onnx.NodeProto) -> np.ndarray:
     if isinstance(value, bytes):
         value = value.decode()
     return np.asarray(value, dtype=np.float32 if a.name.startswith("value_float") else None)
+
+
+def as_float64(value: np.ndarray) -> np.ndarray:
+    value = np.asarray(value)
+    return value.astype(np.float64) if value.dtype.kind == "f" else value
 
 
 def as_str(value) -> str:

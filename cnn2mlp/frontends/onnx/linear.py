@@ -61,7 +61,8 @@ def matmul_by_reference(imp: OnnxImporter, node: onnx.NodeProto, x: str, const_s
     from .layout import linear_by_reference
 
     sample = imp.graph.shape(x)
-    if len(const_shape) > len(sample) + (len(sample) > 1):
+    # the constant's stacking axes (all but its last two) must fit among the sample's
+    if len(const_shape) - 2 > len(sample) - 1:
         imp.fail(node, f"multiplies (N,{sample}) by a constant of shape {const_shape}, whose "
                        "leading axes would broadcast against the batch axis")
     linear_by_reference(imp, node, x)
