@@ -179,3 +179,130 @@ def test_every_group_path_matches_the_reference(engine, out_channels, in_channel
         direct = [d is not None for d in layer.direct_groups]
         big = k.size > DIRECT_MAX_WEIGHTS
         assert layer.structure is not None and (not any(direct) if big else all(direct))
+
+
+def columns_matrix(rng, n_rows=12):
+    """Columns 0-5 are one column and its near misses; 6-23 are nine equal pairs."""
+    base = rng.normal(size=n_rows).astype(np.float32)
+    base[[2, 7]] = 0.0  # a sparse column
+    near_value = base.copy()
+    near_value[0] = np.nextafter(near_value[0], np.float32(np.inf))  # one ulp away
+    moved = base.copy()
+    moved[[1, 2]] = moved[[2, 1]]  # the same values, one in another row
+    negative_zero = base.copy()
+    negative_zero[2] = -0.0  # -0.0 is a stored entry of value zero: not the same column
+    columns = [base, base, near_value, moved, negative_zero, np.zeros(n_rows, np.float32)]
+    for _ in range(9):
+        pair = rng.normal(size=n_rows).astype(np.float32)
+        columns += [pair, pair]
+    dense = np.stack(columns, axis=1)
+    w = sp.csr_array(dense)
+    if (dense == 0).any():  # keep the -0.0 as an explicit entry
+        w = sp.csr_array((dense[dense.nonzero()], dense.nonzero()), shape=dense.shape)
+        rows, cols = np.nonzero(np.signbit(dense) & (dense == 0))
+        w = sp.csr_array((np.concatenate([w.data, dense[rows, cols]]),
+                          (np.concatenate([w.nonzero()[0], rows]),
+                           np.concatenate([w.nonzero()[1], cols]))), shape=dense.shape)
+    w.sort_indices()
+    return w
+
+
+def test_equal_columns_and_only_those_share_a_class():
+    from cnn2mlp.runtime.columns import column_classes
+
+    w = columns_matrix(np.random.default_rng(5))
+    classes = column_classes(w.data, w.indices, w.indptr, w.shape[1])
+    assert classes[0] == classes[1]
+    assert len(set(classes[[0, 2, 3, 4, 5]].tolist())) == 5  # near misses stay apart
+    assert (classes[6::2] == classes[7::2]).all() and len(set(classes[6::2])) == 9
+    assert classes.max() + 1 == 6 - 1 + 9
+
+
+def test_a_hash_collision_never_merges_unequal_columns():
+    from cnn2mlp.runtime.columns import confirm_equal
+
+    # two columns of one entry each, in different rows: proposed as one class
+    col_rows, col_data = np.array([0, 1]), np.array([1.0, 1.0], np.float32)
+    starts, counts = np.array([0, 1]), np.array([1, 1])
+    assert confirm_equal(col_rows, col_data, starts, counts, np.array([0, 0])).tolist() == [0, 1]
+    assert confirm_equal(np.array([0, 0]), np.array([1.0, 2.0], np.float32), starts, counts,
+                         np.array([0, 0])).tolist() == [0, 1]  # one row, other values
+    assert confirm_equal(np.array([0, 0]), col_data, starts, counts,
+                         np.array([0, 0])).tolist() == [0, 0]
+
+
+def maxpool_cnn():
+    """conv → ReLU → 2×2 max pool → conv → ReLU → max pool → dense: each max pool
+    compiles to relu pairs that the next layer reads with equal weights."""
+    from cnn2mlp.testing import OnnxBuilder
+
+    b = OnnxBuilder((2, 12, 12), batch="N", opset=13, seed=7)
+    pool = {"kernel_shape": (2, 2), "strides": (2, 2), "dilations": (1, 1),
+            "pads": (0, 0, 0, 0), "ceil_mode": False}
+    for channels, pad in ((4, 1), (6, 0)):
+        b.conv({"kernel_shape": (3, 3), "strides": (1, 1), "dilations": (1, 1),
+                "pads": (pad,) * 4, "group": 1, "out_channels": channels})
+        b.activation("Relu")
+        b.pool("MaxPool", pool)
+    b.flatten("flatten")
+    b.dense(32)
+    b.activation("Relu")
+    b.dense(5)
+    return b.build()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_max_pool_pairs_are_summed_before_the_next_layer(engine, tmp_path):
+    """The next layer runs on the pairs' sums: fewer non-zeros, the same function (against
+    onnxruntime on the CNN, in the runtime and in the standalone kernel module)."""
+    import onnxruntime as ort
+
+    from cnn2mlp.runtime.columns import runtime_layers
+    from cnn2mlp.testing import compile_to_model, run_kernel_module
+
+    model = maxpool_cnn()
+    compiled = compile_to_model(model)
+    mlp = compiled.mlp
+    runtime = runtime_layers(mlp.layers)
+    assert len(runtime) == len(mlp.layers) + 2  # a summing layer after each max pool
+    nnz = [layer.weight.nnz for layer in runtime]
+    assert mlp.layers[3].weight.nnz // 2 in nnz and mlp.layers[6].weight.nnz // 2 in nnz
+    x = np.random.default_rng(8).normal(size=(64, 2, 12, 12)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString())
+    expected = session.run(None, {session.get_inputs()[0].name: x})[0]
+    for threads in (1, 2):
+        got = CsrModel(mlp, threads=threads, engine=engine).predict(x)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    kernel = run_kernel_module(mlp, x.astype(np.float64), tmp_path)
+    np.testing.assert_allclose(kernel, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@given(mlp=random_mlps(), seed=st.integers(0, 2**32 - 1), batch=st.sampled_from([1, 64]))
+def test_merged_columns_keep_the_function(engine, mlp, seed, batch):
+    """Random layers that read their inputs several times (a selection layer repeats them,
+    the next layer reads the copies with the original column's weights): merged at any
+    saving, the runtime's result is the float64 reference's."""
+    from unittest import mock
+
+    from cnn2mlp.runtime import columns
+
+    rng = np.random.default_rng(seed)
+    layers = []
+    for layer in mlp.layers:
+        inputs = np.concatenate([np.arange(layer.n_in), rng.integers(0, layer.n_in,
+                                                                     2 * layer.n_in)])
+        pick = sp.csr_array((np.ones(len(inputs), np.float32), (np.arange(len(inputs)), inputs)),
+                            shape=(len(inputs), layer.n_in))
+        layers += [MlpLayer(pick, np.zeros(len(inputs), np.float32), "identity"),
+                   MlpLayer(sp.csr_array(layer.weight[:, inputs]), layer.bias, layer.activation,
+                            layer.alpha, layer.segments)]
+    wide = Mlp(layers, mlp.input_shape, mlp.output_shape)
+    with mock.patch.object(columns, "MIN_SAVED_SHARE", 0), \
+            mock.patch.object(columns, "MIN_SAVED_OVER_COST", 0):
+        run = columns.runtime_layers(wide.layers)
+        if any(layer.weight.nnz for layer in mlp.layers):
+            assert len(run) > len(wide.layers)
+        x = rng.normal(size=(batch, mlp.layers[0].n_in))
+        got = CsrModel(wide, engine=engine).predict(x)
+    np.testing.assert_allclose(got, wide.forward(x), rtol=1e-4, atol=1e-4)

@@ -376,6 +376,30 @@ def _ell_matmul(groups, n_out, h):
 {structure}
 
 
+# -- equal columns, summed by a layer of their own (the same code as cnn2mlp's runtime)
+{columns}
+
+
+def _runtime_arrays(data, indices, indptr, n_out, n_in, bias, segments):
+    """The layer's arrays, preceded by a summing layer's when its equal columns pay to merge."""
+    found = merged_columns(data, indices, indptr, n_in)
+    if found is None:
+        return [(data, indices, indptr, n_out, n_in, bias, segments)]
+    class_of, first = found
+    n_classes = len(first)
+    order = np.argsort(class_of, kind="stable")
+    summing = (np.ones(n_in, data.dtype), order, np.searchsorted(class_of[order], np.arange(n_classes + 1)),
+               n_classes, n_in, np.zeros(n_classes, data.dtype), [(0, n_classes, "identity", 0.0)])
+    renumber = np.full(n_in, -1, np.int64)
+    renumber[first] = np.arange(n_classes)
+    keep = renumber[indices] >= 0
+    rows = np.repeat(np.arange(n_out), np.diff(indptr))
+    lengths = np.bincount(rows[keep], minlength=n_out)
+    merged = (data[keep], renumber[indices[keep]], np.concatenate([[0], np.cumsum(lengths)]),
+              n_out, n_classes, bias, segments)
+    return [summing, merged]
+
+
 def _rows_of(data, indices, indptr, rows):
     """The CSR arrays of a subset of rows."""
     lengths = np.diff(indptr)[rows]
@@ -440,7 +464,8 @@ class Model:
             raise ValueError(f"expected (B, *{{self.input_shape}}), got {{x.shape}}")
         key = np.dtype(self.arrays[0][0].dtype if dtype is None else dtype)
         if key not in self._layers:  # prepared once per dtype
-            self._layers[key] = [_Layer(*arrays, dtype=key) for arrays in self.arrays]
+            self._layers[key] = [_Layer(*runtime, dtype=key) for arrays in self.arrays
+                                 for runtime in _runtime_arrays(*arrays)]
         h = np.ascontiguousarray(x.reshape(len(x), -1).T, dtype=key)  # features × batch
         for layer in self._layers[key]:
             h = layer(h)
@@ -465,10 +490,11 @@ def write_kernel(path: str | Path, artifact: str | Path, mlp: Mlp,
     home = Path(module_path or path).absolute().parent
     relative = os.path.relpath(Path(artifact).absolute(), home)
     # Every value enters the code through repr(): a file name cannot become code.
-    from ..runtime.structure import embedded_source
+    from ..runtime import columns, structure
 
     text = KERNEL_TEMPLATE.format(artifact=repr(relative), version=repr(FORMAT_VERSION),
                                   input_shape=repr(tuple(int(d) for d in mlp.input_shape)),
-                                  structure=embedded_source())
+                                  structure=structure.embedded_source(),
+                                  columns=columns.embedded_source())
     with atomic_write(path, "w") as handle:
         handle.write(text)

