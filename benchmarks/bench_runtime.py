@@ -100,10 +100,36 @@ def plain_scipy_times(runtime) -> dict[int, float]:
     return times
 
 
+def multiply_adds(runtime) -> int:
+    """Multiply-adds per sample the runtime does: its row groups' GEMMs, its CSR rows'
+    non-zeros, its dense layers' entries (after equal columns are merged)."""
+    total = 0
+    for layer in runtime._engine.layers(np.float32):
+        if layer.dense is not None:
+            total += layer.dense.size
+        elif layer.structure is not None:
+            total += sum(g.kernels.size * len(g.bases) for g in layer.structure.groups)
+            total += layer.structure.rest.nnz
+        else:
+            total += layer.csr.nnz
+    return total
+
+
+def blas_peak() -> float:
+    """numpy's BLAS (float32 GEMM, square 512) in G multiply-adds/s: the best rate the
+    runtime's GEMMs can reach on this machine."""
+    from cnn2mlp.bench import median_ms
+
+    a = np.random.default_rng(0).normal(size=(512, 512)).astype(np.float32)
+    return 512**3 / median_ms(lambda: a @ a, 50) / 1e6
+
+
 def main() -> None:
     ratios: dict[tuple[str, int], list[float]] = {}
     speedups: dict[int, list[float]] = {}
     print(f"threads: {THREADS}")
+    peak = blas_peak() * THREADS
+    floors = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, build in MODELS.items():
             path = Path(tmp, "model.onnx")
@@ -131,9 +157,19 @@ def main() -> None:
                 for r in rows:
                     if r.batch == batch and r.max_diff is not None:
                         ratios.setdefault((r.engine, batch), []).append(r.median_ms / base[batch])
+            work = multiply_adds(runtime) * 64
+            floor = work / peak / 1e6  # ms at numpy's BLAS peak, nothing else
+            floors.append(floor / base[64])
+            print(f"{name:<34} batch 64: {work / 64 / 1e6:.2f} M multiply-adds a sample; "
+                  f"onnxruntime {work / base[64] / 1e6:.1f} G/s, cnn2mlp (numba) "
+                  f"{work / fastest[64] / 1e6:.1f} G/s; at numpy's BLAS peak "
+                  f"({peak:.1f} G/s) the work alone takes {floor:.3f} ms "
+                  f"({floor / base[64]:.2f}x onnxruntime)")
     print("\ngeometric mean of time / onnxruntime-on-the-CNN:")
     for (engine, batch), values in sorted(ratios.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         print(f"  batch {batch:>2}  {engine:<26} {np.exp(np.mean(np.log(values))):7.2f}x")
+    print(f"  batch 64  the work alone at numpy's BLAS peak  "
+          f"{np.exp(np.mean(np.log(floors))):7.2f}x  (no engine built on this BLAS does better)")
     print("geometric mean of cnn2mlp (numba)'s speed-up over scipy's CSR product:")
     for batch, values in sorted(speedups.items()):
         print(f"  batch {batch:>2}  {np.exp(np.mean(np.log(values))):7.2f}x faster")

@@ -67,6 +67,7 @@ class _Layer:
     structure: Structure | None = None  # convolution-like row groups, run as GEMM
     rest_plain: tuple[np.ndarray, np.ndarray] | None = None  # zero bias, identity codes
     vector_plan: "VectorPlan | None" = None  # batch 1: big groups as GEMM, the rest CSR
+    #: (None without a big group: the layer runs as plain CSR at batch 1)
     kernel_csr: tuple | None = None      # (data, indices, indptr), unsigned, for numba
     kernel_rest: tuple | None = None     # the same for the structure's rest rows
     direct_groups: list | None = None    # per group: arrays for the direct kernel, or None
@@ -147,6 +148,13 @@ class VectorPlan:
             k.csr_rows_vector_serial(*self.csr, self.rows, x, out)
 
 
+def vector_plan(w: sp.csr_array, structure: Structure) -> VectorPlan | None:
+    """The batch-1 plan of a structured layer; None when no group is big enough for a
+    GEMM: the whole layer is then one CSR call with its bias and activation fused."""
+    plan = VectorPlan(w, structure)
+    return plan if plan.groups else None
+
+
 def row_activations(layer: MlpLayer) -> tuple[np.ndarray, np.ndarray]:
     codes = np.empty(layer.n_out, np.int8)
     alphas = np.empty(layer.n_out, np.float64)
@@ -203,7 +211,7 @@ class Engine:
                 structured = compiled and structure is not None
                 typed.append(_Layer(
                     w, dense, layer.bias.astype(key), codes, alphas.astype(key), layer,
-                    structure, plain, VectorPlan(w, structure) if structured else None,
+                    structure, plain, vector_plan(w, structure) if structured else None,
                     unsigned_csr(w) if compiled and dense is None else None,
                     unsigned_csr(structure.rest) if structured else None,
                     [direct_arrays(g, key) for g in structure.groups] if structured else None,
@@ -235,14 +243,14 @@ class Engine:
             if layer.dense is not None:
                 np.matmul(layer.dense, h, out=out)
                 finish_layer(layer, out, parallel)
-            elif layer.structure is not None and batch == 1:
+            elif batch == 1 and layer.vector_plan is not None:
                 self._structured_vector(layer, h, out, parallel)
-            elif layer.structure is not None:
-                self._structured(layer, h, out, batch, parallel)
             elif batch == 1:
                 (k.csr_vector if parallel else k.csr_vector_serial)(
                     *layer.kernel_csr, layer.bias, layer.codes, layer.alphas, h.reshape(-1),
                     out.reshape(-1))
+            elif layer.structure is not None:
+                self._structured(layer, h, out, batch, parallel)
             else:
                 (k.csr_layer if parallel else k.csr_layer_serial)(
                     *layer.kernel_csr, layer.bias, layer.codes, layer.alphas, h, out)

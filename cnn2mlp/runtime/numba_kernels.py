@@ -71,21 +71,32 @@ def activate(z, code, alpha):
 def _csr_layer(data, indices, indptr, bias, codes, alphas, h, out):
     """``out = f(W h + b)`` for CSR ``W`` (data, indices, indptr) and ``h`` (n_in × batch).
 
-    Each row is computed by one thread in a fixed order: results do not depend on the
-    number of threads."""
+    Four non-zeros at a time update the accumulator once (1.5-1.7x faster than one at a
+    time: the accumulator's loads and stores were the bottleneck). Each row is computed by
+    one thread in a fixed order: results do not depend on the number of threads."""
     n_out, batch = out.shape
     n_blocks = (n_out + ROW_BLOCK - 1) // ROW_BLOCK
+    one, two, three, four = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)
     for block in prange(n_blocks):
         acc = np.empty(batch, dtype=out.dtype)
         for i in range(block * ROW_BLOCK, min(n_out, (block + 1) * ROW_BLOCK)):
             b = bias[i]
             for j in range(batch):
                 acc[j] = b
-            for k in range(indptr[i], indptr[i + 1]):
-                w = data[k]
-                source = h[indices[k]]  # a contiguous row: the loop below vectorizes
+            k, stop = np.uint64(indptr[i]), np.uint64(indptr[i + 1])
+            while k + four <= stop:
+                w0, w1, w2, w3 = data[k], data[k + one], data[k + two], data[k + three]
+                # contiguous rows: the loop below vectorizes
+                s0, s1 = h[indices[k]], h[indices[k + one]]
+                s2, s3 = h[indices[k + two]], h[indices[k + three]]
+                for j in range(batch):
+                    acc[j] += (w0 * s0[j] + w1 * s1[j]) + (w2 * s2[j] + w3 * s3[j])
+                k += four
+            while k < stop:
+                w, source = data[k], h[indices[k]]
                 for j in range(batch):
                     acc[j] += w * source[j]
+                k += one
             code, alpha = codes[i], alphas[i]
             for j in range(batch):
                 out[i, j] = activate(acc[j], code, alpha)
@@ -149,11 +160,11 @@ csr_rows_vector_serial = njit(cache=True, nogil=True)(_csr_rows_vector)
 
 def _group_direct(kernels, offsets, bases, rows, h, out):
     """A row group with a small kernel matrix, without im2col: ``out[rows[k, b]] =
-    sum_t K[k, t] h[bases[b] + offsets[t]]``, as batch-wide axpys from a row of ``h``
-    that stays in cache (measured: faster than gather + GEMM up to a few hundred weights,
-    as for max-pool pairs or a 6×25 LeNet kernel). Each tap's input row is read once for
-    all kernels, into an (n_kernels × batch) accumulator that stays in L1 (1.2-1.8x faster
-    than one kernel at a time)."""
+    sum_t K[k, t] h[bases[b] + offsets[t]]``, as batch-wide axpys from rows of ``h``
+    that stay in cache (measured: faster than gather + GEMM up to a few hundred weights,
+    as for max-pool pairs or a 6×25 LeNet kernel). Four taps' input rows are read once for
+    all kernels, into an (n_kernels × batch) accumulator that stays in L1 (together 1.5-2x
+    faster than one kernel and one tap at a time)."""
     n_k, taps = kernels.shape
     batch = h.shape[1]
     n_b = len(bases)
@@ -163,13 +174,24 @@ def _group_direct(kernels, offsets, bases, rows, h, out):
         for b in range(block * ROW_BLOCK, min(n_b, (block + 1) * ROW_BLOCK)):
             base = bases[b]
             acc[:] = 0
-            for t in range(taps):
-                src = h[base + offsets[t]]
+            t = 0
+            while t + 4 <= taps:
+                s0, s1 = h[base + offsets[t]], h[base + offsets[t + 1]]
+                s2, s3 = h[base + offsets[t + 2]], h[base + offsets[t + 3]]
                 for k in range(n_k):
-                    w = kernels[k, t]
+                    w0, w1, w2, w3 = kernels[k, t], kernels[k, t + 1], kernels[k, t + 2], \
+                        kernels[k, t + 3]
                     row = acc[k]
                     for j in range(batch):
+                        row[j] += (w0 * s0[j] + w1 * s1[j]) + (w2 * s2[j] + w3 * s3[j])
+                t += 4
+            while t < taps:
+                src = h[base + offsets[t]]
+                for k in range(n_k):
+                    w, row = kernels[k, t], acc[k]
+                    for j in range(batch):
                         row[j] += w * src[j]
+                t += 1
             for k in range(n_k):
                 target, row = out[rows[k, b]], acc[k]
                 for j in range(batch):
