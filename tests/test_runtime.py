@@ -41,7 +41,7 @@ def random_mlps(draw):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@given(mlp=random_mlps(), batch=st.sampled_from([1, 3, 64]), threads=st.sampled_from([1, 2]),
+@given(mlp=random_mlps(), batch=st.sampled_from([1, 3, 37, 64]), threads=st.sampled_from([1, 2]),
        dtype=st.sampled_from([np.float32, np.float64]))
 def test_engine_matches_the_float64_reference(engine, mlp, batch, threads, dtype):
     x = np.random.default_rng(1).normal(size=(batch, mlp.layers[0].n_in)) * 3
@@ -151,15 +151,17 @@ def test_bench_refuses_bad_batches(capsys):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("out_channels, in_channels, kernel", [(16, 8, 3), (3, 2, 2)])
+@pytest.mark.parametrize("out_channels, in_channels, kernel", [(16, 8, 3), (11, 3, 3), (3, 2, 2)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_every_group_path_matches_the_reference(engine, out_channels, in_channels, kernel,
                                                 threads):
-    """A big kernel matrix runs as gather + GEMM, a small one as direct axpys (numba); at
-    batch 1 big groups gather from the vector and small ones join the CSR rows. The input
-    (8 × 16 × 16 floats, rows of 8 KiB) also takes the padded transpose."""
+    """At a batch of 16 or more (numba), groups run on the blocked kernel (11 kernels:
+    blocks of 8, 2 and 1; batch 37: 5 columns past the blocks); below that a big kernel
+    matrix runs as gather + GEMM, a small one as direct axpys; at batch 1
+    big groups gather from the vector and small ones join the CSR rows. The input (8 × 16
+    × 16 floats, rows of 8 KiB) also takes the padded transpose."""
     from cnn2mlp.ir.conv_matrix import conv_matrix
-    from cnn2mlp.runtime.engine import DIRECT_MAX_WEIGHTS
+    from cnn2mlp.runtime.engine import DIRECT_MAX_WEIGHTS, MIN_BLOCKED_WEIGHTS
 
     rng = np.random.default_rng(out_channels)
     shape = (in_channels, 16, 16) if in_channels == 8 else (in_channels, 32, 32)
@@ -168,17 +170,21 @@ def test_every_group_path_matches_the_reference(engine, out_channels, in_channel
                                   (1, 1), (1, 1, 1, 1), (1, 1), 1)
     mlp = Mlp([MlpLayer(w, b, "relu")], shape, tuple(out_shape))
     model = CsrModel(mlp, threads=threads, engine=engine)
-    for batch in (1, 5, 64):
+    for batch, dtype in ((1, np.float32), (5, np.float32), (37, np.float64), (64, np.float32)):
         x = rng.normal(size=(batch,) + shape)
-        got = model.predict(x.astype(np.float32))
+        got = model.predict(x.astype(dtype), dtype=dtype)
+        tolerance = 1e-4 if dtype == np.float32 else 1e-10
         np.testing.assert_allclose(got.reshape(batch, -1),
                                    mlp.forward(x.reshape(batch, -1)).reshape(batch, -1),
-                                   rtol=1e-4, atol=1e-4)
+                                   rtol=tolerance, atol=tolerance)
     if engine == "numba":
         (layer,) = model._engine.layers(np.float32)
-        direct = [d is not None for d in layer.direct_groups]
-        big = k.size > DIRECT_MAX_WEIGHTS
-        assert layer.structure is not None and (not any(direct) if big else all(direct))
+        groups = layer.structure.groups
+        assert [d is not None for d in layer.direct_groups] == [
+            g.kernels.size <= DIRECT_MAX_WEIGHTS for g in groups]
+        assert [b is not None for b in layer.blocked_groups] == [
+            g.kernels.size > MIN_BLOCKED_WEIGHTS for g in groups]
+        assert any(g.kernels.size > DIRECT_MAX_WEIGHTS for g in groups) == (kernel == 3)
 
 
 def columns_matrix(rng, n_rows=12):
@@ -306,3 +312,21 @@ def test_merged_columns_keep_the_function(engine, mlp, seed, batch):
         x = rng.normal(size=(batch, mlp.layers[0].n_in))
         got = CsrModel(wide, engine=engine).predict(x)
     np.testing.assert_allclose(got, wide.forward(x), rtol=1e-4, atol=1e-4)
+
+
+def test_the_committed_microkernel_is_the_generators_output():
+    """microkernel.py is generated: regenerate it (python -m cnn2mlp.runtime.microkernel_gen)
+    rather than edit it."""
+    from cnn2mlp.runtime import microkernel_gen
+
+    committed = (ROOT / "cnn2mlp" / "runtime" / "microkernel.py").read_text()
+    assert committed == microkernel_gen.generate()
+
+
+def test_kernels_are_cut_into_blocks_of_8_4_2_1():
+    from cnn2mlp.runtime.blocking import kernel_blocks
+
+    assert kernel_blocks(11) == [(0, 8), (8, 2), (10, 1)]
+    assert kernel_blocks(6) == [(0, 4), (4, 2)]
+    assert kernel_blocks(16) == [(0, 8), (8, 8)]
+    assert kernel_blocks(7) == [(0, 4), (4, 2), (6, 1)]
