@@ -74,6 +74,13 @@ class _Layer:
     direct_groups: list | None = None    # per group: arrays for the direct kernel, or None
     blocked_groups: list | None = None   # per group: "BlockedGroup" arrays, or None
     blocked_dense: "BlockedGroup | None" = None  # a dense layer as one blocked group
+    zero_bias: np.ndarray | None = None  # what the blocked kernel adds when not fusing
+    rest_fused: tuple | None = None      # (bias, codes, alphas) of the structure's rest rows
+
+    @property
+    def fusable(self) -> bool:
+        """Bias and activation can ride with the blocked kernel's stores."""
+        return self.uniform in (CODES["relu"], CODES["identity"])
     uniform: int | None = None           # the activation code every neuron has, if one
 
 
@@ -262,6 +269,12 @@ class Engine:
                                    else None),
                     uniform=(int(codes[0]) if len(codes) and (codes == codes[0]).all()
                              else None)))
+            for item in typed:
+                if item.blocked_groups is not None or item.blocked_dense is not None:
+                    item.zero_bias = np.zeros(item.csr.shape[0], key)
+                if item.structure is not None and self.name == "numba":
+                    rest = item.structure.rest_rows
+                    item.rest_fused = (item.bias[rest], item.codes[rest], item.alphas[rest])
             self._typed[key] = typed
         return self._typed[key]
 
@@ -288,8 +301,10 @@ class Engine:
             parallel = self.threads > 1 and work >= PARALLEL_WORK
             if layer.dense is not None and layer.blocked_dense is not None and \
                     batch >= LANES:
-                self._run_blocked(layer.blocked_dense, h, out, parallel)
-                finish_layer(layer, out, parallel)
+                self._run_blocked(layer, layer.blocked_dense, h, out, parallel,
+                                  layer.fusable)
+                if not layer.fusable:
+                    finish_layer(layer, out, parallel)
             elif layer.dense is not None:
                 np.matmul(layer.dense, h, out=out)
                 finish_layer(layer, out, parallel)
@@ -314,11 +329,13 @@ class Engine:
         from . import numba_kernels as k
 
         structure = layer.structure
+        blocked_all = batch >= LANES and all(b is not None for b in layer.blocked_groups)
+        fused = blocked_all and layer.fusable  # no pass of bias and activation afterwards
         direct_kernel = k.group_direct if parallel else k.group_direct_serial
         for group, direct, blocked in zip(structure.groups, layer.direct_groups,
                                           layer.blocked_groups):
             if blocked is not None and batch >= LANES:
-                self._run_blocked(blocked, h, out, parallel)
+                self._run_blocked(layer, blocked, h, out, parallel, fused)
             elif direct is None:
                 run_group(group, h, out)
             else:
@@ -326,17 +343,27 @@ class Engine:
         if len(structure.rest_rows):
             rest = structure.rest
             partial = np.empty((rest.shape[0], batch), out.dtype)
-            zeros, identity = layer.rest_plain  # no bias, the identity: both come after
+            if fused:
+                bias, codes, alphas = layer.rest_fused
+            else:  # no bias, the identity: both come after
+                bias, codes = layer.rest_plain
+                alphas = bias
             (k.csr_layer if parallel else k.csr_layer_serial)(
-                *layer.kernel_rest, zeros, identity, zeros, h, partial)
+                *layer.kernel_rest, bias, codes, alphas, h, partial)
             out[structure.rest_rows] = partial
-        finish_layer(layer, out, parallel)
+        if not fused:
+            finish_layer(layer, out, parallel)
 
     @staticmethod
-    def _run_blocked(blocked: BlockedGroup, h, out, parallel) -> None:
+    def _run_blocked(layer, blocked: BlockedGroup, h, out, parallel, fused) -> None:
+        """With ``fused``, the layer's bias and (uniform) activation come with the stores."""
         from . import numba_kernels as k
 
-        k.blocked_group(parallel, *blocked.arrays, h, out)
+        if fused:
+            k.blocked_group(parallel, *blocked.arrays, h, out, layer.bias,
+                            layer.uniform == CODES["relu"])
+        else:
+            k.blocked_group(parallel, *blocked.arrays, h, out, layer.zero_bias, False)
 
     def _structured_vector(self, layer, h, out, parallel):
         """Batch 1: big groups as gather + GEMM, all other rows in one compiled CSR call,

@@ -31,13 +31,16 @@ from numba import njit, prange
 BLOCK_SIZES, LANES = {sizes}, {lanes}
 
 
-def _blocked_group(kt, n_k, blocks, offsets, bases, rows, h, out, batch, zero):
-    """``out[rows[k, b] * batch + j] = sum_t kt[t * n_k + k] * h[(bases[b] + offsets[t]) *
-    batch + j]`` for a row group, where ``kt`` is its kernel matrix transposed and ``h``,
-    ``out`` are (features × batch) arrays, flat. ``blocks`` (first kernel, size) cut the
-    kernels into blocks of BLOCK_SIZES. Every sum runs over the taps in order, whatever
-    the block or thread: the result does not depend on the thread count. Indices are
-    unsigned (numba checks signed ones for wrap-around on every access)."""
+def _blocked_group(kt, n_k, blocks, offsets, bases, rows, h, out, bias, lo, scale, batch,
+                   zero):
+    """``out[i * batch + j] = g(bias[i] + sum_t kt[t * n_k + k] * h[(bases[b] + offsets[t])
+    * batch + j])`` for row ``i = rows[k, b]`` of a row group, where ``kt`` is its kernel
+    matrix transposed, ``h`` and ``out`` are (features × batch) arrays, flat, and ``g(v) =
+    v if v > lo else v * scale``: ReLU with (0, 0), the identity with (-inf, 1).
+    ``blocks`` (first kernel, size) cut the kernels into blocks of BLOCK_SIZES. Every sum
+    runs over the taps in order, whatever the block or thread: the result does not depend
+    on the thread count. Indices are unsigned (numba checks signed ones for wrap-around on
+    every access)."""
     taps = len(offsets)
     nb, nk = np.uint64(batch), np.uint64(n_k)
     j_main = batch - batch % LANES
@@ -57,7 +60,8 @@ TAIL = '''        for j in range(j_main, batch):  # the last batch % LANES colum
                 s = zero
                 for t in range(taps):
                     s += kt[np.uint64(t) * nk + k] * h[(base + offsets[t]) * nb + uj]
-                out[rows[k, b] * nb + uj] = s
+                v = s + bias[rows[k, b]]
+                out[rows[k, b] * nb + uj] = v if v > lo else v * scale
 
 
 # fastmath "contract" lets LLVM fuse each multiply and add into one FMA (one rounding)
@@ -68,7 +72,8 @@ blocked_group_serial = njit(cache=True, nogil=True, fastmath={{"contract"}})(_bl
 
 
 def block_lines(rows: int, lanes: int, indent: str) -> list[str]:
-    """The unrolled block: zero the sums, one pass over the taps, store the sums."""
+    """The unrolled block: zero the sums, one pass over the taps, store the sums with
+    their bias and activation."""
     lines = []
     for r in range(rows):
         names = ", ".join(f"a{r}_{j}" for j in range(lanes))
@@ -84,9 +89,11 @@ def block_lines(rows: int, lanes: int, indent: str) -> list[str]:
         for j in range(lanes):
             lines.append(f"{inner}a{r}_{j} += w{r} * x{j}")
     for r in range(rows):
-        lines.append(f"{indent}d = rows[k0 + np.uint64({r}), b] * nb + u0")
+        lines.append(f"{indent}row = rows[k0 + np.uint64({r}), b]")
+        lines.append(f"{indent}d, add = row * nb + u0, bias[row]")
         for j in range(lanes):
-            lines.append(f"{indent}out[d + np.uint64({j})] = a{r}_{j}")
+            lines.append(f"{indent}v = a{r}_{j} + add")
+            lines.append(f"{indent}out[d + np.uint64({j})] = v if v > lo else v * scale")
     return lines
 
 

@@ -248,11 +248,15 @@ def slp_vectorizer():
         config.SLP_VECTORIZE = before
 
 
-def blocked_group(parallel: bool, kt, n_k, blocks, offsets, bases, rows, h, out) -> None:
-    """The register-blocked kernel (microkernel.py) on a row group; ``h`` and ``out`` are
+def blocked_group(parallel: bool, kt, n_k, blocks, offsets, bases, rows, h, out, bias,
+                  relu: bool) -> None:
+    """The register-blocked kernel (microkernel.py) on a row group, adding ``bias`` (one
+    entry per row of ``out``) and then ReLU (``relu``) or nothing; ``h`` and ``out`` are
     C-contiguous (features × batch)."""
     batch = h.shape[1]
     kernel = microkernel.blocked_group if parallel else microkernel.blocked_group_serial
+    kind = h.dtype.type
+    lo, scale = (kind(0), kind(0)) if relu else (kind(-np.inf), kind(1))
     with slp_vectorizer():
-        kernel(kt, n_k, blocks, offsets, bases, rows, h.reshape(-1), out.reshape(-1), batch,
-               h.dtype.type(0))
+        kernel(kt, n_k, blocks, offsets, bases, rows, h.reshape(-1), out.reshape(-1), bias,
+               lo, scale, batch, kind(0))

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 #: groups smaller than this many rows are not worth a GEMM
-MIN_GROUP_ROWS = 64
+MIN_GROUP_ROWS = 8
 
 
 class ProductGroup:
@@ -129,7 +129,7 @@ def product_group(rows, bases, data, offsets) -> ProductGroup | None:
     kernels = data[firsts]
     unique_bases, base_of = np.unique(bases, return_inverse=True)
     n_k, n_b = len(kernels), len(unique_bases)
-    if n_k * n_b != len(rows) or n_b < 2:
+    if n_k * n_b != len(rows):
         return None
     table = np.full((n_k, n_b), -1, np.int64)
     table[kernel_of.ravel(), base_of.ravel()] = rows
