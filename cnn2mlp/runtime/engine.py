@@ -120,6 +120,13 @@ class BlockedGroup:
                        group.rows.astype(np.uint64))
 
 
+def group_path(blocked: "BlockedGroup | None", direct: tuple | None, batch: int) -> str:
+    """How a row group runs at this batch size: "blocked", "direct" or "gemm"."""
+    if blocked is not None and batch >= LANES:
+        return "blocked"
+    return "direct" if direct is not None else "gemm"
+
+
 def blocked_arrays(group, dtype) -> BlockedGroup | None:
     """Groups with more than MIN_BLOCKED_WEIGHTS weights run blocked (at a batch of LANES
     or more); smaller ones (max-pool pairs) stay on the direct kernel."""
@@ -325,18 +332,23 @@ class Engine:
     def _structured(self, layer, h, out, batch, parallel):
         """Row groups by the blocked kernel (at a batch of LANES or more; all but the
         smallest groups), the direct kernel (small ones) or im2col + GEMM; the other rows by
-        the CSR kernel (no bias, no activation); then bias and activation over the layer."""
+        the CSR kernel. A layer whose neurons share ReLU or the identity takes its bias and
+        activation in those kernels when every group runs blocked; otherwise in one pass
+        afterwards."""
         from . import numba_kernels as k
 
         structure = layer.structure
-        blocked_all = batch >= LANES and all(b is not None for b in layer.blocked_groups)
-        fused = blocked_all and layer.fusable  # no pass of bias and activation afterwards
+        paths = [group_path(blocked, direct, batch) for blocked, direct in
+                 zip(layer.blocked_groups, layer.direct_groups)]
+        # bias and activation ride with the blocked kernel's stores when it runs every
+        # group (measured: doing the same in the direct kernel gained nothing)
+        fused = layer.fusable and all(path == "blocked" for path in paths)
         direct_kernel = k.group_direct if parallel else k.group_direct_serial
-        for group, direct, blocked in zip(structure.groups, layer.direct_groups,
-                                          layer.blocked_groups):
-            if blocked is not None and batch >= LANES:
+        for group, direct, blocked, path in zip(structure.groups, layer.direct_groups,
+                                                layer.blocked_groups, paths):
+            if path == "blocked":
                 self._run_blocked(layer, blocked, h, out, parallel, fused)
-            elif direct is None:
+            elif path == "gemm":
                 run_group(group, h, out)
             else:
                 direct_kernel(*direct, h, out)

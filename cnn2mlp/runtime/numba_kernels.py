@@ -248,6 +248,11 @@ def slp_vectorizer():
         config.SLP_VECTORIZE = before
 
 
+def activation_bounds(relu: bool, kind) -> tuple:
+    """(lo, scale) of ``v if v > lo else v * scale``: ReLU, or the identity."""
+    return (kind(0), kind(0)) if relu else (kind(-np.inf), kind(1))
+
+
 def blocked_group(parallel: bool, kt, n_k, blocks, offsets, bases, rows, h, out, bias,
                   relu: bool) -> None:
     """The register-blocked kernel (microkernel.py) on a row group, adding ``bias`` (one
@@ -255,8 +260,8 @@ def blocked_group(parallel: bool, kt, n_k, blocks, offsets, bases, rows, h, out,
     C-contiguous (features × batch)."""
     batch = h.shape[1]
     kernel = microkernel.blocked_group if parallel else microkernel.blocked_group_serial
+    lo, scale = activation_bounds(relu, h.dtype.type)
     kind = h.dtype.type
-    lo, scale = (kind(0), kind(0)) if relu else (kind(-np.inf), kind(1))
     with slp_vectorizer():
         kernel(kt, n_k, blocks, offsets, bases, rows, h.reshape(-1), out.reshape(-1), bias,
                lo, scale, batch, kind(0))
