@@ -253,15 +253,25 @@ def activation_bounds(relu: bool, kind) -> tuple:
     return (kind(0), kind(0)) if relu else (kind(-np.inf), kind(1))
 
 
+#: (parallel, dtype) pairs whose blocked kernel is compiled (or loaded from the cache):
+#: their calls skip setting the vectorizer (1.4 µs a call, 4% of a small model's time)
+_compiled_blocked: set = set()
+
+
 def blocked_group(parallel: bool, kt, n_k, blocks, offsets, bases, rows, h, out, bias,
                   relu: bool) -> None:
     """The register-blocked kernel (microkernel.py) on a row group, adding ``bias`` (one
     entry per row of ``out``) and then ReLU (``relu``) or nothing; ``h`` and ``out`` are
     C-contiguous (features × batch)."""
-    batch = h.shape[1]
     kernel = microkernel.blocked_group if parallel else microkernel.blocked_group_serial
-    lo, scale = activation_bounds(relu, h.dtype.type)
     kind = h.dtype.type
+    lo, scale = activation_bounds(relu, kind)
+    args = (kt, n_k, blocks, offsets, bases, rows, h.reshape(-1), out.reshape(-1), bias, lo,
+            scale, h.shape[1], kind(0))
+    key = (parallel, h.dtype)
+    if key in _compiled_blocked:
+        kernel(*args)
+        return
     with slp_vectorizer():
-        kernel(kt, n_k, blocks, offsets, bases, rows, h.reshape(-1), out.reshape(-1), bias,
-               lo, scale, batch, kind(0))
+        kernel(*args)
+    _compiled_blocked.add(key)
