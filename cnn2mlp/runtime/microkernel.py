@@ -11,7 +11,7 @@ FLAGS = dict(cache=True, nogil=True, fastmath={"contract"})
 
 
 @njit(**FLAGS)
-def block_8x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
+def block_8x16(weights, start, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 count, out, rows, bias, lo, scale, zero):
     for b in range(first, stop):
         base = np.uint64(bases[b])
@@ -27,7 +27,7 @@ def block_8x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
             a7_0, a7_1, a7_2, a7_3, a7_4, a7_5, a7_6, a7_7, a7_8, a7_9, a7_10, a7_11, a7_12, a7_13, a7_14, a7_15 = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
             for t in range(taps):
                 p = (base + offsets[t]) * nb + u0
-                q = np.uint64(t) * nk + k0
+                q = start + np.uint64(t * 8)
                 x0 = h[p + np.uint64(0)]
                 x1 = h[p + np.uint64(1)]
                 x2 = h[p + np.uint64(2)]
@@ -44,7 +44,7 @@ def block_8x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 x13 = h[p + np.uint64(13)]
                 x14 = h[p + np.uint64(14)]
                 x15 = h[p + np.uint64(15)]
-                w0 = kt[q + np.uint64(0)]
+                w0 = weights[q + np.uint64(0)]
                 a0_0 += w0 * x0
                 a0_1 += w0 * x1
                 a0_2 += w0 * x2
@@ -61,7 +61,7 @@ def block_8x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 a0_13 += w0 * x13
                 a0_14 += w0 * x14
                 a0_15 += w0 * x15
-                w1 = kt[q + np.uint64(1)]
+                w1 = weights[q + np.uint64(1)]
                 a1_0 += w1 * x0
                 a1_1 += w1 * x1
                 a1_2 += w1 * x2
@@ -78,7 +78,7 @@ def block_8x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 a1_13 += w1 * x13
                 a1_14 += w1 * x14
                 a1_15 += w1 * x15
-                w2 = kt[q + np.uint64(2)]
+                w2 = weights[q + np.uint64(2)]
                 a2_0 += w2 * x0
                 a2_1 += w2 * x1
                 a2_2 += w2 * x2
@@ -95,7 +95,7 @@ def block_8x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 a2_13 += w2 * x13
                 a2_14 += w2 * x14
                 a2_15 += w2 * x15
-                w3 = kt[q + np.uint64(3)]
+                w3 = weights[q + np.uint64(3)]
                 a3_0 += w3 * x0
                 a3_1 += w3 * x1
                 a3_2 += w3 * x2
@@ -112,7 +112,7 @@ def block_8x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 a3_13 += w3 * x13
                 a3_14 += w3 * x14
                 a3_15 += w3 * x15
-                w4 = kt[q + np.uint64(4)]
+                w4 = weights[q + np.uint64(4)]
                 a4_0 += w4 * x0
                 a4_1 += w4 * x1
                 a4_2 += w4 * x2
@@ -129,7 +129,7 @@ def block_8x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 a4_13 += w4 * x13
                 a4_14 += w4 * x14
                 a4_15 += w4 * x15
-                w5 = kt[q + np.uint64(5)]
+                w5 = weights[q + np.uint64(5)]
                 a5_0 += w5 * x0
                 a5_1 += w5 * x1
                 a5_2 += w5 * x2
@@ -146,7 +146,7 @@ def block_8x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 a5_13 += w5 * x13
                 a5_14 += w5 * x14
                 a5_15 += w5 * x15
-                w6 = kt[q + np.uint64(6)]
+                w6 = weights[q + np.uint64(6)]
                 a6_0 += w6 * x0
                 a6_1 += w6 * x1
                 a6_2 += w6 * x2
@@ -163,7 +163,7 @@ def block_8x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 a6_13 += w6 * x13
                 a6_14 += w6 * x14
                 a6_15 += w6 * x15
-                w7 = kt[q + np.uint64(7)]
+                w7 = weights[q + np.uint64(7)]
                 a7_0 += w7 * x0
                 a7_1 += w7 * x1
                 a7_2 += w7 * x2
@@ -455,7 +455,7 @@ def block_8x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
 
 
 @njit(**FLAGS)
-def block_4x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
+def block_4x16(weights, start, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 count, out, rows, bias, lo, scale, zero):
     for b in range(first, stop):
         base = np.uint64(bases[b])
@@ -467,7 +467,7 @@ def block_4x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
             a3_0, a3_1, a3_2, a3_3, a3_4, a3_5, a3_6, a3_7, a3_8, a3_9, a3_10, a3_11, a3_12, a3_13, a3_14, a3_15 = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
             for t in range(taps):
                 p = (base + offsets[t]) * nb + u0
-                q = np.uint64(t) * nk + k0
+                q = start + np.uint64(t * 4)
                 x0 = h[p + np.uint64(0)]
                 x1 = h[p + np.uint64(1)]
                 x2 = h[p + np.uint64(2)]
@@ -484,7 +484,7 @@ def block_4x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 x13 = h[p + np.uint64(13)]
                 x14 = h[p + np.uint64(14)]
                 x15 = h[p + np.uint64(15)]
-                w0 = kt[q + np.uint64(0)]
+                w0 = weights[q + np.uint64(0)]
                 a0_0 += w0 * x0
                 a0_1 += w0 * x1
                 a0_2 += w0 * x2
@@ -501,7 +501,7 @@ def block_4x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 a0_13 += w0 * x13
                 a0_14 += w0 * x14
                 a0_15 += w0 * x15
-                w1 = kt[q + np.uint64(1)]
+                w1 = weights[q + np.uint64(1)]
                 a1_0 += w1 * x0
                 a1_1 += w1 * x1
                 a1_2 += w1 * x2
@@ -518,7 +518,7 @@ def block_4x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 a1_13 += w1 * x13
                 a1_14 += w1 * x14
                 a1_15 += w1 * x15
-                w2 = kt[q + np.uint64(2)]
+                w2 = weights[q + np.uint64(2)]
                 a2_0 += w2 * x0
                 a2_1 += w2 * x1
                 a2_2 += w2 * x2
@@ -535,7 +535,7 @@ def block_4x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 a2_13 += w2 * x13
                 a2_14 += w2 * x14
                 a2_15 += w2 * x15
-                w3 = kt[q + np.uint64(3)]
+                w3 = weights[q + np.uint64(3)]
                 a3_0 += w3 * x0
                 a3_1 += w3 * x1
                 a3_2 += w3 * x2
@@ -691,7 +691,7 @@ def block_4x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
 
 
 @njit(**FLAGS)
-def block_2x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
+def block_2x16(weights, start, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 count, out, rows, bias, lo, scale, zero):
     for b in range(first, stop):
         base = np.uint64(bases[b])
@@ -701,7 +701,7 @@ def block_2x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
             a1_0, a1_1, a1_2, a1_3, a1_4, a1_5, a1_6, a1_7, a1_8, a1_9, a1_10, a1_11, a1_12, a1_13, a1_14, a1_15 = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
             for t in range(taps):
                 p = (base + offsets[t]) * nb + u0
-                q = np.uint64(t) * nk + k0
+                q = start + np.uint64(t * 2)
                 x0 = h[p + np.uint64(0)]
                 x1 = h[p + np.uint64(1)]
                 x2 = h[p + np.uint64(2)]
@@ -718,7 +718,7 @@ def block_2x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 x13 = h[p + np.uint64(13)]
                 x14 = h[p + np.uint64(14)]
                 x15 = h[p + np.uint64(15)]
-                w0 = kt[q + np.uint64(0)]
+                w0 = weights[q + np.uint64(0)]
                 a0_0 += w0 * x0
                 a0_1 += w0 * x1
                 a0_2 += w0 * x2
@@ -735,7 +735,7 @@ def block_2x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 a0_13 += w0 * x13
                 a0_14 += w0 * x14
                 a0_15 += w0 * x15
-                w1 = kt[q + np.uint64(1)]
+                w1 = weights[q + np.uint64(1)]
                 a1_0 += w1 * x0
                 a1_1 += w1 * x1
                 a1_2 += w1 * x2
@@ -823,7 +823,7 @@ def block_2x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
 
 
 @njit(**FLAGS)
-def block_1x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
+def block_1x16(weights, start, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 count, out, rows, bias, lo, scale, zero):
     for b in range(first, stop):
         base = np.uint64(bases[b])
@@ -832,7 +832,7 @@ def block_1x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
             a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7, a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15 = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
             for t in range(taps):
                 p = (base + offsets[t]) * nb + u0
-                q = np.uint64(t) * nk + k0
+                q = start + np.uint64(t * 1)
                 x0 = h[p + np.uint64(0)]
                 x1 = h[p + np.uint64(1)]
                 x2 = h[p + np.uint64(2)]
@@ -849,7 +849,7 @@ def block_1x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
                 x13 = h[p + np.uint64(13)]
                 x14 = h[p + np.uint64(14)]
                 x15 = h[p + np.uint64(15)]
-                w0 = kt[q + np.uint64(0)]
+                w0 = weights[q + np.uint64(0)]
                 a0_0 += w0 * x0
                 a0_1 += w0 * x1
                 a0_2 += w0 * x2
@@ -902,41 +902,43 @@ def block_1x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,
             out[d + np.uint64(15)] = v if v > lo else v * scale
 
 
-def _blocked_group(kt, n_k, blocks, offsets, bases, rows, h, out, bias, lo, scale, batch,
+def _blocked_group(weights, blocks, offsets, bases, rows, h, out, bias, lo, scale, batch,
                    zero):
-    """``out[i * batch + j] = g(bias[i] + sum_t kt[t * n_k + k] * h[(bases[b] + offsets[t])
-    * batch + j])`` for row ``i = rows[k, b]`` of a row group, where ``kt`` is its kernel
-    matrix transposed, ``h`` and ``out`` are (features × batch) arrays, flat, and ``g(v) =
-    v if v > lo else v * scale``: ReLU with (0, 0), the identity with (-inf, 1).
-    ``blocks`` (first kernel, size) cut the kernels into blocks; the batch is cut into
-    blocks of columns, the widest SHAPES has for the size while they fit. Every sum runs
-    over the taps in order, whatever the block or thread: the result does not depend on
-    the thread count. Indices are unsigned (numba checks signed ones for wrap-around on
-    every access)."""
+    """``out[i * batch + j] = g(bias[i] + sum_t K[k, t] * h[(bases[b] + offsets[t]) * batch
+    + j])`` for row ``i = rows[k, b]`` of a row group, where ``h`` and ``out`` are
+    (features × batch) arrays, flat, and ``g(v) = v if v > lo else v * scale``: ReLU with
+    (0, 0), the identity with (-inf, 1). ``blocks`` (first kernel, size, start) cut the
+    kernels into blocks; the weights of a block are packed from ``start`` tap by tap
+    (``K[k0 + r, t]`` at ``start + t * size + r``), so a block reads them in one sweep. The
+    batch is cut into blocks of columns, the widest SHAPES has for the size while they
+    fit. Every sum runs over the taps in order, whatever the block or thread: the result
+    does not depend on the thread count. Indices are unsigned (numba checks signed ones
+    for wrap-around on every access)."""
     taps = len(offsets)
-    nb, nk = np.uint64(batch), np.uint64(n_k)
+    nb = np.uint64(batch)
     n_blocks = len(blocks)
     n_runs = (len(bases) + BASES - 1) // BASES
     for item in prange(n_runs * n_blocks):  # threads share (run of bases, block) pairs
         first = (item // n_blocks) * BASES
         stop = min(len(bases), first + BASES)
-        k0, size = blocks[item % n_blocks, 0], blocks[item % n_blocks, 1]
+        k0, size, start = blocks[item % n_blocks, 0], blocks[item % n_blocks, 1], \
+            blocks[item % n_blocks, 2]
         j0 = 0
         if size == 8:
             count = (batch - j0) // 16
-            block_8x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0, count, out, rows, bias, lo, scale, zero)
+            block_8x16(weights, start, k0, offsets, taps, bases, first, stop, h, nb, j0, count, out, rows, bias, lo, scale, zero)
             j0 += count * 16
         elif size == 4:
             count = (batch - j0) // 16
-            block_4x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0, count, out, rows, bias, lo, scale, zero)
+            block_4x16(weights, start, k0, offsets, taps, bases, first, stop, h, nb, j0, count, out, rows, bias, lo, scale, zero)
             j0 += count * 16
         elif size == 2:
             count = (batch - j0) // 16
-            block_2x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0, count, out, rows, bias, lo, scale, zero)
+            block_2x16(weights, start, k0, offsets, taps, bases, first, stop, h, nb, j0, count, out, rows, bias, lo, scale, zero)
             j0 += count * 16
         elif size == 1:
             count = (batch - j0) // 16
-            block_1x16(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0, count, out, rows, bias, lo, scale, zero)
+            block_1x16(weights, start, k0, offsets, taps, bases, first, stop, h, nb, j0, count, out, rows, bias, lo, scale, zero)
             j0 += count * 16
         for b in range(first, stop):
             base = np.uint64(bases[b])
@@ -946,7 +948,8 @@ def _blocked_group(kt, n_k, blocks, offsets, bases, rows, h, out, bias, lo, scal
                     k = k0 + np.uint64(r)
                     s = zero
                     for t in range(taps):
-                        s += kt[np.uint64(t) * nk + k] * h[(base + offsets[t]) * nb + uj]
+                        s += weights[start + np.uint64(t) * size + np.uint64(r)] * \
+                            h[(base + offsets[t]) * nb + uj]
                     v = s + bias[rows[k, b]]
                     out[rows[k, b] * nb + uj] = v if v > lo else v * scale
 

@@ -36,25 +36,27 @@ FLAGS = dict(cache=True, nogil=True, fastmath={{"contract"}})
 
 DRIVER = '''
 
-def _blocked_group(kt, n_k, blocks, offsets, bases, rows, h, out, bias, lo, scale, batch,
+def _blocked_group(weights, blocks, offsets, bases, rows, h, out, bias, lo, scale, batch,
                    zero):
-    """``out[i * batch + j] = g(bias[i] + sum_t kt[t * n_k + k] * h[(bases[b] + offsets[t])
-    * batch + j])`` for row ``i = rows[k, b]`` of a row group, where ``kt`` is its kernel
-    matrix transposed, ``h`` and ``out`` are (features × batch) arrays, flat, and ``g(v) =
-    v if v > lo else v * scale``: ReLU with (0, 0), the identity with (-inf, 1).
-    ``blocks`` (first kernel, size) cut the kernels into blocks; the batch is cut into
-    blocks of columns, the widest SHAPES has for the size while they fit. Every sum runs
-    over the taps in order, whatever the block or thread: the result does not depend on
-    the thread count. Indices are unsigned (numba checks signed ones for wrap-around on
-    every access)."""
+    """``out[i * batch + j] = g(bias[i] + sum_t K[k, t] * h[(bases[b] + offsets[t]) * batch
+    + j])`` for row ``i = rows[k, b]`` of a row group, where ``h`` and ``out`` are
+    (features × batch) arrays, flat, and ``g(v) = v if v > lo else v * scale``: ReLU with
+    (0, 0), the identity with (-inf, 1). ``blocks`` (first kernel, size, start) cut the
+    kernels into blocks; the weights of a block are packed from ``start`` tap by tap
+    (``K[k0 + r, t]`` at ``start + t * size + r``), so a block reads them in one sweep. The
+    batch is cut into blocks of columns, the widest SHAPES has for the size while they
+    fit. Every sum runs over the taps in order, whatever the block or thread: the result
+    does not depend on the thread count. Indices are unsigned (numba checks signed ones
+    for wrap-around on every access)."""
     taps = len(offsets)
-    nb, nk = np.uint64(batch), np.uint64(n_k)
+    nb = np.uint64(batch)
     n_blocks = len(blocks)
     n_runs = (len(bases) + BASES - 1) // BASES
     for item in prange(n_runs * n_blocks):  # threads share (run of bases, block) pairs
         first = (item // n_blocks) * BASES
         stop = min(len(bases), first + BASES)
-        k0, size = blocks[item % n_blocks, 0], blocks[item % n_blocks, 1]
+        k0, size, start = blocks[item % n_blocks, 0], blocks[item % n_blocks, 1], \\
+            blocks[item % n_blocks, 2]
         j0 = 0
 {loops}
         for b in range(first, stop):
@@ -65,7 +67,8 @@ def _blocked_group(kt, n_k, blocks, offsets, bases, rows, h, out, bias, lo, scal
                     k = k0 + np.uint64(r)
                     s = zero
                     for t in range(taps):
-                        s += kt[np.uint64(t) * nk + k] * h[(base + offsets[t]) * nb + uj]
+                        s += weights[start + np.uint64(t) * size + np.uint64(r)] * \\
+                            h[(base + offsets[t]) * nb + uj]
                     v = s + bias[rows[k, b]]
                     out[rows[k, b] * nb + uj] = v if v > lo else v * scale
 
@@ -81,7 +84,7 @@ def block_function(rows: int, lanes: int) -> list[str]:
     with their bias and activation. (A call costs about 10 ns: one per base was 20% of a
     small convolution's time.)"""
     lines = ["", "", "@njit(**FLAGS)",
-             f"def block_{rows}x{lanes}(kt, nk, k0, offsets, taps, bases, first, stop, h, nb, j0,",
+             f"def block_{rows}x{lanes}(weights, start, k0, offsets, taps, bases, first, stop, h, nb, j0,",
              "                count, out, rows, bias, lo, scale, zero):",
              "    for b in range(first, stop):",
              "        base = np.uint64(bases[b])",
@@ -94,11 +97,11 @@ def block_function(rows: int, lanes: int) -> list[str]:
     lines.append(f"{indent}for t in range(taps):")
     inner = indent + "    "
     lines.append(f"{inner}p = (base + offsets[t]) * nb + u0")
-    lines.append(f"{inner}q = np.uint64(t) * nk + k0")
+    lines.append(f"{inner}q = start + np.uint64(t * {rows})")
     for j in range(lanes):
         lines.append(f"{inner}x{j} = h[p + np.uint64({j})]")
     for r in range(rows):
-        lines.append(f"{inner}w{r} = kt[q + np.uint64({r})]")
+        lines.append(f"{inner}w{r} = weights[q + np.uint64({r})]")
         for j in range(lanes):
             lines.append(f"{inner}a{r}_{j} += w{r} * x{j}")
     for r in range(rows):
@@ -119,7 +122,7 @@ def driver_lines(shapes: tuple[tuple[int, int], ...]) -> str:
             keyword = "if" if i == 0 else "elif"
             lines.append(f"        {keyword} size == {size}:")
             lines.append(f"            count = (batch - j0) // {width}")
-            lines.append(f"            block_{size}x{width}(kt, nk, k0, offsets, taps, bases, first, stop, "
+            lines.append(f"            block_{size}x{width}(weights, start, k0, offsets, taps, bases, first, stop, "
                          "h, nb, j0, count, out, rows, bias, lo, scale, zero)")
             lines.append(f"            j0 += count * {width}")
     return "\n".join(lines)

@@ -258,7 +258,7 @@ def activation_bounds(relu: bool, kind) -> tuple:
 _compiled_blocked: set = set()
 
 
-def blocked_group(parallel: bool, kt, n_k, blocks, offsets, bases, rows, h, out, bias,
+def blocked_group(parallel: bool, weights, blocks, offsets, bases, rows, h, out, bias,
                   relu: bool) -> None:
     """The register-blocked kernel (microkernel.py) on a row group, adding ``bias`` (one
     entry per row of ``out``) and then ReLU (``relu``) or nothing; ``h`` and ``out`` are
@@ -266,7 +266,7 @@ def blocked_group(parallel: bool, kt, n_k, blocks, offsets, bases, rows, h, out,
     kernel = microkernel.blocked_group if parallel else microkernel.blocked_group_serial
     kind = h.dtype.type
     lo, scale = activation_bounds(relu, kind)
-    args = (kt, n_k, blocks, offsets, bases, rows, h.reshape(-1), out.reshape(-1), bias, lo,
+    args = (weights, blocks, offsets, bases, rows, h.reshape(-1), out.reshape(-1), bias, lo,
             scale, h.shape[1], kind(0))
     key = (parallel, h.dtype)
     if key in _compiled_blocked:
