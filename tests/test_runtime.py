@@ -330,3 +330,44 @@ def test_kernels_are_cut_into_blocks_of_8_4_2_1():
     assert kernel_blocks(6) == [(0, 4), (4, 2)]
     assert kernel_blocks(16) == [(0, 8), (8, 8)]
     assert kernel_blocks(7) == [(0, 4), (4, 2), (6, 1)]
+
+
+@pytest.mark.skipif("numba" not in ENGINES or not hasattr(__import__("os"), "fork"),
+                    reason="needs numba and os.fork")
+def test_a_process_forked_after_threaded_runs_predicts():
+    """The runtime prefers OpenMP threads, and GNU OpenMP aborts a parallel region in a
+    child forked after its threads started: a forked child runs the serial kernels."""
+    import os
+
+    rng = np.random.default_rng(9)
+    w = sp.random_array((4000, 3000), density=0.05, rng=rng, format="csr", dtype=np.float32)
+    mlp = Mlp([MlpLayer(w, rng.normal(size=4000).astype(np.float32), "relu")], (3000,), (4000,))
+    model = CsrModel(mlp, threads=2, engine="numba")
+    x = rng.normal(size=(64, 3000)).astype(np.float32)
+    expected = model.predict(x)  # threads started in this process
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only when the prediction is right
+        try:
+            ok = np.allclose(model.predict(x), expected, rtol=1e-5, atol=1e-5)
+        finally:
+            os._exit(0 if locals().get("ok") else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+@pytest.mark.skipif("numba" not in ENGINES, reason="install the fast extra (numba)")
+def test_threaded_and_serial_kernels_have_their_own_cache_entries():
+    """numba names a function's cache entries after its qualified name: two compilations
+    of one function under one name load each other's code (a "threaded" kernel that ran
+    serially, or the reverse)."""
+    from cnn2mlp.runtime import microkernel
+    from cnn2mlp.runtime import numba_kernels as k
+
+    pairs = [(microkernel.blocked_group, microkernel.blocked_group_serial)]
+    pairs += [(getattr(k, name), getattr(k, name + "_serial")) for name in dir(k)
+              if hasattr(k, name + "_serial")]
+    assert len(pairs) >= 8
+    for threaded, serial in pairs:
+        names = {threaded.py_func.__qualname__, serial.py_func.__qualname__}
+        assert len(names) == 2, names
+        assert threaded.targetoptions.get("parallel") and not serial.targetoptions.get("parallel")

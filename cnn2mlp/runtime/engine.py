@@ -19,10 +19,12 @@ DENSE_THRESHOLD = 0.3
 DENSE_LIMIT = 256 * 2**20
 #: a layer runs its row groups as GEMM when they cover this share of its rows
 STRUCTURE_MIN_COVER = 0.5
-#: multiply-adds below which a layer runs on one thread (a parallel region costs ~10 µs)
-PARALLEL_WORK = 1 << 18
+#: multiply-adds below which a layer runs on one thread: starting a parallel region costs
+#: 12 µs with numba's default TBB layer here (2 µs with NUMBA_THREADING_LAYER=omp), about
+#: the time of 2^19 multiply-adds; threads pay off from a few times that
+PARALLEL_WORK = 1 << 21
 #: outputs below which bias and activation run on one thread (one pass over them is cheap)
-PARALLEL_FINISH = 1 << 16
+PARALLEL_FINISH = 1 << 19
 CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4, "elu": 5,
          "softplus": 6, "softsign": 7, "hard_swish": 8, "mish": 9, "gelu": 10,
          "gelu_tanh": 11, "thresholded_relu": 12, "swish": 13, "erf": 14}
@@ -305,6 +307,7 @@ class Engine:
         import numba
 
         from . import numba_kernels as k
+        from . import variants
 
         numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
         widest = max(layer.csr.shape[0] for layer in layers)
@@ -312,7 +315,8 @@ class Engine:
         for index, layer in enumerate(layers):
             out = buffers[index % 2][:layer.csr.shape[0] * batch].reshape(-1, batch)
             work = (layer.csr.nnz if layer.dense is None else layer.dense.size) * batch
-            parallel = self.threads > 1 and work >= PARALLEL_WORK
+            parallel = self.threads > 1 and work >= PARALLEL_WORK and \
+                not variants.forked_after_threads
             if layer.dense is not None and layer.blocked_dense is not None and \
                     batch >= LANES:
                 self._run_blocked(layer, layer.blocked_dense, h, out, parallel,

@@ -4,8 +4,11 @@
 import numpy as np
 from numba import njit, prange
 
+from .variants import threaded_and_serial
+
 SHAPES = ((8, 16), (4, 16), (2, 16), (1, 16))
-BASES = 8  # bases a call of a block function takes
+BASES = 2  # bases a call of a block function takes (their inputs: 2 × taps × 256 bytes)
+BLOCKS = 4  # blocks of kernels a thread takes with them
 # fastmath "contract" lets LLVM fuse each multiply and add into one FMA (one rounding)
 FLAGS = dict(cache=True, nogil=True, fastmath={"contract"})
 
@@ -918,41 +921,45 @@ def _blocked_group(weights, blocks, offsets, bases, rows, h, out, bias, lo, scal
     nb = np.uint64(batch)
     n_blocks = len(blocks)
     n_runs = (len(bases) + BASES - 1) // BASES
-    for item in prange(n_runs * n_blocks):  # threads share (run of bases, block) pairs
-        first = (item // n_blocks) * BASES
+    n_parts = (n_blocks + BLOCKS - 1) // BLOCKS
+    # a thread takes a run of bases and up to BLOCKS blocks of kernels: the run's inputs
+    # stay in its cache while every block reads them
+    for item in prange(n_runs * n_parts):
+        first = (item // n_parts) * BASES
         stop = min(len(bases), first + BASES)
-        k0, size, start = blocks[item % n_blocks, 0], blocks[item % n_blocks, 1], \
-            blocks[item % n_blocks, 2]
-        j0 = 0
-        if size == 8:
-            count = (batch - j0) // 16
-            block_8x16(weights, start, k0, offsets, taps, bases, first, stop, h, nb, j0, count, out, rows, bias, lo, scale, zero)
-            j0 += count * 16
-        elif size == 4:
-            count = (batch - j0) // 16
-            block_4x16(weights, start, k0, offsets, taps, bases, first, stop, h, nb, j0, count, out, rows, bias, lo, scale, zero)
-            j0 += count * 16
-        elif size == 2:
-            count = (batch - j0) // 16
-            block_2x16(weights, start, k0, offsets, taps, bases, first, stop, h, nb, j0, count, out, rows, bias, lo, scale, zero)
-            j0 += count * 16
-        elif size == 1:
-            count = (batch - j0) // 16
-            block_1x16(weights, start, k0, offsets, taps, bases, first, stop, h, nb, j0, count, out, rows, bias, lo, scale, zero)
-            j0 += count * 16
-        for b in range(first, stop):
-            base = np.uint64(bases[b])
-            for j in range(j0, batch):  # the columns narrower than any block
-                uj = np.uint64(j)
-                for r in range(size):
-                    k = k0 + np.uint64(r)
-                    s = zero
-                    for t in range(taps):
-                        s += weights[start + np.uint64(t) * size + np.uint64(r)] * \
-                            h[(base + offsets[t]) * nb + uj]
-                    v = s + bias[rows[k, b]]
-                    out[rows[k, b] * nb + uj] = v if v > lo else v * scale
+        part = item % n_parts
+        for block in range(part * BLOCKS, min(n_blocks, (part + 1) * BLOCKS)):
+            k0, size, start = blocks[block, 0], blocks[block, 1], blocks[block, 2]
+            j0 = 0
+            if size == 8:
+                count = (batch - j0) // 16
+                block_8x16(weights, start, k0, offsets, taps, bases, first, stop, h, nb, j0, count, out, rows, bias, lo, scale, zero)
+                j0 += count * 16
+            elif size == 4:
+                count = (batch - j0) // 16
+                block_4x16(weights, start, k0, offsets, taps, bases, first, stop, h, nb, j0, count, out, rows, bias, lo, scale, zero)
+                j0 += count * 16
+            elif size == 2:
+                count = (batch - j0) // 16
+                block_2x16(weights, start, k0, offsets, taps, bases, first, stop, h, nb, j0, count, out, rows, bias, lo, scale, zero)
+                j0 += count * 16
+            elif size == 1:
+                count = (batch - j0) // 16
+                block_1x16(weights, start, k0, offsets, taps, bases, first, stop, h, nb, j0, count, out, rows, bias, lo, scale, zero)
+                j0 += count * 16
+            for b in range(first, stop):
+                base = np.uint64(bases[b])
+                for j in range(j0, batch):  # the columns narrower than any block
+                    uj = np.uint64(j)
+                    for r in range(size):
+                        k = k0 + np.uint64(r)
+                        s = zero
+                        for t in range(taps):
+                            s += weights[start + np.uint64(t) * size + np.uint64(r)] * \
+                                h[(base + offsets[t]) * nb + uj]
+                        v = s + bias[rows[k, b]]
+                        out[rows[k, b] * nb + uj] = v if v > lo else v * scale
 
 
-blocked_group = njit(parallel=True, **FLAGS)(_blocked_group)
-blocked_group_serial = njit(**FLAGS)(_blocked_group)
+# threaded and serial, each with its own cache entries (variants.py)
+blocked_group, blocked_group_serial = threaded_and_serial(_blocked_group, **FLAGS)

@@ -9,6 +9,9 @@ import numpy as np
 from numba import njit, prange
 
 from . import microkernel
+from .variants import prefer_openmp, threaded_and_serial
+
+prefer_openmp()
 
 #: activation codes per neuron (engine.CODES maps the names)
 IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH = 0, 1, 2, 3, 4
@@ -142,13 +145,11 @@ def _csr_vector(data, indices, indptr, bias, codes, alphas, x, out):
 
 
 # One function, two compilations: threads for big layers, none for small ones (starting a
-# parallel region costs more than a small layer's work).
-csr_layer = njit(parallel=True, cache=True, nogil=True)(_csr_layer)
-csr_layer_serial = njit(cache=True, nogil=True)(_csr_layer)
-bias_activation = njit(parallel=True, cache=True, nogil=True)(_bias_activation)
-bias_activation_serial = njit(cache=True, nogil=True)(_bias_activation)
-csr_vector = njit(parallel=True, cache=True, nogil=True)(_csr_vector)
-csr_vector_serial = njit(cache=True, nogil=True)(_csr_vector)
+# parallel region costs more than a small layer's work). Each has its own cache entries
+# (variants.py).
+csr_layer, csr_layer_serial = threaded_and_serial(_csr_layer, cache=True, nogil=True)
+bias_activation, bias_activation_serial = threaded_and_serial(_bias_activation, cache=True, nogil=True)
+csr_vector, csr_vector_serial = threaded_and_serial(_csr_vector, cache=True, nogil=True)
 
 
 def _csr_rows_vector(data, indices, indptr, rows, x, out):
@@ -157,8 +158,7 @@ def _csr_rows_vector(data, indices, indptr, rows, x, out):
         out[rows[i]] = row_dot(data, indices, indptr[i], indptr[i + 1], x)
 
 
-csr_rows_vector = njit(parallel=True, cache=True, nogil=True)(_csr_rows_vector)
-csr_rows_vector_serial = njit(cache=True, nogil=True)(_csr_rows_vector)
+csr_rows_vector, csr_rows_vector_serial = threaded_and_serial(_csr_rows_vector, cache=True, nogil=True)
 
 
 def _group_direct(kernels, offsets, bases, rows, h, out):
@@ -204,8 +204,7 @@ def _group_direct(kernels, offsets, bases, rows, h, out):
                 t += 1
 
 
-group_direct = njit(parallel=True, cache=True, nogil=True)(_group_direct)
-group_direct_serial = njit(cache=True, nogil=True)(_group_direct)
+group_direct, group_direct_serial = threaded_and_serial(_group_direct, cache=True, nogil=True)
 
 
 def _bias_relu(out, bias):
@@ -227,10 +226,8 @@ def _bias_only(out, bias):
             out[i, j] += b
 
 
-bias_relu = njit(parallel=True, cache=True, nogil=True)(_bias_relu)
-bias_relu_serial = njit(cache=True, nogil=True)(_bias_relu)
-bias_only = njit(parallel=True, cache=True, nogil=True)(_bias_only)
-bias_only_serial = njit(cache=True, nogil=True)(_bias_only)
+bias_relu, bias_relu_serial = threaded_and_serial(_bias_relu, cache=True, nogil=True)
+bias_only, bias_only_serial = threaded_and_serial(_bias_only, cache=True, nogil=True)
 
 
 @contextmanager
