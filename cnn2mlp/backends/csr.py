@@ -439,7 +439,10 @@ class _Layer:
                 z[self.rest_rows] = _ell_matmul(self.rest, len(self.rest_rows), h)
         z += self.bias[:, None]
         for start, stop, act, alpha in self.segments:
-            z[start:stop] = _activate(act, alpha, z[start:stop])
+            if act == "relu":  # in place: no temporary the size of the layer
+                np.maximum(z[start:stop], 0, out=z[start:stop])
+            else:
+                z[start:stop] = _activate(act, alpha, z[start:stop])
         return z
 
 
