@@ -6,9 +6,11 @@ is transposed once at the start and the output once at the end; bias and activat
 applied in the same pass as the product; two ping-pong buffers serve every layer. Layers
 denser than :data:`~cnn2mlp.runtime.engine.DENSE_THRESHOLD` run as dense GEMM (BLAS).
 
-Engines: ``numba`` (a compiled, multi-threaded CSR kernel; ``pip install
-'cnn2mlp[fast]'``) and ``scipy`` (always there). Both give the same results up to float
-rounding, for any thread count.
+Engines: ``numba`` (compiled, multi-threaded kernels; ``pip install 'cnn2mlp[fast]'``) and
+``scipy`` (always there). Both give the same results up to float rounding, for any thread
+count. Before running, the runtime finds structure in the plain CSR file: convolution-like
+row groups (structure.py), equal columns to merge (columns.py), dense layers; the numba
+engine runs groups and dense layers on a register-blocked kernel (microkernel.py).
 """
 from .engine import DENSE_THRESHOLD, Engine, available_engines, make_engine
 

@@ -1,4 +1,6 @@
-"""Engines: the numba CSR kernel, or scipy; dense layers through BLAS in both."""
+"""Engines: numba (compiled kernels: register-blocked for row groups and dense layers from a
+batch of 16, direct and CSR kernels otherwise) or scipy (CSR products, im2col + GEMM for
+row groups, dense layers through BLAS)."""
 from __future__ import annotations
 
 import os
@@ -78,12 +80,12 @@ class _Layer:
     blocked_dense: "BlockedGroup | None" = None  # a dense layer as one blocked group
     zero_bias: np.ndarray | None = None  # what the blocked kernel adds when not fusing
     rest_fused: tuple | None = None      # (bias, codes, alphas) of the structure's rest rows
+    uniform: int | None = None           # the activation code every neuron has, if one
 
     @property
     def fusable(self) -> bool:
         """Bias and activation can ride with the blocked kernel's stores."""
         return self.uniform in (CODES["relu"], CODES["identity"])
-    uniform: int | None = None           # the activation code every neuron has, if one
 
 
 #: at batch 1, a group runs as a GEMM when it has this many non-zeros; smaller ones (a
@@ -144,7 +146,7 @@ def blocked_arrays(group, dtype) -> BlockedGroup | None:
 
 #: dense layers up to this many entries also run on the blocked kernel at a batch of
 #: LANES or more (measured at batch 64: 7-20% faster than numpy's OpenBLAS GEMM on the
-#: benchmark's dense layers); it keeps a transposed copy of the weights
+#: benchmark's dense layers); it keeps a packed copy of the weights
 BLOCKED_DENSE_ENTRIES = 1 << 24
 
 
