@@ -52,7 +52,7 @@ def runtime_layers(layers: list[MlpLayer]) -> list[MlpLayer]:
 def merged_columns(data, indices, indptr, n_in):
     """(class of each column, first column of each class) for a CSR matrix whose equal
     columns are worth merging (see MIN_SAVED_SHARE), else None."""
-    if len(data) == 0:
+    if len(data) == 0 or not may_have_equal_columns(data, indices, indptr, n_in):
         return None
     class_of = column_classes(data, indices, indptr, n_in)
     n_classes = int(class_of.max()) + 1
@@ -65,6 +65,19 @@ def merged_columns(data, indices, indptr, n_in):
     if saved < MIN_SAVED_SHARE * len(data) or saved < MIN_SAVED_OVER_COST * n_in:
         return None
     return class_of, first
+
+
+def may_have_equal_columns(data, indices, indptr, n_in):
+    """False when no two columns share their count, sum of values and sum of row numbers:
+    three bincounts, 10-20x cheaper than finding the classes (a 36 M non-zero convolution
+    took seconds). Equal columns add the same values in the same row order, so their
+    float sums are equal too: this never rules out a pair that is equal."""
+    columns = indices.astype(np.intp, copy=False)  # bincount converts on every call
+    rows = np.repeat(np.arange(len(indptr) - 1, dtype=np.float64), np.diff(indptr))
+    summary = np.stack([np.bincount(columns, minlength=n_in),
+                        np.bincount(columns, weights=data, minlength=n_in),
+                        np.bincount(columns, weights=rows, minlength=n_in)], axis=1)
+    return len(np.unique(summary, axis=0)) < n_in
 
 
 def column_classes(data, indices, indptr, n_in):
@@ -108,7 +121,7 @@ def confirm_equal(col_rows, col_data, starts, counts, representative):
 
 
 #: the numpy-only part, embedded in the standalone kernel module
-EMBEDDED = (merged_columns, column_classes, confirm_equal)
+EMBEDDED = (merged_columns, may_have_equal_columns, column_classes, confirm_equal)
 
 
 def embedded_source() -> str:

@@ -208,6 +208,8 @@ MUTANTS: list[tuple[str, str, str, str]] = [
      "(w2 * s2[j] + w3 * s3[j])\n                k += four", "(w3 * s3[j])\n                k += four"),
     ("runtime: equal columns confirmed by their rows alone", "cnn2mlp/runtime/columns.py",
      " & (col_data[here] == col_data[there])", ""),
+    ("runtime: equal columns never looked for", "cnn2mlp/runtime/columns.py",
+     "    return len(np.unique(summary, axis=0)) < n_in", "    return False"),
     ("runtime: summing layer counts a member twice", "cnn2mlp/runtime/columns.py",
      "np.ones(len(class_of), w.dtype)", "np.full(len(class_of), 2, w.dtype)"),
     ("kernel-py: merged layer keeps the repeated columns", "cnn2mlp/backends/csr.py",
