@@ -30,6 +30,10 @@ def request_termination() -> None:
     _termination["requested"] = True
 
 
+def termination_requested() -> bool:
+    return _termination["requested"]
+
+
 def raise_if_terminated() -> None:
     if _termination["requested"]:
         raise Terminated()

@@ -65,6 +65,46 @@ def random_inputs(shape: tuple[int, ...], n: int, low: float = 0.0, high: float 
     return np.random.default_rng(seed).uniform(low, high, (n,) + tuple(shape)).astype(dtype)
 
 
+#: memory one batch of --check may take: its inputs and both runtimes' activations
+CHECK_BYTES = 256 * 2**20
+
+
+def batch_size_for(per_sample_bytes: int, n: int, budget: int | None = None) -> int:
+    """Samples per batch so that a batch stays within ``budget`` (default CHECK_BYTES;
+    at least one sample)."""
+    budget = CHECK_BYTES if budget is None else budget
+    return max(1, min(n, budget // max(1, per_sample_bytes)))
+
+
+def input_batches(shape: tuple[int, ...], n: int, batch: int, low: float = 0.0,
+                  high: float = 1.0, seed: int = 0, dtype=np.float32):
+    """``random_inputs(shape, n, ...)`` in batches of ``batch`` samples: the same values
+    (one generator, drawn in order), never all in memory at once."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, batch):
+        count = min(batch, n - start)
+        yield rng.uniform(low, high, (count,) + tuple(shape)).astype(dtype)
+
+
+def merged(parts: list[Comparison]) -> Comparison:
+    """One comparison of batches compared one by one: the worst element over all of them
+    (its index counted from the first sample of the first batch)."""
+    offset, worst, total = 0, None, 0
+    for part in parts:
+        if worst is None or part.max_rel_error > worst.max_rel_error:
+            index = (part.worst_index[0] + offset,) + part.worst_index[1:] \
+                if part.worst_index else ()
+            worst = Comparison(0, 0.0, part.max_rel_error, index, part.worst_reference,
+                               part.worst_got, part.tolerance, part.reference)
+        offset += part.samples
+        total += part.samples
+    if worst is None:
+        raise ValueError("nothing was compared")
+    worst.samples = total
+    worst.max_abs_error = max(p.max_abs_error for p in parts)
+    return worst
+
+
 def onnx_runner(model_path, output: str | None = None, batchless: bool = False) -> Runner:
     """onnxruntime on the original ONNX file (or an in-memory ModelProto), fed the batch (one sample at a time if the
     model fixes the batch to 1). ``output`` names an inner tensor to return instead of the
@@ -78,15 +118,12 @@ def onnx_runner(model_path, output: str | None = None, batchless: bool = False) 
     options.log_severity_level = 3
     in_memory = isinstance(model_path, onnx.ModelProto)
     source: str | bytes = model_path.SerializeToString() if in_memory else str(model_path)
-    if output is not None:
-        proto = onnx.ModelProto()
-        if in_memory:
-            proto.CopyFrom(model_path)
-        else:  # onnx.load brings in external data from beside the file, raw bytes would not
-            proto = onnx.load(str(model_path))
-        if output not in [o.name for o in proto.graph.output]:
-            proto.graph.output.append(onnx.ValueInfoProto(name=output))
-        source = proto.SerializeToString()
+    if output is not None:  # only what that tensor needs runs (not a Loop beside it)
+        from .frontends.onnx.importer import needed_part
+
+        # onnx.load brings in external data from beside the file, raw bytes would not
+        proto = model_path if in_memory else onnx.load(str(model_path))
+        source = needed_part(proto, output).SerializeToString()
     if in_memory:
         model_path = "the ONNX model"
     try:

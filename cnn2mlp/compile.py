@@ -26,9 +26,11 @@ from ._io import (
     destination,
     raise_if_terminated,
     request_termination,
+    termination_requested,
 )
 from .backends import target_for
-from .check import Comparison, compare, random_inputs, reference_runner, softmax
+from .check import (Comparison, batch_size_for, compare, input_batches, merged,
+                    reference_runner, softmax)
 from .errors import CompileError
 from .frontends import load_model
 from .ir import Graph
@@ -78,6 +80,10 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
     pipeline = passes if isinstance(passes, Pipeline) else (
         Pipeline(passes) if passes is not None else Pipeline.default(target))
     ctx = ctx or context_for(target)
+    if ctx.max_bytes is None:
+        from .ir.cost import default_max_bytes
+
+        ctx.max_bytes = default_max_bytes() if max_bytes is None else max_bytes
     graph.meta.setdefault("io_names", io_names(graph, model))
     if target in ("opencv", "onnx", "nnet"):
         dense_preflight_from_shapes(graph, model, ctx.options.get("max_dense_bytes",
@@ -214,11 +220,12 @@ def dense_preflight_from_shapes(graph: Graph, model: str | Path, limit: int,
                                 target: str = "opencv") -> None:
     """Dense targets store every weight: refuse, before fusing anything, a network whose
     dense layers cannot fit (fusing N→1→N alone makes an N×N matrix)."""
-    from .backends import DENSE_BYTES
+    from .backends import DENSE_BYTES, check_format_limit
     from .ir.cost import dense_bytes_lower_bound
 
     need, widths = dense_bytes_lower_bound(graph)
     need = need // 8 * DENSE_BYTES[target]
+    check_format_limit(target, need, str(model))
     if need > limit:
         shown = "-".join(map(str, widths[:8])) + ("-…" if len(widths) > 8 else "")
         what = "an OpenCV ANN_MLP" if target == "opencv" else f"a dense {target} network"
@@ -237,9 +244,11 @@ def preflight(graph: Graph, model: str | Path, max_bytes: int | None) -> None:
     size = estimate_size(graph)
     if size.bytes > limit:
         name, op, nnz = size.largest
+        carried = (f" and up to {2 * size.carried:,} neurons carrying values past layers"
+                   if size.carried else "")
         raise CompileError(
-            f"{model}: the MLP would need about {size.nnz:,} non-zeros "
-            f"({size.bytes / 2**30:.1f} GiB), above the limit of {limit / 2**30:.1f} GiB; "
+            f"{model}: the MLP would need about {size.nnz:,} non-zeros{carried} "
+            f"({size.bytes / 2**30:.2g} GiB), above the limit of {limit / 2**30:.2g} GiB; "
             f"the largest layer is {name!r} ({op}, {nnz:,} non-zeros). Use a smaller "
             "--input-shape, or raise --max-bytes if the machine has the memory")
 
@@ -579,20 +588,31 @@ def plan_outputs(args: argparse.Namespace, target: str) -> None:
 
 def check_against_reference(result: CompileResult, args: argparse.Namespace,
                             artifact: Path) -> Comparison:
+    """The written artifact against the original model's own runtime on ``--check`` random
+    inputs, in batches sized to memory (a check of 1000 inputs on a wide model must not
+    hold 1000 samples' activations at once)."""
     dtype = result.mlp.dtype  # a double model is checked in double
-    x = random_inputs(result.mlp.input_shape, args.check, *args.input_range, dtype=dtype)
     tolerance = args.tolerance if args.tolerance is not None else DEFAULT_TOLERANCE[dtype.name]
     meta = result.graph.meta
     dropped = "logits" in meta
     run_reference, gives_logits = reference_runner(args.model, meta.get("logits"),
                                                    meta.get("output_tensor"),
                                                    batchless=meta.get("batch_axis", 0) is None)
-    reference = run_reference(x)
-    raise_if_terminated()
-    got = load_artifact(result, artifact).predict(x)
-    if dropped and not gives_logits:  # compare probabilities: softmax of our logits
-        got = softmax(got)
-    comparison = compare(reference.reshape(got.shape), got, tolerance)
+    model = load_artifact(result, artifact)
+    widths = [layer.n_out for layer in result.mlp.layers]
+    per_sample = dtype.itemsize * (math.prod(result.mlp.input_shape) + 4 * max(widths)
+                                   + sum(widths))
+    batch = batch_size_for(per_sample, args.check)
+    parts = []
+    for x in input_batches(result.mlp.input_shape, args.check, batch, *args.input_range,
+                           dtype=dtype):
+        reference = run_reference(x)
+        raise_if_terminated()
+        got = model.predict(x)
+        if dropped and not gives_logits:  # compare probabilities: softmax of our logits
+            got = softmax(got)
+        parts.append(compare(np.asarray(reference).reshape(got.shape), got, tolerance))
+    comparison = merged(parts)
     comparison.reference = getattr(run_reference, "reference", "")
     if not comparison.passed:
         raise CheckFailed(f"{args.model}: --check failed: {comparison.describe()}; "
@@ -645,36 +665,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = install_signal_handlers()
     try:
         return run_cli(args)
-    except CheckFailed as exc:
+    except BaseException as exc:  # noqa: BLE001 — every failure becomes an exit code
+        if args.debug and not isinstance(exc, (KeyboardInterrupt, Terminated, CheckFailed)):
+            raise
+        return report_failure(exc)
+    finally:
+        restore_signal_handlers(previous)
+
+
+def report_failure(exc: BaseException) -> int:
+    """One line on stderr and the exit code for a failed run. After SIGTERM every failure
+    is the termination: the signal's exception can surface as another one (an import it
+    interrupted fails as an ImportError, which a caller may turn into a CompileError)."""
+    if isinstance(exc, Terminated) or termination_requested():
+        print("cnn2mlp: terminated; nothing was written", file=sys.stderr)
+        return 143
+    if isinstance(exc, KeyboardInterrupt):
+        print("cnn2mlp: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    if isinstance(exc, CheckFailed):
         print(f"cnn2mlp: error: {exc}", file=sys.stderr)
         return 1
-    except CompileError as exc:
-        if args.debug:
-            raise
+    if isinstance(exc, CompileError):
         print(f"cnn2mlp: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # the disk is full, a file-size limit, a permission: the OS's words
-        if args.debug:
-            raise
+    if isinstance(exc, OSError):  # the disk is full, a file-size limit: the OS's words
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"cnn2mlp: error: {where}{exc.strerror or exc}; nothing was written",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("cnn2mlp: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("cnn2mlp: terminated; nothing was written", file=sys.stderr)
-        return 143
-    except Exception as exc:  # an internal error: say so, ask for a report
-        if args.debug:
-            raise
-        print(f"cnn2mlp: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print("cnn2mlp: this is a bug in cnn2mlp; please report it with the model and "
-              "command (run again with --debug for the traceback)", file=sys.stderr)
-        return 1
-    finally:
-        restore_signal_handlers(previous)
+    if not isinstance(exc, Exception):  # SystemExit and the like: not ours to translate
+        raise exc
+    print(f"cnn2mlp: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    print("cnn2mlp: this is a bug in cnn2mlp; please report it with the model and "
+          "command (run again with --debug for the traceback)", file=sys.stderr)
+    return 1
 
 
 def install_signal_handlers() -> dict:

@@ -436,7 +436,7 @@ def test_sigterm_removes_staged_files(tmp_path):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 143
+    assert proc.wait(60) == 143, proc.stderr.read()
     assert "terminated; nothing was written" in proc.stderr.read()
     assert [p.name for p in tmp_path.iterdir()] == ["big.onnx"]
 

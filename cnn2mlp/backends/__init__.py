@@ -12,6 +12,19 @@ FUSION = {"csr": "cost", "opencv": "always", "onnx": "always", "nnet": "always"}
 #: bytes a dense weight takes in each dense target (float64 in OpenCV, float32 in ONNX,
 #: text in .nnet)
 DENSE_BYTES = {"opencv": 8, "onnx": 4, "nnet": 13}
+#: the largest file a format can hold: protobuf refuses to serialize an ONNX model of 2 GiB
+#: or more (weights in external data would lift that, but verifiers read one file)
+FORMAT_LIMIT = {"onnx": 2**31 - 2**24}
+
+
+def check_format_limit(target: str, need: int, source: str = "") -> None:
+    """Refuse up front a network whose dense weights alone exceed what its format holds."""
+    limit = FORMAT_LIMIT.get(target)
+    if limit is not None and need > limit:
+        raise CompileError(
+            f"{source}: as a dense {target} network this MLP needs {need / 2**30:,.2f} GiB of "
+            f"weights, but an ONNX file holds less than 2 GiB (protobuf's limit); use "
+            "--target csr (sparse), or compile a smaller --input-shape")
 
 
 def target_for(path: str | Path, target: str | None) -> str:
@@ -33,6 +46,7 @@ def dense_preflight(mlp, target: str, max_bytes: int, source: str = "") -> None:
     form is above ``max_bytes``."""
     weights = sum((layer.n_in + 1) * layer.n_out for layer in mlp.layers)
     need = weights * DENSE_BYTES[target]
+    check_format_limit(target, need, source)
     if need > max_bytes:
         widest = max(mlp.layers, key=lambda l: (l.n_in + 1) * l.n_out)
         raise CompileError(

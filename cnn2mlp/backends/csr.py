@@ -106,7 +106,7 @@ def check_format(npz: SafeNpz) -> int:
                             "format_version member); compile the model with cnn2mlp")
     if str(npz.array("format", "U", ndim=0)) != FORMAT:
         raise ArtifactError(f"{npz.path}: not a cnn2mlp CSR file (format is not {FORMAT!r})")
-    version = int(npz.array("format_version", "iu", ndim=0))
+    version = int(npz.integers("format_version", ndim=0))
     if version not in READABLE_VERSIONS:
         raise ArtifactError(f"{npz.path}: format version {version}, this cnn2mlp reads "
                             f"versions {', '.join(map(str, READABLE_VERSIONS))}; recompile "
@@ -157,7 +157,7 @@ def read_layers(npz: SafeNpz, meta: dict[str, Any], version: int) -> Mlp:
 def read_segments(npz: SafeNpz, i: int, n_out: int) -> tuple:
     """The runs of a mixed layer: they must tile [0, n_out) with known activations."""
     key = f"layer{i}.segment"
-    stops = npz.array(f"{key}_stops", "iu", ndim=1)
+    stops = npz.integers(f"{key}_stops", ndim=1)
     names = npz.array(f"{key}_activations", "U", ndim=1)
     alphas = npz.array(f"{key}_alphas", "f", ndim=1)
     if not (len(stops) == len(names) == len(alphas) > 0) or np.any(np.diff(stops) < 0) or \
@@ -183,7 +183,7 @@ def read_dtype(npz: SafeNpz) -> np.dtype:
 
 
 def read_shape(npz: SafeNpz, key: str) -> tuple[int, ...]:
-    dims = npz.array(key, "iu", ndim=1)
+    dims = npz.integers(key, ndim=1)
     if len(dims) > 32 or np.any(dims <= 0):
         raise npz.fail(key, f"is not a shape of positive dims ({dims.tolist()[:8]})")
     return tuple(int(d) for d in dims)
@@ -194,7 +194,7 @@ def read_layer(npz: SafeNpz, i: int, n_in: int,
     """One layer's CSR arrays, checked to form a valid (n_out, n_in) matrix before any of
     its data is read."""
     key = f"layer{i}"
-    shape = npz.array(f"{key}.shape", "iu", ndim=1)
+    shape = npz.integers(f"{key}.shape", ndim=1)
     if len(shape) != 2 or shape[0] <= 0 or int(shape[1]) != n_in:
         raise npz.fail(f"{key}.shape", f"is {shape.tolist()}, but the layer before gives "
                                        f"{n_in} inputs")
@@ -206,11 +206,11 @@ def read_layer(npz: SafeNpz, i: int, n_in: int,
             sizes["bias"] != (n_out,):
         raise npz.fail(key, f"arrays do not fit together for {n_out} rows: "
                             + ", ".join(f"{part} {shape}" for part, shape in sizes.items()))
-    indptr = npz.array(f"{key}.indptr", "iu", ndim=1)
+    indptr = npz.integers(f"{key}.indptr", ndim=1)
     if indptr[0] != 0 or indptr[-1] != nnz or np.any(np.diff(indptr) < 0):
         raise npz.fail(f"{key}.indptr", "is not a non-decreasing row pointer from 0 to the "
                                         "number of non-zeros")
-    indices = npz.array(f"{key}.indices", "iu", ndim=1)
+    indices = npz.integers(f"{key}.indices", ndim=1)
     if len(indices) and (indices.min() < 0 or indices.max() >= n_in):
         raise npz.fail(f"{key}.indices", f"holds a column outside 0..{n_in - 1}")
     data = npz.array(f"{key}.data", "f", ndim=1).astype(dtype, copy=False)

@@ -49,7 +49,7 @@ def save_nnet(mlp: Mlp, path: str | Path, input_range: tuple[float, float],
     n_in = sizes[0]
     with atomic_write(path, "w") as handle:
         for line in header:
-            handle.write("// " + line.replace("\n", " ") + "\n")
+            handle.write("// " + one_line(line) + "\n")
         handle.write(f"{len(mlp.layers)},{n_in},{sizes[-1]},{max(sizes)},\n")
         handle.write(",".join(map(str, sizes)) + ",\n")
         handle.write("0,\n")
@@ -61,6 +61,16 @@ def save_nnet(mlp: Mlp, path: str | Path, input_range: tuple[float, float],
                 block = layer.weight[start:start + ROW_BLOCK].toarray()
                 write_rows(handle, block)
             write_rows(handle, np.asarray(layer.bias)[:, None])
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break ``str.splitlines`` knows (\\r, \\x0c, U+2028...) made
+    visible as an escape: a model path must not end a ``//`` header line early."""
+    parts = (text + "x").splitlines()
+    if len(parts) == 1:
+        return text
+    return "".join(ch if (ch + "x").splitlines() == [ch + "x"] else ch.encode(
+        "unicode_escape").decode("ascii") for ch in text)
 
 
 def write_rows(handle, rows: np.ndarray) -> None:
@@ -102,12 +112,32 @@ def read_nnet(path: str | Path, input_shape=None, output_shape=None) -> Mlp:
     return Mlp(layers, tuple(input_shape or (n_in,)), tuple(output_shape or (n_out,)))
 
 
+def read_input_box(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The input minimums and maximums an .nnet file declares (lines 5 and 6 after the
+    header): the box a verifier takes as the input domain."""
+    lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    lines = [line for line in lines if line and not line.startswith("//")]
+    values = [np.array([float(v) for v in lines[i].rstrip(",").split(",") if v.strip()])
+              for i in (3, 4)]
+    return values[0], values[1]
+
+
 class NNetModel:
-    """An .nnet file read back: ``predict(x)`` with x ``(B, *input_shape)``."""
+    """An .nnet file read back: ``predict(x)`` with x ``(B, *input_shape)``. Inputs must
+    lie in the box the file declares: a box that does not hold them (swapped or wrong
+    bounds, which would let a verifier prove anything on an empty domain) fails the check."""
 
     def __init__(self, path: str | Path, input_shape, output_shape) -> None:
+        self.path = Path(path)
         self.mlp = read_nnet(path, input_shape, output_shape)
         self.input_shape, self.output_shape = tuple(input_shape), tuple(output_shape)
+        self.minimums, self.maximums = read_input_box(path)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.mlp.forward(np.asarray(x, np.float64))
+        x = np.asarray(x, np.float64)
+        flat = x.reshape(len(x), -1)
+        if flat.shape[1] != len(self.minimums) or np.any(flat < self.minimums) or \
+                np.any(flat > self.maximums):
+            raise CompileError(f"{self.path}: the input box the file declares does not hold "
+                               "the checked inputs (minimums and maximums from --input-range)")
+        return self.mlp.forward(x)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import CompileError
 
+INT64_MAX = 2**63 - 1
 #: a compressed member may inflate this much (plus a MiB) before it counts as a zip bomb
 MAX_INFLATION = 1000
 
@@ -81,6 +82,16 @@ class SafeNpz:
         except (zipfile.BadZipFile, OSError, EOFError) as exc:  # CRC errors, short reads
             raise self.fail(key, f"cannot be read ({exc})") from exc
         return np.frombuffer(buffer, dtype).reshape(shape, order="F" if fortran else "C")
+
+    def integers(self, key: str, ndim: int | None = None) -> np.ndarray:
+        """An integer member as int64, whatever integer type the file stores: every later
+        check (order, range) is made in a signed type, where ``np.diff`` cannot wrap around
+        as it does on unsigned arrays (a decreasing uint64 row pointer passed as
+        non-decreasing and crashed the kernels)."""
+        values = self.array(key, "iu", ndim)
+        if values.dtype == np.uint64 and values.size and int(values.max()) > INT64_MAX:
+            raise self.fail(key, f"holds {int(values.max()):,}, beyond any index or size")
+        return values.astype(np.int64)
 
     def _info(self, key: str) -> zipfile.ZipInfo:
         info = self.members.get(f"{key}.npy")

@@ -28,10 +28,12 @@ class SizeEstimate:
     nnz: int
     rows: int
     largest: tuple[str, str, int]   # (node name, op, nnz) of the biggest layer
+    carried: int = 0                # neurons that carry values past layers (DAGs)
 
     @property
     def bytes(self) -> int:
-        return self.nnz * BYTES_PER_NNZ + self.rows * 4
+        # a carried neuron: one non-zero and a row (pointer, bias), twice when it is a pair
+        return self.nnz * BYTES_PER_NNZ + self.rows * 4 + 2 * self.carried * (BYTES_PER_NNZ + 8)
 
 
 def estimate_size(graph: Graph) -> SizeEstimate:
@@ -43,7 +45,47 @@ def estimate_size(graph: Graph) -> SizeEstimate:
         rows += n_out
         if nnz > largest[2]:
             largest = (node.name, node.op, nnz)
-    return SizeEstimate(total, rows, largest)
+    return SizeEstimate(total, rows, largest, carried_estimate(graph))
+
+
+def layer_levels(node: Node, graph: Graph) -> int:
+    """The MLP layers a node becomes: 1 for an activation (ReLU6 and Clip too), ceil(log2 k)
+    for a max over k values (a max pool, Maximum of k tensors), 0 for a linear op."""
+    from .ops import get_op
+
+    if node.op == "MaxPool":
+        return math.ceil(math.log2(max(2, math.prod(node.attrs["kernel_shape"]))))
+    if node.op in ("Maximum", "Minimum"):
+        return math.ceil(math.log2(max(2, len(node.inputs))))
+    if node.op == "Clip" or (get_op(node.op).activation and node.op != "Identity"):
+        return 1
+    return 0
+
+
+def carried_estimate(graph: Graph) -> int:
+    """Neurons a DAG's chain form spends carrying values past layers, from the shapes: a
+    value made at layer d and last read by a layer e (through any linear ops) is held in
+    the e - d - 1 layers between. Counted once per value and layer (a ReLU pair is the
+    caller's factor of two)."""
+    depth: dict[str, int] = {graph.input: 0}
+    reads: dict[str, int] = {}
+    order = graph.nodes
+    for node in order:
+        start = max((depth[i] for i in node.inputs), default=0)
+        levels = layer_levels(node, graph)
+        for out in node.outputs:
+            depth[out] = start + levels
+        reads[id(node)] = start + 1 if levels else -1  # the layer that reads its inputs
+    need: dict[str, int] = {graph.output: depth.get(graph.output, 0) + 1}
+    for node in reversed(order):
+        if reads[id(node)] >= 0:
+            last = reads[id(node)]
+        else:  # a linear op: its inputs are needed wherever its output is
+            last = max((need.get(o, 0) for o in node.outputs), default=0)
+        for i in node.inputs:
+            need[i] = max(need.get(i, 0), last)
+    sources = {graph.input} | {node.output for node in order if layer_levels(node, graph)}
+    return sum(graph.values[v].size * max(0, need.get(v, 0) - depth[v] - 1) for v in sources)
 
 
 def node_nnz(graph: Graph, node: Node) -> int:

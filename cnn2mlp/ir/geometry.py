@@ -70,6 +70,9 @@ def same_pads(size_in: int, kernel: int, stride: int, dilation: int,
 def window_axes(spatial_in, kernel, strides, dilations, pads, ceil_mode=False) -> list[AxisWindow]:
     """One :class:`AxisWindow` per spatial axis; ``pads`` is ONNX-style (begins..., ends...)."""
     nd = len(spatial_in)
+    for what, values in (("kernel", kernel), ("strides", strides), ("dilations", dilations)):
+        if len(values) != nd or any(int(v) < 1 for v in values):
+            raise ValueError(f"{what} {list(values)} must be {nd} whole numbers of at least 1")
     axes = []
     for a in range(nd):
         pb, pe = pads[a], pads[nd + a]

@@ -21,6 +21,9 @@ class PassContext:
     options: dict[str, Any] = field(default_factory=dict)
     #: per-pass statistics, filled by passes (e.g. neurons added)
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the most bytes the MLP may take (--max-bytes); passes that grow it check before
+    #: they allocate (None: no limit)
+    max_bytes: int | None = None
 
 
 class Pass:

@@ -8,6 +8,7 @@ import scipy.sparse as sp
 from ..errors import CompileError
 from ..ir import Graph, Node, get_op
 from ..ir.analysis import interval_bounds
+from ..ir.cost import BYTES_PER_NNZ
 from ..ir.linear import index_dtype, selection, to_csr
 from ..ir.ops import ALPHA_OPS, sum_coeffs
 from ..ir.precision import real
@@ -241,6 +242,7 @@ class Emitter:
         self.mode = ctx.options.get("linearize-dag.carry", "activation")
         self.uniform = bool(ctx.options.get("linearize-dag.uniform", False))
         self.nonneg: dict[str, np.ndarray] = {}
+        self.bytes = 0  # what the layers built so far take
 
     name = LinearizeDag.name
 
@@ -257,6 +259,7 @@ class Emitter:
         current = graph.input
         for k in range(1, plan.layers + 1):
             blocks, placed = self.layer_blocks(k, reads, width)
+            self.count_bytes(blocks, k)
             reads, width = self.reconstruction(blocks, placed)
             weight = sp.vstack([b.weight for b in blocks], format="csr").astype(real())
             bias = np.concatenate([b.bias for b in blocks]).astype(real())
@@ -279,6 +282,20 @@ class Emitter:
         graph.output = current
         live = {graph.input} | {o for node in graph.nodes for o in node.outputs}
         graph.values = {k: v for k, v in graph.values.items() if k in live}
+
+    def count_bytes(self, blocks: list[Block], k: int) -> None:
+        """Add layer k to the bytes the chain takes, and stop before building it when the
+        total would pass --max-bytes (carried values grow with depth: a 300-layer
+        staircase whose every value a final Sum reads carries 22 million neurons)."""
+        self.bytes += sum(b.weight.nnz * BYTES_PER_NNZ + b.weight.shape[0] * 8 for b in blocks)
+        limit = self.ctx.max_bytes
+        if limit is not None and self.bytes > limit:
+            carried = sum(b.weight.shape[0] for b in blocks if b.carried)
+            raise CompileError(f"{self.name}: at layer {k}, the chain form already takes "
+                               f"{self.bytes / 2**20:,.0f} MiB ({carried:,} neurons of this "
+                               "layer carry values for later layers), above --max-bytes "
+                               f"{limit / 2**20:,.0f} MiB; raise --max-bytes if the machine "
+                               "has the memory")
 
     def prove_signs(self) -> None:
         """Which entries of the sources carried through ReLU layers are >= 0 for every

@@ -41,13 +41,28 @@ def available_engines() -> list[str]:
 
 
 def default_threads() -> int:
+    """``CNN2MLP_THREADS`` when set (a whole number >= 1), else all cores."""
     value = os.environ.get("CNN2MLP_THREADS")
-    if value:
-        try:
-            return max(1, int(value))
-        except ValueError:
-            pass
-    return os.cpu_count() or 1
+    if value is None or not value.strip():
+        return os.cpu_count() or 1
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ValueError(f"CNN2MLP_THREADS={value!r}: give a whole number of threads, 1 or "
+                         "more (or unset it to use every core)")
+    return threads
+
+
+def checked_threads(threads: int | None) -> int:
+    """The thread count to run with: ``threads`` if given (a whole number >= 1), else
+    :func:`default_threads`. Checked at load, not at the first predict."""
+    if threads is None:
+        return default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads={threads!r}: give a whole number of threads, 1 or more")
+    return int(threads)
 
 
 def make_engine(mlp: Mlp, engine: str | None = None, threads: int | None = None) -> "Engine":
@@ -58,7 +73,7 @@ def make_engine(mlp: Mlp, engine: str | None = None, threads: int | None = None)
     if engine == "numba" and "numba" not in names:
         raise ValueError("the numba engine needs numba: pip install 'cnn2mlp[fast]'")
     name = engine or names[0]
-    return Engine(mlp, name, threads or default_threads())
+    return Engine(mlp, name, checked_threads(threads))
 
 
 @dataclass

@@ -14,6 +14,12 @@ from typing import Callable
 
 from numba import njit
 
+from .kernel_cache import use_kernel_cache
+
+# Every kernel module imports this one before it decorates a kernel: numba's cache must
+# point at the user's own folder first (kernel_cache.py says why).
+use_kernel_cache()
+
 
 def renamed(func: Callable, suffix: str) -> Callable:
     """A copy of ``func`` (same code, globals and defaults) named ``name + suffix``."""

@@ -177,6 +177,7 @@ class WeightSource:
         self.keras3 = keras3
         self.keras_version = keras_version  # what wrote the file: some semantics differ
         self.budget = max_bytes  # bytes of weights still allowed to be read
+        self._vars_index: dict[str, str] | None = None  # layer name → its vars group
 
     def of(self, name: str, key: str) -> list:
         """Weights of the layer ``name``; Keras 3 files file them under ``key`` instead."""
@@ -195,19 +196,24 @@ class WeightSource:
         return [self.child(group, n, required=True) for n in names]
 
     def vars_group(self, name: str):
-        """Keras 3 stores a layer's variables at layers/<name>/vars (older: nested paths)."""
+        """Keras 3 stores a layer's variables at layers/<name>/vars (older: nested paths,
+        found through an index of every ``.../<name>/vars`` group, made in one walk of
+        the file: walking it once per layer took minutes on a file of many groups)."""
         for path in (f"layers/{name}/vars", f"_layer_checkpoint_dependencies/{name}/vars"):
             group = self.child(self.handle, path)
             if group is not None:
                 return group
-        found = []
+        if self._vars_index is None:
+            self._vars_index = {}
 
-        def visit(key, obj):  # h5py's visit follows hard links only
-            if key.endswith(f"/{name}/vars") or key == f"{name}/vars":
-                found.append(key)
+            def visit(key, obj):  # h5py's visit follows hard links only
+                parts = key.split("/")
+                if len(parts) >= 2 and parts[-1] == "vars":
+                    self._vars_index.setdefault(parts[-2], key)
 
-        self.handle.visititems(visit)
-        return self.child(self.handle, found[0]) if found else None
+            self.handle.visititems(visit)
+        found = self._vars_index.get(name)
+        return self.child(self.handle, found) if found else None
 
     def child(self, group, path: str, required: bool = False):
         """The object at ``path`` below ``group``, reached through hard links only."""
@@ -329,6 +335,9 @@ class KerasImporter:
         name = self.output_name
         if name is not None and name not in tensors:
             raise CompileError(f"{self.path}: --output-tensor {name!r} is not a layer of the model")
+        if name is not None and tensors[name].value == "input":
+            raise CompileError(f"{self.path}: --output-tensor {name!r} is the model's input "
+                               "layer; name a layer computed from it")
         output = tensors[name or self.output_layer(layers) or last] if layers else current
         output = self.keras_layout(output)
         self.graph.output = output.value
@@ -381,6 +390,11 @@ class KerasImporter:
                            "--input-shape")
 
     def resolve_dims(self, dims: list[int | None]) -> tuple[int, ...]:
+        bad = [d for d in dims if d is not None and (not isinstance(d, int) or d < 1)]
+        if bad:
+            raise CompileError(f"{self.path}: the model's input shape {dims} has the dim "
+                               f"{bad[0]!r}; every dim must be a whole number of at least 1 "
+                               "(save the model again, or give --input-shape for open dims)")
         if self.user_shape is None:
             if any(d is None for d in dims):
                 shown = ",".join("?" if d is None else str(d) for d in dims)

@@ -2,6 +2,8 @@
 a DAG); Sum, Mean, Max and Min."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 
@@ -109,6 +111,7 @@ def broadcast_all(imp: OnnxImporter, node: onnx.NodeProto, values: list[str]) ->
 
 
 def broadcast_value(imp: OnnxImporter, node: onnx.NodeProto, value: str, shape, out) -> str:
+    imp.check_values(node, math.prod(out), f"broadcasting to {tuple(out)}")
     n = int(np.prod(shape))
     indices = np.broadcast_to(np.arange(n).reshape(shape), out).ravel()
     return imp.emit(node, "Select", [value], {"indices": indices, "out_shape": tuple(out)})

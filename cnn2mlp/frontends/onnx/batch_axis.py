@@ -28,7 +28,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from ...errors import UnsupportedOpError
-from .importer import constant_value
+from .importer import constant_value, needed_part
 
 UNARY = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Abs", "Neg", "Exp", "Log", "Sqrt", "Elu",
          "Selu", "Celu", "Softplus", "Softsign", "HardSigmoid", "HardSwish", "Mish", "Gelu",
@@ -49,11 +49,16 @@ AXES_INPUT_SINCE = {"Squeeze": 13, "Unsqueeze": 13, "ReduceSum": 13, "Split": 13
 INT64_MAX = 2**63 - 1
 
 
+#: ops that run subgraphs: never run to measure a shape (a Loop may take 10^12 trips)
+CONTROL_FLOW = {"Loop", "If", "Scan", "SequenceMap"}
+
+
 class BatchAxisAdder:
-    def __init__(self, model: onnx.ModelProto, source: str, opset: int) -> None:
+    def __init__(self, model: onnx.ModelProto, source: str, opset: int,
+                 output: str | None = None) -> None:
         self.source = source
         self.opset = opset
-        self.model = model
+        self.model = model = needed_part(model, output)
         inferred = shape_inference.infer_shapes(model, data_prop=True)
         self.shapes: dict[str, tuple[int, ...] | None] = {}
         g = inferred.graph
@@ -65,6 +70,9 @@ class BatchAxisAdder:
         missing = [o for n in model.graph.node for o in n.output
                    if o and self.shapes.get(o) is None]
         if missing:  # shapes computed from the data (Reshape(x, Shape(x))): run it once
+            for node in model.graph.node:
+                if node.op_type in CONTROL_FLOW:
+                    self.refuse(node, "a control-flow op, which no MLP computes")
             self.shapes.update(measured_shapes(model, missing))
         self.consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         self.batched: set[str] = set()
@@ -495,9 +503,11 @@ def measured_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple
     return {name: tuple(np.shape(v)) for name, v in zip(wanted, values)}
 
 
-def add_batch_axis(model: onnx.ModelProto, source: str, opset: int) -> onnx.ModelProto:
-    """The model mapping (N, *S) to (N, *output) for a model that maps S to its output."""
-    return BatchAxisAdder(model, source, opset).run()
+def add_batch_axis(model: onnx.ModelProto, source: str, opset: int,
+                   output: str | None = None) -> onnx.ModelProto:
+    """The model mapping (N, *S) to (N, *output) for a model that maps S to its output
+    (or to ``output``, a tensor inside it): only the nodes that output needs are kept."""
+    return BatchAxisAdder(model, source, opset, output).run()
 
 
 def has_batch_axis(model: onnx.ModelProto, consts: set[str]) -> tuple[bool | None, str]:

@@ -1,6 +1,8 @@
 """Conv (any rank, strides, pads and auto_pad, dilations, groups)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 
@@ -76,6 +78,9 @@ def convert_conv_transpose(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     pads = transpose_pads(imp, node, spatial, full)
     out_spatial = tuple(f - pads[a] - pads[nd + a] for a, f in enumerate(full))
     c_out = kernel.shape[1] * group
+    if min(out_spatial, default=1) < 1:
+        imp.fail(node, f"its output would have the spatial shape {out_spatial}")
+    imp.check_values(node, c_out * math.prod(out_spatial), "its output")
     imp.check_size(node, kernel.size * int(np.prod(spatial)))
     try:
         weight = conv_transpose_matrix(kernel, (c_in,) + tuple(spatial), out_spatial, strides,

@@ -43,6 +43,12 @@ FOLDABLE = {"Gather", "Slice", "Concat", "Cast", "Unsqueeze", "Squeeze", "Consta
             "ReduceProd", "Flatten", "Tile", "CastLike", "Pow", "Reciprocal"}
 
 
+#: folds whose output shape is the broadcast of their inputs' shapes
+BROADCASTING_FOLDS = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Min", "Max", "Equal",
+                      "Sum", "Mean", "And", "Or", "Xor", "Greater", "Less", "Mod"}
+#: folds whose output size comes from an input's values (a shape, repeats): op → that input
+SIZE_FROM_VALUES = {"ConstantOfShape": 0, "Expand": 1, "Tile": 1}
+
 #: the oldest opset whose operator semantics the converters implement
 MIN_OPSET = 7
 
@@ -159,6 +165,23 @@ def needed_nodes(nodes: list[onnx.NodeProto], target: str) -> list[onnx.NodeProt
     return [node for node in nodes if id(node) in keep]
 
 
+def needed_part(model: onnx.ModelProto, output: str | None) -> onnx.ModelProto:
+    """A copy of the model with only the nodes ``output`` (default: the model's outputs)
+    depends on: nothing else is inferred, measured or run."""
+    targets = [output] if output else [o.name for o in model.graph.output]
+    nodes = list(model.graph.node)  # one list: needed_nodes answers by identity
+    wanted = {id(n) for t in targets for n in needed_nodes(nodes, t)}
+    part = onnx.ModelProto()
+    part.CopyFrom(model)
+    del part.graph.node[:]
+    part.graph.node.extend(n for n in nodes if id(n) in wanted)
+    if output:  # that tensor alone is the output
+        declared = [o for o in model.graph.output if o.name == output]
+        del part.graph.output[:]
+        part.graph.output.extend(declared or [onnx.ValueInfoProto(name=output)])
+    return part
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
@@ -186,6 +209,9 @@ class OnnxImporter:
                                "knows): convert it with "
                                "onnx.version_converter.convert_version(model, 17)")
         self.consts: dict[str, np.ndarray] = {}
+        # constants whose leading axis stands for the batch (built from the batch size, as
+        # ConstantOfShape([N, 4]) is): stored with size 1 there, the same in every sample
+        self.batch_consts: set[str] = set()
         self.user_shape = tuple(input_shape) if input_shape else None
         self.output_name = output
         self.graph: Graph | None = None
@@ -215,6 +241,9 @@ class OnnxImporter:
                 self._convert(node)
         if out in self.consts:
             raise CompileError(f"{self.source}: the output {out!r} does not depend on the input")
+        if out == self.graph.input:
+            raise CompileError(f"{self.source}: --output-tensor {out!r} is the model's input "
+                               "itself; name a tensor computed from it")
         if out not in self.graph.values:
             raise CompileError(f"{self.source}: --output-tensor {out!r} is not a tensor of the model")
         self.graph.output = out
@@ -251,7 +280,7 @@ class OnnxImporter:
             raise CompileError(f"{self.source}: the input {feed.name!r} has no batch axis and "
                                "unknown dims; pass --input-shape with every dim")
         sample = tuple(d.dim_value for d in dims)
-        self.model = add_batch_axis(model, self.source, self.opset)
+        self.model = add_batch_axis(model, self.source, self.opset, self.output_name)
         self.batchless = (f"the model has no batch axis ({self.one_sample}): its whole input "
                           f"{sample} is one sample, and predict takes "
                           f"(B, {', '.join(map(str, sample))})")
@@ -414,12 +443,39 @@ class OnnxImporter:
 
     def _fold(self, node: onnx.NodeProto) -> None:
         self._check_fold_size(node)
+        per_batch = self._batch_free_inputs(node)
         try:
-            results = self.reference(node, {})
+            results = self.reference(node, per_batch)
         except Exception as exc:
             self.fail(node, f"could not fold its constant inputs ({first_line(exc)})")
+        from_batch = bool(per_batch) or any(i in self.batch_consts for i in node.input if i)
         for out, val in zip([o for o in node.output if o], results):
-            self.consts[out] = np.asarray(val)
+            value = np.asarray(val)
+            if node.op_type == "Shape" and node.input[0] in self.batch_consts and \
+                    attr(node, "start", 0) in (0, None) and value.size:
+                value = value.copy()
+                value[0] = BATCH  # the shape of a per-batch constant names the batch
+            elif from_batch and value.ndim and value.shape[0] == 1:
+                self.batch_consts.add(out)
+            self.consts[out] = value
+
+    def _batch_free_inputs(self, node: onnx.NodeProto) -> dict[str, np.ndarray]:
+        """A ConstantOfShape, Expand or Tile to a shape (or repeats) that starts with the
+        batch size makes a constant that is the same in every sample: it is folded with 1
+        in the batch's place (never with the stand-in number, which would allocate a
+        million copies)."""
+        index = SIZE_FROM_VALUES.get(node.op_type)
+        if index is None or len(node.input) <= index:
+            return {}
+        name = node.input[index]
+        shape = np.asarray(self.consts[name])
+        if shape.ndim != 1 or not shape.size or int(shape[0]) != BATCH:
+            return {}
+        if node.op_type == "Tile" and np.shape(self.consts[node.input[0]])[:1] != (1,):
+            return {}
+        shape = shape.astype(np.int64).copy()
+        shape[0] = 1
+        return {name: shape}
 
     def reference(self, node: onnx.NodeProto, data: dict[str, np.ndarray]) -> list:
         """The node evaluated by onnx.reference (ONNX's own semantics), its inputs taken
@@ -440,30 +496,43 @@ class OnnxImporter:
         return ReferenceEvaluator(model).run(None, feeds)
 
     def _check_fold_size(self, node: onnx.NodeProto) -> None:
-        """Ops whose output can dwarf their inputs (a ConstantOfShape of [10^6, 10^6]) are
-        refused from their inputs' values, before anything is allocated."""
+        """A fold's output can dwarf its inputs (a ConstantOfShape of [10^6, 10^6], a
+        product of a column and a row): its size is known from the inputs' values and
+        shapes, and refused above --max-bytes before anything is allocated."""
+        batch_free = self._batch_free_inputs(node)
+
         def value(i: int) -> np.ndarray | None:
             name = node.input[i] if i < len(node.input) else ""
-            return np.asarray(self.consts[name]) if name else None
+            if not name:
+                return None
+            return np.asarray(batch_free.get(name, self.consts[name]))
 
         try:
             if node.op_type == "ConstantOfShape":
-                size = math.prod(int(d) for d in value(0).ravel())
+                dims = [int(d) for d in value(0).ravel()]
+                size = math.prod(dims)
             elif node.op_type == "Expand":
-                size = math.prod(np.broadcast_shapes(value(0).shape,
-                                                     tuple(int(d) for d in value(1).ravel())))
+                dims = tuple(int(d) for d in value(1).ravel())
+                size = math.prod(np.broadcast_shapes(value(0).shape, dims))
             elif node.op_type == "Tile":
-                size = value(0).size * math.prod(int(r) for r in value(1).ravel())
+                dims = [int(r) for r in value(1).ravel()]
+                size = value(0).size * math.prod(dims)
             elif node.op_type == "Range":
                 start, limit, delta = (float(value(i)) for i in range(3))
-                size = max(0, math.ceil((limit - start) / delta)) if delta else 0
+                dims, size = [], max(0, math.ceil((limit - start) / delta)) if delta else 0
+            elif node.op_type in BROADCASTING_FOLDS:
+                dims, size = [], math.prod(np.broadcast_shapes(
+                    *[np.shape(self.consts[i]) for i in node.input if i]))
             else:
                 return
         except (ValueError, TypeError, OverflowError, ZeroDivisionError):
             return  # malformed: the reference evaluator reports it
+        if BATCH in dims:
+            self.fail(node, "builds a constant whose shape depends on the batch size beyond "
+                            "its first axis; no per-sample MLP computes that")
         if size * 8 > self.max_bytes:
             self.fail(node, f"folding it would make a constant of {size:,} values, above "
-                            f"--max-bytes {self.max_bytes / 2**30:.2g} GiB")
+                            f"--max-bytes {describe_bytes(self.max_bytes)}")
 
     def reduce_axes(self, node: onnx.NodeProto, x: str) -> list[int] | None:
         """The sample axes a Reduce* node reduces (sorted; the batch axis is refused), or
@@ -490,7 +559,20 @@ class OnnxImporter:
 
         if nnz * BYTES_PER_NNZ > self.max_bytes:
             self.fail(node, f"as a matrix it needs {nnz:,} non-zeros, above --max-bytes "
-                            f"{self.max_bytes / 2**30:.2g} GiB")
+                            f"{describe_bytes(self.max_bytes)}")
+
+    def check_values(self, node: onnx.NodeProto, count: int, what: str) -> None:
+        """Refuse ``count`` values (8 bytes each) above --max-bytes before making them."""
+        if count * 8 > self.max_bytes:
+            self.fail(node, f"{what} would hold {count:,} values, above --max-bytes "
+                            f"{describe_bytes(self.max_bytes)}")
+
+    def inferred_shape(self, node: onnx.NodeProto,
+                       data: dict[str, tuple[int, ...]]) -> tuple[int, ...] | None:
+        """The shape of the node's first output when its inputs are ``data`` (name →
+        shape) and the model's constants, by ONNX shape inference alone: nothing is
+        evaluated or allocated. None when inference cannot tell."""
+        return inferred_output_shape(node, data, self.consts, self.opset)
 
     # -- helpers for converters -----------------------------------------------------------
     def data(self, node: onnx.NodeProto, index: int = 0) -> str:
@@ -524,6 +606,52 @@ class OnnxImporter:
             self.fail(node, f"axis {axis} is the batch axis or out of range; only ops that "
                             "keep each sample separate can become an MLP")
         return axis - 1
+
+
+def describe_bytes(count: int) -> str:
+    """``100 MiB``, ``1.5 GiB``: a byte count as a person reads it."""
+    if count >= 2**30:
+        return f"{count / 2**30:.3g} GiB"
+    return f"{count / 2**20:.3g} MiB"
+
+
+def inferred_output_shape(node: onnx.NodeProto, data: dict[str, tuple[int, ...]],
+                          consts: dict[str, np.ndarray], opset: int
+                          ) -> tuple[int, ...] | None:
+    """ONNX shape inference (with data propagation) on the node alone: the computed
+    inputs as typed values of the given shapes, small constants as initializers (their
+    values decide shapes: Resize's scales, Tile's repeats), large ones by shape."""
+    from onnx import helper, shape_inference
+
+    inputs, inits = [], []
+    for name in dict.fromkeys(i for i in node.input if i):
+        if name in data:
+            inputs.append(helper.make_tensor_value_info(name, onnx.TensorProto.DOUBLE,
+                                                        list(data[name])))
+            continue
+        value = np.asarray(consts[name])
+        if value.size <= 4096:
+            inits.append(numpy_helper.from_array(value, name))
+        else:
+            elem = helper.np_dtype_to_tensor_dtype(value.dtype) if value.dtype.kind in "fiub" \
+                else onnx.TensorProto.DOUBLE
+            inputs.append(helper.make_tensor_value_info(name, elem, list(value.shape)))
+    outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
+               for o in node.output if o]
+    graph = helper.make_graph([node], "probe", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    try:
+        inferred = shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:
+        return None
+    for vi in inferred.graph.output:
+        if vi.name == node.output[0]:
+            ttype = vi.type.tensor_type
+            if not ttype.HasField("shape"):
+                return None
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
+            return None if any(d is None for d in dims) else tuple(dims)
+    return None
 
 
 def attr(node: onnx.NodeProto, name: str, default=None):

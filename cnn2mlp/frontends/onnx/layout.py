@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from ...ir.precision import real
-from .importer import BATCH, OnnxImporter, as_str, attr, converter
+from .importer import BATCH, OnnxImporter, as_str, attr, converter, inferred_output_shape
 
 
 @converter("Identity", "Dropout", "Cast", "CastLike")
@@ -243,7 +243,10 @@ def convert_expand(imp: OnnxImporter, node: onnx.NodeProto) -> None:
 def select_by_reference(imp: OnnxImporter, node: onnx.NodeProto, x: str,
                         extra: dict | None = None) -> None:
     """Run ONNX's reference implementation on a grid of flat indices: each output reads
-    the input entry whose index it holds; a Select of those indices is the op, exactly."""
+    the input entry whose index it holds; a Select of those indices is the op, exactly.
+    The output's size is known from shape inference and checked first."""
+    n_out = probe_size(imp, node, x, extra)
+    imp.check_values(node, n_out, "its output")
     (out,) = imp.reference(node, {x: index_grid(imp, x), **batch_sizes(imp, node, 1),
                                   **(extra or {})})[:1]
     out = np.asarray(out)
@@ -255,6 +258,20 @@ def select_by_reference(imp: OnnxImporter, node: onnx.NodeProto, x: str,
         imp.fail(node, "does not only move or copy values")
     imp.emit(node, "Select", [x], {"indices": out.ravel().astype(np.int64),
                                    "out_shape": out.shape[1:]}, output=node.output[0])
+
+
+def probe_size(imp: OnnxImporter, node: onnx.NodeProto, x: str,
+               extra: dict | None = None) -> int:
+    """Values in the node's output for one sample, from shape inference (nothing run). A
+    node whose shape inference cannot tell is refused: running it to find out could
+    allocate anything."""
+    overrides = {**batch_sizes(imp, node, 1), **(extra or {})}
+    shape = inferred_output_shape(node, {x: (1,) + imp.graph.shape(x)},
+                                  {**imp.consts, **overrides}, imp.opset)
+    if shape is None:
+        imp.fail(node, "its output shape cannot be inferred from the model's constants, so "
+                       "its size cannot be checked before it is built")
+    return math.prod(shape)
 
 
 @converter("Resize", "Upsample")
@@ -289,31 +306,42 @@ def batch_sizes(imp: OnnxImporter, node: onnx.NodeProto, batch: int) -> dict:
     return {}
 
 
+#: basis vectors one measurement may hold at the most (entries, float64: 32 MiB)
+MAX_PROBE_ENTRIES = 1 << 22
+
+
 def linear_by_reference(imp: OnnxImporter, node: onnx.NodeProto, x: str) -> None:
+    """A linear op measured with ONNX's reference implementation: the response to zero is
+    its constant part, the response to each basis vector minus it a column of its matrix.
+    Sizes are checked from shape inference before anything runs, and the basis vectors go
+    in chunks of at most MAX_PROBE_ENTRIES entries: memory stays bounded whatever the
+    input's size."""
     import scipy.sparse as sp
 
     shape = imp.graph.shape(x)
     n_in = int(np.prod(shape))
-    probe = np.asarray(imp.reference(node, {x: np.zeros((1,) + shape),
-                                            **batch_sizes(imp, node, 1)})[0])
-    if probe.shape[0] != 1:
-        imp.fail(node, "mixes the batch axis with others")
-    n_out = probe[0].size
+    n_out = probe_size(imp, node, x)
+    imp.check_values(node, n_out, "its output")
     if n_in * n_out > MAX_BASIS_ENTRIES:
         imp.fail(node, f"as a {n_out}x{n_in} linear map it is too large to measure "
                        f"({n_in * n_out:,} entries; the limit is {MAX_BASIS_ENTRIES:,})")
     imp.check_size(node, n_in * n_out // 8)
+    probe = np.asarray(imp.reference(node, {x: np.zeros((1,) + shape),
+                                            **batch_sizes(imp, node, 1)})[0])
+    if probe.shape[0] != 1 or probe[0].size != n_out:
+        imp.fail(node, "mixes the batch axis with others")
     # the response to zero is a constant (tf_crop_and_resize's extrapolation value): the
     # op is affine; each basis response minus it is a column of the matrix
     bias = probe.reshape(-1).astype(np.float64)
     columns = []
-    chunk = max(1, MAX_BASIS_ENTRIES // 16 // max(n_out, 1))
+    chunk = max(1, MAX_PROBE_ENTRIES // max(n_in, n_out, 1))
     for start in range(0, n_in, chunk):
         count = min(chunk, n_in - start)
         basis = np.zeros((count, n_in))
         basis[np.arange(count), start + np.arange(count)] = 1.0
         response = np.asarray(imp.reference(node, {x: basis.reshape((count,) + shape),
                                                    **batch_sizes(imp, node, count)})[0])
+        del basis
         columns.append(sp.csr_array(response.reshape(count, n_out) - bias))
     weight = sp.csr_array(sp.vstack(columns).T)
     weight.eliminate_zeros()

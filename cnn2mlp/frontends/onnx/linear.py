@@ -105,15 +105,29 @@ def convert_batchnorm(imp: OnnxImporter, node: onnx.NodeProto) -> None:
 
 @converter("ReduceMean", "ReduceSum")
 def convert_reduce(imp: OnnxImporter, node: onnx.NodeProto) -> None:
-    """Averages and sums over sample axes: fixed weights, a matrix (from ONNX's reference on
-    basis vectors). Reducing the batch axis is refused."""
-    from .layout import linear_by_reference
+    """Sums and averages over sample axes: a matrix of ones (or 1/count) on the reduced
+    axes and the identity on the others, built directly (a Kronecker product). Reducing
+    the batch axis is refused."""
+    import scipy.sparse as sp
+
+    from ...ir.linear import kron_per_axis
 
     x = imp.data(node)
-    if imp.reduce_axes(node, x) is None:
+    axes = imp.reduce_axes(node, x)
+    if axes is None:
         imp.alias(node, x)
         return
-    linear_by_reference(imp, node, x)
+    shape = imp.graph.shape(x)
+    count = math.prod(shape[a] for a in axes)
+    imp.check_size(node, int(np.prod(shape)))
+    weight = kron_per_axis(shape, {a: np.ones((1, shape[a])) for a in axes})
+    if node.op_type == "ReduceMean":
+        weight = sp.csr_array(weight * (1.0 / count))
+    keep = attr(node, "keepdims", 1)
+    out_shape = tuple(1 if a in axes else d for a, d in enumerate(shape)) if keep else \
+        tuple(d for a, d in enumerate(shape) if a not in axes)
+    imp.emit(node, "Dense", [x], {"weight": weight.astype(real()), "bias": None,
+                                  "out_shape": out_shape}, output=node.output[0])
 
 
 @converter("Einsum")

@@ -1,0 +1,57 @@
+"""Where numba caches the compiled kernels: a folder of the user's own, never the package.
+
+numba's default keeps its cache in ``__pycache__`` beside the installed package, and loads
+it by unpickling an index. In a shared install whose package folder others can write,
+that would run their code in every process that loads a model. cnn2mlp therefore points
+numba at ``$XDG_CACHE_HOME/cnn2mlp/numba`` (``~/.cache/cnn2mlp/numba``), created private
+(mode 0700) and used only when it belongs to the user and nobody else can write it; a
+``NUMBA_CACHE_DIR`` the user set is respected as it is. When no such folder can be had,
+a fresh private temporary folder serves this process alone (the kernels compile again in
+the next one).
+"""
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/cnn2mlp/numba``, else ``~/.cache/cnn2mlp/numba``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cnn2mlp" / "numba"
+
+
+def private(path: Path) -> bool:
+    """The folder exists, is the user's own and only the user can write it."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    owner_ok = not hasattr(os, "getuid") or info.st_uid == os.getuid()
+    return stat.S_ISDIR(info.st_mode) and owner_ok and not info.st_mode & 0o022
+
+
+def kernel_cache_dir() -> str:
+    """The folder for numba's cache: the user's NUMBA_CACHE_DIR, the private user folder,
+    or a private temporary folder."""
+    chosen = os.environ.get("NUMBA_CACHE_DIR")
+    if chosen:
+        return chosen
+    folder = user_cache_dir()
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        pass
+    if private(folder):
+        return str(folder)
+    return tempfile.mkdtemp(prefix="cnn2mlp-numba-")
+
+
+def use_kernel_cache() -> None:
+    """Point numba's cache at :func:`kernel_cache_dir`. Must run before any ``njit(cache=
+    True)`` decorator does: numba picks a function's cache folder when it is decorated."""
+    from numba.core import config
+
+    config.CACHE_DIR = kernel_cache_dir()
