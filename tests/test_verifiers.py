@@ -187,7 +187,13 @@ def verdict(path, x0, radius, top, runner):
         verbosity=0, timeoutInSeconds=300))
     return code
 
-calls = {"evaluate": evaluate, "verdict": verdict}
+def box(path):
+    net = read(path)
+    inputs = net.inputVars[0].ravel()
+    return [[float(net.inputMinimums[i]) for i in range(len(inputs))],
+            [float(net.inputMaximums[i]) for i in range(len(inputs))]]
+
+calls = {"evaluate": evaluate, "verdict": verdict, "box": box}
 print(json.dumps([calls[name](*args) for name, args in job]))
 """
 
@@ -244,3 +250,23 @@ def test_marabou_gives_the_same_verdict_on_the_mlp_as_on_the_cnn(tmp_path, has_m
         assert len(set(found)) == 1, (radius, found)
         verdicts.add(found[0])
     assert verdicts == {"unsat", "sat"}  # robust in the small box, not in the large one
+
+
+def test_nnet_input_box_is_what_input_range_says(tmp_path, has_marabou):
+    """The header's minimums and maximums, as Marabou and the project's reader read them:
+    swapped, a verifier would get an empty box and "prove" anything."""
+    from cnn2mlp.backends.nnet import read_input_box
+    from cnn2mlp.compile import main
+
+    b = OnnxBuilder((5,), opset=13, seed=21)
+    b.dense(4)
+    b.activation("Relu")
+    b.dense(2)
+    src, out = tmp_path / "m.onnx", tmp_path / "m.nnet"
+    onnx.save(b.build(), str(src))
+    assert main([str(src), "-o", str(out), "--input-range", "-1,2", "--check", "8",
+                 "--quiet"]) == 0
+    lows, highs = read_input_box(out)
+    assert lows.tolist() == [-1.0] * 5 and highs.tolist() == [2.0] * 5
+    (found,) = marabou(("box", str(out)))
+    assert found == [[-1.0] * 5, [2.0] * 5]
