@@ -287,9 +287,14 @@ def test_a_wide_check_stays_bounded(tmp_path):
             "pads": (1, 1, 1, 1), "group": 1, "out_channels": 16})
     b.activation("Relu")
     model, out = save(b, tmp_path), tmp_path / "out.npz"
-    proc, peak = run_cli_peak(model, "-o", out, "--check", "1000", "--quiet")
-    assert proc.returncode == 0, proc.stderr
-    assert peak < GIB_KIB, peak
+    peaks = []
+    # the first run compiles the kernels (if no cache has them); then the difference
+    # between 32 and 1000 inputs is the check's batches
+    for n in ("1000", "32", "1000"):
+        proc, peak = run_cli_peak(model, "-o", out, "--check", n, "--quiet")
+        assert proc.returncode == 0, proc.stderr
+        peaks.append(peak)
+    assert peaks[2] - peaks[1] < GIB_KIB // 4, peaks
 
 
 # ------------------------------------------------------------------ time
