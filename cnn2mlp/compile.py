@@ -48,6 +48,13 @@ class CompileResult:
     seconds: dict[str, float] = field(default_factory=dict)
     check: Comparison | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    #: the original network's multiply-adds for one sample: the yardstick of the MLP's
+    #: non-zeros (ir.cost.multiply_adds)
+    multiply_adds: int = 0
+
+    @property
+    def nnz(self) -> int:
+        return sum(int(layer.weight.nnz) for layer in self.mlp.layers)
 
     @property
     def exact(self) -> bool:
@@ -76,6 +83,7 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
     if not allow_non_finite:
         refuse_non_finite(graph, model, "in the model")
     preflight(graph, model, max_bytes)
+    multiply_adds = cnn_multiply_adds(graph)
     output_shape = graph.shape(graph.output)
     pipeline = passes if isinstance(passes, Pipeline) else (
         Pipeline(passes) if passes is not None else Pipeline.default(target))
@@ -101,7 +109,8 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
     except NotAnMlpError as exc:
         raise CompileError(f"{model}: the pipeline left a graph that is not an MLP: {exc}; "
                            "check --passes") from exc
-    result = CompileResult(mlp, graph, target, report, seconds, stats=ctx.stats)
+    result = CompileResult(mlp, graph, target, report, seconds, stats=ctx.stats,
+                           multiply_adds=multiply_adds)
     if output is not None:
         start = time.perf_counter()
         write_target(result, output, {"source": str(model), "cnn2mlp": __version__})
@@ -109,10 +118,19 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
     return result
 
 
+def cnn_multiply_adds(graph: Graph) -> int:
+    from .ir.cost import multiply_adds
+
+    return multiply_adds(graph)
+
+
 def context_for(target: str, **kwargs) -> PassContext:
     from .backends import FUSION
 
     ctx = PassContext(target=target, fusion=FUSION[target], **kwargs)
+    # values carried past layers: identity neurons where the target has an activation per
+    # neuron (one neuron a value), the layer's own activation elsewhere (ReLU pairs)
+    ctx.options["linearize-dag.carry"] = "identity" if target == "csr" else "activation"
     if target == "opencv":
         ctx.options["precision"] = "opencv"
         ctx.options["linearize-dag.uniform"] = True  # ANN_MLP: one activation for all
@@ -320,6 +338,9 @@ def format_table(result: CompileResult) -> str:
     lines.append(f"{'total':>5} {'':>9} {sum(r['neurons'] for r in rows):>9} "
                  f"{sum(r['carried'] for r in rows):>8} {sum(r['nnz'] for r in rows):>12} "
                  f"{'':>9} {sum(r['bytes'] for r in rows):>12}")
+    if result.multiply_adds:
+        lines.append(f"the CNN does {result.multiply_adds:,} multiply-adds a sample; the MLP "
+                     f"has {result.nnz:,} non-zeros ({result.nnz / result.multiply_adds:.2f}x)")
     lines.append("passes: " + ", ".join(f"{p.name} {p.seconds * 1e3:.1f} ms ({p.rewrites})"
                                         for p in result.pipeline.records))
     if result.mlp.dtype != np.float32:
@@ -346,8 +367,10 @@ def report_dict(result: CompileResult, args: argparse.Namespace) -> dict[str, An
         "output_shape": list(result.mlp.output_shape), "exact": result.exact,
         "dtype": result.mlp.dtype.name,
         "notes": result.mlp.notes, "layers": layer_rows(result.mlp),
-        "totals": {"neurons": sum(l.n_out for l in result.mlp.layers),
-                   "nnz": sum(int(l.weight.nnz) for l in result.mlp.layers)},
+        "totals": {"neurons": sum(l.n_out for l in result.mlp.layers), "nnz": result.nnz,
+                   "cnn_multiply_adds": result.multiply_adds,
+                   "nnz_per_multiply_add": (result.nnz / result.multiply_adds
+                                            if result.multiply_adds else None)},
         "passes": [{"name": p.name, "seconds": p.seconds, "rewrites": p.rewrites}
                    for p in result.pipeline.records],
         "seconds": result.seconds,
@@ -463,9 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "input is one sample (none, as in W @ x models); auto: a symbolic or "
                         "size-1 first axis is the batch, a fixed vector or fixed first axis "
                         "above 1 is one sample")
-    p.add_argument("--carry", choices=["activation", "identity"], default="activation",
+    p.add_argument("--carry", choices=["auto", "activation", "identity"], default="auto",
                    help="DAGs: carry skipped values with the layer's own activation (ReLU: "
-                        "1 or 2 neurons) or with identity neurons (1, per-neuron activation)")
+                        "1 or 2 neurons) or with identity neurons (1, per-neuron activation); "
+                        "auto (default): identity for csr, activation for the others")
     p.add_argument("--input-shape", type=parse_dims, metavar="D1,D2,...",
                    help="input dims after the batch axis, where the model leaves them open")
     p.add_argument("--input-range", type=parse_range, default=(0.0, 1.0), metavar="LO,HI",
@@ -505,7 +529,8 @@ def run_cli(args: argparse.Namespace) -> int:
     ctx.options["max_dense_bytes"] = args.max_dense_bytes
     if args.epsilon is not None:
         ctx.options["avgpool-linearize.epsilon"] = args.epsilon
-    ctx.options["linearize-dag.carry"] = args.carry
+    if args.carry != "auto":
+        ctx.options["linearize-dag.carry"] = args.carry
     result = compile_model(args.model, None, target=target, input_shape=args.input_shape,
                            passes=passes, ctx=ctx, print_ir=args.print_ir_after_all,
                            allow_non_finite=args.allow_non_finite, max_bytes=args.max_bytes,

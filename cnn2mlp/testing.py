@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from .check import Comparison, compare, onnx_runner, random_inputs
+from .ir.activations import BY_OP, CATALOGUE
 from .ir import Graph, run
 from .ir.geometry import output_size
 
@@ -142,9 +143,9 @@ def _signed_away_from_zero(draw, shape) -> np.ndarray:
 
 # --------------------------------------------------------------------------- IR graphs
 ACTIVATIONS = ("Relu", "LeakyRelu", "Sigmoid", "Tanh")
-#: every element-wise activation of the IR (exact in the CSR target)
-ELEMENTWISE = ACTIVATIONS + ("Elu", "Softplus", "Softsign", "HardSwish", "Mish", "Gelu",
-                             "GeluTanh", "ThresholdedRelu", "Swish", "Erf")
+#: every element-wise activation of the IR but the identity (exact in the CSR target)
+ELEMENTWISE = ACTIVATIONS + tuple(a.op for a in CATALOGUE
+                                  if a.op not in ACTIVATIONS and a.op != "Identity")
 
 
 def _push(g: Graph, op: str, attrs: dict[str, Any]):
@@ -185,8 +186,8 @@ def cnn_graphs(draw, ranks: Sequence[int] = (1, 2), max_layers: int = 3,
                 "mean": _floats(draw, c), "var": _floats(draw, c, 0.5, 2.0), "epsilon": 1e-5})
         elif kind == "activation":
             op = draw(st.sampled_from(ELEMENTWISE))
-            alpha = {"LeakyRelu": 0.1, "Elu": 0.7, "ThresholdedRelu": 0.2}.get(op)
-            _push(g, op, {} if alpha is None else {"alpha": alpha})
+            takes = BY_OP[op].alpha is not None  # a parameter: drawn, not the default
+            _push(g, op, {"alpha": draw(st.sampled_from([0.1, 0.2, 0.7]))} if takes else {})
         elif kind == "affine":
             const_shape = draw(st.sampled_from([(), (shape[0],) + (1,) * (len(shape) - 1),
                                                 tuple(shape)]))
@@ -494,7 +495,8 @@ def dag_graphs(draw, ranks: Sequence[int] = (1, 2), max_steps: int = 5,
     """Random IR DAGs: convolutions with activations, residual Add/Sub (shortcuts with and
     without a projection), Concat of branches, Maximum/Minimum of branches, a Sum of three,
     values read by several nodes; a Dense head reads the last value. For testing
-    linearize-dag and friends with the interpreter."""
+    linearize-dag and friends with the interpreter. The step "linear" (not in the default
+    steps) is a 3×3 convolution without an activation, for chains of linear maps."""
     shape = draw(input_shapes(ranks, max_channels=3, min_size=3, max_size=6))
     g = Graph("x", shape)
     pool = ["x"]
@@ -503,7 +505,9 @@ def dag_graphs(draw, ranks: Sequence[int] = (1, 2), max_steps: int = 5,
         src = draw(st.sampled_from(pool))
         same = [v for v in pool if g.shape(v) == g.shape(src)]
         other = draw(st.sampled_from(same))
-        if kind in ("conv", "projection"):
+        if kind == "linear":  # a 3×3 convolution with no activation: a linear map
+            node = _same_conv(draw, g, src, 3)
+        elif kind in ("conv", "projection"):
             node = _same_conv(draw, g, src, 1 if kind == "projection" else 3)
             if kind == "projection":
                 c = g.shape(node)[0]

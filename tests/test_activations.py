@@ -10,7 +10,8 @@ import scipy.sparse as sp
 from cnn2mlp.backends.csr import CsrModel
 from cnn2mlp.ir import Graph, run
 from cnn2mlp.ir.analysis import interval_bounds
-from cnn2mlp.ir.mlp import ACTIVATION_NAMES, Mlp, MlpLayer
+from cnn2mlp.ir.activations import BY_OP
+from cnn2mlp.ir.mlp import Mlp, MlpLayer
 from cnn2mlp.runtime import available_engines
 from cnn2mlp.testing import (
     ELEMENTWISE,
@@ -20,7 +21,7 @@ from cnn2mlp.testing import (
     run_kernel_module,
 )
 
-ALPHA = {"LeakyRelu": 0.1, "Elu": 0.7, "ThresholdedRelu": 0.2}
+ALPHA = {"LeakyRelu": 0.1, "Elu": 0.7, "ThresholdedRelu": 0.2, "BoundedRelu": 2.5}
 X = np.linspace(-8, 8, 4001)[None, :]
 
 
@@ -42,7 +43,7 @@ def test_interval_bounds_hold_for_every_activation(op):
 @pytest.mark.parametrize("op", ELEMENTWISE)
 def test_runtime_and_kernel_module_compute_each_activation(tmp_path, engine, op):
     """The numba/scipy engines and the numpy-only module against the IR's formula."""
-    name = ACTIVATION_NAMES[op]
+    name = BY_OP[op].name
     alpha = ALPHA.get(op, 0.0)
     n = X.shape[1]
     mlp = Mlp([MlpLayer(sp.identity(n, np.float32, "csr"), np.zeros(n, np.float32), name,

@@ -3,7 +3,7 @@ layers with carried values; against the interpreter and onnxruntime."""
 import numpy as np
 import onnx
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
@@ -65,6 +65,26 @@ def test_default_pipeline_on_dags(graph, carry):
                            if act == "identity")
             assert layer.carried <= max(identity, layer.n_out if layer.activation ==
                                         "identity" else 0)
+
+
+@settings(max_examples=100)
+@given(dag_graphs(steps=("conv", "linear", "linear", "add", "sub", "concat", "projection",
+                         "activation", "sum3", "clip", "max"), max_steps=7))
+def test_the_size_model_never_exceeds_the_unfused_lowering(graph):
+    """Every fusion the default pipeline makes keeps the function, and never makes the
+    MLP larger than keeping every linear map a layer of its own. (Joins of a value with
+    itself, x - x, cancel to exact zeros whose count depends on the order of rounding,
+    not on fusion: left out.)"""
+    assume(all(len(set(node.inputs)) == len(node.inputs) for node in graph.nodes))
+    nnz = {}
+    for fusion in ("cost", "never"):
+        after = graph.copy()
+        Pipeline.default("csr").run(after, PassContext(
+            fusion=fusion, options={"linearize-dag.carry": "identity"}))
+        mlp = Mlp.from_graph(after, graph.shape(graph.output))
+        assert_equivalent(graph, mlp, n=6, rtol=1e-5)
+        nnz[fusion] = sum(layer.weight.nnz for layer in mlp.layers)
+    assert nnz["cost"] <= nnz["never"], nnz
 
 
 @settings(max_examples=30)
@@ -401,16 +421,31 @@ def test_clip_to_relu(graph):
     assert_equivalent(graph, after, n=8, rtol=1e-6, input_range=(-8, 8))
 
 
-def test_relu6_is_one_layer_of_two_neurons():
+@given(dag_graphs(steps=("conv", "clip", "add", "activation")))
+def test_clip_to_bounded_relu(graph):
+    after = graph.copy()
+    count = get_pass("clip-to-bounded-relu").run(after, PassContext())
+    after.verify()
+    assert count == graph.ops().count("Clip") and "Clip" not in after.ops()
+    assert_equivalent(graph, after, n=8, rtol=1e-6, input_range=(-8, 8))
+
+
+@pytest.mark.parametrize("target, layer", [("csr", (4, "bounded_relu")),
+                                           ("onnx", (8, "relu"))])
+def test_relu6_is_one_neuron_on_csr_and_two_relus_elsewhere(target, layer):
+    """ReLU6 stays one activation where the target has per-neuron activations; ReLU-only
+    targets get relu(x) - relu(x - 6), two neurons a value in one layer."""
     g = Graph("x", (4,))
     g.append("Dense", {"weight": np.random.default_rng(0).normal(size=(4, 4)) * 5,
-                       "bias": np.zeros(4)})
-    g.append("Clip", {"low": 0.0, "high": 6.0})
+                       "bias": np.random.default_rng(1).normal(size=4)})
+    g.append("Clip", {"low": -0.5, "high": 6.0} if target == "csr" else
+             {"low": 0.0, "high": 6.0})
     g.append("Dense", {"weight": np.ones((2, 4)), "bias": np.zeros(2)})
     after = g.copy()
-    Pipeline.default("csr").run(after, PassContext())
+    Pipeline.default(target).run(after, PassContext(fusion="always" if target == "onnx"
+                                                    else "cost"))
     mlp = Mlp.from_graph(after, g.shape(g.output))
-    assert [(l.n_out, l.activation) for l in mlp.layers] == [(8, "relu"), (2, "identity")]
+    assert [(l.n_out, l.activation) for l in mlp.layers] == [layer, (2, "identity")]
     assert_equivalent(g, mlp, n=32, rtol=1e-5, input_range=(-2, 2))
 
 

@@ -156,27 +156,28 @@ def test_variadic_max_and_min_of_two_to_five_branches(count, op, seed):
 
 # ------------------------------------------------------------------ 5-7. carried runs
 def test_pruned_mixed_layer_keeps_its_runs():
-    """x carried (identity neurons) through a tanh layer, read by a stride-2 1×1
-    projection: pruning removes three quarters of the carried run, and the runs of the
-    mixed layer must follow."""
+    """x carried (identity neurons) through a tanh layer, then read at stride 2 (a Slice
+    joined to the main branch before the next tanh): pruning removes three quarters of
+    the carried run, and the runs of the mixed layer must follow."""
     b = OnnxBuilder((2, 6, 6), opset=13, seed=5)
-    b.conv(conv_geo(out=3))
-    h = b.activation("Tanh")
-    b.conv(conv_geo(out=3, s=2))
-    main_branch = b.activation("Tanh")
-    b.current, b.shape = "input", (2, 6, 6)
-    shortcut = b.conv(conv_geo(k=1, s=2, p=0, out=3))
+    b.conv(conv_geo(out=2))
+    b.activation("Tanh")
+    main_branch = b.conv(conv_geo(out=2, s=2))
+    shortcut = b.node("Slice", ["input", b.const(np.array([0, 0], np.int64)),
+                                b.const(np.array([6, 6], np.int64)),
+                                b.const(np.array([2, 3], np.int64)),
+                                b.const(np.array([2, 2], np.int64))])
     b.node("Add", [main_branch, shortcut])
-    b.shape = (3, 3, 3)
+    b.shape = (2, 3, 3)
+    b.activation("Tanh")
     b.flatten()
     b.dense(3)
     model = b.build()
     compiled = compile_to_model(model)
     mixed = [layer for layer in compiled.layers if layer.segments]
     assert mixed and all(layer.carried for layer in mixed)
-    assert compiled.result.stats["prune-neurons"]["neurons"] > 0
+    assert compiled.result.stats["prune-neurons"]["neurons"] == 2 * 6 * 6 - 2 * 3 * 3
     assert_equivalent(model, compiled, n=32, input_range=(-2, 2))
-    del h
 
 
 def test_two_leaky_slopes_in_one_layer_stay_two_runs():
@@ -218,7 +219,11 @@ def test_a_value_partly_proven_nonnegative_then_another_carried_block():
     b.flatten()
     b.dense(3)
     model = b.build()
-    compiled = compile_to_model(model)
+    from cnn2mlp.compile import context_for
+
+    ctx = context_for("csr")
+    ctx.options["linearize-dag.carry"] = "activation"  # ReLU neurons, not identity ones
+    compiled = compile_to_model(model, ctx=ctx)
     assert_equivalent(model, compiled, n=32, input_range=(-2, 2))
     # ReLU pairs for the signed entries only: fewer than two neurons a carried value
     layer = compiled.layers[0]

@@ -266,8 +266,14 @@ def test_max_pool_pairs_are_summed_before_the_next_layer(engine, tmp_path):
     from cnn2mlp.runtime.columns import runtime_layers
     from cnn2mlp.testing import compile_to_model, run_kernel_module
 
+    from cnn2mlp.compile import context_for
+
     model = maxpool_cnn()
-    compiled = compile_to_model(model)
+    # every recombination fused into the next layer, as the ReLU-only targets do (the CSR
+    # default keeps them as layers of their own): the pairs' columns come out equal
+    ctx = context_for("csr")
+    ctx.fusion = "always"
+    compiled = compile_to_model(model, ctx=ctx)
     mlp = compiled.mlp
     runtime = runtime_layers(mlp.layers)
     assert len(runtime) == len(mlp.layers) + 2  # a summing layer after each max pool
@@ -321,6 +327,15 @@ def test_the_committed_microkernel_is_the_generators_output():
 
     committed = (ROOT / "cnn2mlp" / "runtime" / "microkernel.py").read_text()
     assert committed == microkernel_gen.generate()
+
+
+def test_the_committed_activation_kernels_are_the_generators_output():
+    """activation_kernels.py is generated from the activation catalogue: regenerate it
+    (python -m cnn2mlp.runtime.activation_gen) after adding an activation."""
+    from cnn2mlp.runtime import activation_gen
+
+    committed = (ROOT / "cnn2mlp" / "runtime" / "activation_kernels.py").read_text()
+    assert committed == activation_gen.generate()
 
 
 def test_kernels_are_cut_into_blocks_of_8_4_2_1():

@@ -18,21 +18,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .._io import atomic_write
+from ..ir.activations import Activation, by_name
 from ..ir.mlp import Mlp, MlpLayer
 
 OPSET = 13
-#: ONNX op of each MLP activation (identity: no node)
-ONNX_ACTIVATIONS = {"relu": "Relu", "leaky_relu": "LeakyRelu", "sigmoid": "Sigmoid",
-                    "tanh": "Tanh", "identity": None, "elu": "Elu", "softplus": "Softplus",
-                    "softsign": "Softsign", "hard_swish": "HardSwish", "mish": "Mish",
-                    "gelu": "Gelu", "gelu_tanh": "Gelu", "thresholded_relu": "ThresholdedRelu",
-                    "swish": "Swish", "erf": "Erf"}
-#: the opset each activation op needs (ONNX added them over time)
-NEEDS_OPSET = {"HardSwish": 14, "Mish": 18, "Gelu": 20}
-
-
 class _Builder:
-    def __init__(self) -> None:
+    def __init__(self, dtype=np.float32) -> None:
+        self.dtype = np.dtype(dtype)
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.count = 0
@@ -59,9 +51,27 @@ def runs(layer: MlpLayer) -> list[tuple[int, int, str, float]]:
     return [(0, layer.n_out, layer.activation, layer.alpha)]
 
 
+def activation_nodes(b: _Builder, entry: Activation, alpha: float, z: str,
+                     opset: int) -> tuple[str, int]:
+    """The ONNX node(s) computing the activation on ``z``, and the opset now needed."""
+    op = entry.onnx
+    if op is None:
+        return z, opset
+    if op == "Swish":  # x * sigmoid(x): no Swish op before opset 24
+        return b.node("Mul", [z, b.node("Sigmoid", [z])]), opset
+    if op == "Clip":  # bounds as inputs from opset 11
+        zero = b.const(np.array(0, b.dtype), "clip_min")
+        top = b.const(np.array(alpha, b.dtype), "clip_max")
+        return b.node("Clip", [z, zero, top]), opset
+    attrs = {"alpha": alpha} if entry.alpha is not None else {}
+    if op == "Gelu" and entry.op == "GeluTanh":
+        attrs = {"approximate": "tanh"}
+    return b.node(op, [z], **attrs), max(opset, entry.onnx_opset)
+
+
 def mlp_to_onnx(mlp: Mlp, input_name: str = "input", output_name: str = "output",
                 doc: str = "") -> onnx.ModelProto:
-    b = _Builder()
+    b = _Builder(mlp.dtype)
     n_in = mlp.layers[0].n_in
     flat = b.node("Reshape", [input_name, b.const(np.array([-1, n_in], np.int64), "shape")],
                   "flat_input")
@@ -78,15 +88,7 @@ def mlp_to_onnx(mlp: Mlp, input_name: str = "input", output_name: str = "output"
                                                               f"W{k}")])
                 z = product if z is None else b.node("Add", [z, product])
             z = b.node("Add", [z, b.const(bias[start:stop], f"b{k}")], f"z{k}_{start}")
-            op = ONNX_ACTIVATIONS[act]
-            opset = max(opset, NEEDS_OPSET.get(op, OPSET))
-            if op == "Swish":  # x * sigmoid(x): no Swish op before opset 24
-                z = b.node("Mul", [z, b.node("Sigmoid", [z])])
-            elif op is not None:
-                attrs = {"alpha": alpha} if op in ("LeakyRelu", "Elu", "ThresholdedRelu") else {}
-                if act == "gelu_tanh":
-                    attrs = {"approximate": "tanh"}
-                z = b.node(op, [z], **attrs)
+            z, opset = activation_nodes(b, by_name(act), alpha, z, opset)
             outputs.append((z, start, stop))
         parts = outputs
     (last, _, _), = parts

@@ -20,15 +20,9 @@ import scipy.sparse as sp
 
 from .._io import atomic_write
 from ..errors import CompileError
+from ..ir.activations import by_name
 from ..ir.mlp import Mlp
 
-#: OpenCV's names and parameters: f_param1 (alpha), f_param2 (beta)
-ACTIVATIONS = {
-    "relu": ("RELU", 0.0, 0.0),
-    "tanh": ("SIGMOID_SYM", 2.0, 1.0),      # beta * tanh(alpha x / 2) = tanh(x)
-    "leaky_relu": ("LEAKYRELU", None, 0.0),  # f_param1 = the negative slope
-    "identity": ("IDENTITY", 1.0, 1.0),
-}
 #: numbers per text line, and bytes per base64 line (64 characters), as OpenCV writes them
 TEXT_PER_LINE = 8
 B64_LINE_BYTES = 48
@@ -51,7 +45,8 @@ class AnnSpec:
 def save_opencv(mlp: Mlp, spec: AnnSpec, path: str | Path, encoding: str = "text") -> None:
     if encoding not in ("text", "base64"):
         raise CompileError(f"unknown XML encoding {encoding!r}: use text or base64")
-    name, f1, f2 = ACTIVATIONS[spec.activation]
+    # OpenCV's name and parameters f_param1 (alpha; None: the negative slope), f_param2
+    name, f1, f2 = by_name(spec.activation).opencv
     if f1 is None:
         f1 = spec.alpha
     sizes = [mlp.layers[0].n_in] + [layer.n_out for layer in mlp.layers]

@@ -13,15 +13,15 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from .activations import BY_OP, CATALOGUE
 from .graph import Graph, Node
 from .ops import get_op
 
 #: stands for an unbounded input; big enough to dominate, small enough to stay finite
 UNBOUNDED = 1e30
 
-MONOTONE = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Identity", "MaxPool", "AveragePool",
-            "Reshape", "Transpose", "Select", "Pad", "MixedActivation", "Clip",
-            "Elu", "Softplus", "Softsign", "Erf"}
+MONOTONE = {"MaxPool", "AveragePool", "Reshape", "Transpose", "Select", "Pad",
+            "MixedActivation", "Clip"} | {a.op for a in CATALOGUE if a.shape == "monotone"}
 #: multi-input ops monotone in every input: the box maps corner to corner
 MONOTONE_JOINT = {"Concat", "Maximum", "Minimum"}
 AFFINE = {"Conv", "Dense", "AddConst", "MulConst", "BatchNorm"}
@@ -61,18 +61,19 @@ def sum_bounds(node: Node, boxes: list[tuple[np.ndarray, np.ndarray]]):
 
 
 def node_bounds(node: Node, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from .ops import UNIMODAL
-
     op = get_op(node.op)
-    if node.op in UNIMODAL:  # max at an end; min at an end, or at the minimum if inside
+    entry = BY_OP.get(node.op)
+    if entry is not None and entry.shape == "unimodal":
+        # max at an end; min at an end, or at the minimum if inside
         both = op.evaluate(node, [np.stack([lo, hi])])[0]
-        x_min = np.full((1,) + lo.shape, UNIMODAL[node.op])
+        x_min = np.full((1,) + lo.shape, entry.minimum_at)
         f_min = op.evaluate(node, [x_min])[0][0]
-        inside = (lo <= UNIMODAL[node.op]) & (UNIMODAL[node.op] <= hi)
+        inside = (lo <= entry.minimum_at) & (entry.minimum_at <= hi)
         low = np.where(inside, np.minimum(f_min, both.min(axis=0)), both.min(axis=0))
         # a small margin for the rounding of f_min
         return low - 1e-9 * (1 + np.abs(low)), both.max(axis=0)
-    if node.op == "ThresholdedRelu":  # values are 0 or x > alpha: within [min(0, lo), max(0, hi)]
+    if entry is not None and entry.shape == "thresholded":
+        # values are 0 or x > alpha: within [min(0, lo), max(0, hi)]
         return np.minimum(0.0, lo), np.maximum(0.0, hi)
     if node.op in MONOTONE:
         both = op.evaluate(node, [np.stack([lo, hi])])[0]
@@ -128,12 +129,9 @@ def nonnegative(graph: Graph, value: str, bounds: Bounds | None = None) -> np.nd
     return bounds[value][0] >= 0
 
 
-LIPSCHITZ = {"Relu": 1.0, "LeakyRelu": 1.0, "Tanh": 1.0, "Sigmoid": 0.25, "Identity": 1.0,
-             "MixedActivation": 1.0, "Clip": 1.0, "Softplus": 1.0, "Softsign": 1.0,
-             "HardSwish": 1.5, "Mish": 1.1, "Gelu": 1.13, "GeluTanh": 1.13, "Swish": 1.1,
-             "Erf": 2 / np.sqrt(np.pi), "ThresholdedRelu": np.inf,
-             "MaxPool": 1.0, "AveragePool": 1.0, "Reshape": 1.0, "Transpose": 1.0,
-             "Select": 1.0, "Pad": 1.0, "Softmax": 1.0, "AddConst": 1.0}
+#: Lipschitz constants of the non-activation ops that have one
+LIPSCHITZ = {"MaxPool": 1.0, "AveragePool": 1.0, "Reshape": 1.0, "Transpose": 1.0,
+             "Select": 1.0, "Pad": 1.0, "Softmax": 1.0, "AddConst": 1.0, "Clip": 1.0}
 
 
 def lipschitz_inf(graph: Graph, start: str) -> float:
@@ -158,14 +156,13 @@ def lipschitz_inf(graph: Graph, start: str) -> float:
 
 
 def node_lipschitz(node: Node) -> float:
-    if node.op == "Elu":
-        return max(1.0, float(node.attrs.get("alpha", 1.0)))
+    entry = BY_OP.get(node.op)
+    if entry is not None:
+        return entry.lipschitz_for(node.attrs.get("alpha", entry.alpha or 0.0))
     if node.op == "MixedActivation":  # the steepest of its activations
-        return max(node_lipschitz(Node(op, node.inputs, node.outputs, {"alpha": alpha}))
-                   for _, _, op, alpha in node.attrs["segments"])
+        return max(BY_OP[op].lipschitz_for(alpha) for _, _, op, alpha in node.attrs["segments"])
     if node.op in LIPSCHITZ:
-        return LIPSCHITZ[node.op] * (abs(node.attrs.get("alpha", 1.0)) if node.op == "LeakyRelu"
-                                     and abs(node.attrs.get("alpha", 1.0)) > 1 else 1.0)
+        return LIPSCHITZ[node.op]
     if node.op == "Dense":
         w = node.attrs["weight"]
         return float(np.max(np.asarray(abs(w).sum(axis=1)), initial=0.0))

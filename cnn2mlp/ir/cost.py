@@ -151,3 +151,21 @@ def dense_bytes_lower_bound(graph: Graph) -> tuple[int, list[int]]:
         widths.append(graph.values[graph.output].size)
     weights = sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
     return 8 * weights, widths
+
+
+def multiply_adds(graph: Graph) -> int:
+    """The multiply-adds the original network does for one sample, counted as the usual
+    runtimes do them: a convolution's outputs times its taps (C_in / group × kernel), a
+    dense layer's weights (all of them, zeros too, when they are stored dense; the
+    non-zeros of a matrix the frontend built, such as a ConvTranspose's). Activations,
+    pooling and element-wise affine maps are not counted (they are not the work that
+    decides a network's speed). The yardstick for the MLP's non-zeros."""
+    total = 0
+    for node in graph.nodes:
+        if node.op == "Conv":
+            kernel = node.attrs["kernel"]
+            total += graph.values[node.output].size * int(np.prod(kernel.shape[1:]))
+        elif node.op == "Dense":
+            w = node.attrs["weight"]
+            total += int(w.nnz) if hasattr(w, "nnz") else int(w.size)
+    return total

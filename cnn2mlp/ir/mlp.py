@@ -6,18 +6,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from .activations import BY_OP, apply
 from .graph import Graph, Shape
 from .linear import diagonal, to_csr
-from .ops import ACTIVATIONS
 from .precision import real
-
-#: IR activation op → the MLP's activation name
-ACTIVATION_NAMES = {"Relu": "relu", "LeakyRelu": "leaky_relu", "Sigmoid": "sigmoid",
-                    "Tanh": "tanh", "Identity": "identity", "Elu": "elu",
-                    "Softplus": "softplus", "Softsign": "softsign", "HardSwish": "hard_swish",
-                    "Mish": "mish", "Gelu": "gelu", "GeluTanh": "gelu_tanh",
-                    "ThresholdedRelu": "thresholded_relu", "Swish": "swish", "Erf": "erf"}
-_BY_NAME = {v: k for k, v in ACTIVATION_NAMES.items()}
 
 
 class NotAnMlpError(ValueError):
@@ -74,17 +66,17 @@ class Mlp:
                 b = np.zeros(w.shape[0], real()) if b is None else np.asarray(b, real())
                 layers.append(MlpLayer(w, b, carried=int(node.attrs.get("carried", 0))))
                 open_layer = True
-            elif node.op in ACTIVATION_NAMES or node.op == "MixedActivation":
+            elif node.op in BY_OP or node.op == "MixedActivation":
                 if not open_layer:
                     n = graph.values[current].size
                     layers.append(MlpLayer(diagonal(np.ones(n)), np.zeros(n, real())))
                 if node.op == "MixedActivation":
                     layers[-1].activation = "mixed"
                     layers[-1].segments = tuple(
-                        (int(a), int(b), ACTIVATION_NAMES[op], float(alpha))
+                        (int(a), int(b), BY_OP[op].name, float(alpha))
                         for a, b, op, alpha in node.attrs["segments"])
                 else:
-                    layers[-1].activation = ACTIVATION_NAMES[node.op]
+                    layers[-1].activation = BY_OP[node.op].name
                     layers[-1].alpha = float(node.attrs.get("alpha", 0.0))
                 open_layer = False
             elif node.op != "Reshape" or node.output != graph.output:
@@ -106,7 +98,7 @@ class Mlp:
 
 
 def activate(name: str, alpha: float, h: np.ndarray) -> np.ndarray:
-    return ACTIVATIONS[_BY_NAME[name]](h, {"alpha": alpha})
+    return apply(name, alpha, h)
 
 
 def activate_layer(layer: MlpLayer, h: np.ndarray) -> np.ndarray:

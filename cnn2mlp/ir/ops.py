@@ -11,6 +11,7 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
+from .activations import BY_OP, CATALOGUE, Activation
 from .geometry import combined_mask, gather_windows, window_axes
 from .graph import Node, Shape
 
@@ -43,63 +44,18 @@ class Op:
 
 # ---------------------------------------------------------------------------- activations
 class _Activation(Op):
+    """An element-wise activation of the catalogue (``ir/activations.py``)."""
+
     activation = True
-    fn: Callable[[np.ndarray, dict[str, Any]], np.ndarray]
+    entry: Activation
 
     def evaluate(self, node, xs):
-        return [type(self).fn(xs[0], node.attrs)]
+        entry = type(self).entry
+        return [entry.numpy(xs[0], node.attrs.get("alpha", entry.alpha))]
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    # Split by sign so that exp never overflows.
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    ex = np.exp(x[~pos])
-    out[~pos] = ex / (1.0 + ex)
-    return out
-
-
-def _erf(x: np.ndarray) -> np.ndarray:
-    from scipy.special import erf
-
-    return erf(x)
-
-
-def _softplus(x: np.ndarray) -> np.ndarray:
-    return np.logaddexp(0, x)
-
-
-def _elu(x: np.ndarray, alpha: float) -> np.ndarray:
-    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
-
-
-#: each element-wise activation, with ONNX's formula (``a``: the node's attributes)
-ACTIVATIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
-    "Relu": lambda x, a: np.maximum(x, 0),
-    "LeakyRelu": lambda x, a: np.where(x >= 0, x, x * a.get("alpha", 0.01)),
-    "Sigmoid": lambda x, a: _sigmoid(x),
-    "Tanh": lambda x, a: np.tanh(x),
-    "Identity": lambda x, a: x,
-    "Elu": lambda x, a: _elu(x, a.get("alpha", 1.0)),
-    "Softplus": lambda x, a: _softplus(x),
-    "Softsign": lambda x, a: x / (1 + np.abs(x)),
-    "HardSwish": lambda x, a: x * np.clip(x / 6 + 0.5, 0, 1),
-    "Mish": lambda x, a: x * np.tanh(_softplus(x)),
-    "Gelu": lambda x, a: 0.5 * x * (1 + _erf(x / np.sqrt(2))),
-    "GeluTanh": lambda x, a: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))),
-    "ThresholdedRelu": lambda x, a: np.where(x > a.get("alpha", 1.0), x, 0 * x),
-    "Swish": lambda x, a: x * _sigmoid(x),
-    "Erf": lambda x, a: _erf(x),
-}
-#: activations that take the attribute ``alpha``
-ALPHA_OPS = ("LeakyRelu", "Elu", "ThresholdedRelu")
-#: activations with one minimum at ``x*`` (decreasing before, increasing after): (x*, f(x*))
-UNIMODAL = {"HardSwish": -1.5, "Mish": -1.19201, "Gelu": -0.751791, "GeluTanh": -0.752263,
-            "Swish": -1.27846}
-
-for _name, _fn in ACTIVATIONS.items():
-    register_op(type(_name, (_Activation,), {"name": _name, "fn": staticmethod(_fn)}))
+for _entry in CATALOGUE:
+    register_op(type(_entry.op, (_Activation,), {"name": _entry.op, "entry": _entry}))
 
 
 @register_op
@@ -417,14 +373,14 @@ class MixedActivation(Op):
         x = xs[0].reshape(len(xs[0]), -1)
         y = np.empty_like(x)
         for start, stop, op, alpha in node.attrs["segments"]:
-            y[:, start:stop] = ACTIVATIONS[op](x[:, start:stop], {"alpha": alpha})
+            y[:, start:stop] = BY_OP[op].numpy(x[:, start:stop], alpha)
         return [y.reshape(xs[0].shape)]
 
 
 def check_segments(segments, n: int) -> None:
     position = 0
     for start, stop, op, _ in segments:
-        if start != position or stop < start or op not in ACTIVATIONS:
+        if start != position or stop < start or op not in BY_OP:
             raise ValueError(f"activation segments {segments} do not tile [0, {n})")
         position = stop
     if position != n:

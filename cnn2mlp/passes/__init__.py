@@ -2,6 +2,7 @@
 from . import (  # noqa: F401  (importing a pass module registers the pass)
     avgpool_fuse,
     avgpool_linearize,
+    clip_to_bounded_relu,
     clip_to_relu,
     conv_to_dense,
     drop_final_softmax,

@@ -21,6 +21,8 @@ class AvgPoolFuse(Pass):
     name = "avgpool-fuse"
 
     def run(self, graph: Graph, ctx: PassContext) -> int:
+        if ctx.fusion == "never":
+            return 0
         count = 0
         for node in graph:
             if node.op == "AveragePool" and fuse_pool(graph, node, ctx.fusion == "always"):

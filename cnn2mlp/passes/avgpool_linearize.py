@@ -26,7 +26,7 @@ class AvgPoolLinearize(Pass):
     - ReLU, inputs proven >= 0: ``relu(P h) = P h``: exact.
     - ReLU otherwise: ``P h = relu(P h) - relu(-P h)``, two neurons an output: exact.
     - tanh / sigmoid: linearization with scaling: the layer computes ``f(eps P h)`` and the
-      next layer undoes it with ``(y - f(0)) / (eps f'(0))`` (marked to fuse). Truncation is
+      next layer undoes it with ``(y - f(0)) / (eps f'(0))`` (fused into it). Truncation is
       ``c3 eps^2 |z|^3 / f'(0)``; rounding grows like ``u |f(0)| / (eps f'(0))``. ``eps``
       minimises their sum over the bound on ``|z|`` from interval analysis on
       ``ctx.input_range``, unless ``ctx.options["avgpool-linearize.epsilon"]`` sets it.
@@ -112,7 +112,7 @@ def linearize(graph: Graph, node: Node, pool, activation: str, eps: float) -> No
     node.op, node.inputs = "Dense", [act.output]
     node.attrs = {"weight": diagonal(np.full(n, 1.0 / (eps * f1))),
                   "bias": np.full(n, -f0 / (eps * f1), real()) if f0 else None,
-                  "out_shape": graph.shape(node.output), "fuse_with_next": True}
+                  "out_shape": graph.shape(node.output)}
 
 
 def exact_under_relu(graph: Graph, node: Node, pool, nonneg: bool) -> None:
@@ -133,7 +133,7 @@ def exact_under_relu(graph: Graph, node: Node, pool, nonneg: bool) -> None:
     eye = sp.identity(n, dtype=real(), format="csr")
     node.op, node.inputs = "Dense", [relu.output]
     node.attrs = {"weight": sp.hstack([eye, -eye], format="csr"), "bias": None,
-                  "out_shape": out_shape, "fuse_with_next": True}
+                  "out_shape": out_shape}
 
 
 def record(graph: Graph, ctx: PassContext, node: Node, activation: str, eps: float, zmax: float,

@@ -14,7 +14,9 @@ class PassContext:
     """What passes may read (options) and write (notes for the report)."""
 
     target: str = "csr"
-    #: "cost": fuse linear layers only when the non-zeros do not grow; "always": fuse all.
+    #: "cost": fuse linear layers only when the non-zeros do not grow; "always": fuse all
+    #: (targets with no room for a linear layer); "never": keep every linear map a layer of
+    #: its own (the unfused lowering: a baseline for the size model, and for teaching)
     fusion: str = "cost"
     #: declared input domain, used by analyses that need bounds
     input_range: tuple[float, float] = (0.0, 1.0)

@@ -12,14 +12,17 @@ class FuseDense(Pass):
 
     Cost-aware: with ``ctx.fusion == "cost"`` it fuses only when a bound on the product's
     non-zeros does not exceed the two factors' (diagonal, permutation and selection factors
-    always qualify); with ``"always"`` (targets with no room for a linear layer) it fuses
-    every pair, as it does for a Dense marked ``fuse_with_next`` (the recombination step of a
-    lowered max pool). Preserves: the function exactly, up to float32 rounding of the product.
+    always qualify; a max pool's recombination ``b + relu(a - b)`` doubles the next
+    layer's reads and stays a layer of its own); with ``"always"`` (targets with no room
+    for a linear layer) it fuses every pair. Preserves: the function exactly, up to float32
+    rounding of the product.
     """
 
     name = "fuse-dense"
 
     def run(self, graph: Graph, ctx: PassContext) -> int:
+        if ctx.fusion == "never":
+            return 0
         count = 0
         changed = True
         while changed:
@@ -29,8 +32,7 @@ class FuseDense(Pass):
                 if second is None or second.op != "Dense" or first not in graph:
                     continue
                 w1, w2 = first.attrs["weight"], second.attrs["weight"]
-                demanded = ctx.fusion == "always" or first.attrs.get("fuse_with_next")
-                if not demanded and not fusion_is_cheap(w1, w2):
+                if ctx.fusion != "always" and not fusion_is_cheap(w1, w2):
                     continue
                 second.attrs["weight"], second.attrs["bias"] = compose(dense_map(first),
                                                                        dense_map(second))

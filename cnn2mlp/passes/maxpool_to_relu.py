@@ -21,8 +21,9 @@ class MaxPoolToRelu(Pass):
     ceil(log2 k) ReLU layers. A step computes ``relu(a - b)`` and passes ``b`` through as
     ``relu(b)`` when the interval analysis proves ``b >= 0`` for every input, else as
     ``relu(b) - relu(-b)``; pairs shared by overlapping windows are computed once. The
-    recombination matrix of each step is multiplied into the next step's matrix, and the
-    last one is marked to fuse into the following layer, so a step costs one ReLU layer.
+    recombination matrix of each step is multiplied into the next step's matrix, so a step
+    costs one ReLU layer; the last one is a linear map that fuse-dense folds into the
+    following layer or, where that would double the layer's reads, keeps.
 
     Preserves: the function exactly, for every input. Records the neurons it adds in
     ``ctx.stats["maxpool-to-relu"]``.
@@ -127,6 +128,6 @@ def emit(graph: Graph, node: Node, plan: Tournament) -> None:
         current = relu.output
     out_shape = graph.shape(node.output)
     node.op, node.inputs = "Dense", [current]
-    # The recombination of the last step belongs in the next linear layer.
-    node.attrs = {"weight": plan.final, "bias": None, "out_shape": out_shape,
-                  "fuse_with_next": True}
+    # The recombination of the last step: fused into the next linear layer, or a layer
+    # of its own where the size model says so (fuse-dense, linearize-dag)
+    node.attrs = {"weight": plan.final, "bias": None, "out_shape": out_shape}

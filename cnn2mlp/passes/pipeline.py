@@ -18,7 +18,7 @@ DEFAULT_PIPELINES: dict[str, list[str]] = {
         "conv-to-dense",
         "maxpool-to-relu",
         "extremum-to-relu",
-        "clip-to-relu",
+        "clip-to-bounded-relu",  # one activation a value: the target has per-neuron ones
         "layout-to-permutation",
         "fold-stride",
         "avgpool-fuse",

@@ -4,7 +4,7 @@ import numpy as np
 
 from ..ir import Graph, Node, get_op
 from ..ir.linear import to_csr
-from ..ir.ops import ALPHA_OPS
+from ..ir.activations import ALPHA_OPS
 from .base import Pass, PassContext, register_pass
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from ..ir.activations import CATALOGUE
 from ..ir.mlp import Mlp, MlpLayer, activate_layer
 from .blocking import LANES, kernel_blocks
 from .columns import runtime_layers
@@ -27,9 +28,8 @@ STRUCTURE_MIN_COVER = 0.5
 PARALLEL_WORK = 1 << 21
 #: outputs below which bias and activation run on one thread (one pass over them is cheap)
 PARALLEL_FINISH = 1 << 19
-CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4, "elu": 5,
-         "softplus": 6, "softsign": 7, "hard_swish": 8, "mish": 9, "gelu": 10,
-         "gelu_tanh": 11, "thresholded_relu": 12, "swish": 13, "erf": 14}
+#: the runtime code of each activation name (the catalogue's)
+CODES = {entry.name: entry.code for entry in CATALOGUE}
 
 
 def available_engines() -> list[str]:

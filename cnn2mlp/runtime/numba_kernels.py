@@ -2,76 +2,19 @@
 then falls back to scipy."""
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 
 import numpy as np
 from numba import njit, prange
 
 from . import microkernel
+from .activation_kernels import activate
 from .variants import prefer_openmp, threaded_and_serial
 
 prefer_openmp()
 
-#: activation codes per neuron (engine.CODES maps the names)
-IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH = 0, 1, 2, 3, 4
-ELU, SOFTPLUS, SOFTSIGN, HARD_SWISH, MISH, GELU, GELU_TANH, THRESHOLDED, SWISH, ERF = range(5, 15)
 #: rows a thread takes at a time (amortizes the accumulator)
 ROW_BLOCK = 32
-
-
-@njit(cache=True, inline="always")
-def sigmoid(z):
-    if z >= 0:
-        return 1 / (1 + np.exp(-z))
-    e = np.exp(z)
-    return e / (1 + e)
-
-
-@njit(cache=True, inline="always")
-def softplus(z):
-    return max(z, 0) + math.log1p(math.exp(-abs(z)))
-
-
-@njit(cache=True)
-def rare(z, code, alpha):
-    """The activations beyond the common four (kept out of the hot function)."""
-    if code == ELU:
-        return z if z > 0 else alpha * math.expm1(z)
-    if code == SOFTPLUS:
-        return softplus(z)
-    if code == SOFTSIGN:
-        return z / (1 + abs(z))
-    if code == HARD_SWISH:
-        return z * min(max(z / 6 + 0.5, 0.0), 1.0)
-    if code == MISH:
-        return z * math.tanh(softplus(z))
-    if code == GELU:
-        return 0.5 * z * (1 + math.erf(z / math.sqrt(2.0)))
-    if code == GELU_TANH:
-        return 0.5 * z * (1 + math.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z ** 3)))
-    if code == THRESHOLDED:
-        return z if z > alpha else z * 0
-    if code == SWISH:
-        return z * sigmoid(z)
-    if code == ERF:
-        return math.erf(z)
-    return z
-
-
-@njit(cache=True, inline="always")
-def activate(z, code, alpha):
-    if code == RELU:
-        return z if z > 0 else z * 0
-    if code == LEAKY_RELU:
-        return z if z >= 0 else z * alpha
-    if code == SIGMOID:
-        return sigmoid(z)
-    if code == TANH:
-        return np.tanh(z)
-    if code == IDENTITY:
-        return z
-    return rare(z, code, alpha)
 
 
 def _csr_layer(data, indices, indptr, bias, codes, alphas, h, out):
