@@ -103,13 +103,18 @@ def test_convolution_rows_run_as_gemm_exactly(engine, data, batch):
 
 def test_a_padded_convolution_is_found_as_row_groups():
     from cnn2mlp.ir.conv_matrix import conv_matrix
-    from cnn2mlp.runtime.structure import find_structure
+    from cnn2mlp.runtime.structure import find_parts
 
     kernel = np.random.default_rng(0).normal(size=(8, 3, 3, 3)).astype(np.float32)
     w, _, _ = conv_matrix(kernel, None, (3, 16, 16), (1, 1), (1, 1, 1, 1), (1, 1), 1)
-    found = find_structure(w)
-    assert found.covered >= 0.95 * w.shape[0]  # interior, edges and corners
-    assert max(g.kernels.shape[0] for g in found.groups) == 8  # one weight vector a channel
+    parts, touched = find_parts(w.data, w.indices.astype(np.int64), w.indptr.astype(np.int64),
+                                w.shape[1])
+    groups = [g for part in parts for g in part.groups]
+    assert sum(g.rows.size for g in groups) == w.shape[0]  # interior, edges and corners
+    interior = max(groups, key=lambda g: len(g.bases))
+    assert len(interior.kernels) == 8 and not interior.shifted  # a weight vector a channel
+    assert len(interior.bases) == 14 * 14
+    assert (touched == 1).all()
 
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -156,12 +161,11 @@ def test_bench_refuses_bad_batches(capsys):
 def test_every_group_path_matches_the_reference(engine, out_channels, in_channels, kernel,
                                                 threads):
     """At a batch of 16 or more (numba), groups run on the blocked kernel (11 kernels:
-    blocks of 8, 2 and 1; batch 37: 5 columns past the blocks); below that a big kernel
-    matrix runs as gather + GEMM, a small one as direct axpys; at batch 1
-    big groups gather from the vector and small ones join the CSR rows. The input (8 × 16
-    × 16 floats, rows of 8 KiB) also takes the padded transpose."""
+    blocks of 8, 1, 1 and 1; batch 37: 5 columns past the blocks); below that a big
+    kernel matrix runs as gather + GEMM, a small one as direct axpys. The input (8 × 16 ×
+    16 floats, rows of 8 KiB) also takes the padded transpose."""
     from cnn2mlp.ir.conv_matrix import conv_matrix
-    from cnn2mlp.runtime.engine import DIRECT_MAX_WEIGHTS, MIN_BLOCKED_WEIGHTS
+    from cnn2mlp.runtime.numba_engine import DIRECT_MAX_WEIGHTS, MIN_BLOCKED_WEIGHTS
 
     rng = np.random.default_rng(out_channels)
     shape = (in_channels, 16, 16) if in_channels == 8 else (in_channels, 32, 32)
@@ -178,13 +182,15 @@ def test_every_group_path_matches_the_reference(engine, out_channels, in_channel
                                    mlp.forward(x.reshape(batch, -1)).reshape(batch, -1),
                                    rtol=tolerance, atol=tolerance)
     if engine == "numba":
-        (layer,) = model._engine.layers(np.float32)
-        groups = layer.structure.groups
-        assert [d is not None for d in layer.direct_groups] == [
-            g.kernels.size <= DIRECT_MAX_WEIGHTS for g in groups]
-        assert [b is not None for b in layer.blocked_groups] == [
-            g.kernels.size > MIN_BLOCKED_WEIGHTS for g in groups]
-        assert any(g.kernels.size > DIRECT_MAX_WEIGHTS for g in groups) == (kernel == 3)
+        (layer,) = model._engine.plans(np.float32)
+        assert [run.small for run in layer.groups] == [  # shifted: the border groups
+            run.group.kernels.size <= DIRECT_MAX_WEIGHTS or run.group.shifted
+            for run in layer.groups]
+        assert [run.blocked is not None for run in layer.groups] == [
+            run.group.kernels.size > MIN_BLOCKED_WEIGHTS for run in layer.groups]
+        paths = {run.path(b) for run in layer.groups for b in (1, 5, 37)}
+        assert paths == ({"blocked", "direct", "gemm"} if kernel == 3 else
+                         {"blocked", "direct"})
 
 
 def columns_matrix(rng, n_rows=12):
@@ -338,13 +344,13 @@ def test_the_committed_activation_kernels_are_the_generators_output():
     assert committed == activation_gen.generate()
 
 
-def test_kernels_are_cut_into_blocks_of_8_4_2_1():
+def test_kernels_are_cut_into_blocks_of_16_8_4_1():
     from cnn2mlp.runtime.blocking import kernel_blocks
 
-    assert kernel_blocks(11) == [(0, 8), (8, 2), (10, 1)]
-    assert kernel_blocks(6) == [(0, 4), (4, 2)]
-    assert kernel_blocks(16) == [(0, 8), (8, 8)]
-    assert kernel_blocks(7) == [(0, 4), (4, 2), (6, 1)]
+    assert kernel_blocks(11) == [(0, 8), (8, 1), (9, 1), (10, 1)]
+    assert kernel_blocks(6) == [(0, 4), (4, 1), (5, 1)]
+    assert kernel_blocks(40) == [(0, 16), (16, 16), (32, 8)]
+    assert kernel_blocks(7) == [(0, 4), (4, 1), (5, 1), (6, 1)]
 
 
 @pytest.mark.skipif("numba" not in ENGINES or not hasattr(__import__("os"), "fork"),

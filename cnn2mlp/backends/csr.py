@@ -15,6 +15,10 @@ File layout (format ``cnn2mlp-csr``, version 2), every entry a plain array so th
 - version 2: a layer whose activation is ``mixed`` has one activation per run of neurons:
   ``layer{i}.segment_stops`` (int64, the end of each run), ``layer{i}.segment_activations``
   (str), ``layer{i}.segment_alphas`` (float64). Version 1 files (no mixed layers) load too.
+- version 3: the activation ``bounded_relu`` (``min(max(z, 0), alpha)``), and optionally
+  ``layer{i}.input_blocks`` (int64): where the sources the layer reads begin and end among
+  its inputs (a hint for the runtime's structure finder; the MLP's function does not
+  depend on it).
 """
 from __future__ import annotations
 
@@ -33,8 +37,8 @@ from ..ir.mlp import Mlp, MlpLayer
 from .npz_reader import ArtifactError, SafeNpz
 
 FORMAT = "cnn2mlp-csr"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 KNOWN_ACTIVATIONS = tuple(BY_NAME)
@@ -61,6 +65,8 @@ def save_csr(mlp: Mlp, path: str | Path, meta: dict[str, Any] | None = None) -> 
         arrays[f"layer{i}.indptr"] = w.indptr
         arrays[f"layer{i}.shape"] = np.array(w.shape, np.int64)
         arrays[f"layer{i}.bias"] = np.asarray(layer.bias, mlp.dtype)
+        if layer.input_blocks is not None:
+            arrays[f"layer{i}.input_blocks"] = np.array(layer.input_blocks, np.int64)
         if layer.segments is not None:
             arrays[f"layer{i}.segment_stops"] = np.array([g[1] for g in layer.segments],
                                                          np.int64)
@@ -146,7 +152,8 @@ def read_layers(npz: SafeNpz, meta: dict[str, Any], version: int) -> Mlp:
         weight, bias = read_layer(npz, i, n_in, dtype)
         segs = read_segments(npz, i, weight.shape[0]) if str(act) == MIXED else None
         count = carried[i] if i < len(carried) and isinstance(carried[i], int) else 0
-        layers.append(MlpLayer(weight, bias, str(act), float(alpha), segs, count))
+        blocks = read_input_blocks(npz, i, n_in) if version >= 3 else None
+        layers.append(MlpLayer(weight, bias, str(act), float(alpha), segs, count, blocks))
         n_in = weight.shape[0]
     if n_in != math.prod(output_shape):
         raise npz.fail(f"layer{len(layers) - 1}.shape",
@@ -171,6 +178,18 @@ def read_segments(npz: SafeNpz, i: int, n_out: int) -> tuple:
     starts = np.concatenate([[0], stops[:-1]])
     return tuple((int(a), int(b), str(n), float(al))
                  for a, b, n, al in zip(starts, stops, names, alphas))
+
+
+def read_input_blocks(npz: SafeNpz, i: int, n_in: int) -> tuple[int, ...] | None:
+    """Where the sources layer ``i`` reads begin (format version 3, optional): from 0 up to
+    the layer's inputs, increasing."""
+    key = f"layer{i}.input_blocks"
+    if key not in npz:
+        return None
+    blocks = npz.integers(key, ndim=1)
+    if len(blocks) < 2 or blocks[0] != 0 or blocks[-1] != n_in or np.any(np.diff(blocks) <= 0):
+        raise npz.fail(key, f"is not an increasing list of boundaries from 0 to {n_in}")
+    return tuple(int(b) for b in blocks)
 
 
 def read_dtype(npz: SafeNpz) -> np.dtype:
@@ -300,7 +319,7 @@ def kernel_module_source(artifact: str, input_shape) -> str:
     from . import standalone
 
     text = inspect.getsource(standalone)
-    settings = {"FORMAT_VERSIONS = (1, 2)": f"FORMAT_VERSIONS = {READABLE_VERSIONS!r}",
+    settings = {"FORMAT_VERSIONS = (1, 2, 3)": f"FORMAT_VERSIONS = {READABLE_VERSIONS!r}",
                 'ARTIFACT = "model.npz"': f"ARTIFACT = {artifact!r}",
                 "INPUT_SHAPE: tuple = ()":
                     f"INPUT_SHAPE = {tuple(int(d) for d in input_shape)!r}"}

@@ -15,7 +15,7 @@ import numpy as np
 
 # The values below are this module's settings; the writer (backends/csr.py, write_kernel)
 # sets them for the artifact it runs, through repr() alone.
-FORMAT_VERSIONS = (1, 2)
+FORMAT_VERSIONS = (1, 2, 3)
 ARTIFACT = "model.npz"  # beside this module unless absolute
 INPUT_SHAPE: tuple = ()
 
@@ -23,7 +23,7 @@ INPUT_SHAPE: tuple = ()
 # that the written module needs numpy alone (the same code as cnn2mlp's runtime)
 from cnn2mlp.ir.activations import NUMPY_BY_NAME as ACTIVATIONS  # noqa: E402
 from cnn2mlp.runtime.columns import merged_columns  # noqa: E402
-from cnn2mlp.runtime.structure import find_groups, run_group  # noqa: E402
+from cnn2mlp.runtime.structure import find_parts, run_copies, run_group  # noqa: E402
 # -- end embedded
 
 
@@ -74,63 +74,57 @@ def _ell_matmul(groups, n_out, h):
     return out
 
 
-def _runtime_arrays(data, indices, indptr, n_out, n_in, bias, segments):
+def _runtime_arrays(data, indices, indptr, n_out, n_in, bias, segments, blocks):
     """The layer's arrays, preceded by a summing layer's when its equal columns pay to merge."""
     found = merged_columns(data, indices, indptr, n_in)
     if found is None:
-        return [(data, indices, indptr, n_out, n_in, bias, segments)]
+        return [(data, indices, indptr, n_out, n_in, bias, segments, blocks)]
     class_of, first = found
     n_classes = len(first)
     order = np.argsort(class_of, kind="stable")
     summing = (np.ones(n_in, data.dtype), order, np.searchsorted(class_of[order], np.arange(n_classes + 1)),
-               n_classes, n_in, np.zeros(n_classes, data.dtype), [(0, n_classes, "identity", 0.0)])
+               n_classes, n_in, np.zeros(n_classes, data.dtype), [(0, n_classes, "identity", 0.0)],
+               blocks)
     renumber = np.full(n_in, -1, np.int64)
     renumber[first] = np.arange(n_classes)
     keep = renumber[indices] >= 0
     rows = np.repeat(np.arange(n_out), np.diff(indptr))
     lengths = np.bincount(rows[keep], minlength=n_out)
     merged = (data[keep], renumber[indices[keep]], np.concatenate([[0], np.cumsum(lengths)]),
-              n_out, n_classes, bias, segments)
+              n_out, n_classes, bias, segments, None)
     return [summing, merged]
-
-
-def _rows_of(data, indices, indptr, rows):
-    """The CSR arrays of a subset of rows."""
-    lengths = np.diff(indptr)[rows]
-    firsts = np.repeat(indptr[rows], lengths)
-    take = firsts + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return data[take], indices[take], np.concatenate([[0], np.cumsum(lengths)])
 
 
 class _Layer:
     """A layer as the kernel runs it: dense (BLAS) when more than a third is non-zero, else
-    convolution-like row groups by GEMM and the other rows by ELL."""
+    the parts cnn2mlp's runtime finds (row groups by GEMM, copies as slices) and the other
+    rows by ELL, each adding into the output."""
 
-    def __init__(self, data, indices, indptr, n_out, n_in, bias, segments, dtype):
+    def __init__(self, data, indices, indptr, n_out, n_in, bias, segments, blocks, dtype):
         data = data.astype(dtype)
         self.n_out, self.bias, self.segments = n_out, bias.astype(dtype), segments
-        self.dense, self.groups = None, []
-        self.rest_rows = np.arange(n_out)
+        self.dense, self.parts, self.rests = None, [], []
         if len(data) > 0.3 * n_out * n_in:
             self.dense = np.zeros((n_out, n_in), dtype)
             rows = np.repeat(np.arange(n_out), np.diff(indptr))
             np.add.at(self.dense, (rows, indices), data)
             return
-        if len(data):
-            groups, rest = find_groups(data, indices, indptr)
-            if sum(g.rows.size for g in groups) >= 0.5 * n_out:
-                self.groups, self.rest_rows = groups, rest
-        self.rest = _ell_groups(*_rows_of(data, indices, indptr, self.rest_rows))
+        self.parts, _ = find_parts(data, indices.astype(np.int64), indptr.astype(np.int64),
+                                   n_in, blocks)
+        self.rests = [(part.rest_rows, _ell_groups(*part.rest)) for part in self.parts
+                      if len(part.rest_rows)]
 
     def __call__(self, h):
         if self.dense is not None:
             z = self.dense @ h
         else:
-            z = np.empty((self.n_out, h.shape[1]), dtype=h.dtype)
-            for group in self.groups:
-                run_group(group, h, z)
-            if len(self.rest_rows):
-                z[self.rest_rows] = _ell_matmul(self.rest, len(self.rest_rows), h)
+            z = np.zeros((self.n_out, h.shape[1]), dtype=h.dtype)
+            for part in self.parts:
+                for group in part.groups:
+                    run_group(group, h, z, add=True)
+                run_copies(part.copies, h, z, add=True)
+            for rows, ell in self.rests:
+                z[rows] += _ell_matmul(ell, len(rows), h)
         z += self.bias[:, None]
         for start, stop, act, alpha in self.segments:
             if act == "relu":  # in place: no temporary the size of the layer
@@ -149,7 +143,9 @@ class Model:
             self.output_shape = tuple(int(d) for d in z["output_shape"])
             self.arrays = [(z[f"layer{i}.data"], z[f"layer{i}.indices"], z[f"layer{i}.indptr"],
                             int(z[f"layer{i}.shape"][0]), int(z[f"layer{i}.shape"][1]),
-                            z[f"layer{i}.bias"], _segments(z, i, str(act), float(alpha)))
+                            z[f"layer{i}.bias"], _segments(z, i, str(act), float(alpha)),
+                            z[f"layer{i}.input_blocks"] if f"layer{i}.input_blocks" in z.files
+                            else None)
                            for i, (act, alpha) in enumerate(zip(z["activations"], z["alphas"]))]
             self._layers = {}
             self.meta = json.loads(str(z["meta"]))

@@ -28,6 +28,10 @@ class MlpLayer:
     alpha: float = 0.0            # negative slope of leaky_relu
     segments: tuple[Segment, ...] | None = None
     carried: int = 0              # neurons that carry values for later layers (DAGs)
+    #: where the sources the layer reads begin and end among its inputs (a DAG's layer
+    #: reads several side by side: a convolution's channels, a carried shortcut); a hint
+    #: for the runtime's structure finder, None when unknown
+    input_blocks: tuple[int, ...] | None = None
 
     @property
     def n_in(self) -> int:
@@ -64,7 +68,10 @@ class Mlp:
                 w = to_csr(node.attrs["weight"]).astype(real(), copy=False)
                 b = node.attrs.get("bias")
                 b = np.zeros(w.shape[0], real()) if b is None else np.asarray(b, real())
-                layers.append(MlpLayer(w, b, carried=int(node.attrs.get("carried", 0))))
+                blocks = node.attrs.get("input_blocks")
+                layers.append(MlpLayer(w, b, carried=int(node.attrs.get("carried", 0)),
+                                       input_blocks=None if blocks is None else
+                                       tuple(int(v) for v in blocks)))
                 open_layer = True
             elif node.op in BY_OP or node.op == "MixedActivation":
                 if not open_layer:

@@ -64,6 +64,7 @@ def fold_into_neighbour(graph: Graph, node: Node, lin: LinearMap,
     reader = graph.single_consumer(node.output)
     if reader is not None and reader.op == "Dense" and accept(lin[0], reader.attrs["weight"]):
         set_dense(reader, compose(lin, dense_map(reader)))
+        reader.attrs.pop("input_blocks", None)  # it reads another value now
         reader.inputs = [node.input]
         graph.remove_node(node)
         return True

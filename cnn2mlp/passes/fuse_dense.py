@@ -36,6 +36,7 @@ class FuseDense(Pass):
                     continue
                 second.attrs["weight"], second.attrs["bias"] = compose(dense_map(first),
                                                                        dense_map(second))
+                second.attrs["input_blocks"] = first.attrs.get("input_blocks")
                 second.inputs = [first.input]
                 graph.remove_node(first)
                 count += 1

@@ -407,6 +407,7 @@ class Emitter:
         width = n_in
         stats = self.ctx.stats.setdefault(self.name, {"layers": 0, "carried": []})
         current = graph.input
+        input_blocks = (0, n_in)  # where the sources a layer reads begin and end
         for k in range(1, plan.layers + 1):
             blocks, placed = self.layer_blocks(k, reads, width)
             self.count_bytes(blocks, k)
@@ -415,18 +416,20 @@ class Emitter:
             bias = np.concatenate([b.bias for b in blocks]).astype(real())
             rows = np.concatenate([np.full(b.weight.shape[0], b.carried) for b in blocks])
             segs = segments(blocks)
+            boundaries = block_boundaries(blocks)
             del blocks
             dense = graph.add_node("Dense", [current], {
                 "weight": weight, "bias": bias, "carried": int(rows.sum()),
-                "carried_rows": rows}, name=f"layer{k}")
+                "carried_rows": rows, "input_blocks": input_blocks}, name=f"layer{k}")
             current = self.activation_node(dense, segs, k).output
+            input_blocks = boundaries
             stats["carried"].append(int(rows.sum()))
         stats["layers"] = plan.layers
         if plan.final_linear:
             weight, bias = self.combine(plan.output, reads, width)
             current = graph.add_node("Dense", [current], {
                 "weight": weight.astype(real()), "bias": bias.astype(real()),
-                "out_shape": out_shape}, name="output").output
+                "out_shape": out_shape, "input_blocks": input_blocks}, name="output").output
         elif graph.shape(current) != out_shape:
             current = graph.add_node("Reshape", [current], {"shape": out_shape}).output
         graph.output = current
@@ -575,6 +578,13 @@ def read_matrix(read, width: int) -> sp.csr_array:
         vals.append(np.full(len(entries), coeff, real()))
     return sp.csr_array((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                         shape=(n, width))
+
+
+def block_boundaries(blocks: list[Block]) -> tuple[int, ...]:
+    """Where each block of a layer's neurons begins, and where the last ends: the input
+    blocks of the next layer (a hint for the runtime's structure finder)."""
+    offsets = np.cumsum([0] + [b.weight.shape[0] for b in blocks])
+    return tuple(int(o) for o in np.unique(offsets))
 
 
 def segments(blocks: list[Block]) -> list[tuple[int, int, str, float]]:

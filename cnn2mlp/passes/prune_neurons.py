@@ -40,6 +40,9 @@ class PruneNeurons(Pass):
             shrink(graph, dense, act, keep)
             reader.attrs["weight"] = w_next[:, keep] if not isinstance(
                 reader.attrs["weight"], np.ndarray) else reader.attrs["weight"][:, keep]
+            if reader.attrs.get("input_blocks") is not None:  # the kept columns' blocks
+                reader.attrs["input_blocks"] = tuple(int(v) for v in np.unique(
+                    np.searchsorted(keep, reader.attrs["input_blocks"])))
         if removed:
             ctx.stats.setdefault(self.name, {"neurons": 0})["neurons"] += removed
         return removed

@@ -33,8 +33,9 @@ def merge_equal_columns(layer: MlpLayer) -> tuple[MlpLayer, MlpLayer] | None:
     summing = sp.csr_array((np.ones(len(class_of), w.dtype), (class_of, np.arange(len(class_of)))),
                            shape=(len(first), len(class_of)))
     summing.sort_indices()
-    return (MlpLayer(summing, np.zeros(len(first), w.dtype), "identity"),
-            replace(layer, weight=sp.csr_array(w[:, first])))
+    return (MlpLayer(summing, np.zeros(len(first), w.dtype), "identity",
+                     input_blocks=layer.input_blocks),
+            replace(layer, weight=sp.csr_array(w[:, first]), input_blocks=None))
 
 
 def runtime_layers(layers: list[MlpLayer]) -> list[MlpLayer]:

@@ -31,43 +31,55 @@ from numba import njit, prange
 from .variants import threaded_and_serial
 
 SHAPES = {shapes}
-BASES = 2  # bases a call of a block function takes (their inputs: 2 × taps × 256 bytes)
-BLOCKS = 4  # blocks of kernels a thread takes with them
 # fastmath "contract" lets LLVM fuse each multiply and add into one FMA (one rounding)
 FLAGS = dict(cache=True, nogil=True, fastmath={{"contract"}})
 '''
 
 DRIVER = '''
 
-def _blocked_group(weights, blocks, offsets, bases, rows, h, out, bias, lo, scale, batch,
-                   zero):
-    """``out[i * batch + j] = g(bias[i] + sum_t K[k, t] * h[(bases[b] + offsets[t]) * batch
+@njit(**FLAGS)
+def store(out, d, value, row, store_bias, lo, scale, hi, accumulate):
+    """One output: added to a row several parts write, else stored with the row's bias and
+    its clamp ``v = z if z > lo else z * scale``, then ``min(v, hi)``."""
+    if accumulate[row]:
+        out[d] += value
+        return
+    v = value + store_bias[row]
+    v = v if v > lo[row] else v * scale[row]
+    out[d] = v if v < hi[row] else hi[row]
+
+
+def _blocked_group(weights, blocks, offsets, bases, rows, h, out, store_bias, lo, scale, hi,
+                   accumulate, batch, zero, run_bases, run_blocks):
+    """``out[i * batch + j] = g_i(sum_t K[k, t] * h[(shift + bases[b] + offsets[t]) * batch
     + j])`` for row ``i = rows[k, b]`` of a row group, where ``h`` and ``out`` are
-    (features × batch) arrays, flat, and ``g(v) = v if v > lo else v * scale``: ReLU with
-    (0, 0), the identity with (-inf, 1). ``blocks`` (first kernel, size, start) cut the
-    kernels into blocks; the weights of a block are packed from ``start`` tap by tap
-    (``K[k0 + r, t]`` at ``start + t * size + r``), so a block reads them in one sweep. The
-    batch is cut into blocks of columns, the widest SHAPES has for the size while they
-    fit. Every sum runs over the taps in order, whatever the block or thread: the result
-    does not depend on the thread count. Indices are unsigned (numba checks signed ones
-    for wrap-around on every access)."""
+    (features × batch) arrays, flat, and ``g_i`` stores the row (``store``): with its bias
+    and clamp (identity, ReLU, leaky or bounded ReLU), or added to what other parts of the
+    layer wrote. ``blocks`` (first kernel, size, start, shift) cut the kernels into blocks
+    of one shift; the weights of a block are packed from ``start`` tap by tap (``K[k0 + r,
+    t]`` at ``start + t * size + r``), so a block reads them in one sweep. The batch is cut
+    into blocks of columns, the widest SHAPES has for the size while they fit. Every sum
+    runs over the taps in order, whatever the block or thread: the result does not depend
+    on the thread count. Indices are unsigned (numba checks signed ones for wrap-around on
+    every access)."""
     taps = len(offsets)
     nb = np.uint64(batch)
     n_blocks = len(blocks)
-    n_runs = (len(bases) + BASES - 1) // BASES
-    n_parts = (n_blocks + BLOCKS - 1) // BLOCKS
-    # a thread takes a run of bases and up to BLOCKS blocks of kernels: the run's inputs
-    # stay in its cache while every block reads them
+    n_runs = (len(bases) + run_bases - 1) // run_bases
+    n_parts = (n_blocks + run_blocks - 1) // run_blocks
+    # a thread takes a run of bases and a run of blocks of kernels: the blocks' weights and
+    # the bases' inputs stay in its cache while each block reads each base
     for item in prange(n_runs * n_parts):
-        first = (item // n_parts) * BASES
-        stop = min(len(bases), first + BASES)
+        first = (item // n_parts) * run_bases
+        stop = min(len(bases), first + run_bases)
         part = item % n_parts
-        for block in range(part * BLOCKS, min(n_blocks, (part + 1) * BLOCKS)):
+        for block in range(part * run_blocks, min(n_blocks, (part + 1) * run_blocks)):
             k0, size, start = blocks[block, 0], blocks[block, 1], blocks[block, 2]
+            shift = blocks[block, 3]
             j0 = 0
 {loops}
             for b in range(first, stop):
-                base = np.uint64(bases[b])
+                base = np.uint64(bases[b]) + shift
                 for j in range(j0, batch):  # the columns narrower than any block
                     uj = np.uint64(j)
                     for r in range(size):
@@ -76,8 +88,9 @@ def _blocked_group(weights, blocks, offsets, bases, rows, h, out, bias, lo, scal
                         for t in range(taps):
                             s += weights[start + np.uint64(t) * size + np.uint64(r)] * \\
                                 h[(base + offsets[t]) * nb + uj]
-                        v = s + bias[rows[k, b]]
-                        out[rows[k, b] * nb + uj] = v if v > lo else v * scale
+                        row = rows[k, b]
+                        store(out, row * nb + uj, s, row, store_bias, lo, scale, hi,
+                              accumulate)
 
 
 # threaded and serial, each with its own cache entries (variants.py)
@@ -88,13 +101,13 @@ blocked_group, blocked_group_serial = threaded_and_serial(_blocked_group, **FLAG
 def block_function(rows: int, lanes: int) -> list[str]:
     """One block shape as a function over the bases ``first`` to ``stop`` and ``count``
     blocks of columns from ``j0``: zero the sums, one pass over the taps, store the sums
-    with their bias and activation. (A call costs about 10 ns: one per base was 20% of a
-    small convolution's time.)"""
+    (``store``'s rule, written out for the lanes). (A call costs about 10 ns: one per
+    base was 20% of a small convolution's time.)"""
     lines = ["", "", "@njit(**FLAGS)",
-             f"def block_{rows}x{lanes}(weights, start, k0, offsets, taps, bases, first, stop, h, nb, j0,",
-             "                count, out, rows, bias, lo, scale, zero):",
+             f"def block_{rows}x{lanes}(weights, start, k0, offsets, taps, bases, shift, first, stop, h, nb, j0,",
+             "                count, out, rows, store_bias, lo, scale, hi, accumulate, zero):",
              "    for b in range(first, stop):",
-             "        base = np.uint64(bases[b])",
+             "        base = np.uint64(bases[b]) + shift",
              "        for c in range(count):",
              f"            u0 = np.uint64(j0 + c * {lanes})"]
     indent = "            "
@@ -113,10 +126,16 @@ def block_function(rows: int, lanes: int) -> list[str]:
             lines.append(f"{inner}a{r}_{j} += w{r} * x{j}")
     for r in range(rows):
         lines.append(f"{indent}row = rows[k0 + np.uint64({r}), b]")
-        lines.append(f"{indent}d, add = row * nb + u0, bias[row]")
+        lines.append(f"{indent}d = row * nb + u0")
+        lines.append(f"{indent}if accumulate[row]:")
         for j in range(lanes):
-            lines.append(f"{indent}v = a{r}_{j} + add")
-            lines.append(f"{indent}out[d + np.uint64({j})] = v if v > lo else v * scale")
+            lines.append(f"{indent}    out[d + np.uint64({j})] += a{r}_{j}")
+        lines.append(f"{indent}else:")
+        lines.append(f"{indent}    add, low, slope, top = store_bias[row], lo[row], scale[row], hi[row]")
+        for j in range(lanes):
+            lines.append(f"{indent}    v = a{r}_{j} + add")
+            lines.append(f"{indent}    v = v if v > low else v * slope")
+            lines.append(f"{indent}    out[d + np.uint64({j})] = v if v < top else top")
     return lines
 
 
@@ -129,8 +148,9 @@ def driver_lines(shapes: tuple[tuple[int, int], ...]) -> str:
             keyword = "if" if i == 0 else "elif"
             lines.append(f"            {keyword} size == {size}:")
             lines.append(f"                count = (batch - j0) // {width}")
-            lines.append(f"                block_{size}x{width}(weights, start, k0, offsets, taps, bases, first, "
-                         "stop, h, nb, j0, count, out, rows, bias, lo, scale, zero)")
+            lines.append(f"                block_{size}x{width}(weights, start, k0, offsets, taps, bases, shift, "
+                         "first, stop, h, nb, j0, count, out, rows, store_bias, lo, scale, hi, "
+                         "accumulate, zero)")
             lines.append(f"                j0 += count * {width}")
     return "\n".join(lines)
 

@@ -1,5 +1,14 @@
 """The compiled kernels (numba). Importing this module fails without numba; the engine
-then falls back to scipy."""
+then falls back to scipy.
+
+Activations are kept as (features × batch) arrays, contiguous along the batch, so that each
+weight is one short, vectorizable multiply-add over the batch. Every kernel writes a row of
+``out`` by the plan's rule (``plan.py``): a row that several parts write is added to;
+otherwise it is stored with its bias and its clamp ``v = z if z > lo else z * scale``,
+``min(v, hi)`` (identity, ReLU, leaky or bounded ReLU); other activations come after, in
+``finish_rows``. Each row is computed by one thread in a fixed order: results do not depend
+on the number of threads. Indices are unsigned (numba checks signed ones for wrap-around
+on every access: 2.5x slower in the CSR loop)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -17,21 +26,36 @@ prefer_openmp()
 ROW_BLOCK = 32
 
 
-def _csr_layer(data, indices, indptr, bias, codes, alphas, h, out):
-    """``out = f(W h + b)`` for CSR ``W`` (data, indices, indptr) and ``h`` (n_in × batch).
+@njit(cache=True, inline="always")
+def store_row(out, i, acc, batch, store_bias, lo, scale, hi, accumulate):
+    """``out[i] = g_i(acc)`` over the batch, by the plan's rule for row ``i``. (Through a
+    view of the row: ``out[i, j]`` with an unsigned ``i`` and a signed ``j`` makes numba
+    index in floating point. The store comes first, and the row's parameters are read
+    before the branch: laid out otherwise, LLVM made the CSR loop 5x slower.)"""
+    row = out[i]
+    add, low, slope, top = store_bias[i], lo[i], scale[i], hi[i]
+    if accumulate[i] == 0:
+        for j in range(batch):
+            v = acc[j] + add
+            v = v if v > low else v * slope
+            row[j] = v if v < top else top
+        return
+    for j in range(batch):
+        row[j] += acc[j]
 
-    Four non-zeros at a time update the accumulator once (1.5-1.7x faster than one at a
-    time: the accumulator's loads and stores were the bottleneck). Each row is computed by
-    one thread in a fixed order: results do not depend on the number of threads."""
-    n_out, batch = out.shape
-    n_blocks = (n_out + ROW_BLOCK - 1) // ROW_BLOCK
+
+def _csr_rows(data, indices, indptr, rows, h, out, store_bias, lo, scale, hi, accumulate):
+    """``out[rows[i]] = g(W_i h)`` for the CSR rows of a part (row ``i`` of the arrays is
+    matrix row ``rows[i]``). Four non-zeros at a time update the accumulator once (1.5-1.7x
+    faster than one at a time: the accumulator's loads and stores were the bottleneck)."""
+    n_rows, batch = len(rows), out.shape[1]
+    n_blocks = (n_rows + ROW_BLOCK - 1) // ROW_BLOCK
     one, two, three, four = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)
     for block in prange(n_blocks):
         acc = np.empty(batch, dtype=out.dtype)
-        for i in range(block * ROW_BLOCK, min(n_out, (block + 1) * ROW_BLOCK)):
-            b = bias[i]
+        for i in range(block * ROW_BLOCK, min(n_rows, (block + 1) * ROW_BLOCK)):
             for j in range(batch):
-                acc[j] = b
+                acc[j] = 0
             k, stop = np.uint64(indptr[i]), np.uint64(indptr[i + 1])
             while k + four <= stop:
                 w0, w1, w2, w3 = data[k], data[k + one], data[k + two], data[k + three]
@@ -46,25 +70,13 @@ def _csr_layer(data, indices, indptr, bias, codes, alphas, h, out):
                 for j in range(batch):
                     acc[j] += w * source[j]
                 k += one
-            code, alpha = codes[i], alphas[i]
-            for j in range(batch):
-                out[i, j] = activate(acc[j], code, alpha)
-
-
-def _bias_activation(out, bias, codes, alphas):
-    """In place: ``out = f(out + b)`` row by row (after a dense GEMM)."""
-    n_out, batch = out.shape
-    for i in prange(n_out):
-        b, code, alpha = bias[i], codes[i], alphas[i]
-        for j in range(batch):
-            out[i, j] = activate(out[i, j] + b, code, alpha)
+            store_row(out, rows[i], acc, batch, store_bias, lo, scale, hi, accumulate)
 
 
 @njit(cache=True, inline="always")
 def row_dot(data, indices, start, stop, x):
     """``sum(data[k] * x[indices[k]])`` over one CSR row, in four partial sums (one sum
-    would wait on the previous multiply-add's latency). Positions are unsigned 64-bit
-    throughout: numba turns unsigned + signed into a float."""
+    would wait on the previous multiply-add's latency)."""
     a0 = a1 = a2 = a3 = data.dtype.type(0)
     one, four = np.uint64(1), np.uint64(4)
     k, stop = np.uint64(start), np.uint64(stop)
@@ -80,97 +92,130 @@ def row_dot(data, indices, start, stop, x):
     return (a0 + a1) + (a2 + a3)
 
 
-def _csr_vector(data, indices, indptr, bias, codes, alphas, x, out):
-    """Batch 1: ``out = f(W x + b)``."""
-    for i in prange(out.shape[0]):
-        z = row_dot(data, indices, indptr[i], indptr[i + 1], x) + bias[i]
-        out[i] = activate(z, codes[i], alphas[i])
+@njit(cache=True, inline="always")
+def store_one(out, i, z, store_bias, lo, scale, hi, accumulate):
+    """Batch 1: ``store_row`` for one value."""
+    if accumulate[i] == 0:
+        v = z + store_bias[i]
+        v = v if v > lo[i] else v * scale[i]
+        out[i] = v if v < hi[i] else hi[i]
+        return
+    out[i] += z
 
 
-# One function, two compilations: threads for big layers, none for small ones (starting a
-# parallel region costs more than a small layer's work). Each has its own cache entries
-# (variants.py).
-csr_layer, csr_layer_serial = threaded_and_serial(_csr_layer, cache=True, nogil=True)
-bias_activation, bias_activation_serial = threaded_and_serial(_bias_activation, cache=True, nogil=True)
-csr_vector, csr_vector_serial = threaded_and_serial(_csr_vector, cache=True, nogil=True)
-
-
-def _csr_rows_vector(data, indices, indptr, rows, x, out):
-    """Batch 1: ``out[rows[i]] = (W x)_i`` for the rows no group covers (no bias yet)."""
+def _csr_rows_vector(data, indices, indptr, rows, x, out, store_bias, lo, scale, hi,
+                     accumulate):
+    """Batch 1: ``out[rows[i]] = g(W_i x)``."""
     for i in prange(len(rows)):
-        out[rows[i]] = row_dot(data, indices, indptr[i], indptr[i + 1], x)
+        z = row_dot(data, indices, indptr[i], indptr[i + 1], x)
+        store_one(out, rows[i], z, store_bias, lo, scale, hi, accumulate)
 
 
-csr_rows_vector, csr_rows_vector_serial = threaded_and_serial(_csr_rows_vector, cache=True, nogil=True)
+def _copy_runs(starts, columns, lengths, weights, h, out, store_bias, lo, scale, hi,
+               accumulate):
+    """Runs of copies: ``out[starts[r] + i] = g(weights[r] * h[columns[r] + i])``: carried
+    values and shortcuts, one multiply a value (no sums)."""
+    batch = out.shape[1]
+    for r in prange(len(starts)):
+        w = weights[r]
+        for i in range(lengths[r]):
+            row = starts[r] + np.uint64(i)
+            source, target = h[columns[r] + np.uint64(i)], out[row]
+            add, low, slope, top = store_bias[row], lo[row], scale[row], hi[row]
+            if accumulate[row] == 0:
+                for j in range(batch):
+                    v = w * source[j] + add
+                    v = v if v > low else v * slope
+                    target[j] = v if v < top else top
+                continue
+            for j in range(batch):
+                target[j] += w * source[j]
 
 
-def _group_direct(kernels, offsets, bases, rows, h, out):
-    """A row group with a small kernel matrix, without im2col: ``out[rows[k, b]] =
-    sum_t K[k, t] h[bases[b] + offsets[t]]``, as batch-wide axpys from rows of ``h``
-    that stay in cache (measured: faster than gather + GEMM up to a few hundred weights,
-    as for max-pool pairs or a 6×25 LeNet kernel). Four taps' input rows are read once for
-    all kernels and summed straight into the output rows (256 bytes each at batch 64: they
-    stay in L1), the first four assigned rather than added: no accumulator to clear or
-    copy."""
+def _group_direct(kernels, offsets, bases, shifts, rows, h, out, store_bias, lo, scale, hi,
+                  accumulate):
+    """A row group with few weights (max-pool pairs, a depthwise convolution's channels),
+    without im2col: for each kernel and base, ``sum_t K[k, t] h[shift_k + base +
+    offset_t]`` as batch-wide axpys from rows of ``h`` that stay in cache, then stored by
+    the row's rule."""
     n_k, taps = kernels.shape
     batch = h.shape[1]
     n_b = len(bases)
-    n_blocks = (n_b + ROW_BLOCK - 1) // ROW_BLOCK
-    for block in prange(n_blocks):
-        for b in range(block * ROW_BLOCK, min(n_b, (block + 1) * ROW_BLOCK)):
-            base = bases[b]
+    for item in prange(n_k * ((n_b + ROW_BLOCK - 1) // ROW_BLOCK)):
+        k = item % n_k
+        first = (item // n_k) * ROW_BLOCK
+        acc = np.empty(batch, dtype=out.dtype)
+        shift = shifts[k]
+        for b in range(first, min(n_b, first + ROW_BLOCK)):
+            base = bases[b] + shift
+            for j in range(batch):
+                acc[j] = 0
             t = 0
             while t + 4 <= taps:
                 s0, s1 = h[base + offsets[t]], h[base + offsets[t + 1]]
                 s2, s3 = h[base + offsets[t + 2]], h[base + offsets[t + 3]]
-                for k in range(n_k):
-                    w0, w1, w2, w3 = kernels[k, t], kernels[k, t + 1], kernels[k, t + 2], \
-                        kernels[k, t + 3]
-                    row = out[rows[k, b]]
-                    if t == 0:
-                        for j in range(batch):
-                            row[j] = (w0 * s0[j] + w1 * s1[j]) + (w2 * s2[j] + w3 * s3[j])
-                    else:
-                        for j in range(batch):
-                            row[j] += (w0 * s0[j] + w1 * s1[j]) + (w2 * s2[j] + w3 * s3[j])
+                w0, w1, w2, w3 = kernels[k, t], kernels[k, t + 1], kernels[k, t + 2], \
+                    kernels[k, t + 3]
+                for j in range(batch):
+                    acc[j] += (w0 * s0[j] + w1 * s1[j]) + (w2 * s2[j] + w3 * s3[j])
                 t += 4
             while t < taps:
-                src = h[base + offsets[t]]
-                for k in range(n_k):
-                    w, row = kernels[k, t], out[rows[k, b]]
-                    if t == 0:
-                        for j in range(batch):
-                            row[j] = w * src[j]
-                    else:
-                        for j in range(batch):
-                            row[j] += w * src[j]
+                w, src = kernels[k, t], h[base + offsets[t]]
+                for j in range(batch):
+                    acc[j] += w * src[j]
                 t += 1
+            store_row(out, rows[k, b], acc, batch, store_bias, lo, scale, hi, accumulate)
 
 
+def _store_rows(rows, values, out, store_bias, lo, scale, hi, accumulate):
+    """``out[rows[i]] = g(values[i])`` by each row's rule (after a product made elsewhere:
+    im2col and BLAS)."""
+    batch = out.shape[1]
+    for i in prange(len(rows)):
+        store_row(out, rows[i], values[i], batch, store_bias, lo, scale, hi, accumulate)
+
+
+def _zero_rows(rows, out):
+    for i in prange(len(rows)):
+        row = out[rows[i]]
+        for j in range(out.shape[1]):
+            row[j] = 0
+
+
+def _finish_rows(rows, out, bias, codes, alphas):
+    """After the parts: ``out[r] = f_r(out[r] + bias[r])`` for the rows whose activation is
+    not a clamp, or that several parts wrote (``bias`` is 0 where the store added it)."""
+    batch = out.shape[1]
+    for i in prange(len(rows)):
+        r = rows[i]
+        b, code, alpha, row = bias[r], codes[r], alphas[r], out[r]
+        for j in range(batch):
+            row[j] = activate(row[j] + b, code, alpha)
+
+
+def _dense_finish(out, store_bias, lo, scale, hi):
+    """In place after a dense product: each row's store rule (bias and clamp)."""
+    n_out, batch = out.shape
+    for i in prange(n_out):
+        add, low, slope, top = store_bias[i], lo[i], scale[i], hi[i]
+        for j in range(batch):
+            v = out[i, j] + add
+            v = v if v > low else v * slope
+            out[i, j] = v if v < top else top
+
+
+# One function, two compilations: threads for big work, none for small (starting a
+# parallel region costs more than a small part's work). Each has its own cache entries
+# (variants.py).
+csr_rows, csr_rows_serial = threaded_and_serial(_csr_rows, cache=True, nogil=True)
+csr_rows_vector, csr_rows_vector_serial = threaded_and_serial(_csr_rows_vector, cache=True,
+                                                              nogil=True)
+copy_runs, copy_runs_serial = threaded_and_serial(_copy_runs, cache=True, nogil=True)
 group_direct, group_direct_serial = threaded_and_serial(_group_direct, cache=True, nogil=True)
-
-
-def _bias_relu(out, bias):
-    """In place ``out = max(out + b, 0)`` (the common uniform ReLU layer): no per-element
-    dispatch on the activation code, so it vectorises."""
-    n_out, batch = out.shape
-    for i in prange(n_out):
-        b = bias[i]
-        for j in range(batch):
-            z = out[i, j] + b
-            out[i, j] = z if z > 0 else z * 0
-
-
-def _bias_only(out, bias):
-    n_out, batch = out.shape
-    for i in prange(n_out):
-        b = bias[i]
-        for j in range(batch):
-            out[i, j] += b
-
-
-bias_relu, bias_relu_serial = threaded_and_serial(_bias_relu, cache=True, nogil=True)
-bias_only, bias_only_serial = threaded_and_serial(_bias_only, cache=True, nogil=True)
+store_rows, store_rows_serial = threaded_and_serial(_store_rows, cache=True, nogil=True)
+zero_rows, zero_rows_serial = threaded_and_serial(_zero_rows, cache=True, nogil=True)
+finish_rows, finish_rows_serial = threaded_and_serial(_finish_rows, cache=True, nogil=True)
+dense_finish, dense_finish_serial = threaded_and_serial(_dense_finish, cache=True, nogil=True)
 
 
 @contextmanager
@@ -188,26 +233,20 @@ def slp_vectorizer():
         config.SLP_VECTORIZE = before
 
 
-def activation_bounds(relu: bool, kind) -> tuple:
-    """(lo, scale) of ``v if v > lo else v * scale``: ReLU, or the identity."""
-    return (kind(0), kind(0)) if relu else (kind(-np.inf), kind(1))
-
-
 #: (parallel, dtype) pairs whose blocked kernel is compiled (or loaded from the cache):
 #: their calls skip setting the vectorizer (1.4 µs a call, 4% of a small model's time)
 _compiled_blocked: set = set()
 
 
-def blocked_group(parallel: bool, weights, blocks, offsets, bases, rows, h, out, bias,
-                  relu: bool) -> None:
-    """The register-blocked kernel (microkernel.py) on a row group, adding ``bias`` (one
-    entry per row of ``out``) and then ReLU (``relu``) or nothing; ``h`` and ``out`` are
-    C-contiguous (features × batch)."""
+def blocked_group(parallel: bool, run: tuple[int, int], weights, blocks, offsets, bases, rows,
+                  h, out, store_bias, lo, scale, hi, accumulate) -> None:
+    """The register-blocked kernel (microkernel.py) on a row group, ``run`` (bases, blocks)
+    at a time (``blocking.schedule``); ``h`` and ``out`` are C-contiguous (features ×
+    batch)."""
     kernel = microkernel.blocked_group if parallel else microkernel.blocked_group_serial
     kind = h.dtype.type
-    lo, scale = activation_bounds(relu, kind)
-    args = (weights, blocks, offsets, bases, rows, h.reshape(-1), out.reshape(-1), bias, lo,
-            scale, h.shape[1], kind(0))
+    args = (weights, blocks, offsets, bases, rows, h.reshape(-1), out.reshape(-1), store_bias,
+            lo, scale, hi, accumulate, h.shape[1], kind(0), run[0], run[1])
     key = (parallel, h.dtype)
     if key in _compiled_blocked:
         kernel(*args)

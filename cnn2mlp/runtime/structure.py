@@ -1,57 +1,162 @@
-"""Structure in a CSR matrix that a dense GEMM can run: rows that read the same column
-pattern up to an offset, with one of a few weight vectors each.
+"""Structure in a CSR matrix that dense kernels can run: row groups and copies.
 
-A convolution's matrix is made of such rows: row ``(o, p)`` reads the columns
-``base(p) + rel`` (the kernel's taps, in the interior of the map) with the weights of
-output channel ``o``. When a group of rows is exactly every (weight vector, base) pair,
-it is a product: gathering the patches ``X[t, p] = h[base(p) + rel(t)]`` (im2col) and one
-GEMM ``K @ X`` computes all its rows at BLAS speed. Border rows, and anything else, stay
-CSR. Found from the matrix alone, at load time: the file stays a plain CSR MLP.
+A convolution's matrix is made of rows that read one column pattern up to an offset with
+one of a few weight vectors: row ``(o, p)`` reads the columns ``base(p) + offset(t)`` (the
+kernel's taps, in the interior of the map) with the weights of output channel ``o``. A
+*group* is a set of such rows that is exactly every (kernel, position) pair::
+
+    out[rows[k, b]] = sum_t kernels[k, t] * h[shifts[k] + bases[b] + offsets[t]]
+
+``shifts`` is 0 for a convolution, whose kernels all read every position; a depthwise or
+grouped convolution gives each kernel (or each conv group's kernels) its own channels: the
+same positions moved by a shift of its own. Border rows make smaller groups of their own
+(fewer taps), and anything else stays CSR. A row with one non-zero is a *copy* (a carried
+value, a shortcut), and runs of consecutive rows that copy consecutive columns with one
+weight are copied as blocks.
+
+A layer of a DAG reads several sources side by side (its input *blocks*: a convolution's
+channels, a carried shortcut, another branch), and one row may read several of them (a
+convolution plus its residual). Rows are grouped whole first; the rows that form no group
+are then split by input block, and each block's part is grouped on its own: such a row is
+the sum of its parts.
+
+Found from the matrix alone (and the input blocks the file records), at load time: the file
+stays a plain CSR MLP. numpy only: the standalone kernel module embeds this source.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-import scipy.sparse as sp
 
-#: groups smaller than this many rows are not worth a GEMM
+#: groups smaller than this many rows, or with fewer weights (kernels × taps: a max pool's
+#: pairs have two), are not worth a dense kernel: their rows stay CSR, one call for all
 MIN_GROUP_ROWS = 8
+MIN_GROUP_WEIGHTS = 8
+#: runs of copies shorter than this stay CSR rows
+MIN_COPY_RUN = 8
 
 
 class ProductGroup:
-    """kernels (n_kernels, taps): the weight vectors; offsets (taps,): columns relative to
-    a row's base; bases (n_bases,): the first column of each position; rows (n_kernels,
-    n_bases): the matrix row of each pair."""
+    """kernels (n_k, taps): the weight vectors; offsets (taps,): columns relative to a
+    position's base; bases (n_b,): the first column of each position; shifts (n_k,): each
+    kernel's own shift of the bases (0 for a convolution); rows (n_k, n_b): the matrix row
+    of each pair."""
 
-    def __init__(self, kernels, offsets, bases, rows):
+    def __init__(self, kernels, offsets, bases, rows, shifts=None):
         self.kernels, self.offsets, self.bases, self.rows = kernels, offsets, bases, rows
-
-
-@dataclass
-class Structure:
-    groups: list[ProductGroup]
-    rest_rows: np.ndarray            # rows not in any group
-    rest: sp.csr_array               # those rows, as CSR (len(rest_rows) × n_in)
+        self.shifts = np.zeros(len(kernels), np.int64) if shifts is None else shifts
 
     @property
-    def covered(self) -> int:
-        return sum(g.rows.size for g in self.groups)
+    def shifted(self) -> bool:
+        return bool(len(self.shifts)) and bool(np.any(self.shifts != self.shifts[0]))
 
 
-def find_structure(w: sp.csr_array) -> Structure:
-    groups, rest_rows = find_groups(w.data, w.indices, w.indptr)
-    return Structure(groups, rest_rows, sp.csr_array(w[rest_rows]))
+class Part:
+    """The rows of a layer that one kind of kernel computes from one range of columns:
+    ``groups`` (ProductGroup), ``copies`` (rows, columns, lengths, weights: runs where
+    ``out[rows + i] = weights * h[columns + i]``), and ``csr`` rows (``rest_rows`` with
+    their ``(data, indices, indptr)``)."""
+
+    def __init__(self, groups, copies, rest_rows, rest):
+        self.groups, self.copies, self.rest_rows, self.rest = groups, copies, rest_rows, rest
 
 
-# The functions below use numpy alone: the standalone kernel module (--kernel-py) embeds
-# their source, so that both runtimes find the same groups.
+def find_parts(data, indices, indptr, n_in, blocks=None):
+    """The parts of a CSR matrix, and for each row how many parts write it (a row written
+    by several parts is their sum). Rows are grouped whole; when the layer reads several
+    input blocks, splitting its rows by block is tried too, and wins when it puts more
+    rows in groups, or as many in fewer groups (a convolution plus a shortcut whose column
+    depends on the output channel, or a projection of a map of another size, make one
+    small group a position whole, or none)."""
+    split = blocks is not None and len(blocks) > 2
+    whole = parts_found(data, indices, indptr, np.arange(len(indptr) - 1), None)
+    if not split:
+        return whole
+    by_block = parts_found(data, indices, indptr, np.arange(len(indptr) - 1), blocks)
+    return by_block if score(by_block[0]) > score(whole[0]) else whole
+
+
+def score(parts):
+    """Better parts: more rows in groups, then fewer groups (each a kernel call)."""
+    return (sum(g.rows.size for part in parts for g in part.groups),
+            -sum(len(part.groups) for part in parts))
+
+
+def parts_found(data, indices, indptr, rows, blocks):
+    """Groups, copies and CSR rows of ``rows``, split by input block first if ``blocks``."""
+    n_out = len(indptr) - 1
+    touched = np.zeros(n_out, np.int64)
+    pieces = split_by_blocks(data, indices, indptr, rows, blocks) if blocks is not None \
+        else [(rows,) + rows_of(data, indices, indptr, rows)]
+    result = []
+    for block_rows, d, i, p in pieces:
+        groups, rest = find_groups(d, i, p)
+        for g in groups:
+            g.rows = block_rows[g.rows]
+            touched[g.rows.ravel()] += 1
+        rows_left = block_rows[rest]
+        d, i, p = rows_of(d, i, p, rest)
+        copies, csr_rows = find_copies(d, i, p, rows_left)
+        for start, _, length, _ in zip(*copies):
+            touched[start:start + length] += 1
+        touched[rows_left[csr_rows]] += 1
+        d, i, p = rows_of(d, i, p, csr_rows)
+        result.append(Part(groups, copies, rows_left[csr_rows], (d, i, p)))
+    return result, touched
+
+
+def rows_of(data, indices, indptr, rows):
+    """The CSR arrays of a subset of rows."""
+    rows = np.asarray(rows, np.int64)
+    lengths = np.diff(indptr)[rows]
+    firsts = np.repeat(indptr[rows], lengths)
+    take = firsts + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return data[take], indices[take], np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+def split_by_blocks(data, indices, indptr, rows, blocks):
+    """For each input block that the rows read: (the rows that read it, their entries in
+    it as CSR)."""
+    d, i, p = rows_of(data, indices, indptr, rows)
+    block_of = np.searchsorted(blocks, i, side="right") - 1
+    row_of = np.repeat(np.arange(len(rows)), np.diff(p))
+    out = []
+    for block in np.unique(block_of):
+        mine = block_of == block
+        who, counts = np.unique(row_of[mine], return_counts=True)
+        out.append((rows[who], d[mine], i[mine],
+                    np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)))
+    return out
+
+
+def find_copies(data, indices, indptr, rows):
+    """Rows with one non-zero, in runs of consecutive rows reading consecutive columns
+    with one weight: (copies, the positions of the other rows). ``copies`` is (first
+    row, first column, length, weight) of each run of at least MIN_COPY_RUN."""
+    counts = np.diff(indptr)
+    single = np.flatnonzero(counts == 1)
+    empty = np.zeros(0, np.int64)
+    if len(single) < MIN_COPY_RUN:
+        return (empty, empty, empty, np.zeros(0)), np.arange(len(rows))
+    r, c, w = rows[single], indices[indptr[single]], data[indptr[single]]
+    breaks = np.flatnonzero((np.diff(r) != 1) | (np.diff(c) != 1) | (w[1:] != w[:-1])) + 1
+    starts = np.concatenate([[0], breaks])
+    lengths = np.diff(np.concatenate([starts, [len(single)]]))
+    keep = lengths >= MIN_COPY_RUN
+    in_run = np.repeat(keep, lengths)
+    copies = (r[starts[keep]].astype(np.int64), c[starts[keep]].astype(np.int64),
+              lengths[keep].astype(np.int64), w[starts[keep]].astype(np.float64))
+    others = np.setdiff1d(np.arange(len(rows)), single[in_run])
+    return copies, others
+
+
 def find_groups(data_all, indices, indptr):
-    """(groups, rows in no group) of a CSR matrix given by its arrays."""
+    """(groups, rows in no group) of a CSR matrix given by its arrays. Groups of one
+    column pattern whose kernels read the same positions moved by a shift (depthwise and
+    grouped convolutions) are merged into one shifted group."""
     counts = np.diff(indptr)
     in_group = np.zeros(len(counts), bool)
     groups = []
-    for taps in np.unique(counts[counts > 0]):
+    for taps in np.unique(counts[counts > 1]):
         rows = np.flatnonzero(counts == taps)
         if len(rows) < MIN_GROUP_ROWS:
             continue
@@ -64,18 +169,23 @@ def find_groups(data_all, indices, indptr):
         pattern_of, firsts = group_equal_rows(relative)
         for p, first in enumerate(firsts):
             members = np.flatnonzero(pattern_of == p)
-            if len(members) < MIN_GROUP_ROWS:
+            if len(members) < 2:
                 continue
+            found = []
             for part in split_by_kernels(data[members], bases[members]):
                 group = product_group(rows[members[part]], bases[members[part]],
                                       data[members[part]], relative[first])
                 if group is not None:
+                    found.append(group)
+            for group in merge_shifted(found):
+                if group.rows.size >= MIN_GROUP_ROWS and \
+                        group.kernels.size >= MIN_GROUP_WEIGHTS:
                     groups.append(group)
                     in_group[group.rows.ravel()] = True
     return groups, np.flatnonzero(~in_group)
 
 
-def row_keys(matrix: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def row_keys(matrix, chunk=4096):
     """A 64-bit key per row: a random linear hash of its bits, in chunks of rows."""
     bits = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
     words = matrix.view(bits[matrix.dtype]) if matrix.dtype in bits else matrix
@@ -89,7 +199,7 @@ def row_keys(matrix: np.ndarray, chunk: int = 4096) -> np.ndarray:
     return keys
 
 
-def group_equal_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def group_equal_rows(matrix):
     """(group of each row, first row of each group) for rows that are equal, found by
     hashing and then checked entry by entry (a hash collision splits, never merges)."""
     _, first, group_of = np.unique(row_keys(matrix), return_index=True, return_inverse=True)
@@ -105,25 +215,20 @@ def group_equal_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return group_of, first
 
 
-def split_by_kernels(data: np.ndarray, bases: np.ndarray) -> list[np.ndarray]:
+def split_by_kernels(data, bases):
     """Rows of one column pattern, split by the set of weight vectors their base uses (a
     convolution's top and bottom borders share a pattern but not the kernel rows)."""
     kernel_of, _ = group_equal_rows(data)
-    signature: dict[int, list[int]] = {}
+    signature = {}
     for base, kernel in zip(bases.tolist(), kernel_of.tolist()):
         signature.setdefault(base, []).append(kernel)
-    classes: dict[tuple, list[int]] = {}
+    classes = {}
     for base, kernels in signature.items():
         classes.setdefault(tuple(sorted(kernels)), []).append(base)
-    parts = []
-    for members in classes.values():
-        chosen = np.isin(bases, members)
-        if chosen.sum() >= MIN_GROUP_ROWS:
-            parts.append(np.flatnonzero(chosen))
-    return parts
+    return [np.flatnonzero(np.isin(bases, members)) for members in classes.values()]
 
 
-def product_group(rows, bases, data, offsets) -> ProductGroup | None:
+def product_group(rows, bases, data, offsets):
     """The rows as every (weight vector, base) pair exactly once, or None."""
     kernel_of, firsts = group_equal_rows(data)
     kernels = data[firsts]
@@ -135,27 +240,80 @@ def product_group(rows, bases, data, offsets) -> ProductGroup | None:
     table[kernel_of.ravel(), base_of.ravel()] = rows
     if (table < 0).any():  # a pair twice, another missing
         return None
-    return ProductGroup(np.ascontiguousarray(kernels), offsets.astype(np.int64), unique_bases,
-                        table)
+    return ProductGroup(np.ascontiguousarray(kernels), offsets.astype(np.int64),
+                        unique_bases.astype(np.int64), table)
 
 
+def merge_shifted(groups):
+    """Groups of one column pattern with as many kernels and positions, whose positions
+    are the same up to a shift (the channels of a depthwise or grouped convolution), as one
+    group with a shift per kernel."""
+    by_positions = {}
+    for group in groups:
+        key = (len(group.kernels), (group.bases - group.bases[0]).tobytes())
+        by_positions.setdefault(key, []).append(group)
+    merged = []
+    for members in by_positions.values():
+        if len(members) == 1:
+            merged.append(members[0])
+            continue
+        first = members[0]
+        merged.append(ProductGroup(
+            np.ascontiguousarray(np.concatenate([g.kernels for g in members])),
+            first.offsets, first.bases - first.bases[0],
+            np.concatenate([g.rows for g in members]),
+            np.repeat(np.array([g.bases[0] for g in members], np.int64),
+                      [len(g.kernels) for g in members])))
+    return merged
 
-def run_group(group: ProductGroup, h: np.ndarray, out: np.ndarray) -> None:
-    """``out[rows] = K @ patches`` for h (n_in × B): im2col and one GEMM."""
+
+def group_patches(group, h):
+    """``h[shifts[k] + bases[b] + offsets[t]]`` for h (n_in × B): (taps, n_b × B) when the
+    group has one shift, else (n_k, taps, n_b × B)."""
+    index = group.bases[None, :] + group.offsets[:, None]
+    if not group.shifted:
+        return np.take(h, (index + group.shifts[0]).ravel(), axis=0).reshape(
+            len(group.offsets), -1)
+    full = group.shifts[:, None, None] + index[None]
+    return np.take(h, full.ravel(), axis=0).reshape(len(group.kernels), len(group.offsets), -1)
+
+
+def run_group(group, h, out, add=False):
+    """``out[rows] = K @ patches`` (or ``+=``) for h (n_in × B): im2col and a GEMM, or one
+    small product per kernel for a shifted group."""
     batch = h.shape[1]
-    # np.take gathers whole rows twice as fast as fancy indexing
-    patches = np.take(h, (group.bases[None, :] + group.offsets[:, None]).ravel(), axis=0)
-    product = group.kernels @ patches.reshape(len(group.offsets), -1)
-    out[group.rows.ravel()] = product.reshape(-1, batch)
+    patches = group_patches(group, h)
+    if patches.ndim == 2:
+        product = group.kernels @ patches
+    else:
+        product = np.einsum("kt,ktn->kn", group.kernels, patches)
+    rows = group.rows.ravel()
+    values = product.reshape(-1, batch)
+    if add:
+        out[rows] += values
+    else:
+        out[rows] = values
+
+
+def run_copies(copies, h, out, add=False):
+    """The copy runs of a part: ``out[row + i] (+)= weight * h[column + i]``."""
+    for row, column, length, weight in zip(*copies):
+        values = h[column:column + length] * h.dtype.type(weight)
+        if add:
+            out[row:row + length] += values
+        else:
+            out[row:row + length] = values
 
 
 #: the numpy-only part, embedded in the standalone kernel module
-EMBEDDED = (ProductGroup, row_keys, group_equal_rows, split_by_kernels, product_group,
-            find_groups, run_group)
+EMBEDDED = (ProductGroup, Part, find_parts, score, parts_found, rows_of, split_by_blocks,
+            find_copies, find_groups, row_keys, group_equal_rows, split_by_kernels,
+            product_group, merge_shifted, group_patches, run_group, run_copies)
 
 
-def embedded_source() -> str:
+def embedded_source():
     import inspect
 
-    return f"MIN_GROUP_ROWS = {MIN_GROUP_ROWS}\n\n\n" + "\n\n".join(
-        inspect.getsource(obj) for obj in EMBEDDED)
+    return (f"MIN_GROUP_ROWS = {MIN_GROUP_ROWS}\nMIN_GROUP_WEIGHTS = {MIN_GROUP_WEIGHTS}\n"
+            f"MIN_COPY_RUN = {MIN_COPY_RUN}\n\n\n"
+            + "\n\n".join(inspect.getsource(obj) for obj in EMBEDDED))

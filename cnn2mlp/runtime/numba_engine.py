@@ -1,0 +1,195 @@
+"""The numba engine: the plan's parts on compiled kernels (``numba_kernels.py``), threaded.
+
+From a batch of 16 (``LANES``), row groups and dense layers run on the register-blocked
+kernel (``microkernel.py``: a block of up to 16 kernels × 16 batch columns keeps its sums in
+registers over all taps, reading each input row once per block, no im2col, no scatter;
+bias and clamp applied as it stores). Small groups (max-pool pairs, a depthwise
+convolution's channels) run as direct batch-wide axpys, and below 16 columns big groups run
+as im2col + one BLAS product. Copies run as copies, the other rows as CSR. Rows spread over
+``threads``; work below ``PARALLEL_WORK`` multiply-adds runs on one thread (a parallel region
+costs more than small work).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from . import numba_kernels as k
+from . import variants
+from .blocking import LANES, kernel_blocks, schedule
+from .engine import Engine, features_by_batch, register_engine
+from .plan import LayerPlan
+from .structure import ProductGroup, group_patches
+
+#: multiply-adds below which a layer runs on one thread: starting a parallel region costs
+#: 2 µs with OpenMP here, about the time of 2^17 multiply-adds; threads pay off from a few
+#: times that
+PARALLEL_WORK = 1 << 21
+#: at a batch of LANES or more, groups with more weights than this run on the blocked
+#: kernel, the others on the direct one
+MIN_BLOCKED_WEIGHTS = 4
+#: groups with at most this many weights (kernels × taps) run as direct axpys below
+#: LANES columns, larger ones as gather + GEMM
+DIRECT_MAX_WEIGHTS = 256
+#: dense layers up to this many entries also run on the blocked kernel (a packed copy of
+#: the weights); larger ones as a BLAS product
+BLOCKED_DENSE_ENTRIES = 1 << 24
+
+
+def unsigned(a: np.ndarray) -> np.ndarray:
+    """Unsigned indices for the kernels (a view when it can be: no copy)."""
+    a = np.ascontiguousarray(a)
+    kind = {np.dtype(np.int32): np.uint32, np.dtype(np.int64): np.uint64}.get(a.dtype)
+    return a.view(kind) if kind is not None else a.astype(np.uint64)
+
+
+class BlockedGroup:
+    """A row group's arrays for the register-blocked kernel: its blocks of kernels (first
+    kernel, size, start of its weights, shift: a block's kernels share a shift), the
+    weights packed block by block and tap by tap (a block reads them in one sweep, as
+    BLAS packs a matrix), unsigned indices."""
+
+    def __init__(self, group: ProductGroup, dtype) -> None:
+        taps = len(group.offsets)
+        blocks, packed, start = [], [], 0
+        shifts = group.shifts
+        cuts = np.flatnonzero(np.diff(shifts)) + 1
+        for first, stop in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(shifts)]])):
+            for k0, size in kernel_blocks(int(stop - first)):
+                k0 += int(first)
+                blocks.append((k0, size, start, int(shifts[k0])))
+                packed.append(group.kernels[k0:k0 + size].T.astype(dtype).ravel())
+                start += size * taps
+        self.arrays = (np.concatenate(packed), np.array(blocks, np.uint64).reshape(-1, 4),
+                       unsigned(group.offsets), unsigned(group.bases), unsigned(group.rows))
+        self.n_blocks, self.n_bases = len(blocks), len(group.bases)
+        # the input rows the group reads: from its lowest to its highest
+        self.span = int(group.bases.max() - group.bases.min() + group.offsets.max()
+                        + group.shifts.max() - group.shifts.min() + 1)
+        self.itemsize = np.dtype(dtype).itemsize
+
+    def run(self, batch: int, threads: int) -> tuple[int, int]:
+        return schedule(self.n_blocks, self.n_bases, self.span * batch * self.itemsize,
+                        threads)
+
+
+class GroupRun:
+    """One row group and how it runs at each batch size."""
+
+    def __init__(self, group: ProductGroup, dtype) -> None:
+        self.group = group
+        self.blocked = BlockedGroup(group, dtype) if group.kernels.size > MIN_BLOCKED_WEIGHTS \
+            else None
+        self.direct = (group.kernels.astype(dtype), unsigned(group.offsets),
+                       unsigned(group.bases), unsigned(group.shifts), unsigned(group.rows))
+        self.small = group.kernels.size <= DIRECT_MAX_WEIGHTS or group.shifted
+        self.kernels = group.kernels.astype(dtype)
+        self.rows = unsigned(group.rows.ravel())
+        self.work = group.rows.size * len(group.offsets)
+
+    def path(self, batch: int) -> str:
+        if self.blocked is not None and batch >= LANES:
+            return "blocked"
+        return "direct" if self.small else "gemm"
+
+
+class LayerRun:
+    """A layer's plan with the arrays the kernels take."""
+
+    def __init__(self, plan: LayerPlan) -> None:
+        dtype = plan.bias.dtype
+        self.plan = plan
+        self.n_out = plan.n_out
+        self.rule = (plan.store_bias, plan.lo, plan.scale, plan.hi, plan.accumulate)
+        self.shared = unsigned(plan.shared)
+        self.finish = unsigned(plan.finish)
+        self.finish_args = (plan.finish_bias, plan.codes, plan.alphas)
+        self.dense = plan.dense
+        self.blocked_dense = None
+        if plan.dense is not None and plan.dense.size <= BLOCKED_DENSE_ENTRIES:
+            n_out, n_in = plan.dense.shape
+            self.blocked_dense = BlockedGroup(ProductGroup(
+                plan.dense, np.arange(n_in), np.zeros(1, np.int64),
+                np.arange(n_out)[:, None]), dtype)
+        self.groups = [GroupRun(g, dtype) for part in plan.parts for g in part.groups]
+        self.copies = [(unsigned(c[0]), unsigned(c[1]), unsigned(c[2]), c[3].astype(dtype))
+                       for c in (part.copies for part in plan.parts) if len(c[0])]
+        self.rests = [(part.rest[0].astype(dtype), unsigned(part.rest[1]),
+                       unsigned(part.rest[2]), unsigned(part.rest_rows))
+                      for part in plan.parts if len(part.rest_rows)]
+        self.work = plan.weight.nnz if plan.dense is None else plan.dense.size
+
+
+@register_engine
+class NumbaEngine(Engine):
+    name = "numba"
+
+    def __init__(self, mlp, threads: int) -> None:
+        super().__init__(mlp, threads)
+        self._local = threading.local()  # each calling thread's buffers
+
+    def prepare(self, plan: LayerPlan) -> LayerRun:
+        return LayerRun(plan)
+
+    def run(self, x: np.ndarray, dtype=np.float32) -> np.ndarray:
+        import numba
+
+        layers = self.plans(dtype)
+        batch = len(x)
+        h = features_by_batch(np.asarray(x, dtype))  # (n_in, B): once
+        numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        buffers = self.buffers(max(layer.n_out for layer in layers) * batch, dtype)
+        for index, layer in enumerate(layers):
+            out = buffers[index % 2][:layer.n_out * batch].reshape(-1, batch)
+            parallel = self.threads > 1 and layer.work * batch >= PARALLEL_WORK and \
+                not variants.forked_after_threads
+            self.layer(layer, h, out, batch, parallel, self.threads if parallel else 1)
+            h = out
+        return h.T.copy()
+
+    def buffers(self, size: int, dtype) -> list[np.ndarray]:
+        """The two ping-pong buffers of this thread, kept between calls: fresh ones would
+        cost a page fault a page at every call (0.3 ms for a 1 MiB layer at batch 16)."""
+        key = (np.dtype(dtype), size)
+        kept = getattr(self._local, "buffers", None)
+        if kept is None or kept[0] != key:
+            kept = (key, [np.empty(size, dtype), np.empty(size, dtype)])
+            self._local.buffers = kept
+        return kept[1]
+
+    @staticmethod
+    def layer(layer: LayerRun, h, out, batch: int, parallel: bool, threads: int = 1) -> None:
+        def pick(name):  # the threaded or the serial compilation of a kernel
+            return getattr(k, name if parallel else name + "_serial")
+
+        if len(layer.shared):
+            pick("zero_rows")(layer.shared, out)
+        if layer.dense is not None:
+            if layer.blocked_dense is not None and batch >= LANES:
+                blocked = layer.blocked_dense
+                k.blocked_group(parallel, blocked.run(batch, threads), *blocked.arrays, h, out,
+                                *layer.rule)
+            else:
+                np.matmul(layer.dense, h, out=out)
+                pick("dense_finish")(out, *layer.rule[:4])
+        for run in layer.groups:
+            path = run.path(batch)
+            if path == "blocked":
+                k.blocked_group(parallel, run.blocked.run(batch, threads), *run.blocked.arrays,
+                                h, out, *layer.rule)
+            elif path == "direct":
+                pick("group_direct")(*run.direct, h, out, *layer.rule)
+            else:
+                product = np.matmul(run.kernels, group_patches(run.group, h))
+                pick("store_rows")(run.rows, product.reshape(-1, batch), out, *layer.rule)
+        for copies in layer.copies:
+            pick("copy_runs")(*copies, h, out, *layer.rule)
+        for data, indices, indptr, rows in layer.rests:
+            if batch == 1:
+                pick("csr_rows_vector")(data, indices, indptr, rows, h.reshape(-1),
+                                        out.reshape(-1), *layer.rule)
+            else:
+                pick("csr_rows")(data, indices, indptr, rows, h, out, *layer.rule)
+        if len(layer.finish):
+            pick("finish_rows")(layer.finish, out, *layer.finish_args)

@@ -1,0 +1,138 @@
+"""How an MLP runs, planned once when it loads, the same for every engine.
+
+For each layer ``h = f(W h + b)`` the plan holds the parts that compute ``W h`` (row groups,
+copies, CSR rows: ``structure.py``), or a dense matrix for a layer that is mostly
+non-zeros, and how each row is finished:
+
+- a row that one part writes takes its bias and its activation as that part stores it,
+  when the activation is a clamp ``v = z if z > lo else scale * z``, then ``min(v, hi)``
+  (identity, ReLU, leaky ReLU, bounded ReLU: the common ones); other activations are
+  applied afterwards, in one pass over those rows;
+- a row that several parts write (a convolution plus its shortcut from another input
+  block) is zeroed first, every part adds to it, and the pass afterwards adds the bias and
+  applies the activation; so is a row that no part writes (its bias alone).
+
+Before that, a layer whose equal columns pay to merge is preceded by the layer that sums
+them (``columns.py``). The engines (``numba_engine.py``, ``scipy_engine.py``) run the plan.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..ir.activations import BY_CODE, BY_NAME
+from ..ir.mlp import MlpLayer
+from .columns import runtime_layers
+from .structure import Part, find_parts
+
+#: layers with more non-zeros than this fraction of their entries run as dense products
+#: (measured in benchmarks/bench_runtime.py: CSR loses to a dense kernel above a third)
+DENSE_THRESHOLD = 0.3
+#: ...unless the dense copy would exceed this many bytes
+DENSE_LIMIT = 256 * 2**20
+
+#: activations the kernels apply as they store: (lo, scale, hi) of the clamp, from alpha
+CLAMPS = {
+    "identity": lambda a: (-np.inf, 1.0, np.inf),
+    "relu": lambda a: (0.0, 0.0, np.inf),
+    "leaky_relu": lambda a: (0.0, a, np.inf),
+    "bounded_relu": lambda a: (0.0, 0.0, a),
+}
+CLAMP_CODES = [BY_NAME[name].code for name in CLAMPS]
+
+
+@dataclass
+class LayerPlan:
+    """One layer as the engines run it (arrays in the working precision)."""
+
+    source: MlpLayer
+    weight: sp.csr_array
+    bias: np.ndarray
+    codes: np.ndarray            # activation code per row (the catalogue's)
+    alphas: np.ndarray
+    dense: np.ndarray | None     # the whole matrix, for a layer mostly non-zeros
+    parts: list[Part]
+    shared: np.ndarray           # rows several parts write, or none: zeroed, finished after
+    #: per row: the store of its only part adds this bias and applies the clamp below
+    store_bias: np.ndarray
+    lo: np.ndarray
+    scale: np.ndarray
+    hi: np.ndarray
+    #: per row: 1 when parts add to it (a shared row), 0 when its part stores it
+    accumulate: np.ndarray
+    finish: np.ndarray           # rows finished after the parts: bias and/or activation
+    finish_bias: np.ndarray      # the bias the finishing pass adds (0 where it was stored)
+
+    @property
+    def n_out(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def n_in(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def uniform(self) -> int | None:
+        """The activation code every row has, if one."""
+        codes = self.codes
+        return int(codes[0]) if len(codes) and (codes == codes[0]).all() else None
+
+
+def row_activations(layer: MlpLayer) -> tuple[np.ndarray, np.ndarray]:
+    codes = np.empty(layer.n_out, np.int8)
+    alphas = np.empty(layer.n_out, np.float64)
+    runs = layer.segments or ((0, layer.n_out, layer.activation, layer.alpha),)
+    for start, stop, name, alpha in runs:
+        codes[start:stop] = BY_NAME[name].code
+        alphas[start:stop] = alpha
+    return codes, alphas
+
+
+def plan_layer(layer: MlpLayer, dtype) -> LayerPlan:
+    dtype = np.dtype(dtype)
+    w = layer.weight.astype(dtype, copy=False)
+    n_out, n_in = w.shape
+    codes, alphas = row_activations(layer)
+    bias = np.asarray(layer.bias, dtype)
+    dense = None
+    if w.nnz > DENSE_THRESHOLD * n_out * n_in and n_out * n_in * dtype.itemsize <= DENSE_LIMIT:
+        dense = np.ascontiguousarray(w.toarray())
+        parts, touched = [], np.ones(n_out, np.int64)
+    else:
+        blocks = None if layer.input_blocks is None else np.asarray(layer.input_blocks)
+        parts, touched = find_parts(w.data, w.indices.astype(np.int64),
+                                    w.indptr.astype(np.int64), n_in, blocks)
+    shared = touched != 1
+    clamped = np.isin(codes, CLAMP_CODES)
+    lo, scale, hi = store_clamps(codes, alphas, clamped)
+    stored = ~shared  # the row's only part stores it, with the bias
+    store_bias = np.where(stored, bias, 0).astype(dtype)
+    finish = np.flatnonzero(shared | ~clamped)
+    finish_bias = np.where(stored, 0, bias).astype(dtype)
+    return LayerPlan(layer, w, bias, codes, alphas.astype(dtype), dense, parts,
+                     np.flatnonzero(shared), store_bias, lo.astype(dtype),
+                     scale.astype(dtype), hi.astype(dtype), shared.astype(np.uint8),
+                     finish, finish_bias)
+
+
+def store_clamps(codes, alphas, clamped):
+    """Per row, the clamp its store applies: the activation's, or the identity for rows
+    whose activation comes after (not a clamp) or that several parts write."""
+    n = len(codes)
+    lo, scale, hi = np.full(n, -np.inf), np.ones(n), np.full(n, np.inf)
+    for code in np.unique(codes):
+        name = BY_CODE[int(code)].name
+        if name not in CLAMPS:
+            continue
+        rows = np.flatnonzero((codes == code) & clamped)
+        for alpha in np.unique(alphas[rows]):
+            chosen = rows[alphas[rows] == alpha]
+            lo[chosen], scale[chosen], hi[chosen] = CLAMPS[name](float(alpha))
+    return lo, scale, hi
+
+
+def plan_layers(layers: list[MlpLayer], dtype) -> list[LayerPlan]:
+    """Every layer's plan, the summing layers of merged equal columns included."""
+    return [plan_layer(layer, dtype) for layer in runtime_layers(layers)]

@@ -1,0 +1,126 @@
+"""The row forms real architectures lower to, in the runtime: a convolution plus a shortcut
+from another input block (group plus remainder), depthwise and grouped convolutions
+(shifted groups), carried values (copy runs), a convolution plus a projection of a map of
+another size. Each is found as such, and runs exactly (against the float64 MLP) at batch 1,
+37 and 64, on 1 and 2 threads, in float32 and float64, in both engines and in the
+standalone kernel module."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from cnn2mlp.backends.csr import CsrModel
+from cnn2mlp.ir.conv_matrix import conv_matrix
+from cnn2mlp.ir.mlp import Mlp, MlpLayer
+from cnn2mlp.runtime import available_engines
+from cnn2mlp.runtime.structure import find_parts
+from cnn2mlp.testing import run_kernel_module
+
+ENGINES = available_engines()
+
+
+def conv(rng, c_in, c_out, size, k=3, stride=1, group=1):
+    kernel = rng.normal(size=(c_out, c_in // group, k, k)).astype(np.float32)
+    w, _, shape = conv_matrix(kernel, None, (c_in, size, size), (stride, stride),
+                              (k // 2,) * 4, (1, 1), group)
+    return w, shape
+
+
+def residual(rng):
+    """relu(conv(h) + x): every conv row reads one entry of another block."""
+    w, _ = conv(rng, 8, 8, 10)
+    n = w.shape[1]
+    return sp.csr_array(sp.hstack([sp.identity(n, np.float32), w])), (0, n, 2 * n), "relu"
+
+
+def depthwise(rng):
+    w, _ = conv(rng, 16, 16, 12, group=16)
+    return w, None, "bounded_relu"
+
+
+def grouped(rng):
+    w, _ = conv(rng, 16, 16, 8, group=4)
+    return w, None, "relu"
+
+
+def carried(rng):
+    """relu(conv(h)) beside identity copies of h: a layer with a carried block."""
+    w, _ = conv(rng, 6, 8, 9)
+    n = w.shape[1]
+    return sp.csr_array(sp.vstack([w, sp.identity(n, np.float32)])), None, "mixed"
+
+
+def projection(rng):
+    """relu(conv3x3(h) + proj1x1_stride2(x)), h 8×5×5 and x 4×10×10: two blocks whose
+    positions do not line up."""
+    main, _ = conv(rng, 8, 8, 5)
+    proj, _ = conv(rng, 4, 8, 10, k=1, stride=2)
+    return (sp.csr_array(sp.hstack([proj, main])),
+            (0, proj.shape[1], proj.shape[1] + main.shape[1]), "relu")
+
+
+FORMS = {"residual": residual, "depthwise": depthwise, "grouped": grouped, "carried": carried,
+         "projection": projection}
+
+
+def layer_of(form, seed=0):
+    rng = np.random.default_rng(seed)
+    w, blocks, act = FORMS[form](rng)
+    w.sort_indices()
+    bias = rng.uniform(-1, 1, w.shape[0]).astype(np.float32)
+    segments = None
+    if act == "mixed":  # the conv's neurons ReLU, the carried ones the identity
+        n_conv = w.shape[0] - w.shape[1]
+        segments = ((0, n_conv, "relu", 0.0), (n_conv, w.shape[0], "identity", 0.0))
+    return MlpLayer(w, bias, act, 6.0 if act == "bounded_relu" else 0.0, segments,
+                    input_blocks=blocks)
+
+
+def parts_of(layer):
+    w = layer.weight
+    return find_parts(w.data, w.indices.astype(np.int64), w.indptr.astype(np.int64),
+                      w.shape[1], None if layer.input_blocks is None
+                      else np.asarray(layer.input_blocks))
+
+
+def test_each_form_is_found_as_such():
+    parts, touched = parts_of(layer_of("residual"))
+    interior = max((g for p in parts for g in p.groups), key=lambda g: len(g.bases))
+    assert len(interior.kernels) == 8 and not interior.shifted  # the conv's kernels, together
+    assert sum(len(p.copies[0]) for p in parts) >= 1  # the shortcut, as copies
+    assert (touched == 2).all()  # every row: its conv part and its shortcut
+    parts, _ = parts_of(layer_of("depthwise"))
+    (interior,) = [g for p in parts for g in p.groups if len(g.bases) == 100]
+    assert interior.shifted and len(interior.kernels) == 16  # a shift a channel
+    parts, _ = parts_of(layer_of("grouped"))
+    interior = max((g for p in parts for g in p.groups), key=lambda g: len(g.bases))
+    assert interior.shifted and len(np.unique(interior.shifts)) == 4  # a shift a conv group
+    parts, touched = parts_of(layer_of("carried"))
+    assert sum(int(p.copies[2].sum()) for p in parts) == 6 * 9 * 9  # one run of copies
+    assert (touched == 1).all()
+    parts, touched = parts_of(layer_of("projection"))
+    blocks_grouped = [p for p in parts if p.groups]
+    assert len(blocks_grouped) == 2 and (touched == 2).all()  # each block grouped alone
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("form", list(FORMS))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_each_form_runs_exactly(engine, form, threads):
+    layer = layer_of(form)
+    mlp = Mlp([layer], (layer.n_in,), (layer.n_out,))
+    model = CsrModel(mlp, threads=threads, engine=engine)
+    rng = np.random.default_rng(1)
+    for batch, dtype in ((1, np.float32), (37, np.float64), (64, np.float32), (64, np.float64)):
+        x = rng.normal(size=(batch, layer.n_in))
+        got = model.predict(x.astype(dtype), dtype=dtype)
+        tolerance = 1e-4 if dtype == np.float32 else 1e-10
+        np.testing.assert_allclose(got, mlp.forward(x), rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("form", ["residual", "depthwise", "carried", "projection"])
+def test_each_form_in_the_kernel_module(tmp_path, form):
+    layer = layer_of(form, seed=2)
+    mlp = Mlp([layer], (layer.n_in,), (layer.n_out,))
+    x = np.random.default_rng(3).normal(size=(5, layer.n_in))
+    np.testing.assert_allclose(run_kernel_module(mlp, x, tmp_path), mlp.forward(x),
+                               rtol=1e-10, atol=1e-10)
