@@ -344,6 +344,15 @@ def test_the_committed_activation_kernels_are_the_generators_output():
     assert committed == activation_gen.generate()
 
 
+def test_the_committed_lane_kernels_are_the_generators_output():
+    """lanes.py (the batch-1 program's tap kernels) is generated: regenerate it
+    (python -m cnn2mlp.runtime.lanes_gen) rather than edit it."""
+    from cnn2mlp.runtime import lanes_gen
+
+    committed = (ROOT / "cnn2mlp" / "runtime" / "lanes.py").read_text()
+    assert committed == lanes_gen.generate()
+
+
 def test_kernels_are_cut_into_blocks_of_16_8_4_1():
     from cnn2mlp.runtime.blocking import kernel_blocks
 

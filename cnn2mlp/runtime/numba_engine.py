@@ -20,6 +20,7 @@ from . import variants
 from .blocking import LANES, kernel_blocks, schedule
 from .engine import Engine, features_by_batch, register_engine
 from .plan import LayerPlan
+from .program import Program
 from .structure import ProductGroup, group_patches
 
 #: multiply-adds below which a layer runs on one thread: starting a parallel region costs
@@ -112,6 +113,7 @@ class LayerRun:
             self.blocked_dense = BlockedGroup(ProductGroup(
                 plan.dense, np.arange(n_in), np.zeros(1, np.int64),
                 np.arange(n_out)[:, None]), dtype)
+        self.every_row = unsigned(np.arange(plan.n_out))
         self.groups = [GroupRun(g, dtype) for part in plan.parts for g in part.groups]
         self.copies = [(unsigned(c[0]), unsigned(c[1]), unsigned(c[2]), c[3].astype(dtype))
                        for c in (part.copies for part in plan.parts) if len(c[0])]
@@ -128,6 +130,7 @@ class NumbaEngine(Engine):
     def __init__(self, mlp, threads: int) -> None:
         super().__init__(mlp, threads)
         self._local = threading.local()  # each calling thread's buffers
+        self._programs: dict[np.dtype, Program] = {}
 
     def prepare(self, plan: LayerPlan) -> LayerRun:
         return LayerRun(plan)
@@ -138,8 +141,10 @@ class NumbaEngine(Engine):
         layers = self.plans(dtype)
         batch = len(x)
         h = features_by_batch(np.asarray(x, dtype))  # (n_in, B): once
-        numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
         buffers = self.buffers(max(layer.n_out for layer in layers) * batch, dtype)
+        if batch < LANES:  # small batches: the whole MLP in one compiled call
+            return self.program(dtype).run(h, batch, buffers).T.copy()
+        numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
         for index, layer in enumerate(layers):
             out = buffers[index % 2][:layer.n_out * batch].reshape(-1, batch)
             parallel = self.threads > 1 and layer.work * batch >= PARALLEL_WORK and \
@@ -147,6 +152,13 @@ class NumbaEngine(Engine):
             self.layer(layer, h, out, batch, parallel, self.threads if parallel else 1)
             h = out
         return h.T.copy()
+
+    def program(self, dtype) -> Program:
+        """The packed program for small batches (made at the first one, per precision)."""
+        key = np.dtype(dtype)
+        if key not in self._programs:
+            self._programs[key] = Program([layer.plan for layer in self.plans(dtype)], key)
+        return self._programs[key]
 
     def buffers(self, size: int, dtype) -> list[np.ndarray]:
         """The two ping-pong buffers of this thread, kept between calls: fresh ones would
@@ -170,9 +182,8 @@ class NumbaEngine(Engine):
                 blocked = layer.blocked_dense
                 k.blocked_group(parallel, blocked.run(batch, threads), *blocked.arrays, h, out,
                                 *layer.rule)
-            else:
-                np.matmul(layer.dense, h, out=out)
-                pick("dense_finish")(out, *layer.rule[:4])
+            else:  # (numpy's matmul into ``out`` skipped BLAS: 100x slower at batch 1)
+                pick("store_rows")(layer.every_row, layer.dense @ h, out, *layer.rule)
         for run in layer.groups:
             path = run.path(batch)
             if path == "blocked":

@@ -30,8 +30,9 @@ ROW_BLOCK = 32
 def store_row(out, i, acc, batch, store_bias, lo, scale, hi, accumulate):
     """``out[i] = g_i(acc)`` over the batch, by the plan's rule for row ``i``. (Through a
     view of the row: ``out[i, j]`` with an unsigned ``i`` and a signed ``j`` makes numba
-    index in floating point. The store comes first, and the row's parameters are read
-    before the branch: laid out otherwise, LLVM made the CSR loop 5x slower.)"""
+    index in floating point. The row's parameters are read before the branch, and the
+    branch has no early return: laid out otherwise, numba's inlining made the CSR loop 5x
+    and the batch-1 loop 30x slower.)"""
     row = out[i]
     add, low, slope, top = store_bias[i], lo[i], scale[i], hi[i]
     if accumulate[i] == 0:
@@ -39,9 +40,9 @@ def store_row(out, i, acc, batch, store_bias, lo, scale, hi, accumulate):
             v = acc[j] + add
             v = v if v > low else v * slope
             row[j] = v if v < top else top
-        return
-    for j in range(batch):
-        row[j] += acc[j]
+    else:
+        for j in range(batch):
+            row[j] += acc[j]
 
 
 def _csr_rows(data, indices, indptr, rows, h, out, store_bias, lo, scale, hi, accumulate):
@@ -92,23 +93,20 @@ def row_dot(data, indices, start, stop, x):
     return (a0 + a1) + (a2 + a3)
 
 
-@njit(cache=True, inline="always")
-def store_one(out, i, z, store_bias, lo, scale, hi, accumulate):
-    """Batch 1: ``store_row`` for one value."""
-    if accumulate[i] == 0:
-        v = z + store_bias[i]
-        v = v if v > lo[i] else v * scale[i]
-        out[i] = v if v < hi[i] else hi[i]
-        return
-    out[i] += z
-
-
 def _csr_rows_vector(data, indices, indptr, rows, x, out, store_bias, lo, scale, hi,
                      accumulate):
-    """Batch 1: ``out[rows[i]] = g(W_i x)``."""
+    """Batch 1: ``out[rows[i]] = g(W_i x)``. (The store is written out here: called as a
+    function of its own, with six arrays for arguments, it cost 40 ns a row.)"""
     for i in prange(len(rows)):
         z = row_dot(data, indices, indptr[i], indptr[i + 1], x)
-        store_one(out, rows[i], z, store_bias, lo, scale, hi, accumulate)
+        r = rows[i]
+        add, low, slope, top = store_bias[r], lo[r], scale[r], hi[r]
+        if accumulate[r] == 0:
+            v = z + add
+            v = v if v > low else v * slope
+            out[r] = v if v < top else top
+        else:
+            out[r] += z
 
 
 def _copy_runs(starts, columns, lengths, weights, h, out, store_bias, lo, scale, hi,
@@ -193,17 +191,6 @@ def _finish_rows(rows, out, bias, codes, alphas):
             row[j] = activate(row[j] + b, code, alpha)
 
 
-def _dense_finish(out, store_bias, lo, scale, hi):
-    """In place after a dense product: each row's store rule (bias and clamp)."""
-    n_out, batch = out.shape
-    for i in prange(n_out):
-        add, low, slope, top = store_bias[i], lo[i], scale[i], hi[i]
-        for j in range(batch):
-            v = out[i, j] + add
-            v = v if v > low else v * slope
-            out[i, j] = v if v < top else top
-
-
 # One function, two compilations: threads for big work, none for small (starting a
 # parallel region costs more than a small part's work). Each has its own cache entries
 # (variants.py).
@@ -215,7 +202,6 @@ group_direct, group_direct_serial = threaded_and_serial(_group_direct, cache=Tru
 store_rows, store_rows_serial = threaded_and_serial(_store_rows, cache=True, nogil=True)
 zero_rows, zero_rows_serial = threaded_and_serial(_zero_rows, cache=True, nogil=True)
 finish_rows, finish_rows_serial = threaded_and_serial(_finish_rows, cache=True, nogil=True)
-dense_finish, dense_finish_serial = threaded_and_serial(_dense_finish, cache=True, nogil=True)
 
 
 @contextmanager
