@@ -1,33 +1,20 @@
-"""Property-based equivalence testing: strategies for random CNNs, and assert_equivalent.
-
-    from hypothesis import given
-    from cnn2mlp.testing import onnx_cnns, assert_equivalent, compile_to_model
-
-    @given(onnx_cnns())
-    def test_my_pipeline(model):
-        assert_equivalent(model, compile_to_model(model))
-
-Strategies: :func:`conv_geometries` (one conv's attributes for a given input), :func:`cnn_graphs`
-(IR graphs, for testing passes with the interpreter) and :func:`onnx_cnns` (ONNX models as
-exporters write them, for end-to-end tests against onnxruntime). Needs hypothesis
-(``pip install cnn2mlp[test]``).
-"""
+"""Hypothesis strategies for random CNNs: :func:`conv_geometries` (one conv's attributes
+for a given input), :func:`cnn_graphs` and :func:`dag_graphs` (IR graphs, for testing passes
+with the interpreter), :func:`onnx_cnns` and :func:`onnx_dag_cnns` (ONNX models as exporters
+write them, for end-to-end tests against onnxruntime). Needs hypothesis
+(``pip install cnn2mlp[test]``)."""
 from __future__ import annotations
 
-import math
-import tempfile
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
-from .check import Comparison, compare, onnx_runner, random_inputs
-from .ir.activations import BY_OP, CATALOGUE
-from .ir import Graph, run
-from .ir.geometry import output_size
+from ..ir import Graph
+from ..ir.activations import BY_OP, CATALOGUE
+from .builder import OnnxBuilder, _same, drops_last_window
 
 
 # --------------------------------------------------------------------------- geometry
@@ -93,34 +80,6 @@ def pool_geometries(draw, in_shape: Sequence[int], max_kernel: int = 4, max_stri
     if ort_consistent and geo["ceil_mode"] and drops_last_window(in_shape, geo):
         geo["ceil_mode"] = False
     return geo
-
-
-def drops_last_window(in_shape: Sequence[int], geo: dict[str, Any]) -> bool:
-    """Whether ceil_mode's rule "no window starts in the trailing padding" applies."""
-    nd = len(in_shape) - 1
-    for a in range(nd):
-        k, s, d = geo["kernel_shape"][a], geo["strides"][a], geo["dilations"][a]
-        pb, pe = geo["pads"][a], geo["pads"][nd + a]
-        room = in_shape[1 + a] + pb + pe - d * (k - 1) - 1
-        if room >= 0 and -(-room // s) + 1 != output_size(in_shape[1 + a], k, s, d, pb, pe, True):
-            return True
-    return False
-
-
-def pool_output_shape(in_shape: Sequence[int], geo: dict[str, Any]) -> tuple[int, ...]:
-    nd = len(in_shape) - 1
-    return (in_shape[0],) + tuple(
-        output_size(in_shape[1 + a], geo["kernel_shape"][a], geo["strides"][a],
-                    geo["dilations"][a], geo["pads"][a], geo["pads"][nd + a], geo["ceil_mode"])
-        for a in range(nd))
-
-
-def conv_output_shape(in_shape: Sequence[int], geo: dict[str, Any]) -> tuple[int, ...]:
-    nd = len(in_shape) - 1
-    return (geo["out_channels"],) + tuple(
-        output_size(in_shape[1 + a], geo["kernel_shape"][a], geo["strides"][a],
-                    geo["dilations"][a], geo["pads"][a], geo["pads"][nd + a])
-        for a in range(nd))
 
 
 def input_shapes(ranks: Sequence[int] = (1, 2), max_channels: int = 3, min_size: int = 3,
@@ -215,150 +174,6 @@ def cnn_graphs(draw, ranks: Sequence[int] = (1, 2), max_layers: int = 3,
     return g
 
 
-# --------------------------------------------------------------------------- ONNX models
-class OnnxBuilder:
-    """Builds ONNX models node by node the way exporters lay them out (used by the
-    strategies, the tests and the example model)."""
-
-    def __init__(self, sample_shape: Sequence[int], batch: int | str = "N", opset: int = 13,
-                 nhwc: bool = False, seed: int = 0) -> None:
-        self.opset = opset
-        self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.shape = tuple(sample_shape)          # current per-sample shape (NCHW view)
-        self.nhwc = nhwc
-        input_dims = (sample_shape[1:] + (sample_shape[0],)) if nhwc else tuple(sample_shape)
-        self.input = helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                   [batch, *input_dims])
-        self.current = "input"
-        self._n = 0
-        if nhwc:  # tf2onnx: NHWC input, a Transpose to NCHW before the first Conv
-            self.node("Transpose", [self.current], perm=[0, len(self.shape)] +
-                      list(range(1, len(self.shape))))
-
-    def name(self, hint: str) -> str:
-        self._n += 1
-        return f"{hint}_{self._n}"
-
-    def const(self, value: np.ndarray, hint: str = "c", as_node: bool = False) -> str:
-        name = self.name(hint)
-        tensor = numpy_helper.from_array(np.asarray(value), name)
-        if as_node:
-            self.nodes.append(helper.make_node("Constant", [], [name], value=tensor))
-        else:
-            self.inits.append(tensor)
-        return name
-
-    def node(self, op: str, inputs: list[str], **attrs) -> str:
-        out = self.name(op.lower())
-        self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
-        self.current = out
-        return out
-
-    def weights(self, shape, low=-1.0, high=1.0) -> np.ndarray:
-        return self.rng.uniform(low, high, shape).astype(np.float32)
-
-    # -- layers -------------------------------------------------------------------------
-    def conv(self, geo: dict[str, Any], bias: bool = True, constants_as_nodes: bool = False) -> str:
-        c_in = self.shape[0]
-        k = self.weights((geo["out_channels"], c_in // geo["group"]) + geo["kernel_shape"],
-                         -0.7, 0.7)
-        inputs = [self.current, self.const(k, "w", constants_as_nodes)]
-        if bias:
-            inputs.append(self.const(self.weights(geo["out_channels"]), "b", constants_as_nodes))
-        attrs = dict(strides=list(geo["strides"]), dilations=list(geo["dilations"]),
-                     group=geo["group"])
-        if geo.get("auto_pad"):
-            attrs["auto_pad"] = geo["auto_pad"]
-        else:
-            attrs["pads"] = list(geo["pads"])
-        self.shape = conv_output_shape(self.shape, {**geo, "pads": geo.get("resolved_pads",
-                                                                          geo["pads"])})
-        return self.node("Conv", inputs, **attrs)
-
-    def pool(self, op: str, geo: dict[str, Any]) -> str:
-        """MaxPool / AveragePool (and Global* when ``geo`` is None)."""
-        if op.startswith("Global"):
-            self.shape = (self.shape[0],) + (1,) * (len(self.shape) - 1)
-            return self.node(op, [self.current])
-        attrs = dict(kernel_shape=list(geo["kernel_shape"]), strides=list(geo["strides"]),
-                     pads=list(geo["pads"]))
-        if geo.get("ceil_mode"):
-            attrs["ceil_mode"] = 1
-        if max(geo["dilations"]) > 1:
-            attrs["dilations"] = list(geo["dilations"])
-        if op == "AveragePool" and geo.get("count_include_pad"):
-            attrs["count_include_pad"] = 1
-        self.shape = pool_output_shape(self.shape, geo)
-        return self.node(op, [self.current], **attrs)
-
-    def batchnorm(self) -> str:
-        c = self.shape[0]
-        gamma = self.weights(c, 0.5, 1.5) * np.where(self.weights(c) < -0.6, -1, 1)
-        ins = [self.const(gamma.astype(np.float32)), self.const(self.weights(c)),
-               self.const(self.weights(c)), self.const(self.weights(c, 0.5, 2.0))]
-        return self.node("BatchNormalization", [self.current] + ins, epsilon=1e-3)
-
-    def activation(self, op: str) -> str:
-        return self.node(op, [self.current], **({"alpha": 0.1} if op == "LeakyRelu" else {}))
-
-    def normalize(self, mean: float = 0.5, std: float = 0.25) -> str:
-        """Sub/Div by per-channel constants, as verification benchmarks do."""
-        c = self.shape[0]
-        shape = (1, c) + (1,) * (len(self.shape) - 1)
-        self.node("Sub", [self.current, self.const(np.full(shape, mean, np.float32)
-                                                   + self.weights(shape, -0.1, 0.1))])
-        return self.node("Div", [self.current, self.const(np.full(shape, std, np.float32)
-                                                          + self.weights(shape, 0, 0.1))])
-
-    def flatten(self, style: str = "flatten") -> str:
-        """Flatten as PyTorch (Flatten, or Reshape from Shape→Gather→Unsqueeze→Concat) or
-        tf2onnx (Transpose back to NHWC, then Reshape [batch, -1]) write it."""
-        n = math.prod(self.shape)
-        if style == "tf2onnx":
-            self.node("Transpose", [self.current], perm=[0] + list(range(2, len(self.shape) + 1))
-                      + [1])
-            style = "shape"
-        if style == "flatten":
-            out = self.node("Flatten", [self.current], axis=1)
-        elif style == "reshape":
-            out = self.node("Reshape", [self.current, self.const(np.array([-1, n], np.int64))])
-        else:
-            data = self.current
-            shape = self.node("Shape", [data])
-            batch = self.node("Gather", [shape, self.const(np.array(0, np.int64))], axis=0)
-            if self.opset >= 13:
-                batch = self.node("Unsqueeze", [batch, self.const(np.array([0], np.int64))])
-            else:
-                batch = self.node("Unsqueeze", [batch], axes=[0])
-            target = self.node("Concat", [batch, self.const(np.array([-1], np.int64))], axis=0)
-            out = self.node("Reshape", [data, target])
-        self.shape = (n,)
-        return out
-
-    def dense(self, units: int, style: str = "gemm") -> str:
-        n = self.shape[0]
-        w = self.weights((units, n), -0.5, 0.5)
-        b = self.weights(units)
-        self.shape = (units,)
-        if style == "gemm":  # PyTorch: Gemm with transB=1
-            return self.node("Gemm", [self.current, self.const(w), self.const(b)], transB=1)
-        mm = self.node("MatMul", [self.current, self.const(np.ascontiguousarray(w.T))])
-        return self.node("Add", [mm, self.const(b)])
-
-    def build(self) -> onnx.ModelProto:
-        out_dims = [self.input.type.tensor_type.shape.dim[0].dim_param or
-                    self.input.type.tensor_type.shape.dim[0].dim_value, *self.shape]
-        output = helper.make_tensor_value_info(self.current, TensorProto.FLOAT, out_dims)
-        graph = helper.make_graph(self.nodes, "cnn", [self.input], [output], self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
-                                  producer_name="cnn2mlp.testing")
-        model.ir_version = min(model.ir_version, 8)
-        onnx.checker.check_model(model)
-        return model
-
-
 @st.composite
 def onnx_cnns(draw, ranks: Sequence[int] = (1, 2), max_convs: int = 3,
               activations: Sequence[str] = ACTIVATIONS,
@@ -401,86 +216,6 @@ def onnx_cnns(draw, ranks: Sequence[int] = (1, 2), max_convs: int = 3,
     if draw(st.booleans()):
         b.node("Softmax", [b.current], axis=1 if opset < 13 else -1)
     return b.build()
-
-
-def _same(spatial, kernel) -> list[int]:
-    begins, ends = [], []
-    for _, k in zip(spatial, kernel):
-        total = max(0, k - 1)
-        begins.append(total // 2)
-        ends.append(total - total // 2)
-    return begins + ends
-
-
-# --------------------------------------------------------------------------- equivalence
-def compile_to_model(model: onnx.ModelProto | str | Path, **options):
-    """Compile an ONNX model (proto or file) through the default pipeline; return the
-    loaded CSR runtime, and keep the compile result on it as ``.result``."""
-    from .backends.csr import load
-    from .compile import compile_model
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(model) if not isinstance(model, onnx.ModelProto) else Path(tmp, "m.onnx")
-        if isinstance(model, onnx.ModelProto):
-            onnx.save(model, str(path))
-        out = Path(tmp, "m.npz")
-        result = compile_model(path, out, **options)
-        runtime = load(out)
-    runtime.result = result
-    return runtime
-
-
-def _runner(obj: Any, logits: str | None = None) -> tuple[Callable[[np.ndarray], np.ndarray],
-                                                          tuple[int, ...] | None]:
-    """A function x → y for whatever stands on either side, and its input shape if known."""
-    from .ir.mlp import Mlp
-
-    if isinstance(obj, Graph):
-        return (lambda x: run(obj, x)), obj.shape(obj.input)
-    if isinstance(obj, Mlp):
-        return obj.forward, tuple(obj.input_shape)
-    if isinstance(obj, (onnx.ModelProto, str, Path)) and (
-            isinstance(obj, onnx.ModelProto) or str(obj).endswith(".onnx")):
-        return onnx_runner(obj, logits), None
-    if isinstance(obj, (str, Path)):
-        from .backends.csr import load
-
-        obj = load(obj)
-    if hasattr(obj, "predict"):
-        return obj.predict, tuple(getattr(obj, "input_shape", ()) or ()) or None
-    if callable(obj):
-        return obj, None
-    raise TypeError(f"cannot run {type(obj).__name__}")
-
-
-def assert_equivalent(original: Any, compiled: Any, inputs: np.ndarray | None = None, *,
-                      n: int = 16, input_range: tuple[float, float] = (-1.0, 1.0),
-                      rtol: float = 1e-4, atol: float | None = None) -> Comparison:
-    """Run both sides on the same inputs and fail with the worst element if they differ.
-
-    Either side may be an ONNX model (proto or path: onnxruntime), an IR :class:`Graph`
-    (the interpreter), an :class:`~cnn2mlp.ir.mlp.Mlp`, a compiled artifact (path or loaded
-    model), or a function. The error is measured as ``|got - ref| / max(1, |ref|)``; it must
-    stay within ``rtol`` (and ``|got - ref| <= atol`` if given). When the compiler dropped a
-    final Softmax, the ONNX side is read at the logits.
-    """
-    logits = None
-    result = getattr(compiled, "result", None)
-    if result is not None and isinstance(original, (onnx.ModelProto, str, Path)):
-        logits = result.graph.meta.get("logits")
-    run_ref, ref_shape = _runner(original, logits)
-    run_got, got_shape = _runner(compiled)
-    if inputs is None:
-        shape = got_shape or ref_shape
-        if shape is None:
-            raise ValueError("pass inputs=...: neither side tells its input shape")
-        inputs = random_inputs(shape, n, *input_range, seed=n)
-    ref = np.asarray(run_ref(inputs))
-    got = np.asarray(run_got(inputs))
-    comparison = compare(ref.reshape(got.shape) if ref.size == got.size else ref, got, rtol)
-    if not comparison.passed or (atol is not None and comparison.max_abs_error > atol):
-        raise AssertionError("not equivalent: " + comparison.describe())
-    return comparison
 
 
 # --------------------------------------------------------------------------- DAGs
@@ -618,26 +353,3 @@ def onnx_dag_cnns(draw, max_steps: int = 5, activations: Sequence[str] = ACTIVAT
     b.flatten("flatten")
     b.dense(draw(st.integers(1, 4)))
     return b.build()
-
-
-def run_kernel_module(mlp, x: np.ndarray, folder: str | Path) -> np.ndarray:
-    """Save ``mlp`` as CSR with its standalone ``--kernel-py`` module in ``folder``, and run
-    the module on ``x`` (float64) in a fresh interpreter where scipy cannot be imported:
-    what a user with numpy alone gets."""
-    import subprocess
-    import sys
-
-    from .backends.csr import save_csr, write_kernel
-
-    folder = Path(folder)
-    save_csr(mlp, folder / "kernel_model.npz")
-    write_kernel(folder / "kernel_module.py", folder / "kernel_model.npz", mlp)
-    np.save(folder / "kernel_x.npy", x)
-    script = ("import sys, numpy as np; sys.modules['scipy'] = None\nimport kernel_module\n"
-              "np.save('kernel_y.npy', kernel_module.load().predict(np.load('kernel_x.npy'), "
-              "dtype=np.float64))")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=folder, capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        raise AssertionError(f"the kernel module failed: {proc.stderr[-2000:]}")
-    return np.load(folder / "kernel_y.npy")
