@@ -87,6 +87,30 @@ def test_the_size_model_never_exceeds_the_unfused_lowering(graph):
     assert nnz["cost"] <= nnz["never"], nnz
 
 
+def test_the_size_model_composes_when_the_product_is_smaller_than_factor_and_reads():
+    """v = M s + s (M: 8×8, 4 non-zeros a row; 36 non-zeros with the diagonal), read once
+    by W (9 non-zeros): composed, W (M + I) takes 38 non-zeros; kept, v costs its 36 and
+    W's 9 reads of it, 45. The value is composed into one layer (counting the reads is
+    what decides it)."""
+    rng = np.random.default_rng(3)
+    m = np.zeros((8, 8))
+    for row in range(8):
+        m[row, rng.choice(8, 4, replace=False)] = rng.uniform(0.5, 1.5, 4)
+    w = np.zeros((8, 8))
+    w[np.arange(8), np.arange(8)] = rng.uniform(0.5, 1.5, 8)
+    w[0, 5] = -0.7
+    g = Graph("x", (8,))
+    s = g.add_node("Relu", ["x"]).output
+    v = g.add_node("Sum", [g.add_node("Dense", [s], {"weight": m, "bias": None}).output, s])
+    h = g.add_node("Dense", [v.output], {"weight": w, "bias": rng.uniform(-1, 1, 8)})
+    g.output = g.add_node("Relu", [h.output]).output
+    after = g.copy()
+    Pipeline.default("csr").run(after, PassContext(options={"linearize-dag.carry": "identity"}))
+    mlp = Mlp.from_graph(after, (8,))
+    assert_equivalent(g, mlp, n=6, rtol=1e-5)
+    assert [layer.weight.nnz for layer in mlp.layers] == [8, int((w @ (m + np.eye(8)) != 0).sum())]
+
+
 @settings(max_examples=30)
 @given(onnx_dag_cnns())
 def test_onnx_dags_match_onnxruntime(model):

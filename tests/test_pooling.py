@@ -117,6 +117,31 @@ def test_overlapping_windows_share_pairs():
     assert ctx.stats["maxpool-to-relu"]["neurons"] == 16
 
 
+def test_a_3x3_pool_reduces_rows_then_columns():
+    """A 3×3 stride-1 pool as the 1×3 maxima of each row, then the 3×1 maxima of those, in
+    the same 4 layers: a row of 8 takes 28 neurons, 8 rows and 8 columns 16 × 28 = 448;
+    the whole windows at once took 639."""
+    geo = {"kernel_shape": (3, 3), "strides": (1, 1), "dilations": (1, 1),
+           "pads": (1, 1, 1, 1), "ceil_mode": False}
+    g = pool_graph((1, 8, 8), geo, "MaxPool", True)
+    after, ctx = g.copy(), PassContext()
+    get_pass("maxpool-to-relu").run(after, ctx)
+    assert ctx.stats["maxpool-to-relu"] == {"neurons": 448, "relu_layers": 4}
+    assert_equivalent(g, after, n=16, rtol=1e-6)
+
+
+def test_a_pool_that_would_need_more_layers_separably_is_reduced_whole():
+    """5×5 = 25 cells take 5 layers whole, 3 + 3 by rows then columns (fewer neurons, but
+    a layer more): the whole window."""
+    geo = {"kernel_shape": (5, 5), "strides": (1, 1), "dilations": (1, 1),
+           "pads": (2, 2, 2, 2), "ceil_mode": False}
+    g = pool_graph((1, 9, 9), geo, "MaxPool", True)
+    after, ctx = g.copy(), PassContext()
+    get_pass("maxpool-to-relu").run(after, ctx)
+    assert ctx.stats["maxpool-to-relu"]["relu_layers"] == 5
+    assert_equivalent(g, after, n=16, rtol=1e-6)
+
+
 @given(st.data(), st.sampled_from(["conv_after", "dense_before"]))
 def test_avgpool_fuse(data, where):
     shape = data.draw(input_shapes(min_size=3, max_size=7))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -7,6 +8,7 @@ import scipy.sparse as sp
 
 from ..ir import Graph, Node
 from ..ir.analysis import interval_bounds
+from ..ir.geometry import window_axes
 from ..ir.linear import selection, window_members
 from ..ir.precision import real
 from .base import Pass, PassContext, register_pass
@@ -20,7 +22,10 @@ class MaxPoolToRelu(Pass):
     Each window's valid cells (padding is ignored, not zero) are reduced by a tournament of
     ceil(log2 k) ReLU layers. A step computes ``relu(a - b)`` and passes ``b`` through as
     ``relu(b)`` when the interval analysis proves ``b >= 0`` for every input, else as
-    ``relu(b) - relu(-b)``; pairs shared by overlapping windows are computed once. The
+    ``relu(b) - relu(-b)``; pairs shared by overlapping windows are computed once. A 2-D
+    pool may instead reduce one axis after the other (a 3×3 pool as the 3×1 maxima of 1×3
+    maxima, whose pairs stride-1 windows share) where that takes fewer non-zeros in as
+    many layers: whichever plan is smaller is emitted. The
     recombination matrix of each step is multiplied into the next step's matrix, so a step
     costs one ReLU layer; the last one is a linear map that fuse-dense folds into the
     following layer or, where that would double the layer's reads, keeps.
@@ -39,7 +44,7 @@ class MaxPoolToRelu(Pass):
         stats = ctx.stats.setdefault(self.name, {"neurons": 0, "relu_layers": 0})
         for node in pools:
             nonneg = (bounds[node.input][0] >= 0).ravel()
-            plan = plan_tournament(window_members(graph.shape(node.input), node.attrs), nonneg)
+            plan = plan_pool(graph.shape(node.input), node.attrs, nonneg)
             emit(graph, node, plan)
             stats["neurons"] += sum(d.shape[0] for d in plan.steps)
             stats["relu_layers"] += len(plan.steps)
@@ -50,6 +55,54 @@ class MaxPoolToRelu(Pass):
 class Tournament:
     steps: list[sp.csr_array]   # pre-activation of each ReLU layer, from the layer before
     final: sp.csr_array         # the pool output, from the last ReLU layer (or the input)
+
+
+def plan_pool(in_shape: tuple[int, ...], attrs: dict, nonneg: np.ndarray) -> Tournament:
+    """The smaller of the direct tournament over each whole window and the separable one
+    (axis by axis), when the separable one takes no more layers."""
+    plans = [plan_tournament(window_members(in_shape, attrs), nonneg)]
+    axes = [a for a, k in enumerate(attrs["kernel_shape"]) if k > 1]
+    levels = lambda k: math.ceil(math.log2(k)) if k > 1 else 0
+    if len(axes) > 1 and sum(levels(attrs["kernel_shape"][a]) for a in axes) == levels(
+            math.prod(attrs["kernel_shape"])):
+        plans.append(plan_separable(in_shape, attrs, nonneg, axes))
+    return min(plans, key=lambda t: sum(m.nnz for m in t.steps) + t.final.nnz)
+
+
+def one_axis(attrs: dict, axis: int) -> dict:
+    """The pool's attributes restricted to one spatial axis (a window of 1 on the others)."""
+    nd = len(attrs["kernel_shape"])
+    keep = lambda values, other: [v if a == axis else other for a, v in enumerate(values)]
+    pads = attrs["pads"]
+    return {**attrs, "kernel_shape": keep(attrs["kernel_shape"], 1),
+            "strides": keep(attrs["strides"], 1),
+            "dilations": keep(attrs.get("dilations") or [1] * nd, 1),
+            "pads": keep(pads[:nd], 0) + keep(pads[nd:], 0)}
+
+
+def plan_separable(in_shape: tuple[int, ...], attrs: dict, nonneg: np.ndarray,
+                   axes: list[int]) -> Tournament:
+    """Reduce one axis after the other: a window's valid cells are the product of each
+    axis' valid cells (padding and ceil mode are per axis), so the max over the window is
+    the max over one axis of the maxima over the others."""
+    steps: list[sp.csr_array] = []
+    final: sp.csr_array | None = None   # the current stage's input from the last layer
+    shape = tuple(in_shape)
+    for axis in axes:
+        stage = one_axis(attrs, axis)
+        members = window_members(shape, stage)
+        plan = plan_tournament(members, nonneg)
+        if final is None:
+            steps += plan.steps
+        else:
+            steps += [sp.csr_array(plan.steps[0] @ final)] + plan.steps[1:]
+        final = plan.final
+        nonneg = ((members >= 0) & nonneg[np.maximum(members, 0)]).any(axis=1)
+        axis_out = window_axes(shape[1:], stage["kernel_shape"], stage["strides"],
+                               stage["dilations"], stage["pads"],
+                               stage.get("ceil_mode", False))[axis].size_out
+        shape = shape[:axis + 1] + (axis_out,) + shape[axis + 2:]
+    return Tournament(steps, final)
 
 
 def plan_tournament(members: np.ndarray, nonneg: np.ndarray) -> Tournament:

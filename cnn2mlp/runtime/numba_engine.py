@@ -27,6 +27,10 @@ from .structure import ProductGroup, group_patches
 #: 2 µs with OpenMP here, about the time of 2^17 multiply-adds; threads pay off from a few
 #: times that
 PARALLEL_WORK = 1 << 21
+#: a CSR non-zero (or row store) costs about this many of the blocked kernel's
+#: multiply-adds (CSR rows ran at 5-8 G/s here, the blocked kernel at 60-75): what decides
+#: whether a layer of max-pool pairs is worth two threads
+CSR_COST = 8
 #: at a batch of LANES or more, groups with more weights than this run on the blocked
 #: kernel, the others on the direct one
 MIN_BLOCKED_WEIGHTS = 4
@@ -120,7 +124,9 @@ class LayerRun:
         self.rests = [(part.rest[0].astype(dtype), unsigned(part.rest[1]),
                        unsigned(part.rest[2]), unsigned(part.rest_rows))
                       for part in plan.parts if len(part.rest_rows)]
-        self.work = plan.weight.nnz if plan.dense is None else plan.dense.size
+        self.work = plan.dense.size if plan.dense is not None else (
+            sum(run.work for run in self.groups) + sum(int(c[2].sum()) for c in self.copies)
+            + CSR_COST * sum(len(r[0]) + len(r[3]) for r in self.rests))
 
 
 @register_engine

@@ -30,8 +30,13 @@ from .structure import Part, find_parts
 #: layers with more non-zeros than this fraction of their entries run as dense products
 #: (measured in benchmarks/bench_runtime.py: CSR loses to a dense kernel above a third)
 DENSE_THRESHOLD = 0.3
-#: ...unless the dense copy would exceed this many bytes
+#: ...unless the dense copy would exceed this many bytes, or row groups hold at least
+#: this share of the non-zeros (a 3×3 convolution on a 3×3 map is 36 % dense, but nine
+#: groups of rows that each read all their columns: a dense product would do 2.8x the work)
 DENSE_LIMIT = 256 * 2**20
+GROUPED_ENOUGH = 0.9
+#: layers this dense run as dense products without looking for groups
+ALL_DENSE = 0.9
 
 #: activations the kernels apply as they store: (lo, scale, hi) of the clamp, from alpha
 CLAMPS = {
@@ -97,13 +102,17 @@ def plan_layer(layer: MlpLayer, dtype) -> LayerPlan:
     codes, alphas = row_activations(layer)
     bias = np.asarray(layer.bias, dtype)
     dense = None
-    if w.nnz > DENSE_THRESHOLD * n_out * n_in and n_out * n_in * dtype.itemsize <= DENSE_LIMIT:
-        dense = np.ascontiguousarray(w.toarray())
-        parts, touched = [], np.ones(n_out, np.int64)
-    else:
+    density = w.nnz / max(1, n_out * n_in)
+    fits = n_out * n_in * dtype.itemsize <= DENSE_LIMIT
+    parts, touched = [], np.ones(n_out, np.int64)
+    if density < ALL_DENSE or not fits:
         blocks = None if layer.input_blocks is None else np.asarray(layer.input_blocks)
         parts, touched = find_parts(w.data, w.indices.astype(np.int64),
                                     w.indptr.astype(np.int64), n_in, blocks)
+    if fits and density > DENSE_THRESHOLD and (density >= ALL_DENSE or
+                                               grouped_share(parts, w.nnz) < GROUPED_ENOUGH):
+        dense = np.ascontiguousarray(w.toarray())
+        parts, touched = [], np.ones(n_out, np.int64)
     shared = touched != 1
     clamped = np.isin(codes, CLAMP_CODES)
     lo, scale, hi = store_clamps(codes, alphas, clamped)
@@ -115,6 +124,12 @@ def plan_layer(layer: MlpLayer, dtype) -> LayerPlan:
                      np.flatnonzero(shared), store_bias, lo.astype(dtype),
                      scale.astype(dtype), hi.astype(dtype), shared.astype(np.uint8),
                      finish, finish_bias)
+
+
+def grouped_share(parts: list[Part], nnz: int) -> float:
+    """The share of a layer's non-zeros that its row groups compute."""
+    grouped = sum(g.rows.size * len(g.offsets) for part in parts for g in part.groups)
+    return grouped / max(1, nnz)
 
 
 def store_clamps(codes, alphas, clamped):

@@ -326,6 +326,26 @@ MUTANTS: list[tuple[str, str, str, str]] = [
      "if len(values) != nd:"),
     ("onnx target: the 2 GiB limit not checked", "cnn2mlp/backends/__init__.py",
      "if limit is not None and need > limit:", "if False:"),
+    # the size model, the yardstick and the pools (#19)
+    ("size model: linear values always composed into their readers",
+     "cnn2mlp/passes/linearize_dag.py",
+     'KEEPING = {"cost": worth_keeping,', 'KEEPING = {"cost": None,'),
+    ("size model: a kept value's readers cost nothing", "cnn2mlp/passes/linearize_dag.py",
+     '(own(affine.terms) + read(None) + carried(affine.terms), "whole")',
+     '(own(affine.terms) + carried(affine.terms), "whole")'),
+    ("yardstick: a convolution's multiply-adds counted per output", "cnn2mlp/ir/cost.py",
+     "total += graph.values[node.output].size * int(np.prod(kernel.shape[1:]))",
+     "total += graph.values[node.output].size"),
+    ("csr pipeline: ReLU6 as a pair of ReLUs", "cnn2mlp/passes/pipeline.py",
+     '        "clip-to-bounded-relu",', ""),
+    ("maxpool: the separable plan never tried", "cnn2mlp/passes/maxpool_to_relu.py",
+     "        plans.append(plan_separable(in_shape, attrs, nonneg, axes))", "        pass"),
+    ("maxpool: a separable plan a layer deeper accepted", "cnn2mlp/passes/maxpool_to_relu.py",
+     "if len(axes) > 1 and sum(levels", "if len(axes) > 1 or sum(levels"),
+    ("maxpool: the second axis' values assumed non-negative",
+     "cnn2mlp/passes/maxpool_to_relu.py",
+     "nonneg = ((members >= 0) & nonneg[np.maximum(members, 0)]).any(axis=1)",
+     "nonneg = np.ones(len(members), bool)"),
 ]
 
 
@@ -340,6 +360,7 @@ def apply(tree: Path, file: str, old: str, new: str) -> None:
 
 #: fast, core tests first: with -x, a caught mutant stops within seconds
 ORDER = ["test_pinned.py", "test_row_forms.py", "test_hardening.py", "test_passes.py", "test_analysis.py", "test_dag.py", "test_pooling.py",
+         "test_architectures.py",
          "test_activations.py", "test_linear_ops.py", "test_batch_axis.py", "test_precision.py",
          "test_conformance.py", "test_check.py",
          "test_csr_backend.py", "test_hostile_files.py", "test_runtime.py",

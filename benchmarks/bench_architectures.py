@@ -1,0 +1,224 @@
+"""Real architectures, compiled and run: the MLP's size against the CNN's work, compile
+time and memory, and the MLP's time against onnxruntime running the CNN.
+
+Models: torchvision's architectures at 32×32 as the TorchScript exporter writes them
+(``cnn2mlp.testing.zoo``), keras.applications' MobileNet, MobileNetV2, ResNet50 and
+DenseNet121 at 32×32 (random weights and BatchNorm statistics; needs the tensorflow extra;
+onnxruntime runs tf2onnx's conversion of them), and with ``--onnx-dir`` every ``*.onnx`` of a
+folder (real exports: ``torch.onnx.export(model, x, path, dynamic_axes={"input": {0:
+"batch"}})``).
+
+Per model, each step in a child process of its own:
+- compile (seconds; then again under tracemalloc: the peak of what the compiler allocates
+  against the final arrays);
+- time onnxruntime on the CNN and the MLP on the same inputs, alternately, for each batch
+  size and thread count, the minimum over rounds (the machine is shared; the ratio of two
+  minima taken in the same minute is what is stable) and the error against onnxruntime.
+
+Prints figures and the geometric means against the goals; asserts nothing.
+
+    python benchmarks/bench_architectures.py [--quick] [--models a,b] [--onnx-dir DIR]
+        [--no-keras] [--threads 1,2] [--batches 1,16,64]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+KERAS_APPS = ["MobileNet", "MobileNetV2", "ResNet50", "DenseNet121"]
+
+BUILD_KERAS = """
+import os, sys, subprocess, numpy as np
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras
+name, path, onnx_path = sys.argv[1:4]
+rng = np.random.default_rng(0)
+model = getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), classes=10,
+                                           classifier_activation=None)
+for w in model.weights:
+    if "moving_variance" in w.path or "gamma" in w.path:
+        w.assign(rng.uniform(0.5, 1.5, tuple(w.shape)))
+    elif "moving_mean" in w.path or "beta" in w.path or "bias" in w.path:
+        w.assign(rng.uniform(-0.2, 0.2, tuple(w.shape)))
+model.save(path)
+model.export(path + ".saved", verbose=False)
+subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", path + ".saved",
+                "--output", onnx_path, "--opset", "17"], check=True, capture_output=True)
+"""
+
+COMPILE = """
+import json, sys, time, tracemalloc
+from cnn2mlp.compile import compile_model
+model, out, report = sys.argv[1:4]
+start = time.perf_counter()
+result = compile_model(model, out)
+seconds = time.perf_counter() - start
+# again, tracing the heap: numpy reports its arrays to tracemalloc, so the peak is that of
+# everything the compiler allocates (the interpreter's and libraries' own memory excluded)
+tracemalloc.start()
+compile_model(model, out)
+peak = tracemalloc.get_traced_memory()[1]
+tracemalloc.stop()
+layers = result.mlp.layers
+arrays = sum(l.weight.data.nbytes + l.weight.indices.nbytes + l.weight.indptr.nbytes
+             + l.bias.nbytes for l in layers)
+json.dump({"seconds": seconds, "peak": peak, "arrays": arrays, "nnz": result.nnz,
+           "multiply_adds": result.multiply_adds, "layers": len(layers),
+           "carried": int(sum(l.carried for l in layers))}, open(report, "w"))
+"""
+
+TIME = """
+import json, sys, time
+import numpy as np
+import onnxruntime as ort
+import cnn2mlp
+onnx_path, npz, threads, batches, rounds, budget = sys.argv[1:7]
+threads, rounds, budget = int(threads), int(rounds), float(budget)
+options = ort.SessionOptions()
+options.intra_op_num_threads = threads
+options.inter_op_num_threads = 1
+options.log_severity_level = 3
+session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+name = session.get_inputs()[0].name
+mlp = cnn2mlp.load(npz, threads=threads)
+nhwc = session.get_inputs()[0].shape[-1] in (1, 3) and mlp.input_shape[-1] not in (1, 3)
+
+def best(run, seconds):
+    run()
+    times, start = [], time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - start < seconds:
+        t = time.perf_counter(); run(); times.append(time.perf_counter() - t)
+    return min(times)
+
+out = {}
+for batch in map(int, batches.split(",")):
+    x = np.random.default_rng(batch).uniform(0, 1, (batch,) + tuple(mlp.input_shape))
+    x = x.astype(np.float32)
+    feed = {name: x.transpose(0, 2, 3, 1).copy() if nhwc else x}
+    ref = np.asarray(session.run(None, feed)[0]).reshape(batch, -1)
+    got = mlp.predict(x).reshape(batch, -1)
+    error = float(np.max(np.abs(got - ref) / np.maximum(1, np.abs(ref))))
+    t_ort, t_mlp = [], []
+    for _ in range(rounds):    # alternate, so that both see the same machine
+        t_ort.append(best(lambda: session.run(None, feed), budget))
+        t_mlp.append(best(lambda: mlp.predict(x), budget))
+    out[batch] = {"ort": min(t_ort), "mlp": min(t_mlp), "error": error}
+print(json.dumps(out))
+"""
+
+
+def child(code: str, *args, threads: int | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if threads is not None:  # before numpy loads BLAS in the child
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(threads)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                          text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed")
+    return proc
+
+
+def models(args, folder: Path) -> list[tuple[str, Path, Path]]:
+    """(name, the model to compile, the ONNX file onnxruntime runs)."""
+    from cnn2mlp.testing import zoo
+
+    found = []
+    wanted = set(args.models.split(",")) if args.models else None
+    for name, build in zoo.ARCHITECTURES.items():
+        if wanted is None or name in wanted:
+            import onnx
+
+            path = folder / f"{name}.onnx"
+            onnx.save(build(), str(path))
+            found.append((name, path, path))
+    if not args.no_keras:
+        import importlib.util
+
+        if importlib.util.find_spec("keras") is None:
+            print("(keras.applications skipped: install the tensorflow extra)")
+        else:
+            for name in KERAS_APPS:
+                if wanted is None or f"keras:{name}" in wanted or name in wanted:
+                    path, onnx_path = folder / f"{name}.keras", folder / f"{name}.tf2onnx.onnx"
+                    child(BUILD_KERAS, name, path, onnx_path)
+                    found.append((f"keras:{name}", path, onnx_path))
+    if args.onnx_dir:
+        for path in sorted(Path(args.onnx_dir).glob("*.onnx")):
+            if wanted is None or path.stem in wanted:
+                found.append((f"file:{path.stem}", path, path))
+    return found
+
+
+def geomean(values: list[float]) -> float:
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", help="comma-separated names (zoo, keras:Name, file stem)")
+    parser.add_argument("--onnx-dir", help="also every *.onnx in this folder")
+    parser.add_argument("--no-keras", action="store_true")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--batches", default="1,16,64")
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter timing rounds")
+    args = parser.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
+    rounds, budget = (2, 0.1) if args.quick else (4, 0.25)
+    batches = [int(b) for b in args.batches.split(",")]
+    columns = [(t, b) for t in threads for b in batches]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"python {platform.python_version()}")
+    header = (f"{'model':<22} {'CNN MACs':>10} {'MLP nnz':>10} {'nnz/MAC':>7} {'carried':>9} "
+              f"{'compile s':>9} {'peak/arr':>8} {'error':>8} "
+              + " ".join(f"{f'{t}t b{b}':>7}" for t, b in columns))
+    print(header)
+    ratios: dict[tuple[int, int], list[float]] = {c: [] for c in columns}
+    sizes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name, model, onnx_path in models(args, folder):
+            npz, report = folder / f"{name}.npz", folder / f"{name}.json"
+            try:
+                child(COMPILE, model, npz, report)
+            except RuntimeError as error:
+                print(f"{name:<22} refused or failed: {error}")
+                continue
+            c = json.loads(report.read_text())
+            timing, errors = {}, []
+            for t in threads:
+                got = json.loads(child(TIME, onnx_path, npz, t, ",".join(map(str, batches)),
+                                       rounds, budget, threads=t).stdout)
+                for b in batches:
+                    row = got[str(b)]
+                    timing[t, b] = row["mlp"] / row["ort"]
+                    ratios[t, b].append(timing[t, b])
+                    errors.append(row["error"])
+            sizes.append(c["nnz"] / c["multiply_adds"])
+            print(f"{name:<22} {c['multiply_adds'] / 1e6:>9.1f}M {c['nnz'] / 1e6:>9.1f}M "
+                  f"{c['nnz'] / c['multiply_adds']:>7.2f} {c['carried']:>9,} "
+                  f"{c['seconds']:>9.1f} {c['peak'] / c['arrays']:>8.2f} {max(errors):>8.1e} "
+                  + " ".join(f"{timing[col]:>7.2f}" for col in columns), flush=True)
+    print(f"{'geometric mean':<22} {'':>10} {'':>10} {geomean(sizes):>7.2f} {'':>9} {'':>9} "
+          f"{'':>8} {'':>8} " + " ".join(f"{geomean(ratios[col]):>7.2f}" for col in columns))
+    print(f"{'worst':<22} {'':>10} {'':>10} {max(sizes, default=0):>7.2f} {'':>9} {'':>9} "
+          f"{'':>8} {'':>8} " + " ".join(f"{max(ratios[col], default=0):>7.2f}"
+                                         for col in columns))
+    print("goals: nnz/MAC <= 1.25 for every model; 1 thread: geometric mean <= 1.0 at batch 16 "
+          "and 64, <= 2.0 at batch 1, no model above 2.0 at batch 16; 2 threads: <= 1.0 at "
+          "batch 64. Ratios are time of the MLP / time of onnxruntime on the CNN.")
+
+
+if __name__ == "__main__":
+    start = time.perf_counter()
+    main()
+    print(f"({time.perf_counter() - start:.0f} s)")
