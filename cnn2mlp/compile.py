@@ -628,7 +628,8 @@ def check_against_reference(result: CompileResult, args: argparse.Namespace,
     per_sample = dtype.itemsize * (math.prod(result.mlp.input_shape) + 4 * max(widths)
                                    + sum(widths))
     batch = batch_size_for(per_sample, args.check)
-    parts = []
+    truth, truth_note = float64_truth(result, args)
+    parts, truth_parts, reference_parts = [], [], []
     for x in input_batches(result.mlp.input_shape, args.check, batch, *args.input_range,
                            dtype=dtype):
         reference = run_reference(x)
@@ -636,13 +637,36 @@ def check_against_reference(result: CompileResult, args: argparse.Namespace,
         got = model.predict(x)
         if dropped and not gives_logits:  # compare probabilities: softmax of our logits
             got = softmax(got)
-        parts.append(compare(np.asarray(reference).reshape(got.shape), got, tolerance))
+        reference = np.asarray(reference).reshape(got.shape)
+        parts.append(compare(reference, got, tolerance))
+        if truth is not None:
+            exact = np.asarray(truth(x)).reshape(got.shape)
+            truth_parts.append(compare(exact, got, tolerance))
+            reference_parts.append(compare(exact, reference, tolerance))
     comparison = merged(parts)
     comparison.reference = getattr(run_reference, "reference", "")
+    comparison.truth_note = truth_note
+    comparison.float32_slack = args.tolerance is None
+    if truth_parts:
+        comparison.truth_error = merged(truth_parts).max_rel_error
+        comparison.reference_truth_error = merged(reference_parts).max_rel_error
     if not comparison.passed:
         raise CheckFailed(f"{args.model}: --check failed: {comparison.describe()}; "
                           f"{args.output} was not written")
     return comparison
+
+
+def float64_truth(result: CompileResult, args: argparse.Namespace):
+    """(a float64 evaluation of the original ONNX model, or None; why not): what a float32
+    MLP is judged against when the float32 reference is itself as far from the truth."""
+    from .check import truth_runner
+    from .frontends import model_kind
+
+    if result.mlp.dtype != np.float32 or model_kind(args.model) != "onnx":
+        return None, ""
+    meta = result.graph.meta
+    return truth_runner(args.model, meta.get("logits") or meta.get("output_tensor"),
+                        meta.get("batch_axis", 0) is None, result.multiply_adds * args.check)
 
 
 def load_artifact(result: CompileResult, path: Path):

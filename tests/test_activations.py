@@ -176,7 +176,7 @@ def test_erf_with_another_scale_is_not_gelu():
     erf = b.node("Erf", [x])
     b.node("Mul", [x, b.node("Add", [erf, b.const(np.array(1.0, np.float32))])])
     b.dense(2)
-    with pytest.raises(CompileError, match="product of two values"):
+    with pytest.raises(CompileError, match="multiplies two values computed"):
         compile_to_model(b.build())
 
 

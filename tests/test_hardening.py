@@ -262,7 +262,8 @@ def test_the_check_runs_in_batches_sized_to_memory(tmp_path, monkeypatch):
     real = check.compare
 
     def counting(reference, got, tolerance):
-        calls.append(len(got))
+        if np.asarray(reference).dtype == np.float32:  # onnxruntime's (not float64's)
+            calls.append(len(got))
         return real(reference, got, tolerance)
 
     monkeypatch.setattr(check, "CHECK_BYTES", 64 * 1024)

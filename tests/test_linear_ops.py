@@ -154,7 +154,7 @@ def test_einsum_with_a_constant_is_a_linear_map(equation, const_shape, sample):
 
 
 @pytest.mark.parametrize("equation, why", [
-    ("bi,bi->b", "product"),                 # two computed operands
+    ("bi,bi->b", "multiplies two values"),   # two computed operands
     ("bi,ij->jb", "batch axis"),             # the batch moved
 ])
 def test_einsum_that_is_not_per_sample_linear_is_refused(equation, why):
@@ -162,7 +162,7 @@ def test_einsum_that_is_not_per_sample_linear_is_refused(equation, why):
 
     b = OnnxBuilder((6,), opset=13, seed=62)
     x = b.current
-    other = x if why == "product" else b.const(b.weights((6, 6)))
+    other = x if why == "multiplies two values" else b.const(b.weights((6, 6)))
     b.node("Einsum", [x, other], equation=equation)
     with pytest.raises(CompileError, match=why):
         compile_to_model(b.build())

@@ -107,7 +107,7 @@ def test_a_gate_computed_from_another_value_is_refused():
     b, y, t = two_branches()
     mask = b.node("Cast", [b.node("Greater", [t, b.const(np.array(0.2, np.float32))])],
                   to=TensorProto.FLOAT)
-    compile_fails(finish(b, b.node("Mul", [y, mask])), "no MLP computes")
+    compile_fails(finish(b, b.node("Mul", [y, mask])), "no MLP layer")
 
 
 def test_the_same_gate_on_its_own_value_is_thresholded_relu():
@@ -126,7 +126,7 @@ def test_where_below_a_threshold_is_not_thresholded_relu():
     b, y, _ = two_branches()
     below = b.node("Less", [y, b.const(np.array(0.2, np.float32))])
     compile_fails(finish(b, b.node("Where", [below, y, b.const(np.array(0.0, np.float32))])),
-                  "no MLP computes")
+                  "no MLP layer")
 
 
 def test_a_constant_divided_by_the_value_is_not_gelu():
@@ -293,9 +293,9 @@ def test_verifier_onnx_writes_thresholded_relu_with_its_alpha(tmp_path):
 # ------------------------------------------------------------------ 11. chunked measurement
 @pytest.mark.parametrize("op", ["Resize", "Einsum", "ReduceL1"])
 def test_linear_maps_measured_in_several_chunks(monkeypatch, op):
-    from cnn2mlp.frontends.onnx import layout
+    from cnn2mlp.frontends.onnx import measure
 
-    monkeypatch.setattr(layout, "MAX_PROBE_ENTRIES", 64)  # a handful of basis vectors a run
+    monkeypatch.setattr(measure, "MAX_PROBE_ENTRIES", 64)  # a handful of basis vectors a run
     b = OnnxBuilder((2, 5, 4), opset=13, seed=11)
     if op == "Resize":
         b.node("Resize", [b.current, "", b.const(np.array([1, 1, 2, 1.5], np.float32))],

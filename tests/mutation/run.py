@@ -304,7 +304,7 @@ MUTANTS: list[tuple[str, str, str, str]] = [
     ("onnx: broadcasting not sized before the indices are made",
      "cnn2mlp/frontends/onnx/arithmetic.py",
      '    imp.check_values(node, math.prod(out), f"broadcasting to {tuple(out)}")\n', ""),
-    ("onnx: measured in one chunk of every basis vector", "cnn2mlp/frontends/onnx/layout.py",
+    ("onnx: measured in one chunk of every basis vector", "cnn2mlp/frontends/onnx/measure.py",
      "chunk = max(1, MAX_PROBE_ENTRIES // max(n_in, n_out, 1))", "chunk = n_in"),
     ("onnx: ConstantOfShape([N, ...]) made a million rows",
      "cnn2mlp/frontends/onnx/importer.py",

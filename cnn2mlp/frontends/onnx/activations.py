@@ -25,7 +25,9 @@ def convert_softmax(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     # Before opset 13 softmax flattens from `axis` on: axis 1 is the whole sample.
     whole = axis == 0 if imp.opset < 13 else imp.sample_rank(x) == 1
     if not whole:
-        imp.fail(node, "softmax over part of the sample is not supported")
+        imp.refuse(node, "takes a softmax over part of each sample (a per-pixel softmax "
+                         "divides by sums computed from the input; a softmax over each whole "
+                         "sample is what cnn2mlp reads)")
     imp.emit(node, "Softmax", [x], output=node.output[0])
 
 

@@ -23,7 +23,7 @@ def convert_arithmetic(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     c = broadcast_const(imp, node, c, x)
     op = node.op_type
     if op == "Div" and data_index == 1:
-        imp.fail(node, "divides a constant by the input, which is not linear")
+        imp.refuse(node, QUOTIENT)
     if op == "Sub" and data_index == 1:  # c - x
         x = imp.emit(node, "MulConst", [x], {"const": -np.ones_like(c)})
         op = "Add"
@@ -65,9 +65,10 @@ def broadcast_const(imp: OnnxImporter, node: onnx.NodeProto, c: np.ndarray, x: s
     return c
 
 
-PRODUCT = ("is a product of two values computed from the input (as squeeze-and-excitation, "
-           "attention or gating compute): no MLP layer f(Wx + b) computes a product exactly. "
-           "Compile the network up to a tensor before it with --output-tensor TENSOR")
+#: why a product of computed values is refused (``imp.refuse`` adds the way out)
+PRODUCT = ("multiplies two values computed from the input (as squeeze-and-excitation, "
+           "attention or gating do)")
+QUOTIENT = "divides by a value computed from the input"
 
 
 def join(imp: OnnxImporter, node: onnx.NodeProto) -> None:
@@ -78,7 +79,7 @@ def join(imp: OnnxImporter, node: onnx.NodeProto) -> None:
             imp.emit(node, "Swish", [swish], output=node.output[0])
             return
     if node.op_type in ("Mul", "Div"):
-        imp.fail(node, PRODUCT)
+        imp.refuse(node, PRODUCT if node.op_type == "Mul" else QUOTIENT)
     a, b = broadcast_all(imp, node, [imp.data(node, 0), imp.data(node, 1)])
     coeffs = (1.0, -1.0) if node.op_type == "Sub" else (1.0, 1.0)
     imp.emit(node, "Sum", [a, b], {"coeffs": coeffs}, output=node.output[0])
@@ -163,3 +164,25 @@ def convert_extremum(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     relu = imp.emit(node, "Relu", [shifted])
     back = imp.emit(node, "MulConst", [relu], {"const": np.full_like(c, sign)})
     imp.emit(node, "AddConst", [back], {"const": c}, output=out)
+
+
+@converter("Pow")
+def convert_pow(imp: OnnxImporter, node: onnx.NodeProto) -> None:
+    """``x ** 1`` is ``x``; any other power of a computed value is refused as what it is."""
+    if not imp.is_const(node.input[1]):
+        imp.refuse(node, "raises to a power computed from the input (an exponential)")
+    x = imp.data(node)
+    exponent = np.unique(np.asarray(imp.const(node, 1), np.float64))
+    if exponent.size == 1 and exponent[0] == 1:
+        imp.alias(node, x)
+        return
+    p = float(exponent[0]) if exponent.size == 1 else None
+    if p is not None and p == round(p) and p >= 2:
+        imp.refuse(node, f"raises a computed value to the power {p:g} (a product of computed "
+                         "values)")
+    if p == 0.5:
+        imp.refuse(node, "takes the square root of a computed value (a function no MLP target "
+                         "has as an activation)")
+    power = "several powers" if p is None else f"the power {p:g}"
+    imp.refuse(node, f"raises a computed value to {power} (a function no MLP target has as "
+                     "an activation)")

@@ -55,8 +55,11 @@ CONTROL_FLOW = {"Loop", "If", "Scan", "SequenceMap"}
 
 class BatchAxisAdder:
     def __init__(self, model: onnx.ModelProto, source: str, opset: int,
-                 output: str | None = None) -> None:
+                 output: str | None = None, suggest: bool = True) -> None:
         self.source = source
+        # whether a refusal may suggest --batch-axis 0 (not when reading the first axis as
+        # the batch was tried and failed)
+        self.suggest = suggest
         self.opset = opset
         self.model = model = needed_part(model, output)
         inferred = shape_inference.infer_shapes(model, data_prop=True)
@@ -114,15 +117,17 @@ class BatchAxisAdder:
             return None
         name = node.input[index]
         if name not in self.consts:
-            self.refuse(node, f"input {name!r} must be a constant in a model without a "
-                              "batch axis")
+            self.refuse(node, f"its input {name!r} is computed from the model's input (a "
+                              f"{node.op_type} whose parameters depend on the data, which no "
+                              "MLP computes)")
         return self.consts[name]
 
     def refuse(self, node: onnx.NodeProto, why: str):
+        hint = " If the first axis is a batch axis, pass --batch-axis 0" if self.suggest else ""
         raise UnsupportedOpError(
             f"{self.source}: node {node.name or node.output[0]!r} ({node.op_type}): {why}; "
             "the model has no batch axis (its whole input is one sample), and cnn2mlp cannot "
-            "give this node one. If the first axis is a batch axis, pass --batch-axis 0")
+            f"give this node one.{hint}")
 
     def unsqueeze(self, name: str, axes: list[int]) -> str:
         if not axes:
@@ -504,10 +509,11 @@ def measured_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple
 
 
 def add_batch_axis(model: onnx.ModelProto, source: str, opset: int,
-                   output: str | None = None) -> onnx.ModelProto:
+                   output: str | None = None, suggest: bool = True) -> onnx.ModelProto:
     """The model mapping (N, *S) to (N, *output) for a model that maps S to its output
-    (or to ``output``, a tensor inside it): only the nodes that output needs are kept."""
-    return BatchAxisAdder(model, source, opset, output).run()
+    (or to ``output``, a tensor inside it): only the nodes that output needs are kept.
+    ``suggest``: refusals may suggest --batch-axis 0."""
+    return BatchAxisAdder(model, source, opset, output, suggest).run()
 
 
 def has_batch_axis(model: onnx.ModelProto, consts: set[str]) -> tuple[bool | None, str]:

@@ -40,7 +40,9 @@ def converter(*op_types: str):
 FOLDABLE = {"Gather", "Slice", "Concat", "Cast", "Unsqueeze", "Squeeze", "ConstantOfShape",
             "Reshape", "Add", "Sub", "Mul", "Div", "Identity", "Transpose", "Range",
             "Expand", "Floor", "Ceil", "Neg", "Abs", "Sqrt", "Equal", "Where", "Min", "Max",
-            "ReduceProd", "Flatten", "Tile", "CastLike", "Pow", "Reciprocal"}
+            "ReduceProd", "Flatten", "Tile", "CastLike", "Pow", "Reciprocal", "Shape", "Size",
+            "Sum", "Mean", "And", "Or", "Xor", "Not", "Greater", "Less", "GreaterOrEqual",
+            "LessOrEqual", "Mod", "ReduceMax", "ReduceMin", "ReduceSum", "Sign", "Round"}
 
 
 #: folds whose output shape is the broadcast of their inputs' shapes
@@ -93,8 +95,19 @@ def import_onnx(model: onnx.ModelProto, source: str, input_shape=None,
     except UnsupportedOpError as first:
         try:
             return attempt(why)
-        except CompileError:
+        except CompileError as second:
+            if "batch axis" in str(first):
+                # the first reading mixed its batch axis with the others: that rules it
+                # out, and what stops the whole-input reading is the true reason
+                raise type(second)(f"{second} (read as one sample: the first axis cannot be "
+                                   f"a batch axis, {first_reason(first)})") from None
             raise first from None
+
+
+def first_reason(error: CompileError) -> str:
+    """'node X: why' from a refusal's message, without the file's name."""
+    text = str(error)
+    return text.split(": ", 1)[1] if ": " in text else text
 
 
 def read_model(path: str | Path) -> tuple[onnx.ModelProto, list[str]]:
@@ -140,6 +153,22 @@ def check_model(model: onnx.ModelProto, source: str) -> list[str]:
     raise CompileError(f"{source}: invalid ONNX model: {first}")
 
 #: ops that jump: no continuous piecewise-linear function, so no MLP, computes them
+#: ops that no MLP computes, and why (a product, a division or a normalization by values
+#: computed from the input; functions no target has as an activation)
+NORMALIZES = "normalizes each sample by statistics computed from it (a division by computed values)"
+NO_MLP_FORM = {
+    "LayerNormalization": NORMALIZES, "InstanceNormalization": NORMALIZES,
+    "GroupNormalization": NORMALIZES, "MeanVarianceNormalization": NORMALIZES,
+    "LpNormalization": "divides each sample by its norm (a division by computed values)",
+    "Attention": "multiplies values computed from the input (attention)",
+    "MultiHeadAttention": "multiplies values computed from the input (attention)",
+    **{op: f"computes {op.lower()} of values (a function no MLP target has as an activation)"
+       for op in ("Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh",
+                  "Atanh", "Exp", "Log", "Sqrt", "Reciprocal")},
+    "LogSoftmax": "takes a logarithm of a sum computed from the input",
+    "Hardmax": "is discontinuous (a jump no weighted sum of ReLUs has)",
+}
+
 DISCONTINUOUS = {"ArgMax", "ArgMin", "OneHot", "Equal", "Greater", "Less", "GreaterOrEqual",
                  "LessOrEqual", "Round", "Floor", "Ceil", "Sign", "TopK", "NonZero", "Not",
                  "And", "Or", "Xor", "IsNaN", "IsInf", "BitShift", "Mod"}
@@ -219,6 +248,10 @@ class OnnxImporter:
         # why the whole input is one sample (it then gets a batch axis), or None
         self.one_sample = one_sample
         self.batchless: str | None = None  # the report's note when it is
+        self.nodes: list[onnx.NodeProto] = []
+        # outputs of nodes a converter took with an earlier node (a chain that moves the
+        # batch axis and back is converted as one map): skipped when their turn comes
+        self.absorbed: set[str] = set()
 
     # -- driver ---------------------------------------------------------------------------
     def run(self) -> Graph:
@@ -236,8 +269,9 @@ class OnnxImporter:
                                "with --output-tensor)")
         out = self.output_name or g.output[0].name
         nodes = fuse_patterns(list(g.node), self._scalar_lookup(g.node))
+        self.nodes = needed_nodes(nodes, out)  # nodes the output does not need are not read
         with working_precision(self.graph.dtype):
-            for node in needed_nodes(nodes, out):  # nodes the output does not need are not read
+            for node in self.nodes:
                 self._convert(node)
         if out in self.consts:
             raise CompileError(f"{self.source}: the output {out!r} does not depend on the input")
@@ -280,7 +314,10 @@ class OnnxImporter:
             raise CompileError(f"{self.source}: the input {feed.name!r} has no batch axis and "
                                "unknown dims; pass --input-shape with every dim")
         sample = tuple(d.dim_value for d in dims)
-        self.model = add_batch_axis(model, self.source, self.opset, self.output_name)
+        # --batch-axis 0 is worth suggesting unless reading the first axis as the batch was
+        # what auto tried first, and failed
+        self.model = add_batch_axis(model, self.source, self.opset, self.output_name,
+                                    suggest=self.one_sample == "--batch-axis none")
         self.batchless = (f"the model has no batch axis ({self.one_sample}): its whole input "
                           f"{sample} is one sample, and predict takes "
                           f"(B, {', '.join(map(str, sample))})")
@@ -363,6 +400,8 @@ class OnnxImporter:
                                f"the declared one; check --input-shape")
 
     def _convert(self, node: onnx.NodeProto) -> None:
+        if node.output and all(o in self.absorbed for o in node.output if o):
+            return
         if node.domain not in ("", "ai.onnx"):
             self._unsupported(node, f"custom domain {node.domain!r}")
         if node.op_type == "Constant":
@@ -394,15 +433,32 @@ class OnnxImporter:
                             "check the node's attributes and weights")
 
     def _unsupported(self, node: onnx.NodeProto, why: str = "") -> None:
+        reason = NO_MLP_FORM.get(node.op_type)
         if node.op_type in DISCONTINUOUS:
-            raise UnsupportedOpError(
-                f"{self.source}: node {node.name or node.output[0]!r}: op {node.op_type} is "
-                "discontinuous (a jump no weighted sum of ReLUs has): no MLP computes it. "
-                f"Compile the network up to its input with --output-tensor {node.input[0]}")
+            reason = "is discontinuous (a jump no weighted sum of ReLUs has)"
+        if reason is not None:
+            self.refuse(node, reason)
         what = f"op {node.op_type}" + (f" ({why})" if why else "")
         raise UnsupportedOpError(
-            f"{self.source}: node {node.name or node.output[0]!r}: {what} is not supported; "
-            f"supported ops: {', '.join(sorted(CONVERTERS))}")
+            f"{self.source}: node {node.name or node.output[0]!r}: {what} has no converter "
+            "in cnn2mlp (the ops it reads are listed in the README, 'Supported ONNX ops')"
+            + self.output_tensor_hint(node))
+
+    def refuse(self, node: onnx.NodeProto, reason: str) -> None:
+        """Refuse a node no MLP computes: say why, and which tensor before it compiles."""
+        raise UnsupportedOpError(
+            f"{self.source}: node {node.name or node.output[0]!r} ({node.op_type}) {reason}: "
+            "no MLP layer f(Wx + b) computes this." + self.output_tensor_hint(node))
+
+    def output_tensor_hint(self, node: onnx.NodeProto) -> str:
+        """' Compile the network up to the tensor before it: --output-tensor NAME', for a
+        computed input that was converted (so the network up to it compiles), or ''."""
+        graph = self.graph
+        before = next((i for i in node.input if i and graph is not None and i in graph.values
+                       and i != graph.input), None)
+        if before is None:
+            return ""
+        return f" Compile the network up to the tensor before it: --output-tensor {before}"
 
     def fail(self, node: onnx.NodeProto, why: str) -> None:
         raise UnsupportedOpError(
@@ -419,8 +475,8 @@ class OnnxImporter:
             self.fail(node, f"input {index} is missing")
         name = node.input[index]
         if name not in self.consts:
-            self.fail(node, f"input {name!r} must be a constant (initializer), "
-                            "not computed from the model input")
+            self.refuse(node, f"takes its input {name!r} from values computed from the model's "
+                              f"input (a {node.op_type} whose parameters depend on the data)")
         value = self.consts[name]
         if value.dtype.kind == "f" and value.dtype.itemsize < 4 or "bfloat16" in str(value.dtype):
             self.fail(node, f"tensor {name!r} is {value.dtype} while the data is float: ONNX "
@@ -477,18 +533,26 @@ class OnnxImporter:
         shape[0] = 1
         return {name: shape}
 
-    def reference(self, node: onnx.NodeProto, data: dict[str, np.ndarray]) -> list:
-        """The node evaluated by onnx.reference (ONNX's own semantics), its inputs taken
-        from ``data`` or, for the others, the model's constants."""
+    def consumers(self, name: str) -> list[onnx.NodeProto]:
+        """The nodes (among those the output needs) that read tensor ``name``."""
+        return [n for n in self.nodes if name in n.input]
+
+    def reference(self, node: onnx.NodeProto | list[onnx.NodeProto],
+                  data: dict[str, np.ndarray]) -> list:
+        """The node (or a chain of nodes: the last one's outputs) evaluated by
+        onnx.reference (ONNX's own semantics), its inputs taken from ``data`` or, for the
+        others, the model's constants."""
         from onnx import helper
         from onnx.reference import ReferenceEvaluator
 
-        inputs = [i for i in node.input if i]
+        nodes = node if isinstance(node, list) else [node]
+        made = {o for n in nodes for o in n.output if o}
+        inputs = list(dict.fromkeys(i for n in nodes for i in n.input if i and i not in made))
         value_info = [helper.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None)
                       for i in inputs]
         outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
-                   for o in node.output if o]
-        graph = helper.make_graph([node], "node", value_info, outputs)
+                   for o in nodes[-1].output if o]
+        graph = helper.make_graph(nodes, "node", value_info, outputs)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
         # probes are float64 (exact indices, exact basis responses); float constants join
         # them in float64, as ops that combine two tensors (MatMul, Einsum) need one type

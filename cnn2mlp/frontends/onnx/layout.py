@@ -8,7 +8,9 @@ import numpy as np
 import onnx
 
 from ...ir.precision import real
+from .batch_moves import convert_batch_move
 from .importer import BATCH, OnnxImporter, as_str, attr, converter, inferred_output_shape
+from .measure import measure_linear
 
 
 @converter("Identity", "Dropout", "Cast", "CastLike")
@@ -52,7 +54,8 @@ def convert_reshape(imp: OnnxImporter, node: onnx.NodeProto) -> None:
         known = math.prod(d for d in resolved if d != -1)
         total = math.prod(full)
         if known <= 0 or total % known:
-            imp.fail(node, f"cannot reshape (N,{sample}) to {target}")
+            imp.fail(node, f"cannot reshape (N,{sample}) to {target} keeping the batch axis "
+                           "first")
         resolved[resolved.index(-1)] = total // known
     if not resolved or resolved[0] != BATCH or math.prod(resolved[1:]) != math.prod(sample):
         imp.fail(node, f"target {target} does not keep the batch axis first; "
@@ -91,7 +94,8 @@ def convert_transpose(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     rank = imp.sample_rank(x) + 1
     perm = attr(node, "perm", list(reversed(range(rank))))
     if perm[0] != 0:
-        imp.fail(node, f"perm {list(perm)} moves the batch axis")
+        convert_batch_move(imp, node, x, f"perm {list(perm)} moves the batch axis")
+        return
     imp.emit(node, "Transpose", [x], {"perm": tuple(p - 1 for p in perm[1:])},
              output=node.output[0])
 
@@ -128,13 +132,29 @@ def convert_pad(imp: OnnxImporter, node: onnx.NodeProto) -> None:
 @converter("Concat")
 def convert_concat(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     names = [i for i in node.input if i]
-    if any(imp.is_const(i) for i in names):
-        imp.fail(node, "concatenates a constant with computed values; only computed "
-                       "tensors can be concatenated")
-    values = [imp.data_by_name(node, i) for i in names]
+    computed = [i for i in names if not imp.is_const(i)]
+    values = [imp.data_by_name(node, i) if not imp.is_const(i) else
+              constant_value_of(imp, node, i, imp.data_by_name(node, computed[0]))
+              for i in names]
     rank = imp.sample_rank(values[0]) + 1
     axis = imp.sample_axis(node, attr(node, "axis", 1 if imp.opset < 4 else None), rank)
     imp.emit(node, "Concat", values, {"axis": axis}, output=node.output[0])
+
+
+def constant_value_of(imp: OnnxImporter, node: onnx.NodeProto, name: str, x: str) -> str:
+    """A constant that is the same in every sample (a ViT's class token, expanded to the
+    batch) as a value of the graph: a layer with no weights whose bias is the constant."""
+    import scipy.sparse as sp
+
+    value = np.asarray(imp.consts[name], np.float64)
+    if name not in imp.batch_consts and not (imp.batch_is_one and value.shape[:1] == (1,)):
+        imp.fail(node, f"concatenates the constant {name!r} of shape {value.shape}, whose first "
+                       "axis is not the batch's, with computed values")
+    sample = value.shape[1:]
+    n_in = imp.graph.values[x].size
+    weight = sp.csr_array((int(np.prod(sample)), n_in), dtype=real())
+    return imp.emit(node, "Dense", [x], {"weight": weight, "bias": value.reshape(-1).astype(real()),
+                                         "out_shape": sample})
 
 
 def select_block(imp: OnnxImporter, node: onnx.NodeProto, x: str, index, output: str) -> None:
@@ -199,8 +219,6 @@ def convert_slice(imp: OnnxImporter, node: onnx.NodeProto) -> None:
     select_block(imp, node, x, tuple(index), node.output[0])
 
 
-#: the largest dense (outputs × inputs) a linear op may be measured as, by basis vectors
-MAX_BASIS_ENTRIES = 1 << 27
 
 
 def index_grid(imp: OnnxImporter, x: str) -> np.ndarray:
@@ -306,45 +324,14 @@ def batch_sizes(imp: OnnxImporter, node: onnx.NodeProto, batch: int) -> dict:
     return {}
 
 
-#: basis vectors one measurement may hold at the most (entries, float64: 32 MiB)
-MAX_PROBE_ENTRIES = 1 << 22
 
 
 def linear_by_reference(imp: OnnxImporter, node: onnx.NodeProto, x: str) -> None:
-    """A linear op measured with ONNX's reference implementation: the response to zero is
-    its constant part, the response to each basis vector minus it a column of its matrix.
-    Sizes are checked from shape inference before anything runs, and the basis vectors go
-    in chunks of at most MAX_PROBE_ENTRIES entries: memory stays bounded whatever the
-    input's size."""
-    import scipy.sparse as sp
-
-    shape = imp.graph.shape(x)
-    n_in = int(np.prod(shape))
+    """A linear op measured with ONNX's reference implementation (``measure_linear``)."""
     n_out = probe_size(imp, node, x)
-    imp.check_values(node, n_out, "its output")
-    if n_in * n_out > MAX_BASIS_ENTRIES:
-        imp.fail(node, f"as a {n_out}x{n_in} linear map it is too large to measure "
-                       f"({n_in * n_out:,} entries; the limit is {MAX_BASIS_ENTRIES:,})")
-    imp.check_size(node, n_in * n_out // 8)
-    probe = np.asarray(imp.reference(node, {x: np.zeros((1,) + shape),
-                                            **batch_sizes(imp, node, 1)})[0])
-    if probe.shape[0] != 1 or probe[0].size != n_out:
-        imp.fail(node, "mixes the batch axis with others")
-    # the response to zero is a constant (tf_crop_and_resize's extrapolation value): the
-    # op is affine; each basis response minus it is a column of the matrix
-    bias = probe.reshape(-1).astype(np.float64)
-    columns = []
-    chunk = max(1, MAX_PROBE_ENTRIES // max(n_in, n_out, 1))
-    for start in range(0, n_in, chunk):
-        count = min(chunk, n_in - start)
-        basis = np.zeros((count, n_in))
-        basis[np.arange(count), start + np.arange(count)] = 1.0
-        response = np.asarray(imp.reference(node, {x: basis.reshape((count,) + shape),
-                                                   **batch_sizes(imp, node, count)})[0])
-        del basis
-        columns.append(sp.csr_array(response.reshape(count, n_out) - bias))
-    weight = sp.csr_array(sp.vstack(columns).T)
-    weight.eliminate_zeros()
-    imp.emit(node, "Dense", [x], {"weight": weight.astype(real()),
-                                  "bias": bias.astype(real()) if bias.any() else None,
-                                  "out_shape": probe.shape[1:]}, output=node.output[0])
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(imp.reference(node, {x: batch,
+                                               **batch_sizes(imp, node, len(batch))})[0])
+
+    measure_linear(imp, node, x, run, n_out, node.output[0])

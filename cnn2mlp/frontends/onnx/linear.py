@@ -39,6 +39,10 @@ def convert_matmul(imp: OnnxImporter, node: onnx.NodeProto) -> None:
         convert_matmul_left(imp, node)
         return
     x = imp.data(node)
+    if not imp.is_const(node.input[1]):
+        from .arithmetic import PRODUCT
+
+        imp.refuse(node, PRODUCT)
     b = np.asarray(imp.const(node, 1), real())
     sample = imp.graph.shape(x)
     if b.ndim != 2 or not sample or sample[-1] != b.shape[0]:
@@ -141,7 +145,7 @@ def convert_einsum(imp: OnnxImporter, node: onnx.NodeProto) -> None:
 
     computed = [k for k, name in enumerate(node.input) if name and not imp.is_const(name)]
     if len(computed) != 1:
-        imp.fail(node, PRODUCT)
+        imp.refuse(node, PRODUCT)
     equation = as_str(attr(node, "equation", ""))
     terms, output = einsum_terms(equation)
     if terms is None or len(terms) != len(node.input):
