@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from cnn2mlp.compile import main
+from cnn2mlp.cli import main
 from cnn2mlp.ir.conv_matrix import conv_matrix
 from cnn2mlp.testing import OnnxBuilder
 

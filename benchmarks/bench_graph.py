@@ -10,7 +10,8 @@ import time
 import numpy as np
 
 from cnn2mlp.ir import Graph
-from cnn2mlp.passes import PassContext, Pipeline
+from cnn2mlp.backends import get_target
+from cnn2mlp.passes import PassContext
 
 
 def chain(n: int, kind: str) -> Graph:
@@ -33,7 +34,7 @@ def main() -> None:
         for n in (10_000, 50_000, 100_000):
             g = chain(n, kind)
             start = time.perf_counter()
-            report = Pipeline.default("csr").run(g, PassContext())
+            report = get_target("csr").pipeline().run(g, PassContext())
             seconds = time.perf_counter() - start
             slowest = max(report.records, key=lambda r: r.seconds)
             print(f"{kind:<12} {n:>7,} nodes: {seconds:6.2f} s for the csr pipeline "

@@ -70,7 +70,7 @@ def original_runner(model: Path, threads: int) -> tuple[str, Callable[[np.ndarra
         name = session.get_inputs()[0].name
         return "onnxruntime (CNN)", lambda x: session.run(None, {name: x})[0]
     if kind == "keras":
-        from .check import keras_runner
+        from .references import keras_runner
 
         return "keras (CNN)", keras_runner(model)
     raise CompileError(f"{model}: bench runs ONNX and Keras models")
@@ -115,7 +115,7 @@ def bench(model: Path, artifact: Path | None, batches: Sequence[int], threads: i
         for name, run, size in engines:
             got = np.asarray(run(x)).reshape(batch, -1)
             if dropped and run is not original:
-                from .check import softmax
+                from .references import softmax
 
                 got = softmax(got)
             diff = None if run is original else float(np.abs(got - reference).max())
@@ -130,12 +130,10 @@ def opencv_engine(model: Path, workdir: Path) -> list:
         from .compile import compile_model
 
         out = workdir / "model.xml"
-        ctx_limit = 256 * 2**20
-        from .compile import context_for
+        from .backends import TargetOptions
 
-        ctx = context_for("opencv")
-        ctx.options["max_dense_bytes"] = ctx_limit
-        result = compile_model(model, out, target="opencv", ctx=ctx)
+        result = compile_model(model, out, target="opencv",
+                               options=TargetOptions(max_dense_bytes=256 * 2**20))
         net = OpenCvModel(out, result.mlp.input_shape, result.mlp.output_shape)
     except (CompileError, ImportError, MemoryError) as exc:
         print(f"note: OpenCV's ANN_MLP skipped: {str(exc)[:160]}", file=sys.stderr)

@@ -1,94 +1,24 @@
-"""Comparing a compiled MLP with the reference runtime of the original model."""
+"""``--check``: the written artifact against the original model's own runtime (and a
+float64 evaluation of it), on random inputs drawn in memory-sized batches."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ._io import raise_if_terminated
+from .comparison import Comparison, compare, merged
 from .errors import CompileError
+from .references import reference_runner, softmax, truth_runner
+from .result import CompileResult
 
-Runner = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass
-class Comparison:
-    samples: int
-    max_abs_error: float
-    max_rel_error: float     # |got - ref| / max(1, |ref|), worst element
-    worst_index: tuple[int, ...]
-    worst_reference: float
-    worst_got: float
-    tolerance: float
-    reference: str = ""      # set when the reference is not the usual runtime for the file
-    #: against a float64 evaluation of the original (when one ran): the MLP's error and
-    #: the float32 reference runtime's own error
-    truth_error: float | None = None
-    reference_truth_error: float | None = None
-    truth_note: str = ""     # why there is no float64 evaluation, when there is none
-    #: whether the float32 reference's own error widens the tolerance against float64
-    #: (not when the user set --tolerance: that is the bar)
-    float32_slack: bool = True
-
-    @property
-    def truth_tolerance(self) -> float | None:
-        """What the MLP may differ from the float64 truth: the tolerance, or twice the
-        float32 reference's own error where float32 accumulation makes that larger."""
-        if self.truth_error is None or self.reference_truth_error is None:
-            return None
-        if not self.float32_slack:
-            return self.tolerance
-        return max(self.tolerance, 2 * self.reference_truth_error)
-
-    @property
-    def passed(self) -> bool:
-        if self.max_rel_error <= self.tolerance:
-            return True
-        return self.truth_tolerance is not None and self.truth_error <= self.truth_tolerance
-
-    def describe(self) -> str:
-        text = (f"max abs error {self.max_abs_error:.3g}, max rel error {self.max_rel_error:.3g} "
-                f"(tolerance {self.tolerance:g}) over {self.samples} inputs; worst at "
-                f"{self.worst_index}: reference {self.worst_reference:.9g}, "
-                f"got {self.worst_got:.9g}"
-                + (f"; reference: {self.reference}" if self.reference else ""))
-        if self.truth_tolerance is not None:
-            text += (f"; against a float64 evaluation of the original: the MLP "
-                     f"{self.truth_error:.3g}, the float32 reference {self.reference_truth_error:.3g}"
-                     f" (the MLP may differ by {self.truth_tolerance:.3g})")
-        elif self.truth_note:
-            text += f"; {self.truth_note}"
-        return text
-
-    def as_dict(self) -> dict:
-        return {"samples": self.samples, "max_abs_error": self.max_abs_error,
-                "max_rel_error": self.max_rel_error, "tolerance": self.tolerance,
-                "passed": self.passed, "worst_index": list(self.worst_index),
-                "float64": None if self.truth_tolerance is None else {
-                    "mlp_rel_error": self.truth_error,
-                    "reference_rel_error": self.reference_truth_error,
-                    "tolerance": self.truth_tolerance}}
+#: --check's default: |got - ref| / max(1, |ref|) allowed, per precision
+DEFAULT_TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
 
 
-def compare(reference: np.ndarray, got: np.ndarray, tolerance: float) -> Comparison:
-    """Element-wise error relative to ``max(1, |reference|)``."""
-    reference = np.asarray(reference, np.float64)
-    got = np.asarray(got, np.float64)
-    if reference.shape != got.shape:
-        raise AssertionError(f"shapes differ: reference {reference.shape}, got {got.shape}")
-    with np.errstate(invalid="ignore", over="ignore"):
-        diff = np.abs(got - reference)
-        # equal infinities (overflow on both sides) and NaN on both sides agree
-        same = (got == reference) | (np.isnan(got) & np.isnan(reference))
-        diff = np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff))
-        rel = np.where(same, 0.0, diff / np.maximum(1.0, np.abs(reference)))
-    worst = np.unravel_index(int(np.argmax(rel)), rel.shape) if rel.size else ()
-    return Comparison(len(reference), float(diff.max(initial=0.0)), float(rel.max(initial=0.0)),
-                      tuple(int(i) for i in worst),
-                      float(reference[worst]) if rel.size else 0.0,
-                      float(got[worst]) if rel.size else 0.0, tolerance)
+class CheckFailed(CompileError):
+    """The compiled MLP differs from the reference beyond the tolerance."""
 
 
 def random_inputs(shape: tuple[int, ...], n: int, low: float = 0.0, high: float = 1.0,
@@ -118,312 +48,58 @@ def input_batches(shape: tuple[int, ...], n: int, batch: int, low: float = 0.0,
         yield rng.uniform(low, high, (count,) + tuple(shape)).astype(dtype)
 
 
-def merged(parts: list[Comparison]) -> Comparison:
-    """One comparison of batches compared one by one: the worst element over all of them
-    (its index counted from the first sample of the first batch)."""
-    offset, worst, total = 0, None, 0
-    for part in parts:
-        if worst is None or part.max_rel_error > worst.max_rel_error:
-            index = (part.worst_index[0] + offset,) + part.worst_index[1:] \
-                if part.worst_index else ()
-            worst = Comparison(0, 0.0, part.max_rel_error, index, part.worst_reference,
-                               part.worst_got, part.tolerance, part.reference)
-        offset += part.samples
-        total += part.samples
-    if worst is None:
-        raise ValueError("nothing was compared")
-    worst.samples = total
-    worst.max_abs_error = max(p.max_abs_error for p in parts)
-    return worst
+def check_against_reference(result: CompileResult, artifact: Path, model: str | Path, n: int,
+                            input_range: tuple[float, float] = (0.0, 1.0),
+                            tolerance: float | None = None) -> Comparison:
+    """The written ``artifact`` against the original ``model``'s own runtime on ``n``
+    random inputs from ``input_range``, in batches sized to memory (a check of 1000 inputs
+    on a wide model must not hold 1000 samples' activations at once). ``tolerance``
+    (relative to max(1, |y|)) defaults by precision; given, it is also the bar against
+    the float64 evaluation."""
+    from .backends import get_target
+
+    dtype = result.mlp.dtype  # a double model is checked in double
+    bar = tolerance if tolerance is not None else DEFAULT_TOLERANCE[dtype.name]
+    meta = result.graph.meta
+    dropped = meta.logits is not None
+    run_reference, gives_logits = reference_runner(model, meta.logits, meta.output_tensor,
+                                                   batchless=not meta.batched)
+    predictor = get_target(result.target).load(result.mlp, Path(artifact))
+    widths = [layer.n_out for layer in result.mlp.layers]
+    per_sample = dtype.itemsize * (math.prod(result.mlp.input_shape) + 4 * max(widths)
+                                   + sum(widths))
+    batch = batch_size_for(per_sample, n)
+    truth, truth_note = float64_truth(result, model, n)
+    parts, truth_parts, reference_parts = [], [], []
+    for x in input_batches(result.mlp.input_shape, n, batch, *input_range, dtype=dtype):
+        reference = run_reference(x)
+        raise_if_terminated()
+        got = predictor.predict(x)
+        if dropped and not gives_logits:  # compare probabilities: softmax of our logits
+            got = softmax(got)
+        reference = np.asarray(reference).reshape(got.shape)
+        parts.append(compare(reference, got, bar))
+        if truth is not None:
+            exact = np.asarray(truth(x)).reshape(got.shape)
+            truth_parts.append(compare(exact, got, bar))
+            reference_parts.append(compare(exact, reference, bar))
+    comparison = merged(parts)
+    comparison.reference = getattr(run_reference, "reference", "")
+    comparison.truth_note = truth_note
+    comparison.float32_slack = tolerance is None
+    if truth_parts:
+        comparison.truth_error = merged(truth_parts).max_rel_error
+        comparison.reference_truth_error = merged(reference_parts).max_rel_error
+    return comparison
 
 
-def onnx_runner(model_path, output: str | None = None, batchless: bool = False) -> Runner:
-    """onnxruntime on the original ONNX file (or an in-memory ModelProto), fed the batch (one sample at a time if the
-    model fixes the batch to 1). ``output`` names an inner tensor to return instead of the
-    model's output (the logits when the compiler dropped a final Softmax)."""
-    try:
-        import onnx
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise CompileError("--check needs onnxruntime: pip install onnxruntime") from exc
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    in_memory = isinstance(model_path, onnx.ModelProto)
-    source: str | bytes = model_path.SerializeToString() if in_memory else str(model_path)
-    if output is not None:  # only what that tensor needs runs (not a Loop beside it)
-        from .frontends.onnx.importer import needed_part
+def float64_truth(result: CompileResult, model: str | Path, n: int):
+    """(a float64 evaluation of the original ONNX model, or None; why not): what a float32
+    MLP is judged against when the float32 reference is itself as far from the truth."""
+    from .frontends import is_onnx_file
 
-        # onnx.load brings in external data from beside the file, raw bytes would not
-        proto = model_path if in_memory else onnx.load(str(model_path))
-        source = needed_part(proto, output).SerializeToString()
-    if in_memory:
-        model_path = "the ONNX model"
-    try:
-        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        if "NOT_IMPLEMENTED" in str(exc):  # e.g. no float64 Conv kernel in onnxruntime
-            return reference_evaluator(source, output, first_line_of(exc))
-        raise CompileError(f"{model_path}: onnxruntime, the reference for --check, cannot load "
-                           f"the model: {first_line_of(exc)}") from exc
-    feed = session.get_inputs()[0]
-    fetch = [output] if output is not None else None
-    batch = feed.shape[0] if feed.shape and isinstance(feed.shape[0], int) else None
-    batch = None if batchless else batch  # a sample is the whole input: no chunking
-    dtype = np.float64 if feed.type == "tensor(double)" else (
-        np.float16 if feed.type == "tensor(float16)" else np.float32)
-
-    def run_chunk(chunk: np.ndarray) -> np.ndarray:
-        raise_if_terminated()  # many short calls: stop promptly after SIGTERM
-        return session.run(fetch, {feed.name: chunk})[0]
-
-    def run(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype)
-        try:
-            if batch:  # the model fixes the batch size: run in chunks of it, padding the last
-                padded = np.concatenate([x, np.zeros((-len(x) % batch,) + x.shape[1:], x.dtype)])
-                return np.concatenate([run_chunk(padded[i:i + batch])
-                                       for i in range(0, len(padded), batch)])[:len(x)]
-            return session.run(fetch, {feed.name: x})[0]
-        except Exception as exc:
-            raise CompileError(f"{model_path}: onnxruntime, the reference for --check, could not "
-                               f"run the model: {str(exc).strip().splitlines()[0][:300]}") from exc
-
-    return run
-
-
-def first_line_of(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
-
-
-def reference_evaluator(source: bytes | str, output: str | None, why: str) -> Runner:
-    """ONNX's own reference implementation (onnx.reference), for a model onnxruntime has no
-    kernel for (float64 convolutions): slower, but the semantics the ONNX spec defines."""
-    import onnx
-    from onnx.reference import ReferenceEvaluator
-
-    proto = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(source)
-    proto = batchnorm_as_arithmetic(proto)
-    evaluator = ReferenceEvaluator(proto)
-    feed = next(i for i in proto.graph.input
-                if i.name not in {t.name for t in proto.graph.initializer})
-    elem = feed.type.tensor_type.elem_type
-    dtype = {onnx.TensorProto.DOUBLE: np.float64,
-             onnx.TensorProto.FLOAT16: np.float16}.get(elem, np.float32)
-    fetch = [output] if output is not None else None
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return np.asarray(evaluator.run(fetch, {feed.name: np.asarray(x, dtype)})[0])
-
-    run.reference = f"onnx.reference, since onnxruntime cannot run the model ({why[:120]})"
-    return run
-
-
-def keras_runner(model_path: str | Path, layer: str | None = None) -> Runner:
-    """Keras itself on the .keras/.h5 file (safe_mode: a Lambda is never deserialized)."""
-    import os
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        import keras
-    except ImportError as exc:
-        raise CompileError("--check on a Keras model runs Keras: pip install "
-                           "'cnn2mlp[tensorflow]'") from exc
-    import inspect
-
-    load_model = keras.saving.load_model
-    if "safe_mode" not in inspect.signature(load_model).parameters:
-        raise CompileError(f"--check on a Keras model loads it with Keras' safe_mode, which this "
-                           f"Keras ({getattr(keras, '__version__', '?')}) lacks: upgrade Keras "
-                           "(2.13 or later), or compile without --check")
-    try:
-        model = load_model(str(model_path), compile=False, safe_mode=True)
-    except Exception as exc:  # safe_mode refusing code, or a file Keras cannot read
-        raise CompileError(f"{model_path}: Keras, the reference for --check, refused to load "
-                           f"the model: {type(exc).__name__}: "
-                           f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
-                           ) from exc
-    if layer is not None:  # the inner layer --output-tensor named
-        model = keras.Model(model.inputs, model.get_layer(layer).output)
-    def run(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        if x.dtype == np.float64:  # predict() would cast to floatx (float32): call directly
-            return np.concatenate([np.asarray(model(x[i:i + 256], training=False))
-                                   for i in range(0, len(x), 256)])
-        return np.asarray(model.predict(x, verbose=0))
-
-    return run
-
-
-def reference_runner(model_path: str | Path, logits: str | None = None,
-                     output_tensor: str | None = None,
-                     batchless: bool = False) -> tuple[Runner, bool]:
-    """The original model's own runtime, and whether it returns the logits when the
-    compiler dropped a final softmax (onnxruntime can; Keras and TensorFlow cannot).
-    ``output_tensor`` (--output-tensor) is read instead of the model's output. A model
-    without a batch axis (``batchless``) is run one sample at a time."""
-    from .frontends import model_kind
-
-    kind = model_kind(model_path)
-    if kind == "onnx" and batchless:
-        return per_sample(onnx_runner(model_path, logits or output_tensor,
-                                      batchless=True)), True
-    if kind == "onnx":
-        return onnx_runner(model_path, logits or output_tensor), True
-    if kind == "keras":
-        return keras_runner(model_path, output_tensor), False
-    if output_tensor is not None:
-        raise CompileError(f"{model_path}: --check with --output-tensor needs an ONNX or Keras "
-                           "model; compile without --check, or convert the model to ONNX")
-    if kind == "savedmodel":
-        from .frontends.tensorflow import savedmodel_runner
-
-        return savedmodel_runner(Path(model_path)), False
-    if kind == "tflite":
-        from .frontends.tensorflow import tflite_runner
-
-        return tflite_runner(Path(model_path)), False
-    raise CompileError(f"{model_path}: --check has no reference runtime for a frozen .pb")
-
-
-def per_sample(run: Runner) -> Runner:
-    """A runner for a model without a batch axis, fed a batch one sample at a time."""
-    def batched(x: np.ndarray) -> np.ndarray:
-        outputs = []
-        for sample in np.asarray(x):
-            raise_if_terminated()
-            outputs.append(np.asarray(run(sample)))
-        return np.stack(outputs)
-
-    batched.reference = getattr(run, "reference", "")
-    return batched
-
-
-def softmax(y: np.ndarray) -> np.ndarray:
-    flat = y.reshape(len(y), -1).astype(np.float64)
-    e = np.exp(flat - flat.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True)).reshape(y.shape)
-
-
-#: multiply-adds (the model's, times the inputs) onnx.reference may spend on the float64
-#: evaluation when onnxruntime has no float64 kernel for an op (its Conv): about a minute
-TRUTH_BUDGET = 2 * 10**9
-
-
-def float64_copy(model) -> object | None:
-    """The ONNX model with its float tensors, inputs, outputs and casts made double, or
-    None when it holds subgraphs (their types would need the same treatment). Resize's and
-    Upsample's scales stay float, as the operators require."""
-    import onnx
-    from onnx import numpy_helper
-
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    graph = copy.graph
-    keep = {n.input[i] for n in graph.node for i in ({"Resize": (2,), "Upsample": (1,)}
-                                                     .get(n.op_type, ())) if len(n.input) > i}
-    for init in graph.initializer:
-        if init.data_type == onnx.TensorProto.FLOAT and init.name not in keep:
-            init.CopyFrom(numpy_helper.from_array(
-                numpy_helper.to_array(init).astype(np.float64), init.name))
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                return None
-            if attribute.type == onnx.AttributeProto.TENSOR and \
-                    attribute.t.data_type == onnx.TensorProto.FLOAT and \
-                    not set(node.output) & keep:
-                attribute.t.CopyFrom(numpy_helper.from_array(
-                    numpy_helper.to_array(attribute.t).astype(np.float64), attribute.t.name))
-            if node.op_type == "Cast" and attribute.name == "to" and \
-                    attribute.i == onnx.TensorProto.FLOAT:
-                attribute.i = onnx.TensorProto.DOUBLE
-    for info in list(graph.input) + list(graph.output) + list(graph.value_info):
-        if info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and info.name not in keep:
-            info.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
-    return batchnorm_as_arithmetic(copy)
-
-
-def batchnorm_as_arithmetic(model):
-    """The model with each inference BatchNormalization of constant statistics written as
-    ``x * a + b`` (a Mul and an Add of per-channel constants). onnx.reference (1.23) runs
-    BatchNormalization-9 with its momentum's default, that is with the batch's own
-    statistics: not what the model means, nor what onnxruntime does."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    inits = {t.name: t for t in model.graph.initializer}
-    ranks = {}
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-        for info in list(inferred.graph.input) + list(inferred.graph.value_info):
-            if info.type.tensor_type.HasField("shape"):
-                ranks[info.name] = len(info.type.tensor_type.shape.dim)
-    except Exception:
-        return model
-    nodes = []
-    for node in model.graph.node:
-        training = any(a.name == "training_mode" and a.i for a in node.attribute)
-        if node.op_type != "BatchNormalization" or training or len(node.output) != 1 or \
-                not all(i in inits for i in node.input[1:5]) or node.input[0] not in ranks:
-            nodes.append(node)
-            continue
-        scale, bias, mean, var = (numpy_helper.to_array(inits[i]).astype(np.float64)
-                                  for i in node.input[1:5])
-        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
-        shape = (-1,) + (1,) * (ranks[node.input[0]] - 2)
-        a = scale / np.sqrt(var + np.float64(np.float32(eps)))
-        dtype = numpy_helper.to_array(inits[node.input[1]]).dtype
-        names = [f"{node.output[0]}__bn_{k}" for k in ("a", "b", "ax")]
-        model.graph.initializer.extend([
-            numpy_helper.from_array(a.reshape(shape).astype(dtype), names[0]),
-            numpy_helper.from_array((bias - mean * a).reshape(shape).astype(dtype), names[1])])
-        nodes += [helper.make_node("Mul", [node.input[0], names[0]], [names[2]]),
-                  helper.make_node("Add", [names[2], names[1]], [node.output[0]])]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model
-
-
-def truth_runner(model_path, output: str | None, batchless: bool,
-                 cost: int) -> tuple[Runner | None, str]:
-    """The original ONNX model evaluated in float64 (onnxruntime on a double copy, or
-    onnx.reference when onnxruntime has no double kernel and ``cost`` multiply-adds fit
-    TRUTH_BUDGET), and a note when there is none."""
-    import onnx
-
-    proto = onnx.load(str(model_path))
-    if output is not None:
-        from .frontends.onnx.importer import needed_part
-
-        proto = needed_part(proto, output)
-    double = float64_copy(proto)
-    if double is None:
-        return None, "no float64 evaluation: the model holds subgraphs"
-    fetch = [output] if output is not None else None
-    try:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(double.SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-
-        def run(x: np.ndarray) -> np.ndarray:
-            return np.asarray(session.run(fetch, {name: np.asarray(x, np.float64)})[0])
-    except Exception:
-        if cost > TRUTH_BUDGET:
-            return None, ("no float64 evaluation: onnxruntime has no float64 kernel for an op "
-                          f"of this model, and onnx.reference would take {cost:.2g} "
-                          "multiply-adds (use fewer --check inputs)")
-        from onnx.reference import ReferenceEvaluator
-
-        evaluator = ReferenceEvaluator(double)
-        name = next(i.name for i in double.graph.input
-                    if i.name not in {t.name for t in double.graph.initializer})
-
-        def run(x: np.ndarray) -> np.ndarray:
-            raise_if_terminated()
-            return np.asarray(evaluator.run(fetch, {name: np.asarray(x, np.float64)})[0])
-    return (per_sample(run) if batchless else run), ""
+    if result.mlp.dtype != np.float32 or not is_onnx_file(model):
+        return None, ""
+    meta = result.graph.meta
+    return truth_runner(model, meta.logits or meta.output_tensor, not meta.batched,
+                        result.multiply_adds * n)

@@ -2,6 +2,10 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+from cnn2mlp.tensorflow_env import prepare_tensorflow
+
+prepare_tensorflow()  # before any test imports keras
+
 # CI has two cores and a time budget: a fixed, moderate number of examples per property,
 # derandomized, so that a red CI means a regression and not an unlucky draw. Explore with
 # HYPOTHESIS_PROFILE=dev (random examples) or thorough (random, ten times as many).

@@ -102,8 +102,8 @@ def test_gelu_opset_20_both_forms():
 
 
 def test_onnx_target_writes_the_activation_ops(tmp_path):
-    from cnn2mlp.check import onnx_runner
-    from cnn2mlp.compile import main
+    from cnn2mlp.references import onnx_runner
+    from cnn2mlp.cli import main
 
     b = OnnxBuilder((6,), opset=18, seed=53)
     b.dense(5)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnn2mlp.compile import main
+from cnn2mlp.cli import main
 from cnn2mlp.testing import OnnxBuilder
 
 PREVIOUS = b"an earlier artifact that must survive"
@@ -199,7 +199,7 @@ def test_bad_usage_exits_2(tmp_path):
 
 
 def test_internal_errors_exit_1_and_ask_for_a_report(tmp_path, monkeypatch):
-    import cnn2mlp.compile as compile_module
+    from cnn2mlp.backends import get_target
 
     model = tmp_path / "m.onnx"
     onnx.save(small_model(), str(model))
@@ -207,7 +207,7 @@ def test_internal_errors_exit_1_and_ask_for_a_report(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(compile_module, "write_target", broken)
+    monkeypatch.setattr(get_target("csr"), "write", broken)
     err = io.StringIO()
     with redirect_stderr(err):
         assert main([str(model), "-o", str(tmp_path / "o.npz")]) == 1
@@ -384,7 +384,7 @@ def test_output_through_a_symlink_writes_its_target(model, tmp_path):
 def test_report_failure_keeps_the_previous_artifact(model, tmp_path, monkeypatch):
     """All outputs of a run are committed together: a report that cannot be written leaves
     the artifact as it was."""
-    import cnn2mlp.compile as compile_module
+    import cnn2mlp.cli as cli_module
 
     out, report = tmp_path / "o.npz", tmp_path / "r.json"
     out.write_bytes(PREVIOUS)
@@ -392,7 +392,7 @@ def test_report_failure_keeps_the_previous_artifact(model, tmp_path, monkeypatch
     def broken_report(*args, **kwargs):
         raise OSError(28, "No space left on device", str(report))
 
-    monkeypatch.setattr(compile_module, "report_dict", broken_report)
+    monkeypatch.setattr(cli_module, "report_dict", broken_report)
     err = io.StringIO()
     with redirect_stderr(err):
         assert main([str(model), "-o", str(out), "--report", str(report), "--quiet"]) == 2

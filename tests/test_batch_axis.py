@@ -7,8 +7,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import cnn2mlp
-from cnn2mlp.check import onnx_runner, per_sample
-from cnn2mlp.compile import compile_model, main
+from cnn2mlp.references import onnx_runner, per_sample
+from cnn2mlp.cli import main
+from cnn2mlp.compile import compile_model
 from cnn2mlp.errors import CompileError
 
 RNG = np.random.default_rng(20261126)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cnn2mlp.check import compare
+from cnn2mlp.comparison import compare
 
 TOL = 1e-4
 

@@ -9,8 +9,9 @@ import onnx
 import pytest
 
 import cnn2mlp
-from cnn2mlp.check import random_inputs, softmax
-from cnn2mlp.compile import main
+from cnn2mlp.references import softmax
+from cnn2mlp.check import random_inputs
+from cnn2mlp.cli import main
 from cnn2mlp.testing import OnnxBuilder, assert_equivalent
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from cnn2mlp.check import compare
+from cnn2mlp.comparison import compare
 from cnn2mlp.testing import compile_to_model
 
 OPS = {"Conv", "Gemm", "MatMul", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Flatten", "Transpose",

@@ -6,6 +6,7 @@ from hypothesis import given
 import cnn2mlp
 from cnn2mlp.backends.csr import ArtifactError, CsrModel, save_csr
 from cnn2mlp.ir.mlp import Mlp
+from cnn2mlp.backends import get_target
 from cnn2mlp.passes import Pipeline
 from cnn2mlp.testing import cnn_graphs
 
@@ -13,7 +14,7 @@ from cnn2mlp.testing import cnn_graphs
 def lowered(graph):
     out_shape = graph.shape(graph.output)
     g = graph.copy()
-    Pipeline.default("csr").run(g)
+    get_target("csr").pipeline().run(g)
     return Mlp.from_graph(g, out_shape)
 
 

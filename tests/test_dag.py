@@ -9,7 +9,8 @@ from onnx import helper
 
 from cnn2mlp.ir import Graph
 from cnn2mlp.ir.mlp import Mlp
-from cnn2mlp.passes import PassContext, Pipeline, get_pass
+from cnn2mlp.backends import get_target
+from cnn2mlp.passes import PassContext, PassOptions, Pipeline, get_pass
 from cnn2mlp.testing import (
     OnnxBuilder,
     assert_equivalent,
@@ -26,7 +27,7 @@ BEFORE_LINEARIZE = ["eliminate-identity", "fold-batchnorm", "conv-to-dense", "ma
 
 def lowered(graph: Graph, **options) -> tuple[Graph, PassContext]:
     after = graph.copy()
-    ctx = PassContext(options=options)
+    ctx = PassContext(options=PassOptions(**options))
     Pipeline(BEFORE_LINEARIZE).run(after, ctx)
     return after, ctx
 
@@ -56,7 +57,7 @@ def test_linearize_dag_gives_a_chain(graph):
 @given(dag_graphs(), st.sampled_from(["activation", "identity"]))
 def test_default_pipeline_on_dags(graph, carry):
     after = graph.copy()
-    Pipeline.default("csr").run(after, PassContext(options={"linearize-dag.carry": carry}))
+    get_target("csr").pipeline().run(after, PassContext(options=PassOptions(carry=carry)))
     mlp = Mlp.from_graph(after, graph.shape(graph.output))
     assert_equivalent(graph, mlp, n=6, rtol=1e-5)
     if carry == "identity":  # every carried neuron is an identity neuron
@@ -79,8 +80,8 @@ def test_the_size_model_never_exceeds_the_unfused_lowering(graph):
     nnz = {}
     for fusion in ("cost", "never"):
         after = graph.copy()
-        Pipeline.default("csr").run(after, PassContext(
-            fusion=fusion, options={"linearize-dag.carry": "identity"}))
+        get_target("csr").pipeline().run(after, PassContext(
+            fusion=fusion, options=PassOptions(carry="identity")))
         mlp = Mlp.from_graph(after, graph.shape(graph.output))
         assert_equivalent(graph, mlp, n=6, rtol=1e-5)
         nnz[fusion] = sum(layer.weight.nnz for layer in mlp.layers)
@@ -105,7 +106,7 @@ def test_the_size_model_composes_when_the_product_is_smaller_than_factor_and_rea
     h = g.add_node("Dense", [v.output], {"weight": w, "bias": rng.uniform(-1, 1, 8)})
     g.output = g.add_node("Relu", [h.output]).output
     after = g.copy()
-    Pipeline.default("csr").run(after, PassContext(options={"linearize-dag.carry": "identity"}))
+    get_target("csr").pipeline().run(after, PassContext(options=PassOptions(carry="identity")))
     mlp = Mlp.from_graph(after, (8,))
     assert_equivalent(g, mlp, n=6, rtol=1e-5)
     assert [layer.weight.nnz for layer in mlp.layers] == [8, int((w @ (m + np.eye(8)) != 0).sum())]
@@ -146,7 +147,7 @@ def residual(shortcut_activation: str | None, inner: str = "Relu") -> Graph:
 def test_carried_neurons(shortcut, inner, carry, per_value, activation):
     g = residual(shortcut, inner)
     after = g.copy()
-    Pipeline.default("csr").run(after, PassContext(options={"linearize-dag.carry": carry}))
+    get_target("csr").pipeline().run(after, PassContext(options=PassOptions(carry=carry)))
     mlp = Mlp.from_graph(after, g.shape(g.output))
     carrying = mlp.layers[-3]  # the layer of ``inner``
     assert carrying.carried == 5 * per_value
@@ -164,7 +165,7 @@ def test_uniform_target_refuses_a_carry_through_tanh():
     g2 = g.copy()
     with pytest.raises(CompileError, match="carried through layer 1, whose activation "
                                            r"\(Tanh\) cannot carry it exactly"):
-        get_pass("linearize-dag").run(g2, PassContext(options={"linearize-dag.uniform": True}))
+        get_pass("linearize-dag").run(g2, PassContext(options=PassOptions(uniform=True)))
 
 
 def test_leaky_relu_layer_carries_with_two_leaky_neurons():
@@ -173,7 +174,7 @@ def test_leaky_relu_layer_carries_with_two_leaky_neurons():
         if node.op == "Relu":
             node.op, node.attrs = "LeakyRelu", {"alpha": 0.2}
     after = g.copy()
-    Pipeline.default("csr").run(after, PassContext())
+    get_target("csr").pipeline().run(after, PassContext())
     mlp = Mlp.from_graph(after, g.shape(g.output))
     assert [l.activation for l in mlp.layers] == ["leaky_relu", "leaky_relu", "identity"]
     assert mlp.layers[0].carried == 10
@@ -352,7 +353,7 @@ def test_mixed_layers_round_trip_and_run_in_the_kernel_module(tmp_path):
 
     g = residual(None, "Tanh")
     after = g.copy()
-    Pipeline.default("csr").run(after, PassContext())
+    get_target("csr").pipeline().run(after, PassContext())
     mlp = Mlp.from_graph(after, g.shape(g.output))
     assert any(l.segments for l in mlp.layers)
     x = np.random.default_rng(1).normal(size=(7, 5))
@@ -365,7 +366,7 @@ def test_mixed_layers_round_trip_and_run_in_the_kernel_module(tmp_path):
 
 def test_opencv_target_on_a_relu_resnet(tmp_path):
     pytest.importorskip("cv2")
-    from cnn2mlp.compile import main
+    from cnn2mlp.cli import main
 
     path = tmp_path / "resnet.onnx"
     onnx.save(pytorch_resnet(projection=True), str(path))
@@ -378,14 +379,14 @@ def test_a_large_chain_stays_linear_in_the_nodes():
     g = Graph("x", (4,))
     for i in range(20000):
         g.append("Relu" if i % 2 else "Identity")
-    Pipeline.default("csr").run(g, PassContext())
+    get_target("csr").pipeline().run(g, PassContext())
     assert g.ops() == ["Relu"] * 10000
 
 
 def test_discontinuous_tail_is_refused_and_output_tensor_compiles_the_logits(tmp_path, capsys):
     """A segmentation net ends in ArgMax: no MLP computes it. The error names the node and
     offers --output-tensor with its input; with it, the logits compile and check."""
-    from cnn2mlp.compile import main
+    from cnn2mlp.cli import main
 
     b = OnnxBuilder((2, 5, 5), opset=13, seed=36)
     b.conv(conv_geo(out=3))
@@ -413,7 +414,7 @@ def test_discontinuous_tail_is_refused_and_output_tensor_compiles_the_logits(tmp
 
 
 def test_output_tensor_that_does_not_exist(tmp_path, capsys):
-    from cnn2mlp.compile import main
+    from cnn2mlp.cli import main
 
     path = tmp_path / "r.onnx"
     onnx.save(pytorch_resnet(False), str(path))
@@ -425,7 +426,7 @@ def test_output_tensor_that_does_not_exist(tmp_path, capsys):
 def test_carry_flag(tmp_path, carry):
     import json
 
-    from cnn2mlp.compile import main
+    from cnn2mlp.cli import main
 
     path, report = tmp_path / "r.onnx", tmp_path / "r.json"
     onnx.save(pytorch_resnet(False), str(path))
@@ -466,7 +467,7 @@ def test_relu6_is_one_neuron_on_csr_and_two_relus_elsewhere(target, layer):
              {"low": 0.0, "high": 6.0})
     g.append("Dense", {"weight": np.ones((2, 4)), "bias": np.zeros(2)})
     after = g.copy()
-    Pipeline.default(target).run(after, PassContext(fusion="always" if target == "onnx"
+    get_target(target).pipeline().run(after, PassContext(fusion="always" if target == "onnx"
                                                     else "cost"))
     mlp = Mlp.from_graph(after, g.shape(g.output))
     assert [(l.n_out, l.activation) for l in mlp.layers] == [layer, (2, "identity")]

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from onnx import TensorProto, helper, numpy_helper
 
 import cnn2mlp
-import cnn2mlp.compile as compile_module
+import cnn2mlp.cli as cli_module
 from cnn2mlp.backends.csr import ArtifactError, save_csr
 from cnn2mlp.ir.mlp import Mlp, MlpLayer
 from cnn2mlp.testing import OnnxBuilder
@@ -267,8 +267,8 @@ def test_the_check_runs_in_batches_sized_to_memory(tmp_path, monkeypatch):
         return real(reference, got, tolerance)
 
     monkeypatch.setattr(check, "CHECK_BYTES", 64 * 1024)
-    monkeypatch.setattr(compile_module, "compare", counting)
-    assert compile_module.main([str(model), "-o", str(out), "--check", "100", "--quiet"]) == 0
+    monkeypatch.setattr(check, "compare", counting)
+    assert cli_module.main([str(model), "-o", str(out), "--check", "100", "--quiet"]) == 0
     assert len(calls) > 1 and sum(calls) == 100 and max(calls) < 100
 
 

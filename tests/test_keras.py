@@ -11,8 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 keras = pytest.importorskip("keras", reason="install the tensorflow extra")
 L = keras.layers
 
-from cnn2mlp.check import compare  # noqa: E402
-from cnn2mlp.compile import main  # noqa: E402
+from cnn2mlp.comparison import compare  # noqa: E402
+from cnn2mlp.cli import main  # noqa: E402
 from cnn2mlp.testing import compile_to_model  # noqa: E402
 
 
@@ -236,8 +236,8 @@ def test_keras_files(tmp_path, name, fmt):
     reference = model.predict(x, verbose=0)
     compiled = compile_to_model(path)
     got = compiled.predict(x)
-    if compiled.result.graph.meta.get("logits"):  # softmax dropped: compare probabilities
-        from cnn2mlp.check import softmax
+    if compiled.result.graph.meta.logits:  # softmax dropped: compare probabilities
+        from cnn2mlp.references import softmax
 
         got = softmax(got)
     assert_close(reference, got)
@@ -284,7 +284,7 @@ def test_keras_frontend_does_not_import_tensorflow(tmp_path):
     model = lenet()
     model.save(tmp_path / "m.keras")
     code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
-            "from cnn2mlp.compile import main\n"
+            "from cnn2mlp.cli import main\n"
             f"sys.exit(main([{str(tmp_path / 'm.keras')!r}, '-o', {str(tmp_path / 'm.npz')!r},"
             " '--quiet']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -295,7 +295,7 @@ def test_savedmodel_without_tensorflow_says_which_extra(tmp_path):
     model = lenet()
     model.export(str(tmp_path / "saved"), verbose=False)
     code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['tf2onnx'] = None\n"
-            "from cnn2mlp.compile import main\n"
+            "from cnn2mlp.cli import main\n"
             f"sys.exit(main([{str(tmp_path / 'saved')!r}, '-o', {str(tmp_path / 'm.npz')!r}]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 2
@@ -352,7 +352,7 @@ def test_tflite_float_model(tmp_path, capsys):
 
 def test_check_needs_keras_safe_mode(tmp_path, monkeypatch):
     """--check loads the model with Keras: only with safe_mode, and a refusal is exit 2."""
-    from cnn2mlp.check import keras_runner
+    from cnn2mlp.references import keras_runner
     from cnn2mlp.errors import CompileError
 
     path = tmp_path / "m.keras"
@@ -424,7 +424,7 @@ def test_keras_activations_and_prelu(tmp_path):
             w.assign(np.random.default_rng(1).uniform(-0.5, 1.5, tuple(w.shape)))
     x = inputs_for(model)
     reference = model.predict(x, verbose=0)
-    from cnn2mlp.check import softmax
+    from cnn2mlp.references import softmax
 
     for fmt in ("keras", "h5"):
         path = tmp_path / f"zoo.{fmt}"
@@ -494,8 +494,8 @@ def test_models_through_tf2onnx(tmp_path, name, fmt):
     x = inputs_for(model)
     compiled = compile_to_model(path)
     got = compiled.predict(x)
-    if compiled.result.graph.meta.get("logits"):  # softmax dropped: compare probabilities
-        from cnn2mlp.check import softmax
+    if compiled.result.graph.meta.logits:  # softmax dropped: compare probabilities
+        from cnn2mlp.references import softmax
 
         got = softmax(got)
     assert_close(model.predict(x, verbose=0), got)

@@ -80,7 +80,7 @@ def test_conv_transpose_decoder(geometry):
     weight = b.weights((4, 6 // group, 3, 3))
     y = b.node("ConvTranspose", [b.current, b.const(weight), b.const(b.weights(6))],
                kernel_shape=[3, 3], **geometry)
-    from cnn2mlp.check import onnx_runner
+    from cnn2mlp.references import onnx_runner
 
     probe = onnx_runner(b.build())(np.zeros((1, 2, 5, 4), np.float32))
     b.shape = probe.shape[1:]  # what onnxruntime says the transpose gives

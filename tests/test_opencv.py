@@ -9,8 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from cnn2mlp.check import compare, onnx_runner, random_inputs
-from cnn2mlp.compile import main
+from cnn2mlp.references import onnx_runner
+from cnn2mlp.comparison import compare
+from cnn2mlp.check import random_inputs
+from cnn2mlp.cli import main
 from cnn2mlp.testing import OnnxBuilder
 
 cv2 = pytest.importorskip("cv2", reason="install the opencv extra (opencv-contrib-python-headless)")

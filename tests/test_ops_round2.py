@@ -292,7 +292,7 @@ def cancelling_model(seed=0, n_in=64, pairs=8, scale=3000.0, delta=1e-3):
 
 
 def test_check_judges_against_float64_when_the_float32_reference_is_noisy(tmp_path, capsys):
-    from cnn2mlp.compile import main
+    from cnn2mlp.cli import main
 
     path = tmp_path / "m.onnx"
     onnx.save(cancelling_model(), str(path))
@@ -314,18 +314,20 @@ def test_check_judges_against_float64_when_the_float32_reference_is_noisy(tmp_pa
 def test_check_still_fails_an_mlp_that_is_wrong(tmp_path, monkeypatch):
     """A planted error (every bias of the written MLP moved by 0.01) fails --check even
     though the float64 evaluation runs: the truth only forgives float32 noise."""
-    from cnn2mlp import compile as driver
-    from cnn2mlp.compile import main
+    from cnn2mlp.backends import get_target
+    from cnn2mlp.cli import main
 
-    real_load = driver.load_artifact
+    target = get_target("csr")
+    real_load = type(target).load
 
-    def shifted(result, path):
-        model = real_load(result, path)
-        predict = model.predict
-        model.predict = lambda x: predict(x) + 0.01
-        return model
+    def shifted(mlp, path):
+        model = real_load(target, mlp, path)
 
-    monkeypatch.setattr(driver, "load_artifact", shifted)
+        class Shifted:
+            predict = staticmethod(lambda x: model.predict(x) + 0.01)
+        return Shifted()
+
+    monkeypatch.setattr(target, "load", shifted)
     path = tmp_path / "m.onnx"
     onnx.save(dynamo_adaptive_avg_pool(), str(path))
     assert main([str(path), "-o", str(tmp_path / "m.npz"), "--check", "8"]) == 1

@@ -5,7 +5,8 @@ from hypothesis import strategies as st
 
 from cnn2mlp.ir import Graph, run
 from cnn2mlp.ir.mlp import Mlp
-from cnn2mlp.passes import PassContext, Pipeline, get_pass
+from cnn2mlp.backends import get_target
+from cnn2mlp.passes import PassContext, PassOptions, Pipeline, get_pass
 from cnn2mlp.testing import assert_equivalent, cnn_graphs
 
 CONV_ONLY = ("conv",)
@@ -14,7 +15,7 @@ CONV_ONLY = ("conv",)
 def apply(graph: Graph, *names: str, **options) -> tuple[Graph, int]:
     """Run passes on a copy; return it and the rewrites of the last pass."""
     after = graph.copy()
-    ctx = PassContext(options=options)
+    ctx = PassContext(options=PassOptions(**options))
     rewrites = 0
     for name in names:
         rewrites = get_pass(name).run(after, ctx)
@@ -56,7 +57,7 @@ def test_conv_to_dense_builds_sorted_canonical_csr(graph):
 
 @given(cnn_graphs(layers=CONV_ONLY, dense_head=False))
 def test_fold_stride(graph):
-    unfolded, _ = apply(graph, "conv-to-dense", **{"conv-to-dense.fold_stride": False})
+    unfolded, _ = apply(graph, "conv-to-dense", fold_stride=False)
     strided = sum(1 for n in graph.nodes if n.op == "Conv" and stride_one_shape(graph, n)
                   != graph.shape(n.output))
     assert unfolded.ops().count("Select") == strided
@@ -156,7 +157,7 @@ def test_eliminate_identity_and_dead(graph):
 def test_drop_final_softmax_keeps_argmax(graph):
     graph.output = graph.add_node("Softmax", [graph.output]).output
     after, rewrites = apply(graph, "drop-final-softmax")
-    assert rewrites == 1 and after.notes and "logits" in after.meta
+    assert rewrites == 1 and after.notes and after.meta.logits is not None
     x = np.random.default_rng(1).uniform(-1, 1, (5,) + graph.shape(graph.input))
     logits = run(after, x)
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -166,6 +167,6 @@ def test_drop_final_softmax_keeps_argmax(graph):
 @given(cnn_graphs(), st.sampled_from(["cost", "always"]))
 def test_default_pipeline_gives_an_mlp(graph, policy):
     after = graph.copy()
-    Pipeline.default("csr").run(after, PassContext(fusion=policy))
+    get_target("csr").pipeline().run(after, PassContext(fusion=policy))
     mlp = Mlp.from_graph(after, graph.shape(graph.output))
     assert_equivalent(graph, mlp, n=6, rtol=1e-5)

@@ -219,10 +219,10 @@ def test_a_value_partly_proven_nonnegative_then_another_carried_block():
     b.flatten()
     b.dense(3)
     model = b.build()
-    from cnn2mlp.compile import context_for
+    from cnn2mlp.backends import get_target
 
-    ctx = context_for("csr")
-    ctx.options["linearize-dag.carry"] = "activation"  # ReLU neurons, not identity ones
+    ctx = get_target("csr").context()
+    ctx.options.carry = "activation"  # ReLU neurons, not identity ones
     compiled = compile_to_model(model, ctx=ctx)
     assert_equivalent(model, compiled, n=32, input_range=(-2, 2))
     # ReLU pairs for the signed entries only: fewer than two neurons a carried value
@@ -272,8 +272,8 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
 
 # ------------------------------------------------------------------ 9. verifier ONNX
 def test_verifier_onnx_writes_thresholded_relu_with_its_alpha(tmp_path):
-    from cnn2mlp.check import onnx_runner
-    from cnn2mlp.compile import main
+    from cnn2mlp.references import onnx_runner
+    from cnn2mlp.cli import main
 
     b = OnnxBuilder((5,), opset=13, seed=9)
     b.dense(6)
@@ -328,7 +328,7 @@ def test_batchless_transpose_without_perm_reverses_the_axes():
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w, shape]),
                               opset_imports=[helper.make_opsetid("", 13)])
     compiled = compile_to_model(model, batch_axis="none")
-    from cnn2mlp.check import onnx_runner
+    from cnn2mlp.references import onnx_runner
 
     run = onnx_runner(model)
     xs = np.random.default_rng(3).uniform(-1, 1, (6, 3, 4)).astype(np.float32)
@@ -350,7 +350,7 @@ def test_opset_18_pad_with_axes_pads_those_axes():
 def test_float64_check_judges_at_its_own_tolerance(tmp_path, capsys):
     """A float64 model checked at 1e-9: a weight rounded to float32 in the file's MLP
     must fail the check, not only change a string."""
-    from cnn2mlp.compile import DEFAULT_TOLERANCE
+    from cnn2mlp.check import DEFAULT_TOLERANCE
 
     assert DEFAULT_TOLERANCE["float64"] <= 1e-9
     b = OnnxBuilder((5,), opset=13, seed=13)
@@ -360,14 +360,14 @@ def test_float64_check_judges_at_its_own_tolerance(tmp_path, capsys):
     model = to_float64(b.build())
     compiled = compile_to_model(model)
     x = np.random.default_rng(4).uniform(0, 1, (16, 5))
-    from cnn2mlp.check import onnx_runner
+    from cnn2mlp.references import onnx_runner
 
     exact = onnx_runner(model)(x)
     rounded = compiled.mlp.layers[0].weight.astype(np.float32).astype(np.float64)
     error = np.abs(exact - compiled.predict(x)).max()
     assert error < 1e-12
     compiled.mlp.layers[0].weight = rounded
-    from cnn2mlp.check import compare
+    from cnn2mlp.comparison import compare
 
     assert not compare(exact, compiled.mlp.forward(x), DEFAULT_TOLERANCE["float64"]).passed
 
@@ -436,8 +436,10 @@ def test_keras_layouts_and_inverted_normalization(tmp_path, name):
 
 def test_the_cli_check_uses_the_float64_tolerance(tmp_path, monkeypatch, capsys):
     """An error of 1e-7, fine in float32, fails the check of a float64 model (exit 1)."""
-    import cnn2mlp.compile as driver
+    from cnn2mlp.backends import get_target
+    from cnn2mlp.cli import main
 
+    target = get_target("csr")
     b = OnnxBuilder((5,), opset=13, seed=15)
     b.dense(4)
     b.activation("Relu")
@@ -445,16 +447,16 @@ def test_the_cli_check_uses_the_float64_tolerance(tmp_path, monkeypatch, capsys)
     for precision, model in (("float32", b.build()), ("float64", to_float64(b.build()))):
         src = tmp_path / f"{precision}.onnx"
         onnx.save(model, str(src))
-        real_load = driver.load_artifact
+        real_load = type(target).load
 
-        def off_by_1e7(result, path):
-            loaded = real_load(result, path)
+        def off_by_1e7(mlp, path):
+            loaded = real_load(target, mlp, path)
 
             class Off:
                 predict = staticmethod(lambda x: loaded.predict(x) + 1e-7)
             return Off()
 
-        monkeypatch.setattr(driver, "load_artifact", off_by_1e7)
-        code = driver.main([str(src), "-o", str(tmp_path / f"{precision}.npz"), "--check",
+        monkeypatch.setattr(target, "load", off_by_1e7)
+        code = main([str(src), "-o", str(tmp_path / f"{precision}.npz"), "--check",
                             "4", "--quiet"])
         assert code == (1 if precision == "float64" else 0), capsys.readouterr().err

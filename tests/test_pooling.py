@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from cnn2mlp.ir import Graph, run
 from cnn2mlp.ir.mlp import Mlp
-from cnn2mlp.passes import PassContext, Pipeline, get_pass
+from cnn2mlp.backends import get_target
+from cnn2mlp.passes import PassContext, PassOptions, Pipeline, get_pass
 from cnn2mlp.testing import (
     OnnxBuilder,
     assert_equivalent,
@@ -194,7 +195,7 @@ LINEARIZE = ["eliminate-identity", "fold-batchnorm", "avgpool-linearize", "conv-
 def test_linearization_error_stays_within_the_reported_bound(activation, eps):
     g = tanh_cnn_with_final_avgpool(activation)
     after = g.copy()
-    options = {} if eps is None else {"avgpool-linearize.epsilon": eps}
+    options = PassOptions(epsilon=eps)
     ctx = PassContext(input_range=(0.0, 1.0), options=options)
     Pipeline(LINEARIZE).run(after, ctx)
     mlp = Mlp.from_graph(after, g.shape(g.output))
@@ -204,7 +205,7 @@ def test_linearization_error_stays_within_the_reported_bound(activation, eps):
     assert len(pools) == 2
     # The exact compile (pools fused) on the same inputs: its float32 error is the baseline.
     exact = g.copy()
-    Pipeline.default("csr").run(exact, PassContext(fusion="always"))
+    get_target("csr").pipeline().run(exact, PassContext(fusion="always"))
     exact_mlp = Mlp.from_graph(exact, g.shape(g.output))
     x = np.random.default_rng(1).uniform(0, 1, (64, 2, 8, 8))
     reference = run(g, x)
@@ -223,7 +224,7 @@ def test_chosen_epsilon_beats_a_sweep():
     def error(eps):
         g = tanh_cnn_with_final_avgpool("Sigmoid")
         after = g.copy()
-        options = {} if eps is None else {"avgpool-linearize.epsilon": eps}
+        options = PassOptions(epsilon=eps)
         Pipeline(LINEARIZE).run(after, PassContext(options=options))
         from cnn2mlp.backends.csr import CsrModel
 
@@ -242,7 +243,7 @@ def test_linearize_under_relu_is_exact(relu_first):
     g.append("AveragePool", {"kernel_shape": (3, 3), "strides": (2, 2), "dilations": (1, 1),
                              "pads": (1, 1, 1, 1), "ceil_mode": True, "count_include_pad": False})
     after = g.copy()
-    ctx = PassContext(options={"activation": "Relu"})
+    ctx = PassContext(options=PassOptions(activation="Relu"))
     Pipeline(["avgpool-linearize", "lower-linear", "fuse-dense"]).run(after, ctx)
     assert not after.notes  # exact: nothing approximate to report
     mlp = Mlp.from_graph(after, g.shape(g.output))
@@ -264,7 +265,7 @@ def test_avgpool_linearize_over_geometry(data, activation):
         g.append("Relu")
     g.append("AveragePool", geo)
     after = g.copy()
-    ctx = PassContext(input_range=(-1.0, 1.0), options={"activation": activation})
+    ctx = PassContext(input_range=(-1.0, 1.0), options=PassOptions(activation=activation))
     assert get_pass("avgpool-linearize").run(after, ctx) == 1
     after.verify()
     assert "AveragePool" not in after.ops()
@@ -290,7 +291,7 @@ def test_chosen_epsilon_minimises_the_reported_bound(precision, activation, zmax
         rounding_model,
     )
 
-    ctx = PassContext(options={"precision": precision} if precision else {})
+    ctx = PassContext(options=PassOptions(opencv_arithmetic=precision == "opencv"))
     eps = best_epsilon(activation, zmax, ctx)
     assert 0 < eps <= 1.0 / zmax
     chosen = error_bound(activation, eps, zmax, ctx)

@@ -12,8 +12,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import cnn2mlp
-from cnn2mlp.check import onnx_runner
-from cnn2mlp.compile import compile_model, main
+from cnn2mlp.references import onnx_runner
+from cnn2mlp.cli import main
+from cnn2mlp.compile import compile_model
 
 F64_TOLERANCE = 1e-9
 

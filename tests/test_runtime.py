@@ -272,12 +272,12 @@ def test_max_pool_pairs_are_summed_before_the_next_layer(engine, tmp_path):
     from cnn2mlp.runtime.columns import runtime_layers
     from cnn2mlp.testing import compile_to_model, run_kernel_module
 
-    from cnn2mlp.compile import context_for
+    from cnn2mlp.backends import get_target
 
     model = maxpool_cnn()
     # every recombination fused into the next layer, as the ReLU-only targets do (the CSR
     # default keeps them as layers of their own): the pairs' columns come out equal
-    ctx = context_for("csr")
+    ctx = get_target("csr").context()
     ctx.fusion = "always"
     compiled = compile_to_model(model, ctx=ctx)
     mlp = compiled.mlp

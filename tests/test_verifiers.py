@@ -4,8 +4,10 @@ import numpy as np
 import onnx
 import pytest
 
-from cnn2mlp.check import compare, onnx_runner, random_inputs
-from cnn2mlp.compile import main
+from cnn2mlp.references import onnx_runner
+from cnn2mlp.comparison import compare
+from cnn2mlp.check import random_inputs
+from cnn2mlp.cli import main
 from cnn2mlp.testing import OnnxBuilder
 
 VERIFIER_OPS = {"MatMul", "Gemm", "Add", "Relu", "Reshape", "Flatten"}
@@ -131,7 +133,7 @@ def test_dense_size_preflight_for_verifier_targets(tmp_path, capsys):
     onnx.save(b.build(), str(src))
     assert main([str(src), "-o", str(tmp_path / "b.nnet"), "--max-dense-bytes", "64M"]) == 2
     err = capsys.readouterr().err
-    assert "dense nnet network" in err and "--target csr" in err
+    assert "as an NNet file" in err and "stores dense weights" in err and "--target csr" in err
 
 
 def test_nnet_reader_applies_the_formats_normalization(tmp_path):
@@ -256,7 +258,7 @@ def test_nnet_input_box_is_what_input_range_says(tmp_path, has_marabou):
     """The header's minimums and maximums, as Marabou and the project's reader read them:
     swapped, a verifier would get an empty box and "prove" anything."""
     from cnn2mlp.backends.nnet import read_input_box
-    from cnn2mlp.compile import main
+    from cnn2mlp.cli import main
 
     b = OnnxBuilder((5,), opset=13, seed=21)
     b.dense(4)

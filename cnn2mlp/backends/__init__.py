@@ -1,56 +1,61 @@
-"""Backends: the lowered MLP into files a runtime loads. Targets by name and by suffix."""
+"""Backends: the lowered MLP into files a runtime loads, one target a module.
+
+Each module here that defines a :class:`~.registry.Target` registers it; the targets are
+found by importing every module of this package once, on first use (a new target is a new
+module, nothing else changes). ``get_target(name)``, ``target_for(path, name)``.
+"""
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
 
 from ..errors import CompileError
+from .registry import (DEFAULT_MAX_DENSE_BYTES, TARGETS, Predictor, Target, TargetOptions,
+                       register_target)
 
-TARGETS = {"csr": ".npz", "opencv": ".xml", "onnx": ".onnx", "nnet": ".nnet"}
-#: fusion policy each target needs: dense targets fuse every linear map (fewer, and for
-#: OpenCV and .nnet no linear hidden layers)
-FUSION = {"csr": "cost", "opencv": "always", "onnx": "always", "nnet": "always"}
-#: bytes a dense weight takes in each dense target (float64 in OpenCV, float32 in ONNX,
-#: text in .nnet)
-DENSE_BYTES = {"opencv": 8, "onnx": 4, "nnet": 13}
-#: the largest file a format can hold: protobuf refuses to serialize an ONNX model of 2 GiB
-#: or more (weights in external data would lift that, but verifiers read one file)
-FORMAT_LIMIT = {"onnx": 2**31 - 2**24}
+#: modules that hold no target (helpers the targets use)
+HELPERS = {"registry", "npz_reader", "standalone"}
+#: the target of a compile that names neither a target nor an output file
+DEFAULT_TARGET = "csr"
 
 
-def check_format_limit(target: str, need: int, source: str = "") -> None:
-    """Refuse up front a network whose dense weights alone exceed what its format holds."""
-    limit = FORMAT_LIMIT.get(target)
-    if limit is not None and need > limit:
-        raise CompileError(
-            f"{source}: as a dense {target} network this MLP needs {need / 2**30:,.2f} GiB of "
-            f"weights, but an ONNX file holds less than 2 GiB (protobuf's limit); use "
-            "--target csr (sparse), or compile a smaller --input-shape")
+def targets() -> dict[str, Target]:
+    """Every registered target by name (importing the backend modules the first time)."""
+    if not targets.found:
+        for module in pkgutil.iter_modules(__path__):
+            if module.name not in HELPERS and not module.name.startswith("_"):
+                importlib.import_module(f"{__name__}.{module.name}")
+        targets.found = True
+    return TARGETS
 
 
-def target_for(path: str | Path, target: str | None) -> str:
-    if target:
-        if target not in TARGETS:
-            raise CompileError(f"unknown target {target!r}; targets: {', '.join(TARGETS)}")
-        return target
-    suffix = Path(path).suffix.lower()
-    for name, ext in TARGETS.items():
-        if suffix == ext:
-            return name
+targets.found = False
+
+
+def get_target(name: str) -> Target:
+    found = targets()
+    if name not in found:
+        raise CompileError(f"unknown target {name!r}; targets: {', '.join(found)}")
+    return found[name]
+
+
+def target_for(path: str | Path | None, name: str | None = None) -> Target:
+    """The target ``name`` names, or the one whose suffix ``path`` has (neither:
+    DEFAULT_TARGET)."""
+    if name:
+        return get_target(name)
+    if path is None:
+        return get_target(DEFAULT_TARGET)
+    found = targets()
+    suffix = Path(path).suffix.lower() if path is not None else ""
+    for target in found.values():
+        if suffix == target.suffix:
+            return target
     raise CompileError(f"{path}: cannot tell the target from the suffix {suffix or '(none)'!r}; "
-                       f"use --target ({', '.join(TARGETS)}) or a {'/'.join(TARGETS.values())} "
-                       "output")
+                       f"use --target ({', '.join(found)}) or a "
+                       f"{'/'.join(t.suffix for t in found.values())} output")
 
 
-def dense_preflight(mlp, target: str, max_bytes: int, source: str = "") -> None:
-    """Dense targets store every weight: refuse, with the numbers, a network whose dense
-    form is above ``max_bytes``."""
-    weights = sum((layer.n_in + 1) * layer.n_out for layer in mlp.layers)
-    need = weights * DENSE_BYTES[target]
-    check_format_limit(target, need, source)
-    if need > max_bytes:
-        widest = max(mlp.layers, key=lambda l: (l.n_in + 1) * l.n_out)
-        raise CompileError(
-            f"{source}: as a dense {target} network this MLP needs {weights:,} weights "
-            f"({need / 2**20:,.0f} MiB), above --max-dense-bytes {max_bytes / 2**20:,.0f} MiB; "
-            f"its widest layer is {widest.n_in}x{widest.n_out}. The {target} format stores "
-            "dense weights: use --target csr (sparse), or raise --max-dense-bytes")
+__all__ = ["DEFAULT_MAX_DENSE_BYTES", "Predictor", "Target", "TargetOptions", "get_target",
+           "register_target", "target_for", "targets"]

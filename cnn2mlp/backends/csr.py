@@ -26,15 +26,21 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from .._io import atomic_write
-from ..ir.activations import BY_NAME
+from ..errors import CompileError
+from ..ir.activations import BY_NAME, IDENTITY
+from ..ir.graph import GraphMeta
 from ..ir.mlp import Mlp, MlpLayer
 from .npz_reader import ArtifactError, SafeNpz
+from .registry import Target, TargetOptions, register_target
+
+if TYPE_CHECKING:
+    from ..passes.base import PassOptions
 
 FORMAT = "cnn2mlp-csr"
 FORMAT_VERSION = 3
@@ -336,3 +342,30 @@ def replace_once(text: str, old: str, new: str) -> str:
     if text.count(old) != 1:
         raise AssertionError(f"the standalone module lost its setting {old!r}")
     return text.replace(old, new)
+
+
+@register_target
+class CsrTarget(Target):
+    """The sparse MLP as a .npz of CSR arrays, run by ``cnn2mlp.load``: linear maps fused
+    only where the size model allows, carried values as identity neurons, ReLU6/Clip as
+    one bounded-ReLU neuron (the format has an activation per neuron)."""
+
+    name, suffix, kind = "csr", ".npz", "a CSR artifact"
+    fusion = "cost"
+    runs_in_kernel_module = True
+    replace = {"clip-to-relu": "clip-to-bounded-relu"}
+
+    def pass_options(self) -> PassOptions:
+        from ..passes.base import PassOptions
+
+        return PassOptions(carry=IDENTITY.name)
+
+    def write(self, mlp: Mlp, meta: GraphMeta, path: str | Path, options: TargetOptions,
+              provenance: dict[str, str]) -> None:
+        if meta.input_affine is not None or meta.uniform is not None:
+            raise CompileError("extract-input-affine and unify-activation prepare a graph for "
+                               "the opencv target; leave them out of --passes for csr")
+        save_csr(mlp, path, provenance)
+
+    def load(self, mlp: Mlp, path: Path) -> CsrModel:
+        return load(path)

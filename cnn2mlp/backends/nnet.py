@@ -17,7 +17,10 @@ import scipy.sparse as sp
 
 from .._io import atomic_write
 from ..errors import CompileError
+from ..ir.activations import IDENTITY, RELU
+from ..ir.graph import GraphMeta
 from ..ir.mlp import Mlp, MlpLayer
+from .registry import Target, TargetOptions, dense_preflight, refuse_approximate, register_target
 
 ROW_BLOCK = 1024
 
@@ -26,15 +29,15 @@ def check_nnet_semantics(mlp: Mlp) -> Mlp:
     """ReLU hidden layers, a linear last layer; a ReLU last layer gets an identity layer
     after it. Anything else is refused naming the layer."""
     for i, layer in enumerate(mlp.layers[:-1]):
-        if layer.segments is not None or layer.activation != "relu":
+        if layer.segments is not None or layer.activation != RELU.name:
             what = "mixed" if layer.segments is not None else layer.activation
             raise CompileError(f"layer {i} has the activation {what}, but every hidden layer "
                                "of an .nnet file is ReLU; use --target onnx (any activation) "
                                "or csr")
     last = mlp.layers[-1]
-    if last.segments is None and last.activation == "identity":
+    if last.segments is None and last.activation == IDENTITY.name:
         return mlp
-    if last.segments is not None or last.activation != "relu":
+    if last.segments is not None or last.activation != RELU.name:
         raise CompileError(f"the output layer has the activation {last.activation}; .nnet "
                            "files end with a linear layer after ReLU layers")
     n = last.n_out
@@ -107,7 +110,7 @@ def read_nnet(path: str | Path, input_shape=None, output_shape=None) -> Mlp:
             weight = weight * scale
         if k == n_layers - 1 and (means[n_in] or ranges[n_in] != 1):
             weight, bias = weight * ranges[n_in], bias * ranges[n_in] + means[n_in]
-        act = "identity" if k == n_layers - 1 else "relu"
+        act = IDENTITY.name if k == n_layers - 1 else RELU.name
         layers.append(MlpLayer(sp.csr_array(weight), bias, act))  # float64: no rounding
     return Mlp(layers, tuple(input_shape or (n_in,)), tuple(output_shape or (n_out,)))
 
@@ -141,3 +144,33 @@ class NNetModel:
             raise CompileError(f"{self.path}: the input box the file declares does not hold "
                                "the checked inputs (minimums and maximums from --input-range)")
         return self.mlp.forward(x)
+
+
+@register_target
+class NNetTarget(Target):
+    """The .nnet text format (ACAS Xu, Reluplex, Marabou, NNV): ReLU hidden layers and a
+    linear last layer, dense, with the input box from --input-range."""
+
+    name, suffix, kind = "nnet", ".nnet", "an NNet file"
+    dense_bytes = 13
+    insert_after = {"linearize-dag": ("fuse-dense",)}
+
+    def pass_options(self):
+        from ..passes.base import PassOptions
+
+        return PassOptions(uniform=True)
+
+    def write(self, mlp: Mlp, meta: GraphMeta, path: str | Path, options: TargetOptions,
+              provenance: dict[str, str]) -> None:
+        source = provenance.get("source", "")
+        refuse_approximate(mlp, options, source)
+        dense_preflight(self, mlp, options.max_dense_bytes, source)
+        save_nnet(mlp, path, options.input_range, [
+            f"cnn2mlp {provenance.get('cnn2mlp', '')}: an MLP equivalent to {source}",
+            f"input: the source's input {tuple(mlp.input_shape)} flattened row-major "
+            f"(X_0..X_{mlp.layers[0].n_in - 1}); output: "
+            f"{tuple(mlp.output_shape)} flattened (Y_0..)",
+            "hidden layers ReLU, last layer linear; means 0 and ranges 1: no normalization"])
+
+    def load(self, mlp: Mlp, path: Path) -> NNetModel:
+        return NNetModel(path, mlp.input_shape, mlp.output_shape)

@@ -19,7 +19,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .._io import atomic_write
 from ..ir.activations import Activation, by_name
+from ..ir.graph import GraphMeta
 from ..ir.mlp import Mlp, MlpLayer
+from .registry import (Predictor, Target, TargetOptions, dense_preflight, refuse_approximate,
+                       register_target)
 
 OPSET = 13
 class _Builder:
@@ -64,8 +67,7 @@ def activation_nodes(b: _Builder, entry: Activation, alpha: float, z: str,
         top = b.const(np.array(alpha, b.dtype), "clip_max")
         return b.node("Clip", [z, zero, top]), opset
     attrs = {"alpha": alpha} if entry.alpha is not None else {}
-    if op == "Gelu" and entry.op == "GeluTanh":
-        attrs = {"approximate": "tanh"}
+    attrs.update(entry.onnx_attrs)
     return b.node(op, [z], **attrs), max(opset, entry.onnx_opset)
 
 
@@ -112,3 +114,33 @@ def save_onnx_mlp(mlp: Mlp, path: str | Path, input_name: str, output_name: str,
     model = mlp_to_onnx(mlp, input_name, output_name, doc)
     with atomic_write(path, "wb") as handle:
         handle.write(model.SerializeToString())
+
+
+@register_target
+class OnnxMlpTarget(Target):
+    """ONNX MatMul/Add/activation layers for verifiers: every linear map fused, dense
+    float32 weights (an ONNX file holds less than 2 GiB)."""
+
+    name, suffix, kind = "onnx", ".onnx", "an ONNX model"
+    dense_bytes = 4
+    format_limit = 2**31 - 2**24
+    limit_note = "an ONNX file holds less than 2 GiB (protobuf's limit)"
+    insert_after = {"linearize-dag": ("fuse-dense",)}
+
+    def write(self, mlp: Mlp, meta: GraphMeta, path: str | Path, options: TargetOptions,
+              provenance: dict[str, str]) -> None:
+        source = provenance.get("source", "")
+        refuse_approximate(mlp, options, source)
+        dense_preflight(self, mlp, options.max_dense_bytes, source)
+        save_onnx_mlp(mlp, path, *meta.io_names,
+                      doc=f"cnn2mlp {provenance.get('cnn2mlp', '')} from {source}")
+
+    def load(self, mlp: Mlp, path: Path) -> Predictor:
+        """The written file, run by onnxruntime."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = session.get_inputs()[0].name
+        return Predictor(lambda x: session.run(None, {feed: np.asarray(x, mlp.dtype)})[0])

@@ -20,8 +20,10 @@ import scipy.sparse as sp
 
 from .._io import atomic_write
 from ..errors import CompileError
-from ..ir.activations import by_name
+from ..ir.activations import BY_OP, by_name
+from ..ir.graph import GraphMeta
 from ..ir.mlp import Mlp
+from .registry import Predictor, Target, TargetOptions, dense_preflight, register_target
 
 #: numbers per text line, and bytes per base64 line (64 characters), as OpenCV writes them
 TEXT_PER_LINE = 8
@@ -213,3 +215,40 @@ def import_cv2():
                            "pip uninstall opencv-python; pip install "
                            "opencv-contrib-python-headless")
     return cv2
+
+
+@register_target
+class OpenCvTarget(Target):
+    """OpenCV's ``ANN_MLP`` XML: one activation for every layer, dense float64 weights,
+    the input's affine part and the output's scale in the file's own slots."""
+
+    name, suffix, kind = "opencv", ".xml", "an OpenCV ANN_MLP"
+    dense_bytes = 8
+    insert_after = {"fold-pad": ("extract-input-affine",),
+                    "avgpool-fuse": ("avgpool-linearize",),
+                    "linearize-dag": ("fuse-dense",),
+                    "eliminate-dead": ("unify-activation",)}
+
+    def pass_options(self):
+        from ..passes.base import PassOptions
+
+        return PassOptions(uniform=True, opencv_arithmetic=True)
+
+    def write(self, mlp: Mlp, meta: GraphMeta, path: str | Path, options: TargetOptions,
+              provenance: dict[str, str]) -> None:
+        dense_preflight(self, mlp, options.max_dense_bytes, provenance.get("source", ""))
+        save_opencv(mlp, ann_spec(mlp, meta), path, options.xml_encoding)
+
+    def load(self, mlp: Mlp, path: Path) -> Predictor:
+        return OpenCvModel(path, mlp.input_shape, mlp.output_shape)
+
+
+def ann_spec(mlp: Mlp, meta: GraphMeta) -> AnnSpec:
+    """The XML's activation and scales, from what unify-activation and
+    extract-input-affine left in the graph's meta."""
+    if meta.uniform is None:
+        raise CompileError("the opencv target needs the unify-activation pass in --passes")
+    scale, shift = meta.input_affine or (None, None)
+    u = meta.uniform
+    return AnnSpec(BY_OP[u.activation].name, u.alpha, scale, shift, u.output_scale,
+                   u.output_shift, mlp.notes)

@@ -21,7 +21,7 @@ INPUT_SHAPE: tuple = ()
 
 # -- embedded: write_kernel puts the source of what these lines import in their place, so
 # that the written module needs numpy alone (the same code as cnn2mlp's runtime)
-from cnn2mlp.ir.activations import NUMPY_BY_NAME as ACTIVATIONS  # noqa: E402
+from cnn2mlp.ir.activations import NUMPY_BY_NAME as ACTIVATIONS, relu_np  # noqa: E402
 from cnn2mlp.runtime.columns import merged_columns  # noqa: E402
 from cnn2mlp.runtime.structure import find_parts, run_copies, run_group  # noqa: E402
 # -- end embedded
@@ -83,7 +83,7 @@ def _runtime_arrays(data, indices, indptr, n_out, n_in, bias, segments, blocks):
     n_classes = len(first)
     order = np.argsort(class_of, kind="stable")
     summing = (np.ones(n_in, data.dtype), order, np.searchsorted(class_of[order], np.arange(n_classes + 1)),
-               n_classes, n_in, np.zeros(n_classes, data.dtype), [(0, n_classes, "identity", 0.0)],
+               n_classes, n_in, np.zeros(n_classes, data.dtype), [],  # no activation
                blocks)
     renumber = np.full(n_in, -1, np.int64)
     renumber[first] = np.arange(n_classes)
@@ -127,7 +127,7 @@ class _Layer:
                 z[rows] += _ell_matmul(ell, len(rows), h)
         z += self.bias[:, None]
         for start, stop, act, alpha in self.segments:
-            if act == "relu":  # in place: no temporary the size of the layer
+            if ACTIVATIONS[act] is relu_np:  # in place: no temporary the size of the layer
                 np.maximum(z[start:stop], 0, out=z[start:stop])
             else:
                 z[start:stop] = _activate(act, alpha, z[start:stop])

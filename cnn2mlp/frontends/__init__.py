@@ -10,6 +10,14 @@ from ..ir import Graph
 FORMATS = ".onnx, .keras, .h5, .tflite, a SavedModel folder or a frozen .pb"
 
 
+def is_onnx_file(path: str | Path) -> bool:
+    """Whether ``path`` is read by the ONNX frontend (an ``.onnx`` file)."""
+    try:
+        return model_kind(path) == "onnx"
+    except CompileError:
+        return False
+
+
 def model_kind(path: str | Path) -> str:
     path = Path(path)
     suffix = path.suffix.lower()

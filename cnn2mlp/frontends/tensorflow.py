@@ -3,19 +3,19 @@ converted in memory to ONNX by tf2onnx, then read by the ONNX frontend. Needs th
 ``tensorflow`` extra."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from ..errors import CompileError
+from ..tensorflow_env import prepare_tensorflow
 
 OPSET = 13
 
 
 def import_tensorflow():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    prepare_tensorflow()
     try:
         import tensorflow as tf
         import tf2onnx  # noqa: F401

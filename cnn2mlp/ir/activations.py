@@ -119,9 +119,13 @@ class Activation:
     c: str                    # a C99 expression of z and a (<tgmath.h>: float or double)
     onnx: str | None          # the ONNX op that computes it (None: no node)
     onnx_opset: int = 13      # the opset that op needs
+    onnx_attrs: tuple = ()    # (name, value) attributes that op needs besides alpha
     opencv: tuple | None = None  # OpenCV ANN_MLP's (name, f_param1, f_param2); None: none
     minimum_at: float | None = None
     piecewise_linear: bool = False  # a sum of ReLUs (exact on ReLU-only targets)
+    #: for an activation that is a clamp ``v = z if z > lo else scale * z; min(v, hi)``:
+    #: alpha → (lo, scale, hi); the runtime's kernels apply these as they store a row
+    clamp: Callable[[float], tuple[float, float, float]] | None = None
 
     def lipschitz_for(self, alpha: float) -> float:
         if self.name in ("leaky_relu", "elu"):
@@ -131,13 +135,16 @@ class Activation:
 
 CATALOGUE: tuple[Activation, ...] = (
     Activation("identity", "Identity", 0, identity_np, None, "monotone", 1.0, "z", "z", None,
-               opencv=("IDENTITY", 1.0, 1.0), piecewise_linear=True),
+               opencv=("IDENTITY", 1.0, 1.0), piecewise_linear=True,
+               clamp=lambda a: (-math.inf, 1.0, math.inf)),
     Activation("relu", "Relu", 1, relu_np, None, "monotone", 1.0,
                "z if z > 0 else z * 0", "(z > 0 ? z : z * 0)", "Relu",
-               opencv=("RELU", 0.0, 0.0), piecewise_linear=True),
+               opencv=("RELU", 0.0, 0.0), piecewise_linear=True,
+               clamp=lambda a: (0.0, 0.0, math.inf)),
     Activation("leaky_relu", "LeakyRelu", 2, leaky_relu_np, 0.01, "monotone", 1.0,
                "z if z >= 0 else z * a", "(z >= 0 ? z : z * a)", "LeakyRelu",
-               opencv=("LEAKYRELU", None, 0.0), piecewise_linear=True),
+               opencv=("LEAKYRELU", None, 0.0), piecewise_linear=True,
+               clamp=lambda a: (0.0, a, math.inf)),
     Activation("sigmoid", "Sigmoid", 3, sigmoid_np, None, "monotone", 0.25,
                "_sigmoid(z)", "(z >= 0 ? 1 / (1 + exp(-z)) : exp(z) / (1 + exp(z)))",
                "Sigmoid"),
@@ -163,7 +170,8 @@ CATALOGUE: tuple[Activation, ...] = (
     Activation("gelu_tanh", "GeluTanh", 11, gelu_tanh_np, None, "unimodal", 1.13,
                "0.5 * z * (1 + math.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z ** 3)))",
                "(0.5 * z * (1 + tanh(0.79788456080286535588 * (z + 0.044715 * z * z * z))))",
-               "Gelu", onnx_opset=20, minimum_at=-0.752263),
+               "Gelu", onnx_opset=20, onnx_attrs=(("approximate", "tanh"),),
+               minimum_at=-0.752263),
     Activation("thresholded_relu", "ThresholdedRelu", 12, thresholded_relu_np, 1.0,
                "thresholded", math.inf, "z if z > a else z * 0", "(z > a ? z : z * 0)",
                "ThresholdedRelu"),
@@ -174,7 +182,7 @@ CATALOGUE: tuple[Activation, ...] = (
                "math.erf(z)", "erf(z)", "Erf"),
     Activation("bounded_relu", "BoundedRelu", 15, bounded_relu_np, 6.0, "monotone", 1.0,
                "a if z > a else (z if z > 0 else z * 0)", "(z > a ? a : (z > 0 ? z : z * 0))",
-               "Clip", piecewise_linear=True),
+               "Clip", piecewise_linear=True, clamp=lambda a: (0.0, 0.0, a)),
 )
 
 BY_NAME: dict[str, Activation] = {a.name: a for a in CATALOGUE}
@@ -182,6 +190,9 @@ BY_OP: dict[str, Activation] = {a.op: a for a in CATALOGUE}
 BY_CODE: dict[int, Activation] = {a.code: a for a in CATALOGUE}
 #: the numpy function of each MLP name (the standalone kernel module's table)
 NUMPY_BY_NAME: dict[str, Fn] = {a.name: a.numpy for a in CATALOGUE}
+#: the activations every MLP target computes, by role
+IDENTITY = BY_NAME["identity"]
+RELU = BY_NAME["relu"]
 #: IR ops that take the parameter ``alpha``
 ALPHA_OPS = tuple(a.op for a in CATALOGUE if a.alpha is not None)
 

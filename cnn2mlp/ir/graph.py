@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -74,6 +74,36 @@ class Node:
         return f"Node({self.op}, {list(self._inputs)} -> {list(self.outputs)}, name={self.name!r})"
 
 
+@dataclass
+class UniformActivation:
+    """One activation for every layer (unify-activation, for OpenCV's ANN_MLP): the
+    catalogue's op name, its parameter, and the output's undoing scale and shift."""
+
+    activation: str
+    alpha: float
+    output_scale: Any
+    output_shift: Any
+
+
+@dataclass
+class GraphMeta:
+    """Facts one stage leaves for a later one (frontends, passes, backends, the check)."""
+
+    #: the source model's tensor the graph now ends at, when a final Softmax was dropped
+    logits: str | None = None
+    #: the tensor (ONNX) or layer (Keras) --output-tensor compiled up to
+    output_tensor: str | None = None
+    #: False when the whole input is one sample (a model without a batch axis)
+    batched: bool = True
+    #: the source model's input and output names, for targets that name them
+    io_names: tuple[str, str] = ("input", "output")
+    #: (scale, shift) taken out of the first layer over the flattened input (OpenCV)
+    input_affine: tuple[Any, Any] | None = None
+    uniform: UniformActivation | None = None
+    #: linearizations made (node, activation, epsilon, bounds): the MLP is approximate
+    approximations: list[dict[str, Any]] = field(default_factory=list)
+
+
 class Graph:
     """A DAG of :class:`Node` over named :class:`Value` s, with one input and one output."""
 
@@ -83,8 +113,8 @@ class Graph:
         self.output = input_name
         # Facts for the report: approximations, dropped ops, warnings.
         self.notes: list[str] = []
-        # Facts for later stages, e.g. "logits": the source-model tensor now output.
-        self.meta: dict[str, Any] = {}
+        # Facts for later stages (GraphMeta)
+        self.meta = GraphMeta()
         # The precision weights are stored in (float64 for a double model); see ir.precision.
         self.dtype = np.dtype(np.float32)
         self._names = 0                              # for fresh_name

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from .activations import BY_OP, apply
+from .activations import BY_OP, IDENTITY, apply
 from .graph import Graph, Shape
 from .linear import diagonal, to_csr
 from .precision import real
@@ -24,7 +24,7 @@ Segment = tuple[int, int, str, float]
 class MlpLayer:
     weight: sp.csr_array          # (n_out, n_in), float32 (float64 for a double model)
     bias: np.ndarray              # (n_out,), the weight's dtype
-    activation: str = "identity"  # "mixed" when ``segments`` gives one per run of neurons
+    activation: str = IDENTITY.name  # "mixed" when ``segments`` gives one per run of neurons
     alpha: float = 0.0            # negative slope of leaky_relu
     segments: tuple[Segment, ...] | None = None
     carried: int = 0              # neurons that carry values for later layers (DAGs)

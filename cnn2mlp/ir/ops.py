@@ -6,14 +6,16 @@ interpreter runs to check that each pass preserves the function.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
 
 from .activations import BY_OP, CATALOGUE, Activation
 from .geometry import combined_mask, gather_windows, window_axes
-from .graph import Node, Shape
+
+if TYPE_CHECKING:  # graph.py looks ops up here: the import goes one way
+    from .graph import Node, Shape
 
 OPS: dict[str, "Op"] = {}
 

@@ -22,8 +22,8 @@ from . import (  # noqa: F401  (importing a pass module registers the pass)
     prune_neurons,
     unify_activation,
 )
-from .base import PASSES, Pass, PassContext, get_pass, register_pass
-from .pipeline import DEFAULT_PIPELINES, Pipeline, PipelineReport
+from .base import PASSES, Pass, PassContext, PassOptions, get_pass, register_pass
+from .pipeline import CORE_PIPELINE, Pipeline, PipelineReport
 
-__all__ = ["PASSES", "Pass", "PassContext", "get_pass", "register_pass", "Pipeline",
-           "PipelineReport", "DEFAULT_PIPELINES"]
+__all__ = ["PASSES", "Pass", "PassContext", "PassOptions", "get_pass", "register_pass", "Pipeline",
+           "PipelineReport", "CORE_PIPELINE"]

@@ -29,13 +29,16 @@ class AvgPoolLinearize(Pass):
       next layer undoes it with ``(y - f(0)) / (eps f'(0))`` (fused into it). Truncation is
       ``c3 eps^2 |z|^3 / f'(0)``; rounding grows like ``u |f(0)| / (eps f'(0))``. ``eps``
       minimises their sum over the bound on ``|z|`` from interval analysis on
-      ``ctx.input_range``, unless ``ctx.options["avgpool-linearize.epsilon"]`` sets it.
+      ``ctx.input_range``, unless ``ctx.options.epsilon`` sets it.
       APPROXIMATE: the pass records eps, the bound at the pool and at the output
       (through a Lipschitz bound of the rest of the network) in the graph notes and
       ``ctx.stats``.
 
-    The activation is ``ctx.options["activation"]`` if set, else Tanh or Sigmoid when the
+    The activation is ``ctx.options.activation`` if set, else Tanh or Sigmoid when the
     network uses one, else Relu.
+
+    Preserves: the function exactly under ReLU; under tanh/sigmoid within the recorded
+    bound (the tool says so, and --check compares against it).
     """
 
     name = "avgpool-linearize"
@@ -44,7 +47,7 @@ class AvgPoolLinearize(Pass):
         pools = [n for n in graph.nodes if n.op == "AveragePool"]
         if not pools:
             return 0
-        activation = ctx.options.get("activation") or network_activation(graph)
+        activation = ctx.options.activation or network_activation(graph)
         bounds = interval_bounds(graph, *ctx.input_range)
         unbounded = interval_bounds(graph) if activation == "Relu" else None
         for node in pools:
@@ -54,8 +57,7 @@ class AvgPoolLinearize(Pass):
                 continue
             z_lo, z_hi = bounds[node.output]
             zmax = float(max(np.abs(z_lo).max(initial=0), np.abs(z_hi).max(initial=0)))
-            eps = ctx.options.get("avgpool-linearize.epsilon") or best_epsilon(activation, zmax,
-                                                                             ctx)
+            eps = ctx.options.epsilon or best_epsilon(activation, zmax, ctx)
             local = error_bound(activation, eps, zmax, ctx)
             lipschitz = lipschitz_inf(graph, node.output)
             linearize(graph, node, pool, activation, eps)
@@ -76,7 +78,7 @@ def rounding_model(activation: str, ctx: PassContext) -> tuple[float, float]:
     ``(1 - e^-x) / (1 + e^-x)``, which cancels near 0: an absolute error of a few ulps.
     """
     f0, _, _ = SERIES[activation]
-    if ctx.options.get("precision") == "opencv":
+    if ctx.options.opencv_arithmetic:
         return 8 * FLOAT64_U, 4 * FLOAT64_U
     return 8 * FLOAT32_U, 4 * FLOAT32_U * abs(f0)
 
@@ -142,7 +144,7 @@ def record(graph: Graph, ctx: PassContext, node: Node, activation: str, eps: flo
              "bound_at_pool": local, "lipschitz_to_output": lipschitz,
              "bound_at_output": local * lipschitz}
     ctx.stats.setdefault("avgpool-linearize", {"pools": []})["pools"].append(entry)
-    graph.meta.setdefault("approximations", []).append(entry)
+    graph.meta.approximations.append(entry)
     graph.notes.append(
         f"approximate: {node.name} linearized under {activation.lower()} with eps={eps:.3g}; "
         f"error bound {local:.3g} at the pool, {local * lipschitz:.3g} at the output "

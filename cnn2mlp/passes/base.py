@@ -10,6 +10,25 @@ PASSES: dict[str, type["Pass"]] = {}
 
 
 @dataclass
+class PassOptions:
+    """Options that passes read, set by the target (``backends``) and the command line."""
+
+    #: linearize-dag: carry values past layers with "identity" neurons (targets with an
+    #: activation per neuron) or with the layer's own "activation" (ReLU pairs)
+    carry: str = "activation"
+    #: linearize-dag: every layer one activation (OpenCV's ANN_MLP, .nnet)
+    uniform: bool = False
+    #: avgpool-linearize: error bounds in OpenCV's arithmetic (float64, its SIGMOID_SYM)
+    opencv_arithmetic: bool = False
+    #: avgpool-linearize: the scale (None: chosen to minimise the error bound)
+    epsilon: float | None = None
+    #: avgpool-linearize: the activation to linearize under (None: the network's own)
+    activation: str | None = None
+    #: conv-to-dense: build a strided convolution's matrix directly (False: via fold-stride)
+    fold_stride: bool = True
+
+
+@dataclass
 class PassContext:
     """What passes may read (options) and write (notes for the report)."""
 
@@ -20,7 +39,7 @@ class PassContext:
     fusion: str = "cost"
     #: declared input domain, used by analyses that need bounds
     input_range: tuple[float, float] = (0.0, 1.0)
-    options: dict[str, Any] = field(default_factory=dict)
+    options: PassOptions = field(default_factory=PassOptions)
     #: per-pass statistics, filled by passes (e.g. neurons added)
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the most bytes the MLP may take (--max-bytes); passes that grow it check before

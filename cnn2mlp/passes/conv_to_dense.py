@@ -23,7 +23,7 @@ class ConvToDense(Pass):
     name = "conv-to-dense"
 
     def run(self, graph: Graph, ctx: PassContext) -> int:
-        direct = ctx.options.get("conv-to-dense.fold_stride", True)
+        direct = ctx.options.fold_stride
         count = 0
         for node in graph:
             if node.op == "Conv":

@@ -19,7 +19,7 @@ class DropFinalSoftmax(Pass):
         if node is None or node.op != "Softmax":
             return 0
         # The checker compares against this tensor of the source model.
-        graph.meta["logits"] = node.input
+        graph.meta.logits = node.input
         graph.bypass(node)
         graph.notes.append("final Softmax dropped: the MLP outputs logits (argmax unchanged)")
         return 1

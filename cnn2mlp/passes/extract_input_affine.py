@@ -13,7 +13,7 @@ AFFINE_OPS = ("AddConst", "MulConst", "BatchNorm")
 class ExtractInputAffine(Pass):
     """Moves the per-feature affine ops that read the graph input directly (input
     normalization ``(x - mean) / std``) out of the graph into
-    ``graph.meta["input_affine"] = (scale, shift)`` over the flattened input, for targets
+    ``graph.meta.input_affine = (scale, shift)`` over the flattened input, for targets
     that apply it themselves (OpenCV's ``input_scale``).
 
     Preserves: the function, with the input transformed by ``x * scale + shift`` first.
@@ -36,6 +36,6 @@ class ExtractInputAffine(Pass):
             graph.bypass(node)
             count += 1
         if count:
-            old_scale, old_shift = graph.meta.get("input_affine", (np.ones(n), np.zeros(n)))
-            graph.meta["input_affine"] = (old_scale * scale, old_shift * scale + shift)
+            old_scale, old_shift = graph.meta.input_affine or (np.ones(n), np.zeros(n))
+            graph.meta.input_affine = (old_scale * scale, old_shift * scale + shift)
         return count

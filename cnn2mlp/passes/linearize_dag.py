@@ -1,26 +1,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
 
 from ..errors import CompileError
-from ..ir import Graph, Node, get_op
+from ..ir import Graph, Node
+from ..ir import activations
 from ..ir.activations import ALPHA_OPS
 from ..ir.analysis import interval_bounds
 from ..ir.cost import BYTES_PER_NNZ
-from ..ir.linear import index_dtype, selection, to_csr
-from ..ir.ops import sum_coeffs
+from ..ir.linear import index_dtype, to_csr
 from ..ir.precision import real
-from ._compose import nnz, product_nnz_bound
+from ._dag_plan import KEEPING, Affine, Plan, is_chain, plan_layers
 from .base import Pass, PassContext, register_pass
 
-#: ops that are linear maps of their inputs once the chain passes ran
-LINEAR_OPS = {"Dense", "Sum", "Concat", "Select", "Reshape", "Identity"}
-#: activation ops that can carry a value with their own neurons (op → neurons per value)
-IDENTITY = "Identity"
+#: the identity activation's op: the neurons that carry values on any target that has it
+IDENTITY = activations.IDENTITY.op
 
 
 @register_pass
@@ -63,307 +60,6 @@ class LinearizeDag(Pass):
         return 1
 
 
-def is_chain(graph: Graph) -> bool:
-    """Dense and activation nodes one after another: nothing to linearize."""
-    current = graph.input
-    for node in graph.nodes:
-        if list(node.inputs) != [current] or len(graph.consumers(current)) != 1 or \
-                node.op not in ("Dense", "Reshape") and not get_op(node.op).activation:
-            return False
-        current = node.output
-    return current == graph.output
-
-
-# ----------------------------------------------------------------------------- affine forms
-class Affine:
-    """``sum_s M_s s + bias`` over sources ``s``; ``M_s`` is None for the identity."""
-
-    __slots__ = ("terms", "bias", "size")
-
-    def __init__(self, terms: dict[str, sp.csr_array | None], bias: np.ndarray | None,
-                 size: int) -> None:
-        self.terms, self.bias, self.size = terms, bias, size
-
-    @classmethod
-    def source(cls, name: str, size: int) -> "Affine":
-        return cls({name: None}, None, size)
-
-    def map(self, matrix: sp.csr_array) -> "Affine":
-        """``matrix @ self``: a product of two weight matrices is formed in float64 and
-        rounded once; an identity term shares ``matrix`` (no copy)."""
-        terms = {s: matrix if m is None else product(matrix, m) for s, m in self.terms.items()}
-        bias = None if self.bias is None else matrix @ np.asarray(self.bias, np.float64)
-        return Affine(terms, bias, matrix.shape[0])
-
-
-def product(a: sp.csr_array, b: sp.csr_array) -> sp.csr_array:
-    out = sp.csr_array(a.astype(np.float64) @ b.astype(np.float64))
-    out.sum_duplicates()
-    return out.astype(real())
-
-
-def add_affines(parts: list[tuple[sp.csr_array, Affine]], size: int) -> Affine:
-    """``sum_i P_i a_i`` for matrices ``P_i`` (size × a_i.size)."""
-    terms: dict[str, sp.csr_array] = {}
-    bias = None
-    for matrix, affine in parts:
-        mapped = affine.map(matrix)
-        for s, m in mapped.terms.items():
-            terms[s] = m if s not in terms else sp.csr_array(terms[s] + m)
-        if mapped.bias is not None:
-            bias = mapped.bias if bias is None else bias + mapped.bias
-    return Affine(terms, bias, size)
-
-
-def linear_affine(graph: Graph, node: Node, args: list[Affine]) -> Affine:
-    size = graph.values[node.output].size
-    if node.op == "Dense":
-        w = to_csr(node.attrs["weight"]).astype(real(), copy=False)
-        out = args[0].map(w)
-        b = node.attrs.get("bias")
-        if b is not None:
-            out.bias = np.asarray(b, np.float64) + (0 if out.bias is None else out.bias)
-        return out
-    if node.op == "Sum":
-        return add_affines([(sp.identity(a.size, real(), "csr") * real().type(c), a)
-                            for c, a in zip(sum_coeffs(node), args)], size)
-    if node.op == "Concat":
-        return add_affines(list(zip(concat_placements(graph, node), args)), size)
-    if node.op == "Select":
-        return args[0].map(selection(node.attrs["indices"], args[0].size))
-    return args[0]  # Reshape, Identity: the flat vector is unchanged
-
-
-def concat_placements(graph: Graph, node: Node) -> list[sp.csr_array]:
-    """For each input, the 0/1 matrix that puts its entries where Concat puts them."""
-    axis = node.attrs["axis"]
-    shapes = [graph.shape(i) for i in node.inputs]
-    out_shape = graph.shape(node.output)
-    n_out = int(np.prod(out_shape))
-    grid = np.arange(n_out).reshape(out_shape)
-    placements, start = [], 0
-    for shape in shapes:
-        index = [slice(None)] * len(out_shape)
-        index[axis] = slice(start, start + shape[axis])
-        rows = grid[tuple(index)].ravel()
-        n_in = len(rows)
-        placements.append(sp.csr_array((np.ones(n_in, real()), (rows, np.arange(n_in))),
-                                       shape=(n_out, n_in)))
-        start += shape[axis]
-    return placements
-
-
-# ----------------------------------------------------------------------------- planning
-@dataclass
-class Plan:
-    pre: dict[str, Affine]           # activation output → its pre-activation
-    depth: dict[str, int]            # source → depth (input 0)
-    activations: dict[str, Node]     # activation output → node
-    output: Affine                   # the graph output over sources
-    last_use: dict[str, int]         # source → the last layer that must hold it
-    layers: int                      # L: layers of activations
-    final_linear: bool               # a linear output layer L + 1 follows
-    kept: list[str]                  # linear values kept as layers of identity neurons
-
-
-def plan_layers(graph: Graph, keep: Callable | None = None) -> Plan:
-    """Every linear value as an affine form of sources, composed exactly. ``keep(graph,
-    value, affine, depth, live)`` may *keep* a linear value, or its part of heavy terms
-    (see :func:`worth_keeping`, the size model): that part becomes a source of its own, a
-    layer of identity neurons (targets that can hold one), and readers read it instead of
-    composing its matrices into theirs."""
-    memo: dict[str, Affine] = {graph.input: Affine.source(graph.input,
-                                                          graph.values[graph.input].size)}
-    kept: list[str] = []
-    live_ids = live_nodes(graph)
-    remaining = {name: sum(1 for c in graph.consumers(name) if id(c) in live_ids)
-                 for name in graph.values}
-    pre: dict[str, Affine] = {}
-    activations: dict[str, Node] = {}
-    depth = {graph.input: 0}
-    sizes = {graph.input: graph.values[graph.input].size}  # of every source
-    for node in graph.nodes:
-        if id(node) not in live_ids:  # nodes the output does not need get no neurons
-            continue
-        args = [memo[i] for i in node.inputs]
-        op = get_op(node.op)
-        if op.activation and node.op != IDENTITY:
-            out = node.output
-            pre[out] = args[0]
-            activations[out] = node
-            depth[out] = 1 + max((depth[s] for s in args[0].terms), default=0)
-            sizes[out] = graph.values[out].size
-            memo[out] = Affine.source(out, sizes[out])
-        elif node.op in LINEAR_OPS:
-            out = node.output
-            memo[out] = linear_affine(graph, node, args)
-            part = keep(graph, out, memo[out], depth, sizes, live_ids) if keep else None
-            if part is not None:  # the kept part becomes a source; the rest stays composed
-                name = out if part == "whole" else f"{out}.kept"
-                kept_part, rest = (memo[out], None) if part == "whole" else \
-                    heavy_rows(memo[out], name)
-                pre[name] = kept_part
-                activations[name] = Node(IDENTITY, [out], [name], {}, f"{node.name}_kept")
-                depth[name] = 1 + max((depth[s] for s in kept_part.terms), default=0)
-                memo[out] = Affine({name: None}, None, kept_part.size) if rest is None else \
-                    rest
-                sizes[name] = kept_part.size
-                kept.append(name)
-        else:
-            raise CompileError(f"node {node.name!r} ({node.op}) is neither linear nor an "
-                               "element-wise activation; it must be lowered before "
-                               "linearize-dag (check --passes)")
-        for i in set(node.inputs):  # free affine forms nobody else reads
-            remaining[i] -= 1
-            if remaining[i] == 0 and i != graph.output and i in memo and i not in activations:
-                del memo[i]
-    output = memo[graph.output]
-    layers = max(depth.values())
-    final_linear = not (graph.output in activations and depth[graph.output] == layers)
-    last_use: dict[str, int] = {}
-    for out, affine in pre.items():
-        for s in affine.terms:
-            last_use[s] = max(last_use.get(s, 0), depth[out] - 1)
-    if final_linear:
-        for s in output.terms:
-            last_use[s] = max(last_use.get(s, 0), layers)
-    return Plan(pre, depth, activations, output, last_use, layers, final_linear, kept)
-
-
-def is_light(m: sp.csr_array | None) -> bool:
-    """A term that reads at most one source entry per value (a selection, placement or
-    scaling): reading it costs a reader no more than reading the value itself."""
-    return m is None or not m.nnz or int(np.diff(m.indptr).max()) <= 1
-
-
-def split_terms(affine: Affine) -> tuple[dict, dict]:
-    """(the heavy terms, the light terms) of an affine form."""
-    heavy = {s: m for s, m in affine.terms.items() if not is_light(m)}
-    light = {s: m for s, m in affine.terms.items() if is_light(m)}
-    return heavy, light
-
-
-def heavy_row_index(heavy: dict) -> np.ndarray:
-    """The entries of a value that some heavy term reaches."""
-    reached = None
-    for m in heavy.values():
-        rows = np.diff(m.indptr) > 0
-        reached = rows if reached is None else reached | rows
-    return np.flatnonzero(reached)
-
-
-def heavy_rows(affine: Affine, name: str) -> tuple[Affine, Affine]:
-    """(the kept part: the heavy terms on the entries they reach, with those entries'
-    bias; the value read back: the kept part placed on its entries, plus the light terms
-    and the rest of the bias)."""
-    heavy, light = split_terms(affine)
-    rows = heavy_row_index(heavy)
-    bias = None if affine.bias is None else np.asarray(affine.bias, np.float64)
-    kept = Affine({s: sp.csr_array(m[rows]) for s, m in heavy.items()},
-                  None if bias is None else bias[rows], len(rows))
-    rest_bias = None
-    if bias is not None:
-        rest_bias = bias.copy()
-        rest_bias[rows] = 0.0
-    placement = sp.csr_array((np.ones(len(rows), real()), (rows, np.arange(len(rows)))),
-                             shape=(affine.size, len(rows)))
-    return kept, Affine({**light, name: placement}, rest_bias, affine.size)
-
-
-def every_dense(graph: Graph, value: str, affine: Affine, depth: dict[str, int],
-                sizes: dict[str, int], live_ids: set[int]) -> str | None:
-    """The unfused lowering: every Dense output that something reads is a layer."""
-    producer = graph.producer(value)
-    if producer is not None and producer.op == "Dense" and value != graph.output and \
-            any(id(c) in live_ids for c in graph.consumers(value)):
-        return "whole"
-    return None
-
-
-def worth_keeping(graph: Graph, value: str, affine: Affine, depth: dict[str, int],
-                  sizes: dict[str, int], live_ids: set[int]) -> str | None:
-    """The size model: whether to keep ``value`` ("whole"), its heavy part ("heavy"), or
-    nothing (None: compose it into its readers), whichever takes the fewest non-zeros.
-
-    Composed, a Dense reader ``W`` costs (a bound on) ``nnz(W M_s)`` for each of the
-    value's matrices ``M_s``, and any other reader (a join, a concatenation, an
-    activation) copies the value's matrices. Kept whole, the value costs its matrices
-    once and each reader reads it (``nnz(W)``, or one non-zero a value), plus the sources
-    it needs carried to its layer. Keeping the heavy part (the terms that read more than
-    one source entry per value, on the entries they reach) leaves the light terms
-    composed, and its layer can come earlier. So a linear bottleneck (1×1 projection, a
-    residual join, the next 1×1 expansion) is not multiplied out, and a value read by
-    several later layers (a DenseNet feature) is computed once. Ties go to composing
-    (fewer layers).
-    """
-    readers = [(c, sum(1 for i in c.inputs if i == value)) for c in graph.consumers(value)
-               if id(c) in live_ids]
-    if not readers or value == graph.output:
-        return None
-    heavy, light = split_terms(affine)
-    if not heavy:
-        return None
-    size = affine.size
-
-    def own(terms) -> int:
-        return sum(size if m is None else m.nnz for m in terms.values())
-
-    def composed(terms) -> int:  # what the readers take with these terms composed in
-        total = 0
-        for reader, uses in readers:
-            if reader.op == "Dense":
-                w = reader.attrs["weight"]
-                total += uses * sum(nnz(w) if m is None else product_nnz_bound(w, m)
-                                    for m in terms.values())
-            else:
-                total += uses * own(terms)
-        return total
-
-    def read(entries: np.ndarray | None) -> int:  # the readers reading the kept entries
-        total = 0
-        for reader, uses in readers:
-            if reader.op != "Dense":
-                total += uses * (size if entries is None else len(entries))
-                continue
-            counts = column_counts(reader.attrs["weight"])
-            total += uses * int(counts.sum() if entries is None else counts[entries].sum())
-        return total
-
-    def carried(terms) -> int:  # sources held in layers until the kept value's layer
-        top = 1 + max((depth[s] for s in terms), default=0)
-        return sum(sizes[s] * max(0, top - 1 - depth[s]) for s in terms)
-
-    costs = [(composed(affine.terms), None),
-             (own(affine.terms) + read(None) + carried(affine.terms), "whole")]
-    if light:
-        rows = heavy_row_index(heavy)
-        costs.append((own(heavy) + read(rows) + composed(light) + carried(heavy), "heavy"))
-    return min(costs, key=lambda c: c[0])[1]
-
-
-def column_counts(w) -> np.ndarray:
-    """Non-zeros in each column of a weight (sparse or dense)."""
-    if sp.issparse(w):
-        w = to_csr(w)
-        return np.bincount(w.indices, minlength=w.shape[1])
-    return np.count_nonzero(w, axis=0)
-
-
-#: which linear values each fusion policy keeps as layers
-KEEPING = {"cost": worth_keeping, "always": None, "never": every_dense}
-
-
-def live_nodes(graph: Graph) -> set[int]:
-    """ids of the nodes the graph output depends on."""
-    live, stack = set(), [graph.output]
-    while stack:
-        node = graph.producer(stack.pop())
-        if node is not None and id(node) not in live:
-            live.add(id(node))
-            stack.extend(node.inputs)
-    return live
-
-
 # ----------------------------------------------------------------------------- emitting
 @dataclass
 class Block:
@@ -389,8 +85,8 @@ class Emitter:
 
     def __init__(self, graph: Graph, ctx: PassContext, plan: Plan) -> None:
         self.graph, self.ctx, self.plan = graph, ctx, plan
-        self.mode = ctx.options.get("linearize-dag.carry", "activation")
-        self.uniform = bool(ctx.options.get("linearize-dag.uniform", False))
+        self.mode = ctx.options.carry
+        self.uniform = ctx.options.uniform
         self.nonneg: dict[str, np.ndarray] = {}
         self.bytes = 0  # what the layers built so far take
 
@@ -455,7 +151,7 @@ class Emitter:
         input (interval analysis on the graph before it is replaced)."""
         plan = self.plan
         carried = [s for s, last in plan.last_use.items() if last > plan.depth[s]]
-        if self.mode == "identity" or not carried:
+        if self.mode == activations.IDENTITY.name or not carried:
             return
         bounds = interval_bounds(self.graph)
         # a kept part of a value is not a graph value: nothing is proven of its sign
@@ -501,7 +197,7 @@ class Emitter:
         rows = read_matrix(read, width)
         zero = np.zeros(n)
         (op, alpha), = kinds if len(kinds) == 1 else ((None, 0.0),)
-        if self.mode == "identity" or op not in ("Relu", "LeakyRelu") or \
+        if self.mode == activations.IDENTITY.name or op not in ("Relu", "LeakyRelu") or \
                 (op == "LeakyRelu" and alpha == -1.0):
             if self.uniform:
                 shown = ", ".join(sorted(kind[0] for kind in kinds))

@@ -9,67 +9,30 @@ from ..ir import Graph
 from ..ir.precision import working_precision
 from .base import PassContext, get_pass
 
-DEFAULT_PIPELINES: dict[str, list[str]] = {
-    "csr": [
-        "eliminate-identity",
-        "drop-final-softmax",
-        "fold-batchnorm",
-        "fold-pad",
-        "conv-to-dense",
-        "maxpool-to-relu",
-        "extremum-to-relu",
-        "clip-to-bounded-relu",  # one activation a value: the target has per-neuron ones
-        "layout-to-permutation",
-        "fold-stride",
-        "avgpool-fuse",
-        "fold-affine",
-        "lower-linear",
-        # again: a Reshape read by a broadcasting AddConst goes once that is a Dense
-        "layout-to-permutation",
-        "fuse-dense",
-        "linearize-dag",
-        "prune-neurons",
-        "eliminate-dead",
-    ],
-    # Verifier formats (ONNX MatMul/Add/Relu, .nnet): dense layers, every linear map fused,
-    # exact passes only (no linearization).
-    "onnx": [
-        "eliminate-identity", "drop-final-softmax", "fold-batchnorm", "fold-pad",
-        "conv-to-dense", "maxpool-to-relu", "extremum-to-relu", "clip-to-relu",
-        "layout-to-permutation", "fold-stride", "avgpool-fuse", "fold-affine",
-        "lower-linear", "layout-to-permutation", "fuse-dense", "linearize-dag", "fuse-dense", "prune-neurons",
-        "eliminate-dead",
-    ],
-    # OpenCV's ANN_MLP: one activation for every layer, so every linear map is fused.
-    "opencv": [
-        "eliminate-identity",
-        "drop-final-softmax",
-        "fold-batchnorm",
-        "fold-pad",
-        "extract-input-affine",
-        "conv-to-dense",
-        "maxpool-to-relu",
-        "extremum-to-relu",
-        "clip-to-relu",
-        "layout-to-permutation",
-        "fold-stride",
-        "avgpool-fuse",
-        "avgpool-linearize",
-        "fold-affine",
-        "lower-linear",
-        # again: a Reshape read by a broadcasting AddConst goes once that is a Dense
-        "layout-to-permutation",
-        "fuse-dense",
-        "linearize-dag",
-        "fuse-dense",
-        "prune-neurons",
-        "eliminate-dead",
-        "unify-activation",
-    ],
-}
-
-
-DEFAULT_PIPELINES["nnet"] = list(DEFAULT_PIPELINES["onnx"])
+#: the pipeline every target starts from (each target replaces or adds a few passes:
+#: ``backends``): lower the ops to Dense and activations, fuse what the size model allows,
+#: make the DAG a chain, drop what nothing reads
+CORE_PIPELINE: list[str] = [
+    "eliminate-identity",
+    "drop-final-softmax",
+    "fold-batchnorm",
+    "fold-pad",
+    "conv-to-dense",
+    "maxpool-to-relu",
+    "extremum-to-relu",
+    "clip-to-relu",
+    "layout-to-permutation",
+    "fold-stride",
+    "avgpool-fuse",
+    "fold-affine",
+    "lower-linear",
+    # again: a Reshape read by a broadcasting AddConst goes once that is a Dense
+    "layout-to-permutation",
+    "fuse-dense",
+    "linearize-dag",
+    "prune-neurons",
+    "eliminate-dead",
+]
 
 
 @dataclass
@@ -91,9 +54,11 @@ class PipelineReport:
 class Pipeline:
     """An ordered list of pass names that a user can build, edit and run.
 
-    >>> p = Pipeline.default("csr")
+    >>> p = Pipeline.core()
     >>> p.remove("fuse-dense")
     >>> p.insert_after("conv-to-dense", "eliminate-dead")
+
+    A target's own pipeline: ``cnn2mlp.backends.get_target("csr").pipeline()``.
     """
 
     def __init__(self, passes: Iterable[str] = ()) -> None:
@@ -102,10 +67,9 @@ class Pipeline:
             self.append(name)
 
     @classmethod
-    def default(cls, target: str = "csr") -> "Pipeline":
-        if target not in DEFAULT_PIPELINES:
-            raise ValueError(f"no default pipeline for target {target!r}")
-        return cls(DEFAULT_PIPELINES[target])
+    def core(cls) -> "Pipeline":
+        """The core pipeline (CORE_PIPELINE), before a target's changes."""
+        return cls(CORE_PIPELINE)
 
     # -- editing ----------------------------------------------------------------------------
     def append(self, name: str) -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import CompileError
-from ..ir import Graph, Node, get_op
+from ..ir import Graph, Node, UniformActivation, get_op
 from ..ir.analysis import interval_bounds
 from ..ir.linear import to_csr
 from ..ir.precision import real
@@ -31,8 +31,11 @@ class UnifyActivation(Pass):
       linear regime ``tanh(eps z) / eps`` (APPROXIMATE, bound recorded);
     - a hidden layer of one neuron gets an inert second one (OpenCV refuses width 1).
 
-    Writes ``graph.meta["uniform"]``: activation, alpha, output scale and shift.
+    Writes ``graph.meta.uniform``: activation, alpha, output scale and shift.
     Activations that cannot be unified are an error naming the layers.
+
+    Preserves: the function exactly (ReLU family: exact inside ``ctx.input_range``, where
+    the output shift's bound holds); a tanh linear regime within its recorded bound.
     """
 
     name = "unify-activation"
@@ -52,8 +55,7 @@ class UnifyActivation(Pass):
             out_scale, out_shift = activate_output(graph, ctx, dense, activation, alpha,
                                                    out_scale, out_shift)
         pad_single_neuron_layers(graph)
-        graph.meta["uniform"] = {"activation": activation, "alpha": alpha,
-                                 "output_scale": out_scale, "output_shift": out_shift}
+        graph.meta.uniform = UniformActivation(activation, alpha, out_scale, out_shift)
         return 1
 
 
@@ -213,7 +215,7 @@ def activate_output(graph, ctx, dense, activation, alpha, out_scale, out_shift):
         out_scale = out_scale / eps
         entry = {"node": dense.name, "activation": "Tanh", "epsilon": eps, "z_max": zmax,
                  "bound_at_pool": bound, "lipschitz_to_output": 1.0, "bound_at_output": bound}
-        graph.meta.setdefault("approximations", []).append(entry)
+        graph.meta.approximations.append(entry)
         graph.notes.append(f"approximate: the linear output layer runs in tanh's linear regime "
                            f"(eps={eps:.3g}); error bound {bound:.3g} for inputs in "
                            f"[{ctx.input_range[0]:g}, {ctx.input_range[1]:g}]")
@@ -223,9 +225,9 @@ def activate_output(graph, ctx, dense, activation, alpha, out_scale, out_shift):
 
 def input_box(graph: Graph, ctx: PassContext):
     low, high = ctx.input_range
-    if "input_affine" not in graph.meta:
+    if graph.meta.input_affine is None:
         return low, high
-    scale, shift = graph.meta["input_affine"]
+    scale, shift = graph.meta.input_affine
     a, b = low * scale + shift, high * scale + shift
     shape = graph.shape(graph.input)
     return np.minimum(a, b).reshape(shape), np.maximum(a, b).reshape(shape)

@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 import scipy.sparse as sp
 
+from ..ir.activations import IDENTITY
 from ..ir.mlp import MlpLayer
 
 #: merge only when it saves this share of the layer's non-zeros...
@@ -33,7 +34,7 @@ def merge_equal_columns(layer: MlpLayer) -> tuple[MlpLayer, MlpLayer] | None:
     summing = sp.csr_array((np.ones(len(class_of), w.dtype), (class_of, np.arange(len(class_of)))),
                            shape=(len(first), len(class_of)))
     summing.sort_indices()
-    return (MlpLayer(summing, np.zeros(len(first), w.dtype), "identity",
+    return (MlpLayer(summing, np.zeros(len(first), w.dtype), IDENTITY.name,
                      input_blocks=layer.input_blocks),
             replace(layer, weight=sp.csr_array(w[:, first]), input_blocks=None))
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from ..ir.activations import BY_CODE, BY_NAME
+from ..ir.activations import BY_CODE, BY_NAME, CATALOGUE
 from ..ir.mlp import MlpLayer
 from .columns import runtime_layers
 from .structure import Part, find_parts
@@ -39,12 +39,7 @@ GROUPED_ENOUGH = 0.9
 ALL_DENSE = 0.9
 
 #: activations the kernels apply as they store: (lo, scale, hi) of the clamp, from alpha
-CLAMPS = {
-    "identity": lambda a: (-np.inf, 1.0, np.inf),
-    "relu": lambda a: (0.0, 0.0, np.inf),
-    "leaky_relu": lambda a: (0.0, a, np.inf),
-    "bounded_relu": lambda a: (0.0, 0.0, a),
-}
+CLAMPS = {a.name: a.clamp for a in CATALOGUE if a.clamp is not None}
 CLAMP_CODES = [BY_NAME[name].code for name in CLAMPS]
 
 

@@ -158,7 +158,6 @@ def run_program(ops, fp, ip, rules, accumulate, codes, x, buf0, buf1, nb, scratc
     """Every layer's operations in turn; returns which buffer holds the output. Indices are
     unsigned throughout (numba checks signed ones for wrap-around on every access, and an
     unsigned index mixed with a signed one becomes a float)."""
-    one, four = np.uint64(1), np.uint64(4)
     h, out = x, buf0
     which, first_layer, ro = 0, True, np.uint64(0)
     sums = np.empty(PAIRS * BLOCK, fp.dtype)

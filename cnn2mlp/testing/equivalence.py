@@ -9,7 +9,9 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from ..check import Comparison, compare, onnx_runner, random_inputs
+from ..check import random_inputs
+from ..comparison import Comparison, compare
+from ..references import onnx_runner
 from ..ir import Graph, run
 
 
@@ -67,7 +69,7 @@ def assert_equivalent(original: Any, compiled: Any, inputs: np.ndarray | None = 
     logits = None
     result = getattr(compiled, "result", None)
     if result is not None and isinstance(original, (onnx.ModelProto, str, Path)):
-        logits = result.graph.meta.get("logits")
+        logits = result.graph.meta.logits
     run_ref, ref_shape = _runner(original, logits)
     run_got, got_shape = _runner(compiled)
     if inputs is None:

@@ -28,6 +28,7 @@ from . import (  # noqa: F401  (each module registers its layers)
     pooling,
     preprocessing,
 )
-from .importer import CONVERTERS, MERGE_CONVERTERS, KerasImporter, load_keras
+from .importer import KerasImporter, load_keras
+from .registry import CONVERTERS, MERGE_CONVERTERS
 
 __all__ = ["load_keras", "KerasImporter", "CONVERTERS", "MERGE_CONVERTERS"]

@@ -3,11 +3,16 @@ negative_slope, threshold), LeakyReLU, ELU, PReLU, Softmax, Activation, and the 
 are the identity at inference (Dropout and friends)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ...errors import CompileError, UnsupportedOpError
-from .importer import KerasImporter, Layer, Tensor, layer
+from .registry import Layer, Tensor, layer
 from .spatial import emit_multi
+
+if TYPE_CHECKING:
+    from .importer import KerasImporter
 
 ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "softplus": "Softplus",
                   "softsign": "Softsign", "silu": "Swish", "swish": "Swish", "gelu": "Gelu",

@@ -6,7 +6,7 @@ import numpy as np
 
 from ...errors import UnsupportedOpError
 from ...ir.precision import real
-from .importer import Tensor, layer
+from .registry import Tensor, layer
 from .spatial import as_tuple, keras_pads, spatial_input, spatial_rank
 
 

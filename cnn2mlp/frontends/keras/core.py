@@ -5,7 +5,7 @@ import numpy as np
 
 from ...errors import UnsupportedOpError
 from ...ir.precision import real
-from .importer import layer
+from .registry import layer
 
 
 @layer("Dense")

@@ -6,7 +6,7 @@ import numpy as np
 
 from ...errors import UnsupportedOpError
 from ...ir.precision import real
-from .importer import layer
+from .registry import layer
 from .spatial import (
     as_tuple,
     select_keras,

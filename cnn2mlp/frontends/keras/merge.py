@@ -3,7 +3,7 @@ Minimum, Concatenate; Multiply and Dot are refused as products."""
 from __future__ import annotations
 
 from ...errors import CompileError, UnsupportedOpError
-from .importer import merge_layer
+from .registry import merge_layer
 from .spatial import emit_multi, same_layout
 
 

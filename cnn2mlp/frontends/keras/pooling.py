@@ -1,7 +1,7 @@
 """MaxPooling, AveragePooling and their Global forms, 1D and 2D."""
 from __future__ import annotations
 
-from .importer import layer
+from .registry import layer
 from .spatial import as_tuple, keras_pads, spatial_input, spatial_rank
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import UnsupportedOpError
-from .importer import layer
+from .registry import layer
 
 
 @layer("Rescaling")

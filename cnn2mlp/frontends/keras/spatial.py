@@ -3,11 +3,16 @@ channels_first) and the layout the IR's convolutions want, Keras' padding rules,
 selections on Keras' own layout."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ...errors import CompileError, UnsupportedOpError
 from ...ir.geometry import same_pads
-from .importer import KerasImporter, Layer, Tensor
+from .registry import Layer, Tensor
+
+if TYPE_CHECKING:
+    from .importer import KerasImporter
 
 
 def spatial_rank(lay: Layer) -> int:

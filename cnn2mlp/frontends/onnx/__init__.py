@@ -12,13 +12,8 @@ registers its converters with ``@converter`` in a module of its own:
 - ``pooling``: MaxPool, AveragePool, GlobalMaxPool, GlobalAveragePool
 """
 from . import activations, arithmetic, convolution, layout, linear, pooling  # noqa: F401
-from .importer import (  # noqa: F401
-                       BATCH,
-                       CONVERTERS,
-                       OnnxImporter,
-                       check_model,
-                       load_onnx,
-                       read_model,
-)
+from .importer import OnnxImporter, load_onnx
+from .model import check_model, read_model  # noqa: F401
+from .registry import BATCH, CONVERTERS  # noqa: F401
 
 __all__ = ["load_onnx", "read_model", "OnnxImporter", "CONVERTERS"]

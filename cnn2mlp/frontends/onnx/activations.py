@@ -1,10 +1,15 @@
 """Element-wise activations and the final Softmax."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnx
 
-from .importer import OnnxImporter, as_str, attr, converter
+from .registry import as_str, attr, converter
+
+if TYPE_CHECKING:
+    from .importer import OnnxImporter
 
 
 @converter("Relu", "Sigmoid", "Tanh", "LeakyRelu")

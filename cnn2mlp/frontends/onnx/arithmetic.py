@@ -3,11 +3,15 @@ a DAG); Sum, Mean, Max and Min."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
-from .importer import OnnxImporter, converter
+from .registry import converter
+
+if TYPE_CHECKING:
+    from .importer import OnnxImporter
 
 
 @converter("Add", "Sub", "Mul", "Div")

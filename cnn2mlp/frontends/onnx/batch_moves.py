@@ -13,12 +13,16 @@ it keeps samples apart.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
-from .importer import OnnxImporter, inferred_output_shape
 from .measure import measure_linear
+from .registry import inferred_output_shape
+
+if TYPE_CHECKING:
+    from .importer import OnnxImporter
 
 #: ops that only move, pick or reshape values: what a chain may hold
 CHAIN_OPS = {"Transpose", "GatherND", "Gather", "Reshape", "Squeeze", "Unsqueeze", "Slice",

@@ -8,9 +8,8 @@ target computed from it can be recognised as "keep the batch".
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -19,40 +18,12 @@ from onnx import numpy_helper
 from ...errors import CompileError, UnsupportedOpError
 from ...ir import Graph
 from ...ir.precision import working_precision
+from .folding import FOLDABLE, ConstantFolding
+from .model import MIN_OPSET, needed_nodes, read_model
 from .patterns import fuse_patterns
-
-#: Stands for the batch size inside folded shape computations.
-BATCH = 1_000_003
-
-Converter = Callable[["OnnxImporter", onnx.NodeProto], None]
-CONVERTERS: dict[str, Converter] = {}
-
-
-def converter(*op_types: str):
-    def register(fn: Converter) -> Converter:
-        for op_type in op_types:
-            CONVERTERS[op_type] = fn
-        return fn
-    return register
-
-
-# Ops folded to constants when every input is constant (shape arithmetic, weight prep).
-FOLDABLE = {"Gather", "Slice", "Concat", "Cast", "Unsqueeze", "Squeeze", "ConstantOfShape",
-            "Reshape", "Add", "Sub", "Mul", "Div", "Identity", "Transpose", "Range",
-            "Expand", "Floor", "Ceil", "Neg", "Abs", "Sqrt", "Equal", "Where", "Min", "Max",
-            "ReduceProd", "Flatten", "Tile", "CastLike", "Pow", "Reciprocal", "Shape", "Size",
-            "Sum", "Mean", "And", "Or", "Xor", "Not", "Greater", "Less", "GreaterOrEqual",
-            "LessOrEqual", "Mod", "ReduceMax", "ReduceMin", "ReduceSum", "Sign", "Round"}
-
-
-#: folds whose output shape is the broadcast of their inputs' shapes
-BROADCASTING_FOLDS = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Min", "Max", "Equal",
-                      "Sum", "Mean", "And", "Or", "Xor", "Greater", "Less", "Mod"}
-#: folds whose output size comes from an input's values (a shape, repeats): op → that input
-SIZE_FROM_VALUES = {"ConstantOfShape": 0, "Expand": 1, "Tile": 1}
-
-#: the oldest opset whose operator semantics the converters implement
-MIN_OPSET = 7
+from .refusals import DISCONTINUOUS, NO_MLP_FORM
+from .registry import (BATCH, CONVERTERS, attr, constant_value, describe_bytes, first_line,
+                       inferred_output_shape)
 
 
 def load_onnx(path: str | Path, input_shape: Sequence[int] | None = None,
@@ -65,6 +36,9 @@ def load_onnx(path: str | Path, input_shape: Sequence[int] | None = None,
     graph = import_onnx(model, str(path), input_shape, allow_non_finite, max_bytes, output,
                         batch_axis)
     graph.notes[:0] = notes
+    # the MLP's ONNX file keeps the original's tensor names, so that code feeding one feeds
+    # the other (a model converted from TensorFlow keeps "input" and "output")
+    graph.meta.io_names = (graph.input, graph.output)
     return graph
 
 
@@ -110,113 +84,7 @@ def first_reason(error: CompileError) -> str:
     return text.split(": ", 1)[1] if ": " in text else text
 
 
-def read_model(path: str | Path) -> tuple[onnx.ModelProto, list[str]]:
-    """The model (external data loaded from beside it) and notes for the report."""
-    path = Path(path)
-    if not path.is_file():
-        raise CompileError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise CompileError(f"{path}: the file is empty; export the model again")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # protobuf raises several types for garbage
-        raise CompileError(f"{path}: not a readable ONNX file ({first_line(exc)}); "
-                           "check that the file is complete and is an .onnx model") from exc
-    if not model.graph.node and not model.graph.output:
-        raise CompileError(f"{path}: not an ONNX model (no graph); check the file")
-    return model, check_model(model, str(path))
-
-
-def check_model(model: onnx.ModelProto, source: str) -> list[str]:
-    """onnx.checker, except for graph outputs that declare no type or shape: onnxruntime
-    runs such models and the shapes are inferred anyway, so they compile with a note."""
-    try:
-        onnx.checker.check_model(model)
-        return []
-    except Exception as exc:
-        first = first_line(exc)
-    untyped = [o.name for o in model.graph.output
-               if not o.type.HasField("tensor_type") or not o.type.tensor_type.HasField("shape")]
-    if untyped:
-        patched = onnx.ModelProto()
-        patched.CopyFrom(model)
-        for out in patched.graph.output:
-            if out.name in untyped:
-                out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
-                out.type.tensor_type.shape.dim.add().dim_param = "N"
-        try:
-            onnx.checker.check_model(patched)
-            return [f"the model's output {', '.join(map(repr, untyped))} declares no type or "
-                    "shape (onnx.checker rejects that; onnxruntime accepts it): inferred"]
-        except Exception:
-            pass
-    raise CompileError(f"{source}: invalid ONNX model: {first}")
-
-#: ops that jump: no continuous piecewise-linear function, so no MLP, computes them
-#: ops that no MLP computes, and why (a product, a division or a normalization by values
-#: computed from the input; functions no target has as an activation)
-NORMALIZES = "normalizes each sample by statistics computed from it (a division by computed values)"
-NO_MLP_FORM = {
-    "LayerNormalization": NORMALIZES, "InstanceNormalization": NORMALIZES,
-    "GroupNormalization": NORMALIZES, "MeanVarianceNormalization": NORMALIZES,
-    "LpNormalization": "divides each sample by its norm (a division by computed values)",
-    "Attention": "multiplies values computed from the input (attention)",
-    "MultiHeadAttention": "multiplies values computed from the input (attention)",
-    **{op: f"computes {op.lower()} of values (a function no MLP target has as an activation)"
-       for op in ("Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh",
-                  "Atanh", "Exp", "Log", "Sqrt", "Reciprocal")},
-    "LogSoftmax": "takes a logarithm of a sum computed from the input",
-    "Hardmax": "is discontinuous (a jump no weighted sum of ReLUs has)",
-}
-
-DISCONTINUOUS = {"ArgMax", "ArgMin", "OneHot", "Equal", "Greater", "Less", "GreaterOrEqual",
-                 "LessOrEqual", "Round", "Floor", "Ceil", "Sign", "TopK", "NonZero", "Not",
-                 "And", "Or", "Xor", "IsNaN", "IsInf", "BitShift", "Mod"}
-
-
-def needed_nodes(nodes: list[onnx.NodeProto], target: str) -> list[onnx.NodeProto]:
-    """The nodes ``target`` depends on, in the file's order."""
-    producer = {out: node for node in nodes for out in node.output if out}
-    keep: set[int] = set()
-    stack = [target]
-    seen = set()
-    while stack:
-        name = stack.pop()
-        if name in seen or name not in producer:
-            continue
-        seen.add(name)
-        node = producer[name]
-        keep.add(id(node))
-        stack.extend(i for i in node.input if i)
-        for attribute in node.attribute:  # subgraphs (If, Loop) read outer names too
-            if attribute.g.node:
-                stack.extend(i for n in attribute.g.node for i in n.input if i)
-    return [node for node in nodes if id(node) in keep]
-
-
-def needed_part(model: onnx.ModelProto, output: str | None) -> onnx.ModelProto:
-    """A copy of the model with only the nodes ``output`` (default: the model's outputs)
-    depends on: nothing else is inferred, measured or run."""
-    targets = [output] if output else [o.name for o in model.graph.output]
-    nodes = list(model.graph.node)  # one list: needed_nodes answers by identity
-    wanted = {id(n) for t in targets for n in needed_nodes(nodes, t)}
-    part = onnx.ModelProto()
-    part.CopyFrom(model)
-    del part.graph.node[:]
-    part.graph.node.extend(n for n in nodes if id(n) in wanted)
-    if output:  # that tensor alone is the output
-        declared = [o for o in model.graph.output if o.name == output]
-        del part.graph.output[:]
-        part.graph.output.extend(declared or [onnx.ValueInfoProto(name=output)])
-    return part
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
-
-
-class OnnxImporter:
+class OnnxImporter(ConstantFolding):
     def __init__(self, model: onnx.ModelProto, source: str,
                  input_shape: Sequence[int] | None, allow_non_finite: bool = False,
                  max_bytes: int | None = None, output: str | None = None,
@@ -282,12 +150,12 @@ class OnnxImporter:
             raise CompileError(f"{self.source}: --output-tensor {out!r} is not a tensor of the model")
         self.graph.output = out
         if self.batchless:
-            self.graph.meta["batch_axis"] = None
+            self.graph.meta.batched = False
             self.graph.notes.append(self.batchless)
         if self.output_name is None:
             self._check_output_shape(g.output[0])
         else:
-            self.graph.meta["output_tensor"] = out
+            self.graph.meta.output_tensor = out
             self.graph.notes.append(f"compiled up to the tensor {out!r} (--output-tensor)")
         return self.graph
 
@@ -497,106 +365,9 @@ class OnnxImporter:
         end = attr(node, "end", None)
         return full[start:end]
 
-    def _fold(self, node: onnx.NodeProto) -> None:
-        self._check_fold_size(node)
-        per_batch = self._batch_free_inputs(node)
-        try:
-            results = self.reference(node, per_batch)
-        except Exception as exc:
-            self.fail(node, f"could not fold its constant inputs ({first_line(exc)})")
-        from_batch = bool(per_batch) or any(i in self.batch_consts for i in node.input if i)
-        for out, val in zip([o for o in node.output if o], results):
-            value = np.asarray(val)
-            if node.op_type == "Shape" and node.input[0] in self.batch_consts and \
-                    attr(node, "start", 0) in (0, None) and value.size:
-                value = value.copy()
-                value[0] = BATCH  # the shape of a per-batch constant names the batch
-            elif from_batch and value.ndim and value.shape[0] == 1:
-                self.batch_consts.add(out)
-            self.consts[out] = value
-
-    def _batch_free_inputs(self, node: onnx.NodeProto) -> dict[str, np.ndarray]:
-        """A ConstantOfShape, Expand or Tile to a shape (or repeats) that starts with the
-        batch size makes a constant that is the same in every sample: it is folded with 1
-        in the batch's place (never with the stand-in number, which would allocate a
-        million copies)."""
-        index = SIZE_FROM_VALUES.get(node.op_type)
-        if index is None or len(node.input) <= index:
-            return {}
-        name = node.input[index]
-        shape = np.asarray(self.consts[name])
-        if shape.ndim != 1 or not shape.size or int(shape[0]) != BATCH:
-            return {}
-        if node.op_type == "Tile" and np.shape(self.consts[node.input[0]])[:1] != (1,):
-            return {}
-        shape = shape.astype(np.int64).copy()
-        shape[0] = 1
-        return {name: shape}
-
     def consumers(self, name: str) -> list[onnx.NodeProto]:
         """The nodes (among those the output needs) that read tensor ``name``."""
         return [n for n in self.nodes if name in n.input]
-
-    def reference(self, node: onnx.NodeProto | list[onnx.NodeProto],
-                  data: dict[str, np.ndarray]) -> list:
-        """The node (or a chain of nodes: the last one's outputs) evaluated by
-        onnx.reference (ONNX's own semantics), its inputs taken from ``data`` or, for the
-        others, the model's constants."""
-        from onnx import helper
-        from onnx.reference import ReferenceEvaluator
-
-        nodes = node if isinstance(node, list) else [node]
-        made = {o for n in nodes for o in n.output if o}
-        inputs = list(dict.fromkeys(i for n in nodes for i in n.input if i and i not in made))
-        value_info = [helper.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None)
-                      for i in inputs]
-        outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
-                   for o in nodes[-1].output if o]
-        graph = helper.make_graph(nodes, "node", value_info, outputs)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
-        # probes are float64 (exact indices, exact basis responses); float constants join
-        # them in float64, as ops that combine two tensors (MatMul, Einsum) need one type
-        feeds = {i: data[i] if i in data else as_float64(self.consts[i]) for i in inputs}
-        return ReferenceEvaluator(model).run(None, feeds)
-
-    def _check_fold_size(self, node: onnx.NodeProto) -> None:
-        """A fold's output can dwarf its inputs (a ConstantOfShape of [10^6, 10^6], a
-        product of a column and a row): its size is known from the inputs' values and
-        shapes, and refused above --max-bytes before anything is allocated."""
-        batch_free = self._batch_free_inputs(node)
-
-        def value(i: int) -> np.ndarray | None:
-            name = node.input[i] if i < len(node.input) else ""
-            if not name:
-                return None
-            return np.asarray(batch_free.get(name, self.consts[name]))
-
-        try:
-            if node.op_type == "ConstantOfShape":
-                dims = [int(d) for d in value(0).ravel()]
-                size = math.prod(dims)
-            elif node.op_type == "Expand":
-                dims = tuple(int(d) for d in value(1).ravel())
-                size = math.prod(np.broadcast_shapes(value(0).shape, dims))
-            elif node.op_type == "Tile":
-                dims = [int(r) for r in value(1).ravel()]
-                size = value(0).size * math.prod(dims)
-            elif node.op_type == "Range":
-                start, limit, delta = (float(value(i)) for i in range(3))
-                dims, size = [], max(0, math.ceil((limit - start) / delta)) if delta else 0
-            elif node.op_type in BROADCASTING_FOLDS:
-                dims, size = [], math.prod(np.broadcast_shapes(
-                    *[np.shape(self.consts[i]) for i in node.input if i]))
-            else:
-                return
-        except (ValueError, TypeError, OverflowError, ZeroDivisionError):
-            return  # malformed: the reference evaluator reports it
-        if BATCH in dims:
-            self.fail(node, "builds a constant whose shape depends on the batch size beyond "
-                            "its first axis; no per-sample MLP computes that")
-        if size * 8 > self.max_bytes:
-            self.fail(node, f"folding it would make a constant of {size:,} values, above "
-                            f"--max-bytes {describe_bytes(self.max_bytes)}")
 
     def reduce_axes(self, node: onnx.NodeProto, x: str) -> list[int] | None:
         """The sample axes a Reduce* node reduces (sorted; the batch axis is refused), or
@@ -670,77 +441,3 @@ class OnnxImporter:
             self.fail(node, f"axis {axis} is the batch axis or out of range; only ops that "
                             "keep each sample separate can become an MLP")
         return axis - 1
-
-
-def describe_bytes(count: int) -> str:
-    """``100 MiB``, ``1.5 GiB``: a byte count as a person reads it."""
-    if count >= 2**30:
-        return f"{count / 2**30:.3g} GiB"
-    return f"{count / 2**20:.3g} MiB"
-
-
-def inferred_output_shape(node: onnx.NodeProto, data: dict[str, tuple[int, ...]],
-                          consts: dict[str, np.ndarray], opset: int
-                          ) -> tuple[int, ...] | None:
-    """ONNX shape inference (with data propagation) on the node alone: the computed
-    inputs as typed values of the given shapes, small constants as initializers (their
-    values decide shapes: Resize's scales, Tile's repeats), large ones by shape."""
-    from onnx import helper, shape_inference
-
-    inputs, inits = [], []
-    for name in dict.fromkeys(i for i in node.input if i):
-        if name in data:
-            inputs.append(helper.make_tensor_value_info(name, onnx.TensorProto.DOUBLE,
-                                                        list(data[name])))
-            continue
-        value = np.asarray(consts[name])
-        if value.size <= 4096:
-            inits.append(numpy_helper.from_array(value, name))
-        else:
-            elem = helper.np_dtype_to_tensor_dtype(value.dtype) if value.dtype.kind in "fiub" \
-                else onnx.TensorProto.DOUBLE
-            inputs.append(helper.make_tensor_value_info(name, elem, list(value.shape)))
-    outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
-               for o in node.output if o]
-    graph = helper.make_graph([node], "probe", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    try:
-        inferred = shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:
-        return None
-    for vi in inferred.graph.output:
-        if vi.name == node.output[0]:
-            ttype = vi.type.tensor_type
-            if not ttype.HasField("shape"):
-                return None
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
-            return None if any(d is None for d in dims) else tuple(dims)
-    return None
-
-
-def attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def constant_value(node: onnx.NodeProto) -> np.ndarray:
-    a = node.attribute[0]
-    if a.name == "value":
-        return numpy_helper.to_array(a.t)
-    if a.name == "sparse_value":
-        raise UnsupportedOpError(f"Constant node {node.name!r}: sparse constants are not supported")
-    value = onnx.helper.get_attribute_value(a)
-    if isinstance(value, bytes):
-        value = value.decode()
-    return np.asarray(value, dtype=np.float32 if a.name.startswith("value_float") else None)
-
-
-def as_float64(value: np.ndarray) -> np.ndarray:
-    value = np.asarray(value)
-    return value.astype(np.float64) if value.dtype.kind == "f" else value
-
-
-def as_str(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -3,14 +3,18 @@ Reshape, Squeeze/Unsqueeze, Transpose, Pad, and (for DAGs) Concat, Split and Sli
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
 from ...ir.precision import real
 from .batch_moves import convert_batch_move
-from .importer import BATCH, OnnxImporter, as_str, attr, converter, inferred_output_shape
 from .measure import measure_linear
+from .registry import BATCH, as_str, attr, converter, inferred_output_shape
+
+if TYPE_CHECKING:
+    from .importer import OnnxImporter
 
 
 @converter("Identity", "Dropout", "Cast", "CastLike")

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
 from ...ir.precision import real
-from .importer import OnnxImporter, as_str, attr, converter
+from .registry import as_str, attr, converter
+
+if TYPE_CHECKING:
+    from .importer import OnnxImporter
 
 
 @converter("Gemm")

@@ -2,13 +2,15 @@
 response to each basis vector minus it a column of the matrix."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import onnx
 
 from ...ir.precision import real
-from .importer import OnnxImporter
+
+if TYPE_CHECKING:
+    from .importer import OnnxImporter
 
 #: the largest dense (outputs × inputs) a linear op may be measured as, by basis vectors
 MAX_BASIS_ENTRIES = 1 << 27

@@ -1,10 +1,15 @@
 """MaxPool, AveragePool and their global forms."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import onnx
 
 from .convolution import window_pads
-from .importer import OnnxImporter, attr, converter
+from .registry import attr, converter
+
+if TYPE_CHECKING:
+    from .importer import OnnxImporter
 
 
 @converter("MaxPool", "AveragePool")
