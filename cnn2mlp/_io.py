@@ -73,6 +73,7 @@ class StagedOutputs:
 
     def __init__(self) -> None:
         self.staged: list[tuple[Path, Path]] = []
+        self.optional: set[Path] = set()  # adopted files a write may not have made
 
     def stage(self, path: str | Path) -> Path:
         final = destination(path)
@@ -86,9 +87,18 @@ class StagedOutputs:
             except FileExistsError:
                 self.staged.pop()
 
+    def adopt(self, tmp: Path, path: str | Path) -> None:
+        """A file written at ``tmp`` (beside a staged output) replaces ``path`` on commit."""
+        final = destination(path)
+        check_writable(final)
+        self.staged.append((Path(tmp), final))
+        self.optional.add(Path(tmp))
+
     def commit(self) -> None:
         raise_if_terminated()
         mode = 0o666 & ~_umask()  # staged files are 0600; give the usual mode
+        self.staged = [(tmp, final) for tmp, final in self.staged
+                       if tmp not in self.optional or tmp.exists()]
         for tmp, _ in self.staged:
             os.chmod(tmp, mode)
         for tmp, final in self.staged:

@@ -3,7 +3,8 @@
 Compiles MODEL (an .onnx, .keras or .h5 file; or takes a compiled .npz with ``--source``),
 then times, on the same inputs and threads: the original model (onnxruntime; Keras for a
 Keras file), the MLP with cnn2mlp's runtime (numba when installed) and with the scipy
-engine, the standalone numpy module (``--kernel-py``), and OpenCV's ANN_MLP when the dense
+engine, the standalone numpy module (``--kernel-py``), the C target built with ``-O3
+-march=native`` when a C compiler is found, and OpenCV's ANN_MLP when the dense
 weights fit. Prints median latency, throughput, the memory of the weights and the largest
 difference from the original; ``--plot FILE.png`` draws latency bars and a spy plot of
 each layer (matplotlib).
@@ -104,6 +105,7 @@ def bench(model: Path, artifact: Path | None, batches: Sequence[int], threads: i
         (label, original, None), (f"cnn2mlp ({runtime.engine})", runtime.predict, weights),
         ("cnn2mlp (scipy)", scipy_runtime.predict, weights),
         ("kernel-py (numpy)", kernel.predict, weights)]
+    engines += c_engine(model, workdir)
     engines += opencv_engine(model, workdir)
     rows = []
     rng = np.random.default_rng(0)
@@ -121,6 +123,22 @@ def bench(model: Path, artifact: Path | None, batches: Sequence[int], threads: i
             diff = None if run is original else float(np.abs(got - reference).max())
             rows.append(Row(name, batch, median_ms(lambda run=run, x=x: run(x), repeats), size, diff))
     return rows, runtime
+
+
+def c_engine(model: Path, workdir: Path) -> list:
+    """The C target built with -O3 -march=native (one thread), when a C compiler is found."""
+    from .backends.c_build import CModel, find_compiler
+    from .compile import compile_model
+
+    if find_compiler() is None:
+        print("note: the C target skipped: no C compiler (cc, gcc, clang or $CC)",
+              file=sys.stderr)
+        return []
+    out = workdir / "model.c"
+    result = compile_model(model, out, target="c")
+    built = CModel(out, result.mlp, optimize="-O3", extra=["-march=native"])
+    size = sum(p.stat().st_size for p in (out, out.with_suffix(".weights")) if p.exists())
+    return [("C target (-O3 -march=native)", built.predict, size)]
 
 
 def opencv_engine(model: Path, workdir: Path) -> list:

@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, metavar="FILE.json", help="write a JSON report")
     p.add_argument("--passes", metavar="P1,P2,...",
                    help="pass pipeline to run instead of the target's default")
+    p.add_argument("--c-prefix", metavar="NAME",
+                   help="C target: the prefix of the functions and macros (default: the "
+                        "output file's name, made a C identifier)")
     p.add_argument("--kernel-py", type=Path, metavar="FILE.py",
                    help="also write a standalone numpy module that runs the .npz")
     p.add_argument("--print-ir-after-all", action="store_true",
@@ -167,7 +170,7 @@ def run_cli(args: argparse.Namespace) -> int:
         ctx.options.carry = args.carry
     options = TargetOptions(max_dense_bytes=args.max_dense_bytes, xml_encoding=args.xml_encoding,
                             allow_approximate=args.allow_approximate,
-                            input_range=args.input_range)
+                            input_range=args.input_range, c_prefix=args.c_prefix)
     result = compile_model(args.model, None, target=target.name, input_shape=args.input_shape,
                            passes=passes, ctx=ctx, print_ir=args.print_ir_after_all,
                            allow_non_finite=args.allow_non_finite, max_bytes=args.max_bytes,
@@ -177,7 +180,10 @@ def run_cli(args: argparse.Namespace) -> int:
     # Every output is staged; they replace their destinations together, or none does.
     with StagedOutputs() as outputs:
         staged = outputs.stage(args.output)
-        target.write(result.mlp, result.graph.meta, staged, options, provenance)
+        for companion in target.companions(args.output):  # written beside the staged file
+            outputs.adopt(staged.with_suffix(companion.suffix), companion)
+        target.write(result.mlp, result.graph.meta, staged, options,
+                     {**provenance, "output": str(args.output)})
         if args.check:  # check the file as written, before it replaces anything
             result.check = check_against_reference(result, staged, args.model, args.check,
                                                    args.input_range, args.tolerance)
@@ -231,6 +237,9 @@ def plan_outputs(args: argparse.Namespace, target: Target) -> None:
     outputs = [("-o", args.output, target.suffix), ("--report", args.report, ".json"),
                ("--kernel-py", args.kernel_py, ".py")]
     outputs = [(flag, Path(path), suffix) for flag, path, suffix in outputs if path is not None]
+    if args.output is not None:  # files the target writes beside its output
+        outputs += [(f"-o {args.output} (its {c.suffix} file)", c, c.suffix)
+                    for c in target.companions(args.output)]
     model = Path(args.model).resolve()
     seen: dict[Path, str] = {}
     for flag, path, _ in outputs:

@@ -79,7 +79,7 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
     if output is not None:
         start = time.perf_counter()
         backend.write(mlp, graph.meta, output, options,
-                      {"source": str(model), "cnn2mlp": __version__})
+                      {"source": str(model), "cnn2mlp": __version__, "output": str(output)})
         seconds["backend"] = time.perf_counter() - start
     return result
 

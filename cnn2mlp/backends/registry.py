@@ -108,6 +108,11 @@ class Target:
     def load(self, mlp: Mlp, path: Path) -> Predictor:
         raise NotImplementedError
 
+    def companions(self, path: str | Path) -> list[Path]:
+        """Files a write makes beside ``path`` (a C source's header): written next to the
+        path ``write`` gets with their own suffixes, staged and committed with it."""
+        return []
+
 
 #: name → target, filled by @register_target as backend modules are imported
 TARGETS: dict[str, Target] = {}

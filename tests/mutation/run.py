@@ -346,6 +346,17 @@ MUTANTS: list[tuple[str, str, str, str]] = [
      "cnn2mlp/passes/maxpool_to_relu.py",
      "nonneg = ((members >= 0) & nonneg[np.maximum(members, 0)]).any(axis=1)",
      "nonneg = np.ones(len(members), bool)"),
+    # the C target (tests/test_c_target.py)
+    ("c: a group's sums assigned instead of added", "cnn2mlp/backends/c_layers.py",
+     'f"z[o[{l * n_b} + j]] += a{l};"', 'f"z[o[{l * n_b} + j]] = a{l};"'),
+    ("c: strided positions read as consecutive", "cnn2mlp/backends/c_layers.py",
+     "acc[l] += wt * xt[(long)l * step];", "acc[l] += wt * xt[l];"),
+    ("c: an activation's alpha dropped", "cnn2mlp/backends/c_layers.py",
+     "({self.real}){float(alpha)!r};", "({self.real})0.0;"),
+    ("c: the weights file's checksum not compared", "cnn2mlp/backends/c.py",
+     "if (h != {checksum}ULL)", "if (h != {checksum}ULL && 0)"),
+    ("c: copies read one column late", "cnn2mlp/backends/c_layers.py",
+     "const {self.real} *restrict hi = h + {c}[i];", "const {self.real} *restrict hi = h + {c}[i] + 1;"),
 ]
 
 
@@ -359,7 +370,7 @@ def apply(tree: Path, file: str, old: str, new: str) -> None:
 
 
 #: fast, core tests first: with -x, a caught mutant stops within seconds
-ORDER = ["test_pinned.py", "test_row_forms.py", "test_hardening.py", "test_passes.py", "test_analysis.py", "test_dag.py", "test_pooling.py",
+ORDER = ["test_pinned.py", "test_c_target.py", "test_row_forms.py", "test_hardening.py", "test_passes.py", "test_analysis.py", "test_dag.py", "test_pooling.py",
          "test_architectures.py",
          "test_activations.py", "test_linear_ops.py", "test_batch_axis.py", "test_precision.py",
          "test_conformance.py", "test_check.py",

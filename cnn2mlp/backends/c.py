@@ -1,0 +1,315 @@
+"""The C target: the MLP as one self-contained C99 source and its header, for C and C++
+programs, robots and microcontrollers (the C library and libm, nothing else).
+
+The code follows the runtime's plan (``runtime/plan.py``), the same structure the Python
+engines run: per layer, row groups as loops over a kernel's taps with the weights stored
+once and a fixed trip count, runs of copied values, CSR for the other rows, a dense product
+for a mostly non-zero layer, merged equal columns as a summing layer; then each run of
+neurons' activation, written from the activation catalogue's C expressions. A layer
+starts from its bias and every part adds to it, so rows that several parts write (a
+convolution plus its shortcut) need nothing special.
+
+Weights up to ``STATIC_LIMIT`` bytes are ``static const`` arrays in the source. Above, they
+go to a binary file beside it (``<stem>.weights``), which ``<prefix>_init(path)`` reads
+once, checking its size and an FNV-1a checksum, so that a big model does not make a
+source file the C compiler chokes on. Nothing from the model reaches the code but numbers
+and the prefix, which is made a C identifier.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CompileError
+from ..ir.graph import GraphMeta
+from ..ir.mlp import Mlp
+from ..runtime.plan import plan_layers
+from ..ir.activations import IDENTITY
+from .c_layers import Arrays, LayerWriter, c_type
+from .registry import Predictor, Target, TargetOptions, register_target
+
+#: weights above this many bytes go to a binary file read by <prefix>_init
+STATIC_LIMIT = 16 * 2**20
+#: the weights file starts with this tag and the format's version
+MAGIC = b"C2MW0001"
+C_KEYWORDS = {
+    "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
+    "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long", "register",
+    "restrict", "return", "short", "signed", "sizeof", "static", "struct", "switch",
+    "typedef", "union", "unsigned", "void", "volatile", "while", "bool", "true", "false"}
+
+
+def c_identifier(text: str) -> str:
+    """``text`` made a C identifier: letters, digits and underscores, not starting with a
+    digit, not a keyword, and at most 40 characters."""
+    name = re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_]", "_", text))[:40].strip("_") or "model"
+    if name[0].isdigit():
+        name = "m_" + name
+    if name.lower() in C_KEYWORDS or name.startswith("__"):
+        name = "m_" + name
+    return name
+
+
+def fnv1a64(data: bytes) -> int:
+    """The FNV-1a 64-bit hash (the C side computes the same while reading the file)."""
+    h = 0xCBF29CE484222325
+    prime = 0x100000001B3
+    view = np.frombuffer(data, np.uint8)
+    # in chunks of plain Python ints: exact 64-bit arithmetic, O(bytes)
+    for start in range(0, len(view), 1 << 16):
+        for byte in view[start:start + (1 << 16)].tolist():
+            h = ((h ^ byte) * prime) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def literals(array: np.ndarray) -> str:
+    """The values as C literals, a line every 8 (floats exactly: 9 or 17 digits)."""
+    flat = array.ravel()
+    if not flat.size:
+        return "0"
+    if array.dtype.kind == "f":
+        digits, suffix = (9, "f") if array.dtype == np.float32 else (17, "")
+        text = np.char.add(np.char.mod(f"%.{digits - 1}e", flat), suffix).tolist()
+    else:
+        text = [str(v) for v in flat.tolist()]
+    return ",\n".join(", ".join(text[i:i + 8]) for i in range(0, len(text), 8))
+
+
+@dataclass
+class CSource:
+    source: str
+    header: str
+    weights: bytes | None  # the binary weights file, or None (weights in the source)
+
+
+def c_source(mlp: Mlp, prefix: str, header_name: str, contract: str,
+             static_limit: int | None = None) -> CSource:
+    """The C source, header and (for big models: above ``static_limit`` bytes, default
+    STATIC_LIMIT) weights file of ``mlp``."""
+    static_limit = STATIC_LIMIT if static_limit is None else static_limit
+    real = "double" if mlp.dtype == np.float64 else "float"
+    plans = plan_layers(mlp.layers, mlp.dtype)
+    arrays = Arrays(real)
+    writers = [LayerWriter(k, plan, arrays, real) for k, plan in enumerate(plans)]
+    functions = [w.emit() for w in writers]
+    scratch = max(1, max(w.scratch for w in writers))
+    n_in, n_out = plans[0].n_in, plans[-1].n_out
+    width = max(max(p.n_out for p in plans), n_in)
+    upper = prefix.upper()
+    external = arrays.nbytes > static_limit
+    blob = None
+    if external:
+        declarations, blob = external_arrays(arrays)
+    else:
+        declarations = "\n".join(
+            f"static const {c_type(a, real)} {name}[{max(1, a.size)}] = {{\n{literals(a)}\n}};"
+            for name, a in arrays.items)
+    calls = []
+    for k in range(len(plans)):
+        src = "x" if k == 0 else ("a" if k % 2 else "b")
+        dst = "a" if k % 2 == 0 else "b"
+        calls.append(f"        layer{k}({src}, {dst}, c);")
+    last = "a" if (len(plans) - 1) % 2 == 0 else "b"
+    header = HEADER.format(name=header_name, upper=upper, prefix=prefix, real=real, n_in=n_in, n_out=n_out,
+                           contract=contract, init_doc=INIT_DOC_EXTERNAL if external
+                           else INIT_DOC_STATIC)
+    body = SOURCE.format(
+        header=header_name, prefix=prefix, upper=upper, real=real, width=width, scratch=scratch,
+        declarations=declarations, functions="\n\n".join(functions),
+        calls="\n".join(calls), last=last,
+        init=init_external(prefix, arrays, blob) if external else INIT_STATIC.format(
+            prefix=prefix),
+        ready="    if (!ready) return -1;\n" if external else "")
+    return CSource(body, header, blob)
+
+
+def external_arrays(arrays: Arrays) -> tuple[str, bytes]:
+    """Pointer declarations, and the weights file: MAGIC, then each array 8-byte aligned."""
+    chunks, offset = [MAGIC], len(MAGIC)
+    lines = []
+    for name, a in arrays.items:
+        pad = (-offset) % 8
+        chunks.append(b"\0" * pad)
+        offset += pad
+        data = a.astype(a.dtype.newbyteorder("<") if a.dtype.kind == "f" else "<i4",
+                        copy=False).tobytes()
+        lines.append(f"static const {c_type(a, arrays.real)} *{name}; /* @{offset} */")
+        chunks.append(data)
+        offset += len(data)
+    return "\n".join(lines), b"".join(chunks)
+
+
+def init_external(prefix: str, arrays: Arrays, blob: bytes) -> str:
+    assignments, offset = [], len(MAGIC)
+    for name, a in arrays.items:
+        offset += (-offset) % 8
+        assignments.append(f"    {name} = (const void *)(blob + {offset});")
+        offset += a.nbytes
+    return INIT_EXTERNAL.format(prefix=prefix, size=len(blob), checksum=fnv1a64(blob),
+                                magic=MAGIC.decode(), assignments="\n".join(assignments))
+
+
+HEADER = """/* {name}: generated by cnn2mlp. An MLP equivalent to a convolutional network. */
+#ifndef {upper}_H
+#define {upper}_H
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+/* values per sample */
+#define {upper}_INPUT_SIZE {n_in}
+#define {upper}_OUTPUT_SIZE {n_out}
+
+/* {contract} */
+
+{init_doc}
+int {prefix}_init(const char *weights_path);
+
+/* Runs `batch` samples: `in` holds batch * {upper}_INPUT_SIZE values, sample after sample;
+   `out` receives batch * {upper}_OUTPUT_SIZE. Returns 0, or -1 (not initialized), -2 (no
+   memory for the work buffers), -3 (batch < 0). Reentrant: no state but the weights. */
+int {prefix}_predict(const {real} *in, {real} *out, int batch);
+
+#ifdef __cplusplus
+}}
+#endif
+
+#endif
+"""
+
+INIT_DOC_STATIC = """/* The weights are in the source: init does nothing and returns 0 (kept so that code
+   written for a bigger model, whose weights are in a file, works unchanged). */"""
+INIT_DOC_EXTERNAL = """/* Reads the weights file written beside the source (its size and checksum are checked).
+   Returns 0, or -1 (cannot open or read), -2 (no memory), -3 (not this model's weights).
+   Call once before predict. */"""
+
+INIT_STATIC = """int {prefix}_init(const char *weights_path)
+{{
+    (void)weights_path;
+    return 0;
+}}
+"""
+
+INIT_EXTERNAL = """static unsigned char *blob;
+static int ready;
+
+int {prefix}_init(const char *weights_path)
+{{
+    FILE *f;
+    unsigned long long h = 14695981039346656037ULL;
+    long n = {size}L, i;
+    if (ready) return 0;
+    f = fopen(weights_path, "rb");
+    if (!f) return -1;
+    blob = (unsigned char *)malloc((size_t)n + 1);
+    if (!blob) {{ fclose(f); return -2; }}
+    /* one byte more than expected: a longer file is not this model's */
+    if ((long)fread(blob, 1, (size_t)n + 1, f) != n || memcmp(blob, "{magic}", 8) != 0) {{
+        fclose(f); free(blob); blob = NULL; return -3;
+    }}
+    fclose(f);
+    for (i = 0; i < n; i++) h = (h ^ blob[i]) * 1099511628211ULL;
+    if (h != {checksum}ULL) {{ free(blob); blob = NULL; return -3; }}
+{assignments}
+    ready = 1;
+    return 0;
+}}
+"""
+
+SOURCE = """/* Generated by cnn2mlp: do not edit. See {header} for the interface. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <tgmath.h>
+
+#include "{header}"
+
+#if defined(__GNUC__) && !defined(__clang__)
+#define NO_LOOP_VECTORIZE __attribute__((optimize("no-tree-loop-vectorize")))
+#else
+#define NO_LOOP_VECTORIZE
+#endif
+
+{declarations}
+
+{init}
+{functions}
+
+int {prefix}_predict(const {real} *in, {real} *out, int batch)
+{{
+    {real} *a, *b, *c;
+    int s;
+{ready}    if (batch < 0) return -3;
+    a = ({real} *)malloc(sizeof({real}) * {width});
+    b = ({real} *)malloc(sizeof({real}) * {width});
+    c = ({real} *)malloc(sizeof({real}) * {scratch});
+    if (!a || !b || !c) {{ free(a); free(b); free(c); return -2; }}
+    (void)b;
+    for (s = 0; s < batch; s++) {{
+        const {real} *x = in + (long)s * {upper}_INPUT_SIZE;
+{calls}
+        memcpy(out + (long)s * {upper}_OUTPUT_SIZE, {last}, sizeof({real}) * {upper}_OUTPUT_SIZE);
+    }}
+    free(a);
+    free(b);
+    free(c);
+    return 0;
+}}
+"""
+
+
+def c_paths(path: str | Path) -> tuple[Path, Path, Path]:
+    """The source's path, its header's (same stem, .h) and its weights file's."""
+    path = Path(path)
+    return path, path.with_suffix(".h"), path.with_suffix(".weights")
+
+
+@register_target
+class CTarget(Target):
+    """A C99 source and header (``-o model.c`` writes ``model.c`` and ``model.h``): sparse
+    like the CSR target, with per-neuron activations."""
+
+    name, suffix, kind = "c", ".c", "a C source"
+    fusion = "cost"
+    replace = {"clip-to-relu": "clip-to-bounded-relu"}
+
+    def pass_options(self):
+        from ..passes.base import PassOptions
+
+        return PassOptions(carry=IDENTITY.name)
+
+    def companions(self, path: str | Path) -> list[Path]:
+        """The other files a write makes beside ``path``."""
+        _, header, weights = c_paths(path)
+        return [header, weights]
+
+    def write(self, mlp: Mlp, meta: GraphMeta, path: str | Path, options: TargetOptions,
+              provenance: dict[str, str]) -> None:
+        if meta.input_affine is not None or meta.uniform is not None:
+            raise CompileError("extract-input-affine and unify-activation prepare a graph for "
+                               "the opencv target; leave them out of --passes for c")
+        final = Path(provenance.get("output", path))
+        prefix = c_identifier(options.c_prefix or final.stem)
+        _, header_path, weights_path = c_paths(path)
+        n_in = mlp.layers[0].n_in
+        contract = (f"Input: the model's input without the batch axis, shape "
+                    f"{tuple(mlp.input_shape)}, flattened row-major in its own layout "
+                    f"({n_in} values). Output: shape {tuple(mlp.output_shape)}, flattened"
+                    + (" (logits: the model's final softmax is not applied)"
+                       if meta.logits else "") + ".")
+        made = c_source(mlp, prefix, c_paths(final)[1].name, contract)
+        Path(path).write_text(made.source)
+        header_path.write_text(made.header)
+        if made.weights is not None:
+            weights_path.write_bytes(made.weights)
+
+    def load(self, mlp: Mlp, path: Path) -> Predictor:
+        """Builds the source with the system C compiler and runs it (``--check``)."""
+        from .c_build import build_and_load
+
+        return build_and_load(Path(path), mlp)

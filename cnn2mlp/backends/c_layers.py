@@ -1,0 +1,253 @@
+"""The C code of one planned layer, for the C target (``backends/c.py``): the bias, a
+dense product, row groups as loops over a kernel's taps, copied runs, CSR rows, and each run
+of neurons' activation from the activation catalogue's C expressions.
+
+Every part adds to the layer's output, which starts from the bias, so rows that several
+parts write (a convolution plus its shortcut) need nothing special. The arrays a layer needs
+are collected in an ``Arrays``; the target decides whether they go into the source or into
+a weights file."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ir.activations import BY_NAME, IDENTITY
+from ..runtime.plan import LayerPlan
+from ..runtime.structure import ProductGroup
+
+#: kernels computed together by a convolution's loop (two AVX vectors of float)
+LANES = 16
+
+
+@dataclass
+class Arrays:
+    """The constant arrays a source needs, by name, in the order they were added."""
+
+    real: str
+    items: list[tuple[str, np.ndarray]] = field(default_factory=list)
+
+    def add(self, name: str, values: np.ndarray) -> str:
+        self.items.append((name, np.ascontiguousarray(values)))
+        return name
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for _, a in self.items)
+
+
+def c_type(array: np.ndarray, real: str) -> str:
+    return real if array.dtype.kind == "f" else "int32_t"
+
+
+def base_runs(bases: np.ndarray) -> np.ndarray:
+    """Maximal runs of evenly spaced bases, as rows (first index, length, first base,
+    step): a feature map's row of positions is one run (step 1, or the stride)."""
+    runs, start, n = [], 0, len(bases)
+    while start < n:
+        step = int(bases[start + 1] - bases[start]) if start + 1 < n else 1
+        stop = start + 1
+        while stop < n and bases[stop] - bases[stop - 1] == step:
+            stop += 1
+        if step <= 0:  # keep runs increasing: a lone base is its own run
+            stop, step = start + 1, 1
+        runs.append((start, stop - start, int(bases[start]), step))
+        start = stop
+    return np.array(runs, np.int64).reshape(-1, 4)
+
+
+class LayerWriter:
+    """The C function of one planned layer: ``z = f(W h + b)`` for one sample."""
+
+    def __init__(self, index: int, plan: LayerPlan, arrays: Arrays, real: str) -> None:
+        self.k, self.plan, self.arrays, self.real = index, plan, arrays, real
+        self.lines: list[str] = []
+        self.scratch = 0  # the scratch values a group needs (rows not consecutive)
+        self.helpers: list[str] = []  # functions of their own the layer calls
+
+    def array(self, what: str, values, dtype=None) -> str:
+        values = np.asarray(values, dtype if dtype is not None else np.int32)
+        return self.arrays.add(f"L{self.k}_{what}_{len(self.arrays.items)}", values)
+
+    def weights(self, what: str, values) -> str:
+        dtype = np.float32 if self.real == "float" else np.float64
+        return self.array(what, values, dtype)
+
+    def emit(self) -> str:
+        p, r = self.plan, self.real
+        bias = self.weights("bias", p.bias)
+        self.lines = [f"static void layer{self.k}(const {r} *restrict h, {r} *restrict z, "
+                      f"{r} *restrict scratch)",
+                      "{", "    int i, j, t;", "    (void)j; (void)t; (void)scratch;",
+                      f"    for (i = 0; i < {p.n_out}; i++) z[i] = {bias}[i];"]
+        if p.dense is not None:
+            self.dense(p.dense)
+        for part in p.parts:
+            for group in part.groups:
+                self.group(group)
+            if part.copies is not None and len(part.copies[0]):
+                self.copies(part.copies)
+            if len(part.rest_rows):
+                self.csr(part.rest_rows, part.rest)
+        self.activations()
+        self.lines.append("}")
+        return "\n\n".join(self.helpers + ["\n".join(self.lines)])
+
+    def dense(self, w: np.ndarray) -> None:
+        name = self.weights("dense", w)
+        n_out, n_in = w.shape
+        self.lines += [
+            f"    for (i = 0; i < {n_out}; i++) {{",
+            f"        const {self.real} *restrict row = {name} + (long)i * {n_in};",
+            f"        {self.real} acc = 0;",
+            f"        for (j = 0; j < {n_in}; j++) acc += row[j] * h[j];",
+            "        z[i] += acc;", "    }"]
+
+    def group(self, g) -> None:
+        """``out[rows[k, b]] += sum_t kernels[k, t] h[shifts[k] + bases[b] + offsets[t]]``.
+
+        A convolution's kernels all read the same positions: sixteen kernels are computed
+        together, tap by tap, as a multiply-add of one input value with sixteen weights
+        stored next to each other (the kernels transposed), whatever the map's size. The
+        kernels of a depthwise or grouped convolution read positions of their own: eight
+        positions of a run of evenly spaced ones (a row of the map) go together instead.
+        The code spells out which sums are independent: no reassociation is asked of the
+        compiler, so its float results are the same under any flags."""
+        shifts = np.asarray(g.shifts)
+        values = np.unique(shifts)
+        if len(values) > len(shifts) // LANES:  # depthwise: each kernel its own positions
+            self.positions_in_lanes(g)
+            return
+        for value in values:  # kernels that read the same positions go together
+            chosen = np.flatnonzero(shifts == value)
+            part = ProductGroup(g.kernels[chosen], g.offsets, g.bases, g.rows[chosen],
+                                shifts[chosen])
+            if len(chosen) >= LANES:
+                self.kernels_in_lanes(part)
+            else:
+                self.positions_in_lanes(part)
+
+    def kernels_in_lanes(self, g) -> None:
+        n_k, taps = g.kernels.shape
+        n_b = len(g.bases)
+        blocked = n_k - n_k % LANES
+        transposed = self.weights("kernels_t", np.asarray(g.kernels[:blocked]).reshape(
+            blocked // LANES, LANES, taps).transpose(0, 2, 1))
+        offsets = self.array("offsets", g.offsets)
+        bases = self.array("bases", g.bases)
+        out = self.array("rows", g.rows)
+        r, shift = self.real, int(g.shifts[0]) if len(g.shifts) else 0
+        # one accumulator variable a lane, written out: the compiler keeps them in vector
+        # registers (its loop vectorizer, turned off here, would gather across taps instead)
+        lanes = range(LANES)
+        name = f"layer{self.k}_group{len(self.helpers)}"
+        self.helpers.append("\n".join([
+            f"static NO_LOOP_VECTORIZE void {name}(const {r} *restrict h, {r} *restrict z)",
+            "{", "    int i, j, t;",
+            f"    for (i = 0; i < {blocked // LANES}; i++) {{",
+            f"        const {r} *restrict w = {transposed} + (long)i * {taps * LANES};",
+            f"        const int32_t *restrict o = {out} + (long)i * {LANES * n_b};",
+            f"        for (j = 0; j < {n_b}; j++) {{",
+            f"            const {r} *restrict x = h + {shift} + {bases}[j];",
+            f"            {r} " + ", ".join(f"a{l} = 0" for l in lanes) + ";",
+            f"            for (t = 0; t < {taps}; t++) {{",
+            f"                const {r} xt = x[{offsets}[t]];",
+            f"                const {r} *restrict wt = w + t * {LANES};",
+            "                " + " ".join(f"a{l} += wt[{l}] * xt;" for l in lanes),
+            "            }",
+            "            " + " ".join(f"z[o[{l * n_b} + j]] += a{l};" for l in lanes),
+            "        }", "    }", "}"]))
+        self.lines.append(f"    {name}(h, z);")
+        if blocked < n_k:  # the kernels left over
+            self.positions_in_lanes(ProductGroup(g.kernels[blocked:], g.offsets, g.bases,
+                                                 g.rows[blocked:], g.shifts[blocked:]))
+
+    def positions_in_lanes(self, g) -> None:
+        n_k, taps = g.kernels.shape
+        n_b = len(g.bases)
+        runs = base_runs(np.asarray(g.bases, np.int64))
+        kernels = self.weights("kernels", g.kernels)
+        offsets = self.array("offsets", g.offsets)
+        shifts = self.array("shifts", g.shifts)
+        run_start, run_length, run_base, run_step = (
+            self.array(f"run_{what}", column)
+            for what, column in zip(("start", "length", "base", "step"), runs.T))
+        out = self.array("rows", g.rows)
+        r = self.real
+        self.lines += [
+            f"    for (i = 0; i < {n_k}; i++) {{",
+            f"        const {r} *restrict w = {kernels} + (long)i * {taps};",
+            f"        const {r} *restrict src = h + {shifts}[i];",
+            f"        const int32_t *restrict o = {out} + (long)i * {n_b};",
+            f"        for (j = 0; j < {len(runs)}; j++) {{",
+            f"            const int first = {run_start}[j], n = {run_length}[j];",
+            f"            const int step = {run_step}[j];",
+            f"            const {r} *restrict x = src + {run_base}[j];",
+            "            int p = 0, l;",
+            "            for (; p + 8 <= n; p += 8) {",
+            f"                {r} acc[8] = {{0}};",
+            "                const long at = (long)p * step;",
+            f"                for (t = 0; t < {taps}; t++) {{",
+            f"                    const {r} wt = w[t];",
+            f"                    const {r} *restrict xt = x + at + {offsets}[t];",
+            "                    if (step == 1) for (l = 0; l < 8; l++) acc[l] += wt * xt[l];",
+            "                    else for (l = 0; l < 8; l++) acc[l] += wt * xt[(long)l * step];",
+            "                }",
+            "                for (l = 0; l < 8; l++) z[o[first + p + l]] += acc[l];",
+            "            }",
+            "            for (; p < n; p++) {",
+            f"                const {r} *restrict xp = x + (long)p * step;",
+            f"                {r} acc[8] = {{0}};",
+            f"                {r} sum = 0;",
+            f"                for (t = 0; t + 8 <= {taps}; t += 8)",
+            f"                    for (l = 0; l < 8; l++) acc[l] += w[t + l] * xp[{offsets}[t + l]];",
+            f"                for (; t < {taps}; t++) sum += w[t] * xp[{offsets}[t]];",
+            "                for (l = 0; l < 8; l++) sum += acc[l];",
+            "                z[o[first + p]] += sum;",
+            "            }",
+            "        }", "    }"]
+    def copies(self, copies) -> None:
+        rows, columns, lengths, weights = copies
+        n = len(rows)
+        r, c, n_len = self.array("copy_rows", rows), self.array("copy_cols", columns), \
+            self.array("copy_lengths", lengths)
+        w = self.weights("copy_weights", weights)
+        self.lines += [
+            f"    for (i = 0; i < {n}; i++) {{",
+            f"        {self.real} *restrict zo = z + {r}[i];",
+            f"        const {self.real} *restrict hi = h + {c}[i];",
+            f"        const {self.real} wi = {w}[i];",
+            f"        for (j = 0; j < {n_len}[i]; j++) zo[j] += wi * hi[j];", "    }"]
+
+    def csr(self, rest_rows, rest) -> None:
+        data, indices, indptr = rest
+        rows = self.array("csr_rows", rest_rows)
+        values = self.weights("csr_values", data)
+        cols = self.array("csr_cols", indices)
+        ptr = self.array("csr_ptr", indptr)
+        self.lines += [
+            f"    for (i = 0; i < {len(rest_rows)}; i++) {{",
+            f"        {self.real} acc = 0;",
+            f"        for (j = {ptr}[i]; j < {ptr}[i + 1]; j++) acc += {values}[j] * h[{cols}[j]];",
+            f"        z[{rows}[i]] += acc;", "    }"]
+
+    def activations(self) -> None:
+        layer = self.plan.source
+        runs = layer.segments or ((0, layer.n_out, layer.activation, layer.alpha),)
+        for start, stop, name, alpha in runs:
+            if name == IDENTITY.name or stop <= start:
+                continue
+            expr = BY_NAME[name].c
+            self.lines += [
+                f"    for (i = {start}; i < {stop}; i++) {{",
+                f"        const {self.real} z0 = z[i];",
+                f"        const {self.real} a = ({self.real}){float(alpha)!r};",
+                "        (void)a;",
+                f"        z[i] = ({self.real})({expr.replace('z', 'z0')});", "    }"]
+
+
+def expression_uses_only_z_and_a(expr: str) -> bool:
+    """The catalogue's C expressions name z and a; renaming z to z0 relies on no function
+    name containing a 'z' (checked by a test over the whole catalogue)."""
+    return not re.search(r"[A-Za-y_]z|z[A-Za-z_0-9]", expr)

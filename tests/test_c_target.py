@@ -1,0 +1,239 @@
+"""The C target: the emitted source builds with the system C compiler under
+-std=c99 -Wall -Wextra -Werror -pedantic and computes what the original does."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from cnn2mlp.backends.c import CTarget, STATIC_LIMIT, c_identifier, c_source
+from cnn2mlp.backends.c_layers import expression_uses_only_z_and_a
+from cnn2mlp.backends.c_build import CModel, find_compiler
+from cnn2mlp.cli import main
+from cnn2mlp.compile import compile_model
+from cnn2mlp.errors import CompileError
+from cnn2mlp.ir.activations import CATALOGUE
+from cnn2mlp.references import onnx_runner
+from cnn2mlp.testing import OnnxBuilder
+from cnn2mlp.testing.zoo import block_model
+
+pytestmark = pytest.mark.skipif(find_compiler() is None, reason="no C compiler (apt install gcc)")
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_precision import double_cnn  # noqa: E402
+
+
+def conv(k=3, s=1, p=1, out=4, g=1):
+    return {"kernel_shape": (k, k), "strides": (s, s), "dilations": (1, 1),
+            "pads": (p, p, p, p), "group": g, "out_channels": out}
+
+
+def pool(k=2, s=2):
+    return {"kernel_shape": (k, k), "strides": (s, s), "dilations": (1, 1), "pads": (0, 0, 0, 0),
+            "ceil_mode": 0}
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
+
+
+def compiled_c(model_path: Path, tmp_path: Path, name: str = "net.c") -> CModel:
+    out = tmp_path / name
+    result = compile_model(model_path, out, target="c")
+    return CModel(out, result.mlp)
+
+
+def assert_matches_onnxruntime(model_path: Path, c_model: CModel, shape, tol=1e-4, seed=0):
+    x = np.random.default_rng(seed).uniform(-1, 1, (7,) + tuple(shape)).astype(np.float32)
+    reference = onnx_runner(model_path)(x)
+    got = c_model.predict(x)
+    scale = np.maximum(1.0, np.abs(reference))
+    assert np.max(np.abs(got - reference) / scale) <= tol
+
+
+def test_a_cnn_with_max_pooling(tmp_path):
+    b = OnnxBuilder((3, 8, 8), seed=1)
+    b.conv(conv(out=6))
+    b.activation("Relu")
+    b.pool("MaxPool", pool())
+    b.conv(conv(out=5, s=2))
+    b.activation("Relu")
+    b.flatten()
+    b.dense(4)
+    path = save(b.build(), tmp_path / "cnn.onnx")
+    assert_matches_onnxruntime(path, compiled_c(path, tmp_path), (3, 8, 8))
+
+
+@pytest.mark.parametrize("block", ["basic_blocks", "inverted_residual", "dense_block",
+                                   "grouped"])
+def test_dags_with_carried_values_and_shortcuts(tmp_path, block):
+    path = save(block_model(block, size=8, seed=2), tmp_path / f"{block}.onnx")
+    shape = onnx_shape(path)
+    assert_matches_onnxruntime(path, compiled_c(path, tmp_path), shape)
+
+
+def onnx_shape(path: Path) -> tuple[int, ...]:
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[1:]
+    return tuple(d.dim_value for d in dims)
+
+
+@pytest.mark.parametrize("op", ["Tanh", "Sigmoid", "Elu", "Softplus", "LeakyRelu", "Softsign"])
+def test_element_wise_activations(tmp_path, op):
+    b = OnnxBuilder((2, 6, 6), seed=3)
+    b.conv(conv(out=3))
+    b.activation(op)
+    b.flatten()
+    b.dense(5)
+    b.activation(op)
+    b.dense(3)
+    path = save(b.build(), tmp_path / f"{op}.onnx")
+    assert_matches_onnxruntime(path, compiled_c(path, tmp_path), (2, 6, 6))
+
+
+def test_relu6_is_one_bounded_neuron(tmp_path):
+    b = OnnxBuilder((2, 6, 6), seed=4)
+    b.conv(conv(out=4))
+    b.node("Clip", [b.current, b.const(np.float32(0)), b.const(np.float32(6))])
+    b.flatten()
+    b.dense(3)
+    path = save(b.build(), tmp_path / "relu6.onnx")
+    model = compiled_c(path, tmp_path)
+    assert "(z0 > a ? a" in (tmp_path / "net.c").read_text()
+    assert_matches_onnxruntime(path, model, (2, 6, 6))
+
+
+def test_float64_models_stay_double(tmp_path):
+    path = save(double_cnn(), tmp_path / "double.onnx")
+    out = tmp_path / "precise.c"
+    result = compile_model(path, out, target="c")
+    assert "int precise_predict(const double *in, double *out, int batch);" in \
+        out.with_suffix(".h").read_text()
+    c_model = CModel(out, result.mlp)
+    x = np.random.default_rng(5).uniform(-1, 1, (6, 2, 6, 6))
+    from onnx.reference import ReferenceEvaluator
+
+    reference = ReferenceEvaluator(onnx.load(str(path))).run(None, {"x": x})[0]
+    got = c_model.predict(x)
+    assert got.dtype == np.float64
+    assert np.max(np.abs(got - reference) / np.maximum(1, np.abs(reference))) <= 1e-12
+
+
+def test_big_weights_go_to_a_checked_file(tmp_path, monkeypatch):
+    """Above the static limit, the weights are a file beside the source: init checks its
+    size and checksum, and predict refuses to run without it."""
+    import cnn2mlp.backends.c as c_module
+
+    monkeypatch.setattr(c_module, "STATIC_LIMIT", 0)
+    b = OnnxBuilder((2, 6, 6), seed=6)
+    b.conv(conv(out=4))
+    b.activation("Relu")
+    b.flatten()
+    b.dense(3)
+    path = save(b.build(), tmp_path / "m.onnx")
+    out = tmp_path / "big.c"
+    assert main([str(path), "-o", str(out), "--check", "10", "--quiet"]) == 0
+    weights = out.with_suffix(".weights")
+    assert weights.exists() and "static const float *" in out.read_text()
+    result = compile_model(path)
+    assert_matches_onnxruntime(path, CModel(out, result.mlp), (2, 6, 6))
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CompileError, match="init returned -3"):
+        CModel(out, result.mlp)
+    weights.write_bytes(bytes(data[:-1]))
+    with pytest.raises(CompileError, match="init returned -3"):
+        CModel(out, result.mlp)
+    weights.unlink()
+    with pytest.raises(CompileError, match="init returned -1"):
+        CModel(out, result.mlp)
+    assert STATIC_LIMIT == 16 * 2**20
+
+
+def test_names_from_the_model_never_reach_the_code(tmp_path):
+    assert c_identifier("3 bad-name;") == "m_3_bad_name"
+    assert c_identifier("int") == "m_int"
+    assert c_identifier("") == "model"
+    assert c_identifier("évil*/#include") == "vil_include"
+    assert c_identifier("double") == "m_double"
+    b = OnnxBuilder((2, 4, 4), seed=7)
+    b.conv(conv(out=2))
+    b.activation("Relu")
+    b.flatten()
+    b.dense(2)
+    path = save(b.build(), tmp_path / "m.onnx")
+    out = tmp_path / "9 lives*.c"
+    assert main([str(path), "-o", str(out), "--quiet"]) == 0
+    assert "int m_9_lives_predict(" in out.with_suffix(".h").read_text()
+    assert main([str(path), "-o", str(tmp_path / "x.c"), "--c-prefix", "robot arm",
+                 "--quiet"]) == 0
+    assert "#define ROBOT_ARM_INPUT_SIZE 32" in (tmp_path / "x.h").read_text()
+
+
+def test_the_catalogues_c_expressions_can_be_renamed():
+    assert all(expression_uses_only_z_and_a(a.c) for a in CATALOGUE)
+    assert not expression_uses_only_z_and_a("fabsz(z)")
+
+
+def test_a_failed_check_writes_nothing(tmp_path, monkeypatch):
+    """Source and header are staged together: when --check fails, neither appears."""
+    b = OnnxBuilder((2, 4, 4), seed=8)
+    b.conv(conv(out=2))
+    b.activation("Relu")
+    b.flatten()
+    b.dense(2)
+    path = save(b.build(), tmp_path / "m.onnx")
+    built_predict = CModel.predict
+    monkeypatch.setattr(CModel, "predict", lambda self, x: built_predict(self, x) + 1.0)
+    assert main([str(path), "-o", str(tmp_path / "m.c"), "--check", "5", "--quiet"]) != 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++")
+def test_the_readmes_cpp_program_prints_what_predict_returns(tmp_path):
+    text = README[README.index("### Using the C target from C++"):]
+    program = text[text.index("```cpp\n") + 7:text.index("\n```", text.index("```cpp"))]
+    build = text[text.index("```sh\n") + 6:text.index("\n```", text.index("```sh"))]
+    b = OnnxBuilder((3, 8, 8), seed=9)
+    b.conv(conv(out=4))
+    b.activation("Relu")
+    b.pool("MaxPool", pool())
+    b.flatten()
+    b.dense(10)
+    path = save(b.build(), tmp_path / "model.onnx")
+    result = compile_model(path, tmp_path / "model.c")
+    (tmp_path / "main.cpp").write_text(program)
+    for command in build.splitlines():
+        subprocess.run(command, shell=True, cwd=tmp_path, check=True)
+    printed = subprocess.run(["./app"], cwd=tmp_path, capture_output=True, text=True,
+                             check=True).stdout.split()
+    x = np.full((1, 3, 8, 8), 0.5, np.float32)
+    expected = CModel(tmp_path / "model.c", result.mlp).predict(x).ravel()
+    np.testing.assert_allclose(np.array(printed, float), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
+    b = OnnxBuilder((2, 4, 4), seed=10)
+    b.flatten()
+    b.dense(2)
+    path = save(b.build(), tmp_path / "m.onnx")
+    result = compile_model(path, tmp_path / "m.c")
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with pytest.raises(CompileError, match="cannot run the C compiler"):
+        CModel(tmp_path / "m.c", result.mlp)
+
+
+def test_the_target_is_registered_by_its_suffix():
+    from cnn2mlp.backends import target_for
+
+    assert isinstance(target_for("robot.c"), CTarget)
+    assert c_source  # the module's entry point for the benchmark
