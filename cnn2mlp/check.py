@@ -87,6 +87,7 @@ def check_against_reference(result: CompileResult, artifact: Path, model: str | 
     comparison.reference = getattr(run_reference, "reference", "")
     comparison.truth_note = truth_note
     comparison.float32_slack = tolerance is None
+    comparison.input_range = (float(input_range[0]), float(input_range[1]))
     if truth_parts:
         comparison.truth_error = merged(truth_parts).max_rel_error
         comparison.reference_truth_error = merged(reference_parts).max_rel_error

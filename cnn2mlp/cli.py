@@ -7,6 +7,7 @@ terminated. Every output is staged and replaces its destination only when all su
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -125,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "auto (default): identity for csr, activation for the others")
     p.add_argument("--input-shape", type=parse_dims, metavar="D1,D2,...",
                    help="input dims after the batch axis, where the model leaves them open")
-    p.add_argument("--input-range", type=parse_range, default=(0.0, 1.0), metavar="LO,HI",
-                   help="input domain for --check and bound analyses (default 0,1)")
+    p.add_argument("--input-range", type=parse_range, metavar="LO,HI",
+                   help="input domain for --check and bound analyses (default: what the "
+                        "model's leading scaling implies, e.g. 0,255 after x/255; else 0,1)")
     p.add_argument("--check", type=int, default=0, metavar="N",
                    help="compare with the reference runtime on N random inputs")
     p.add_argument("--tolerance", type=float, default=None,
@@ -163,19 +165,21 @@ def run_cli(args: argparse.Namespace) -> int:
                            f"{target.kind}: give -o FILE.npz")
     check_options(args)
     plan_outputs(args, target)
-    ctx = target.context(input_range=args.input_range)
+    ctx = target.context()
     if args.epsilon is not None:
         ctx.options.epsilon = args.epsilon
     if args.carry != "auto":
         ctx.options.carry = args.carry
     options = TargetOptions(max_dense_bytes=args.max_dense_bytes, xml_encoding=args.xml_encoding,
                             allow_approximate=args.allow_approximate,
-                            input_range=args.input_range, c_prefix=args.c_prefix)
+                            c_prefix=args.c_prefix)
     result = compile_model(args.model, None, target=target.name, input_shape=args.input_shape,
                            passes=passes, ctx=ctx, print_ir=args.print_ir_after_all,
                            allow_non_finite=args.allow_non_finite, max_bytes=args.max_bytes,
                            output_tensor=args.output_tensor, batch_axis=args.batch_axis,
-                           show_progress=not args.quiet, options=options)
+                           show_progress=not args.quiet, options=options,
+                           input_range=args.input_range)
+    options = dataclasses.replace(options, input_range=result.input_domain.range)
     provenance = {"source": str(args.model), "cnn2mlp": __version__}
     # Every output is staged; they replace their destinations together, or none does.
     with StagedOutputs() as outputs:
@@ -186,7 +190,7 @@ def run_cli(args: argparse.Namespace) -> int:
                      {**provenance, "output": str(args.output)})
         if args.check:  # check the file as written, before it replaces anything
             result.check = check_against_reference(result, staged, args.model, args.check,
-                                                   args.input_range, args.tolerance)
+                                                   result.input_domain.range, args.tolerance)
             if not result.check.passed:
                 raise CheckFailed(f"{args.model}: --check failed: {result.check.describe()}; "
                                   f"{args.output} was not written")
@@ -205,8 +209,28 @@ def run_cli(args: argparse.Namespace) -> int:
         if result.check:
             print(("check passed: " if result.check.passed else "check FAILED: ")
                   + result.check.describe())
-        print(f"wrote {args.output}")
+        for line in written_lines(args, target):
+            print(line)
     return 0
+
+
+def human_size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def written_lines(args: argparse.Namespace, target: Target) -> list[str]:
+    """``wrote m.xml (124.3 MB)`` for every file written: a dense target can be a hundred
+    times the sparse size the table counts."""
+    paths = [args.output, *target.companions(args.output), args.kernel_py, args.report]
+    lines = []
+    for path in paths:
+        if path is not None and Path(path).exists():
+            lines.append(f"wrote {path} ({human_size(Path(path).stat().st_size)})")
+    return lines
 
 
 def check_options(args: argparse.Namespace) -> None:

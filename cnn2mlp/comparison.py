@@ -24,6 +24,8 @@ class Comparison:
     #: whether the float32 reference's own error widens the tolerance against float64
     #: (not when the user set --tolerance: that is the bar)
     float32_slack: bool = True
+    #: the box the inputs were drawn from (--check), when known
+    input_range: tuple[float, float] | None = None
 
     @property
     def truth_tolerance(self) -> float | None:
@@ -42,8 +44,10 @@ class Comparison:
         return self.truth_tolerance is not None and self.truth_error <= self.truth_tolerance
 
     def describe(self) -> str:
+        inputs = f"{self.samples} inputs" + (
+            f" in [{self.input_range[0]:g}, {self.input_range[1]:g}]" if self.input_range else "")
         text = (f"max abs error {self.max_abs_error:.3g}, max rel error {self.max_rel_error:.3g} "
-                f"(tolerance {self.tolerance:g}) over {self.samples} inputs; worst at "
+                f"(tolerance {self.tolerance:g}) over {inputs}; worst at "
                 f"{self.worst_index}: reference {self.worst_reference:.9g}, "
                 f"got {self.worst_got:.9g}"
                 + (f"; reference: {self.reference}" if self.reference else ""))
@@ -59,6 +63,7 @@ class Comparison:
         return {"samples": self.samples, "max_abs_error": self.max_abs_error,
                 "max_rel_error": self.max_rel_error, "tolerance": self.tolerance,
                 "passed": self.passed, "worst_index": list(self.worst_index),
+                "input_range": list(self.input_range) if self.input_range else None,
                 "float64": None if self.truth_tolerance is None else {
                     "mlp_rel_error": self.truth_error,
                     "reference_rel_error": self.reference_truth_error,

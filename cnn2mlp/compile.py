@@ -7,6 +7,7 @@ is ``cli.py`` (``python -m cnn2mlp.compile`` runs it), the report ``report.py``,
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from .backends import TargetOptions, target_for
 from .errors import CompileError
 from .frontends import load_model
 from .ir import Graph
+from .ir.domain import DEFAULT_DOMAIN, resolve_input_domain
 from .ir.mlp import Mlp, NotAnMlpError
 from .ir.precision import working_precision
 from .passes import PassContext, Pipeline
@@ -35,11 +37,14 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
                   output_tensor: str | None = None,
                   batch_axis: str = "auto",
                   show_progress: bool = False,
-                  options: TargetOptions | None = None) -> CompileResult:
+                  options: TargetOptions | None = None,
+                  input_range: tuple[float, float] | None = None) -> CompileResult:
     """Compile ``model`` into an MLP; write it to ``output`` when given. ``target`` names
     the backend (default: from ``output``'s suffix, else "csr"); ``options`` are what its
     writer needs. ``output_tensor`` names a tensor (ONNX) or layer (Keras) to compile up
-    to instead of the model's output."""
+    to instead of the model's output. ``input_range`` is the input domain (default: what
+    the model's leading scaling implies, else [0, 1]; see ``ir/domain.py``), also taken
+    from ``ctx.input_range`` when that is not the default."""
     seconds: dict[str, float] = {}
     backend = target_for(output, target)
     options = options or TargetOptions()
@@ -57,6 +62,12 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
     pipeline = passes if isinstance(passes, Pipeline) else (
         Pipeline(passes) if passes is not None else backend.pipeline())
     ctx = ctx or backend.context()
+    for stated in (ctx.input_range, options.input_range):  # an API caller's own range
+        if input_range is None and stated != DEFAULT_DOMAIN.range:
+            input_range = stated
+    domain = resolve_input_domain(graph, input_range)
+    ctx.input_range = domain.range
+    options = dataclasses.replace(options, input_range=domain.range)
     if ctx.max_bytes is None:
         from .ir.cost import default_max_bytes
 
@@ -75,7 +86,7 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
         raise CompileError(f"{model}: the pipeline left a graph that is not an MLP: {exc}; "
                            "check --passes") from exc
     result = CompileResult(mlp, graph, backend.name, report, seconds, stats=ctx.stats,
-                           multiply_adds=multiply_adds)
+                           multiply_adds=multiply_adds, input_domain=domain)
     if output is not None:
         start = time.perf_counter()
         backend.write(mlp, graph.meta, output, options,

@@ -42,7 +42,7 @@ def activation_detail(layer) -> str:
 def format_table(result: CompileResult) -> str:
     rows = layer_rows(result.mlp)
     lines = [f"{'layer':>5} {'inputs':>9} {'neurons':>9} {'carried':>8} {'non-zeros':>12} "
-             f"{'density':>9} {'bytes':>12}  activation"]
+             f"{'density':>9} {'CSR bytes':>12}  activation"]
     for r, layer in zip(rows, result.mlp.layers):
         lines.append(f"{r['layer']:>5} {r['inputs']:>9} {r['neurons']:>9} {r['carried']:>8} "
                      f"{r['nnz']:>12} {r['density']:>9.2%} {r['bytes']:>12}  "
@@ -55,6 +55,9 @@ def format_table(result: CompileResult) -> str:
                      f"has {result.nnz:,} non-zeros ({result.nnz / result.multiply_adds:.2f}x)")
     lines.append("passes: " + ", ".join(f"{p.name} {p.seconds * 1e3:.1f} ms ({p.rewrites})"
                                         for p in result.pipeline.records))
+    if result.input_domain.inferred:
+        lines.append(f"INPUT DOMAIN: {result.input_domain.describe()}: --check samples it and "
+                     "bounds assume it")
     if result.mlp.dtype != np.float32:
         lines.append(f"precision: {result.mlp.dtype.name} (the model's own; weights, the "
                      "artifact and predict keep it)")
@@ -91,6 +94,8 @@ def report_dict(result: CompileResult, model: str | Path, output: str | Path) ->
         "stats": result.stats,
         "approximations": result.graph.meta.approximations,
         "contract": contract(result),
+        "input_domain": {"low": result.input_domain.low, "high": result.input_domain.high,
+                         "source": result.input_domain.source},
     }
 
 

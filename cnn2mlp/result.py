@@ -6,6 +6,7 @@ from typing import Any
 
 from .comparison import Comparison
 from .ir import Graph
+from .ir.domain import DEFAULT_DOMAIN, InputDomain
 from .ir.mlp import Mlp
 from .passes.pipeline import PipelineReport
 
@@ -23,6 +24,8 @@ class CompileResult:
     #: the original network's multiply-adds for one sample: the yardstick of the MLP's
     #: non-zeros (ir.cost.multiply_adds)
     multiply_adds: int = 0
+    #: the inputs the compile assumed and the check sampled (ir/domain.py)
+    input_domain: InputDomain = DEFAULT_DOMAIN
 
     @property
     def nnz(self) -> int:

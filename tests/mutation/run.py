@@ -357,6 +357,15 @@ MUTANTS: list[tuple[str, str, str, str]] = [
      "if (h != {checksum}ULL)", "if (h != {checksum}ULL && 0)"),
     ("c: copies read one column late", "cnn2mlp/backends/c_layers.py",
      "const {self.real} *restrict hi = h + {c}[i];", "const {self.real} *restrict hi = h + {c}[i] + 1;"),
+    # the input domain (tests/test_input_domain.py)
+    ("domain: the inferred range not given to the passes", "cnn2mlp/compile.py",
+     "    ctx.input_range = domain.range\n", ""),
+    ("domain: --check samples the default box", "cnn2mlp/cli.py",
+     "result.input_domain.range, args.tolerance", "(0.0, 1.0), args.tolerance"),
+    ("domain: a scaling to [-1, 1] read as one to [0, 1]", "cnn2mlp/ir/domain.py",
+     "elif np.allclose(offset, -1.0, rtol=0, atol=1e-6):", "elif False:"),
+    ("domain: the preimage's ends not ordered", "cnn2mlp/ir/domain.py",
+     "(ends.min(), ends.max())", "(ends[0].min(), ends[1].max())"),
 ]
 
 
@@ -370,7 +379,7 @@ def apply(tree: Path, file: str, old: str, new: str) -> None:
 
 
 #: fast, core tests first: with -x, a caught mutant stops within seconds
-ORDER = ["test_pinned.py", "test_c_target.py", "test_row_forms.py", "test_hardening.py", "test_passes.py", "test_analysis.py", "test_dag.py", "test_pooling.py",
+ORDER = ["test_pinned.py", "test_c_target.py", "test_input_domain.py", "test_row_forms.py", "test_hardening.py", "test_passes.py", "test_analysis.py", "test_dag.py", "test_pooling.py",
          "test_architectures.py",
          "test_activations.py", "test_linear_ops.py", "test_batch_axis.py", "test_precision.py",
          "test_conformance.py", "test_check.py",
