@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import CompileError
+from .errors import CompileError, install_hint
 
 
 @dataclass
@@ -179,7 +179,7 @@ def plot(rows: list[Row], runtime, path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise CompileError("--plot needs matplotlib: pip install 'cnn2mlp[plot]'") from exc
+        raise CompileError(f"--plot needs matplotlib: {install_hint('plot')}") from exc
     layers = runtime.layers
     fig, axes = plt.subplots(1, 1 + len(layers), figsize=(4 + 3 * len(layers), 4))
     batches = sorted({r.batch for r in rows})

@@ -10,6 +10,7 @@ import numpy as np
 from ._io import raise_if_terminated
 from .comparison import Comparison, compare, merged
 from .errors import CompileError
+from .progress import Progress
 from .references import reference_runner, softmax, truth_runner
 from .result import CompileResult
 
@@ -50,13 +51,28 @@ def input_batches(shape: tuple[int, ...], n: int, batch: int, low: float = 0.0,
 
 def check_against_reference(result: CompileResult, artifact: Path, model: str | Path, n: int,
                             input_range: tuple[float, float] = (0.0, 1.0),
-                            tolerance: float | None = None) -> Comparison:
+                            tolerance: float | None = None,
+                            progress: Progress | None = None) -> Comparison:
     """The written ``artifact`` against the original ``model``'s own runtime on ``n``
     random inputs from ``input_range``, in batches sized to memory (a check of 1000 inputs
     on a wide model must not hold 1000 samples' activations at once). ``tolerance``
     (relative to max(1, |y|)) defaults by precision; given, it is also the bar against
-    the float64 evaluation."""
+    the float64 evaluation. ``progress`` shows the steps on a terminal (starting
+    TensorFlow for a Keras reference takes tens of seconds)."""
+    progress = progress or Progress(enabled=False)
+    try:
+        return compare_on_random_inputs(result, artifact, model, n, input_range, tolerance,
+                                        progress)
+    finally:
+        progress.done()
+
+
+def compare_on_random_inputs(result: CompileResult, artifact: Path, model: str | Path, n: int,
+                             input_range: tuple[float, float], tolerance: float | None,
+                             progress: Progress) -> Comparison:
     from .backends import get_target
+
+    progress.say("check: starting the reference")
 
     dtype = result.mlp.dtype  # a double model is checked in double
     bar = tolerance if tolerance is not None else DEFAULT_TOLERANCE[dtype.name]
@@ -71,7 +87,10 @@ def check_against_reference(result: CompileResult, artifact: Path, model: str | 
     batch = batch_size_for(per_sample, n)
     truth, truth_note = float64_truth(result, model, n)
     parts, truth_parts, reference_parts = [], [], []
+    done = 0
     for x in input_batches(result.mlp.input_shape, n, batch, *input_range, dtype=dtype):
+        progress.say(f"check: {done}/{n} inputs")
+        done += len(x)
         reference = run_reference(x)
         raise_if_terminated()
         got = predictor.predict(x)

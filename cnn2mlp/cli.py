@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import math
 import os
 import signal
 import sys
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -30,7 +32,9 @@ from .check import CheckFailed, check_against_reference
 from .compile import compile_model
 from .errors import CompileError
 from .ir.activations import IDENTITY
+from .progress import Progress
 from .report import format_table, report_dict
+from .tensorflow_env import prepare_tensorflow
 
 
 def parse_dims(text: str) -> tuple[int, ...]:
@@ -90,74 +94,127 @@ def join_signed_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line, with the option a typo was probably meant to be (the full
+    usage is one --help away)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        hint = ""
+        if message.startswith("unrecognized arguments:"):
+            known = [o for action in self._actions for o in action.option_strings]
+            for word in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.6)
+                if word.startswith("-") and close:
+                    hint = f" (did you mean {close[0]}?)"
+                    break
+        self.exit(2, f"{self.prog}: error: {message}{hint}; see {self.prog} --help\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help text wrapped at spaces only: a pass name like clip-to-bounded-relu stays whole."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+EXAMPLES = """examples:
+  {prog} model.onnx -o model.npz --check 100       sparse MLP for the Python runtime, checked
+  {prog} model.keras -o model.xml --check 100      OpenCV's ANN_MLP (C++: cv::ml::ANN_MLP::load)
+  {prog} model.onnx -o model.nnet --input-range 0,1  a ReLU MLP for a verifier (Marabou, NNV)
+  {prog} model.onnx -o model.c --check 100         C99 source and header for a C/C++ program
+
+Trust: .onnx, .keras and .h5 files are read as data (no code in them runs; a Keras Lambda is
+refused). SavedModel folders, frozen .pb and .tflite files are converted and, with --check,
+run by TensorFlow itself: use them only from a trusted source. Compiled .npz files are
+loaded without unpickling."""
+
+
+def program_name() -> str:
+    """``cnn2mlp`` when run as the console command, else ``python -m cnn2mlp.compile``."""
+    return "cnn2mlp" if Path(sys.argv[0]).name == "cnn2mlp" else "python -m cnn2mlp.compile"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m cnn2mlp.compile",
-        description="Compile a trained CNN into an equivalent MLP.",
-        epilog="Trust: .onnx, .keras and .h5 files are read as data (no code in them runs; a "
-               "Keras Lambda is refused). SavedModel folders, frozen .pb and .tflite files are "
-               "converted and, with --check, run by TensorFlow itself: use them only from a "
-               "trusted source. Compiled .npz files are loaded without unpickling.")
+    from .passes import PASSES
+
+    prog = program_name()
+    p = OneLineParser(prog=prog, description="Compile a trained CNN into an equivalent MLP.",
+                      epilog=EXAMPLES.format(prog=prog),
+                      formatter_class=HelpFormatter)
+    by_suffix = ", ".join(f"{t.suffix}: {t.name}" for t in targets().values())
     p.add_argument("model", type=Path,
                    help="model file: .onnx, .keras, .h5, .tflite, a SavedModel folder or .pb")
-    by_suffix = ", ".join(f"{t.suffix}: {t.name}" for t in targets().values())
-    p.add_argument("-o", "--output", type=Path, required=True,
-                   help=f"output file; its suffix picks the target ({by_suffix})")
-    p.add_argument("--target", choices=list(targets()),
-                   help=f"the target, if not the suffix's ({by_suffix})")
-    p.add_argument("--allow-approximate", action="store_true",
-                   help="onnx/nnet: write a network that a linearization made approximate")
-    p.add_argument("--xml-encoding", choices=["text", "base64"], default="text",
-                   help="opencv target: decimal text (17 digits) or base64 binary doubles")
-    p.add_argument("--max-dense-bytes", type=parse_bytes, metavar="SIZE",
-                   default=DEFAULT_MAX_DENSE_BYTES,
-                   help="opencv target: refuse dense weights above SIZE (default 1G)")
-    p.add_argument("--output-tensor", metavar="TENSOR",
-                   help="compile up to this tensor (ONNX) or layer (Keras) instead of the "
-                        "model's output, e.g. the logits before an ArgMax")
-    p.add_argument("--batch-axis", choices=["auto", "0", "none"], default="auto",
-                   help="ONNX: whether the input's first axis is the batch (0) or the whole "
-                        "input is one sample (none, as in W @ x models); auto: a symbolic or "
-                        "size-1 first axis is the batch, a fixed vector or fixed first axis "
-                        "above 1 is one sample")
-    p.add_argument("--carry", choices=["auto", "activation", IDENTITY.name], default="auto",
-                   help="DAGs: carry skipped values with the layer's own activation (ReLU: "
-                        "1 or 2 neurons) or with identity neurons (1, per-neuron activation); "
-                        "auto (default): identity for csr, activation for the others")
-    p.add_argument("--input-shape", type=parse_dims, metavar="D1,D2,...",
-                   help="input dims after the batch axis, where the model leaves them open")
-    p.add_argument("--input-range", type=parse_range, metavar="LO,HI",
-                   help="input domain for --check and bound analyses (default: what the "
-                        "model's leading scaling implies, e.g. 0,255 after x/255; else 0,1)")
-    p.add_argument("--check", type=int, default=0, metavar="N",
-                   help="compare with the reference runtime on N random inputs")
-    p.add_argument("--tolerance", type=float, default=None,
-                   help="--check fails above this error relative to max(1, |y|) (default "
-                        "1e-4, or 1e-9 for a float64 model)")
-    p.add_argument("--epsilon", type=float, metavar="EPS",
-                   help="scale of avgpool-linearize (default: chosen to minimise the error)")
-    p.add_argument("--report", type=Path, metavar="FILE.json", help="write a JSON report")
-    p.add_argument("--passes", metavar="P1,P2,...",
-                   help="pass pipeline to run instead of the target's default")
-    p.add_argument("--c-prefix", metavar="NAME",
-                   help="C target: the prefix of the functions and macros (default: the "
-                        "output file's name, made a C identifier)")
-    p.add_argument("--kernel-py", type=Path, metavar="FILE.py",
-                   help="also write a standalone numpy module that runs the .npz")
-    p.add_argument("--print-ir-after-all", action="store_true",
-                   help="print the IR after every pass (stderr)")
-    p.add_argument("--max-bytes", type=parse_bytes, metavar="SIZE",
-                   help="refuse MLPs estimated above SIZE (e.g. 8G; default: a quarter of RAM)")
-    p.add_argument("--allow-non-finite", action="store_true",
-                   help="accept NaN/Inf weights")
-    p.add_argument("--quiet", action="store_true", help="print only errors and warnings")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="version", version=f"cnn2mlp {__version__}")
+
+    model = p.add_argument_group("the model")
+    model.add_argument("--input-shape", type=parse_dims, metavar="D1,D2,...",
+                       help="input dims after the batch axis, where the model leaves them open")
+    model.add_argument("--output-tensor", metavar="TENSOR",
+                       help="compile up to this tensor (ONNX) or layer (Keras) instead of the "
+                            "model's output, e.g. the logits before an ArgMax")
+    model.add_argument("--batch-axis", choices=["auto", "0", "none"], default="auto",
+                       help="ONNX: whether the input's first axis is the batch (0) or the whole "
+                            "input is one sample (none, as in W @ x models); auto (default): a "
+                            "symbolic or size-1 first axis is the batch, a fixed vector or "
+                            "fixed first axis above 1 is one sample")
+    model.add_argument("--input-range", type=parse_range, metavar="LO,HI",
+                       help="input domain for --check and bound analyses (default: what the "
+                            "model's leading scaling implies, e.g. 0,255 after x/255; else 0,1)")
+    model.add_argument("--allow-non-finite", action="store_true",
+                       help="accept NaN/Inf weights")
+
+    out = p.add_argument_group("the output")
+    out.add_argument("-o", "--output", type=Path, required=True,
+                     help=f"output file; its suffix picks the target ({by_suffix})")
+    out.add_argument("--target", choices=list(targets()),
+                     help="the target, if not the suffix's")
+    out.add_argument("--carry", choices=["auto", "activation", IDENTITY.name], default="auto",
+                     help="DAGs: carry skipped values with the layer's own activation (ReLU: "
+                          "1 or 2 neurons) or with identity neurons (1, per-neuron activation); "
+                          "auto (default): identity for csr and c, activation for the others")
+    out.add_argument("--allow-approximate", action="store_true",
+                     help="onnx/nnet: write a network that a linearization made approximate")
+    out.add_argument("--epsilon", type=float, metavar="EPS",
+                     help="scale of avgpool-linearize (default: chosen to minimise the error)")
+    out.add_argument("--xml-encoding", choices=["text", "base64"], default="text",
+                     help="opencv: decimal text with 17 digits (default) or base64 doubles")
+    out.add_argument("--c-prefix", metavar="NAME",
+                     help="c: the prefix of the functions and macros (default: the output "
+                          "file's name, made a C identifier)")
+    out.add_argument("--kernel-py", type=Path, metavar="FILE.py",
+                     help="csr: also write a standalone numpy module that runs the .npz")
+    out.add_argument("--report", type=Path, metavar="FILE.json", help="write a JSON report")
+
+    check = p.add_argument_group("checking")
+    check.add_argument("--check", type=int, default=0, metavar="N",
+                       help="compare the written file with the model's own runtime on N random "
+                            "inputs from the input domain (default 0: no check)")
+    check.add_argument("--tolerance", type=float, default=None,
+                       help="--check fails above this error relative to max(1, |y|) (default "
+                            "1e-4, or 1e-9 for a float64 model)")
+
+    limits = p.add_argument_group("limits")
+    limits.add_argument("--max-bytes", type=parse_bytes, metavar="SIZE",
+                        help="refuse MLPs estimated above SIZE (e.g. 8G; default: a quarter "
+                             "of RAM)")
+    limits.add_argument("--max-dense-bytes", type=parse_bytes, metavar="SIZE",
+                        default=DEFAULT_MAX_DENSE_BYTES,
+                        help="dense targets (opencv): refuse dense weights above SIZE "
+                             "(default 1G)")
+
+    debug = p.add_argument_group("passes and debugging")
+    debug.add_argument("--passes", metavar="P1,P2,...",
+                       help="pass pipeline to run instead of the target's default; passes: "
+                            + ", ".join(sorted(PASSES)))
+    debug.add_argument("--print-ir-after-all", action="store_true",
+                       help="print the IR after every pass (stderr)")
+    debug.add_argument("--quiet", action="store_true", help="print only errors and warnings")
+    debug.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's logs")
     return p
 
 
-
 def run_cli(args: argparse.Namespace) -> int:
+    prepare_tensorflow(debug=args.debug)  # before anything imports it: quiet unless --debug
     passes = [s.strip() for s in args.passes.split(",") if s.strip()] if args.passes else None
     target = target_for(args.output, args.target)
     if args.kernel_py and not target.runs_in_kernel_module:
@@ -190,7 +247,8 @@ def run_cli(args: argparse.Namespace) -> int:
                      {**provenance, "output": str(args.output)})
         if args.check:  # check the file as written, before it replaces anything
             result.check = check_against_reference(result, staged, args.model, args.check,
-                                                   result.input_domain.range, args.tolerance)
+                                                   result.input_domain.range, args.tolerance,
+                                                   Progress(enabled=not args.quiet, after=0))
             if not result.check.passed:
                 raise CheckFailed(f"{args.model}: --check failed: {result.check.describe()}; "
                                   f"{args.output} was not written")

@@ -23,6 +23,7 @@ from .ir.domain import DEFAULT_DOMAIN, resolve_input_domain
 from .ir.mlp import Mlp, NotAnMlpError
 from .ir.precision import working_precision
 from .passes import PassContext, Pipeline
+from .progress import Progress
 from .result import CompileResult
 
 __all__ = ["CompileResult", "compile_model"]
@@ -75,8 +76,10 @@ def compile_model(model: str | Path, output: str | Path | None = None, *,
     backend.check_shapes(graph, str(model), options)
     after_each = print_ir_after if print_ir else None
     progress = Progress(enabled=show_progress)
-    report = pipeline.run(graph, ctx, after_each, progress.step)
-    progress.done()
+    try:
+        report = pipeline.run(graph, ctx, after_each, progress.step)
+    finally:  # an error's message starts a line of its own
+        progress.done()
     if not allow_non_finite:
         refuse_non_finite(graph, model, "after compiling (an overflow)")
     try:
@@ -129,29 +132,6 @@ def preflight(graph: Graph, model: str | Path, max_bytes: int | None) -> None:
             f"({size.bytes / 2**30:.2g} GiB), above the limit of {limit / 2**30:.2g} GiB; "
             f"the largest layer is {name!r} ({op}, {nnz:,} non-zeros). Use a smaller "
             "--input-shape, or raise --max-bytes if the machine has the memory")
-
-
-class Progress:
-    """One status line on a terminal's stderr (``[ 5/17] conv-to-dense 3.1 s``), shown once
-    a compile has run for ``after`` seconds and cleared at the end. Never on a pipe or a
-    file, so that logs and error output stay one line."""
-
-    def __init__(self, enabled: bool, after: float = 2.0) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self.after = after
-        self.start = time.perf_counter()
-        self.shown = False
-
-    def step(self, index: int, total: int, name: str) -> None:
-        elapsed = time.perf_counter() - self.start
-        if self.enabled and elapsed >= self.after:
-            print(f"\r[{index + 1:>2}/{total}] {name:<24} {elapsed:6.1f} s", end="",
-                  file=sys.stderr, flush=True)
-            self.shown = True
-
-    def done(self) -> None:
-        if self.shown:
-            print("\r" + " " * 44 + "\r", end="", file=sys.stderr, flush=True)
 
 
 def print_ir_after(name: str, graph: Graph) -> None:

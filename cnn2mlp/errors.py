@@ -12,3 +12,8 @@ class CompileError(Exception):
 
 class UnsupportedOpError(CompileError):
     """The model uses an operator (or an attribute value) cnn2mlp cannot convert."""
+
+
+def install_hint(extra: str) -> str:
+    """How to add an extra, spelled as the README's install commands spell it."""
+    return f'pip install -e ".[{extra}]" (in the cnn2mlp checkout)'

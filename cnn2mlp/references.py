@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from ._io import raise_if_terminated
-from .errors import CompileError
+from .errors import CompileError, install_hint
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -103,8 +103,8 @@ def keras_runner(model_path: str | Path, layer: str | None = None) -> Runner:
     try:
         import keras
     except ImportError as exc:
-        raise CompileError("--check on a Keras model runs Keras: pip install "
-                           "'cnn2mlp[tensorflow]'") from exc
+        raise CompileError("--check on a Keras model runs Keras: "
+                           f"{install_hint('tensorflow')}") from exc
     import inspect
 
     load_model = keras.saving.load_model

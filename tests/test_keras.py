@@ -299,7 +299,7 @@ def test_savedmodel_without_tensorflow_says_which_extra(tmp_path):
             f"sys.exit(main([{str(tmp_path / 'saved')!r}, '-o', {str(tmp_path / 'm.npz')!r}]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "cnn2mlp[tensorflow]" in proc.stderr and "Traceback" not in proc.stderr
+    assert '".[tensorflow]"' in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_unknown_layer_class_is_named(tmp_path):

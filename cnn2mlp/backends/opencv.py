@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._io import atomic_write
-from ..errors import CompileError
+from ..errors import CompileError, install_hint
 from ..ir.activations import BY_OP, by_name
 from ..ir.graph import GraphMeta
 from ..ir.mlp import Mlp
@@ -208,7 +208,7 @@ def import_cv2():
         import cv2
     except ImportError as exc:
         raise CompileError("the opencv target's --check needs cv2 with the ml module: "
-                           "pip install 'cnn2mlp[opencv]' (opencv-contrib-python-headless)") \
+                           f"{install_hint('opencv')} (opencv-contrib-python-headless)") \
             from exc
     if not hasattr(cv2, "ml"):
         raise CompileError("this cv2 has no ml module (OpenCV 5 moved it to contrib): "

@@ -9,6 +9,19 @@ from ..ir import Graph
 
 FORMATS = ".onnx, .keras, .h5, .tflite, a SavedModel folder or a frozen .pb"
 
+_PYTORCH = ("a PyTorch file, which cnn2mlp does not read (loading it would run pickled "
+            "code): export the model to ONNX with torch.onnx.export(model, example_input, "
+            "'model.onnx') and compile that (README: 'From PyTorch')")
+#: formats people bring that no frontend reads, and what to do instead
+FOREIGN = {
+    ".pt": _PYTORCH, ".pth": _PYTORCH, ".ckpt": _PYTORCH,
+    ".safetensors": "weights without the network's structure: export the model to ONNX "
+                    "(torch.onnx.export) or save it as .keras, and compile that",
+    ".pkl": "a pickle, which cnn2mlp does not load (it would run code): save the model as "
+            ".onnx or .keras",
+    ".mlmodel": "a Core ML model: convert the source model to ONNX instead",
+}
+
 
 def is_onnx_file(path: str | Path) -> bool:
     """Whether ``path`` is read by the ONNX frontend (an ``.onnx`` file)."""
@@ -35,6 +48,8 @@ def model_kind(path: str | Path) -> str:
         return "tflite"
     if not path.exists():
         raise CompileError(f"{path}: no such file")
+    if suffix in FOREIGN:
+        raise CompileError(f"{path}: {FOREIGN[suffix]}")
     raise CompileError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; "
                        f"cnn2mlp reads {FORMATS}")
 

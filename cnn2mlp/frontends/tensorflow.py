@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..errors import CompileError
+from ..errors import CompileError, install_hint
 from ..tensorflow_env import prepare_tensorflow
 
 OPSET = 13
@@ -21,7 +21,7 @@ def import_tensorflow():
         import tf2onnx  # noqa: F401
     except ImportError as exc:
         raise CompileError("SavedModel and .pb models need TensorFlow and tf2onnx: "
-                           "pip install 'cnn2mlp[tensorflow]' (or use a .keras/.h5/.onnx "
+                           f"{install_hint('tensorflow')} (or use a .keras/.h5/.onnx "
                            "file, which need neither)") from exc
     return tf
 

@@ -2,7 +2,7 @@
 
 An engine is a class with a ``name`` that runs the plan (``plan.py``) of each layer; engine
 modules register theirs with :func:`register_engine` when imported: ``numba_engine`` (the
-compiled kernels, ``pip install 'cnn2mlp[fast]'``) and ``scipy_engine`` (always there).
+compiled kernels, the ``fast`` extra) and ``scipy_engine`` (always there).
 Both give the same results up to float rounding, for any thread count.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from ..errors import install_hint
 from ..ir.mlp import Mlp
 from .plan import LayerPlan, plan_layers
 
@@ -103,7 +104,7 @@ def make_engine(mlp: Mlp, engine: str | None = None, threads: int | None = None)
         try:
             return load_engine(engine)(mlp, threads)
         except ImportError:
-            raise ValueError("the numba engine needs numba: pip install 'cnn2mlp[fast]'") \
+            raise ValueError(f"the numba engine needs numba: {install_hint('fast')}") \
                 from None
     return load_engine(available_engines()[0])(mlp, threads)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -55,3 +56,26 @@ def use_kernel_cache() -> None:
     from numba.core import config
 
     config.CACHE_DIR = kernel_cache_dir()
+
+
+_announced = False
+
+
+def kernels_cached(folder: str | Path) -> bool:
+    """Whether numba has cached any of the runtime's kernels in ``folder``."""
+    return any(Path(folder).glob("runtime_*/*.nbi"))
+
+
+def announce_first_compile(stream=None) -> None:
+    """Once a process, before the first run: if no kernel is cached yet, say on a terminal
+    that the pause which follows is numba compiling them (first use only), not a hang."""
+    global _announced
+    stream = stream or sys.stderr
+    if _announced:
+        return
+    _announced = True
+    from numba.core import config
+
+    if stream.isatty() and not kernels_cached(config.CACHE_DIR):
+        print(f"cnn2mlp: compiling the runtime's kernels (first use only: 15-40 s; cached in "
+              f"{config.CACHE_DIR})", file=stream, flush=True)

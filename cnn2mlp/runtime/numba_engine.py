@@ -18,6 +18,7 @@ import numpy as np
 from . import numba_kernels as k
 from . import variants
 from .blocking import LANES, kernel_blocks, schedule
+from .kernel_cache import announce_first_compile
 from .engine import Engine, features_by_batch, register_engine
 from .plan import LayerPlan
 from .program import Program
@@ -144,6 +145,7 @@ class NumbaEngine(Engine):
     def run(self, x: np.ndarray, dtype=np.float32) -> np.ndarray:
         import numba
 
+        announce_first_compile()
         layers = self.plans(dtype)
         batch = len(x)
         h = features_by_batch(np.asarray(x, dtype))  # (n_in, B): once

@@ -12,7 +12,7 @@
   blocks, Inception, ShuffleNet, fire modules, ResNet blocks, grouped convolutions);
 - ``equivalence``: :func:`assert_equivalent`, :func:`compile_to_model`;
 - ``strategies``: hypothesis strategies for random CNNs and DAGs (needs hypothesis,
-  ``pip install cnn2mlp[test]``; imported when first used, so that the rest works without).
+  the ``test`` extra, ``pip install -e ".[test]"``; imported when first used, so that the rest works without).
 """
 from __future__ import annotations
 

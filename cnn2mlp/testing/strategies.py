@@ -2,7 +2,7 @@
 for a given input), :func:`cnn_graphs` and :func:`dag_graphs` (IR graphs, for testing passes
 with the interpreter), :func:`onnx_cnns` and :func:`onnx_dag_cnns` (ONNX models as exporters
 write them, for end-to-end tests against onnxruntime). Needs hypothesis
-(``pip install cnn2mlp[test]``)."""
+(the ``test`` extra, ``pip install -e ".[test]"``)."""
 from __future__ import annotations
 
 from typing import Any, Sequence

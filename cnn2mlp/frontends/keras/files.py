@@ -28,7 +28,7 @@ def read_keras_file(path: Path, max_bytes: int) -> tuple[dict, "WeightSource"]:
     try:
         import h5py
     except ImportError as exc:
-        raise CompileError("reading Keras files needs h5py: pip install 'cnn2mlp[keras]'") from exc
+        raise CompileError("reading Keras files needs h5py: pip install h5py") from exc
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as archive:

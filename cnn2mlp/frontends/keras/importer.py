@@ -66,7 +66,8 @@ class KerasImporter:
         inputs = [lay.name for lay in layers if lay.class_name == "InputLayer"]
         if len(inputs) > 1:
             raise UnsupportedOpError(f"{self.path}: the model has {len(inputs)} inputs "
-                                     f"({', '.join(inputs)}); cnn2mlp converts models with one")
+                                     f"({', '.join(inputs)}); cnn2mlp converts models with one input (give "
+                                     "a model that takes the one the MLP should read)")
         input_dims = self.input_dims(layers)
         self.graph = Graph("input", self.resolve_dims(input_dims))
         if input_dtype(layers) == "float64":  # a double model stays double
