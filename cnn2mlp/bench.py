@@ -1,8 +1,8 @@
-"""``python -m cnn2mlp.bench MODEL``: the CNN against its MLP, before adopting the MLP.
+"""python -m cnn2mlp.bench MODEL: the CNN against its MLP, before adopting the MLP.
 
 Compiles MODEL (an .onnx, .keras or .h5 file; or takes a compiled .npz with ``--source``),
 then times, on the same inputs and threads: the original model (onnxruntime; Keras for a
-Keras file), the MLP with cnn2mlp's runtime (numba when installed) and with the scipy
+Keras file, called through a tf.function as a deployment would, not ``predict``), the MLP with cnn2mlp's runtime (numba when installed) and with the scipy
 engine, the standalone numpy module (``--kernel-py``), the C target built with ``-O3
 -march=native`` when a C compiler is found, and OpenCV's ANN_MLP when the dense
 weights fit. Prints median latency, throughput, the memory of the weights and the largest
@@ -17,15 +17,28 @@ import os
 import sys
 import tempfile
 import time
+from typing import Callable, Sequence
 
-if __name__ == "__main__" and "--threads" in sys.argv[:-1]:
-    # BLAS reads its thread count once, when numpy loads it: set it to --threads first
-    _threads = sys.argv[sys.argv.index("--threads") + 1]
-    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(_var, _threads)
+BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def threads_in(argv: Sequence[str]) -> str:
+    """The --threads value on a command line (default 1), before argparse runs."""
+    for i, arg in enumerate(argv):
+        if arg == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--threads="):
+            return arg.split("=", 1)[1]
+    return "1"
+
+
+if __name__ == "__main__":
+    # BLAS reads its thread count once, when numpy loads it: --threads (default 1) first, so
+    # that the scipy engine and the reference use the threads the header says
+    for _var in BLAS_VARIABLES:
+        os.environ[_var] = threads_in(sys.argv[1:])
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -71,10 +84,25 @@ def original_runner(model: Path, threads: int) -> tuple[str, Callable[[np.ndarra
         name = session.get_inputs()[0].name
         return "onnxruntime (CNN)", lambda x: session.run(None, {name: x})[0]
     if kind == "keras":
-        from .references import keras_runner
-
-        return "keras (CNN)", keras_runner(model)
+        return keras_call(model, threads)
     raise CompileError(f"{model}: bench runs ONNX and Keras models")
+
+
+def keras_call(model: Path, threads: int) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """Keras on the CNN the fast way: ``model(x, training=False)`` in a tf.function (what a
+    deployment runs; ``predict`` adds milliseconds of overhead a call)."""
+    from .references import load_keras_model
+
+    keras_model = load_keras_model(model)
+    import tensorflow as tf
+
+    try:  # only possible before TensorFlow has run anything
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+    call = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
+    return "keras (CNN, tf.function)", lambda x: call(tf.constant(x)).numpy()
 
 
 def load_kernel_module(path: Path):
@@ -102,9 +130,10 @@ def bench(model: Path, artifact: Path | None, batches: Sequence[int], threads: i
                   + l.bias.nbytes for l in runtime.layers)
     label, original = original_runner(model, threads)
     engines: list[tuple[str, Callable, int | None]] = [
-        (label, original, None), (f"cnn2mlp ({runtime.engine})", runtime.predict, weights),
-        ("cnn2mlp (scipy)", scipy_runtime.predict, weights),
-        ("kernel-py (numpy)", kernel.predict, weights)]
+        (label, original, None), (f"cnn2mlp ({runtime.engine})", runtime.predict, weights)]
+    if runtime.engine != "scipy":  # without numba the first row is the scipy engine already
+        engines.append(("cnn2mlp (scipy)", scipy_runtime.predict, weights))
+    engines.append(("kernel-py (numpy)", kernel.predict, weights))
     engines += c_engine(model, workdir)
     engines += opencv_engine(model, workdir)
     rows = []
@@ -161,18 +190,24 @@ def opencv_engine(model: Path, workdir: Path) -> list:
 
 
 def format_rows(rows: list[Row]) -> str:
-    lines = [f"{'engine':<26} {'batch':>5} {'median ms':>10} {'samples/s':>11} "
+    lines = [f"{'engine':<30} {'batch':>5} {'median ms':>10} {'samples/s':>11} "
              f"{'weights MiB':>12} {'max |diff|':>11} {'vs original':>12}"]
     base = {r.batch: r.median_ms for r in rows if r.max_diff is None}
     for r in rows:
         size = "" if r.weights_bytes is None else f"{r.weights_bytes / 2**20:.2f}"
         diff = "" if r.max_diff is None else f"{r.max_diff:.2g}"
-        lines.append(f"{r.engine:<26} {r.batch:>5} {r.median_ms:>10.3f} {r.per_second:>11,.0f} "
-                     f"{size:>12} {diff:>11} {r.median_ms / base[r.batch]:>11.2f}x")
+        lines.append(f"{r.engine:<30} {r.batch:>5} {r.median_ms:>10.3f} {r.per_second:>11,.0f} "
+                     f"{size:>12} {diff:>11} {ratio(r.median_ms / base[r.batch]):>12}")
     return "\n".join(lines)
 
 
-def plot(rows: list[Row], runtime, path: Path) -> None:
+def ratio(value: float) -> str:
+    """3 significant digits: 0.00421x, 1.23x, 412x."""
+    return f"{value:.3g}x"
+
+
+def require_matplotlib():
+    """pyplot with a file-only backend, or a CompileError said before any timing runs."""
     try:
         import matplotlib
 
@@ -180,58 +215,125 @@ def plot(rows: list[Row], runtime, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise CompileError(f"--plot needs matplotlib: {install_hint('plot')}") from exc
-    layers = runtime.layers
-    fig, axes = plt.subplots(1, 1 + len(layers), figsize=(4 + 3 * len(layers), 4))
+    return plt
+
+
+def machine() -> str:
+    import platform
+
+    return f"{platform.machine()}, {os.cpu_count()} cores"
+
+
+def plot(rows: list[Row], runtime, path: Path, title: str) -> None:
+    """One figure read at a glance, whatever the depth: latency bars with the ratio to the
+    original written on them, each layer's density (and non-zeros), and the pattern of the
+    four layers with the most non-zeros, shaded by the true density of each cell."""
+    plt = require_matplotlib()
+    fig = plt.figure(figsize=(14, 8.5))
+    grid = fig.add_gridspec(2, 4, height_ratios=[1.1, 1])
+    fig.suptitle(title, fontsize=12)
+    latency_bars(fig.add_subplot(grid[0, :2]), rows)
+    layer_density(fig.add_subplot(grid[0, 2:]), runtime.layers)
+    largest = sorted(sorted(range(len(runtime.layers)),
+                            key=lambda i: -runtime.layers[i].weight.nnz)[:4])
+    for slot, i in enumerate(largest):
+        cell_density(fig.add_subplot(grid[1, slot]), runtime.layers[i], i)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def latency_bars(ax, rows: list[Row]) -> None:
     batches = sorted({r.batch for r in rows})
     names = list(dict.fromkeys(r.engine for r in rows))
+    base = {r.batch: r.median_ms for r in rows if r.max_diff is None}
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        values = [next((r.median_ms for r in rows if r.engine == name and r.batch == b),
-                       np.nan) for b in batches]
-        axes[0].bar(np.arange(len(batches)) + i * width, values, width, label=name)
-    axes[0].set_xticks(np.arange(len(batches)) + 0.4 - width / 2, [f"batch {b}" for b in batches])
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("median latency (ms)")
-    axes[0].legend(fontsize=6)
-    for ax, (i, layer) in zip(axes[1:], enumerate(layers)):
-        w = layer.weight
-        step = max(1, max(w.shape) // 400)  # downsample big layers to about 400×400
-        coo = w.tocoo()
-        ax.scatter(coo.col[::max(1, w.nnz // 200000)] // step,
-                   coo.row[::max(1, w.nnz // 200000)] // step, s=0.1, marker=".")
-        ax.set_xlim(0, w.shape[1] / step)
-        ax.set_ylim(w.shape[0] / step, 0)
-        ax.set_title(f"layer {i}: {w.shape[0]}×{w.shape[1]}\n{w.nnz:,} nnz, {layer.activation}",
-                     fontsize=7)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+        found = [next((r for r in rows if r.engine == name and r.batch == b), None)
+                 for b in batches]
+        x = np.arange(len(batches)) + i * width
+        values = [r.median_ms if r else np.nan for r in found]
+        bars = ax.bar(x, values, width, label=name)
+        for bar, r in zip(bars, found):
+            if r is not None:
+                ax.annotate(ratio(r.median_ms / base[r.batch]), (bar.get_x() + width / 2,
+                            bar.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(np.arange(len(batches)) + 0.4 - width / 2, [f"batch {b}" for b in batches])
+    ax.set_yscale("log")
+    ax.set_ylabel("median latency per call (ms, log)")
+    ax.set_title("latency; on each bar: time against the original")
+    ax.legend(fontsize=8, loc="upper left")
+
+
+def layer_density(ax, layers) -> None:
+    index = np.arange(len(layers))
+    density = [100 * l.weight.nnz / max(1, l.weight.shape[0] * l.weight.shape[1])
+               for l in layers]
+    ax.bar(index, density, color="tab:blue", label="density (%)")
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("layer")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("density (%)", color="tab:blue")
+    nnz = ax.twinx()
+    nnz.plot(index, [max(1, l.weight.nnz) for l in layers], "o-", color="tab:red",
+             markersize=3)
+    nnz.set_yscale("log")
+    nnz.set_ylabel("non-zeros (log)", color="tab:red")
+    ax.set_title(f"{len(layers)} layers: density (bars) and non-zeros (line)")
+
+
+def cell_density(ax, layer, index: int, cells: int = 200) -> None:
+    """The layer's matrix in at most cells×cells blocks, each shaded by the share of its
+    entries that are non-zero: a dense layer is black, not a sprinkle of dots."""
+    w = layer.weight
+    n_out, n_in = w.shape
+    rows_per, cols_per = max(1, -(-n_out // cells)), max(1, -(-n_in // cells))
+    coo = w.tocoo()
+    keep = max(1, w.nnz // 2_000_000)  # sample big layers: 2 M entries give the picture
+    counts = np.zeros((-(-n_out // rows_per), -(-n_in // cols_per)))
+    np.add.at(counts, (coo.row[::keep] // rows_per, coo.col[::keep] // cols_per), keep)
+    # shaded by the square root, so that a 3 % conv band shows as well as a dense block
+    ax.imshow(np.sqrt(np.minimum(counts / (rows_per * cols_per), 1)), cmap="Greys", vmin=0,
+              vmax=1, aspect="auto", interpolation="nearest")
+    ax.set_title(f"layer {index}: {n_out}×{n_in}, {w.nnz:,} nnz\n"
+                 f"{layer.activation}; shade: √density", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cnn2mlp.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cnn2mlp.bench",
+                                description=__doc__.split("\n")[0].split(": ", 1)[1],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", type=Path, help="the original model (.onnx, .keras, .h5)")
-    p.add_argument("--artifact", type=Path, help="a compiled .npz of MODEL (default: compile)")
-    p.add_argument("--batch", default="1,64", help="batch sizes, e.g. 1,64")
+    p.add_argument("--artifact", type=Path, help="a compiled .npz of MODEL (default: compile it)")
+    p.add_argument("--batch", default="1,64", help="batch sizes")
     p.add_argument("--threads", type=int, default=1,
-                   help="threads for every engine (default 1; BLAS too when given)")
+                   help="threads for every engine and for BLAS")
     p.add_argument("--repeats", type=int, default=50, help="timed runs per engine and batch")
-    p.add_argument("--plot", type=Path, metavar="FILE.png", help="latency bars and spy plots")
+    p.add_argument("--plot", type=Path, metavar="FILE.png",
+                   help="draw latency bars, layer densities and the largest layers")
     args = p.parse_args(argv)
     try:
         batches = [int(b) for b in args.batch.split(",") if b.strip()]
         if not batches or min(batches) < 1 or args.threads < 1:
             raise CompileError("--batch takes positive sizes like 1,64; --threads >= 1")
+        if args.plot:
+            require_matplotlib()  # before minutes of timing, not after
         with tempfile.TemporaryDirectory() as tmp:
             rows, runtime = bench(args.model, args.artifact, batches, args.threads,
                                   args.repeats, Path(tmp))
-        print(f"{args.model}: {len(runtime.layers)} layers, "
-              f"{sum(l.weight.nnz for l in runtime.layers):,} non-zeros, "
-              f"{args.threads} thread(s)")
+        blas = {os.environ.get(v) for v in BLAS_VARIABLES} == {str(args.threads)}
+        header = (f"{args.model}: {len(runtime.layers)} layers, "
+                  f"{sum(l.weight.nnz for l in runtime.layers):,} non-zeros; "
+                  f"{args.threads} thread(s) for every engine"
+                  + (" and BLAS" if blas else " (BLAS not limited: run as "
+                     "python -m cnn2mlp.bench to limit it)") + f"; {machine()}")
+        print(header)
         print(format_rows(rows))
         if args.plot:
-            plot(rows, runtime, args.plot)
+            plot(rows, runtime, args.plot, f"{Path(args.model).name}: "
+                 f"{len(runtime.layers)} layers, {args.threads} thread(s), {machine()}")
             print(f"wrote {args.plot}")
     except CompileError as exc:
         print(f"cnn2mlp.bench: error: {exc}", file=sys.stderr)

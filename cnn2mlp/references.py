@@ -95,8 +95,9 @@ def reference_evaluator(source: bytes | str, output: str | None, why: str) -> Ru
     return run
 
 
-def keras_runner(model_path: str | Path, layer: str | None = None) -> Runner:
-    """Keras itself on the .keras/.h5 file (safe_mode: a Lambda is never deserialized)."""
+def load_keras_model(model_path: str | Path, layer: str | None = None):
+    """The Keras model in the .keras/.h5 file, loaded by Keras with ``safe_mode`` (a Lambda
+    is never deserialized); up to ``layer`` when given."""
     from .tensorflow_env import prepare_tensorflow
 
     prepare_tensorflow()
@@ -121,6 +122,13 @@ def keras_runner(model_path: str | Path, layer: str | None = None) -> Runner:
                            ) from exc
     if layer is not None:  # the inner layer --output-tensor named
         model = keras.Model(model.inputs, model.get_layer(layer).output)
+    return model
+
+
+def keras_runner(model_path: str | Path, layer: str | None = None) -> Runner:
+    """Keras itself on the .keras/.h5 file."""
+    model = load_keras_model(model_path, layer)
+
     def run(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
         if x.dtype == np.float64:  # predict() would cast to floatx (float32): call directly

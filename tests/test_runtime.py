@@ -145,7 +145,37 @@ def test_bench_command_on_a_keras_model(tmp_path, capsys):
     model.save(tmp_path / "m.keras")
     assert main([str(tmp_path / "m.keras"), "--batch", "2", "--repeats", "3"]) == 0
     out = capsys.readouterr().out
-    assert "keras (CNN)" in out and "cnn2mlp (scipy)" in out
+    # Keras is timed as a deployment calls it (a tf.function), not through predict()
+    assert "keras (CNN, tf.function)" in out and "cnn2mlp (scipy)" in out
+
+
+def test_bench_without_numba_prints_the_scipy_engine_once(capsys, monkeypatch):
+    from cnn2mlp.bench import main
+    from cnn2mlp.runtime import engine
+
+    monkeypatch.setattr(engine, "available_engines", lambda: ["scipy"])
+    assert main([str(ROOT / "examples" / "small_cnn.onnx"), "--batch", "1,2",
+                 "--repeats", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("cnn2mlp (scipy)") == 2 and "numba" not in out
+
+
+def test_bench_plot_without_matplotlib_fails_before_timing(capsys, monkeypatch):
+    import sys
+
+    from cnn2mlp import bench
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setattr(bench, "bench", lambda *a: pytest.fail("timed before checking --plot"))
+    assert bench.main([str(ROOT / "examples" / "small_cnn.onnx"), "--plot", "x.png"]) == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+
+
+def test_bench_ratios_keep_three_digits():
+    from cnn2mlp.bench import ratio
+
+    assert [ratio(v) for v in (0.004213, 1.0, 1.234, 412.3)] == ["0.00421x", "1x", "1.23x",
+                                                                 "412x"]
 
 
 def test_bench_refuses_bad_batches(capsys):
