@@ -185,30 +185,26 @@ def test_activations_that_cannot_be_unified_name_the_layers(tmp_path, capsys):
     assert code == 2 and "one activation" in err and "Relu" in err and "Tanh" in err
 
 
-CPP = r"""
-#include <opencv2/ml.hpp>
-#include <cstdio>
-int main(int argc, char** argv) {
-    cv::Ptr<cv::ml::ANN_MLP> net = cv::ml::ANN_MLP::load(argv[1]);
-    cv::Mat x(1, net->getLayerSizes().at<int>(0), CV_32F);
-    for (int i = 0; i < x.cols; i++) x.at<float>(i) = 0.5f;
-    cv::Mat y; net->predict(x, y);
-    for (int j = 0; j < y.cols; j++) std::printf("%.9g\n", y.at<float>(j));
-    return 0;
-}
-"""
+def readme_program() -> tuple[str, str]:
+    """The README's C++ program for the XML, and its g++ line."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = readme[readme.index("#### Using the XML from C++"):]
+    program = text[text.index("```cpp\n") + 7:text.index("\n```", text.index("```cpp"))]
+    build = text[text.index("```sh\n") + 6:text.index("\n```", text.index("```sh"))]
+    return program, build.splitlines()[0]
 
 
 def test_cpp_loads_the_xml(tmp_path):
-    """Where g++ and OpenCV's C++ headers exist (Debian: libopencv-dev), C++ reads it too."""
+    """Where g++ and OpenCV's C++ headers exist (Debian: libopencv-dev), the README's C++
+    program reads the XML and prints the CNN's outputs."""
     flags = subprocess.run(["pkg-config", "--cflags", "--libs", "opencv4"], capture_output=True,
                            text=True) if shutil.which("pkg-config") else None
     if not shutil.which("g++") or flags is None or flags.returncode != 0:
         pytest.skip("no g++ or no OpenCV C++ development files (apt install libopencv-dev)")
     code, src, out, report = compile_xml(tmp_path, relu_cnn(softmax=False))
-    (tmp_path / "load.cpp").write_text(CPP)
-    build = subprocess.run(["g++", "-O1", str(tmp_path / "load.cpp"), "-o", str(tmp_path / "load"),
-                            *flags.stdout.split()], capture_output=True, text=True)
+    program, command = readme_program()
+    (tmp_path / "load.cpp").write_text(program)
+    build = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
     run = subprocess.run([str(tmp_path / "load"), str(out)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr

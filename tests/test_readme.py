@@ -1,6 +1,12 @@
 """The README's lists of supported ONNX ops and Keras layers are the lists the code has."""
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -56,3 +62,43 @@ def test_onnx_ops_named_in_the_readme_exist():
     # discontinuous or refused ops are named in the text as refusals, not as support
     unknown = sorted(named - set(CONVERTERS))
     assert not unknown, f"README lists ops the code does not convert: {unknown}"
+
+
+# ------------------------------------------------------------ the Python blocks, as written
+ROOT = Path(__file__).resolve().parent.parent
+#: blocks that say they are not run here: a file of the package (run by test_layout.py) or
+#: code for another environment (PyTorch)
+NOT_RUN = ("# (not run by the tests", "# cnn2mlp/")
+#: what a block may need from an extra; without it the block is skipped, not failed
+EXTRAS = {"maraboupy": "verify", "hypothesis": "test", "numba": "fast"}
+
+
+def python_blocks() -> list[tuple[str, str]]:
+    """(the heading above it, the code) for each ```python block the tests run."""
+    blocks = []
+    for match in re.finditer(r"```python\n(.*?)\n```", README, re.S):
+        heading = re.findall(r"^#+ (.*)$", README[:match.start()], re.M)[-1]
+        if not match.group(1).startswith(NOT_RUN):
+            blocks.append((heading, match.group(1)))
+    return blocks
+
+
+def test_the_readme_has_python_blocks_to_run():
+    headings = [h for h, _ in python_blocks()]
+    assert {"Python API", "Property-based equivalence testing",
+            "A verification query with Marabou"} <= set(headings)
+
+
+@pytest.mark.parametrize("heading, code", python_blocks(), ids=[h for h, _ in python_blocks()])
+def test_the_readmes_python_runs_as_written(heading, code, tmp_path):
+    """From a folder that holds what a checkout holds (examples/), in a fresh interpreter,
+    with hypothesis' own default settings (no conftest profile)."""
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    env = {k: v for k, v in os.environ.items() if k != "HYPOTHESIS_PROFILE"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=900, env=env)
+    missing = re.search(r"No module named '(\w+)'", proc.stderr)
+    if proc.returncode and missing and missing.group(1) in EXTRAS:
+        pytest.skip(f"needs the {EXTRAS[missing.group(1)]} extra")
+    assert proc.returncode == 0, f"README block under {heading!r} failed:\n{proc.stderr[-3000:]}"
