@@ -50,11 +50,15 @@ def compiled_c(model_path: Path, tmp_path: Path, name: str = "net.c") -> CModel:
 
 
 def assert_matches_onnxruntime(model_path: Path, c_model: CModel, shape, tol=1e-4, seed=0):
-    x = np.random.default_rng(seed).uniform(-1, 1, (7,) + tuple(shape)).astype(np.float32)
+    """A batch of 11 (eight samples interleaved, then three padded to eight) and each of
+    its first two samples alone (the single-sample code) against onnxruntime."""
+    x = np.random.default_rng(seed).uniform(-1, 1, (11,) + tuple(shape)).astype(np.float32)
     reference = onnx_runner(model_path)(x)
-    got = c_model.predict(x)
     scale = np.maximum(1.0, np.abs(reference))
+    got = c_model.predict(x)
     assert np.max(np.abs(got - reference) / scale) <= tol
+    alone = np.concatenate([c_model.predict(x[i:i + 1]) for i in range(2)])
+    assert np.max(np.abs(alone - reference[:2]) / scale[:2]) <= tol
 
 
 def test_a_cnn_with_max_pooling(tmp_path):
@@ -76,6 +80,59 @@ def test_dags_with_carried_values_and_shortcuts(tmp_path, block):
     path = save(block_model(block, size=8, seed=2), tmp_path / f"{block}.onnx")
     shape = onnx_shape(path)
     assert_matches_onnxruntime(path, compiled_c(path, tmp_path), shape)
+
+
+SANITIZED_DRIVER = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "net.h"
+/* each batch size in its own exact allocation: the sanitizer stops at any read past it */
+int main(void)
+{
+    int sizes[] = {1, 3, 8, 11}, k;
+    long i;
+    for (k = 0; k < 4; k++) {
+        int n = sizes[k];
+        float *in = malloc(sizeof(float) * NET_INPUT_SIZE * n);
+        float *out = malloc(sizeof(float) * NET_OUTPUT_SIZE * n);
+        for (i = 0; i < (long)NET_INPUT_SIZE * n; i++) in[i] = (float)((i * 37 % 101) / 50.0 - 1);
+        if (net_predict(in, out, n) != 0) return 3;
+        for (i = 0; i < (long)NET_OUTPUT_SIZE * n; i++) printf("%.9g\n", out[i]);
+        free(in);
+        free(out);
+    }
+    return 0;
+}
+"""
+
+
+def sanitizers_work(tmp_path: Path) -> bool:
+    (tmp_path / "probe.c").write_text("int main(void) { return 0; }\n")
+    return subprocess.run(["gcc", "-fsanitize=address,undefined", "probe.c", "-o", "probe"],
+                          cwd=tmp_path, capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
+def test_no_batch_size_reads_or_writes_past_its_arrays(tmp_path):
+    """Batches of 1, 3 (padded to eight), 8 and 11 under AddressSanitizer and UBSan, each
+    in an allocation of exactly its size; the values match the library's."""
+    if not sanitizers_work(tmp_path):
+        pytest.skip("gcc has no AddressSanitizer here")
+    path = save(block_model("inverted_residual", size=8, seed=6), tmp_path / "ir.onnx")
+    model = compiled_c(path, tmp_path)
+    (tmp_path / "main.c").write_text(SANITIZED_DRIVER)
+    subprocess.run(["gcc", "-std=c99", "-O1", "-g", "-fsanitize=address,undefined",
+                    "-fno-sanitize-recover=all", "main.c", "net.c", "-o", "checked", "-lm"],
+                   cwd=tmp_path, check=True)
+    done = subprocess.run(["./checked"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-1500:]
+    printed = np.array(done.stdout.split(), np.float32)
+    n_in = int(np.prod(onnx_shape(path)))
+    expected = []
+    for n in (1, 3, 8, 11):
+        x = ((np.arange(n_in * n) * 37 % 101) / 50.0 - 1).astype(np.float32)
+        expected.append(model.predict(x.reshape(n, n_in)).ravel())
+    np.testing.assert_allclose(printed, np.concatenate(expected), rtol=1e-5, atol=1e-6)
 
 
 def onnx_shape(path: Path) -> tuple[int, ...]:

@@ -63,8 +63,10 @@ class LayerWriter:
     def __init__(self, index: int, plan: LayerPlan, arrays: Arrays, real: str) -> None:
         self.k, self.plan, self.arrays, self.real = index, plan, arrays, real
         self.lines: list[str] = []
-        self.scratch = 0  # the scratch values a group needs (rows not consecutive)
         self.helpers: list[str] = []  # functions of their own the layer calls
+        #: each part as (kind, the arrays and sizes it uses): what the batched writer
+        #: (c_batched.py) writes the same layer from, reading the same arrays
+        self.records: list[tuple[str, dict]] = []
 
     def array(self, what: str, values, dtype=None) -> str:
         values = np.asarray(values, dtype if dtype is not None else np.int32)
@@ -77,9 +79,9 @@ class LayerWriter:
     def emit(self) -> str:
         p, r = self.plan, self.real
         bias = self.weights("bias", p.bias)
-        self.lines = [f"static void layer{self.k}(const {r} *restrict h, {r} *restrict z, "
-                      f"{r} *restrict scratch)",
-                      "{", "    int i, j, t;", "    (void)j; (void)t; (void)scratch;",
+        self.records.append(("bias", {"bias": bias, "n_out": p.n_out}))
+        self.lines = [f"static void layer{self.k}(const {r} *restrict h, {r} *restrict z)",
+                      "{", "    int i, j, t;", "    (void)j; (void)t;",
                       f"    for (i = 0; i < {p.n_out}; i++) z[i] = {bias}[i];"]
         if p.dense is not None:
             self.dense(p.dense)
@@ -97,6 +99,7 @@ class LayerWriter:
     def dense(self, w: np.ndarray) -> None:
         name = self.weights("dense", w)
         n_out, n_in = w.shape
+        self.records.append(("dense", {"w": name, "n_out": n_out, "n_in": n_in}))
         self.lines += [
             f"    for (i = 0; i < {n_out}; i++) {{",
             f"        const {self.real} *restrict row = {name} + (long)i * {n_in};",
@@ -138,6 +141,9 @@ class LayerWriter:
         bases = self.array("bases", g.bases)
         out = self.array("rows", g.rows)
         r, shift = self.real, int(g.shifts[0]) if len(g.shifts) else 0
+        self.records.append(("kernels", {"w": transposed, "offsets": offsets, "bases": bases,
+                                         "rows": out, "blocks": blocked // LANES, "taps": taps,
+                                         "n_b": n_b, "shift": shift}))
         # one accumulator variable a lane, written out: the compiler keeps them in vector
         # registers (its loop vectorizer, turned off here, would gather across taps instead)
         lanes = range(LANES)
@@ -175,6 +181,10 @@ class LayerWriter:
             for what, column in zip(("start", "length", "base", "step"), runs.T))
         out = self.array("rows", g.rows)
         r = self.real
+        self.records.append(("positions", {
+            "w": kernels, "offsets": offsets, "shifts": shifts, "run_start": run_start,
+            "run_length": run_length, "run_base": run_base, "run_step": run_step, "rows": out,
+            "n_k": n_k, "taps": taps, "n_b": n_b, "runs": len(runs)}))
         self.lines += [
             f"    for (i = 0; i < {n_k}; i++) {{",
             f"        const {r} *restrict w = {kernels} + (long)i * {taps};",
@@ -213,6 +223,7 @@ class LayerWriter:
         r, c, n_len = self.array("copy_rows", rows), self.array("copy_cols", columns), \
             self.array("copy_lengths", lengths)
         w = self.weights("copy_weights", weights)
+        self.records.append(("copies", {"rows": r, "cols": c, "lengths": n_len, "w": w, "n": n}))
         self.lines += [
             f"    for (i = 0; i < {n}; i++) {{",
             f"        {self.real} *restrict zo = z + {r}[i];",
@@ -226,6 +237,8 @@ class LayerWriter:
         values = self.weights("csr_values", data)
         cols = self.array("csr_cols", indices)
         ptr = self.array("csr_ptr", indptr)
+        self.records.append(("csr", {"rows": rows, "values": values, "cols": cols, "ptr": ptr,
+                                     "n": len(rest_rows)}))
         self.lines += [
             f"    for (i = 0; i < {len(rest_rows)}; i++) {{",
             f"        {self.real} acc = 0;",
@@ -239,6 +252,8 @@ class LayerWriter:
             if name == IDENTITY.name or stop <= start:
                 continue
             expr = BY_NAME[name].c
+            self.records.append(("activation", {"start": start, "stop": stop, "expr": expr,
+                                                "alpha": float(alpha)}))
             self.lines += [
                 f"    for (i = {start}; i < {stop}; i++) {{",
                 f"        const {self.real} z0 = z[i];",
