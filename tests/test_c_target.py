@@ -50,15 +50,14 @@ def compiled_c(model_path: Path, tmp_path: Path, name: str = "net.c") -> CModel:
 
 
 def assert_matches_onnxruntime(model_path: Path, c_model: CModel, shape, tol=1e-4, seed=0):
-    """A batch of 11 (eight samples interleaved, then three padded to eight) and each of
-    its first two samples alone (the single-sample code) against onnxruntime."""
-    x = np.random.default_rng(seed).uniform(-1, 1, (11,) + tuple(shape)).astype(np.float32)
+    """A batch of 21 (sixteen samples interleaved, then five padded to sixteen), a batch
+    of 3 (one sample at a time) and a lone sample against onnxruntime."""
+    x = np.random.default_rng(seed).uniform(-1, 1, (21,) + tuple(shape)).astype(np.float32)
     reference = onnx_runner(model_path)(x)
     scale = np.maximum(1.0, np.abs(reference))
-    got = c_model.predict(x)
-    assert np.max(np.abs(got - reference) / scale) <= tol
-    alone = np.concatenate([c_model.predict(x[i:i + 1]) for i in range(2)])
-    assert np.max(np.abs(alone - reference[:2]) / scale[:2]) <= tol
+    got = np.concatenate([c_model.predict(x), c_model.predict(x[:3]), c_model.predict(x[3:4])])
+    expected = np.concatenate([reference, reference[:3], reference[3:4]])
+    assert np.max(np.abs(got - expected) / np.concatenate([scale, scale[:3], scale[3:4]])) <= tol
 
 
 def test_a_cnn_with_max_pooling(tmp_path):
@@ -82,6 +81,37 @@ def test_dags_with_carried_values_and_shortcuts(tmp_path, block):
     assert_matches_onnxruntime(path, compiled_c(path, tmp_path), shape)
 
 
+def cpu_has_avx2() -> bool:
+    try:
+        return " avx2" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+BUILDS = {"16-byte vectors": [], "portable scalars": ["-DCNN2MLP_PORTABLE"],
+          "32-byte vectors": ["-mavx2", "-mfma"]}
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_each_form_of_the_convolution_sums_computes_the_same(tmp_path, build):
+    """The convolution blocks' sums as 16-byte vectors (the default build: no -march), as
+    32-byte vectors (AVX) and as scalars (no GNU C, or -DCNN2MLP_PORTABLE)."""
+    if build == "32-byte vectors" and not cpu_has_avx2():
+        pytest.skip("this machine has no AVX2")
+    b = OnnxBuilder((3, 8, 8), seed=7)
+    b.conv(conv(out=20))  # a block of sixteen kernels and four left over
+    b.activation("Relu")
+    b.conv(conv(out=32, s=2))
+    b.activation("Relu")
+    b.flatten()
+    b.dense(6)
+    path = save(b.build(), tmp_path / "wide.onnx")
+    result = compile_model(path, tmp_path / "net.c", target="c")
+    assert "VECTOR_BYTES == 32" in (tmp_path / "net.c").read_text()
+    model = CModel(tmp_path / "net.c", result.mlp, extra=BUILDS[build])
+    assert_matches_onnxruntime(path, model, (3, 8, 8))
+
+
 SANITIZED_DRIVER = r"""
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,9 +119,9 @@ SANITIZED_DRIVER = r"""
 /* each batch size in its own exact allocation: the sanitizer stops at any read past it */
 int main(void)
 {
-    int sizes[] = {1, 3, 8, 11}, k;
+    int sizes[] = {1, 3, 5, 16, 21}, k;
     long i;
-    for (k = 0; k < 4; k++) {
+    for (k = 0; k < 5; k++) {
         int n = sizes[k];
         float *in = malloc(sizeof(float) * NET_INPUT_SIZE * n);
         float *out = malloc(sizeof(float) * NET_OUTPUT_SIZE * n);
@@ -114,7 +144,8 @@ def sanitizers_work(tmp_path: Path) -> bool:
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
 def test_no_batch_size_reads_or_writes_past_its_arrays(tmp_path):
-    """Batches of 1, 3 (padded to eight), 8 and 11 under AddressSanitizer and UBSan, each
+    """Batches of 1, 3 (one at a time), 5 (padded to sixteen), 16 and 21 under
+    AddressSanitizer and UBSan, each
     in an allocation of exactly its size; the values match the library's."""
     if not sanitizers_work(tmp_path):
         pytest.skip("gcc has no AddressSanitizer here")
@@ -129,7 +160,7 @@ def test_no_batch_size_reads_or_writes_past_its_arrays(tmp_path):
     printed = np.array(done.stdout.split(), np.float32)
     n_in = int(np.prod(onnx_shape(path)))
     expected = []
-    for n in (1, 3, 8, 11):
+    for n in (1, 3, 5, 16, 21):
         x = ((np.arange(n_in * n) * 37 % 101) / 50.0 - 1).astype(np.float32)
         expected.append(model.predict(x.reshape(n, n_in)).ravel())
     np.testing.assert_allclose(printed, np.concatenate(expected), rtol=1e-5, atol=1e-6)

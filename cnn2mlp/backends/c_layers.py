@@ -144,8 +144,11 @@ class LayerWriter:
         self.records.append(("kernels", {"w": transposed, "offsets": offsets, "bases": bases,
                                          "rows": out, "blocks": blocked // LANES, "taps": taps,
                                          "n_b": n_b, "shift": shift}))
-        # one accumulator variable a lane, written out: the compiler keeps them in vector
-        # registers (its loop vectorizer, turned off here, would gather across taps instead)
+        # the sixteen sums as one value of GCC's and clang's vector extension (measured:
+        # 1.6-1.7x faster at batch 1 than sixteen scalar sums, which GCC 12 leaves scalar:
+        # its SLP vectorizer finds no contiguous store to start from); elsewhere one
+        # accumulator variable a lane, written out. The loop vectorizer stays off: it would
+        # gather across taps instead
         lanes = range(LANES)
         name = f"layer{self.k}_group{len(self.helpers)}"
         self.helpers.append("\n".join([
@@ -156,6 +159,11 @@ class LayerWriter:
             f"        const int32_t *restrict o = {out} + (long)i * {LANES * n_b};",
             f"        for (j = 0; j < {n_b}; j++) {{",
             f"            const {r} *restrict x = h + {shift} + {bases}[j];",
+            "#if defined(VECTOR_BYTES) && VECTOR_BYTES == 32",
+            *self.vector_sums(32, offsets, taps, n_b),
+            "#elif defined(VECTOR_BYTES)",
+            *self.vector_sums(16, offsets, taps, n_b),
+            "#else",
             f"            {r} " + ", ".join(f"a{l} = 0" for l in lanes) + ";",
             f"            for (t = 0; t < {taps}; t++) {{",
             f"                const {r} xt = x[{offsets}[t]];",
@@ -163,11 +171,27 @@ class LayerWriter:
             "                " + " ".join(f"a{l} += wt[{l}] * xt;" for l in lanes),
             "            }",
             "            " + " ".join(f"z[o[{l * n_b} + j]] += a{l};" for l in lanes),
+            "#endif",
             "        }", "    }", "}"]))
         self.lines.append(f"    {name}(h, z);")
         if blocked < n_k:  # the kernels left over
             self.positions_in_lanes(ProductGroup(g.kernels[blocked:], g.offsets, g.bases,
                                                  g.rows[blocked:], g.shifts[blocked:]))
+
+    def vector_sums(self, width: int, offsets: str, taps: int, n_b: int) -> list[str]:
+        """The sixteen sums of a position as vectors of ``width`` bytes."""
+        r = self.real
+        per = width // (8 if r == "double" else 4)
+        vectors, lanes = range(LANES // per), range(LANES)
+        return [
+            "            vector_sum " + ", ".join(f"s{v} = {{0}}" for v in vectors) + ", wt;",
+            f"            for (t = 0; t < {taps}; t++) {{",
+            f"                const {r} xt = x[{offsets}[t]];",
+            *[f"                memcpy(&wt, w + t * {LANES} + {v * per}, sizeof wt); s{v} += wt * xt;"
+              for v in vectors],
+            "            }",
+            "            " + " ".join(f"z[o[{l * n_b} + j]] += s{l // per}[{l % per}];"
+                                    for l in lanes)]
 
     def positions_in_lanes(self, g) -> None:
         n_k, taps = g.kernels.shape
@@ -217,6 +241,7 @@ class LayerWriter:
             "                z[o[first + p]] += sum;",
             "            }",
             "        }", "    }"]
+
     def copies(self, copies) -> None:
         rows, columns, lengths, weights = copies
         n = len(rows)
