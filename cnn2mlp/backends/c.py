@@ -176,6 +176,12 @@ int {prefix}_init(const char *weights_path);
    memory for the work buffers), -3 (batch < 0). Reentrant: no state but the weights. */
 int {prefix}_predict(const {real} *in, {real} *out, int batch);
 
+/* predict with the work buffer given: `work` holds at least {prefix}_work_size(batch)
+   values (allocate it once for the largest batch you run): no memory is taken per call.
+   Returns 0, -1 or -3 as predict does. */
+int {prefix}_predict_with(const {real} *in, {real} *out, int batch, {real} *work);
+long {prefix}_work_size(int batch);
+
 #ifdef __cplusplus
 }}
 #endif
@@ -254,23 +260,26 @@ typedef {real} vector_sum __attribute__((vector_size(VECTOR_BYTES)));
 {init}
 {functions}
 
-int {prefix}_predict(const {real} *in, {real} *out, int batch)
+long {prefix}_work_size(int batch)
 {{
-    {real} *a, *b;
+    return (long)batch * 4 <= {samples} ? 2L * {width} : 2L * {width} * {samples};
+}}
+
+int {prefix}_predict_with(const {real} *in, {real} *out, int batch, {real} *work)
+{{
+    {real} *a = work, *b;
     long s, i;
     int l, n;
 {ready}    if (batch < 0) return -3;
+    b = work + {prefix}_work_size(batch) / 2;
     /* {samples} samples at a time, interleaved (value i of sample l at i * {samples} + l),
        the last block padded; a quarter of a block or less goes one sample at a time
        (the single-sample code: measured, faster than a padded block there) */
-    a = ({real} *)malloc(sizeof({real}) * {width} * {samples});
-    b = ({real} *)malloc(sizeof({real}) * {width} * {samples});
-    if (!a || !b) {{ free(a); free(b); return -2; }}
     for (s = 0; s < batch; s += n) {{
         n = batch - s < {samples} ? (int)(batch - s) : {samples};
         if (n * 4 <= {samples}) {{
-            n = 1;
             const {real} *x = in + s * {upper}_INPUT_SIZE;
+            n = 1;
 {calls}
             memcpy(out + s * {upper}_OUTPUT_SIZE, {last}, sizeof({real}) * {upper}_OUTPUT_SIZE);
             continue;
@@ -283,9 +292,19 @@ int {prefix}_predict(const {real} *in, {real} *out, int batch)
             for (i = 0; i < {upper}_OUTPUT_SIZE; i++)
                 out[(s + l) * {upper}_OUTPUT_SIZE + i] = {last}[i * {samples} + l];
     }}
-    free(a);
-    free(b);
     return 0;
+}}
+
+int {prefix}_predict(const {real} *in, {real} *out, int batch)
+{{
+    {real} *work;
+    int code;
+    if (batch < 0) return -3;
+    work = ({real} *)malloc(sizeof({real}) * (size_t){prefix}_work_size(batch));
+    if (!work) return -2;
+    code = {prefix}_predict_with(in, out, batch, work);
+    free(work);
+    return code;
 }}
 """
 

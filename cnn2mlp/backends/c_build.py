@@ -82,9 +82,14 @@ class CModel(Predictor):
         prefix = prefix_of(source)
         self.dtype = np.dtype(mlp.dtype)
         real = ctypes.c_double if self.dtype == np.float64 else ctypes.c_float
-        self.run = getattr(self.lib, f"{prefix}_predict")
-        self.run.argtypes = [ctypes.POINTER(real), ctypes.POINTER(real), ctypes.c_int]
+        # the work buffer held across calls, as a program that predicts often would
+        self.run = getattr(self.lib, f"{prefix}_predict_with")
+        self.run.argtypes = [ctypes.POINTER(real)] * 2 + [ctypes.c_int, ctypes.POINTER(real)]
         self.run.restype = ctypes.c_int
+        self.work_size = getattr(self.lib, f"{prefix}_work_size")
+        self.work_size.argtypes = [ctypes.c_int]
+        self.work_size.restype = ctypes.c_long
+        self.work = np.empty(0, self.dtype)
         init = getattr(self.lib, f"{prefix}_init")
         init.argtypes = [ctypes.c_char_p]
         init.restype = ctypes.c_int
@@ -101,7 +106,11 @@ class CModel(Predictor):
     def predict(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(x, self.dtype).reshape(len(x), self.n_in))
         out = np.empty((len(x),) + self.output_shape, self.dtype)
-        code = self.run(x.ctypes.data_as(self.pointer), out.ctypes.data_as(self.pointer), len(x))
+        needed = self.work_size(len(x))
+        if self.work.size < needed:
+            self.work = np.empty(needed, self.dtype)
+        code = self.run(x.ctypes.data_as(self.pointer), out.ctypes.data_as(self.pointer), len(x),
+                        self.work.ctypes.data_as(self.pointer))
         if code != 0:
             raise CompileError(f"the C model's predict returned {code}")
         return out
