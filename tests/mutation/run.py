@@ -361,6 +361,8 @@ MUTANTS: list[tuple[str, str, str, str]] = [
      'f"z[o[{l * n_b} + j]] += s{l // per}[{l % per}];"', 'f"z[o[{l * n_b} + j]] = s{l // per}[{l % per}];"'),
     ("c: wide vectors read the weights at narrow steps", "cnn2mlp/backends/c_layers.py",
      "memcpy(&wt, w + t * {LANES} + {v * per}, sizeof wt)", "memcpy(&wt, w + t * {LANES} + {v * 4}, sizeof wt)"),
+    ("c: a dense row's second vector of partial sums dropped", "cnn2mlp/backends/c_layers.py",
+     '"            s0 += s1;",', '"            s0 += 0 * s1;",'),
     ("c: the batched code's kernel sums assigned instead of added",
      "cnn2mlp/backends/c_batched.py", 'lanes(f"zk[{{l}}] += s{k}_{{l}};")',
      'lanes(f"zk[{{l}}] = s{k}_{{l}};")'),
