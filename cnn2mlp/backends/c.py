@@ -272,7 +272,7 @@ int {prefix}_predict_with(const {real} *in, {real} *out, int batch, {real} *work
     long s, i;
     int l, n;
 {ready}    if (batch < 0) return -3;
-    b = work + {prefix}_work_size(batch) / 2;
+    b = work + {prefix}_work_size(batch) / 2;  /* two buffers, each half the work */
     /* {samples} samples at a time, interleaved (value i of sample l at i * {samples} + l),
        the last block padded; a quarter of a block or less goes one sample at a time
        (the single-sample code: measured, faster than a padded block there) */

@@ -15,9 +15,11 @@ paths agree up to float rounding.
 """
 from __future__ import annotations
 
+from .c_layers import LANES, activation_loop
+
 #: samples computed together
 SAMPLES = 16
-#: kernels of a convolution block computed together, each with eight samples' sums
+#: kernels of a convolution block computed together, each with every sample's sum
 KERNELS = 8
 
 
@@ -66,23 +68,27 @@ class BatchedLayerWriter:
                        f"        for (l = 0; l < {SAMPLES}; l++) z[i * {SAMPLES} + l] = {bias}[i];"]
 
     def dense(self, w: str, n_out: int, n_in: int) -> None:
+        self.row_sums(n_out, "i", f"j = 0; j < {n_in}; j++", f"{w}[i * {n_in} + j]", "j")
+
+    def row_sums(self, n: int, row: str, terms: str, weight: str, column: str) -> None:
+        """For each of ``n`` rows, ``z[row] += weight * h[column]`` over the loop ``terms``
+        (C expressions of ``i``, the row's index, and ``j``, the term's), every sample."""
         r = self.real
         self.helper([
-            f"    for (i = 0; i < {n_out}; i++) {{",
-            f"        const {r} *restrict row = {w} + i * {n_in};",
-            f"        {r} *restrict zi = z + i * {SAMPLES};",
+            f"    for (i = 0; i < {n}; i++) {{",
+            f"        {r} *restrict zi = z + (long)({row}) * {SAMPLES};",
             "        " + self.accumulators("a"),
-            f"        for (j = 0; j < {n_in}; j++) {{",
-            f"            const {r} wj = row[j];",
-            f"            const {r} *restrict x = h + j * {SAMPLES};",
-            "            " + lanes("a{l} += wj * x[{l}];"), "        }",
+            f"        for ({terms}) {{",
+            f"            const {r} v = {weight};",
+            f"            const {r} *restrict x = h + (long)({column}) * {SAMPLES};",
+            "            " + lanes("a{l} += v * x[{l}];"), "        }",
             "        " + lanes("zi[{l}] += a{l};"), "    }"])
 
     def kernels(self, w: str, offsets: str, bases: str, rows: str, blocks: int, taps: int,
                 n_b: int, shift: int) -> None:
         """Blocks of sixteen kernels with transposed weights (``w[block][tap][16]``), as the
         single-sample code stores them: KERNELS kernels at a time, every sample each."""
-        r, block = self.real, 16
+        r, block = self.real, LANES
         sums = range(KERNELS)
         body = [
             f"    for (i = 0; i < {blocks}; i++) {{",
@@ -142,22 +148,8 @@ class BatchedLayerWriter:
             "    }"]
 
     def csr(self, rows: str, values: str, cols: str, ptr: str, n: int) -> None:
-        r = self.real
-        self.helper([
-            f"    for (i = 0; i < {n}; i++) {{",
-            f"        {r} *restrict zi = z + (long){rows}[i] * {SAMPLES};",
-            "        " + self.accumulators("a"),
-            f"        for (j = {ptr}[i]; j < {ptr}[i + 1]; j++) {{",
-            f"            const {r} v = {values}[j];",
-            f"            const {r} *restrict x = h + (long){cols}[j] * {SAMPLES};",
-            "            " + lanes("a{l} += v * x[{l}];"), "        }",
-            "        " + lanes("zi[{l}] += a{l};"), "    }"])
+        self.row_sums(n, f"{rows}[i]", f"j = {ptr}[i]; j < {ptr}[i + 1]; j++", f"{values}[j]",
+                      f"{cols}[j]")
 
     def activation(self, start: int, stop: int, expr: str, alpha: float) -> None:
-        r = self.real
-        self.lines += [
-            f"    for (i = {start * SAMPLES}; i < {stop * SAMPLES}; i++) {{",
-            f"        const {r} z0 = z[i];",
-            f"        const {r} a = ({r}){alpha!r};",
-            "        (void)a;",
-            f"        z[i] = ({r})({expr.replace('z', 'z0')});", "    }"]
+        self.lines += activation_loop(self.real, start * SAMPLES, stop * SAMPLES, expr, alpha)

@@ -102,7 +102,8 @@ class LayerWriter:
         self.records.append(("dense", {"w": name, "n_out": n_out, "n_in": n_in}))
         r = self.real
         # a row's sum in two vectors of partial sums: C forbids the compiler to reorder a
-        # float sum, so it would leave the plain loop scalar (measured: 3-4x slower)
+        # float sum, so it would leave the plain loop scalar (measured: MobileNetV2's
+        # 320 -> 1280 layer 293 us so, 27 us in vectors)
         self.lines += [
             f"    for (i = 0; i < {n_out}; i++) {{",
             f"        const {r} *restrict row = {name} + (long)i * {n_in};",
@@ -296,12 +297,17 @@ class LayerWriter:
             expr = BY_NAME[name].c
             self.records.append(("activation", {"start": start, "stop": stop, "expr": expr,
                                                 "alpha": float(alpha)}))
-            self.lines += [
-                f"    for (i = {start}; i < {stop}; i++) {{",
-                f"        const {self.real} z0 = z[i];",
-                f"        const {self.real} a = ({self.real}){float(alpha)!r};",
-                "        (void)a;",
-                f"        z[i] = ({self.real})({expr.replace('z', 'z0')});", "    }"]
+            self.lines += activation_loop(self.real, start, stop, expr, alpha)
+
+
+def activation_loop(real: str, start: int, stop: int, expr: str, alpha: float) -> list[str]:
+    """``z[i] = f(z[i])`` for ``start <= i < stop``, f the catalogue's C expression ``expr``
+    of z and a (the activation's parameter ``alpha``)."""
+    return [f"    for (i = {start}; i < {stop}; i++) {{",
+            f"        const {real} z0 = z[i];",
+            f"        const {real} a = ({real}){float(alpha)!r};",
+            "        (void)a;",
+            f"        z[i] = ({real})({expr.replace('z', 'z0')});", "    }"]
 
 
 def expression_uses_only_z_and_a(expr: str) -> bool:

@@ -352,7 +352,7 @@ MUTANTS: list[tuple[str, str, str, str]] = [
     ("c: strided positions read as consecutive", "cnn2mlp/backends/c_layers.py",
      "acc[l] += wt * xt[(long)l * step];", "acc[l] += wt * xt[l];"),
     ("c: an activation's alpha dropped", "cnn2mlp/backends/c_layers.py",
-     "({self.real}){float(alpha)!r};", "({self.real})0.0;"),
+     "({real}){float(alpha)!r};", "({real})0.0;"),
     ("c: the weights file's checksum not compared", "cnn2mlp/backends/c.py",
      "if (h != {checksum}ULL)", "if (h != {checksum}ULL && 0)"),
     ("c: copies read one column late", "cnn2mlp/backends/c_layers.py",
@@ -369,8 +369,7 @@ MUTANTS: list[tuple[str, str, str, str]] = [
     ("c: the padded samples of a short batch read past the input",
      "cnn2mlp/backends/c.py", "b[i * {samples} + l] = l < n ? in[", "b[i * {samples} + l] = l < 8 ? in["),
     ("c: the batched activations stop at the first sample's neurons",
-     "cnn2mlp/backends/c_batched.py", 'f"    for (i = {start * SAMPLES}; i < {stop * SAMPLES}; i++) {{"',
-     'f"    for (i = {start * SAMPLES}; i < {stop}; i++) {{"'),
+     "cnn2mlp/backends/c_batched.py", "start * SAMPLES, stop * SAMPLES, expr", "start * SAMPLES, stop, expr"),
     # the input domain (tests/test_input_domain.py)
     ("domain: the inferred range not given to the passes", "cnn2mlp/compile.py",
      "    ctx.input_range = domain.range\n", ""),
