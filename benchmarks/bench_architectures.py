@@ -11,6 +11,8 @@ folder (real exports: ``torch.onnx.export(model, x, path, dynamic_axes={"input":
 Per model, each step in a child process of its own:
 - compile (seconds; then again under tracemalloc: the peak of what the compiler allocates
   against the final arrays);
+- load the MLP (seconds: the c engine's build on the first thread count, a cache hit on
+  the next);
 - time onnxruntime on the CNN and the MLP on the same inputs, alternately, for each batch
   size and thread count, the minimum over rounds (the machine is shared; the ratio of two
   minima taken in the same minute is what is stable) and the error against onnxruntime.
@@ -18,7 +20,7 @@ Per model, each step in a child process of its own:
 Prints figures and the geometric means against the goals; asserts nothing.
 
     python benchmarks/bench_architectures.py [--quick] [--models a,b] [--onnx-dir DIR]
-        [--no-keras] [--threads 1,2] [--batches 1,16,64]
+        [--no-keras] [--threads 1,2] [--batches 1,16,64] [--engine c|numba|scipy]
 """
 from __future__ import annotations
 
@@ -80,7 +82,7 @@ import json, sys, time
 import numpy as np
 import onnxruntime as ort
 import cnn2mlp
-onnx_path, npz, threads, batches, rounds, budget = sys.argv[1:7]
+onnx_path, npz, threads, batches, rounds, budget, engine = sys.argv[1:8]
 threads, rounds, budget = int(threads), int(rounds), float(budget)
 options = ort.SessionOptions()
 options.intra_op_num_threads = threads
@@ -88,7 +90,9 @@ options.inter_op_num_threads = 1
 options.log_severity_level = 3
 session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
 name = session.get_inputs()[0].name
-mlp = cnn2mlp.load(npz, threads=threads)
+start = time.perf_counter()
+mlp = cnn2mlp.load(npz, threads=threads, engine=engine)  # the c engine: its build, or none
+loaded = time.perf_counter() - start
 nhwc = session.get_inputs()[0].shape[-1] in (1, 3) and mlp.input_shape[-1] not in (1, 3)
 
 def best(run, seconds):
@@ -98,7 +102,7 @@ def best(run, seconds):
         t = time.perf_counter(); run(); times.append(time.perf_counter() - t)
     return min(times)
 
-out = {}
+out = {"load": loaded}
 for batch in map(int, batches.split(",")):
     x = np.random.default_rng(batch).uniform(0, 1, (batch,) + tuple(mlp.input_shape))
     x = x.astype(np.float32)
@@ -171,15 +175,20 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--batches", default="1,16,64")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter timing rounds")
+    parser.add_argument("--engine", help="the runtime's engine (default: c where a C compiler "
+                        "is found, else numba)")
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
+    from cnn2mlp.runtime import runnable_engines
+
+    engine = args.engine or ("c" if "c" in runnable_engines() else "numba")
     rounds, budget = (2, 0.1) if args.quick else (4, 0.25)
     batches = [int(b) for b in args.batches.split(",")]
     columns = [(t, b) for t in threads for b in batches]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"python {platform.python_version()}")
+          f"python {platform.python_version()}; the MLP on the {engine} engine")
     header = (f"{'model':<22} {'CNN MACs':>10} {'MLP nnz':>10} {'nnz/MAC':>7} {'carried':>9} "
-              f"{'compile s':>9} {'peak/arr':>8} {'error':>8} "
+              f"{'compile s':>9} {'load s':>6} {'peak/arr':>8} {'error':>8} "
               + " ".join(f"{f'{t}t b{b}':>7}" for t, b in columns))
     print(header)
     ratios: dict[tuple[int, int], list[float]] = {c: [] for c in columns}
@@ -194,10 +203,11 @@ def main() -> None:
                 print(f"{name:<22} refused or failed: {error}")
                 continue
             c = json.loads(report.read_text())
-            timing, errors = {}, []
+            timing, errors, loads = {}, [], []
             for t in threads:
                 got = json.loads(child(TIME, onnx_path, npz, t, ",".join(map(str, batches)),
-                                       rounds, budget, threads=t).stdout)
+                                       rounds, budget, engine, threads=t).stdout)
+                loads.append(got["load"])
                 for b in batches:
                     row = got[str(b)]
                     timing[t, b] = row["mlp"] / row["ort"]
@@ -206,12 +216,13 @@ def main() -> None:
             sizes.append(c["nnz"] / c["multiply_adds"])
             print(f"{name:<22} {c['multiply_adds'] / 1e6:>9.1f}M {c['nnz'] / 1e6:>9.1f}M "
                   f"{c['nnz'] / c['multiply_adds']:>7.2f} {c['carried']:>9,} "
-                  f"{c['seconds']:>9.1f} {c['peak'] / c['arrays']:>8.2f} {max(errors):>8.1e} "
+                  f"{c['seconds']:>9.1f} {loads[0]:>6.1f} {c['peak'] / c['arrays']:>8.2f} "
+                  f"{max(errors):>8.1e} "
                   + " ".join(f"{timing[col]:>7.2f}" for col in columns), flush=True)
     print(f"{'geometric mean':<22} {'':>10} {'':>10} {geomean(sizes):>7.2f} {'':>9} {'':>9} "
-          f"{'':>8} {'':>8} " + " ".join(f"{geomean(ratios[col]):>7.2f}" for col in columns))
+          f"{'':>6} {'':>8} {'':>8} " + " ".join(f"{geomean(ratios[col]):>7.2f}" for col in columns))
     print(f"{'worst':<22} {'':>10} {'':>10} {max(sizes, default=0):>7.2f} {'':>9} {'':>9} "
-          f"{'':>8} {'':>8} " + " ".join(f"{max(ratios[col], default=0):>7.2f}"
+          f"{'':>6} {'':>8} {'':>8} " + " ".join(f"{max(ratios[col], default=0):>7.2f}"
                                          for col in columns))
     print("goals: nnz/MAC <= 1.25 for every model; 1 thread: geometric mean <= 1.0 at batch 16 "
           "and 64, <= 2.0 at batch 1, no model above 2.0 at batch 16; 2 threads: <= 1.0 at "

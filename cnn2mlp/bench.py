@@ -155,8 +155,11 @@ def bench(model: Path, artifact: Path | None, batches: Sequence[int], threads: i
 
 
 def c_engine(model: Path, workdir: Path) -> list:
-    """The C target built with -O3 -march=native (one thread), when a C compiler is found."""
-    from .backends.c_build import CModel, find_compiler
+    """The C target built as the c engine builds it (-O3 -march=native -ffp-contract=fast;
+    one thread), when a C compiler is found."""
+    from .backends.c import CModel
+    from .runtime.c_build import find_compiler
+    from .runtime.c_engine import FLAGS
     from .compile import compile_model
 
     if find_compiler() is None:
@@ -165,9 +168,9 @@ def c_engine(model: Path, workdir: Path) -> list:
         return []
     out = workdir / "model.c"
     result = compile_model(model, out, target="c")
-    built = CModel(out, result.mlp, optimize="-O3", extra=["-march=native"])
+    built = CModel(out, result.mlp, optimize=FLAGS[0], extra=FLAGS[1:])
     size = sum(p.stat().st_size for p in (out, out.with_suffix(".weights")) if p.exists())
-    return [("C target (-O3 -march=native)", built.predict, size)]
+    return [("C target (" + " ".join(FLAGS[:2]) + ")", built.predict, size)]
 
 
 def opencv_engine(model: Path, workdir: Path) -> list:

@@ -11,9 +11,10 @@ import numpy as np
 import onnx
 import pytest
 
-from cnn2mlp.backends.c import CTarget, STATIC_LIMIT, c_identifier, c_source
-from cnn2mlp.backends.c_layers import expression_uses_only_z_and_a
-from cnn2mlp.backends.c_build import CModel, find_compiler
+from cnn2mlp.backends.c import CModel, CTarget
+from cnn2mlp.runtime.c_build import find_compiler
+from cnn2mlp.runtime.c_layers import expression_uses_only_z_and_a
+from cnn2mlp.runtime.c_source import STATIC_LIMIT, c_identifier, c_source
 from cnn2mlp.cli import main
 from cnn2mlp.compile import compile_model
 from cnn2mlp.errors import CompileError
@@ -192,7 +193,7 @@ def test_relu6_is_one_bounded_neuron(tmp_path):
     b.dense(3)
     path = save(b.build(), tmp_path / "relu6.onnx")
     model = compiled_c(path, tmp_path)
-    assert "(z0 > a ? a" in (tmp_path / "net.c").read_text()
+    assert "v > (float)6.0 ? (float)6.0 : v" in (tmp_path / "net.c").read_text()
     assert_matches_onnxruntime(path, model, (2, 6, 6))
 
 
@@ -215,7 +216,7 @@ def test_float64_models_stay_double(tmp_path):
 def test_big_weights_go_to_a_checked_file(tmp_path, monkeypatch):
     """Above the static limit, the weights are a file beside the source: init checks its
     size and checksum, and predict refuses to run without it."""
-    import cnn2mlp.backends.c as c_module
+    import cnn2mlp.runtime.c_source as c_module
 
     monkeypatch.setattr(c_module, "STATIC_LIMIT", 0)
     b = OnnxBuilder((2, 6, 6), seed=6)

@@ -3,15 +3,17 @@ one column, int64 indices, dense layers, every activation, mixed layers, thread 
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cnn2mlp
 from cnn2mlp.backends.csr import CsrModel, save_csr
 from cnn2mlp.ir.mlp import Mlp, MlpLayer
-from cnn2mlp.runtime import available_engines
+from cnn2mlp.runtime import available_engines, runnable_engines
 
 ENGINES = available_engines()
+#: and the c engine where a C compiler is found (each model it runs is a build)
+EVERY_ENGINE = runnable_engines()
 ACTIVATIONS = ["identity", "relu", "leaky_relu", "sigmoid", "tanh"]
 
 
@@ -44,6 +46,10 @@ def random_mlps(draw):
 @given(mlp=random_mlps(), batch=st.sampled_from([1, 3, 37, 64]), threads=st.sampled_from([1, 2]),
        dtype=st.sampled_from([np.float32, np.float64]))
 def test_engine_matches_the_float64_reference(engine, mlp, batch, threads, dtype):
+    assert_engine_matches_the_reference(engine, mlp, batch, threads, dtype)
+
+
+def assert_engine_matches_the_reference(engine, mlp, batch, threads, dtype):
     x = np.random.default_rng(1).normal(size=(batch, mlp.layers[0].n_in)) * 3
     model = CsrModel(mlp, threads=threads, engine=engine)
     assert model.engine == engine
@@ -51,6 +57,15 @@ def test_engine_matches_the_float64_reference(engine, mlp, batch, threads, dtype
     assert got.dtype == dtype and got.shape == (batch, mlp.layers[-1].n_out)
     tolerance = 1e-4 if dtype == np.float32 else 1e-10
     np.testing.assert_allclose(got, mlp.forward(x), rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.skipif("c" not in EVERY_ENGINE, reason="no C compiler (apt install gcc)")
+@settings(max_examples=20, deadline=None)
+@given(mlp=random_mlps(), batch=st.sampled_from([1, 3, 37, 64]), threads=st.sampled_from([1, 2]),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_the_c_engine_matches_the_float64_reference(mlp, batch, threads, dtype):
+    """As above, for the c engine (fewer examples: each is a build)."""
+    assert_engine_matches_the_reference("c", mlp, batch, threads, dtype)
 
 
 @pytest.mark.skipif("numba" not in ENGINES, reason="install the fast extra (numba)")
@@ -185,7 +200,7 @@ def test_bench_refuses_bad_batches(capsys):
     assert "--batch takes positive sizes" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", EVERY_ENGINE)
 @pytest.mark.parametrize("out_channels, in_channels, kernel", [(16, 8, 3), (11, 3, 3), (3, 2, 2)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_every_group_path_matches_the_reference(engine, out_channels, in_channels, kernel,
@@ -293,7 +308,7 @@ def maxpool_cnn():
     return b.build()
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", EVERY_ENGINE)
 def test_max_pool_pairs_are_summed_before_the_next_layer(engine, tmp_path):
     """The next layer runs on the pairs' sums: fewer non-zeros, the same function (against
     onnxruntime on the CNN, in the runtime and in the standalone kernel module)."""

@@ -15,7 +15,7 @@ from .registry import (DEFAULT_MAX_DENSE_BYTES, TARGETS, Predictor, Target, Targ
                        register_target)
 
 #: modules that hold no target (helpers the targets use)
-HELPERS = {"registry", "npz_reader", "standalone", "c_build", "c_layers"}
+HELPERS = {"registry", "npz_reader", "standalone"}
 #: the target of a compile that names neither a target nor an output file
 DEFAULT_TARGET = "csr"
 

@@ -3,10 +3,11 @@
 When a model loads, ``plan.py`` plans each layer once (``structure.py`` finds the row groups
 and copies in the plain CSR file; ``columns.py`` the equal columns worth merging); the
 engines run the plan: ``numba`` (compiled, multi-threaded kernels; ``pip install
-'cnn2mlp[fast]'``) and ``scipy`` (always there). Both give the same results up to float
-rounding, for any thread count.
+'cnn2mlp[fast]'``), ``scipy`` (always there) and ``c`` (the model's C code, ``c_source.py``,
+built for this machine by ``c_engine.py``; the C target writes the same code). All give
+the same results up to float rounding, for any thread count.
 """
-from .engine import Engine, available_engines, make_engine
+from .engine import Engine, available_engines, make_engine, runnable_engines
 from .plan import DENSE_THRESHOLD
 
-__all__ = ["Engine", "make_engine", "available_engines", "DENSE_THRESHOLD"]
+__all__ = ["Engine", "make_engine", "available_engines", "runnable_engines", "DENSE_THRESHOLD"]

@@ -2,8 +2,10 @@
 
 An engine is a class with a ``name`` that runs the plan (``plan.py``) of each layer; engine
 modules register theirs with :func:`register_engine` when imported: ``numba_engine`` (the
-compiled kernels, the ``fast`` extra) and ``scipy_engine`` (always there).
-Both give the same results up to float rounding, for any thread count.
+compiled kernels, the ``fast`` extra), ``scipy_engine`` (always there) and ``c_engine``
+(the model's C code built for this machine; needs a C compiler, chosen by name only: its
+first load of a model builds for seconds to a minute). All give the same results up to
+float rounding, for any thread count.
 """
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ from .plan import LayerPlan, plan_layers
 
 #: engine name → class, filled by the engine modules as they are imported
 ENGINES: dict[str, type["Engine"]] = {}
-#: the engine modules, fastest first
-ENGINE_MODULES = {"numba": ".numba_engine", "scipy": ".scipy_engine"}
+#: the engine modules
+ENGINE_MODULES = {"numba": ".numba_engine", "scipy": ".scipy_engine", "c": ".c_engine"}
+#: the engines a load without ``engine`` tries, in this order
+DEFAULT_ORDER = ("numba", "scipy")
 
 
 def register_engine(cls: type["Engine"]) -> type["Engine"]:
@@ -60,14 +64,23 @@ def load_engine(name: str) -> type[Engine]:
 
 
 def available_engines() -> list[str]:
+    """The default engines whose packages are installed, in DEFAULT_ORDER."""
     names = []
-    for name in ENGINE_MODULES:
+    for name in DEFAULT_ORDER:
         try:
             load_engine(name)
         except ImportError:
             continue
         names.append(name)
     return names
+
+
+def runnable_engines() -> list[str]:
+    """Every engine this machine can run: the available defaults, and "c" when a C
+    compiler is found."""
+    from .c_build import find_compiler
+
+    return available_engines() + (["c"] if find_compiler() is not None else [])
 
 
 def default_threads() -> int:
@@ -96,9 +109,10 @@ def checked_threads(threads: int | None) -> int:
 
 
 def make_engine(mlp: Mlp, engine: str | None = None, threads: int | None = None) -> Engine:
-    """The fastest engine available (``engine`` forces one: "numba" or "scipy")."""
+    """The first of DEFAULT_ORDER available (``engine`` forces one: "numba", "scipy" or
+    "c")."""
     if engine is not None and engine not in ENGINE_MODULES:
-        raise ValueError(f"unknown engine {engine!r}: {' or '.join(ENGINE_MODULES)}")
+        raise ValueError(f"unknown engine {engine!r}: {', '.join(ENGINE_MODULES)}")
     threads = checked_threads(threads)
     if engine is not None:
         try:

@@ -1,5 +1,6 @@
-"""Building and running the C target's source (for ``--check``, the benchmark and the tests):
-the system C compiler makes a shared library in a temporary folder, ctypes calls it."""
+"""Building and calling the MLP's C source (``c_source.py``): the system C compiler makes a
+shared library, ctypes calls it (the C target's ``--check``, the C engine, the benchmark
+and the tests)."""
 from __future__ import annotations
 
 import ctypes
@@ -8,14 +9,11 @@ import re
 import shlex
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CompileError
-from ..ir.mlp import Mlp
-from .registry import Predictor
 
 #: the flags every build uses: the tests hold the generated code to them
 STRICT_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
@@ -70,51 +68,48 @@ def prefix_of(source: str) -> str:
     return found.group(1)
 
 
-class CModel(Predictor):
-    """A built C target, called through ctypes."""
+class CLibrary:
+    """A built C source, called through ctypes: ``run(x, out, work)`` on a (B, n_in)
+    C-contiguous batch. ctypes lets go of the GIL during the call, so threads of the
+    caller's can run parts of a batch at once (each with a work buffer of its own)."""
 
-    def __init__(self, source_path: Path, mlp: Mlp, optimize: str = "-O2",
-                 extra: list[str] | None = None) -> None:
-        self.folder = tempfile.TemporaryDirectory(prefix="cnn2mlp-c-")
-        library = build_library(source_path, Path(self.folder.name), optimize, extra)
+    def __init__(self, library: Path, prefix: str, dtype, weights: Path | None) -> None:
         self.lib = ctypes.CDLL(str(library))
-        source = source_path.read_text()
-        prefix = prefix_of(source)
-        self.dtype = np.dtype(mlp.dtype)
+        self.dtype = np.dtype(dtype)
         real = ctypes.c_double if self.dtype == np.float64 else ctypes.c_float
-        # the work buffer held across calls, as a program that predicts often would
-        self.run = getattr(self.lib, f"{prefix}_predict_with")
-        self.run.argtypes = [ctypes.POINTER(real)] * 2 + [ctypes.c_int, ctypes.POINTER(real)]
-        self.run.restype = ctypes.c_int
-        self.work_size = getattr(self.lib, f"{prefix}_work_size")
-        self.work_size.argtypes = [ctypes.c_int]
-        self.work_size.restype = ctypes.c_long
-        self.work = np.empty(0, self.dtype)
+        self.pointer = ctypes.POINTER(real)
+        self._run = getattr(self.lib, f"{prefix}_predict_with")
+        self._run.argtypes = [self.pointer] * 2 + [ctypes.c_int, self.pointer]
+        self._run.restype = ctypes.c_int
+        self._work_size = getattr(self.lib, f"{prefix}_work_size")
+        self._work_size.argtypes = [ctypes.c_int]
+        self._work_size.restype = ctypes.c_long
         init = getattr(self.lib, f"{prefix}_init")
         init.argtypes = [ctypes.c_char_p]
         init.restype = ctypes.c_int
-        weights = source_path.with_suffix(".weights")
-        code = init(str(weights).encode())
+        code = init(str(weights or "").encode())
         if code != 0:
             raise CompileError(f"{weights}: {prefix}_init returned {code} (the weights file is "
                                "missing, damaged or another model's)")
-        self.n_in = int(np.prod(mlp.input_shape))
-        self.output_shape = tuple(mlp.output_shape)
-        self.pointer = ctypes.POINTER(real)
-        super().__init__(self.predict)
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(np.asarray(x, self.dtype).reshape(len(x), self.n_in))
-        out = np.empty((len(x),) + self.output_shape, self.dtype)
-        needed = self.work_size(len(x))
-        if self.work.size < needed:
-            self.work = np.empty(needed, self.dtype)
-        code = self.run(x.ctypes.data_as(self.pointer), out.ctypes.data_as(self.pointer), len(x),
-                        self.work.ctypes.data_as(self.pointer))
+    def work_size(self, batch: int) -> int:
+        return int(self._work_size(batch))
+
+    def run(self, x: np.ndarray, out: np.ndarray, work: np.ndarray) -> None:
+        """``out[:] = MLP(x)``; ``work`` holds at least ``work_size(len(x))`` values."""
+        assert x.flags.c_contiguous and out.flags.c_contiguous and x.dtype == self.dtype
+        assert work.size >= self.work_size(len(x))
+        code = self._run(x.ctypes.data_as(self.pointer), out.ctypes.data_as(self.pointer),
+                         len(x), work.ctypes.data_as(self.pointer))
         if code != 0:
             raise CompileError(f"the C model's predict returned {code}")
-        return out
 
 
-def build_and_load(path: Path, mlp: Mlp) -> CModel:
-    return CModel(path, mlp)
+def load_source(source_path: Path, dtype, folder: Path, optimize: str = "-O2",
+                extra: list[str] | None = None) -> CLibrary:
+    """Build the C source at ``source_path`` (header and weights beside it) in ``folder``
+    and load it."""
+    library = build_library(source_path, folder, optimize, extra)
+    weights = source_path.with_suffix(".weights")
+    return CLibrary(library, prefix_of(source_path.read_text()), dtype,
+                    weights if weights.exists() else None)

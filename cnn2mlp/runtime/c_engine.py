@@ -1,0 +1,165 @@
+"""The C engine: the MLP's C source (``c_source.py``, what the C target writes), built once
+with the system C compiler for this machine and called through ctypes.
+
+The library is built with ``-O3 -march=native -ffp-contract=fast`` (multiply-adds fused:
+float rounding changes, never more than the sums' own) and kept in a private cache folder
+beside numba's (``$XDG_CACHE_HOME/cnn2mlp/c``), under a hash of the source, the weights,
+the compiler's version, the flags and the CPU's features: the next load of the same
+artifact on the same machine builds nothing. A batch of at least two blocks of
+``SAMPLES`` spreads over ``threads`` threads, a run of whole blocks each (ctypes lets go of
+the GIL for the call); smaller batches run on one.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .c_batched import SAMPLES
+from .c_build import CLibrary, build_library, find_compiler
+from .c_source import c_source
+from .engine import Engine, register_engine
+from .kernel_cache import private, user_cache_dir
+
+#: the flags of the engine's build (the tests build the target's code strictly as well)
+FLAGS = ["-O3", "-march=native", "-ffp-contract=fast"]
+PREFIX = "mlp"
+
+
+def c_cache_dir() -> Path:
+    """``$CNN2MLP_C_CACHE``, else ``~/.cache/cnn2mlp/c`` when it is private to the user,
+    else a fresh private temporary folder."""
+    chosen = os.environ.get("CNN2MLP_C_CACHE")
+    if chosen:
+        Path(chosen).mkdir(mode=0o700, parents=True, exist_ok=True)
+        return Path(chosen)
+    folder = user_cache_dir().parent / "c"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        pass
+    return folder if private(folder) else Path(tempfile.mkdtemp(prefix="cnn2mlp-c-"))
+
+
+def machine_key(compiler: str) -> str:
+    """What a built library depends on besides its source: the compiler's version and the
+    CPU's features (``-march=native`` code may not run on another CPU)."""
+    try:
+        version = subprocess.run(shlex.split(compiler) + ["--version"], capture_output=True,
+                                 text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line for line in info if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = platform.processor()
+    return "\n".join([compiler, version, platform.machine(), flags, " ".join(FLAGS)])
+
+
+class BuiltModel:
+    """The MLP's C source built in one precision, and loaded."""
+
+    def __init__(self, mlp, dtype) -> None:
+        compiler = find_compiler() or "cc"  # the engine checked there is one
+        # every weight in the weights file: the source stays small, and quick to compile
+        made = c_source(mlp, PREFIX, f"{PREFIX}.h", "see cnn2mlp's C target", static_limit=0,
+                        dtype=dtype)
+        digest = hashlib.sha256()
+        for part in (made.source.encode(), made.header.encode(), made.weights or b"",
+                     machine_key(compiler).encode()):
+            digest.update(hashlib.sha256(part).digest())
+        key = digest.hexdigest()[:32]
+        cache = c_cache_dir()
+        library, weights = cache / f"{key}.so", cache / f"{key}.weights"
+        if not library.exists():
+            self.build(made, cache, library, weights)
+        self.library = CLibrary(library, PREFIX, dtype, weights if made.weights else None)
+
+    @staticmethod
+    def build(made, cache: Path, library: Path, weights: Path) -> None:
+        """Build in a private temporary folder, then move the files into the cache (a
+        library is in the cache whole or not at all: renamed, never written there)."""
+        if sys.stderr.isatty():
+            print("cnn2mlp: building the model's C code (first load only; cached in "
+                  f"{cache})", file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory(prefix="cnn2mlp-c-") as tmp:
+            folder = Path(tmp)
+            source = folder / "source" / f"{PREFIX}.c"
+            source.parent.mkdir()
+            source.write_text(made.source)
+            source.with_suffix(".h").write_text(made.header)
+            built = build_library(source, folder, FLAGS[0], FLAGS[1:])
+            if made.weights is not None:
+                staged = folder / "weights"
+                staged.write_bytes(made.weights)
+                os.replace(staged, weights)
+            os.replace(built, library)
+
+
+@register_engine
+class CEngine(Engine):
+    """Runs the MLP's C code, built for this machine (see the module's docstring)."""
+
+    name = "c"
+
+    def __init__(self, mlp, threads: int) -> None:
+        if find_compiler() is None:
+            raise ValueError("the c engine needs a C compiler (cc, gcc or clang; Debian: apt "
+                             "install gcc), or set CC; or use engine='numba'")
+        super().__init__(mlp, threads)
+        self._built: dict[np.dtype, BuiltModel] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()  # each thread's work buffer
+        self._pool: ThreadPoolExecutor | None = None
+        self.built(mlp.dtype)  # at load: a build's failure shows there, not at a predict
+
+    def built(self, dtype) -> BuiltModel:
+        key = np.dtype(dtype)
+        with self._lock:
+            if key not in self._built:
+                self._built[key] = BuiltModel(self.mlp, key)
+            return self._built[key]
+
+    def run(self, x: np.ndarray, dtype=np.float32) -> np.ndarray:
+        library = self.built(dtype).library
+        x = np.ascontiguousarray(x, library.dtype)
+        out = np.empty((len(x), self.mlp.layers[-1].n_out), library.dtype)
+        chunks = self.chunks(len(x))
+        if len(chunks) == 1:
+            self.run_chunk(library, x, out)
+            return out
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cnn2mlp-c")
+        futures = [self._pool.submit(self.run_chunk, library, x[a:b], out[a:b])
+                   for a, b in chunks]
+        for future in futures:
+            future.result()
+        return out
+
+    def chunks(self, batch: int) -> list[tuple[int, int]]:
+        """The batch as runs of whole blocks of SAMPLES, one a thread (the last takes the
+        rest): splitting a block would run two padded blocks for one."""
+        blocks = batch // SAMPLES
+        parts = max(1, min(self.threads, blocks))
+        if parts == 1:
+            return [(0, batch)]
+        bounds = [SAMPLES * (blocks * k // parts) for k in range(parts)] + [batch]
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    def run_chunk(self, library: CLibrary, x: np.ndarray, out: np.ndarray) -> None:
+        work = getattr(self._local, "work", None)
+        needed = library.work_size(len(x))
+        if work is None or work.dtype != library.dtype or work.size < needed:
+            work = self._local.work = np.empty(needed, library.dtype)
+        library.run(x, out, work)
