@@ -79,7 +79,8 @@ class LayerWriter:
     def emit(self) -> str:
         p, r = self.plan, self.real
         bias = self.weights("bias", p.bias)
-        self.records.append(("bias", {"bias": bias, "n_out": p.n_out}))
+        self.records.append(("bias", {"bias": bias, "n_out": p.n_out,
+                                      "clamp": stored_clamp(p)}))
         self.lines = [f"static void layer{self.k}(const {r} *restrict h, {r} *restrict z)",
                       "{", "    int i, j, t;", "    (void)j; (void)t;",
                       f"    for (i = 0; i < {p.n_out}; i++) z[i] = {bias}[i];"]
@@ -318,6 +319,25 @@ class LayerWriter:
             self.records.append(("activation", {"start": start, "stop": stop, "name": name,
                                                 "alpha": float(alpha)}))
             self.lines += activation_loop(self.real, start, stop, name, alpha)
+
+
+def stored_clamp(plan: LayerPlan) -> tuple[float, float, float] | None:
+    """The clamp (lo, scale, hi) every row of the layer takes as its one part stores it,
+    with its bias (``plan.py``'s rule, for a layer whose rows all follow it with one clamp);
+    else None: the layer starts from its bias, its parts add, its activations come after."""
+    if plan.dense is not None or len(plan.finish) or not plan.n_out:
+        return None
+    ends = [np.unique(a) for a in (plan.lo, plan.scale, plan.hi)]
+    if any(len(e) != 1 for e in ends):
+        return None
+    return tuple(float(e[0]) for e in ends)
+
+
+def c_number(value: float, real: str) -> str:
+    """A float as a C constant of type ``real`` (infinities included)."""
+    if np.isinf(value):
+        return f"({'-' if value < 0 else ''}({real})INFINITY)"
+    return f"({real}){float(value)!r}"
 
 
 def activation_loop(real: str, start: int, stop: int, name: str, alpha: float) -> list[str]:
