@@ -260,14 +260,14 @@ class BatchedLayerWriter:
 
     def copies(self, rows: str, cols: str, lengths: str, w: str, n: int) -> None:
         r = self.real
-        self.lines += [
+        self.helper([
             f"    for (i = 0; i < {n}; i++) {{",
             f"        {r} *restrict zo = z + (long){rows}[i] * {SAMPLES};",
             f"        const {r} *restrict hi = h + (long){cols}[i] * {SAMPLES};",
             f"        const {r} wi = {w}[i];",
             f"        for (j = 0; j < (long){lengths}[i] * {SAMPLES}; j++) "
             + self.store("zo[j]", "wi * hi[j]", f"{rows}[i] + j / {SAMPLES}"),
-            "    }"]
+            "    }"])
 
     def csr(self, rows: str, values: str, cols: str, ptr: str, n: int) -> None:
         self.row_sums(n, f"{rows}[i]", f"j = {ptr}[i]; j < {ptr}[i + 1]; j++", f"{values}[j]",
