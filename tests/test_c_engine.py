@@ -11,6 +11,7 @@ import scipy.sparse as sp
 import cnn2mlp
 from cnn2mlp.backends.csr import CsrModel
 from cnn2mlp.compile import compile_model
+from cnn2mlp.errors import CompileError
 from cnn2mlp.ir.mlp import Mlp, MlpLayer
 from cnn2mlp.references import onnx_runner
 from cnn2mlp.runtime import c_engine
@@ -87,3 +88,9 @@ def test_a_batch_spreads_over_threads_in_whole_blocks(batch, threads, chunks):
     engine = c_engine.CEngine.__new__(c_engine.CEngine)
     engine.threads = threads
     assert engine.chunks(batch) == chunks
+
+
+def test_a_failing_build_says_so_at_load(monkeypatch):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that fails
+    with pytest.raises(CompileError, match="the C compiler failed"):
+        CsrModel(one_layer(4), engine="c")

@@ -88,12 +88,13 @@ class BuiltModel:
 
     @staticmethod
     def build(made, cache: Path, library: Path, weights: Path) -> None:
-        """Build in a private temporary folder, then move the files into the cache (a
-        library is in the cache whole or not at all: renamed, never written there)."""
+        """Build in a temporary folder, then rename the files into place (a library is in
+        the cache whole or not at all; its weights file is there before it)."""
         if sys.stderr.isatty():
             print("cnn2mlp: building the model's C code (first load only; cached in "
                   f"{cache})", file=sys.stderr, flush=True)
-        with tempfile.TemporaryDirectory(prefix="cnn2mlp-c-") as tmp:
+        # staged inside the cache folder: a rename across file systems would fail
+        with tempfile.TemporaryDirectory(prefix="build-", dir=cache) as tmp:
             folder = Path(tmp)
             source = folder / "source" / f"{PREFIX}.c"
             source.parent.mkdir()
