@@ -1,4 +1,4 @@
-"""The C code of one planned layer for sixteen samples at once, for the C target's batches.
+"""The C code of one planned layer for sixteen samples at once, for batches.
 
 The single-sample code (``c_layers.py``) reads each weight once per sample. Here the
 samples' values of a neuron lie next to each other (``h[i * 16 + l]`` for sample ``l``), so
@@ -11,7 +11,9 @@ is stored twice.
 
 Each output's sum runs over its terms in the order of the single-sample code's scalar
 form; its vector form and its depthwise positions split some sums into partial sums: both
-paths agree up to float rounding.
+paths agree up to float rounding. A layer whose rows each one part writes, with one clamp,
+has its parts store ``clamp(sum + bias)`` (``c_layers.stored_clamp``) instead of adding
+to a bias written first and clamping after.
 """
 from __future__ import annotations
 

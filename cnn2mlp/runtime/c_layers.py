@@ -1,11 +1,13 @@
-"""The C code of one planned layer, for the C target (``backends/c.py``): the bias, a
-dense product, row groups as loops over a kernel's taps, copied runs, CSR rows, and each run
-of neurons' activation from the activation catalogue's C expressions.
+"""The C code of one planned layer for one sample (``c_source.py`` puts the layers together;
+the C target writes them, the c engine builds them): the bias, a dense product, row groups
+as loops over a kernel's taps, copied runs, CSR rows, and each run of neurons' activation
+(clamps as a multiply and a select, the others from the activation catalogue's C
+expressions).
 
 Every part adds to the layer's output, which starts from the bias, so rows that several
 parts write (a convolution plus its shortcut) need nothing special. The arrays a layer needs
-are collected in an ``Arrays``; the target decides whether they go into the source or into
-a weights file."""
+are collected in an ``Arrays``; ``c_source.py`` decides whether they go into the source or
+into a weights file."""
 from __future__ import annotations
 
 import re
@@ -135,7 +137,8 @@ class LayerWriter:
         kernels of a depthwise or grouped convolution read positions of their own: eight
         positions of a run of evenly spaced ones (a row of the map) go together instead.
         The code spells out which sums are independent: no reassociation is asked of the
-        compiler, so its float results are the same under any flags."""
+        compiler, so its float results are the same under any flags but those that fuse a
+        multiply and an add (``-ffp-contract=fast``, the c engine's: one rounding less)."""
         shifts = np.asarray(g.shifts)
         values = np.unique(shifts)
         if len(values) > len(shifts) // LANES:  # depthwise: each kernel its own positions
