@@ -147,12 +147,21 @@ class BatchedLayerWriter:
             f"    for (i = 0; i < {n}; i++) {{",
             "#endif",
             f"        {r} *restrict zi = z + (long)({row}) * {SAMPLES};",
-            "        " + self.accumulators("a"),
-            f"        for ({terms}) {{",
-            f"            const {r} v = {weight};",
-            f"            const {r} *restrict x = h + (long)({column}) * {SAMPLES};",
-            "            " + lanes("a{l} += v * x[{l}];"), "        }",
-            "        " + lanes(self.store("zi[{l}]", "a{l}", row)), "    }"])
+            *self.sample_sums(8, terms, weight, f"h + (long)({column}) * {SAMPLES}", "zi", row),
+            "    }"])
+
+    def sample_sums(self, indent: int, terms: str, weight: str, inputs: str, target: str,
+                    row: str) -> list[str]:
+        """Every sample's sum over the loop ``terms`` of ``weight`` times the sample's value
+        at ``inputs`` (both C expressions of the loop's variables), stored to ``target`` (the
+        row ``row``'s sixteen values) as ``store`` says: one accumulator a sample."""
+        r, pad = self.real, " " * indent
+        return [pad + self.accumulators("a"),
+                f"{pad}for ({terms}) {{",
+                f"{pad}    const {r} v = {weight};",
+                f"{pad}    const {r} *restrict x = {inputs};",
+                pad + "    " + lanes("a{l} += v * x[{l}];"), pad + "}",
+                pad + lanes(self.store(target + "[{l}]", "a{l}", row))]
 
     def kernels(self, w: str, offsets: str, bases: str, rows: str, blocks: int, taps: int,
                 n_b: int, shift: int) -> None:
@@ -161,9 +170,9 @@ class BatchedLayerWriter:
 
         With the vector extension, a kernel's sixteen sums are vectors, and as many kernels
         go together as leave the accumulators in registers with room for the inputs (16
-        vector registers: 4 kernels of two 32-byte vectors, 2 of four 16-byte ones; more
-        spill to the stack, measured 1.6x slower); else scalar sums, which GCC's SLP
-        vectorizer packs."""
+        vector registers: 4 kernels of two 32-byte vectors, 2 of four 16-byte ones; with 8,
+        the assembly showed every multiply-add reading and writing the stack); else scalar
+        sums, which GCC's SLP vectorizer packs."""
         r = self.real
         head = [
             f"    for (i = 0; i < {blocks}; i++) {{",
@@ -250,14 +259,10 @@ class BatchedLayerWriter:
             f"            const long base = {shifts}[i] + (long){run_base}[j];",
             "            long p;",
             "            for (p = 0; p < n; p++) {",
-            f"                const {r} *restrict x = h + (base + p * step) * {SAMPLES};",
+            f"                const {r} *restrict xp = h + (base + p * step) * {SAMPLES};",
             f"                {r} *restrict zp = z + (long)o[first + p] * {SAMPLES};",
-            "                " + self.accumulators("a"),
-            f"                for (t = 0; t < {taps}; t++) {{",
-            f"                    const {r} wt = wi[t];",
-            f"                    const {r} *restrict xt = x + (long){offsets}[t] * {SAMPLES};",
-            "                    " + lanes("a{l} += wt * xt[{l}];"), "                }",
-            "                " + lanes(self.store("zp[{l}]", "a{l}", "o[first + p]")),
+            *self.sample_sums(16, f"t = 0; t < {taps}; t++", "wi[t]",
+                              f"xp + (long){offsets}[t] * {SAMPLES}", "zp", "o[first + p]"),
             "            }", "        }", "    }"])
 
     def copies(self, rows: str, cols: str, lengths: str, w: str, n: int) -> None:

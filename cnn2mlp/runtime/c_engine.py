@@ -11,6 +11,7 @@ the GIL for the call); smaller batches run on one.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -50,9 +51,11 @@ def c_cache_dir() -> Path:
     return folder if private(folder) else Path(tempfile.mkdtemp(prefix="cnn2mlp-c-"))
 
 
+@functools.lru_cache(maxsize=None)
 def machine_key(compiler: str) -> str:
     """What a built library depends on besides its source: the compiler's version and the
-    CPU's features (``-march=native`` code may not run on another CPU)."""
+    CPU's features (``-march=native`` code may not run on another CPU); asked once a
+    process."""
     try:
         version = subprocess.run(shlex.split(compiler) + ["--version"], capture_output=True,
                                  text=True, timeout=30).stdout
