@@ -90,17 +90,22 @@ def cpu_has_avx2() -> bool:
 
 
 BUILDS = {"16-byte vectors": [], "portable scalars": ["-DCNN2MLP_PORTABLE"],
-          "32-byte vectors": ["-mavx2", "-mfma"]}
+          "32-byte vectors": ["-mavx2", "-mfma"],
+          # AVX-512's width; GCC splits the vectors where the machine has narrower ones
+          "64-byte vectors": ["-DCNN2MLP_VECTOR_BYTES=64"],
+          "32-byte vectors, chosen": ["-DCNN2MLP_VECTOR_BYTES=32"]}
 
 
 @pytest.mark.parametrize("build", BUILDS)
 def test_each_form_of_the_convolution_sums_computes_the_same(tmp_path, build):
     """The convolution blocks' sums as 16-byte vectors (the default build: no -march), as
-    32-byte vectors (AVX) and as scalars (no GNU C, or -DCNN2MLP_PORTABLE)."""
+    32-byte vectors (AVX), as 64-byte ones (AVX-512) and as scalars (no GNU C, or
+    -DCNN2MLP_PORTABLE); the kernels a block leaves over a few at a time, and the last
+    few of those."""
     if build == "32-byte vectors" and not cpu_has_avx2():
         pytest.skip("this machine has no AVX2")
     b = OnnxBuilder((3, 8, 8), seed=7)
-    b.conv(conv(out=20))  # a block of sixteen kernels and four left over
+    b.conv(conv(out=21))  # a block of sixteen kernels and five left over
     b.activation("Relu")
     b.conv(conv(out=32, s=2))
     b.activation("Relu")
@@ -108,7 +113,8 @@ def test_each_form_of_the_convolution_sums_computes_the_same(tmp_path, build):
     b.dense(6)
     path = save(b.build(), tmp_path / "wide.onnx")
     result = compile_model(path, tmp_path / "net.c", target="c")
-    assert "VECTOR_BYTES == 32" in (tmp_path / "net.c").read_text()
+    source = (tmp_path / "net.c").read_text()
+    assert "VECTOR_BYTES == 32" in source and "VECTOR_BYTES == 64" in source
     model = CModel(tmp_path / "net.c", result.mlp, extra=BUILDS[build])
     assert_matches_onnxruntime(path, model, (3, 8, 8))
 
@@ -183,6 +189,27 @@ def test_element_wise_activations(tmp_path, op):
     b.dense(3)
     path = save(b.build(), tmp_path / f"{op}.onnx")
     assert_matches_onnxruntime(path, compiled_c(path, tmp_path), (2, 6, 6))
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_a_bounded_relus_bound_holds_in_every_build(tmp_path, build):
+    """Clip(0, 0.25): most sums pass its upper bound, as each part stores its rows (a
+    block of kernels, the kernels left over, a dense layer) and in the copies of a
+    carried value."""
+    if build == "32-byte vectors" and not cpu_has_avx2():
+        pytest.skip("this machine has no AVX2")
+    b = OnnxBuilder((3, 6, 6), seed=5)
+    b.conv(conv(out=19))
+    clip = [b.const(np.float32(0)), b.const(np.float32(0.25))]
+    b.node("Clip", [b.current] + clip)
+    b.flatten()
+    b.dense(12)
+    b.node("Clip", [b.current] + clip)
+    b.dense(3)
+    path = save(b.build(), tmp_path / "clip.onnx")
+    result = compile_model(path, tmp_path / "net.c", target="c")
+    model = CModel(tmp_path / "net.c", result.mlp, extra=BUILDS[build])
+    assert_matches_onnxruntime(path, model, (3, 6, 6))
 
 
 def test_relu6_is_one_bounded_neuron(tmp_path):

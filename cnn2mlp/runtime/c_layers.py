@@ -182,7 +182,9 @@ class LayerWriter:
             f"    for (i = 0; i < {blocked // LANES}; i++) {{",
             f"        const {r} *restrict w = {transposed} + (long)i * {taps * LANES};",
             f"        const int32_t *restrict o = {out} + (long)i * {LANES * n_b};",
-            "#if defined(VECTOR_BYTES) && VECTOR_BYTES == 32",
+            "#if defined(VECTOR_BYTES) && VECTOR_BYTES == 64",
+            *self.vector_sums(64, offsets, bases, shift, taps, n_b),
+            "#elif defined(VECTOR_BYTES) && VECTOR_BYTES == 32",
             *self.vector_sums(32, offsets, bases, shift, taps, n_b),
             "#elif defined(VECTOR_BYTES)",
             *self.vector_sums(16, offsets, bases, shift, taps, n_b),
@@ -252,7 +254,8 @@ class LayerWriter:
         self.records.append(("positions", {
             "w": kernels, "offsets": offsets, "shifts": shifts, "run_start": run_start,
             "run_length": run_length, "run_base": run_base, "run_step": run_step, "rows": out,
-            "n_k": n_k, "taps": taps, "n_b": n_b, "runs": len(runs)}))
+            "n_k": n_k, "taps": taps, "n_b": n_b, "runs": len(runs),
+            "same_positions": len(np.unique(np.asarray(g.shifts))) == 1}))
         self.lines += [
             f"    for (i = 0; i < {n_k}; i++) {{",
             f"        const {r} *restrict w = {kernels} + (long)i * {taps};",
