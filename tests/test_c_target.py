@@ -13,7 +13,8 @@ import pytest
 
 from cnn2mlp.backends.c import CModel, CTarget
 from cnn2mlp.runtime.c_build import find_compiler
-from cnn2mlp.runtime.c_layers import expression_uses_only_z_and_a
+from cnn2mlp.runtime.c_layers import expression_uses_only_z_and_a, kernels_within
+from cnn2mlp.runtime.structure import ProductGroup
 from cnn2mlp.runtime.c_source import STATIC_LIMIT, c_identifier, c_source
 from cnn2mlp.cli import main
 from cnn2mlp.compile import compile_model
@@ -117,6 +118,26 @@ def test_each_form_of_the_convolution_sums_computes_the_same(tmp_path, build):
     assert "VECTOR_BYTES == 32" in source and "VECTOR_BYTES == 64" in source
     model = CModel(tmp_path / "net.c", result.mlp, extra=BUILDS[build])
     assert_matches_onnxruntime(path, model, (3, 8, 8))
+
+
+def test_border_kernels_share_the_stored_weights_only_where_every_weight_is_there():
+    """A group whose kernels are another's with some taps, in another order, reads that
+    group's weights through a tap index; one whose taps mix the other's columns does not."""
+    rng = np.random.default_rng(3)
+    full = rng.normal(size=(32, 9)).astype(np.float32)
+    source = ProductGroup(full, np.arange(9), np.arange(4), np.arange(128).reshape(32, 4))
+    columns = {np.ascontiguousarray(full[:, t]).tobytes(): t for t in range(9)}
+    order, taps = rng.permutation(32), np.array([4, 5, 7, 8])  # a corner: four taps
+    corner = ProductGroup(full[order][:, taps], np.arange(4), np.arange(1),
+                          np.arange(200, 232)[order].reshape(32, 1))
+    ordered, found = kernels_within(corner, source, columns)
+    assert np.array_equal(found, taps)
+    assert np.array_equal(ordered.kernels, full[:, taps])  # each kernel with its row
+    assert np.array_equal(ordered.rows.ravel(), np.arange(200, 232))
+    mixed = full[:, taps].copy()
+    mixed[0, [0, 1]] = mixed[0, [1, 0]]  # kernel 0 has the weights, at other taps
+    assert kernels_within(ProductGroup(mixed, np.arange(4), np.arange(1),
+                                       np.arange(32).reshape(32, 1)), source, columns) is None
 
 
 SANITIZED_DRIVER = r"""

@@ -189,7 +189,7 @@ class BatchedLayerWriter:
         return lines + ["#else", *scalar, "#endif"]
 
     def kernels(self, w: str, offsets: str, bases: str, rows: str, blocks: int, taps: int,
-                n_b: int, shift: int) -> None:
+                n_b: int, shift: int, stored: int, tap: str) -> None:
         """Blocks of sixteen kernels with transposed weights (``w[block][tap][16]``), as the
         single-sample code stores them, a few kernels at a time with every sample's sum.
 
@@ -201,22 +201,23 @@ class BatchedLayerWriter:
         r = self.real
         head = [
             f"    for (i = 0; i < {blocks}; i++) {{",
-            f"        const {r} *restrict w = {w} + i * {taps * LANES};",
+            f"        const {r} *restrict w = {w} + i * {stored * LANES};",
             f"        const int32_t *restrict o = {rows} + i * {LANES * n_b};",
             f"        for (j = 0; j < {n_b}; j++) {{",
             f"            const {r} *restrict x = h + ({shift}L + {bases}[j]) * {SAMPLES};",
             "            int q;"]
         body = head + ["#if defined(VECTOR_BYTES) && VECTOR_BYTES == 64",
-                       *self.vector_kernels(64, offsets, n_b, taps),
+                       *self.vector_kernels(64, offsets, n_b, taps, tap),
                        "#elif defined(VECTOR_BYTES) && VECTOR_BYTES == 32",
-                       *self.vector_kernels(32, offsets, n_b, taps),
+                       *self.vector_kernels(32, offsets, n_b, taps, tap),
                        "#elif defined(VECTOR_BYTES)",
-                       *self.vector_kernels(16, offsets, n_b, taps),
-                       "#else", *self.scalar_kernels(offsets, n_b, taps), "#endif",
+                       *self.vector_kernels(16, offsets, n_b, taps, tap),
+                       "#else", *self.scalar_kernels(offsets, n_b, taps, tap), "#endif",
                        "        }", "    }"]
         self.helper(body)
 
-    def vector_kernels(self, width: int, offsets: str, n_b: int, taps: int) -> list[str]:
+    def vector_kernels(self, width: int, offsets: str, n_b: int, taps: int,
+                       tap: str) -> list[str]:
         r = self.real
         per = width // (8 if r == "double" else 4)
         vectors = range(SAMPLES // per)
@@ -228,7 +229,7 @@ class BatchedLayerWriter:
             + ", ".join(f"x{v}" for v in vectors) + ";",
             f"                for (t = 0; t < {taps}; t++) {{",
             f"                    const {r} *restrict xt = x + (long){offsets}[t] * {SAMPLES};",
-            f"                    const {r} *restrict wt = w + t * {LANES} + q;",
+            f"                    const {r} *restrict wt = w + {tap} * {LANES} + q;",
             "                    " + " ".join(f"memcpy(&x{v}, xt + {v * per}, sizeof x{v});"
                                             for v in vectors),
             *[f"                    {{ const {r} wk = wt[{k}]; "
@@ -251,7 +252,7 @@ class BatchedLayerWriter:
         return (f"u = clamp_vector({value} + {bias}[{row}], {clamp}); "
                 f"memcpy({target}, &u, sizeof u);")
 
-    def scalar_kernels(self, offsets: str, n_b: int, taps: int) -> list[str]:
+    def scalar_kernels(self, offsets: str, n_b: int, taps: int, tap: str) -> list[str]:
         r = self.real
         sums = range(KERNELS)
         lines = [f"            for (q = 0; q < {LANES}; q += {KERNELS}) {{"]
@@ -259,7 +260,7 @@ class BatchedLayerWriter:
         lines += [
             f"                for (t = 0; t < {taps}; t++) {{",
             f"                    const {r} *restrict xt = x + (long){offsets}[t] * {SAMPLES};",
-            f"                    const {r} *restrict wt = w + t * {LANES} + q;"]
+            f"                    const {r} *restrict wt = w + {tap} * {LANES} + q;"]
         lines += [f"                    {{ const {r} wk = wt[{k}]; " + lanes(f"s{k}_{{l}} += wk * xt[{{l}}];")
                   + " }" for k in sums]
         lines.append("                }")

@@ -88,9 +88,16 @@ class LayerWriter:
                       f"    for (i = 0; i < {p.n_out}; i++) z[i] = {bias}[i];"]
         if p.dense is not None:
             self.dense(p.dense)
-        for part in p.parts:
-            for group in part.groups:
-                self.group(group)
+        pieces = [[piece for group in part.groups for piece in self.pieces(group)]
+                  for part in p.parts]
+        stored = self.share_weights([g for each in pieces for kind, g in each
+                                     if kind == "kernels"])
+        for part, each in zip(p.parts, pieces):
+            for kind, group in each:
+                if kind == "kernels":
+                    self.kernels_in_lanes(*stored[id(group)])
+                else:
+                    self.positions_in_lanes(group)
             if part.copies is not None and len(part.copies[0]):
                 self.copies(part.copies)
             if len(part.rest_rows):
@@ -128,8 +135,11 @@ class LayerWriter:
             f"        for (; j < {n_in}; j++) acc += row[j] * h[j];",
             "        z[i] += acc;", "    }"]
 
-    def group(self, g) -> None:
-        """``out[rows[k, b]] += sum_t kernels[k, t] h[shifts[k] + bases[b] + offsets[t]]``.
+    def pieces(self, g) -> list[tuple[str, ProductGroup]]:
+        """``out[rows[k, b]] += sum_t kernels[k, t] h[shifts[k] + bases[b] + offsets[t]]``,
+        as the pieces the code computes: ("kernels", a group of kernels that read the same
+        positions, at least sixteen) or ("positions", kernels that read positions of their
+        own, or too few to fill a block).
 
         A convolution's kernels all read the same positions: sixteen kernels are computed
         together, tap by tap, as a multiply-add of one input value with sixteen weights
@@ -142,30 +152,65 @@ class LayerWriter:
         shifts = np.asarray(g.shifts)
         values = np.unique(shifts)
         if len(values) > len(shifts) // LANES:  # depthwise: each kernel its own positions
-            self.positions_in_lanes(g)
-            return
+            return [("positions", g)]
+        found = []
         for value in values:  # kernels that read the same positions go together
             chosen = np.flatnonzero(shifts == value)
             part = ProductGroup(g.kernels[chosen], g.offsets, g.bases, g.rows[chosen],
                                 shifts[chosen])
-            if len(chosen) >= LANES:
-                self.kernels_in_lanes(part)
-            else:
-                self.positions_in_lanes(part)
+            found.append(("kernels" if len(chosen) >= LANES else "positions", part))
+        return found
 
-    def kernels_in_lanes(self, g) -> None:
+    def share_weights(self, groups: list[ProductGroup]) -> dict[int, tuple]:
+        """Stores each group's blocks of kernels (transposed), once: a group whose kernels
+        another stored group holds, each with every tap's weight, reads that group's array
+        through a tap index (its kernels put in that group's order). At a map's borders a
+        convolution's kernels lose the taps that fall outside: on a small map each corner
+        and edge was a group of its own, whose weights, stored again, made most of a
+        layer's weights (ResNet18's 4x4 maps: 5.4x the kernels' size), read for every
+        sample (ResNet18's weights file: 37.8 -> 24.5 MB; its time at batch 1, 4-6 % less).
+        Equal weights are all that is needed: the code computes the same products.
+        Returns, per group (by id): (the group to run, its array, the taps a kernel of
+        the array has, the tap index's array or None)."""
+        chosen: dict[int, tuple] = {}
+        sources: list[tuple[ProductGroup, str, dict[bytes, int]]] = []
+        for g in sorted(groups, key=lambda g: -g.kernels.shape[1]):
+            for source, name, columns in sources:
+                found = kernels_within(g, source, columns)
+                if found is not None:
+                    ordered, taps = found
+                    chosen[id(g)] = (ordered, name, source.kernels.shape[1],
+                                     self.array("taps", taps))
+                    break
+            else:
+                n_k, taps = g.kernels.shape
+                blocked = n_k - n_k % LANES
+                kernels = np.asarray(g.kernels)
+                name = self.weights("kernels_t", kernels[:blocked].reshape(
+                    blocked // LANES, LANES, taps).transpose(0, 2, 1))
+                index: dict[bytes, int] = {}
+                for t in range(taps):
+                    index.setdefault(np.ascontiguousarray(kernels[:blocked, t]).tobytes(), t)
+                sources.append((g, name, index))
+                chosen[id(g)] = (g, name, taps, None)
+        return chosen
+
+    def kernels_in_lanes(self, g: ProductGroup, transposed: str, stored: int,
+                         index: str | None) -> None:
+        """Blocks of sixteen kernels of ``g``, their weights the array ``transposed``
+        (``stored`` taps a kernel), the tap ``t``'s at ``index[t]`` when an index is given."""
         n_k, taps = g.kernels.shape
         n_b = len(g.bases)
         blocked = n_k - n_k % LANES
-        transposed = self.weights("kernels_t", np.asarray(g.kernels[:blocked]).reshape(
-            blocked // LANES, LANES, taps).transpose(0, 2, 1))
+        tap = "t" if index is None else f"(long){index}[t]"  # the tap's row of weights
         offsets = self.array("offsets", g.offsets)
         bases = self.array("bases", g.bases)
         out = self.array("rows", g.rows)
         r, shift = self.real, int(g.shifts[0]) if len(g.shifts) else 0
         self.records.append(("kernels", {"w": transposed, "offsets": offsets, "bases": bases,
                                          "rows": out, "blocks": blocked // LANES, "taps": taps,
-                                         "n_b": n_b, "shift": shift}))
+                                         "n_b": n_b, "shift": shift, "stored": stored,
+                                         "tap": tap}))
         # the sixteen sums as values of GCC's and clang's vector extension (measured:
         # 1.6-1.7x faster at batch 1 than sixteen scalar sums, which GCC 12 leaves scalar:
         # its SLP vectorizer finds no contiguous store to start from), for a few positions
@@ -180,21 +225,21 @@ class LayerWriter:
             f"static NO_LOOP_VECTORIZE void {name}(const {r} *restrict h, {r} *restrict z)",
             "{", "    int i, j, t;",
             f"    for (i = 0; i < {blocked // LANES}; i++) {{",
-            f"        const {r} *restrict w = {transposed} + (long)i * {taps * LANES};",
+            f"        const {r} *restrict w = {transposed} + (long)i * {stored * LANES};",
             f"        const int32_t *restrict o = {out} + (long)i * {LANES * n_b};",
             "#if defined(VECTOR_BYTES) && VECTOR_BYTES == 64",
-            *self.vector_sums(64, offsets, bases, shift, taps, n_b),
+            *self.vector_sums(64, offsets, bases, shift, taps, n_b, index),
             "#elif defined(VECTOR_BYTES) && VECTOR_BYTES == 32",
-            *self.vector_sums(32, offsets, bases, shift, taps, n_b),
+            *self.vector_sums(32, offsets, bases, shift, taps, n_b, index),
             "#elif defined(VECTOR_BYTES)",
-            *self.vector_sums(16, offsets, bases, shift, taps, n_b),
+            *self.vector_sums(16, offsets, bases, shift, taps, n_b, index),
             "#else",
             f"        for (j = 0; j < {n_b}; j++) {{",
             f"            const {r} *restrict x = h + {shift} + {bases}[j];",
             f"            {r} " + ", ".join(f"a{l} = 0" for l in lanes) + ";",
             f"            for (t = 0; t < {taps}; t++) {{",
             f"                const {r} xt = x[{offsets}[t]];",
-            f"                const {r} *restrict wt = w + t * {LANES};",
+            f"                const {r} *restrict wt = w + {tap} * {LANES};",
             "                " + " ".join(f"a{l} += wt[{l}] * xt;" for l in lanes),
             "            }",
             "            " + " ".join(f"z[o[{l * n_b} + j]] += a{l};" for l in lanes),
@@ -207,14 +252,26 @@ class LayerWriter:
                                                  g.rows[blocked:], g.shifts[blocked:]))
 
     def vector_sums(self, width: int, offsets: str, bases: str, shift: int, taps: int,
-                    n_b: int) -> list[str]:
+                    n_b: int, index: str | None) -> list[str]:
         """The loop over positions with the sixteen sums of a position as vectors of
         ``width`` bytes: as many positions at a time as make eight vectors of sums, then
-        the positions left one at a time."""
+        the positions left one at a time, each sum in partial sums over every few taps
+        (still eight vectors: one chain of dependent multiply-adds waits on each one's
+        latency; measured, ResNet18 at batch 1, whose small maps leave one to four
+        positions a group: 1.9-2.1 -> 1.4 ms in all, AVX-512). ``index``: the array of each tap's row of weights,
+        or None (the tap's own)."""
         r = self.real
         per = width // (8 if r == "double" else 4)
         vectors = range(LANES // per)
         together = max(1, 8 // len(vectors))
+
+        def weights(tap: str) -> str:
+            return f"w + {tap if index is None else f'(long){index}[{tap}]'} * {LANES}"
+
+        def stores(positions: range, sums: str) -> list[str]:
+            return ["            " + " ".join(f"z[o[{l * n_b} + j + {q}]] += "
+                                             f"{sums.format(q=q, v=l // per)}[{l % per}];"
+                                             for l in range(LANES)) for q in positions]
 
         def loop(count: int, step: str) -> list[str]:
             positions = range(count)
@@ -226,18 +283,42 @@ class LayerWriter:
                 "            vector_sum " + ", ".join(f"{s} = {{0}}" for s in sums) + ", wt;",
                 f"            for (t = 0; t < {taps}; t++) {{",
                 f"                const int32_t at = {offsets}[t];",
-                *[f"                memcpy(&wt, w + t * {LANES} + {v * per}, sizeof wt); "
+                *[f"                memcpy(&wt, {weights('t')} + {v * per}, sizeof wt); "
                   + " ".join(f"s{q}_{v} += wt * x{q}[at];" for q in positions)
                   for v in vectors],
                 "            }",
-                *["            " + " ".join(f"z[o[{l * n_b} + j + {q}]] += s{q}_{l // per}[{l % per}];"
-                                         for l in range(LANES)) for q in positions],
+                *stores(positions, "s{q}_{v}"),
+                "        }"]
+
+        def single(partial: int) -> list[str]:
+            """One position at a time, tap ``t`` into the partial sums ``p{t % partial}``."""
+            chains = range(partial)
+            sums = [f"p{c}_{v}" for c in chains for v in vectors]
+            step = [f"                {{ const long u = t + {c}; const int32_t at = {offsets}[u]; "
+                    + " ".join(f"memcpy(&wt, {weights('u')} + {v * per}, sizeof wt); "
+                               f"p{c}_{v} += wt * x0[at];" for v in vectors) + " }"
+                    for c in chains]
+            return [
+                f"        for (; j < {n_b}; j++) {{",
+                f"            const {r} *restrict x0 = h + {shift} + {bases}[j];",
+                "            vector_sum " + ", ".join(f"{s} = {{0}}" for s in sums) + ", wt;",
+                f"            for (t = 0; t + {partial} <= {taps}; t += {partial}) {{",
+                *step,
+                "            }",
+                f"            for (; t < {taps}; t++) {{",
+                f"                const long u = t; const int32_t at = {offsets}[u]; "
+                + " ".join(f"memcpy(&wt, {weights('u')} + {v * per}, sizeof wt); "
+                           f"p0_{v} += wt * x0[at];" for v in vectors),
+                "            }",
+                *[f"            p0_{v} = " + " + ".join(f"p{c}_{v}" for c in chains) + ";"
+                  for v in vectors],
+                *stores(range(1), "p0_{v}"),
                 "        }"]
 
         lines = ["        j = 0;"]
         if together > 1:
             lines += loop(together, f"j + {together} <= {n_b}")
-        return lines + loop(1, f"j < {n_b}")
+        return lines + single(max(1, 8 // len(vectors)))
 
     def positions_in_lanes(self, g) -> None:
         n_k, taps = g.kernels.shape
@@ -326,6 +407,38 @@ class LayerWriter:
             self.records.append(("activation", {"start": start, "stop": stop, "name": name,
                                                 "alpha": float(alpha)}))
             self.lines += activation_loop(self.real, start, stop, name, alpha)
+
+
+def kernels_within(g: ProductGroup, source: ProductGroup,
+                   columns: dict[bytes, int]) -> tuple[ProductGroup, np.ndarray] | None:
+    """``g`` with its kernels in ``source``'s order, and for each of its taps the tap of
+    ``source`` with the same weights in every kernel (``columns``: a tap's weights over
+    ``source``'s blocked kernels, as bytes, to the tap); None unless every kernel of ``g``
+    is one of ``source``'s with some of its taps. Kernels are matched by the weights that
+    one kernel of ``source`` alone has; the columns' bytes then check every weight."""
+    kernels, theirs = np.asarray(g.kernels), np.asarray(source.kernels)
+    n_k = len(kernels)
+    if len(theirs) != n_k or n_k < LANES:
+        return None
+    values, first, counts = np.unique(theirs.ravel(), return_index=True, return_counts=True)
+    owner = np.where(counts == 1, first // theirs.shape[1], -1)  # -1: shared by several
+    at = np.minimum(np.searchsorted(values, kernels), len(values) - 1)
+    owners = np.where(values[at] == kernels, owner[at], -1)
+    match = owners.max(axis=1)
+    if (match < 0).any() or not ((owners == match[:, None]) | (owners < 0)).all():
+        return None
+    if len(np.unique(match)) != n_k:
+        return None
+    order = np.argsort(match)
+    kernels = kernels[order]
+    blocked = n_k - n_k % LANES
+    taps = [columns.get(np.ascontiguousarray(kernels[:blocked, t]).tobytes())
+            for t in range(kernels.shape[1])]
+    if None in taps:
+        return None
+    ordered = ProductGroup(kernels, g.offsets, g.bases, np.asarray(g.rows)[order],
+                           np.asarray(g.shifts)[order])
+    return ordered, np.asarray(taps)
 
 
 def stored_clamp(plan: LayerPlan) -> tuple[float, float, float] | None:
