@@ -3,9 +3,10 @@
 The single-sample code (``c_layers.py``) reads each weight once per sample. Here the
 samples' values of a neuron lie next to each other (``h[i * 16 + l]`` for sample ``l``), so
 every step of a part is one weight times sixteen contiguous values: a weight is read once
-for sixteen samples, and the sixteen statements, written out, are one to four vector
-operations the compiler's SLP vectorizer emits (measured: sixteen samples 1.1-1.9x faster a
-sample than eight, with AVX-512, AVX2 and SSE alike). The layer reads the arrays the
+for sixteen samples, in one to four vector operations (measured: sixteen samples 1.1-1.9x
+faster a sample than eight, with AVX-512, AVX2 and SSE alike). The sums are values of the
+vector extension, as wide as the machine's (``VECTOR_BYTES``), wherever the compiler has
+it; else sixteen scalar statements, written out. The layer reads the arrays the
 single-sample code declared, from the records ``LayerWriter`` left (``records``): no weight
 is stored twice.
 
@@ -37,11 +38,10 @@ def lanes(statement: str) -> str:
 class BatchedLayerWriter:
     """``layer{k}_batch(h, z)``: the layer of ``records`` on interleaved samples.
 
-    The products run in helper functions of their own with one accumulator variable per
-    sample (and kernel), written out, and GCC's loop vectorizer off: its SLP vectorizer
-    packs the samples' statements into vector operations (the sums are stored to
-    contiguous places, where it starts), where the loop vectorizer would vectorize across
-    a kernel's taps with shuffles (measured: 1.6x slower than single samples)."""
+    The products run in helper functions of their own, their sums in vectors (or, with no
+    vector extension, one accumulator variable per sample and kernel, written out), and
+    GCC's loop vectorizer off: it would vectorize across a kernel's taps with shuffles
+    (measured: 1.6x slower than single samples)."""
 
     def __init__(self, index: int, records: list[tuple[str, dict]], real: str) -> None:
         self.k, self.records, self.real = index, records, real
