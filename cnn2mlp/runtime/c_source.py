@@ -12,7 +12,7 @@ convolution plus its shortcut) need nothing special.
 
 Weights up to ``STATIC_LIMIT`` bytes are ``static const`` arrays in the source. Above, they
 go to a binary file beside it (``<stem>.weights``), which ``<prefix>_init(path)`` reads
-once, checking its size and an FNV-1a checksum, so that a big model does not make a
+once, checking its size and a checksum (``checksum``), so that a big model does not make a
 source file the C compiler chokes on. Nothing from the model reaches the code but numbers
 and the prefix, which is made a C identifier.
 """
