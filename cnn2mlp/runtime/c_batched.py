@@ -30,6 +30,12 @@ KERNELS = 8
 VECTOR_REGISTERS = 8
 
 
+def kernels_at_once(width: int, vectors: int) -> int:
+    """Kernels whose sums (``vectors`` vectors of ``width`` bytes each) stay in registers
+    together, with room for the inputs: AVX-512 has 32 vector registers, AVX2 16."""
+    return max(1, (16 if width == 64 else VECTOR_REGISTERS) // vectors)
+
+
 def lanes(statement: str) -> str:
     """``statement`` written out for the samples: ``{l}`` is the sample's index."""
     return " ".join(statement.format(l=l) for l in range(SAMPLES))
@@ -221,26 +227,11 @@ class BatchedLayerWriter:
         r = self.real
         per = width // (8 if r == "double" else 4)
         vectors = range(SAMPLES // per)
-        kernels = range(max(1, (16 if width == 64 else VECTOR_REGISTERS) // len(vectors)))
-        sums = [f"s{k}_{v}" for k in kernels for v in vectors]
-        return [
-            f"            for (q = 0; q < {LANES}; q += {len(kernels)}) {{",
-            "                vector_sum " + ", ".join(f"{s} = {{0}}" for s in sums) + ", "
-            + ", ".join(f"x{v}" for v in vectors) + ";",
-            f"                for (t = 0; t < {taps}; t++) {{",
-            f"                    const {r} *restrict xt = x + (long){offsets}[t] * {SAMPLES};",
-            f"                    const {r} *restrict wt = w + {tap} * {LANES} + q;",
-            "                    " + " ".join(f"memcpy(&x{v}, xt + {v * per}, sizeof x{v});"
-                                            for v in vectors),
-            *[f"                    {{ const {r} wk = wt[{k}]; "
-              + " ".join(f"s{k}_{v} += x{v} * wk;" for v in vectors) + " }" for k in kernels],
-            "                }",
-            *[f"                {{ {r} *restrict zk = z + (long)o[(q + {k}) * {n_b} + j] * "
-              f"{SAMPLES}; vector_sum u; "
-              + " ".join(self.vector_store(f"zk + {v * per}", f"s{k}_{v}",
-                                           f"o[(q + {k}) * {n_b} + j]") for v in vectors)
-              + " }" for k in kernels],
-            "            }"]
+        count = kernels_at_once(width, len(vectors))
+        return [f"            for (q = 0; q < {LANES}; q += {count})",
+                *self.kernel_block(count, per, len(vectors), taps, offsets,
+                                   f"w[{tap} * {LANES} + q + {{k}}]",
+                                   f"o[(q + {{k}}) * {n_b} + j]")]
 
     def vector_store(self, target: str, value: str, row: str) -> str:
         """The vector ``value`` added to the values at ``target``, or stored there with the
@@ -309,36 +300,37 @@ class BatchedLayerWriter:
             f"                const {r} *restrict x = h + (base + p * step) * {SAMPLES};",
             "                const long at = first + p;",
             "                int q;"]
+        weight = f"{w}[(q + {{k}}) * {taps} + t]"  # w[kernel][tap]
+        row = f"{rows}[(q + {{k}}) * {n_b} + at]"
         for keyword, width in (("#if", 64), ("#elif", 32), ("#else", 16)):
             per = width // (8 if r == "double" else 4)
             vectors = SAMPLES // per
-            block = max(1, (16 if width == 64 else VECTOR_REGISTERS) // vectors)
+            block = kernels_at_once(width, vectors)
             together += [keyword if width == 16 else f"{keyword} VECTOR_BYTES == {width}",
                          f"                for (q = 0; q + {block} <= {n_k}; q += {block})",
-                         *self.kernel_block(w, offsets, rows, block, per, vectors, taps, n_b)]
+                         *self.kernel_block(block, per, vectors, taps, offsets, weight, row)]
             if n_k % block:
                 together += [f"                q = {n_k - n_k % block};",
-                             *self.kernel_block(w, offsets, rows, n_k % block, per, vectors,
-                                                taps, n_b)]
+                             *self.kernel_block(n_k % block, per, vectors, taps, offsets,
+                                                weight, row)]
         self.helper(together + ["#endif", "            }", "        }", "#else", *each, "#endif"])
 
-    def kernel_block(self, w: str, offsets: str, rows: str, count: int, per: int,
-                     vectors: int, taps: int, n_b: int) -> list[str]:
-        """``count`` kernels from ``q`` (weights ``w[kernel][tap]``) at the position ``x``,
-        each sample's sums in vectors of ``per`` values, stored to their rows."""
+    def kernel_block(self, count: int, per: int, vectors: int, taps: int, offsets: str,
+                     weight: str, row: str) -> list[str]:
+        """``count`` kernels from ``q`` at the position ``x`` (their inputs at ``offsets``),
+        each sample's sums in ``vectors`` vectors of ``per`` values, stored to their rows:
+        ``weight`` and ``row`` are C expressions of kernel ``{k}`` (``q`` and the tap ``t``)."""
         r, kernels, parts = self.real, range(count), range(vectors)
         sums = [f"s{k}_{v}" for k in kernels for v in parts]
-        row = f"{rows}[(q + {{k}}) * {n_b} + at]"
         return [
             "                {",
             "                    vector_sum " + ", ".join(f"{s} = {{0}}" for s in sums) + ", "
             + ", ".join(f"x{v}" for v in parts) + ", u;",
-            f"                    const {r} *restrict wq = {w} + (long)q * {taps};",
             f"                    for (t = 0; t < {taps}; t++) {{",
             f"                        const {r} *restrict xt = x + (long){offsets}[t] * {SAMPLES};",
             "                        " + " ".join(f"memcpy(&x{v}, xt + {v * per}, sizeof x{v});"
                                                 for v in parts),
-            *[f"                        {{ const {r} wk = wq[{k * taps} + t]; "
+            *[f"                        {{ const {r} wk = {weight.format(k=k)}; "
               + " ".join(f"s{k}_{v} += x{v} * wk;" for v in parts) + " }" for k in kernels],
             "                    }",
             *[f"                    {{ {r} *restrict zk = z + (long){row.format(k=k)} * {SAMPLES}; "

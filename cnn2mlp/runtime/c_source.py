@@ -55,7 +55,7 @@ def checksum(data: bytes) -> int:
     the sum of its 8-byte little-endian words (the last one padded with zero bytes), word
     ``i`` times ``2 i + 1``, modulo 2**64. An odd factor changes the sum with any change
     of one word; numpy computes it in wrapping uint64 arithmetic, in chunks (a
-    byte-at-a-time hash in Python took 6.8 s on ResNet50's 100 MB at every load)."""
+    byte-at-a-time hash in Python took 6.8 s on ResNet50's 85 MB at every load)."""
     words = np.frombuffer(data + b"\0" * (-len(data) % 8), "<u8")
     total, chunk = 0, 1 << 20
     for start in range(0, len(words), chunk):

@@ -388,7 +388,7 @@ MUTANTS: list[tuple[str, str, str, str]] = [
      "{r} *restrict zq = z + (i + {q}) * {SAMPLES} + v + {p} * VECTOR_LANES;",
      "{r} *restrict zq = z + (i + {q}) * {SAMPLES} + {p} * VECTOR_LANES;"),
     ("c: a block of kernels reads the first kernel's weights", "cnn2mlp/runtime/c_batched.py",
-     "const {r} wk = wq[{k * taps} + t]; ", "const {r} wk = wq[t]; "),
+     'weight = f"{w}[(q + {{k}}) * {taps} + t]"', 'weight = f"{w}[t]"'),
     ("c: the last kernels a block leaves over skipped", "cnn2mlp/runtime/c_batched.py",
      "            if n_k % block:\n", "            if False:\n"),
     ("c: a sample's vector sums all read its first vector", "cnn2mlp/runtime/c_batched.py",
