@@ -99,11 +99,32 @@ class StagedOutputs:
         mode = 0o666 & ~_umask()  # staged files are 0600; give the usual mode
         self.staged = [(tmp, final) for tmp, final in self.staged
                        if tmp not in self.optional or tmp.exists()]
+        # every file first goes beside its destination (a companion whose name is a link to
+        # another folder or file system was written beside the main output): a copy that
+        # fails here has replaced nothing yet
+        self.staged = [(self.beside(tmp, final), final) for tmp, final in list(self.staged)]
         for tmp, _ in self.staged:
             os.chmod(tmp, mode)
         for tmp, final in self.staged:
             os.replace(tmp, final)
         self.staged = []
+
+    def beside(self, tmp: Path, final: Path) -> Path:
+        """``tmp`` moved into ``final``'s folder (a rename there, a copy across file
+        systems), its new name recorded before it exists so that discard removes it."""
+        if tmp.parent == final.parent:
+            return tmp
+        import shutil
+
+        moved = final.parent / f".{final.name}.{secrets.token_hex(4)}.stage"
+        self.staged.append((moved, final))  # removed by discard() if anything fails
+        check_writable(final)
+        try:
+            shutil.move(tmp, moved)
+        except OSError as exc:
+            raise CompileError(f"{final}: cannot write it ({exc.strerror or exc}); nothing "
+                               "was replaced") from exc
+        return moved
 
     def discard(self) -> None:
         for tmp, _ in self.staged:

@@ -340,7 +340,8 @@ def plan_outputs(args: argparse.Namespace, target: Target) -> None:
             raise CompileError(f"{flag} {path}: the suffix {actual} names {kinds[actual]}, "
                                f"but this output is {kinds[suffix]}; name it *{suffix}")
         check_writable(path)
-
+    if args.output is not None:
+        target.check_output(Path(args.output))
 
 
 def on_sigterm(signum, frame) -> None:

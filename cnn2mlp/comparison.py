@@ -17,7 +17,7 @@ class Comparison:
     tolerance: float
     reference: str = ""      # set when the reference is not the usual runtime for the file
     #: against a float64 evaluation of the original (when one ran): the MLP's error and
-    #: the float32 reference runtime's own error
+    #: the float32 reference runtime's own error, worst elements
     truth_error: float | None = None
     reference_truth_error: float | None = None
     truth_note: str = ""     # why there is no float64 evaluation, when there is none
@@ -26,22 +26,19 @@ class Comparison:
     float32_slack: bool = True
     #: the box the inputs were drawn from (--check), when known
     input_range: tuple[float, float] | None = None
-
-    @property
-    def truth_tolerance(self) -> float | None:
-        """What the MLP may differ from the float64 truth: the tolerance, or twice the
-        float32 reference's own error where float32 accumulation makes that larger."""
-        if self.truth_error is None or self.reference_truth_error is None:
-            return None
-        if not self.float32_slack:
-            return self.tolerance
-        return max(self.tolerance, 2 * self.reference_truth_error)
+    #: elements that agree with neither the reference nor (where it ran) the float64
+    #: evaluation; None for a comparison with the reference alone (judged on max_rel_error)
+    failures: int | None = None
+    #: elements where the reference itself is NaN (nothing to compare with: never a pass)
+    reference_nans: int = 0
 
     @property
     def passed(self) -> bool:
-        if self.max_rel_error <= self.tolerance:
-            return True
-        return self.truth_tolerance is not None and self.truth_error <= self.truth_tolerance
+        if self.reference_nans:
+            return False
+        if self.failures is not None:
+            return self.failures == 0
+        return self.max_rel_error <= self.tolerance
 
     def describe(self) -> str:
         inputs = f"{self.samples} inputs" + (
@@ -51,10 +48,16 @@ class Comparison:
                 f"{self.worst_index}: reference {self.worst_reference:.9g}, "
                 f"got {self.worst_got:.9g}"
                 + (f"; reference: {self.reference}" if self.reference else ""))
-        if self.truth_tolerance is not None:
+        if self.reference_nans:
+            text += (f"; the reference gives NaN for {self.reference_nans} output values, "
+                     "so those inputs prove nothing (check the input domain)")
+        if self.truth_error is not None:
+            slack = (" or twice the float32 reference's own error there"
+                     if self.float32_slack else "")
             text += (f"; against a float64 evaluation of the original: the MLP "
-                     f"{self.truth_error:.3g}, the float32 reference {self.reference_truth_error:.3g}"
-                     f" (the MLP may differ by {self.truth_tolerance:.3g})")
+                     f"{self.truth_error:.3g}, the float32 reference "
+                     f"{self.reference_truth_error:.3g} (each output may differ from it by the "
+                     f"tolerance{slack}); {self.failures or 0} output values agree with neither")
         elif self.truth_note:
             text += f"; {self.truth_note}"
         return text
@@ -64,30 +67,60 @@ class Comparison:
                 "max_rel_error": self.max_rel_error, "tolerance": self.tolerance,
                 "passed": self.passed, "worst_index": list(self.worst_index),
                 "input_range": list(self.input_range) if self.input_range else None,
-                "float64": None if self.truth_tolerance is None else {
+                "reference_nans": self.reference_nans,
+                "float64": None if self.truth_error is None else {
                     "mlp_rel_error": self.truth_error,
                     "reference_rel_error": self.reference_truth_error,
-                    "tolerance": self.truth_tolerance}}
+                    "float32_slack": self.float32_slack,
+                    "failures": self.failures}}
 
 
-def compare(reference: np.ndarray, got: np.ndarray, tolerance: float) -> Comparison:
-    """Element-wise error relative to ``max(1, |reference|)``."""
+def relative_errors(reference: np.ndarray, got: np.ndarray,
+                    nan_agrees: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(|got - ref|, that over max(1, |ref|)) element by element; equal infinities agree,
+    NaN on both sides only when ``nan_agrees``; any other non-finite difference is inf."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(got - reference)
+        same = got == reference
+        if nan_agrees:
+            same |= np.isnan(got) & np.isnan(reference)
+        diff = np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff))
+        rel = np.where(same, 0.0, diff / np.maximum(1.0, np.abs(reference)))
+    return diff, rel
+
+
+def compare(reference: np.ndarray, got: np.ndarray, tolerance: float,
+            truth: np.ndarray | None = None, float32_slack: bool = True,
+            nan_agrees: bool = True) -> Comparison:
+    """Element-wise error relative to ``max(1, |reference|)``. With ``truth`` (a float64
+    evaluation of the original), each element passes if it is within ``tolerance`` of the
+    reference or of the truth, where ``float32_slack`` widens the latter to twice the
+    reference's own error at that element (float32 accumulation; one output that overflows
+    in the reference widens nothing else). ``nan_agrees=False`` (``--check``) also fails
+    every element where the reference is NaN."""
     reference = np.asarray(reference, np.float64)
     got = np.asarray(got, np.float64)
     if reference.shape != got.shape:
         raise AssertionError(f"shapes differ: reference {reference.shape}, got {got.shape}")
-    with np.errstate(invalid="ignore", over="ignore"):
-        diff = np.abs(got - reference)
-        # equal infinities (overflow on both sides) and NaN on both sides agree
-        same = (got == reference) | (np.isnan(got) & np.isnan(reference))
-        diff = np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff))
-        rel = np.where(same, 0.0, diff / np.maximum(1.0, np.abs(reference)))
+    diff, rel = relative_errors(reference, got, nan_agrees)
     worst = np.unravel_index(int(np.argmax(rel)), rel.shape) if rel.size else ()
-    return Comparison(len(reference), float(diff.max(initial=0.0)), float(rel.max(initial=0.0)),
-                      tuple(int(i) for i in worst),
-                      float(reference[worst]) if rel.size else 0.0,
-                      float(got[worst]) if rel.size else 0.0, tolerance)
-
+    comparison = Comparison(len(reference), float(diff.max(initial=0.0)),
+                            float(rel.max(initial=0.0)), tuple(int(i) for i in worst),
+                            float(reference[worst]) if rel.size else 0.0,
+                            float(got[worst]) if rel.size else 0.0, tolerance)
+    if not nan_agrees:
+        comparison.reference_nans = int(np.isnan(reference).sum())
+    if truth is not None:
+        truth = np.asarray(truth, np.float64).reshape(got.shape)
+        _, mlp_rel = relative_errors(truth, got, nan_agrees)
+        _, reference_rel = relative_errors(truth, reference, nan_agrees)
+        allowed = np.maximum(tolerance, 2 * reference_rel) if float32_slack else tolerance
+        failing = (rel > tolerance) & ~(mlp_rel <= allowed)
+        comparison.failures = int(failing.sum())
+        comparison.truth_error = float(mlp_rel.max(initial=0.0))
+        comparison.reference_truth_error = float(reference_rel.max(initial=0.0))
+        comparison.float32_slack = float32_slack
+    return comparison
 
 
 def merged(parts: list[Comparison]) -> Comparison:
@@ -106,4 +139,11 @@ def merged(parts: list[Comparison]) -> Comparison:
         raise ValueError("nothing was compared")
     worst.samples = total
     worst.max_abs_error = max(p.max_abs_error for p in parts)
+    worst.reference_nans = sum(p.reference_nans for p in parts)
+    judged = [p for p in parts if p.failures is not None]
+    if judged and len(judged) == len(parts):
+        worst.failures = sum(p.failures for p in judged)
+        worst.truth_error = max(p.truth_error for p in judged)
+        worst.reference_truth_error = max(p.reference_truth_error for p in judged)
+        worst.float32_slack = judged[0].float32_slack
     return worst

@@ -52,19 +52,39 @@ def onnx_runner(model_path, output: str | None = None, batchless: bool = False) 
         raise_if_terminated()  # many short calls: stop promptly after SIGTERM
         return session.run(fetch, {feed.name: chunk})[0]
 
+    run_batch = in_fixed_batches(run_chunk, batch)
+
     def run(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype)
         try:
-            if batch:  # the model fixes the batch size: run in chunks of it, padding the last
-                padded = np.concatenate([x, np.zeros((-len(x) % batch,) + x.shape[1:], x.dtype)])
-                return np.concatenate([run_chunk(padded[i:i + batch])
-                                       for i in range(0, len(padded), batch)])[:len(x)]
-            return session.run(fetch, {feed.name: x})[0]
+            return run_batch(x)
         except Exception as exc:
             raise CompileError(f"{model_path}: onnxruntime, the reference for --check, could not "
                                f"run the model: {str(exc).strip().splitlines()[0][:300]}") from exc
 
     return run
+
+
+def in_fixed_batches(run: Runner, batch: int | None) -> Runner:
+    """``run`` fed chunks of ``batch`` samples (the last padded with zeros) when the model
+    fixes its batch size, the whole batch at once when ``batch`` is None."""
+    if not batch:
+        return run
+
+    def chunked(x: np.ndarray) -> np.ndarray:
+        padded = np.concatenate([x, np.zeros((-len(x) % batch,) + x.shape[1:], x.dtype)])
+        return np.concatenate([np.asarray(run(padded[i:i + batch]))
+                               for i in range(0, len(padded), batch)])[:len(x)]
+
+    return chunked
+
+
+def fixed_batch(proto) -> int | None:
+    """The batch size an ONNX model's (first non-initializer) input fixes, or None."""
+    names = {t.name for t in proto.graph.initializer}
+    feed = next((i for i in proto.graph.input if i.name not in names), None)
+    dims = feed.type.tensor_type.shape.dim if feed is not None else []
+    return dims[0].dim_value or None if len(dims) else None
 
 
 def first_line_of(exc: BaseException) -> str:
@@ -310,4 +330,5 @@ def truth_runner(model_path, output: str | None, batchless: bool,
         def run(x: np.ndarray) -> np.ndarray:
             raise_if_terminated()
             return np.asarray(evaluator.run(fetch, {name: np.asarray(x, np.float64)})[0])
-    return (per_sample(run) if batchless else run), ""
+    # a model without a batch axis takes one sample; one that fixes the batch, that many
+    return (per_sample(run) if batchless else in_fixed_batches(run, fixed_batch(double))), ""

@@ -41,6 +41,16 @@ class CTarget(Target):
 
         return PassOptions(carry=IDENTITY.name)
 
+    def check_output(self, path: Path) -> None:
+        """The header's name goes into the source's ``#include "..."``: a quote, a
+        backslash or a control character there would end or redirect the directive."""
+        header = c_paths(path)[1].name
+        bad = [c for c in header if c in '"\\' or not c.isprintable()]
+        if bad:
+            raise CompileError(f"-o {str(path)!r}: the header's name {header!r} holds "
+                               f"{bad[0]!r}, which an #include line cannot carry; choose a "
+                               "name of letters, digits, '-', '_' and '.'")
+
     def companions(self, path: str | Path) -> list[Path]:
         """The other files a write makes beside ``path``."""
         _, header, weights = c_paths(path)
@@ -52,6 +62,7 @@ class CTarget(Target):
             raise CompileError("extract-input-affine and unify-activation prepare a graph for "
                                "the opencv target; leave them out of --passes for c")
         final = Path(provenance.get("output", path))
+        self.check_output(final)
         prefix = c_identifier(options.c_prefix or final.stem)
         _, header_path, weights_path = c_paths(path)
         n_in = mlp.layers[0].n_in

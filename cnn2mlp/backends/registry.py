@@ -108,6 +108,9 @@ class Target:
     def load(self, mlp: Mlp, path: Path) -> Predictor:
         raise NotImplementedError
 
+    def check_output(self, path: Path) -> None:
+        """Before any work: refuse an output name this format cannot carry."""
+
     def companions(self, path: str | Path) -> list[Path]:
         """Files a write makes beside ``path`` (a C source's header): written next to the
         path ``write`` gets with their own suffixes, staged and committed with it."""

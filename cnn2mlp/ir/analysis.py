@@ -191,6 +191,13 @@ def non_finite_constants(graph: Graph) -> list[tuple[Node, str]]:
         if node.op == "BatchNorm":
             with np.errstate(invalid="ignore", divide="ignore"):
                 arrays["scale and shift"] = np.concatenate(batchnorm_affine(node.attrs))
+        if "alpha" in node.attrs:  # an activation's parameter (LeakyRelu's slope)
+            arrays["alpha"] = np.asarray(node.attrs["alpha"], np.float64)
+        if "segments" in node.attrs:
+            arrays["alpha"] = np.array([a for *_, a in node.attrs["segments"]], np.float64)
+        for bound in ("low", "high", "value"):  # a clip's bounds may be infinite, not NaN
+            if node.attrs.get(bound) is not None and np.isnan(node.attrs[bound]).any():
+                found.append((node, bound))
         for what, value in arrays.items():
             data = value.data if sp.issparse(value) else value
             if data is not None and np.asarray(data).dtype.kind == "f" and \

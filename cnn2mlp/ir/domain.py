@@ -56,6 +56,7 @@ def resolve_input_domain(graph: Graph, given: tuple[float, float] | None) -> Inp
     """The user's range if given, else the one the model's leading scaling implies, else
     the default [0, 1]."""
     if given is not None:
+        check_given_range(float(given[0]), float(given[1]))
         return InputDomain(float(given[0]), float(given[1]), "--input-range")
     return infer_input_domain(graph) or DEFAULT_DOMAIN
 
@@ -86,14 +87,25 @@ def run_chain(chain, x: np.ndarray) -> np.ndarray:
     return x
 
 
+#: a box read off the model is taken only if at least this wide: a narrower one comes from a
+#: leading scale above 1 (``x * 255``, ``x * 255 - mean``), which says the model expands its
+#: inputs, not where they lie (a check on [0, 0.0039] proves nothing about [0, 1] data)
+PLAUSIBLE_WIDTH = 0.5
+#: and within this magnitude: a box past float32 (``x * 1e-40``) draws infinite inputs
+PLAUSIBLE_MAGNITUDE = 1e30
+
+
 def infer_input_domain(graph: Graph) -> InputDomain | None:
     found = leading_affine_map(graph)
     if found is None:
         return None
     scale, offset, ops = found
-    if not len(scale) or not np.all(np.isfinite(scale)) or np.any(scale == 0) \
-            or not np.all(np.isfinite(offset)):
+    # a channel the map zeroes (a scale of 0, a BatchNorm gamma of 0) says nothing about
+    # its inputs: the box comes from the channels that have a scale
+    scaled = np.isfinite(scale) & (scale != 0) & np.isfinite(offset)
+    if not scaled.any():
         return None
+    scale, offset = scale[scaled], offset[scaled]
     if np.all(offset == 0):
         target, what = (0.0, 1.0), "scaling: the inputs it maps onto [0, 1]"
     elif np.allclose(offset, -1.0, rtol=0, atol=1e-6):
@@ -101,10 +113,27 @@ def infer_input_domain(graph: Graph) -> InputDomain | None:
     else:
         k = STANDARD_DEVIATIONS
         target, what = (-k, k), f"standardization: mean ± {k:g} standard deviations"
-    ends = np.stack([(t - offset) / scale for t in target])
+    with np.errstate(over="ignore"):
+        ends = np.stack([(t - offset) / scale for t in target])
     low, high = (float(f"{v:.6g}") for v in (ends.min(), ends.max()))
     if (low, high) == DEFAULT_DOMAIN.range or not low < high:
         return None
     ops = "/".join(dict.fromkeys(ops))
+    if high - low < PLAUSIBLE_WIDTH or max(abs(low), abs(high)) > PLAUSIBLE_MAGNITUDE:
+        return InputDomain(0.0, 1.0, f"the default: the model's leading {ops} would put its "
+                                     f"inputs in [{low:g}, {high:g}], which no data plausibly "
+                                     "fills; --input-range sets the real one")
     return InputDomain(low, high, f"inferred from the model's leading {what} ({ops}); "
                                   "--input-range sets another")
+
+
+def check_given_range(low: float, high: float) -> None:
+    """An --input-range the float types can sample: finite, ordered, within float32."""
+    from ..errors import CompileError
+
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise CompileError(f"--input-range {low:g} {high:g}: give two finite numbers, the "
+                           "lower first")
+    if max(abs(low), abs(high)) > PLAUSIBLE_MAGNITUDE:
+        raise CompileError(f"--input-range {low:g} {high:g}: inputs beyond ±{PLAUSIBLE_MAGNITUDE:g} "
+                           "overflow float32 in the first layer; give the range your data has")

@@ -34,10 +34,24 @@ def included_header(source: str) -> str:
     return found[-1]
 
 
+#: seconds a build may take before it is stopped (``$CNN2MLP_C_BUILD_TIMEOUT``): a hanging
+#: compiler must not hang a load
+BUILD_TIMEOUT = 900.0
+
+
+def build_timeout() -> float:
+    try:
+        return float(os.environ.get("CNN2MLP_C_BUILD_TIMEOUT", BUILD_TIMEOUT))
+    except ValueError:
+        raise CompileError("CNN2MLP_C_BUILD_TIMEOUT: give a number of seconds") from None
+
+
 def build_library(source_path: Path, folder: Path, optimize: str = "-O2",
                   extra: list[str] | None = None) -> Path:
     """Compile the C source (its header and weights beside it, as the target writes them)
-    into a shared library in ``folder``."""
+    into a shared library in ``folder``, and check in a separate process that it loads (a
+    library that would kill this process on load, such as one built with
+    ``-fsanitize=address`` through ``CC``, is refused here)."""
     compiler = find_compiler()
     if compiler is None:
         raise CompileError("building the C target needs a C compiler (cc, gcc or clang; "
@@ -50,15 +64,55 @@ def build_library(source_path: Path, folder: Path, optimize: str = "-O2",
     command = shlex.split(compiler) + STRICT_FLAGS + [optimize, "-fPIC", "-shared",
                                                       *(extra or []), "model.c", "-o",
                                                       library.name, "-lm"]
+    timeout = build_timeout()
     try:
-        done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+        done = subprocess.run(command, cwd=folder, capture_output=True, text=True,
+                              timeout=timeout)
     except OSError as exc:
         raise CompileError(f"cannot run the C compiler {compiler!r} ({exc.strerror}); "
                            "install gcc or set CC") from exc
+    except subprocess.TimeoutExpired:
+        raise CompileError(f"the C compiler {compiler!r} did not finish in {timeout:g} s and "
+                           "was stopped (CNN2MLP_C_BUILD_TIMEOUT sets the limit)") from None
     if done.returncode != 0:
-        raise CompileError(f"{source_path}: the C compiler failed: "
-                           f"{(done.stderr or done.stdout).strip()[:2000]}")
+        raise CompileError(f"{source_path}: the C compiler {compiler!r} failed (exit status "
+                           f"{done.returncode}): {last_lines(done.stderr or done.stdout)}")
+    if not library.is_file() or library.stat().st_size == 0:
+        raise CompileError(f"the C compiler {compiler!r} exited 0 but wrote no library "
+                           f"({library.name}); set CC to a working C compiler")
+    check_loads(library, compiler)
     return library
+
+
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def last_lines(text: str, lines: int = 5) -> str:
+    """The end of a compiler's output, where its error is, on one line."""
+    kept = [line.strip() for line in text.strip().splitlines() if line.strip()][-lines:]
+    return " | ".join(kept)[-1500:] if kept else "it printed nothing"
+
+
+#: loads a library in a fresh interpreter: the check that it does not kill its loader
+LOAD_CHECK = "import ctypes, sys; ctypes.CDLL(sys.argv[1])"
+
+
+def check_loads(library: Path, compiler: str) -> None:
+    import sys
+
+    try:
+        done = subprocess.run([sys.executable, "-I", "-c", LOAD_CHECK, str(library)],
+                              capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        done = None
+    if done is None or done.returncode != 0:
+        why = "it hung" if done is None else (
+            f"exit status {done.returncode}: {last_lines(done.stderr or done.stdout, 2)}")
+        raise CompileError(f"the library the C compiler {compiler!r} built does not load in a "
+                           f"Python process ({why}); set CC to a plain C compiler (no "
+                           "sanitizers)")
 
 
 def prefix_of(source: str) -> str:
@@ -68,13 +122,21 @@ def prefix_of(source: str) -> str:
     return found.group(1)
 
 
+#: the largest batch one call takes (the C functions take an int)
+MAX_BATCH = 2**31 - 1
+
+
 class CLibrary:
     """A built C source, called through ctypes: ``run(x, out, work)`` on a (B, n_in)
     C-contiguous batch. ctypes lets go of the GIL during the call, so threads of the
     caller's can run parts of a batch at once (each with a work buffer of its own)."""
 
     def __init__(self, library: Path, prefix: str, dtype, weights: Path | None) -> None:
-        self.lib = ctypes.CDLL(str(library))
+        try:
+            self.lib = ctypes.CDLL(str(library))
+        except OSError as exc:
+            raise CompileError(f"{library}: the built C library does not load "
+                               f"({first_line(exc)}); delete it to build it again") from None
         self.dtype = np.dtype(dtype)
         real = ctypes.c_double if self.dtype == np.float64 else ctypes.c_float
         self.pointer = ctypes.POINTER(real)
@@ -83,25 +145,29 @@ class CLibrary:
         self._run.restype = ctypes.c_int
         self._work_size = getattr(self.lib, f"{prefix}_work_size")
         self._work_size.argtypes = [ctypes.c_int]
-        self._work_size.restype = ctypes.c_long
+        self._work_size.restype = ctypes.c_size_t
         init = getattr(self.lib, f"{prefix}_init")
         init.argtypes = [ctypes.c_char_p]
         init.restype = ctypes.c_int
         code = init(str(weights or "").encode())
         if code != 0:
             raise CompileError(f"{weights}: {prefix}_init returned {code} (the weights file is "
-                               "missing, damaged or another model's)")
+                               "missing, damaged, changed or another model's)")
 
     def work_size(self, batch: int) -> int:
-        return int(self._work_size(batch))
+        return int(self._work_size(min(batch, MAX_BATCH)))
 
     def run(self, x: np.ndarray, out: np.ndarray, work: np.ndarray) -> None:
         """``out[:] = MLP(x)``; ``work`` holds at least ``work_size(len(x))`` values."""
         assert x.flags.c_contiguous and out.flags.c_contiguous and x.dtype == self.dtype
-        code = self._run(x.ctypes.data_as(self.pointer), out.ctypes.data_as(self.pointer),
-                         len(x), work.ctypes.data_as(self.pointer))
-        if code != 0:
-            raise CompileError(f"the C model's predict returned {code}")
+        # the C batch is an int: a larger batch goes in parts (ctypes would wrap it)
+        for start in range(0, len(x), MAX_BATCH):
+            part = slice(start, start + MAX_BATCH)
+            code = self._run(x[part].ctypes.data_as(self.pointer),
+                             out[part].ctypes.data_as(self.pointer), len(x[part]),
+                             work.ctypes.data_as(self.pointer))
+            if code != 0:
+                raise CompileError(f"the C model's predict returned {code}")
 
 
 def load_source(source_path: Path, dtype, folder: Path, optimize: str = "-O2",

@@ -16,6 +16,8 @@ import hashlib
 import os
 import platform
 import shlex
+import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -25,30 +27,46 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import CompileError
 from .c_batched import SAMPLES
 from .c_build import CLibrary, build_library, find_compiler
 from .c_source import c_source
 from .engine import Engine, register_engine
-from .kernel_cache import private, user_cache_dir
+from .kernel_cache import untrusted, user_cache_dir
 
 #: the flags of the engine's build (the tests build the target's code strictly as well)
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast"]
 PREFIX = "mlp"
 
 
-def c_cache_dir() -> Path:
-    """``$CNN2MLP_C_CACHE``, else ``~/.cache/cnn2mlp/c`` when it is private to the user,
-    else a fresh private temporary folder."""
+def c_cache_dir() -> tuple[Path, bool]:
+    """Where built libraries are kept, and whether the folder is a temporary one of this
+    process alone: ``$CNN2MLP_C_CACHE`` (refused unless it is the user's own, only the user
+    can write it, and so for every folder above it: a library there is code this process
+    runs), else ``~/.cache/cnn2mlp/c`` when it is so, else a fresh private temporary folder
+    (also when the cache folder cannot be written)."""
     chosen = os.environ.get("CNN2MLP_C_CACHE")
     if chosen:
-        Path(chosen).mkdir(mode=0o700, parents=True, exist_ok=True)
-        return Path(chosen)
+        folder = Path(chosen).absolute()
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CompileError(f"CNN2MLP_C_CACHE={chosen}: cannot use it as a folder "
+                               f"({exc.strerror or exc}); point it at a folder of your own"
+                               ) from None
+        why = untrusted(folder)
+        if why:
+            raise CompileError(f"CNN2MLP_C_CACHE={chosen}: {why}, and a library there is code "
+                               "every load runs; point it at a folder only you can write")
+        return folder, False
     folder = user_cache_dir().parent / "c"
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError:
         pass
-    return folder if private(folder) else Path(tempfile.mkdtemp(prefix="cnn2mlp-c-"))
+    if untrusted(folder) is None and os.access(folder, os.W_OK | os.X_OK):
+        return folder, False
+    return Path(tempfile.mkdtemp(prefix="cnn2mlp-c-")), True
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,16 +101,29 @@ class BuiltModel:
                      machine_key(compiler).encode()):
             digest.update(hashlib.sha256(part).digest())
         key = digest.hexdigest()[:32]
-        cache = c_cache_dir()
+        cache, temporary = c_cache_dir()
+        try:
+            self.library = self.load(made, cache, key, dtype)
+        except PermissionError:  # a private cache folder that cannot be written
+            if temporary:
+                raise
+            cache, temporary = Path(tempfile.mkdtemp(prefix="cnn2mlp-c-")), True
+            self.library = self.load(made, cache, key, dtype)
+        if temporary:  # loaded, and the weights read: nothing in it is needed any more
+            shutil.rmtree(cache, ignore_errors=True)
+
+    def load(self, made, cache: Path, key: str, dtype) -> CLibrary:
+        """The cached library, built first if it is missing or is not what was built (its
+        SHA-256 is kept beside it: a junk, truncated or replaced file is built again)."""
         library, weights = cache / f"{key}.so", cache / f"{key}.weights"
-        if not library.exists():
+        if not intact(library):
             self.build(made, cache, library, weights)
-        self.library = CLibrary(library, PREFIX, dtype, weights if made.weights else None)
+        return CLibrary(library, PREFIX, dtype, weights if made.weights else None)
 
     @staticmethod
     def build(made, cache: Path, library: Path, weights: Path) -> None:
         """Build in a temporary folder, then rename the files into place (a library is in
-        the cache whole or not at all; its weights file is there before it)."""
+        the cache whole or not at all; its weights file and digest are there before it)."""
         if sys.stderr.isatty():
             print("cnn2mlp: building the model's C code (first load only; cached in "
                   f"{cache})", file=sys.stderr, flush=True)
@@ -108,7 +139,33 @@ class BuiltModel:
                 staged = folder / "weights"
                 staged.write_bytes(made.weights)
                 os.replace(staged, weights)
+            staged = folder / "digest"
+            staged.write_text(file_digest(built))
+            os.replace(staged, digest_path(library))
             os.replace(built, library)
+
+
+def digest_path(library: Path) -> Path:
+    return library.with_suffix(".sha256")
+
+
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def intact(library: Path) -> bool:
+    """The cached library is a regular file of this user's that only the user can write,
+    with the digest recorded when it was built."""
+    try:
+        info = library.lstat()
+        recorded = digest_path(library).read_text().strip()
+    except OSError:
+        return False
+    mine = not hasattr(os, "getuid") or info.st_uid == os.getuid()
+    if not (stat.S_ISREG(info.st_mode) and mine and not info.st_mode & 0o022):
+        return False
+    return file_digest(library) == recorded
 
 
 @register_engine

@@ -25,13 +25,37 @@ def user_cache_dir() -> Path:
 
 
 def private(path: Path) -> bool:
-    """The folder exists, is the user's own and only the user can write it."""
+    """The folder exists, is the user's own, only the user can write it, and nobody else
+    can replace it through a folder above it (see :func:`untrusted`)."""
+    return untrusted(path) is None
+
+
+def untrusted(folder: Path) -> str | None:
+    """Why others could plant or replace a file in ``folder`` (None if they cannot): it, or
+    a folder above it, is someone else's (not root's), or others can write it. A folder
+    others can write but only owners can rename in (the sticky bit, as /tmp) is fine
+    above the cache folder, not as the cache folder itself."""
+    me = os.getuid() if hasattr(os, "getuid") else None
     try:
-        info = path.lstat()
-    except OSError:
-        return False
-    owner_ok = not hasattr(os, "getuid") or info.st_uid == os.getuid()
-    return stat.S_ISDIR(info.st_mode) and owner_ok and not info.st_mode & 0o022
+        info = folder.lstat()
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror})"
+    if not stat.S_ISDIR(info.st_mode):
+        return "it is not a folder"
+    if me is not None and info.st_uid != me:
+        return "it belongs to another user"
+    if info.st_mode & 0o022:
+        return f"others can write it (mode {stat.S_IMODE(info.st_mode):o})"
+    for parent in folder.resolve().parents:
+        try:
+            info = parent.stat()
+        except OSError as exc:
+            return f"{parent} cannot be read ({exc.strerror})"
+        if me is not None and info.st_uid not in (me, 0):
+            return f"the folder {parent} above it belongs to another user"
+        if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+            return f"others can write the folder {parent} above it"
+    return None
 
 
 def kernel_cache_dir() -> str:
