@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._io import check_writable, destination, staged_path
 from .errors import CompileError, install_hint
 
 
@@ -173,6 +174,23 @@ def c_engine(model: Path, workdir: Path) -> list:
     return [("C target (" + " ".join(FLAGS[:2]) + ")", built.predict, size)]
 
 
+#: the dense weights the bench lets OpenCV's row have (it times them in memory)
+OPENCV_BENCH_BYTES = 256 * 2**20
+
+
+def opencv_skip_reason(exc: BaseException) -> str:
+    """Why the OpenCV row is left out, whole (the compiler's own words name options of
+    the compiler, which the bench does not have)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "--max-dense-bytes" in text:
+        return (f"its dense weights are above the {OPENCV_BENCH_BYTES // 2**20} MiB the bench "
+                "gives OpenCV's row (ANN_MLP stores every weight; the other rows run the "
+                "sparse MLP)")
+    if isinstance(exc, ImportError):
+        return f"cv2 is not installed ({install_hint('opencv')})"
+    return text
+
+
 def opencv_engine(model: Path, workdir: Path) -> list:
     """OpenCV's ANN_MLP, when cv2.ml is there and the dense weights fit in 256 MiB."""
     try:
@@ -183,10 +201,10 @@ def opencv_engine(model: Path, workdir: Path) -> list:
         from .backends import TargetOptions
 
         result = compile_model(model, out, target="opencv",
-                               options=TargetOptions(max_dense_bytes=256 * 2**20))
+                               options=TargetOptions(max_dense_bytes=OPENCV_BENCH_BYTES))
         net = OpenCvModel(out, result.mlp.input_shape, result.mlp.output_shape)
     except (CompileError, ImportError, MemoryError) as exc:
-        print(f"note: OpenCV's ANN_MLP skipped: {str(exc)[:160]}", file=sys.stderr)
+        print(f"note: OpenCV's ANN_MLP skipped: {opencv_skip_reason(exc)}", file=sys.stderr)
         return []
     size = out.stat().st_size
     return [("OpenCV ANN_MLP (dense)", net.predict, size)]
@@ -227,6 +245,20 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores"
 
 
+def check_plot_path(path: Path, inputs: list[Path | None]) -> None:
+    """Before any timing: the plot can be written, and is not (through a link) one of the
+    files the bench reads."""
+    if path.suffix.lower() != ".png":
+        raise CompileError(f"--plot {path}: name the picture *.png")
+    check_writable(path)
+    target = destination(path)
+    for given in inputs:
+        if given is not None and Path(given).exists() and target.exists() and \
+                os.path.samefile(target, given):
+            raise CompileError(f"--plot {path} is {given} itself; writing it would destroy "
+                               "it: choose another name")
+
+
 def plot(rows: list[Row], runtime, path: Path, title: str) -> None:
     """One figure read at a glance, whatever the depth: latency bars with the ratio to the
     original written on them, each layer's density (and non-zeros), and the pattern of the
@@ -242,7 +274,7 @@ def plot(rows: list[Row], runtime, path: Path, title: str) -> None:
     for slot, i in enumerate(largest):
         cell_density(fig.add_subplot(grid[1, slot]), runtime.layers[i], i)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -321,8 +353,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         batches = [int(b) for b in args.batch.split(",") if b.strip()]
         if not batches or min(batches) < 1 or args.threads < 1:
             raise CompileError("--batch takes positive sizes like 1,64; --threads >= 1")
+        if args.repeats < 1:
+            raise CompileError(f"--repeats {args.repeats}: give at least 1 timed run")
         if args.plot:
             require_matplotlib()  # before minutes of timing, not after
+            check_plot_path(args.plot, [args.model, args.artifact])
         with tempfile.TemporaryDirectory() as tmp:
             rows, runtime = bench(args.model, args.artifact, batches, args.threads,
                                   args.repeats, Path(tmp))
@@ -335,8 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(header)
         print(format_rows(rows))
         if args.plot:
-            plot(rows, runtime, args.plot, f"{Path(args.model).name}: "
-                 f"{len(runtime.layers)} layers, {args.threads} thread(s), {machine()}")
+            with staged_path(args.plot) as staged:  # replaces the plot only when drawn
+                plot(rows, runtime, staged, f"{Path(args.model).name}: "
+                     f"{len(runtime.layers)} layers, {args.threads} thread(s), {machine()}")
             print(f"wrote {args.plot}")
     except CompileError as exc:
         print(f"cnn2mlp.bench: error: {exc}", file=sys.stderr)

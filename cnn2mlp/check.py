@@ -110,6 +110,8 @@ def compare_on_random_inputs(result: CompileResult, artifact: Path, model: str |
     comparison = merged(parts)
     comparison.reference = getattr(run_reference, "reference", "")
     comparison.truth_note = truth_note
+    if dropped:
+        comparison.compared = "logits" if gives_logits else "probabilities"
     comparison.float32_slack = tolerance is None
     comparison.input_range = (float(input_range[0]), float(input_range[1]))
     return comparison

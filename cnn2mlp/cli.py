@@ -238,6 +238,8 @@ def run_cli(args: argparse.Namespace) -> int:
                            input_range=args.input_range)
     options = dataclasses.replace(options, input_range=result.input_domain.range)
     provenance = {"source": str(args.model), "cnn2mlp": __version__}
+    if target.dense_bytes is not None and not args.quiet:
+        print(dense_size_line(target, result, args.max_dense_bytes), file=sys.stderr, flush=True)
     # Every output is staged; they replace their destinations together, or none does.
     with StagedOutputs() as outputs:
         staged = outputs.stage(args.output)
@@ -270,6 +272,18 @@ def run_cli(args: argparse.Namespace) -> int:
         for line in written_lines(args, target):
             print(line)
     return 0
+
+
+def dense_size_line(target: Target, result, cap: int) -> str:
+    """Before a dense target writes: what it will store, against the sparse sizes the
+    layer table gives, and how to cap it (a 120 KB CNN can make a 226 MB XML)."""
+    from .backends.registry import dense_size
+
+    weights, need = dense_size(target, result.mlp)
+    return (f"writing {target.kind}: {weights:,} dense weights, about {human_size(need)} "
+            f"(the layer table's {result.nnz:,} non-zeros are "
+            f"{weights / max(1, result.nnz):,.1f}x fewer); --max-dense-bytes SIZE refuses "
+            f"more than SIZE (now {human_size(cap)}), -o FILE.npz or -o FILE.c stay sparse")
 
 
 def human_size(n: int) -> str:

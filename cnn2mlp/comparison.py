@@ -31,6 +31,8 @@ class Comparison:
     failures: int | None = None
     #: elements where the reference itself is NaN (nothing to compare with: never a pass)
     reference_nans: int = 0
+    #: what was compared when a final softmax was dropped: "logits" or "probabilities"
+    compared: str = ""
 
     @property
     def passed(self) -> bool:
@@ -43,7 +45,7 @@ class Comparison:
     def describe(self) -> str:
         inputs = f"{self.samples} inputs" + (
             f" in [{self.input_range[0]:g}, {self.input_range[1]:g}]" if self.input_range else "")
-        text = (f"max abs error {self.max_abs_error:.3g}, max rel error {self.max_rel_error:.3g} "
+        text = (f"{COMPARED.get(self.compared, '')}max abs error {self.max_abs_error:.3g}, max rel error {self.max_rel_error:.3g} "
                 f"(tolerance {self.tolerance:g}) over {inputs}; worst at "
                 f"{self.worst_index}: reference {self.worst_reference:.9g}, "
                 f"got {self.worst_got:.9g}"
@@ -67,12 +69,18 @@ class Comparison:
                 "max_rel_error": self.max_rel_error, "tolerance": self.tolerance,
                 "passed": self.passed, "worst_index": list(self.worst_index),
                 "input_range": list(self.input_range) if self.input_range else None,
-                "reference_nans": self.reference_nans,
+                "reference_nans": self.reference_nans, "compared": self.compared or "outputs",
                 "float64": None if self.truth_error is None else {
                     "mlp_rel_error": self.truth_error,
                     "reference_rel_error": self.reference_truth_error,
                     "float32_slack": self.float32_slack,
                     "failures": self.failures}}
+
+
+#: how the check line starts when a final softmax was dropped
+COMPARED = {"logits": "on the logits (before the model's softmax): ",
+            "probabilities": "on probabilities (the reference gives only the softmax's output: "
+                             "the MLP's logits go through a softmax): "}
 
 
 def relative_errors(reference: np.ndarray, got: np.ndarray,

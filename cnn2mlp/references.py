@@ -118,11 +118,12 @@ def reference_evaluator(source: bytes | str, output: str | None, why: str) -> Ru
 def load_keras_model(model_path: str | Path, layer: str | None = None):
     """The Keras model in the .keras/.h5 file, loaded by Keras with ``safe_mode`` (a Lambda
     is never deserialized); up to ``layer`` when given."""
-    from .tensorflow_env import prepare_tensorflow
+    from .tensorflow_env import prepare_tensorflow, quiet_native_logs
 
     prepare_tensorflow()
     try:
-        import keras
+        with quiet_native_logs():
+            import keras
     except ImportError as exc:
         raise CompileError("--check on a Keras model runs Keras: "
                            f"{install_hint('tensorflow')}") from exc
@@ -134,7 +135,8 @@ def load_keras_model(model_path: str | Path, layer: str | None = None):
                            f"Keras ({getattr(keras, '__version__', '?')}) lacks: upgrade Keras "
                            "(2.13 or later), or compile without --check")
     try:
-        model = load_model(str(model_path), compile=False, safe_mode=True)
+        with quiet_native_logs():  # the first model built starts TensorFlow's runtime
+            model = load_model(str(model_path), compile=False, safe_mode=True)
     except Exception as exc:  # safe_mode refusing code, or a file Keras cannot read
         raise CompileError(f"{model_path}: Keras, the reference for --check, refused to load "
                            f"the model: {type(exc).__name__}: "

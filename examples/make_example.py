@@ -1,6 +1,6 @@
 """Writes examples/small_cnn.onnx: a small CNN laid out as torch.onnx.export writes one
 (NCHW input with a symbolic batch, Conv + BatchNorm + Relu, a strided Conv, Flatten, Gemm
-with transB=1, a final Softmax), with fixed random weights.
+with transB=1, a final Softmax), with fixed random weights. It rewrites the shipped file byte for byte (a test checks).
 
     python examples/make_example.py
 """

@@ -2,6 +2,7 @@
 hints, the console command."""
 import subprocess
 import sys
+from pathlib import Path
 
 import onnx
 import pytest
@@ -150,3 +151,57 @@ def test_the_check_shows_its_steps_on_a_terminal_and_clears_them(tmp_path, monke
     shown = terminal.getvalue()
     assert "check: starting the reference" in shown and "check: 0/8 inputs" in shown
     assert shown.endswith("\r")  # the status line is blanked before the table
+
+
+def test_the_example_script_reproduces_the_shipped_model_byte_for_byte():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "make_example.py"
+    spec = importlib.util.spec_from_file_location("make_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    shipped = path.with_name("small_cnn.onnx").read_bytes()
+    assert module.build().SerializeToString() == shipped
+
+
+@pytest.mark.parametrize("suffix,words", [(".npz", ["cnn2mlp.load", "--artifact"]),
+                                          (".nnet", ["verifier", "original"])])
+def test_an_artifact_given_as_the_model_says_what_it_is(tmp_path, suffix, words):
+    artifact = tmp_path / f"model{suffix}"
+    artifact.write_bytes(b"PK\x03\x04")
+    proc = run(artifact, "-o", tmp_path / "out.npz")
+    assert proc.returncode == 2 and "unknown model format" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    for word in words:
+        assert word in proc.stderr
+    bench = run(artifact, command=(sys.executable, "-m", "cnn2mlp.bench"))
+    assert bench.returncode == 2 and words[0] in bench.stderr
+
+
+def test_a_dense_target_says_its_size_before_writing(tmp_path):
+    model = tmp_path / "m.onnx"
+    b = OnnxBuilder((2, 6, 6), seed=5)
+    b.conv({"kernel_shape": (3, 3), "strides": (1, 1), "dilations": (1, 1),
+            "pads": (1, 1, 1, 1), "group": 1, "out_channels": 4})
+    b.activation("Relu")
+    b.flatten()
+    b.dense(3)
+    onnx.save(b.build(), str(model))
+    for suffix in (".onnx", ".nnet"):
+        proc = run(model, "-o", tmp_path / f"out{suffix}")
+        assert proc.returncode == 0, proc.stderr
+        line = next(l for l in proc.stderr.splitlines() if l.startswith("writing "))
+        assert "dense weights" in line and "non-zeros" in line and "--max-dense-bytes" in line
+    quiet = run(model, "-o", tmp_path / "q.nnet", "--quiet")
+    assert "writing " not in quiet.stderr
+
+
+def test_the_bench_says_why_it_skips_opencv_in_its_own_terms():
+    from cnn2mlp.bench import opencv_skip_reason
+    from cnn2mlp.errors import CompileError
+
+    why = opencv_skip_reason(CompileError(
+        "m.onnx: as a dense opencv network this MLP needs 9 weights (300 MiB), above "
+        "--max-dense-bytes 256 MiB; its widest layer is 3x3. The opencv format stores dense "
+        "weights: use --target csr (sparse), or raise --max-dense-bytes"))
+    assert "--max-dense-bytes" not in why and "256 MiB" in why and why.endswith(")")

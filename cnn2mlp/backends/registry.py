@@ -139,11 +139,16 @@ def check_format_limit(target: Target, need: int, source: str = "") -> None:
             "smaller --input-shape")
 
 
+def dense_size(target: Target, mlp: Mlp) -> tuple[int, int]:
+    """(weights, bytes) a dense target stores for ``mlp``: every matrix entry and bias."""
+    weights = sum((layer.n_in + 1) * layer.n_out for layer in mlp.layers)
+    return weights, weights * (target.dense_bytes or 0)
+
+
 def dense_preflight(target: Target, mlp: Mlp, max_bytes: int, source: str = "") -> None:
     """Dense targets store every weight: refuse, with the numbers, a network whose dense
     form is above ``max_bytes``."""
-    weights = sum((layer.n_in + 1) * layer.n_out for layer in mlp.layers)
-    need = weights * target.dense_bytes
+    weights, need = dense_size(target, mlp)
     check_format_limit(target, need, source)
     if need > max_bytes:
         widest = max(mlp.layers, key=lambda l: (l.n_in + 1) * l.n_out)

@@ -20,6 +20,11 @@ FOREIGN = {
     ".pkl": "a pickle, which cnn2mlp does not load (it would run code): save the model as "
             ".onnx or .keras",
     ".mlmodel": "a Core ML model: convert the source model to ONNX instead",
+    ".npz": "a .npz is what cnn2mlp writes (an MLP already), not a model it reads: run it "
+            "with cnn2mlp.load(path).predict(x), or time it against its original with "
+            "python -m cnn2mlp.bench ORIGINAL.onnx --artifact path.npz",
+    ".nnet": "a .nnet is a verifier's MLP (what cnn2mlp writes for Marabou), not a model it "
+             "reads: give the original .onnx or .keras",
 }
 
 

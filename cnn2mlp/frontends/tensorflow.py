@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from ..errors import CompileError, install_hint
-from ..tensorflow_env import prepare_tensorflow
+from ..tensorflow_env import prepare_tensorflow, quiet_native_logs
 
 OPSET = 13
 
@@ -17,8 +17,9 @@ OPSET = 13
 def import_tensorflow():
     prepare_tensorflow()
     try:
-        import tensorflow as tf
-        import tf2onnx  # noqa: F401
+        with quiet_native_logs():
+            import tensorflow as tf
+            import tf2onnx  # noqa: F401
     except ImportError as exc:
         raise CompileError("SavedModel and .pb models need TensorFlow and tf2onnx: "
                            f"{install_hint('tensorflow')} (or use a .keras/.h5/.onnx "

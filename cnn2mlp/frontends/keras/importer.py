@@ -2,6 +2,7 @@
 layer by layer with the converters each family module registers (``registry.py``)."""
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Sequence
 
@@ -10,6 +11,7 @@ import numpy as np
 from ...errors import CompileError, UnsupportedOpError
 from ...ir import Graph
 from ...ir.precision import working_precision
+from ..reasons import KERAS_NO_MLP_FORM as NO_MLP_FORM
 from .files import WeightSource, read_keras_file
 from .registry import CONVERTERS, MERGE_CONVERTERS, Layer, Tensor
 
@@ -76,6 +78,9 @@ class KerasImporter:
             return self.convert_layers(layers)
 
     def convert_layers(self, layers: list[Layer]) -> Graph:
+        name = self.output_name
+        if name is not None:  # cut first: what comes after the named layer is never read
+            layers = self.layers_up_to(layers, name)
         tensors: dict[str, Tensor] = {}
         current = Tensor("input", False)
         last = None
@@ -91,15 +96,17 @@ class KerasImporter:
             merge = MERGE_CONVERTERS.get(lay.class_name)
             fn = CONVERTERS.get(lay.class_name)
             if fn is None and merge is None:
-                known = sorted(CONVERTERS) + sorted(MERGE_CONVERTERS)
-                raise UnsupportedOpError(
-                    f"{self.path}: layer {lay.name!r} of class {lay.class_name} is not "
-                    f"supported; supported layers: {', '.join(known)}")
+                self.refuse_unknown(lay, tensors)
             if fn is not None and len(sources) != 1:
                 raise UnsupportedOpError(f"{self.path}: layer {lay.name!r} ({lay.class_name}) "
                                          f"reads {len(sources)} tensors; it takes one")
             try:
                 out = merge(self, lay, sources) if merge else fn(self, lay, sources[0])
+            except UnsupportedOpError as exc:
+                hint = self.cut_hint(lay, tensors)
+                text = str(exc).rstrip()
+                raise UnsupportedOpError(text + ("" if not hint or text.endswith(".") else ".")
+                                         + hint) from exc
             except CompileError:
                 raise
             except Exception as exc:
@@ -107,9 +114,6 @@ class KerasImporter:
                                    f"be converted: {type(exc).__name__}: {exc}") from exc
             tensors[lay.name] = current = out
             last = lay.name
-        name = self.output_name
-        if name is not None and name not in tensors:
-            raise CompileError(f"{self.path}: --output-tensor {name!r} is not a layer of the model")
         if name is not None and tensors[name].value == "input":
             raise CompileError(f"{self.path}: --output-tensor {name!r} is the model's input "
                                "layer; name a layer computed from it")
@@ -120,6 +124,48 @@ class KerasImporter:
             self.graph.meta.output_tensor = name
             self.graph.notes.append(f"compiled up to the layer {name!r} (--output-tensor)")
         return self.graph
+
+    def layers_up_to(self, layers: list[Layer], name: str) -> list[Layer]:
+        """The layers ``name`` reads, directly or not, and itself, in the file's order."""
+        by_name = {lay.name: lay for lay in layers}
+        if name not in by_name:
+            close = difflib.get_close_matches(name, list(by_name), n=1)
+            raise CompileError(f"{self.path}: --output-tensor {name!r} is not a layer of the "
+                               "model" + (f"; did you mean {close[0]!r}?" if close else
+                                          " (the layer names are in the model's summary)"))
+        needed, stack = set(), [name]
+        while stack:
+            current = stack.pop()
+            if current in needed or current not in by_name:
+                continue
+            needed.add(current)
+            stack.extend(by_name[current].inbound)
+        if len(layers) > 1 and layers[0].class_name == "InputLayer":
+            needed.add(layers[0].name)
+        return [lay for lay in layers if lay.name in needed]
+
+    def refuse_unknown(self, lay: Layer, tensors: dict[str, Tensor]) -> None:
+        """A layer class no converter handles: why no MLP computes it, where known, and
+        the cut that compiles."""
+        reason = NO_MLP_FORM.get(lay.class_name)
+        if reason is not None:
+            text = f"{reason}: no MLP layer f(Wx + b) computes this."
+        else:
+            text = ("is not a layer cnn2mlp converts (the README's 'Getting a model in' lists "
+                    "the Keras layers it does).")
+        raise UnsupportedOpError(f"{self.path}: layer {lay.name!r} ({lay.class_name}) {text}"
+                                 + self.cut_hint(lay, tensors))
+
+    def cut_hint(self, lay: Layer, tensors: dict[str, Tensor]) -> str:
+        """' Compile the network up to the layer before it: --output-tensor NAME' for an
+        input of ``lay`` that was converted and is not the model's input, or ''."""
+        if self.output_name is not None:
+            return ""
+        before = next((n for n in lay.inbound if n in tensors and tensors[n].value != "input"),
+                      None)
+        if before is None:
+            return ""
+        return f" Compile the network up to the layer before it: --output-tensor {before}"
 
     def read_layers(self) -> list[Layer]:
         cfg = self.config.get("config", {})

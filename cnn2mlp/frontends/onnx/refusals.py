@@ -1,14 +1,14 @@
 """Why no MLP computes an op: the reasons a refusal gives for ops without an MLP form."""
 
+from ..reasons import ATTENDS, NORMALIZES
+
 #: ops that no MLP computes, and why (a product, a division or a normalization by values
 #: computed from the input; functions no target has as an activation)
-NORMALIZES = "normalizes each sample by statistics computed from it (a division by computed values)"
 NO_MLP_FORM = {
     "LayerNormalization": NORMALIZES, "InstanceNormalization": NORMALIZES,
     "GroupNormalization": NORMALIZES, "MeanVarianceNormalization": NORMALIZES,
     "LpNormalization": "divides each sample by its norm (a division by computed values)",
-    "Attention": "multiplies values computed from the input (attention)",
-    "MultiHeadAttention": "multiplies values computed from the input (attention)",
+    "Attention": ATTENDS, "MultiHeadAttention": ATTENDS,
     **{op: f"computes {op.lower()} of values (a function no MLP target has as an activation)"
        for op in ("Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh",
                   "Atanh", "Exp", "Log", "Sqrt", "Reciprocal")},
