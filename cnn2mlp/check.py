@@ -117,6 +117,19 @@ def compare_on_random_inputs(result: CompileResult, artifact: Path, model: str |
     return comparison
 
 
+def reference_outputs(result: CompileResult, model: str | Path, n: int,
+                      input_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``n`` inputs from ``input_range`` (--check's first ``n``), the original model's
+    outputs for them from its own runtime (the logits where it gives them), and whether
+    those are probabilities (a reference that keeps the softmax the MLP dropped)."""
+    meta = result.graph.meta
+    run_reference, gives_logits = reference_runner(model, meta.logits, meta.output_tensor,
+                                                   batchless=not meta.batched)
+    x = random_inputs(result.mlp.input_shape, n, *input_range, dtype=result.mlp.dtype)
+    y = np.asarray(run_reference(x)).reshape((n,) + tuple(result.mlp.output_shape))
+    return x, y, meta.logits is not None and not gives_logits
+
+
 def without_truth(part: Comparison) -> Comparison:
     """A batch's comparison judged against the reference alone (the float64 evaluation
     failed on a later batch: every batch is judged alike)."""

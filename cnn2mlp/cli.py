@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--c-prefix", metavar="NAME",
                      help="c: the prefix of the functions and macros (default: the output "
                           "file's name, made a C identifier)")
+    out.add_argument("--c-self-test", type=int, default=0, metavar="N",
+                     help="c: embed N inputs from the input domain and the original's outputs "
+                          "for them; <prefix>_self_test() returns the largest relative error")
     out.add_argument("--kernel-py", type=Path, metavar="FILE.py",
                      help="csr: also write a standalone numpy module that runs the .npz")
     out.add_argument("--report", type=Path, metavar="FILE.json", help="write a JSON report")
@@ -237,6 +240,9 @@ def run_cli(args: argparse.Namespace) -> int:
                            show_progress=not args.quiet, options=options,
                            input_range=args.input_range)
     options = dataclasses.replace(options, input_range=result.input_domain.range)
+    if args.c_self_test:
+        options = dataclasses.replace(options, c_self_test=self_test_vectors(
+            result, args.model, args.c_self_test))
     provenance = {"source": str(args.model), "cnn2mlp": __version__}
     if target.dense_bytes is not None and not args.quiet:
         print(dense_size_line(target, result, args.max_dense_bytes), file=sys.stderr, flush=True)
@@ -269,9 +275,19 @@ def run_cli(args: argparse.Namespace) -> int:
         if result.check:
             print(("check passed: " if result.check.passed else "check FAILED: ")
                   + result.check.describe())
-        for line in written_lines(args, target):
+        for line in written_lines(args, target, result):
             print(line)
     return 0
+
+
+def self_test_vectors(result, model, n: int):
+    """--c-self-test: n inputs from the domain and the original model's outputs for them,
+    from the reference --check uses."""
+    from .check import reference_outputs
+    from .runtime.c_source import SelfTest
+
+    x, y, probabilities = reference_outputs(result, model, n, result.input_domain.range)
+    return SelfTest(x.reshape(n, -1), y.reshape(n, -1), probabilities)
 
 
 def dense_size_line(target: Target, result, cap: int) -> str:
@@ -294,7 +310,7 @@ def human_size(n: int) -> str:
     return ""
 
 
-def written_lines(args: argparse.Namespace, target: Target) -> list[str]:
+def written_lines(args: argparse.Namespace, target: Target, result=None) -> list[str]:
     """``wrote m.xml (124.3 MB)`` for every file written: a dense target can be a hundred
     times the sparse size the table counts."""
     paths = [args.output, *target.companions(args.output), args.kernel_py, args.report]
@@ -302,11 +318,19 @@ def written_lines(args: argparse.Namespace, target: Target) -> list[str]:
     for path in paths:
         if path is not None and Path(path).exists():
             lines.append(f"wrote {path} ({human_size(Path(path).stat().st_size)})")
-    return lines
+    if target.name == "c" and args.output is not None and result is not None:
+        lines.append(target.sizes(Path(args.output), result.mlp))
+    return [line for line in lines if line]
 
 
 def check_options(args: argparse.Namespace) -> None:
     """Numbers argparse accepts but the compiler cannot use."""
+    if args.c_self_test and (args.c_self_test < 0 or args.c_self_test > 10000):
+        raise CompileError(f"--c-self-test {args.c_self_test}: give a number of vectors "
+                           "from 1 to 10000")
+    if args.c_self_test and args.output is not None and \
+            target_for(args.output, args.target).name != "c":
+        raise CompileError("--c-self-test embeds vectors in the C target: give -o FILE.c")
     if args.check < 0:
         raise CompileError(f"--check {args.check}: the number of inputs cannot be negative")
     if args.tolerance is not None and not (math.isfinite(args.tolerance)

@@ -59,7 +59,8 @@ class Comparison:
             text += (f"; against a float64 evaluation of the original: the MLP "
                      f"{self.truth_error:.3g}, the float32 reference "
                      f"{self.reference_truth_error:.3g} (each output may differ from it by the "
-                     f"tolerance{slack}); {self.failures or 0} output values agree with neither")
+                     f"tolerance{slack})" + (f"; {self.failures} output values agree with "
+                                             "neither" if self.failures else ""))
         elif self.truth_note:
             text += f"; {self.truth_note}"
         return text

@@ -7,6 +7,7 @@ it under the user's names and, for ``--check``, builds and runs it (``CModel``).
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -71,11 +72,25 @@ class CTarget(Target):
                     f"({n_in} values). Output: shape {tuple(mlp.output_shape)}, flattened"
                     + (" (logits: the model's final softmax is not applied)"
                        if meta.logits else "") + ".")
-        made = c_source(mlp, prefix, c_paths(final)[1].name, contract)
+        made = c_source(mlp, prefix, c_paths(final)[1].name, contract,
+                        self_test=options.c_self_test)
         Path(path).write_text(made.source)
         header_path.write_text(made.header)
         if made.weights is not None:
             weights_path.write_bytes(made.weights)
+
+    def sizes(self, path: Path, mlp: Mlp) -> str:
+        """What the written code needs, from its header: the weights (flash on a
+        microcontroller) and predict_with's work buffer for one sample (RAM)."""
+        header = c_paths(path)[1].read_text()
+        weights = re.search(r"#define \w+_WEIGHTS_BYTES (\d+)", header)
+        work = re.search(r"_WORK_FLOATS\(batch\) \(\(batch\) <= \d+ \? 2 \* (\d+)", header)
+        if not (weights and work):
+            return ""
+        item = np.dtype(mlp.dtype).itemsize
+        return (f"C: weights {int(weights.group(1)):,} bytes (read-only: flash), work buffer "
+                f"for one sample {2 * int(work.group(1)) * item:,} bytes (RAM); the header "
+                "gives both as macros")
 
     def load(self, mlp: Mlp, path: Path) -> Predictor:
         """Builds the source with the system C compiler and runs it (``--check``)."""

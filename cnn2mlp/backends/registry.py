@@ -39,6 +39,8 @@ class TargetOptions:
     input_range: tuple[float, float] = (0.0, 1.0)
     #: c: the prefix of the generated functions and macros (None: from the file name)
     c_prefix: str | None = None
+    #: c: the self-test vectors to embed (a runtime.c_source.SelfTest), or None
+    c_self_test: Any = None
 
 
 class Predictor:

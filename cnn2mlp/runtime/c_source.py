@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import CompileError
 from ..ir.mlp import Mlp
 from .c_batched import SAMPLES, BatchedLayerWriter
-from .c_layers import Arrays, LayerWriter, c_type
+from .c_layers import Arrays, LayerWriter, c_number, c_type
 from .plan import plan_layers
 
 #: weights above this many bytes go to a binary file read by <prefix>_init
@@ -119,9 +119,11 @@ class CSource:
 
 
 def c_source(mlp: Mlp, prefix: str, header_name: str, contract: str,
-             static_limit: int | None = None, dtype=None) -> CSource:
+             static_limit: int | None = None, dtype=None,
+             self_test: SelfTest | None = None) -> CSource:
     """The C source, header and (for big models: above ``static_limit`` bytes, default
-    STATIC_LIMIT) weights file of ``mlp``, computing in ``dtype`` (default: the MLP's)."""
+    STATIC_LIMIT) weights file of ``mlp``, computing in ``dtype`` (default: the MLP's);
+    with ``self_test``, its vectors and ``<prefix>_self_test()``."""
     static_limit = STATIC_LIMIT if static_limit is None else static_limit
     dtype = np.dtype(mlp.dtype if dtype is None else dtype)
     real = "double" if dtype == np.float64 else "float"
@@ -152,18 +154,47 @@ def c_source(mlp: Mlp, prefix: str, header_name: str, contract: str,
         calls.append(f"            layer{k}({src}, {dst});")
         batched.append(f"        layer{k}_batch({'b' if k % 2 == 0 else 'a'}, {dst});")
     last = "a" if (len(plans) - 1) % 2 == 0 else "b"
-    header = HEADER.format(name=header_name, upper=upper, prefix=prefix, real=real, n_in=n_in, n_out=n_out,
+    sizes = dict(upper=upper, real=real, width=width, samples=SAMPLES, quarter=SAMPLES // 4)
+    header = HEADER.format(name=header_name, prefix=prefix, n_in=n_in, n_out=n_out,
                            contract=contract, init_doc=INIT_DOC_EXTERNAL if external
-                           else INIT_DOC_STATIC)
+                           else INIT_DOC_STATIC, weights_bytes=arrays.nbytes,
+                           self_test=SELF_TEST_DOC.format(
+                               prefix=prefix, n=len(self_test.inputs)) if self_test else "",
+                           **sizes)
     body = SOURCE.format(
-        header=header_name, prefix=prefix, upper=upper, real=real, width=width,
-        mask="int64_t" if real == "double" else "int32_t",
-        samples=SAMPLES, declarations=declarations, functions="\n\n".join(functions),
+        header=header_name, prefix=prefix, mask="int64_t" if real == "double" else "int32_t",
+        declarations=declarations, functions="\n\n".join(functions),
         calls="\n".join(calls), batched="\n".join(batched), last=last,
+        includes=INCLUDES_EXTERNAL if external else INCLUDES_STATIC,
         init=init_external(prefix, arrays, blob) if external else INIT_STATIC.format(
             prefix=prefix),
-        ready="    if (!ready) return -1;\n" if external else "")
+        ready="    if (!ready) return -1;\n" if external else "",
+        self_test=self_test_code(self_test, prefix, upper, real) if self_test else "",
+        **sizes)
     return CSource(body, header, blob)
+
+
+@dataclass
+class SelfTest:
+    """Inputs from the model's domain and what the original computes for them: the vectors
+    ``<prefix>_self_test()`` checks the build against. ``probabilities``: the reference
+    gave the softmax of the outputs (a Keras model whose final softmax was dropped), so the
+    test applies one to the MLP's logits first."""
+
+    inputs: np.ndarray    # (N, n_in)
+    outputs: np.ndarray   # (N, n_out)
+    probabilities: bool = False
+
+
+def self_test_code(test: SelfTest, prefix: str, upper: str, real: str) -> str:
+    dtype = np.float64 if real == "double" else np.float32
+    inputs = np.ascontiguousarray(test.inputs, dtype)
+    outputs = np.ascontiguousarray(test.outputs, dtype)
+    scale = float(np.max(np.abs(outputs), initial=0.0)) or 1.0
+    return SELF_TEST.format(
+        prefix=prefix, upper=upper, real=real, n=len(inputs), inputs=literals(inputs),
+        outputs=literals(outputs), scale=repr(scale),
+        softmax=SOFTMAX.format(upper=upper, real=real) if test.probabilities else "")
 
 
 def external_arrays(arrays: Arrays) -> tuple[str, bytes]:
@@ -205,23 +236,33 @@ extern "C" {{
 /* values per sample */
 #define {upper}_INPUT_SIZE {n_in}
 #define {upper}_OUTPUT_SIZE {n_out}
+/* bytes the weights take (read-only: flash on a microcontroller; in the weights file when
+   the source has none) */
+#define {upper}_WEIGHTS_BYTES {weights_bytes}
+/* values of type {real} predict_with's work buffer needs for `batch` samples, at least
+   {prefix}_work_size(batch); a constant expression for a constant batch, so that
+   `static {real} work[{upper}_WORK_FLOATS(1)];` sizes one at file scope (RAM) */
+#define {upper}_WORK_FLOATS(batch) ((batch) <= {quarter} ? 2 * {width} : 2 * {width} * {samples})
 
 /* {contract} */
 
 {init_doc}
 int {prefix}_init(const char *weights_path);
 
+#ifndef CNN2MLP_NO_MALLOC
 /* Runs `batch` samples: `in` holds batch * {upper}_INPUT_SIZE values, sample after sample;
    `out` receives batch * {upper}_OUTPUT_SIZE. Returns 0, or -1 (not initialized), -2 (no
-   memory for the work buffers), -3 (batch < 0). Reentrant: no state but the weights. */
+   memory for the work buffers), -3 (batch < 0). Reentrant: no state but the weights.
+   Absent with -DCNN2MLP_NO_MALLOC (it allocates its work buffer): use predict_with. */
 int {prefix}_predict(const {real} *in, {real} *out, int batch);
+#endif
 
 /* predict with the work buffer given: `work` holds at least {prefix}_work_size(batch)
    values (allocate it once for the largest batch you run): no memory is taken per call.
    Returns 0, -1 or -3 as predict does. */
 int {prefix}_predict_with(const {real} *in, {real} *out, int batch, {real} *work);
 size_t {prefix}_work_size(int batch);
-
+{self_test}
 #ifdef __cplusplus
 }}
 #endif
@@ -340,9 +381,7 @@ int {prefix}_init(const char *weights_path)
 
 SOURCE = """/* Generated by cnn2mlp: do not edit. See {header} for the interface. */
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+{includes}#include <string.h>
 #include <tgmath.h>
 
 #include "{header}"
@@ -438,6 +477,7 @@ int {prefix}_predict_with(const {real} *in, {real} *out, int batch, {real} *work
     return 0;
 }}
 
+#ifndef CNN2MLP_NO_MALLOC
 int {prefix}_predict(const {real} *in, {real} *out, int batch)
 {{
     {real} *work;
@@ -449,4 +489,65 @@ int {prefix}_predict(const {real} *in, {real} *out, int batch)
     free(work);
     return code;
 }}
+#endif
+{self_test}"""
+
+#: the C library's allocator and stdio: only predict (malloc) and a weights file's init
+#: (fopen) use them, and -DCNN2MLP_NO_MALLOC leaves predict out
+INCLUDES_STATIC = """#ifndef CNN2MLP_NO_MALLOC
+#include <stdlib.h>
+#endif
+"""
+INCLUDES_EXTERNAL = """#ifdef CNN2MLP_NO_MALLOC
+#error "this model's weights are in a .weights file, which init reads with malloc and fopen: \
+compile the model with its weights in the source for -DCNN2MLP_NO_MALLOC"
+#endif
+#include <stdio.h>
+#include <stdlib.h>
+"""
+
+SELF_TEST_DOC = """/* Runs the {n} inputs embedded at compile time (drawn from the model's input domain) and
+   compares with what the original model computed for them (its own runtime, as --check
+   does): returns the largest |got - expected| over the largest |expected| of the vectors.
+   0 when exact; about 1e-6 is float rounding; above 1e-4 the build does not compute what
+   the original does. Never negative: a NaN or infinite output, a failing predict (init
+   not called) or any other failure returns +INFINITY, so `if (!(e <= 1e-4f))` catches
+   every failure. Not reentrant (a static work buffer of {prefix}_work_size(1) values). */
+float {prefix}_self_test(void);
+"""
+
+SELF_TEST = """
+static const {real} self_test_in[{n} * {upper}_INPUT_SIZE] = {{
+{inputs}
+}};
+static const {real} self_test_out[{n} * {upper}_OUTPUT_SIZE] = {{
+{outputs}
+}};
+
+float {prefix}_self_test(void)
+{{
+    static {real} work[{upper}_WORK_FLOATS(1)];
+    {real} out[{upper}_OUTPUT_SIZE];
+    {real} worst = 0, d;  /* in the model's type: no double arithmetic on a float-only FPU */
+    int s, i;
+    for (s = 0; s < {n}; s++) {{
+        if ({prefix}_predict_with(self_test_in + (size_t)s * {upper}_INPUT_SIZE, out, 1, work) != 0)
+            return (float)INFINITY;
+{softmax}        for (i = 0; i < {upper}_OUTPUT_SIZE; i++) {{
+            d = fabs(out[i] - self_test_out[(size_t)s * {upper}_OUTPUT_SIZE + i]);
+            if (!(d - d == 0)) return (float)INFINITY;  /* NaN or infinite */
+            if (d > worst) worst = d;
+        }}
+    }}
+    return (float)(worst / ({real}){scale});
+}}
+"""
+
+#: the reference gave probabilities: the MLP's logits through a softmax first
+SOFTMAX = """        {{
+            {real} top = out[0], sum = 0;
+            for (i = 1; i < {upper}_OUTPUT_SIZE; i++) if (out[i] > top) top = out[i];
+            for (i = 0; i < {upper}_OUTPUT_SIZE; i++) {{ out[i] = exp(out[i] - top); sum += out[i]; }}
+            for (i = 0; i < {upper}_OUTPUT_SIZE; i++) out[i] /= sum;
+        }}
 """

@@ -433,6 +433,10 @@ MUTANTS: list[tuple[str, str, str, str]] = [
      "np.isfinite(scale) & np.isfinite(offset)"),
     ("c engine: a cached library's digest not compared", "cnn2mlp/runtime/c_engine.py",
      "return file_digest(library) == recorded", "return True"),
+    ("c: a NaN in the self-test's outputs passes", "cnn2mlp/runtime/c_source.py",
+     "if (!(d - d == 0)) return (float)INFINITY;", "if (d > 1e30f) return (float)INFINITY;"),
+    ("c: predict kept under CNN2MLP_NO_MALLOC", "cnn2mlp/runtime/c_source.py",
+     "#ifndef CNN2MLP_NO_MALLOC\nint {prefix}_predict(const", "#if 1\nint {prefix}_predict(const"),
 ]
 
 
