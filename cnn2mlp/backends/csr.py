@@ -250,8 +250,9 @@ def read_layer(npz: SafeNpz, i: int, n_in: int,
 class CsrModel:
     """A compiled MLP ready to run: ``predict(x)`` with x shaped ``(B, *input_shape)``.
 
-    ``engine`` says what runs it: "numba" (compiled, multi-threaded) when numba is
-    installed, else "scipy"; ``threads`` defaults to ``CNN2MLP_THREADS`` or all cores."""
+    ``engine`` says what runs it (``runtime.make_engine``: the model's C code where a C
+    compiler is found, else numba, else scipy); ``threads`` defaults to
+    ``CNN2MLP_THREADS`` or all cores."""
 
     def __init__(self, mlp: Mlp, meta: dict[str, Any] | None = None,
                  threads: int | None = None, engine: str | None = None) -> None:
@@ -368,4 +369,10 @@ class CsrTarget(Target):
         save_csr(mlp, path, provenance)
 
     def load(self, mlp: Mlp, path: Path) -> CsrModel:
-        return load(path)
+        """The written file for --check, on a Python engine (``$CNN2MLP_ENGINE`` if set):
+        the check is of the file's numbers, and building its C code would add seconds to a
+        minute to every compile (the c engine is tested against the others)."""
+        from ..runtime import available_engines
+        from ..runtime.engine import ENGINE_VARIABLE
+
+        return load(path, engine=os.environ.get(ENGINE_VARIABLE) or available_engines()[0])

@@ -89,36 +89,48 @@ def machine_key(compiler: str) -> str:
 
 
 class BuiltModel:
-    """The MLP's C source built in one precision, and loaded."""
+    """The MLP's C source built in one precision, and loaded. The cache key is made from
+    the MLP's arrays (a digest), the generator's own source, the compiler, the flags and
+    the CPU, so a load whose library is cached generates no C source at all."""
+
+    #: how many C sources this process generated (the tests count cache hits with it)
+    generated = 0
 
     def __init__(self, mlp, dtype) -> None:
         compiler = find_compiler() or "cc"  # the engine checked there is one
-        # every weight in the weights file: the source stays small, and quick to compile
-        made = c_source(mlp, PREFIX, f"{PREFIX}.h", "see cnn2mlp's C target", static_limit=0,
-                        dtype=dtype)
         digest = hashlib.sha256()
-        for part in (made.source.encode(), made.header.encode(), made.weights or b"",
-                     machine_key(compiler).encode()):
-            digest.update(hashlib.sha256(part).digest())
+        for part in (mlp_digest(mlp), generator_digest(), machine_key(compiler),
+                     np.dtype(dtype).name):
+            digest.update(hashlib.sha256(part.encode()).digest())
         key = digest.hexdigest()[:32]
         cache, temporary = c_cache_dir()
         try:
-            self.library = self.load(made, cache, key, dtype)
+            self.library = self.load(mlp, cache, key, dtype)
         except PermissionError:  # a private cache folder that cannot be written
             if temporary:
                 raise
             cache, temporary = Path(tempfile.mkdtemp(prefix="cnn2mlp-c-")), True
-            self.library = self.load(made, cache, key, dtype)
+            self.library = self.load(mlp, cache, key, dtype)
         if temporary:  # loaded, and the weights read: nothing in it is needed any more
             shutil.rmtree(cache, ignore_errors=True)
 
-    def load(self, made, cache: Path, key: str, dtype) -> CLibrary:
+    @classmethod
+    def source(cls, mlp, dtype):
+        """The C source the engine builds: every weight in the weights file, so that the
+        source stays small and quick to compile."""
+        cls.generated += 1
+        return c_source(mlp, PREFIX, f"{PREFIX}.h", "see cnn2mlp's C target", static_limit=0,
+                        dtype=dtype)
+
+    def load(self, mlp, cache: Path, key: str, dtype) -> CLibrary:
         """The cached library, built first if it is missing or is not what was built (its
-        SHA-256 is kept beside it: a junk, truncated or replaced file is built again)."""
+        SHA-256 is kept beside it: a junk, truncated or replaced file is built again; the
+        weights file is checked by the library's own init)."""
         library, weights = cache / f"{key}.so", cache / f"{key}.weights"
-        if not intact(library):
+        if not (intact(library) and weights.is_file()):
+            made = self.source(mlp, dtype)
             self.build(made, cache, library, weights)
-        return CLibrary(library, PREFIX, dtype, weights if made.weights else None)
+        return CLibrary(library, PREFIX, dtype, weights if weights.is_file() else None)
 
     @staticmethod
     def build(made, cache: Path, library: Path, weights: Path) -> None:
@@ -143,6 +155,34 @@ class BuiltModel:
             staged.write_text(file_digest(built))
             os.replace(staged, digest_path(library))
             os.replace(built, library)
+
+
+def mlp_digest(mlp) -> str:
+    """A SHA-256 of everything the MLP computes with: shapes, every layer's CSR arrays,
+    biases and activations (numpy hashes the buffers at memory speed)."""
+    digest = hashlib.sha256(repr((tuple(mlp.input_shape), tuple(mlp.output_shape))).encode())
+    for layer in mlp.layers:
+        weight = layer.weight
+        digest.update(repr((weight.shape, str(weight.dtype), layer.activation, layer.alpha,
+                            layer.segments, layer.carried, layer.input_blocks)).encode())
+        for array in (weight.data, weight.indices, weight.indptr, layer.bias):
+            array = np.ascontiguousarray(array)
+            digest.update(str(array.dtype).encode())
+            digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def generator_digest() -> str:
+    """A SHA-256 of the code that writes and plans the C source (every module of the
+    runtime, and the activation catalogue whose C expressions it uses): a change to any
+    of them makes new cache keys, so no library built by older code is loaded."""
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(here.glob("*.py")) + [here.parent / "ir" / "activations.py"]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def digest_path(library: Path) -> Path:

@@ -3,14 +3,16 @@
 An engine is a class with a ``name`` that runs the plan (``plan.py``) of each layer; engine
 modules register theirs with :func:`register_engine` when imported: ``numba_engine`` (the
 compiled kernels, the ``fast`` extra), ``scipy_engine`` (always there) and ``c_engine``
-(the model's C code built for this machine; needs a C compiler, chosen by name only: its
-first load of a model builds for seconds to a minute). All give the same results up to
-float rounding, for any thread count.
+(the model's C code built for this machine; needs a C compiler). A load without an
+engine runs ``CNN2MLP_ENGINE`` if set, else the C code where a C compiler is found (built
+once and cached; a build that fails says why in one line and falls back), else numba, else
+scipy. All give the same results up to float rounding, for any thread count.
 """
 from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 import numpy as np
 
@@ -22,8 +24,11 @@ from .plan import LayerPlan, plan_layers
 ENGINES: dict[str, type["Engine"]] = {}
 #: the engine modules
 ENGINE_MODULES = {"numba": ".numba_engine", "scipy": ".scipy_engine", "c": ".c_engine"}
-#: the engines a load without ``engine`` tries, in this order
+#: the Python engines a load without ``engine`` falls back to, in this order (before them:
+#: "c", where a C compiler is found)
 DEFAULT_ORDER = ("numba", "scipy")
+#: the environment variable that chooses the engine of a load without ``engine``
+ENGINE_VARIABLE = "CNN2MLP_ENGINE"
 
 
 def register_engine(cls: type["Engine"]) -> type["Engine"]:
@@ -109,18 +114,37 @@ def checked_threads(threads: int | None) -> int:
 
 
 def make_engine(mlp: Mlp, engine: str | None = None, threads: int | None = None) -> Engine:
-    """The first of DEFAULT_ORDER available (``engine`` forces one: "numba", "scipy" or
-    "c")."""
-    if engine is not None and engine not in ENGINE_MODULES:
-        raise ValueError(f"unknown engine {engine!r}: {', '.join(ENGINE_MODULES)}")
+    """``engine`` ("c", "numba" or "scipy"), else ``$CNN2MLP_ENGINE``, else the default:
+    the C engine where a C compiler is found, falling back (with one line on stderr saying
+    why) to the first of DEFAULT_ORDER installed if its build fails."""
+    chosen = engine if engine is not None else (os.environ.get(ENGINE_VARIABLE) or None)
+    if chosen is not None and chosen not in ENGINE_MODULES:
+        where = "engine=" if engine is not None else f"{ENGINE_VARIABLE}="
+        raise ValueError(f"unknown engine {where}{chosen!r}: {', '.join(ENGINE_MODULES)}")
     threads = checked_threads(threads)
-    if engine is not None:
+    if chosen is not None:
         try:
-            return load_engine(engine)(mlp, threads)
+            return load_engine(chosen)(mlp, threads)
         except ImportError:
             raise ValueError(f"the numba engine needs numba: {install_hint('fast')}") \
                 from None
-    return load_engine(available_engines()[0])(mlp, threads)
+    fallback = available_engines()[0]
+    from .c_build import find_compiler
+
+    if find_compiler() is not None:
+        try:
+            return load_engine("c")(mlp, threads)
+        except Exception as exc:  # noqa: BLE001 — a default load never fails on the build
+            say_fallback(exc, fallback)
+    return load_engine(fallback)(mlp, threads)
+
+
+def say_fallback(exc: BaseException, fallback: str) -> None:
+    lines = str(exc).strip().splitlines()
+    why = lines[0][:300] if lines else type(exc).__name__
+    print(f"cnn2mlp: the c engine could not build this model ({why}); running it on "
+          f"{fallback} (engine='{fallback}' or {ENGINE_VARIABLE}={fallback} skips the try)",
+          file=sys.stderr, flush=True)
 
 
 def features_by_batch(x: np.ndarray) -> np.ndarray:
