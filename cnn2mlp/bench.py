@@ -44,6 +44,7 @@ import numpy as np
 
 from ._io import check_writable, destination, staged_path
 from .errors import CompileError, install_hint
+from .runtime import engine as runtime_engine
 
 
 @dataclass
@@ -53,6 +54,8 @@ class Row:
     median_ms: float
     weights_bytes: int | None
     max_diff: float | None
+    #: an engine running the original CNN (onnxruntime, OpenVINO, OpenCV's dnn, Keras)
+    cnn: bool = False
 
     @property
     def per_second(self) -> float:
@@ -70,6 +73,69 @@ def median_ms(run: Callable[[], object], repeats: int, budget: float = 2.0) -> f
     return float(np.median(times)) * 1e3
 
 
+#: how a row that runs the original CNN is labelled
+CNN_MARK = " (CNN)"
+
+
+def other_cnn_engines(model: Path, threads: int) -> list[tuple[str, Callable, None]]:
+    """The CNN engines a user would pick instead of onnxruntime, when installed (the
+    ``bench`` extra: OpenVINO; the ``opencv`` extra: OpenCV's dnn module), on an ONNX
+    model, with ``threads`` threads."""
+    from .frontends import model_kind
+
+    if model_kind(model) != "onnx":
+        return []
+    engines = []
+    for make in (openvino_runner, opencv_dnn_runner):
+        try:
+            engines.append((*make(model, threads), None))
+        except ImportError:
+            continue
+        except Exception as exc:  # noqa: BLE001 — an engine that cannot run it is a note
+            lines = str(exc).strip().splitlines()
+            print(f"note: {make.__doc__.split(':')[0]} skipped: "
+                  f"{lines[0][:200] if lines else type(exc).__name__}", file=sys.stderr)
+    return engines
+
+
+def openvino_runner(model: Path, threads: int) -> tuple[str, Callable]:
+    """OpenVINO on the CNN: f32, the latency hint, ``threads`` threads; compiled once per
+    batch size (a model with a fixed batch is reshaped to it)."""
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+              "INFERENCE_PRECISION_HINT": "f32"}
+    compiled: dict[tuple[int, ...], object] = {}
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if x.shape not in compiled:
+            network = core.read_model(str(model))
+            network.reshape({network.inputs[0].any_name: ov.PartialShape(list(x.shape))})
+            compiled[x.shape] = core.compile_model(network, "CPU", config)
+        net = compiled[x.shape]
+        return np.asarray(net(x)[net.output(0)])
+
+    return f"OpenVINO {ov.__version__.split('-')[0]}" + CNN_MARK, run
+
+
+def opencv_dnn_runner(model: Path, threads: int) -> tuple[str, Callable]:
+    """OpenCV's dnn module on the CNN: its default backend on the CPU, ``threads``
+    threads."""
+    import cv2
+
+    if not hasattr(cv2, "dnn"):
+        raise ImportError("cv2 without dnn")
+    cv2.setNumThreads(threads)
+    net = cv2.dnn.readNetFromONNX(str(model))
+
+    def run(x: np.ndarray) -> np.ndarray:
+        net.setInput(np.ascontiguousarray(x))
+        return np.asarray(net.forward())
+
+    return f"OpenCV {cv2.__version__} dnn" + CNN_MARK, run
+
+
 def original_runner(model: Path, threads: int) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
     from .frontends import model_kind
 
@@ -83,7 +149,7 @@ def original_runner(model: Path, threads: int) -> tuple[str, Callable[[np.ndarra
         options.log_severity_level = 3
         session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        return "onnxruntime (CNN)", lambda x: session.run(None, {name: x})[0]
+        return "onnxruntime" + CNN_MARK, lambda x: session.run(None, {name: x})[0]
     if kind == "keras":
         return keras_call(model, threads)
     raise CompileError(f"{model}: bench runs ONNX and Keras models")
@@ -103,7 +169,7 @@ def keras_call(model: Path, threads: int) -> tuple[str, Callable[[np.ndarray], n
     except RuntimeError:
         pass
     call = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
-    return "keras (CNN, tf.function)", lambda x: call(tf.constant(x)).numpy()
+    return "keras, tf.function" + CNN_MARK, lambda x: call(tf.constant(x)).numpy()
 
 
 def load_kernel_module(path: Path):
@@ -131,7 +197,11 @@ def bench(model: Path, artifact: Path | None, batches: Sequence[int], threads: i
                   + l.bias.nbytes for l in runtime.layers)
     label, original = original_runner(model, threads)
     engines: list[tuple[str, Callable, int | None]] = [
-        (label, original, None), (f"cnn2mlp ({runtime.engine})", runtime.predict, weights)]
+        (label, original, None), *other_cnn_engines(model, threads),
+        (f"cnn2mlp ({runtime.engine}, default)", runtime.predict, weights)]
+    if runtime.engine != "numba" and "numba" in runtime_engine.available_engines():
+        numba_runtime = cnn2mlp.load(artifact, threads=threads, engine="numba")
+        engines.append(("cnn2mlp (numba)", numba_runtime.predict, weights))
     if runtime.engine != "scipy":  # without numba the first row is the scipy engine already
         engines.append(("cnn2mlp (scipy)", scipy_runtime.predict, weights))
     engines.append(("kernel-py (numpy)", kernel.predict, weights))
@@ -146,12 +216,13 @@ def bench(model: Path, artifact: Path | None, batches: Sequence[int], threads: i
         reference = np.asarray(original(x)).reshape(batch, -1)
         for name, run, size in engines:
             got = np.asarray(run(x)).reshape(batch, -1)
-            if dropped and run is not original:
+            if dropped and not name.endswith(CNN_MARK):
                 from .references import softmax
 
                 got = softmax(got)
             diff = None if run is original else float(np.abs(got - reference).max())
-            rows.append(Row(name, batch, median_ms(lambda run=run, x=x: run(x), repeats), size, diff))
+            rows.append(Row(name, batch, median_ms(lambda run=run, x=x: run(x), repeats), size,
+                            diff, cnn=name.endswith(CNN_MARK)))
     return rows, runtime
 
 
@@ -211,15 +282,31 @@ def opencv_engine(model: Path, workdir: Path) -> list:
 
 
 def format_rows(rows: list[Row]) -> str:
+    """The table: each row's time against the original's runtime and against the fastest
+    engine running the CNN at that batch (the one a user would pick instead)."""
     lines = [f"{'engine':<30} {'batch':>5} {'median ms':>10} {'samples/s':>11} "
-             f"{'weights MiB':>12} {'max |diff|':>11} {'vs original':>12}"]
+             f"{'weights MiB':>12} {'max |diff|':>11} {'vs original':>12} "
+             f"{'vs fastest CNN':>15}"]
     base = {r.batch: r.median_ms for r in rows if r.max_diff is None}
+    fastest = fastest_cnn(rows)
     for r in rows:
         size = "" if r.weights_bytes is None else f"{r.weights_bytes / 2**20:.2f}"
         diff = "" if r.max_diff is None else f"{r.max_diff:.2g}"
         lines.append(f"{r.engine:<30} {r.batch:>5} {r.median_ms:>10.3f} {r.per_second:>11,.0f} "
-                     f"{size:>12} {diff:>11} {ratio(r.median_ms / base[r.batch]):>12}")
+                     f"{size:>12} {diff:>11} {ratio(r.median_ms / base[r.batch]):>12} "
+                     f"{ratio(r.median_ms / fastest[r.batch].median_ms):>15}")
+    for batch, row in fastest.items():
+        lines.append(f"fastest CNN engine at batch {batch}: {row.engine}")
     return "\n".join(lines)
+
+
+def fastest_cnn(rows: list[Row]) -> dict[int, Row]:
+    """The fastest row running the CNN, per batch."""
+    best: dict[int, Row] = {}
+    for r in rows:
+        if r.cnn and (r.batch not in best or r.median_ms < best[r.batch].median_ms):
+            best[r.batch] = r
+    return best
 
 
 def ratio(value: float) -> str:

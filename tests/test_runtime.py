@@ -145,9 +145,10 @@ def test_bench_command_on_the_example_model(tmp_path, capsys):
                  "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
     for engine in ("onnxruntime (CNN)", "cnn2mlp (scipy)", "kernel-py (numpy)"):
-        assert out.count(engine) == 2, out
+        assert sum(line.startswith(engine) for line in out.splitlines()) == 2, out
     rows = [line.split() for line in out.splitlines() if line.startswith("cnn2mlp (")]
-    assert all(float(row[-2]) < 1e-4 for row in rows)  # max |diff|: the MLP is the model
+    assert all(float(row[-3]) < 1e-4 for row in rows)  # max |diff|: the MLP is the model
+    assert "vs fastest CNN" in out and "fastest CNN engine at batch 4:" in out
     assert plot.stat().st_size > 10_000
 
 
@@ -161,7 +162,7 @@ def test_bench_command_on_a_keras_model(tmp_path, capsys):
     assert main([str(tmp_path / "m.keras"), "--batch", "2", "--repeats", "3"]) == 0
     out = capsys.readouterr().out
     # Keras is timed as a deployment calls it (a tf.function), not through predict()
-    assert "keras (CNN, tf.function)" in out and "cnn2mlp (scipy)" in out
+    assert "keras, tf.function (CNN)" in out and "cnn2mlp (scipy)" in out
 
 
 def test_bench_without_numba_prints_the_scipy_engine_once(capsys, monkeypatch):
@@ -169,10 +170,11 @@ def test_bench_without_numba_prints_the_scipy_engine_once(capsys, monkeypatch):
     from cnn2mlp.runtime import engine
 
     monkeypatch.setattr(engine, "available_engines", lambda: ["scipy"])
+    monkeypatch.setenv("CNN2MLP_ENGINE", "scipy")
     assert main([str(ROOT / "examples" / "small_cnn.onnx"), "--batch", "1,2",
                  "--repeats", "3"]) == 0
     out = capsys.readouterr().out
-    assert out.count("cnn2mlp (scipy)") == 2 and "numba" not in out
+    assert out.count("cnn2mlp (scipy") == 2 and "numba" not in out
 
 
 def test_bench_plot_without_matplotlib_fails_before_timing(capsys, monkeypatch):
@@ -446,3 +448,24 @@ def test_threaded_and_serial_kernels_have_their_own_cache_entries():
         names = {threaded.py_func.__qualname__, serial.py_func.__qualname__}
         assert len(names) == 2, names
         assert threaded.targetoptions.get("parallel") and not serial.targetoptions.get("parallel")
+
+
+def test_bench_times_the_cnn_engines_a_user_would_pick_instead(capsys):
+    """OpenVINO and OpenCV's dnn on the CNN, when installed, next to onnxruntime; every
+    row's time against the fastest of them."""
+    pytest.importorskip("openvino", reason="install the bench extra")
+    pytest.importorskip("cv2", reason="install the opencv extra")
+    from cnn2mlp.bench import fastest_cnn, main
+
+    assert main([str(ROOT / "examples" / "small_cnn.onnx"), "--batch", "2",
+                 "--repeats", "3"]) == 0
+    out = capsys.readouterr().out
+    cnn_rows = [line for line in out.splitlines() if "(CNN)" in line and " 2 " in line]
+    assert any(line.startswith("OpenVINO") for line in cnn_rows), out
+    assert any(line.startswith("OpenCV") and "dnn" in line for line in cnn_rows), out
+    for line in cnn_rows:
+        if not line.startswith("onnxruntime"):
+            assert float(line.split()[-3]) < 1e-4  # each CNN engine agrees with onnxruntime
+    fastest = out.split("fastest CNN engine at batch 2: ")[1].splitlines()[0]
+    assert fastest.endswith("(CNN)")
+    assert fastest_cnn([]) == {}

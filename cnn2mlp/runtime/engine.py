@@ -128,15 +128,14 @@ def make_engine(mlp: Mlp, engine: str | None = None, threads: int | None = None)
         except ImportError:
             raise ValueError(f"the numba engine needs numba: {install_hint('fast')}") \
                 from None
-    fallback = available_engines()[0]
     from .c_build import find_compiler
 
-    if find_compiler() is not None:
+    if find_compiler() is not None:  # numba is not even imported then (a quarter second)
         try:
             return load_engine("c")(mlp, threads)
         except Exception as exc:  # noqa: BLE001 — a default load never fails on the build
-            say_fallback(exc, fallback)
-    return load_engine(fallback)(mlp, threads)
+            say_fallback(exc, available_engines()[0])
+    return load_engine(available_engines()[0])(mlp, threads)
 
 
 def say_fallback(exc: BaseException, fallback: str) -> None:
