@@ -437,6 +437,13 @@ MUTANTS: list[tuple[str, str, str, str]] = [
      "if (!(d - d == 0)) return (float)INFINITY;", "if (d > 1e30f) return (float)INFINITY;"),
     ("c: predict kept under CNN2MLP_NO_MALLOC", "cnn2mlp/runtime/c_source.py",
      "#ifndef CNN2MLP_NO_MALLOC\nint {prefix}_predict(const", "#if 1\nint {prefix}_predict(const"),
+    ("structured: grouped kernels not shifted to their channels", "cnn2mlp/ir/structured.py",
+     "shifts = (np.arange(n_out, dtype=INDEX) // per_group) * (c_group * n_pix)",
+     "shifts = (np.arange(n_out, dtype=INDEX) // per_group) * 0"),
+    ("structured: any row scaling taken as per kernel", "cnn2mlp/ir/structured.py",
+     "if np.all(per_pair == per_pair[:, :1]):", "if True:"),
+    ("structured: any row selection taken as a grid", "cnn2mlp/ir/structured.py",
+     "if np.array_equal(kept, np.outer(kernels, bases)):", "if True:"),
 ]
 
 

@@ -1,0 +1,216 @@
+"""The structured weight type (ir/structured.py) against scipy CSR on random convolutions:
+strides, dilations, groups, padding and borders, 1D and 2D, float32 and float64. Every
+operation a pass needs gives the matrix CSR gives, and keeps the structure where it can."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cnn2mlp.errors import CompileError
+from cnn2mlp.ir.conv_matrix import conv_matrix
+from cnn2mlp.ir.precision import working_precision
+from cnn2mlp.ir.structured import (CopyRuns, CsrRows, ProductGroup, StructuredMatrix,
+                                   conv_structured)
+from cnn2mlp.testing.strategies import conv_geometries, input_shapes
+
+
+@st.composite
+def convolutions(draw):
+    """(structured, CSR, output shape) of one random convolution, random weights with
+    negative values and non-zero biases."""
+    in_shape = draw(input_shapes(ranks=(1, 2), max_channels=4, min_size=3, max_size=8))
+    geo = draw(conv_geometries(in_shape))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    c_group = in_shape[0] // geo["group"]
+    kernel = rng.uniform(-1, 1, (geo["out_channels"], c_group) + geo["kernel_shape"])
+    bias = rng.uniform(-1, 1, geo["out_channels"])
+    nd = len(in_shape) - 1
+    pads = geo["pads"]
+    structured, s_bias, shape = conv_structured(kernel, bias, in_shape, geo["strides"], pads,
+                                                geo["dilations"], geo["group"], dtype)
+    with working_precision(np.dtype(dtype)):  # conv_matrix builds in the working precision
+        csr, c_bias, c_shape = conv_matrix(kernel, bias, in_shape, geo["strides"], pads,
+                                           geo["dilations"], geo["group"])
+    assert tuple(shape) == tuple(c_shape) and len(pads) == 2 * nd
+    assert csr.dtype == dtype and s_bias.dtype == dtype
+    np.testing.assert_array_equal(s_bias, c_bias)
+    return structured, sp.csr_array(csr, dtype=dtype), rng
+
+
+def same(a: sp.csr_array, b: sp.csr_array) -> None:
+    """Equal entries, up to the rounding of a float32 product (exactly where no
+    arithmetic happened: float64 both)."""
+    assert a.shape == b.shape
+    bar = 1e-12 if a.dtype == b.dtype == np.float64 else 1e-6
+    difference = abs(sp.csr_array(a, dtype=np.float64) - sp.csr_array(b, dtype=np.float64))
+    largest = abs(b).max() if b.nnz else 0.0
+    assert (difference.max() if difference.nnz else 0.0) <= bar * max(1.0, largest)
+
+
+@given(convolutions())
+def test_a_convolution_is_built_as_the_csr_is(case):
+    structured, csr, _ = case
+    same(structured.to_csr(), csr)
+    assert structured.nnz == csr.nnz
+    assert all(isinstance(p, ProductGroup) for p in structured.parts)
+
+
+@given(convolutions(), st.integers(1, 5))
+def test_apply_matches_csr_in_both_precisions(case, batch):
+    structured, csr, rng = case
+    for dtype in (np.float32, np.float64):
+        h = rng.uniform(-2, 2, (structured.shape[1], batch)).astype(dtype)
+        got = structured.apply(h)
+        assert got.dtype == dtype
+        expected = csr.astype(np.float64) @ h.astype(np.float64)
+        tolerance = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(got, expected, rtol=tolerance, atol=tolerance)
+
+
+@given(convolutions(), st.data())
+def test_row_selection(case, data):
+    structured, csr, rng = case
+    n = structured.shape[0]
+    how = data.draw(st.sampled_from(["stride", "random", "all"]))
+    if how == "stride":
+        keep = np.arange(0, n, data.draw(st.integers(1, 3)))
+    elif how == "random":
+        keep = rng.permutation(n)[:data.draw(st.integers(1, n))]
+    else:
+        keep = np.arange(n)
+    selected = structured.select_rows(keep)
+    same(selected.to_csr(), csr[keep])
+    if how == "all":  # nothing to fall back for
+        assert all(isinstance(p, ProductGroup) for p in selected.parts)
+
+
+@given(convolutions())
+def test_a_strided_selection_of_positions_keeps_groups(case):
+    structured, csr, _ = case
+    first = structured.parts[0]
+    keep = np.sort(first.rows[:, ::2].ravel())  # every kernel at every other position
+    selected = structured.select_rows(keep)
+    same(selected.to_csr(), csr[keep])
+    assert isinstance(selected.parts[0], ProductGroup)
+
+
+@given(convolutions(), st.booleans())
+def test_row_scaling_per_channel_keeps_groups_and_any_scaling_is_exact(case, per_channel):
+    structured, csr, rng = case
+    n_out = structured.shape[0]
+    n_channels = len(structured.parts[0].kernels)
+    if per_channel:  # a BatchNorm after the convolution
+        scale = np.repeat(rng.uniform(-2, 2, n_channels), n_out // n_channels)
+    else:
+        scale = rng.uniform(-2, 2, n_out)
+    scaled = structured.scale_rows(scale)
+    same(scaled.to_csr(), sp.csr_array(sp.diags_array(scale) @ csr))
+    if per_channel:
+        assert all(isinstance(p, ProductGroup) for p in scaled.parts)
+
+
+@given(convolutions(), st.booleans())
+def test_column_scaling(case, per_channel):
+    structured, csr, rng = case
+    n_in = structured.shape[1]
+    scale = rng.uniform(-2, 2, n_in)
+    if per_channel:  # a normalization before the convolution: one scale an input channel
+        scale = np.repeat(scale[:1], n_in) * 1.5
+    scaled = structured.scale_columns(scale)
+    same(scaled.to_csr(), sp.csr_array(csr @ sp.diags_array(scale)))
+    if per_channel:
+        assert all(isinstance(p, ProductGroup) for p in scaled.parts)
+
+
+def test_column_scaling_per_input_channel_keeps_groups():
+    rng = np.random.default_rng(3)
+    kernel = rng.uniform(-1, 1, (4, 2, 3, 3))
+    structured, _, _ = conv_structured(kernel, None, (2, 6, 6), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    scale = np.repeat(rng.uniform(0.5, 2, 2), 36)
+    scaled = structured.scale_columns(scale)
+    assert all(isinstance(p, ProductGroup) for p in scaled.parts)
+    same(scaled.to_csr(), sp.csr_array(structured.to_csr() @ sp.diags_array(scale)))
+
+
+@given(convolutions(), st.booleans())
+def test_column_remapping(case, whole_channels):
+    structured, csr, rng = case
+    n_in = structured.shape[1]
+    if whole_channels:  # the input laid out with its channels in another order
+        new_of_old = np.arange(n_in)
+    else:
+        new_of_old = rng.permutation(n_in)
+    remapped = structured.remap_columns(new_of_old, n_in)
+    expected = sp.csr_array(sp.coo_array((csr.tocoo().data, (csr.tocoo().row,
+                                                            new_of_old[csr.tocoo().col])),
+                                         shape=csr.shape))
+    same(remapped.to_csr(), expected)
+    if whole_channels:
+        assert all(isinstance(p, ProductGroup) for p in remapped.parts)
+
+
+@given(convolutions())
+def test_the_product_with_another_matrix(case):
+    structured, csr, rng = case
+    other = sp.random_array((structured.shape[1], 5), density=0.5, rng=rng, format="csr")
+    product = structured.matmul(other)
+    same(product.to_csr(), sp.csr_array(csr @ other))
+    left = StructuredMatrix.from_csr(sp.random_array((3, structured.shape[0]), density=0.5,
+                                                     rng=rng, format="csr"))
+    same(left.matmul(structured).to_csr(), sp.csr_array(left.to_csr() @ csr))
+
+
+def test_copies_and_csr_rows_add_to_a_group():
+    """A convolution plus its shortcut (copies) plus a leftover row: rows add up."""
+    rng = np.random.default_rng(5)
+    conv, _, _ = conv_structured(rng.uniform(-1, 1, (2, 2, 3)), None, (2, 6), (1,), (1, 1),
+                                 (1,), 1, np.float64)
+    copies = CopyRuns(np.array([0, 6]), np.array([0, 6]), np.array([6, 6]),
+                      np.array([1.0, -0.5]))
+    extra = CsrRows(np.array([3]), sp.csr_array(rng.uniform(-1, 1, (1, 12))))
+    whole = StructuredMatrix(conv.shape, conv.parts + (copies, extra), conv.dtype)
+    expected = conv.to_csr().toarray()
+    expected[np.arange(6), np.arange(6)] += 1.0
+    expected[np.arange(6, 12), np.arange(6, 12)] += -0.5
+    expected[3] += extra.matrix.toarray()[0]
+    np.testing.assert_allclose(whole.to_csr().toarray(), expected)
+    h = rng.uniform(-1, 1, (12, 3))
+    np.testing.assert_allclose(whole.apply(h), expected @ h, rtol=1e-12)
+    assert whole.nnz == conv.nnz + 12 + 12
+    for keep in (np.arange(0, 12, 2), np.array([3, 1, 7])):
+        np.testing.assert_allclose(whole.select_rows(keep).to_csr().toarray(),
+                                   expected[keep])
+    scale = rng.uniform(-1, 1, 12)
+    np.testing.assert_allclose(whole.scale_rows(scale).to_csr().toarray(),
+                               scale[:, None] * expected)
+    np.testing.assert_allclose(whole.scale_columns(scale).to_csr().toarray(),
+                               expected * scale[None, :])
+
+
+def test_stored_bytes_follow_the_parameters_not_the_image():
+    """A 3x3 convolution at 64x64 and at 128x128: the CSR grows fourfold, the stored
+    parts by the bases and rows only (kernels once per border pattern)."""
+    rng = np.random.default_rng(0)
+    kernel = rng.uniform(-1, 1, (16, 16, 3, 3)).astype(np.float32)
+    sizes = []
+    for side in (64, 128):
+        matrix, _, _ = conv_structured(kernel, None, (16, side, side), (1, 1), (1, 1, 1, 1),
+                                       (1, 1), 1)
+        sizes.append((matrix.stored_bytes, matrix.nnz))
+    (small_bytes, small_nnz), (big_bytes, big_nnz) = sizes
+    assert big_nnz > 3.9 * small_nnz
+    assert small_bytes < small_nnz * 8 / 20  # far below CSR's (value + index) per non-zero
+
+
+def test_to_csr_checks_the_size_before_allocating():
+    kernel = np.ones((64, 64, 3, 3), np.float32)
+    matrix, _, _ = conv_structured(kernel, None, (64, 512, 512), (1, 1), (1, 1, 1, 1), (1, 1),
+                                   1)
+    assert matrix.nnz > 9 * 10**9
+    with pytest.raises(CompileError, match="above the limit"):
+        matrix.to_csr(max_bytes=2**30)
