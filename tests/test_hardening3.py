@@ -507,6 +507,10 @@ def test_a_zeroed_channel_gives_opencv_the_right_box(tmp_path):
 def test_a_nan_activation_parameter_needs_allow_non_finite(tmp_path):
     model = small_cnn(tmp_path / "m.onnx", activation="LeakyRelu", alpha=float("nan"))
     assert_clean_refusal(run(model, "-o", tmp_path / "m.npz"), "alpha", "--allow-non-finite")
+    # allowed, it is refused by the .npz writer (cnn2mlp.load would refuse the file)
+    assert_clean_refusal(run(model, "-o", tmp_path / "m.npz", "--allow-non-finite"),
+                         "activation parameter is NaN or infinite")
+    assert not (tmp_path / "m.npz").exists()
 
 
 def test_a_nan_scale_with_opencv_and_check_is_a_clean_refusal(tmp_path):

@@ -366,6 +366,12 @@ class CsrTarget(Target):
         if meta.input_affine is not None or meta.uniform is not None:
             raise CompileError("extract-input-affine and unify-activation prepare a graph for "
                                "the opencv target; leave them out of --passes for csr")
+        alphas = [layer.alpha for layer in mlp.layers] + [
+            a for layer in mlp.layers for *_, a in (layer.segments or ())]
+        if not np.isfinite(alphas).all():  # cnn2mlp.load refuses such a file
+            raise CompileError(f"{provenance.get('source', '')}: an activation parameter is "
+                               "NaN or infinite (a LeakyRelu alpha?), which the .npz format "
+                               "does not hold; fix the model, or write -o FILE.c")
         save_csr(mlp, path, provenance)
 
     def load(self, mlp: Mlp, path: Path) -> CsrModel:
