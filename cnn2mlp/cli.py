@@ -318,9 +318,9 @@ def written_lines(args: argparse.Namespace, target: Target, result=None) -> list
     for path in paths:
         if path is not None and Path(path).exists():
             lines.append(f"wrote {path} ({human_size(Path(path).stat().st_size)})")
-    if target.name == "c" and args.output is not None and result is not None:
-        lines.append(target.sizes(Path(args.output), result.mlp))
-    return [line for line in lines if line]
+    if args.output is not None and result is not None:
+        lines += target.written_notes(Path(args.output), result.mlp)
+    return lines
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -329,7 +329,7 @@ def check_options(args: argparse.Namespace) -> None:
         raise CompileError(f"--c-self-test {args.c_self_test}: give a number of vectors "
                            "from 1 to 10000")
     if args.c_self_test and args.output is not None and \
-            target_for(args.output, args.target).name != "c":
+            not target_for(args.output, args.target).takes_self_test:
         raise CompileError("--c-self-test embeds vectors in the C target: give -o FILE.c")
     if args.check < 0:
         raise CompileError(f"--check {args.check}: the number of inputs cannot be negative")

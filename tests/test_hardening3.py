@@ -58,8 +58,8 @@ def assert_clean_refusal(proc: subprocess.CompletedProcess, *words: str) -> None
 
 # ------------------------------------------------------------------------------ --check
 def test_one_overflowing_output_widens_no_other():
-    """The float32 reference overflows at output 0; the MLP doubles output 1. The float64
-    evaluation's slack is that element's own: output 1 fails."""
+    """The float32 reference overflows at output 0; the MLP doubles output 1. The
+    overflow's infinite error widens no slack: output 1 fails."""
     truth = np.array([[3.5e38, 2.0, -1.0]])
     reference = np.array([[np.inf, 2.0, -1.0]])
     got = np.array([[np.inf, 4.0, -1.0]])
@@ -70,7 +70,7 @@ def test_one_overflowing_output_widens_no_other():
     assert fine.passed
 
 
-def test_float32_noise_is_judged_against_the_float64_truth_per_element():
+def test_float32_noise_is_judged_against_the_float64_truth():
     truth = np.array([[1000.0, 1.0]])
     reference = np.array([[1000.5, 1.0]])   # the float32 reference off by 5e-4
     got = np.array([[999.6, 1.0]])          # the MLP off by 4e-4 the other way
@@ -368,17 +368,9 @@ def test_a_cache_variable_naming_a_file_is_said(tmp_path, monkeypatch):
 
 
 @needs_cc
-@pytest.mark.skipif(hasattr(os, "getuid") and os.getuid() == 0,
-                    reason="root writes a read-only folder")
-def test_a_read_only_cache_falls_back_to_a_removed_temporary_folder(c_cache):
-    c_cache.mkdir(mode=0o500)
-    x = np.ones((2, 5), np.float32)
-    assert c_model(tiny_model()).predict(x).shape == (2, 6)
-
-
-@needs_cc
 def test_a_read_only_cache_falls_back_and_cleans_up(c_cache, monkeypatch):
-    """As root a read-only folder is writable: simulate the PermissionError of a build."""
+    """A private cache folder that cannot be written (simulated: as root, which CI runs as,
+    a read-only folder is writable) gives way to a temporary folder, removed once loaded."""
     import tempfile
 
     from cnn2mlp.runtime import c_engine

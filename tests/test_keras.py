@@ -303,13 +303,14 @@ def test_savedmodel_without_tensorflow_says_which_extra(tmp_path):
 
 
 def test_unknown_layer_class_is_named(tmp_path):
-    model = keras.Sequential([keras.Input((4, 4, 1)), L.LayerNormalization(), L.Flatten()])
+    model = keras.Sequential([keras.Input((4, 4, 1)), L.Conv2D(2, 3, name="conv"),
+                              L.Masking(name="mask"), L.Flatten()])
     model.save(tmp_path / "m.keras")
     proc = subprocess.run([sys.executable, "-m", "cnn2mlp.compile", str(tmp_path / "m.keras"),
                            "-o", str(tmp_path / "m.npz")], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "class LayerNormalization is not supported" in proc.stderr
-    assert "'layer_normalization'" in proc.stderr
+    assert "layer 'mask' (Masking) is not a layer cnn2mlp converts" in proc.stderr
+    assert "--output-tensor conv" in proc.stderr and "supported layers" not in proc.stderr
 
 
 def test_tf_keras_2_files(tmp_path):

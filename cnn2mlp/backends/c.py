@@ -36,6 +36,7 @@ class CTarget(Target):
     name, suffix, kind = "c", ".c", "a C source"
     fusion = "cost"
     replace = {"clip-to-relu": "clip-to-bounded-relu"}
+    takes_self_test = True
 
     def pass_options(self):
         from ..passes.base import PassOptions
@@ -79,18 +80,18 @@ class CTarget(Target):
         if made.weights is not None:
             weights_path.write_bytes(made.weights)
 
-    def sizes(self, path: Path, mlp: Mlp) -> str:
+    def written_notes(self, path: Path, mlp: Mlp) -> list[str]:
         """What the written code needs, from its header: the weights (flash on a
         microcontroller) and predict_with's work buffer for one sample (RAM)."""
         header = c_paths(path)[1].read_text()
         weights = re.search(r"#define \w+_WEIGHTS_BYTES (\d+)", header)
         work = re.search(r"_WORK_FLOATS\(batch\) \(\(batch\) <= \d+ \? 2 \* (\d+)", header)
         if not (weights and work):
-            return ""
+            return []
         item = np.dtype(mlp.dtype).itemsize
-        return (f"C: weights {int(weights.group(1)):,} bytes (read-only: flash), work buffer "
+        return [f"C: weights {int(weights.group(1)):,} bytes (read-only: flash), work buffer "
                 f"for one sample {2 * int(work.group(1)) * item:,} bytes (RAM); the header "
-                "gives both as macros")
+                "gives both as macros"]
 
     def load(self, mlp: Mlp, path: Path) -> Predictor:
         """Builds the source with the system C compiler and runs it (``--check``)."""

@@ -71,6 +71,8 @@ class Target:
     insert_after: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: whether ``--kernel-py`` can write a numpy module that runs this target's file
     runs_in_kernel_module: ClassVar[bool] = False
+    #: whether the file can carry self-test vectors (``--c-self-test``)
+    takes_self_test: ClassVar[bool] = False
 
     def pipeline(self) -> Pipeline:
         """The core pipeline with this target's replacements and insertions."""
@@ -112,6 +114,10 @@ class Target:
 
     def check_output(self, path: Path) -> None:
         """Before any work: refuse an output name this format cannot carry."""
+
+    def written_notes(self, path: Path, mlp: Mlp) -> list[str]:
+        """Lines the CLI prints after writing (what a device needs, for the C target)."""
+        return []
 
     def companions(self, path: str | Path) -> list[Path]:
         """Files a write makes beside ``path`` (a C source's header): written next to the

@@ -18,7 +18,8 @@ to a bias written first and clamping after.
 """
 from __future__ import annotations
 
-from .c_layers import LANES, activation_loop, c_number
+from .c_layers import LANES, activation_loop
+from .c_literals import c_number
 
 #: samples computed together
 SAMPLES = 16

@@ -18,6 +18,7 @@ import numpy as np
 from ..ir.activations import BY_NAME, IDENTITY
 from ..runtime.plan import LayerPlan
 from ..runtime.structure import ProductGroup
+from .c_literals import c_number
 
 #: kernels computed together by a convolution's loop (two AVX vectors of float)
 LANES = 16
@@ -451,18 +452,6 @@ def stored_clamp(plan: LayerPlan) -> tuple[float, float, float] | None:
     if any(len(e) != 1 for e in ends):
         return None
     return tuple(float(e[0]) for e in ends)
-
-
-def c_number(value: float, real: str) -> str:
-    """A float as a C constant of type ``real``, exactly (Python's repr is the shortest
-    string that reads back the same double), infinities and NaN as <math.h>'s macros:
-    the one writer of a scalar float literal."""
-    value = float(value)
-    if np.isnan(value):
-        return f"(({real})NAN)"
-    if np.isinf(value):
-        return f"({'-' if value < 0 else ''}({real})INFINITY)"
-    return f"({real}){value!r}"
 
 
 def activation_loop(real: str, start: int, stop: int, name: str, alpha: float) -> list[str]:

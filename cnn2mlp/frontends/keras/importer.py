@@ -96,14 +96,14 @@ class KerasImporter:
             merge = MERGE_CONVERTERS.get(lay.class_name)
             fn = CONVERTERS.get(lay.class_name)
             if fn is None and merge is None:
-                self.refuse_unknown(lay, tensors)
+                self.refuse_unknown(lay, tensors, last)
             if fn is not None and len(sources) != 1:
                 raise UnsupportedOpError(f"{self.path}: layer {lay.name!r} ({lay.class_name}) "
                                          f"reads {len(sources)} tensors; it takes one")
             try:
                 out = merge(self, lay, sources) if merge else fn(self, lay, sources[0])
             except UnsupportedOpError as exc:
-                hint = self.cut_hint(lay, tensors)
+                hint = self.cut_hint(lay, tensors, last)
                 text = str(exc).rstrip()
                 raise UnsupportedOpError(text + ("" if not hint or text.endswith(".") else ".")
                                          + hint) from exc
@@ -144,7 +144,7 @@ class KerasImporter:
             needed.add(layers[0].name)
         return [lay for lay in layers if lay.name in needed]
 
-    def refuse_unknown(self, lay: Layer, tensors: dict[str, Tensor]) -> None:
+    def refuse_unknown(self, lay: Layer, tensors: dict[str, Tensor], last: str | None) -> None:
         """A layer class no converter handles: why no MLP computes it, where known, and
         the cut that compiles."""
         reason = NO_MLP_FORM.get(lay.class_name)
@@ -154,14 +154,16 @@ class KerasImporter:
             text = ("is not a layer cnn2mlp converts (the README's 'Getting a model in' lists "
                     "the Keras layers it does).")
         raise UnsupportedOpError(f"{self.path}: layer {lay.name!r} ({lay.class_name}) {text}"
-                                 + self.cut_hint(lay, tensors))
+                                 + self.cut_hint(lay, tensors, last))
 
-    def cut_hint(self, lay: Layer, tensors: dict[str, Tensor]) -> str:
+    def cut_hint(self, lay: Layer, tensors: dict[str, Tensor], last: str | None) -> str:
         """' Compile the network up to the layer before it: --output-tensor NAME' for an
-        input of ``lay`` that was converted and is not the model's input, or ''."""
+        input of ``lay`` (the layer before it in a Sequential model) that was converted and
+        is not the model's input, or ''."""
         if self.output_name is not None:
             return ""
-        before = next((n for n in lay.inbound if n in tensors and tensors[n].value != "input"),
+        inputs = lay.inbound or ([last] if last is not None else [])
+        before = next((n for n in inputs if n in tensors and tensors[n].value != "input"),
                       None)
         if before is None:
             return ""
