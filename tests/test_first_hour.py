@@ -205,3 +205,13 @@ def test_the_bench_says_why_it_skips_opencv_in_its_own_terms():
         "--max-dense-bytes 256 MiB; its widest layer is 3x3. The opencv format stores dense "
         "weights: use --target csr (sparse), or raise --max-dense-bytes"))
     assert "--max-dense-bytes" not in why and "256 MiB" in why and why.endswith(")")
+
+
+def test_the_readme_gives_the_npz_format_version_the_writer_writes():
+    import re
+
+    from cnn2mlp.backends.csr import FORMAT_VERSION
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    stated = re.findall(r"a format version \((\d+)\)", readme)
+    assert stated == [str(FORMAT_VERSION)], stated
