@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import CompileError
 from .c_batched import SAMPLES
-from .c_build import CLibrary, build_library, find_compiler
+from .c_build import CLibrary, build_library, build_timeout, find_compiler
 from .c_source import c_source
 from .engine import Engine, register_engine
 from .kernel_cache import untrusted, user_cache_dir
@@ -76,7 +76,7 @@ def machine_key(compiler: str) -> str:
     process."""
     try:
         version = subprocess.run(shlex.split(compiler) + ["--version"], capture_output=True,
-                                 text=True, timeout=30).stdout
+                                 text=True, timeout=min(30.0, build_timeout())).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
     flags = ""
