@@ -95,3 +95,28 @@ def test_a_failing_build_says_so_at_load(monkeypatch):
     with pytest.raises(CompileError,
                        match=r"C compiler .false. failed \(exit status 1\): it printed nothing"):
         CsrModel(one_layer(4), engine="c")
+
+
+def test_a_build_split_into_units_computes_what_one_unit_does(tmp_path, monkeypatch):
+    """The c engine compiles its source as units in parallel (one a core): three units
+    give the same outputs as one, and the library exports only the model's functions."""
+    import subprocess
+
+    model_path = tmp_path / "m.onnx"
+    onnx.save(block_model("dense_block", size=8, seed=2), str(model_path))
+    compile_model(model_path, tmp_path / "m.npz")
+    x = np.random.default_rng(9).uniform(-1, 1, (21, 3, 8, 8)).astype(np.float32)
+    outputs = {}
+    for units in (1, 3):
+        monkeypatch.setattr(c_engine, "build_units", lambda mlp, units=units: units)
+        monkeypatch.setenv("CNN2MLP_C_CACHE", str(tmp_path / f"cache{units}"))
+        model = cnn2mlp.load(tmp_path / "m.npz", engine="c")
+        outputs[units] = model.predict(x)
+        (library,) = (tmp_path / f"cache{units}").glob("*.so")
+        exported = subprocess.run(["nm", "-D", "--defined-only", str(library)],
+                                  capture_output=True, text=True, check=True).stdout
+        names = {line.split()[-1] for line in exported.splitlines() if " T " in line}
+        assert names == {"mlp_init", "mlp_predict", "mlp_predict_with", "mlp_work_size"}
+    np.testing.assert_array_equal(outputs[1], outputs[3])
+    expected = onnx_runner(model_path)(x)
+    assert np.max(np.abs(outputs[3] - expected) / np.maximum(1, np.abs(expected))) < 1e-4

@@ -383,10 +383,10 @@ def test_a_read_only_cache_falls_back_and_cleans_up(c_cache, monkeypatch):
 
     real_build = c_engine.BuiltModel.build
 
-    def refusing(made_source, cache, library, weights):
+    def refusing(made_source, cache, library, weights, units=1):
         if cache == c_cache:
             raise PermissionError(13, "Permission denied")
-        return real_build(made_source, cache, library, weights)
+        return real_build(made_source, cache, library, weights, units)
 
     monkeypatch.setattr(c_engine.tempfile, "mkdtemp", recording)
     monkeypatch.setattr(c_engine.BuiltModel, "build", staticmethod(refusing))

@@ -60,7 +60,7 @@ class BatchedLayerWriter:
 
     def emit(self) -> str:
         r = self.real
-        self.lines = [f"static void layer{self.k}_batch(const {r} *restrict h, {r} *restrict z)",
+        self.lines = [f"LAYER void layer{self.k}_batch(const {r} *restrict h, {r} *restrict z)",
                       "{", "    long i, j;", "    int l;", "    (void)i; (void)j; (void)l;"]
         for kind, part in self.records:
             getattr(self, kind)(**part)

@@ -9,6 +9,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +48,12 @@ def build_timeout() -> float:
 
 
 def build_library(source_path: Path, folder: Path, optimize: str = "-O2",
-                  extra: list[str] | None = None) -> Path:
+                  extra: list[str] | None = None, units: int = 1) -> Path:
     """Compile the C source (its header and weights beside it, as the target writes them)
     into a shared library in ``folder``, and check in a separate process that it loads (a
     library that would kill this process on load, such as one built with
-    ``-fsanitize=address`` through ``CC``, is refused here)."""
+    ``-fsanitize=address`` through ``CC``, is refused here). A source split into ``units``
+    (``c_source(units=...)``) compiles them in parallel, then links them."""
     compiler = find_compiler()
     if compiler is None:
         raise CompileError("building the C target needs a C compiler (cc, gcc or clang; "
@@ -61,27 +63,51 @@ def build_library(source_path: Path, folder: Path, optimize: str = "-O2",
     shutil.copyfile(source_path, folder / "model.c")
     shutil.copyfile(header, folder / included_header(source))
     library = folder / "model.so"
-    command = shlex.split(compiler) + STRICT_FLAGS + [optimize, "-fPIC", "-shared",
-                                                      *(extra or []), "model.c", "-o",
-                                                      library.name, "-lm"]
-    timeout = build_timeout()
-    try:
-        done = subprocess.run(command, cwd=folder, capture_output=True, text=True,
-                              timeout=timeout)
-    except OSError as exc:
-        raise CompileError(f"cannot run the C compiler {compiler!r} ({exc.strerror}); "
-                           "install gcc or set CC") from exc
-    except subprocess.TimeoutExpired:
-        raise CompileError(f"the C compiler {compiler!r} did not finish in {timeout:g} s and "
-                           "was stopped (CNN2MLP_C_BUILD_TIMEOUT sets the limit)") from None
-    if done.returncode != 0:
-        raise CompileError(f"{source_path}: the C compiler {compiler!r} failed (exit status "
-                           f"{done.returncode}): {last_lines(done.stderr or done.stdout)}")
+    cc = shlex.split(compiler)
+    flags = STRICT_FLAGS + [optimize, "-fPIC", *(extra or [])]
+    if units <= 1:
+        run_compilers([cc + flags + ["-shared", "model.c", "-o", library.name, "-lm"]],
+                      folder, compiler, source_path)
+    else:
+        objects = [f"unit{j}.o" for j in range(units)]
+        run_compilers([cc + flags + [f"-DCNN2MLP_UNIT={j}", "-c", "model.c", "-o", objects[j]]
+                       for j in range(units)], folder, compiler, source_path)
+        run_compilers([cc + [*flags[len(STRICT_FLAGS):], "-shared", *objects, "-o",
+                             library.name, "-lm"]], folder, compiler, source_path)
     if not library.is_file() or library.stat().st_size == 0:
         raise CompileError(f"the C compiler {compiler!r} exited 0 but wrote no library "
                            f"({library.name}); set CC to a working C compiler")
     check_loads(library, compiler)
     return library
+
+
+def run_compilers(commands: list[list[str]], folder: Path, compiler: str,
+                  source_path: Path) -> None:
+    """Run the compiler commands at once (one a unit), each within the build timeout; the
+    first failure is reported with the compiler's exit status and last lines."""
+    timeout = build_timeout()
+    try:
+        running = [subprocess.Popen(c, cwd=folder, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True) for c in commands]
+    except OSError as exc:
+        raise CompileError(f"cannot run the C compiler {compiler!r} ({exc.strerror}); "
+                           "install gcc or set CC") from exc
+    deadline = time.monotonic() + timeout
+    try:
+        results = [p.communicate(timeout=max(0.0, deadline - time.monotonic()))
+                   for p in running]
+    except subprocess.TimeoutExpired:
+        raise CompileError(f"the C compiler {compiler!r} did not finish in {timeout:g} s and "
+                           "was stopped (CNN2MLP_C_BUILD_TIMEOUT sets the limit)") from None
+    finally:
+        for p in running:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (out, err) in zip(running, results):
+        if p.returncode != 0:
+            raise CompileError(f"{source_path}: the C compiler {compiler!r} failed (exit "
+                               f"status {p.returncode}): {last_lines(err or out)}")
 
 
 def first_line(exc: BaseException) -> str:

@@ -98,9 +98,10 @@ class BuiltModel:
 
     def __init__(self, mlp, dtype) -> None:
         compiler = find_compiler() or "cc"  # the engine checked there is one
+        self.units = build_units(mlp)
         digest = hashlib.sha256()
         for part in (mlp_digest(mlp), generator_digest(), machine_key(compiler),
-                     np.dtype(dtype).name):
+                     np.dtype(dtype).name, str(self.units)):
             digest.update(hashlib.sha256(part.encode()).digest())
         key = digest.hexdigest()[:32]
         cache, temporary = c_cache_dir()
@@ -114,13 +115,12 @@ class BuiltModel:
         if temporary:  # loaded, and the weights read: nothing in it is needed any more
             shutil.rmtree(cache, ignore_errors=True)
 
-    @classmethod
-    def source(cls, mlp, dtype):
+    def source(self, mlp, dtype):
         """The C source the engine builds: every weight in the weights file, so that the
-        source stays small and quick to compile."""
-        cls.generated += 1
+        source stays small and quick to compile, split into units built in parallel."""
+        BuiltModel.generated += 1
         return c_source(mlp, PREFIX, f"{PREFIX}.h", "see cnn2mlp's C target", static_limit=0,
-                        dtype=dtype)
+                        dtype=dtype, units=self.units)
 
     def load(self, mlp, cache: Path, key: str, dtype) -> CLibrary:
         """The cached library, built first if it is missing or is not what was built (its
@@ -129,11 +129,11 @@ class BuiltModel:
         library, weights = cache / f"{key}.so", cache / f"{key}.weights"
         if not (intact(library) and weights.is_file()):
             made = self.source(mlp, dtype)
-            self.build(made, cache, library, weights)
+            self.build(made, cache, library, weights, self.units)
         return CLibrary(library, PREFIX, dtype, weights if weights.is_file() else None)
 
     @staticmethod
-    def build(made, cache: Path, library: Path, weights: Path) -> None:
+    def build(made, cache: Path, library: Path, weights: Path, units: int = 1) -> None:
         """Build in a temporary folder, then rename the files into place (a library is in
         the cache whole or not at all; its weights file and digest are there before it)."""
         if sys.stderr.isatty():
@@ -146,7 +146,7 @@ class BuiltModel:
             source.parent.mkdir()
             source.write_text(made.source)
             source.with_suffix(".h").write_text(made.header)
-            built = build_library(source, folder, FLAGS[0], FLAGS[1:])
+            built = build_library(source, folder, FLAGS[0], FLAGS[1:], units)
             if made.weights is not None:
                 staged = folder / "weights"
                 staged.write_bytes(made.weights)
@@ -155,6 +155,18 @@ class BuiltModel:
             staged.write_text(file_digest(built))
             os.replace(staged, digest_path(library))
             os.replace(built, library)
+
+
+#: the most units a build is split into (one a core, at most this many)
+MAX_UNITS = 8
+
+
+def build_units(mlp) -> int:
+    """How many units the model's C code is compiled in at once: one a core, and one for
+    a model of one or two layers (a unit of its own would not pay for the link)."""
+    if len(mlp.layers) <= 2:
+        return 1
+    return max(1, min(os.cpu_count() or 1, MAX_UNITS, len(mlp.layers)))
 
 
 def mlp_digest(mlp) -> str:

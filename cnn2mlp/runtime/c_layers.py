@@ -84,7 +84,7 @@ class LayerWriter:
         bias = self.weights("bias", p.bias)
         self.records.append(("bias", {"bias": bias, "n_out": p.n_out,
                                       "clamp": stored_clamp(p)}))
-        self.lines = [f"static void layer{self.k}(const {r} *restrict h, {r} *restrict z)",
+        self.lines = [f"LAYER void layer{self.k}(const {r} *restrict h, {r} *restrict z)",
                       "{", "    int i, j, t;", "    (void)j; (void)t;",
                       f"    for (i = 0; i < {p.n_out}; i++) z[i] = {bias}[i];"]
         if p.dense is not None:

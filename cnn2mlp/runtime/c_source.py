@@ -84,6 +84,21 @@ def check_fits_int32(arrays: Arrays) -> None:
                                f"{int(a.max()):,}: the model is too large for it")
 
 
+def split_units(functions: list[str], units: int) -> str:
+    """The functions one after another, or, with ``units`` > 1, each in the unit of the
+    least code so far (largest first), guarded by ``#if UNIT_IS(j)``."""
+    if units <= 1:
+        return "\n\n".join(functions)
+    sizes = [0] * units
+    chosen = [[] for _ in range(units)]
+    for index in sorted(range(len(functions)), key=lambda i: -len(functions[i])):
+        unit = min(range(units), key=lambda u: (sizes[u], u))
+        sizes[unit] += len(functions[index])
+        chosen[unit].append(index)
+    return "\n\n".join(f"#if UNIT_IS({u})\n" + "\n\n".join(functions[i] for i in sorted(ids))
+                       + "\n#endif" for u, ids in enumerate(chosen) if ids)
+
+
 @dataclass
 class CSource:
     source: str
@@ -93,10 +108,13 @@ class CSource:
 
 def c_source(mlp: Mlp, prefix: str, header_name: str, contract: str,
              static_limit: int | None = None, dtype=None,
-             self_test: SelfTest | None = None) -> CSource:
+             self_test: SelfTest | None = None, units: int = 1) -> CSource:
     """The C source, header and (for big models: above ``static_limit`` bytes, default
     STATIC_LIMIT) weights file of ``mlp``, computing in ``dtype`` (default: the MLP's);
-    with ``self_test``, its vectors and ``<prefix>_self_test()``."""
+    with ``self_test``, its vectors and ``<prefix>_self_test()``. ``units`` > 1 splits the
+    layers into that many units of about equal code, each compiled on its own with
+    ``-DCNN2MLP_UNIT=j`` (unit 0 also holds init and predict): the c engine builds them in
+    parallel. Compiled without it, the source is one whole program as before."""
     static_limit = STATIC_LIMIT if static_limit is None else static_limit
     dtype = np.dtype(mlp.dtype if dtype is None else dtype)
     real = "double" if dtype == np.float64 else "float"
@@ -134,9 +152,15 @@ def c_source(mlp: Mlp, prefix: str, header_name: str, contract: str,
                            self_test=SELF_TEST_DOC.format(
                                prefix=prefix, n=len(self_test.inputs)) if self_test else "",
                            **sizes)
+    if units > 1 and not external:
+        raise ValueError("a source split into units keeps its weights in a file")
+    prototypes = "\n".join(
+        f"LAYER void layer{k}{kind}(const {real} *restrict h, {real} *restrict z);"
+        for k in range(len(plans)) for kind in ("", "_batch"))
     body = SOURCE.format(
         header=header_name, prefix=prefix, mask="int64_t" if real == "double" else "int32_t",
-        declarations=declarations, functions="\n\n".join(functions),
+        declarations=declarations, functions=split_units(functions, units),
+        prototypes=prototypes,
         calls="\n".join(calls), batched="\n".join(batched), last=last,
         includes=INCLUDES_EXTERNAL if external else INCLUDES_STATIC,
         init=init_external(prefix, arrays, blob) if external else INIT_STATIC.format(
@@ -252,11 +276,30 @@ static inline NO_LOOP_VECTORIZE {real} clamp_value({real} z, {real} lo, {real} s
     return v > hi ? hi : v;
 }}
 
+/* A build split into units (the c engine compiles them in parallel): -DCNN2MLP_UNIT=j
+   compiles unit j's layers, unit 0 also init and predict; without it, one program */
+#if defined(CNN2MLP_UNIT)
+#define UNIT_IS(j) (CNN2MLP_UNIT == (j))
+#define LAYER __attribute__((visibility("hidden")))
+#if CNN2MLP_UNIT == 0
+#define SHARED __attribute__((visibility("hidden")))
+#else
+#define SHARED extern __attribute__((visibility("hidden")))
+#endif
+#else
+#define UNIT_IS(j) 1
+#define LAYER static
+#define SHARED static
+#endif
+
 {declarations}
 
-{init}
+{prototypes}
+
 {functions}
 
+#if UNIT_IS(0)
+{init}
 size_t {prefix}_work_size(int batch)
 {{
     return batch <= {samples} / 4 ? (size_t)2 * {width} : (size_t)2 * {width} * {samples};
@@ -305,7 +348,8 @@ int {prefix}_predict(const {real} *in, {real} *out, int batch)
     return code;
 }}
 #endif
-{self_test}"""
+{self_test}#endif
+"""
 
 #: the C library's allocator and stdio: only predict (malloc) and a weights file's init
 #: (fopen) use them, and -DCNN2MLP_NO_MALLOC leaves predict out

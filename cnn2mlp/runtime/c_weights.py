@@ -36,7 +36,7 @@ def external_arrays(arrays: Arrays) -> tuple[str, bytes]:
         offset += pad
         data = a.astype(a.dtype.newbyteorder("<") if a.dtype.kind == "f" else "<i4",
                         copy=False).tobytes()
-        lines.append(f"static const {c_type(a, arrays.real)} *{name}; /* @{offset} */")
+        lines.append(f"SHARED const {c_type(a, arrays.real)} *{name}; /* @{offset} */")
         chunks.append(data)
         offset += len(data)
     return "\n".join(lines), b"".join(chunks)
