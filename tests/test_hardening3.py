@@ -544,3 +544,28 @@ def test_compile_model_api_refuses_a_range_past_float32(tmp_path):
         compile_model(model, tmp_path / "m.npz", input_range=(0.0, 1e35))
     assert not (tmp_path / "m.npz").exists()
     assert stat.S_ISREG(model.stat().st_mode)
+
+
+@needs_cc
+def test_batches_above_the_c_int_are_split_not_wrapped(c_cache, monkeypatch):
+    """The C functions take the batch as an int: a larger one goes in parts (shown with
+    the limit lowered to 5: a batch of 13 runs as 5 + 5 + 3, and gives what one call does)."""
+    from cnn2mlp.runtime import c_build
+
+    mlp = tiny_model()
+    x = np.random.default_rng(2).normal(size=(13, 5)).astype(np.float32)
+    whole = c_model(mlp).predict(x)
+    calls = []
+    library = c_model(mlp)._engine.built(np.float32).library
+    real_run = library._run
+
+    def counting(x_pointer, out_pointer, batch, work):
+        calls.append(batch)
+        return real_run(x_pointer, out_pointer, batch, work)
+
+    monkeypatch.setattr(c_build, "MAX_BATCH", 5)
+    monkeypatch.setattr(library, "_run", counting)
+    out = np.empty((13, 6), np.float32)
+    library.run(np.ascontiguousarray(x), out, np.empty(library.work_size(13), np.float32))
+    assert calls == [5, 5, 3]
+    np.testing.assert_array_equal(out, whole)
