@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import stat
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,8 +115,6 @@ class StagedOutputs:
         systems), its new name recorded before it exists so that discard removes it."""
         if tmp.parent == final.parent:
             return tmp
-        import shutil
-
         moved = final.parent / f".{final.name}.{secrets.token_hex(4)}.stage"
         self.staged.append((moved, final))  # removed by discard() if anything fails
         check_writable(final)

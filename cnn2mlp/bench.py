@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ._io import check_writable, destination, staged_path
-from .errors import CompileError, install_hint
+from .errors import CompileError, first_line_of, install_hint
 from .runtime import engine as runtime_engine
 
 
@@ -86,15 +86,13 @@ def other_cnn_engines(model: Path, threads: int) -> list[tuple[str, Callable, No
     if model_kind(model) != "onnx":
         return []
     engines = []
-    for make in (openvino_runner, opencv_dnn_runner):
+    for name, make in (("OpenVINO", openvino_runner), ("OpenCV's dnn", opencv_dnn_runner)):
         try:
             engines.append((*make(model, threads), None))
         except ImportError:
             continue
         except Exception as exc:  # noqa: BLE001 — an engine that cannot run it is a note
-            lines = str(exc).strip().splitlines()
-            print(f"note: {make.__doc__.split(':')[0]} skipped: "
-                  f"{lines[0][:200] if lines else type(exc).__name__}", file=sys.stderr)
+            print(f"note: {name} skipped: {first_line_of(exc, 200)}", file=sys.stderr)
     return engines
 
 
@@ -252,7 +250,7 @@ OPENCV_BENCH_BYTES = 256 * 2**20
 def opencv_skip_reason(exc: BaseException) -> str:
     """Why the OpenCV row is left out, whole (the compiler's own words name options of
     the compiler, which the bench does not have)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line_of(exc, 10_000)
     if "--max-dense-bytes" in text:
         return (f"its dense weights are above the {OPENCV_BENCH_BYTES // 2**20} MiB the bench "
                 "gives OpenCV's row (ANN_MLP stores every weight; the other rows run the "

@@ -9,9 +9,9 @@ import numpy as np
 
 from ._io import raise_if_terminated
 from .comparison import Comparison, compare, merged
-from .errors import CompileError
+from .errors import CompileError, first_line_of
 from .progress import Progress
-from .references import first_line_of, reference_runner, softmax, truth_runner
+from .references import reference_runner, softmax, truth_runner
 from .result import CompileResult
 
 #: --check's default: |got - ref| / max(1, |ref|) allowed, per precision
@@ -76,10 +76,8 @@ def compare_on_random_inputs(result: CompileResult, artifact: Path, model: str |
 
     dtype = result.mlp.dtype  # a double model is checked in double
     bar = tolerance if tolerance is not None else DEFAULT_TOLERANCE[dtype.name]
-    meta = result.graph.meta
-    dropped = meta.logits is not None
-    run_reference, gives_logits = reference_runner(model, meta.logits, meta.output_tensor,
-                                                   batchless=not meta.batched)
+    dropped = result.graph.meta.logits is not None
+    run_reference, gives_logits = original_runner(result, model)
     predictor = get_target(result.target).load(result.mlp, Path(artifact))
     widths = [layer.n_out for layer in result.mlp.layers]
     per_sample = dtype.itemsize * (math.prod(result.mlp.input_shape) + 4 * max(widths)
@@ -122,12 +120,18 @@ def reference_outputs(result: CompileResult, model: str | Path, n: int,
     """``n`` inputs from ``input_range`` (--check's first ``n``), the original model's
     outputs for them from its own runtime (the logits where it gives them), and whether
     those are probabilities (a reference that keeps the softmax the MLP dropped)."""
-    meta = result.graph.meta
-    run_reference, gives_logits = reference_runner(model, meta.logits, meta.output_tensor,
-                                                   batchless=not meta.batched)
+    run_reference, gives_logits = original_runner(result, model)
     x = random_inputs(result.mlp.input_shape, n, *input_range, dtype=result.mlp.dtype)
     y = np.asarray(run_reference(x)).reshape((n,) + tuple(result.mlp.output_shape))
-    return x, y, meta.logits is not None and not gives_logits
+    return x, y, result.graph.meta.logits is not None and not gives_logits
+
+
+def original_runner(result: CompileResult, model: str | Path):
+    """The original model's own runtime as the compile left it to be read: the logits
+    where a final softmax was dropped, the tensor --output-tensor named, one sample at a
+    time for a model without a batch axis; and whether it gives the logits."""
+    meta = result.graph.meta
+    return reference_runner(model, meta.logits, meta.output_tensor, batchless=not meta.batched)
 
 
 def without_truth(part: Comparison) -> Comparison:

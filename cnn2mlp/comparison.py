@@ -45,7 +45,8 @@ class Comparison:
     def describe(self) -> str:
         inputs = f"{self.samples} inputs" + (
             f" in [{self.input_range[0]:g}, {self.input_range[1]:g}]" if self.input_range else "")
-        text = (f"{COMPARED.get(self.compared, '')}max abs error {self.max_abs_error:.3g}, max rel error {self.max_rel_error:.3g} "
+        text = (f"{COMPARED.get(self.compared, '')}max abs error {self.max_abs_error:.3g}, "
+                f"max rel error {self.max_rel_error:.3g} "
                 f"(tolerance {self.tolerance:g}) over {inputs}; worst at "
                 f"{self.worst_index}: reference {self.worst_reference:.9g}, "
                 f"got {self.worst_got:.9g}"

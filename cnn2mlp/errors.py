@@ -14,6 +14,13 @@ class UnsupportedOpError(CompileError):
     """The model uses an operator (or an attribute value) cnn2mlp cannot convert."""
 
 
+def first_line_of(exc: BaseException, limit: int = 300) -> str:
+    """An exception's first line (at most ``limit`` characters), or its type's name: what a
+    one-line message quotes of a library's error."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 def install_hint(extra: str) -> str:
     """How to add an extra, spelled as the README's install commands spell it."""
     return f'pip install -e ".[{extra}]" (in the cnn2mlp checkout)'

@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from ._io import raise_if_terminated
-from .errors import CompileError, install_hint
+from .errors import CompileError, first_line_of, install_hint
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -85,11 +85,6 @@ def fixed_batch(proto) -> int | None:
     feed = next((i for i in proto.graph.input if i.name not in names), None)
     dims = feed.type.tensor_type.shape.dim if feed is not None else []
     return dims[0].dim_value or None if len(dims) else None
-
-
-def first_line_of(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
 
 
 def reference_evaluator(source: bytes | str, output: str | None, why: str) -> Runner:

@@ -85,6 +85,8 @@ def test_row_selection(case, data):
         keep = np.arange(n)
     selected = structured.select_rows(keep)
     same(selected.to_csr(), csr[keep])
+    h = rng.uniform(-1, 1, (structured.shape[1], 2))
+    np.testing.assert_allclose(selected.apply(h), csr[keep] @ h, rtol=1e-5, atol=1e-5)
     if how == "all":  # nothing to fall back for
         assert all(isinstance(p, ProductGroup) for p in selected.parts)
 
@@ -110,6 +112,9 @@ def test_row_scaling_per_channel_keeps_groups_and_any_scaling_is_exact(case, per
         scale = rng.uniform(-2, 2, n_out)
     scaled = structured.scale_rows(scale)
     same(scaled.to_csr(), sp.csr_array(sp.diags_array(scale) @ csr))
+    h = rng.uniform(-1, 1, (structured.shape[1], 2))
+    np.testing.assert_allclose(scaled.apply(h), (sp.diags_array(scale) @ csr) @ h, rtol=1e-5,
+                               atol=1e-5)
     if per_channel:
         assert all(isinstance(p, ProductGroup) for p in scaled.parts)
 

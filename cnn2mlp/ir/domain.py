@@ -135,5 +135,6 @@ def check_given_range(low: float, high: float) -> None:
         raise CompileError(f"--input-range {low:g} {high:g}: give two finite numbers, the "
                            "lower first")
     if max(abs(low), abs(high)) > PLAUSIBLE_MAGNITUDE:
-        raise CompileError(f"--input-range {low:g} {high:g}: inputs beyond ±{PLAUSIBLE_MAGNITUDE:g} "
+        raise CompileError(f"--input-range {low:g} {high:g}: inputs beyond "
+                           f"±{PLAUSIBLE_MAGNITUDE:g} "
                            "overflow float32 in the first layer; give the range your data has")

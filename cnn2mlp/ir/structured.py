@@ -211,13 +211,13 @@ class StructuredMatrix:
         new_of_old[keep] = np.arange(len(keep), dtype=INDEX)
         parts: list[Part] = []
         for part in self.parts:
-            parts += select_part(part, new_of_old)
+            parts += select_part(part, new_of_old, self.shape[1])
         return StructuredMatrix((len(keep), self.shape[1]), tuple(parts), self.dtype)
 
     def scale_rows(self, scale: np.ndarray) -> "StructuredMatrix":
         """``diag(scale) @ W`` (a BatchNorm after a convolution scales each channel)."""
         scale = np.asarray(scale)
-        return self.with_parts(scale_part_rows(p, scale) for p in self.parts)
+        return self.with_parts(scale_part_rows(p, scale, self.shape[1]) for p in self.parts)
 
     def scale_columns(self, scale: np.ndarray) -> "StructuredMatrix":
         """``W @ diag(scale)`` (a per-channel normalization before it)."""
@@ -251,17 +251,29 @@ class StructuredMatrix:
 
 
 # ---------------------------------------------------------------------- the parts' rules
-def as_csr_rows(part: Part, n_in: int | None = None) -> CsrRows:
-    """Any part as CSR rows (the fallback, exact)."""
+@dataclass(frozen=True)
+class _Triples:
+    """(rows, columns, values) as a part, for the CSR fallback."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    values: np.ndarray
+
+    def to_coo(self):
+        return self.rows, self.cols, self.values
+
+
+def as_csr_rows(part, n_in: int) -> CsrRows:
+    """Any part (anything with ``to_coo``) as CSR rows over ``n_in`` columns: the
+    fallback, exact."""
     rows, cols, values = part.to_coo()
     distinct, inverse = np.unique(rows, return_inverse=True)
-    width = n_in if n_in is not None else int(cols.max(initial=-1)) + 1
-    matrix = sp.coo_array((values, (inverse, cols)), shape=(len(distinct), width)).tocsr()
+    matrix = sp.coo_array((values, (inverse, cols)), shape=(len(distinct), n_in)).tocsr()
     matrix.sum_duplicates()
     return CsrRows(distinct.astype(INDEX), matrix)
 
 
-def select_part(part: Part, new_of_old: np.ndarray) -> list[Part]:
+def select_part(part: Part, new_of_old: np.ndarray, n_in: int) -> list[Part]:
     if isinstance(part, ProductGroup):
         kept = new_of_old[part.rows] >= 0                      # (n_k, n_b)
         kernels, bases = kept.any(axis=1), kept.any(axis=0)
@@ -278,23 +290,10 @@ def select_part(part: Part, new_of_old: np.ndarray) -> list[Part]:
     kept = new_of_old[rows] >= 0
     if not kept.any():
         return []
-    width = int(cols.max(initial=-1)) + 1
-    return [as_csr_rows(_Triples(new_of_old[rows[kept]], cols[kept], values[kept]), width)]
+    return [as_csr_rows(_Triples(new_of_old[rows[kept]], cols[kept], values[kept]), n_in)]
 
 
-@dataclass(frozen=True)
-class _Triples:
-    """(rows, columns, values) as a part, for the CSR fallback."""
-
-    rows: np.ndarray
-    cols: np.ndarray
-    values: np.ndarray
-
-    def to_coo(self):
-        return self.rows, self.cols, self.values
-
-
-def scale_part_rows(part: Part, scale: np.ndarray) -> Part:
+def scale_part_rows(part: Part, scale: np.ndarray, n_in: int) -> Part:
     if isinstance(part, ProductGroup):
         per_pair = scale[part.rows]                              # (n_k, n_b)
         if np.all(per_pair == per_pair[:, :1]):                  # one scale a kernel
@@ -311,8 +310,7 @@ def scale_part_rows(part: Part, scale: np.ndarray) -> Part:
     elif isinstance(part, CsrRows):
         factor = scale[part.rows].astype(part.matrix.dtype)
         return CsrRows(part.rows, sp.csr_array(sp.diags_array(factor) @ part.matrix))
-    fallback = as_csr_rows(part)
-    return scale_part_rows(fallback, scale)
+    return scale_part_rows(as_csr_rows(part, n_in), scale, n_in)
 
 
 def scale_part_columns(part: Part, scale: np.ndarray) -> Part:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CompileError
+from ..errors import CompileError, first_line_of
 
 #: the flags every build uses: the tests hold the generated code to them
 STRICT_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
@@ -110,11 +110,6 @@ def run_compilers(commands: list[list[str]], folder: Path, compiler: str,
                                f"status {p.returncode}): {last_lines(err or out)}")
 
 
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
-
-
 def last_lines(text: str, lines: int = 5) -> str:
     """The end of a compiler's output, where its error is, on one line."""
     kept = [line.strip() for line in text.strip().splitlines() if line.strip()][-lines:]
@@ -162,7 +157,7 @@ class CLibrary:
             self.lib = ctypes.CDLL(str(library))
         except OSError as exc:
             raise CompileError(f"{library}: the built C library does not load "
-                               f"({first_line(exc)}); delete it to build it again") from None
+                               f"({first_line_of(exc)}); delete it to build it again") from None
         self.dtype = np.dtype(dtype)
         real = ctypes.c_double if self.dtype == np.float64 else ctypes.c_float
         self.pointer = ctypes.POINTER(real)

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from ..errors import install_hint
+from ..errors import first_line_of, install_hint
 from ..ir.mlp import Mlp
 from .plan import LayerPlan, plan_layers
 
@@ -139,9 +139,8 @@ def make_engine(mlp: Mlp, engine: str | None = None, threads: int | None = None)
 
 
 def say_fallback(exc: BaseException, fallback: str) -> None:
-    lines = str(exc).strip().splitlines()
-    why = lines[0][:300] if lines else type(exc).__name__
-    print(f"cnn2mlp: the c engine could not build this model ({why}); running it on "
+    print(f"cnn2mlp: the c engine could not build this model ({first_line_of(exc)}); "
+          f"running it on "
           f"{fallback} (engine='{fallback}' or {ENGINE_VARIABLE}={fallback} skips the try)",
           file=sys.stderr, flush=True)
 
