@@ -92,3 +92,25 @@ def test_not_an_npz(tmp_path):
     path.write_bytes(b"\x00junk" * 10)
     with pytest.raises(ArtifactError, match="not a cnn2mlp"):
         cnn2mlp.load(path)
+
+
+def test_a_version_2_file_loads_and_predicts_as_before(tmp_path):
+    """A v2 .npz (no input blocks: what the compiler wrote before format version 3), made
+    from today's file, loads and gives the same outputs."""
+    import onnx
+
+    from cnn2mlp.compile import compile_model
+    from cnn2mlp.testing.zoo import block_model
+
+    onnx.save(block_model("basic_blocks", size=8, seed=4), str(tmp_path / "m.onnx"))
+    compile_model(tmp_path / "m.onnx", tmp_path / "v3.npz")
+    with np.load(tmp_path / "v3.npz", allow_pickle=False) as files:
+        arrays = {k: files[k] for k in files.files if not k.endswith(".input_blocks")}
+    assert int(arrays["format_version"]) == 3
+    assert len(arrays) < len(np.load(tmp_path / "v3.npz").files)  # blocks were there
+    arrays["format_version"] = np.array(2)
+    np.savez(tmp_path / "v2.npz", **arrays)
+    x = np.random.default_rng(1).uniform(-1, 1, (5, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(cnn2mlp.load(tmp_path / "v2.npz").predict(x),
+                               cnn2mlp.load(tmp_path / "v3.npz").predict(x), rtol=1e-6,
+                               atol=1e-6)
