@@ -44,6 +44,7 @@ import numpy as np
 
 from ._io import check_writable, destination, staged_path
 from .errors import CompileError, first_line_of, install_hint
+from .ir.weights import sample_entries, stored_bytes
 from .runtime import engine as runtime_engine
 
 
@@ -191,8 +192,7 @@ def bench(model: Path, artifact: Path | None, batches: Sequence[int], threads: i
     scipy_runtime = cnn2mlp.load(artifact, threads=threads, engine="scipy")
     write_kernel(workdir / "kernel.py", artifact, runtime.mlp)
     kernel = load_kernel_module(workdir / "kernel.py").load(str(artifact))
-    weights = sum(l.weight.data.nbytes + l.weight.indices.nbytes + l.weight.indptr.nbytes
-                  + l.bias.nbytes for l in runtime.layers)
+    weights = sum(stored_bytes(l.weight) + l.bias.nbytes for l in runtime.layers)
     label, original = original_runner(model, threads)
     engines: list[tuple[str, Callable, int | None]] = [
         (label, original, None), *other_cnn_engines(model, threads),
@@ -408,10 +408,10 @@ def cell_density(ax, layer, index: int, cells: int = 200) -> None:
     w = layer.weight
     n_out, n_in = w.shape
     rows_per, cols_per = max(1, -(-n_out // cells)), max(1, -(-n_in // cells))
-    coo = w.tocoo()
-    keep = max(1, w.nnz // 2_000_000)  # sample big layers: 2 M entries give the picture
+    # sample big layers: 2 M entries give the picture
+    rows, cols, count = sample_entries(w, 2_000_000)
     counts = np.zeros((-(-n_out // rows_per), -(-n_in // cols_per)))
-    np.add.at(counts, (coo.row[::keep] // rows_per, coo.col[::keep] // cols_per), keep)
+    np.add.at(counts, (rows // rows_per, cols // cols_per), count)
     # shaded by the square root, so that a 3 % conv band shows as well as a dense block
     ax.imshow(np.sqrt(np.minimum(counts / (rows_per * cols_per), 1)), cmap="Greys", vmin=0,
               vmax=1, aspect="auto", interpolation="nearest")

@@ -178,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="scale of avgpool-linearize (default: chosen to minimise the error)")
     out.add_argument("--xml-encoding", choices=["text", "base64"], default="text",
                      help="opencv: decimal text with 17 digits (default) or base64 doubles")
+    out.add_argument("--npz-layout", choices=["structured", "plain"], default="structured",
+                     help="npz: store a convolution's matrix as its kernels and positions "
+                          "(structured, the default: the file grows with the network, not "
+                          "the image) or every layer as plain CSR arrays (plain)")
     out.add_argument("--c-prefix", metavar="NAME",
                      help="c: the prefix of the functions and macros (default: the output "
                           "file's name, made a C identifier)")
@@ -232,7 +236,7 @@ def run_cli(args: argparse.Namespace) -> int:
         ctx.options.carry = args.carry
     options = TargetOptions(max_dense_bytes=args.max_dense_bytes, xml_encoding=args.xml_encoding,
                             allow_approximate=args.allow_approximate,
-                            c_prefix=args.c_prefix)
+                            c_prefix=args.c_prefix, npz_layout=args.npz_layout)
     result = compile_model(args.model, None, target=target.name, input_shape=args.input_shape,
                            passes=passes, ctx=ctx, print_ir=args.print_ir_after_all,
                            allow_non_finite=args.allow_non_finite, max_bytes=args.max_bytes,

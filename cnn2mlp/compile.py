@@ -124,14 +124,15 @@ def preflight(graph: Graph, model: str | Path, max_bytes: int | None) -> None:
     limit = default_max_bytes() if max_bytes is None else max_bytes
     size = estimate_size(graph)
     if size.bytes > limit:
-        name, op, nnz = size.largest
+        name, op, nbytes = size.largest
         carried = (f" and up to {2 * size.carried:,} neurons carrying values past layers"
                    if size.carried else "")
         raise CompileError(
             f"{model}: the MLP would need about {size.nnz:,} non-zeros{carried} "
-            f"({size.bytes / 2**30:.2g} GiB), above the limit of {limit / 2**30:.2g} GiB; "
-            f"the largest layer is {name!r} ({op}, {nnz:,} non-zeros). Use a smaller "
-            "--input-shape, or raise --max-bytes if the machine has the memory")
+            f"({size.bytes / 2**30:.2g} GiB stored), above the limit of "
+            f"{limit / 2**30:.2g} GiB; the largest layer is {name!r} ({op}, "
+            f"{nbytes / 2**20:,.0f} MiB). Use a smaller --input-shape, or raise --max-bytes "
+            "if the machine has the memory")
 
 
 def print_ir_after(name: str, graph: Graph) -> None:

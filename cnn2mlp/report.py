@@ -8,6 +8,7 @@ import numpy as np
 
 from . import __version__
 from .ir.mlp import Mlp
+from .ir.weights import csr_bytes, stored_bytes
 from .result import CompileResult
 
 
@@ -15,11 +16,12 @@ def layer_rows(mlp: Mlp) -> list[dict[str, Any]]:
     rows = []
     for i, layer in enumerate(mlp.layers):
         w = layer.weight
-        nbytes = w.data.nbytes + w.indices.nbytes + w.indptr.nbytes + layer.bias.nbytes
         rows.append({"layer": i, "inputs": layer.n_in, "neurons": layer.n_out,
                      "carried": layer.carried, "nnz": int(w.nnz),
                      "density": w.nnz / max(1, layer.n_in * layer.n_out),
-                     "bytes": int(nbytes), "activation": describe_activation(layer)})
+                     "bytes": int(csr_bytes(w) + layer.bias.nbytes),
+                     "stored_bytes": int(stored_bytes(w) + layer.bias.nbytes),
+                     "activation": describe_activation(layer)})
     return rows
 
 
@@ -42,14 +44,15 @@ def activation_detail(layer) -> str:
 def format_table(result: CompileResult) -> str:
     rows = layer_rows(result.mlp)
     lines = [f"{'layer':>5} {'inputs':>9} {'neurons':>9} {'carried':>8} {'non-zeros':>12} "
-             f"{'density':>9} {'CSR bytes':>12}  activation"]
+             f"{'density':>9} {'CSR bytes':>12} {'stored':>12}  activation"]
     for r, layer in zip(rows, result.mlp.layers):
         lines.append(f"{r['layer']:>5} {r['inputs']:>9} {r['neurons']:>9} {r['carried']:>8} "
-                     f"{r['nnz']:>12} {r['density']:>9.2%} {r['bytes']:>12}  "
-                     f"{activation_detail(layer)}")
+                     f"{r['nnz']:>12} {r['density']:>9.2%} {r['bytes']:>12} "
+                     f"{r['stored_bytes']:>12}  {activation_detail(layer)}")
     lines.append(f"{'total':>5} {'':>9} {sum(r['neurons'] for r in rows):>9} "
                  f"{sum(r['carried'] for r in rows):>8} {sum(r['nnz'] for r in rows):>12} "
-                 f"{'':>9} {sum(r['bytes'] for r in rows):>12}")
+                 f"{'':>9} {sum(r['bytes'] for r in rows):>12} "
+                 f"{sum(r['stored_bytes'] for r in rows):>12}")
     if result.multiply_adds:
         lines.append(f"the CNN does {result.multiply_adds:,} multiply-adds a sample; the MLP "
                      f"has {result.nnz:,} non-zeros ({result.nnz / result.multiply_adds:.2f}x)")

@@ -163,15 +163,17 @@ def test_output_folder_not_writable(tmp_path, monkeypatch):
 
 
 def test_far_too_large_is_refused_from_the_shapes(tmp_path, out):
-    """A Conv 64→64 3×3 on a 1024×1024 map is 38 G non-zeros: refused before any of it."""
+    """A Conv 64→64 3×3 on a 1024×1024 map is 38 G non-zeros, stored as its kernel and
+    positions in 17 MB plus 67 M neurons: above --max-bytes 100M, refused before any of
+    it is built."""
     b = OnnxBuilder((64, 1024, 1024), opset=13, seed=0)
     b.conv({"kernel_shape": (3, 3), "strides": (1, 1), "dilations": (1, 1),
             "pads": (1, 1, 1, 1), "group": 1, "out_channels": 64})
     b.activation("Relu")
     model = tmp_path / "huge.onnx"
     onnx.save(b.build(), str(model))
-    proc, peak_kib = run_cli_peak(model, "-o", out)
-    assert_clean_failure(proc, "38,6", "non-zeros", "GiB", "--max-bytes")
+    proc, peak_kib = run_cli_peak(model, "-o", out, "--max-bytes", "100M")
+    assert_clean_failure(proc, "38,6", "non-zeros", "GiB stored", "--max-bytes")
     assert peak_kib < 1_000_000  # under 1 GiB: nothing was built
 
 

@@ -9,6 +9,7 @@ import pytest
 
 import cnn2mlp
 from cnn2mlp.compile import compile_model
+from cnn2mlp.ir.weights import weight_arrays
 from cnn2mlp.references import onnx_runner
 from cnn2mlp.runtime import c_engine
 from cnn2mlp.runtime.c_build import find_compiler
@@ -101,7 +102,9 @@ def test_the_cache_key_changes_with_the_weights_the_flags_and_the_compiler(artif
     mlp = cnn2mlp.load(out, engine="scipy").mlp
     key = c_engine.mlp_digest(mlp)
     layer = mlp.layers[len(mlp.layers) // 2]
-    layer.weight.data[3] = np.nextafter(layer.weight.data[3], np.float32(np.inf))
+    # the first stored weight array (a CSR's data, or a structured layer's kernels)
+    values = next(a for a in weight_arrays(layer.weight) if a.dtype.kind == "f" and a.size > 3)
+    values.flat[3] = np.nextafter(values.flat[3], np.float32(np.inf))
     assert c_engine.mlp_digest(mlp) != key  # one ulp of one weight
     layer.bias[0] += 1
     changed = c_engine.mlp_digest(mlp)

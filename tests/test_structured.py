@@ -219,3 +219,143 @@ def test_to_csr_checks_the_size_before_allocating():
     assert matrix.nnz > 9 * 10**9
     with pytest.raises(CompileError, match="above the limit"):
         matrix.to_csr(max_bytes=2**30)
+
+
+# ----------------------------------------------------------------------------- the algebra
+# (ir/weights.py: what the passes ask of a weight, structured or CSR)
+from cnn2mlp.ir import weights  # noqa: E402
+from cnn2mlp.ir.structured import materialize_limit  # noqa: E402
+
+
+def dense(w) -> np.ndarray:
+    return weights.as_csr(w).toarray().astype(np.float64)
+
+
+@given(convolutions(), st.data())
+def test_relabelling_rows_places_them_as_a_concat_does(case, data):
+    structured, csr, rng = case
+    n = structured.shape[0]
+    extra = data.draw(st.integers(0, 5))
+    new_of_old = rng.permutation(n + extra)[:n]          # every row somewhere, gaps between
+    placed = structured.relabel_rows(new_of_old, n + extra)
+    expected = np.zeros((n + extra, structured.shape[1]))
+    expected[new_of_old] = csr.toarray()
+    np.testing.assert_allclose(dense(placed), expected, rtol=1e-6)
+    offset_only = structured.relabel_rows(np.arange(n) + extra, n + extra)
+    assert all(isinstance(p, ProductGroup) for p in offset_only.parts)
+
+
+@given(convolutions(), st.data())
+def test_selecting_columns_drops_the_others_and_keeps_whole_channels_as_groups(case, data):
+    structured, csr, rng = case
+    n_in = structured.shape[1]
+    offset = data.draw(st.integers(0, 4))
+    keep = np.sort(rng.permutation(n_in)[:data.draw(st.integers(1, n_in))])
+    got = weights.select_columns(structured, keep, offset, len(keep) + offset + 2)
+    expected = np.zeros((structured.shape[0], len(keep) + offset + 2))
+    expected[:, offset:offset + len(keep)] = csr.toarray()[:, keep]
+    np.testing.assert_allclose(dense(got), expected, rtol=1e-6)
+    shifted = weights.shift_columns(structured, offset, n_in + offset)
+    np.testing.assert_allclose(dense(shifted)[:, offset:], csr.toarray(), rtol=1e-6)
+    assert all(isinstance(p, ProductGroup) for p in shifted.parts)
+
+
+def test_a_channel_block_of_the_input_keeps_the_groups():
+    """A DenseNet conv reads a Concat: its product with one input's placement keeps the
+    taps of that input's channels, still one group a border pattern."""
+    rng = np.random.default_rng(1)
+    conv, _, _ = conv_structured(rng.uniform(-1, 1, (3, 4, 3, 3)), None, (4, 5, 5), (1, 1),
+                                 (1, 1, 1, 1), (1, 1), 1, np.float64)
+    channels = np.arange(25, 75)                          # channels 1 and 2
+    got = weights.select_columns(conv, channels)
+    assert len(got.parts) == len(conv.parts)
+    assert all(isinstance(p, ProductGroup) for p in got.parts)
+    np.testing.assert_allclose(dense(got), dense(conv)[:, channels])
+
+
+@given(convolutions())
+def test_counts_signs_and_row_sums(case):
+    structured, csr, _ = case
+    full = csr.toarray()
+    np.testing.assert_array_equal(weights.row_counts(structured), np.diff(csr.indptr))
+    np.testing.assert_array_equal(weights.column_counts(structured),
+                                  np.bincount(csr.indices, minlength=csr.shape[1]))
+    positive, negative = weights.signed(structured)
+    np.testing.assert_allclose(dense(positive), np.maximum(full, 0))
+    np.testing.assert_allclose(dense(negative), np.minimum(full, 0))
+    np.testing.assert_allclose(weights.abs_row_sums(structured), np.abs(full).sum(axis=1),
+                               rtol=1e-6)
+    assert not weights.is_light(structured) or max(np.diff(csr.indptr)) <= 1
+
+
+@given(convolutions(), st.integers(0, 2**16))
+def test_sums_stacks_and_light_products_keep_the_structure(case, seed):
+    structured, csr, _ = case
+    rng = np.random.default_rng(seed)
+    n_out, n_in = structured.shape
+    other = sp.random_array((n_out, n_in), density=0.2, rng=rng, format="csr")
+    np.testing.assert_allclose(dense(weights.add(structured, other)),
+                               csr.toarray() + other.toarray(), rtol=1e-6, atol=1e-7)
+    stacked = weights.vstack([structured, other, structured], np.float64)
+    np.testing.assert_allclose(dense(stacked), np.vstack([csr.toarray(), other.toarray(),
+                                                          csr.toarray()]), rtol=1e-6)
+    # light factors: a scaled selection on the left (a Sum, a Concat), a placement on the
+    # right (a source read from a layer's neurons)
+    rows = rng.permutation(n_out)[:max(1, n_out // 2)]
+    left = sp.csr_array((rng.uniform(-2, 2, len(rows)), (np.arange(len(rows)), rows)),
+                        shape=(len(rows), n_out))
+    got = weights.product(left, structured, np.float64)
+    assert weights.is_structured(got)
+    np.testing.assert_allclose(dense(got), left.toarray() @ csr.toarray(), rtol=1e-6)
+    cols = rng.permutation(n_in + 3)[:n_in]
+    right = sp.csr_array((rng.uniform(-2, 2, n_in), (np.arange(n_in), cols)),
+                         shape=(n_in, n_in + 3))
+    got = weights.product(structured, right, np.float64)
+    assert weights.is_structured(got)
+    np.testing.assert_allclose(dense(got), csr.toarray() @ right.toarray(), rtol=1e-6,
+                               atol=1e-12)
+    heavy = sp.random_array((n_in, 4), density=0.7, rng=rng, format="csr")
+    np.testing.assert_allclose(dense(weights.product(structured, heavy, np.float64)),
+                               csr.toarray() @ heavy.toarray(), rtol=1e-6, atol=1e-9)
+
+
+def test_a_fallback_to_csr_is_refused_above_the_materialize_limit():
+    kernel = np.ones((64, 64, 3, 3), np.float32)
+    matrix, _, _ = conv_structured(kernel, None, (64, 256, 256), (1, 1), (1, 1, 1, 1), (1, 1),
+                                   1)
+    scale = np.arange(matrix.shape[0], dtype=np.float64)  # not one scale a kernel
+    with materialize_limit(2**28), pytest.raises(CompileError, match="above the limit"):
+        matrix.scale_rows(scale)
+    with materialize_limit(2**28), pytest.raises(CompileError, match="--max-bytes"):
+        weights.as_csr(matrix)
+
+
+def test_kernels_are_stored_once_whatever_the_borders():
+    """Nine border patterns of a padded 3x3 conv share one kernel array: the stored bytes
+    are the kernel's plus index arrays, not nine partial copies."""
+    kernel = np.random.default_rng(2).uniform(-1, 1, (64, 64, 3, 3)).astype(np.float32)
+    matrix, _, _ = conv_structured(kernel, None, (64, 16, 16), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    assert len(matrix.parts) == 9
+    assert len({id(p.kernels) for p in matrix.parts}) == 1
+    assert matrix.stored_bytes < 1.5 * kernel.nbytes
+    scaled = matrix.scale_rows(np.repeat(np.linspace(0.5, 2, 64), 256))
+    assert len({id(p.kernels) for p in scaled.parts}) == 1     # still shared
+
+
+def test_a_csr_matrix_keeps_its_runs_of_copies_as_copy_runs():
+    """Carried values (an identity block) and a shortcut become CopyRuns; the other rows
+    stay CSR; the matrix is the same."""
+    rng = np.random.default_rng(4)
+    dense_part = sp.random_array((5, 40), density=0.3, rng=rng, format="csr")
+    eye = sp.identity(20, format="csr") * 0.5
+    short = sp.identity(3, format="csr")                  # too short a run: CSR rows
+    matrix = sp.csr_array(sp.vstack([dense_part, sp.hstack([sp.csr_array((20, 10)), eye,
+                                                            sp.csr_array((20, 10))]),
+                                     sp.hstack([short, sp.csr_array((3, 37))])]))
+    structured = StructuredMatrix.from_csr(matrix)
+    kinds = [type(p) for p in structured.parts]
+    assert kinds == [CopyRuns, CsrRows]
+    assert structured.parts[0].lengths.tolist() == [20]
+    np.testing.assert_array_equal(structured.to_csr().toarray(), matrix.toarray())
+    h = rng.uniform(-1, 1, (40, 3))
+    np.testing.assert_allclose(structured.apply(h), matrix @ h)

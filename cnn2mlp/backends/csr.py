@@ -19,6 +19,9 @@ File layout (format ``cnn2mlp-csr``, version 2), every entry a plain array so th
   ``layer{i}.input_blocks`` (int64): where the sources the layer reads begin and end among
   its inputs (a hint for the runtime's structure finder; the MLP's function does not
   depend on it).
+- version 4: a layer may be stored as the parts that generate its matrix instead of CSR
+  (``layer{i}.parts`` and the members ``npz_parts.py`` lists): a convolution's kernels
+  once, not once an output position. Versions 1 to 3 load too.
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ from ..errors import CompileError
 from ..ir.activations import BY_NAME, IDENTITY
 from ..ir.graph import GraphMeta
 from ..ir.mlp import Mlp, MlpLayer
+from ..ir.weights import as_csr, is_structured
+from .npz_parts import bias_members, read_bias, read_structured, structured_members
 from .npz_reader import ArtifactError, SafeNpz
 from .registry import Target, TargetOptions, register_target
 
@@ -43,15 +48,20 @@ if TYPE_CHECKING:
     from ..passes.base import PassOptions
 
 FORMAT = "cnn2mlp-csr"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
+#: how a structured layer is written: as its parts, or as the plain CSR it makes
+LAYOUTS = ("structured", "plain")
 
 
 KNOWN_ACTIVATIONS = tuple(BY_NAME)
 MIXED = "mixed"
 
 
-def save_csr(mlp: Mlp, path: str | Path, meta: dict[str, Any] | None = None) -> None:
+def save_csr(mlp: Mlp, path: str | Path, meta: dict[str, Any] | None = None,
+             layout: str = "structured") -> None:
+    """Write the MLP; ``layout="plain"`` writes every layer as plain CSR arrays (the raw
+    matrices, materialized under the materialize limit)."""
     arrays: dict[str, np.ndarray] = {
         "format": np.array(FORMAT),
         "format_version": np.array(FORMAT_VERSION),
@@ -66,11 +76,18 @@ def save_csr(mlp: Mlp, path: str | Path, meta: dict[str, Any] | None = None) -> 
     }
     for i, layer in enumerate(mlp.layers):
         w = layer.weight
-        arrays[f"layer{i}.data"] = np.asarray(w.data, mlp.dtype)
-        arrays[f"layer{i}.indices"] = w.indices
-        arrays[f"layer{i}.indptr"] = w.indptr
         arrays[f"layer{i}.shape"] = np.array(w.shape, np.int64)
-        arrays[f"layer{i}.bias"] = np.asarray(layer.bias, mlp.dtype)
+        if is_structured(w) and layout == "structured":
+            arrays.update(structured_members(f"layer{i}", w, mlp.dtype))
+        else:
+            w = as_csr(w)
+            arrays[f"layer{i}.data"] = np.asarray(w.data, mlp.dtype)
+            arrays[f"layer{i}.indices"] = w.indices
+            arrays[f"layer{i}.indptr"] = w.indptr
+        if is_structured(w) and layout == "structured":
+            arrays.update(bias_members(f"layer{i}", layer.bias, mlp.dtype))
+        else:
+            arrays[f"layer{i}.bias"] = np.asarray(layer.bias, mlp.dtype)
         if layer.input_blocks is not None:
             arrays[f"layer{i}.input_blocks"] = np.array(layer.input_blocks, np.int64)
         if layer.segments is not None:
@@ -159,6 +176,8 @@ def read_layers(npz: SafeNpz, meta: dict[str, Any], version: int) -> Mlp:
         segs = read_segments(npz, i, weight.shape[0]) if str(act) == MIXED else None
         count = carried[i] if i < len(carried) and isinstance(carried[i], int) else 0
         blocks = read_input_blocks(npz, i, n_in) if version >= 3 else None
+        if version < 4 and f"layer{i}.parts" in npz:
+            raise npz.fail(f"layer{i}.parts", f"is not part of format version {version}")
         layers.append(MlpLayer(weight, bias, str(act), float(alpha), segs, count, blocks))
         n_in = weight.shape[0]
     if n_in != math.prod(output_shape):
@@ -225,6 +244,9 @@ def read_layer(npz: SafeNpz, i: int, n_in: int,
         raise npz.fail(f"{key}.shape", f"is {shape.tolist()}, but the layer before gives "
                                        f"{n_in} inputs")
     n_out = int(shape[0])
+    if f"{key}.parts" in npz:
+        bias = read_bias(npz, key, n_out, dtype)
+        return read_structured(npz, key, (n_out, n_in), dtype), bias
     sizes = {part: npz.header(f"{key}.{part}")[0] for part in ("data", "indices", "indptr",
                                                                 "bias")}
     (nnz,) = sizes["data"] if len(sizes["data"]) == 1 else (-1,)
@@ -326,7 +348,7 @@ def kernel_module_source(artifact: str, input_shape) -> str:
     from . import standalone
 
     text = inspect.getsource(standalone)
-    settings = {"FORMAT_VERSIONS = (1, 2, 3)": f"FORMAT_VERSIONS = {READABLE_VERSIONS!r}",
+    settings = {"FORMAT_VERSIONS = (1, 2, 3, 4)": f"FORMAT_VERSIONS = {READABLE_VERSIONS!r}",
                 'ARTIFACT = "model.npz"': f"ARTIFACT = {artifact!r}",
                 "INPUT_SHAPE: tuple = ()":
                     f"INPUT_SHAPE = {tuple(int(d) for d in input_shape)!r}"}
@@ -372,7 +394,7 @@ class CsrTarget(Target):
             raise CompileError(f"{provenance.get('source', '')}: an activation parameter is "
                                "NaN or infinite (a LeakyRelu alpha?), which the .npz format "
                                "does not hold; fix the model, or write -o FILE.c")
-        save_csr(mlp, path, provenance)
+        save_csr(mlp, path, provenance, options.npz_layout)
 
     def load(self, mlp: Mlp, path: Path) -> CsrModel:
         """The written file for --check, on a Python engine (``$CNN2MLP_ENGINE`` if set):

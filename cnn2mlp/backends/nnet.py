@@ -20,6 +20,7 @@ from ..errors import CompileError
 from ..ir.activations import IDENTITY, RELU
 from ..ir.graph import GraphMeta
 from ..ir.mlp import Mlp, MlpLayer
+from ..ir.weights import as_csr
 from .registry import Target, TargetOptions, dense_preflight, refuse_approximate, register_target
 
 ROW_BLOCK = 1024
@@ -60,8 +61,9 @@ def save_nnet(mlp: Mlp, path: str | Path, input_range: tuple[float, float],
                        [0.0] * (n_in + 1), [1.0] * (n_in + 1)):
             handle.write(",".join(repr(float(v)) for v in values) + ",\n")
         for layer in mlp.layers:
+            weight = as_csr(layer.weight)  # a dense format: the matrix it writes
             for start in range(0, layer.n_out, ROW_BLOCK):  # never the whole dense matrix
-                block = layer.weight[start:start + ROW_BLOCK].toarray()
+                block = weight[start:start + ROW_BLOCK].toarray()
                 write_rows(handle, block)
             write_rows(handle, np.asarray(layer.bias)[:, None])
 

@@ -21,6 +21,7 @@ from .._io import atomic_write
 from ..ir.activations import Activation, by_name
 from ..ir.graph import GraphMeta
 from ..ir.mlp import Mlp, MlpLayer
+from ..ir.weights import as_csr
 from .registry import (Predictor, Target, TargetOptions, dense_preflight, refuse_approximate,
                        register_target)
 
@@ -80,7 +81,7 @@ def mlp_to_onnx(mlp: Mlp, input_name: str = "input", output_name: str = "output"
     parts = [(flat, 0, n_in)]  # the previous layer as (tensor, first neuron, stop)
     opset = OPSET
     for k, layer in enumerate(mlp.layers):
-        dense = layer.weight.toarray().astype(mlp.dtype)  # (n_out, n_in)
+        dense = as_csr(layer.weight).toarray().astype(mlp.dtype)  # (n_out, n_in)
         bias = np.asarray(layer.bias, mlp.dtype)
         outputs = []
         for start, stop, act, alpha in runs(layer):

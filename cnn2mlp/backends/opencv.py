@@ -23,6 +23,7 @@ from ..errors import CompileError, install_hint
 from ..ir.activations import BY_OP, by_name
 from ..ir.graph import GraphMeta
 from ..ir.mlp import Mlp
+from ..ir.weights import as_csr
 from .registry import Predictor, Target, TargetOptions, dense_preflight, register_target
 
 #: numbers per text line, and bytes per base64 line (64 characters), as OpenCV writes them
@@ -75,7 +76,8 @@ def save_opencv(mlp: Mlp, spec: AnnSpec, path: str | Path, encoding: str = "text
         writer.sequence("inv_output_scale", inv_scale, "  ")
         put("  <weights>\n")
         for layer in mlp.layers:
-            writer.sequence("_", None, "    ", blocks=layer_blocks(layer.weight, layer.bias))
+            writer.sequence("_", None, "    ", blocks=layer_blocks(as_csr(layer.weight),
+                                                                     layer.bias))
         put("  </weights></opencv_ml_ann_mlp>\n</opencv_storage>\n")
 
 

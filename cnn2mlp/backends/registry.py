@@ -37,6 +37,8 @@ class TargetOptions:
     allow_approximate: bool = False
     #: the input domain (.nnet writes it as the input box)
     input_range: tuple[float, float] = (0.0, 1.0)
+    #: npz: "structured" (a layer as the parts that generate it) or "plain" (CSR arrays)
+    npz_layout: str = "structured"
     #: c: the prefix of the generated functions and macros (None: from the file name)
     c_prefix: str | None = None
     #: c: the self-test vectors to embed (a runtime.c_source.SelfTest), or None

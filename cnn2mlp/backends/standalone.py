@@ -15,7 +15,7 @@ import numpy as np
 
 # The values below are this module's settings; the writer (backends/csr.py, write_kernel)
 # sets them for the artifact it runs, through repr() alone.
-FORMAT_VERSIONS = (1, 2, 3)
+FORMAT_VERSIONS = (1, 2, 3, 4)
 ARTIFACT = "model.npz"  # beside this module unless absolute
 INPUT_SHAPE: tuple = ()
 
@@ -134,6 +134,54 @@ class _Layer:
         return z
 
 
+def _bias(z, key):
+    """A layer's bias: stored whole, or as runs of equal values (format version 4)."""
+    if f"{key}.bias_values" in z.files:
+        return np.repeat(z[f"{key}.bias_values"], z[f"{key}.bias_lengths"])
+    return z[f"{key}.bias"]
+
+
+def _csr_arrays(z, key):
+    """(data, indices, indptr) of a layer: as stored, or made from the parts of a
+    structured layer (format version 4: see cnn2mlp/backends/npz_parts.py), summing the
+    entries several parts give one (row, column)."""
+    if f"{key}.parts" not in z.files:
+        return z[f"{key}.data"], z[f"{key}.indices"], z[f"{key}.indptr"]
+    n_out, n_in = (int(d) for d in z[f"{key}.shape"])
+    rows, cols, values = [], [], []
+    for j, kind in enumerate(z[f"{key}.parts"]):
+        p = f"{key}.part{j}."
+        if kind == "group":
+            kernels = z[f"{key}.kernels{int(z[p + 'kernel_set'])}"][:, z[p + "taps"]]
+            shifts, bases, offsets = (z[p + k].astype(np.int64) for k in
+                                      ("shifts", "bases", "offsets"))
+            row = z[p + "kernel_rows"][:, None] + z[p + "base_rows"][None, :]
+            n_k, n_b, taps = len(kernels), len(bases), len(offsets)
+            rows.append(np.broadcast_to(row[:, :, None], (n_k, n_b, taps)).ravel())
+            cols.append((shifts[:, None, None] + bases[None, :, None]
+                         + offsets[None, None, :]).ravel())
+            values.append(np.broadcast_to(kernels[:, None, :], (n_k, n_b, taps)).ravel())
+        elif kind == "copies":
+            lengths = z[p + "lengths"].astype(np.int64)
+            step = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            rows.append(np.repeat(z[p + "rows"], lengths) + step)
+            cols.append(np.repeat(z[p + "columns"], lengths) + step)
+            values.append(np.repeat(z[p + "weights"], lengths))
+        else:
+            indptr = z[p + "indptr"]
+            rows.append(np.repeat(z[p + "rows"], np.diff(indptr)))
+            cols.append(z[p + "indices"])
+            values.append(z[p + "data"])
+    dtype = _bias(z, key).dtype
+    flat = np.concatenate([np.zeros(0, np.int64)] + [np.asarray(r, np.int64) * n_in + c
+                                                     for r, c in zip(rows, cols)])
+    keys, where = np.unique(flat, return_inverse=True)
+    data = np.bincount(where.ravel(), np.concatenate([np.zeros(0)] + values).astype(np.float64),
+                       minlength=len(keys)).astype(dtype)
+    counts = np.bincount(keys // n_in, minlength=n_out)
+    return data, keys % n_in, np.concatenate([[0], np.cumsum(counts)])
+
+
 class Model:
     def __init__(self, path):
         with np.load(path, allow_pickle=False) as z:
@@ -141,9 +189,9 @@ class Model:
                 raise ValueError(f"{path}: not a cnn2mlp CSR file of versions {FORMAT_VERSIONS}")
             self.input_shape = tuple(int(d) for d in z["input_shape"])
             self.output_shape = tuple(int(d) for d in z["output_shape"])
-            self.arrays = [(z[f"layer{i}.data"], z[f"layer{i}.indices"], z[f"layer{i}.indptr"],
+            self.arrays = [(*_csr_arrays(z, f"layer{i}"),
                             int(z[f"layer{i}.shape"][0]), int(z[f"layer{i}.shape"][1]),
-                            z[f"layer{i}.bias"], _segments(z, i, str(act), float(alpha)),
+                            _bias(z, f"layer{i}"), _segments(z, i, str(act), float(alpha)),
                             z[f"layer{i}.input_blocks"] if f"layer{i}.input_blocks" in z.files
                             else None)
                            for i, (act, alpha) in enumerate(zip(z["activations"], z["alphas"]))]

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from .activations import BY_OP, CATALOGUE
 from .graph import Graph, Node
 from .ops import get_op
+from .weights import abs_row_sums, signed, weight_values
 
 #: stands for an unbounded input; big enough to dominate, small enough to stay finite
 UNBOUNDED = 1e30
@@ -102,12 +102,7 @@ def signed_parts(node: Node, rank: int) -> tuple[Node, Node]:
         k = a["kernel"]
         return with_weights("Conv", "kernel", np.maximum(k, 0), np.minimum(k, 0), bias=None)
     if node.op == "Dense":
-        w = a["weight"]
-        if sp.issparse(w):
-            w = sp.csr_array(w)
-            return with_weights("Dense", "weight", w.multiply(w > 0).tocsr(),
-                                w.multiply(w < 0).tocsr(), bias=None)
-        return with_weights("Dense", "weight", np.maximum(w, 0), np.minimum(w, 0), bias=None)
+        return with_weights("Dense", "weight", *signed(a["weight"]), bias=None)
     if node.op == "AddConst":
         a = {}
         return with_weights("MulConst", "const", np.ones(()), np.zeros(()))
@@ -164,8 +159,7 @@ def node_lipschitz(node: Node) -> float:
     if node.op in LIPSCHITZ:
         return LIPSCHITZ[node.op]
     if node.op == "Dense":
-        w = node.attrs["weight"]
-        return float(np.max(np.asarray(abs(w).sum(axis=1)), initial=0.0))
+        return float(np.max(abs_row_sums(node.attrs["weight"]), initial=0.0))
     if node.op == "Conv":
         k = np.abs(node.attrs["kernel"])
         return float(k.reshape(len(k), -1).sum(axis=1).max(initial=0.0))
@@ -199,7 +193,7 @@ def non_finite_constants(graph: Graph) -> list[tuple[Node, str]]:
             if node.attrs.get(bound) is not None and np.isnan(node.attrs[bound]).any():
                 found.append((node, bound))
         for what, value in arrays.items():
-            data = value.data if sp.issparse(value) else value
+            data = weight_values(value) if what == "weight" else value
             if data is not None and np.asarray(data).dtype.kind == "f" and \
                     not np.isfinite(data).all():
                 found.append((node, what))

@@ -27,25 +27,41 @@ def default_max_bytes() -> int:
 class SizeEstimate:
     nnz: int
     rows: int
-    largest: tuple[str, str, int]   # (node name, op, nnz) of the biggest layer
+    largest: tuple[str, str, int]   # (node name, op, bytes) of the biggest layer
     carried: int = 0                # neurons that carry values past layers (DAGs)
+    stored: int = 0                 # bytes the layers' weights are stored in
 
     @property
     def bytes(self) -> int:
         # a carried neuron: one non-zero and a row (pointer, bias), twice when it is a pair
-        return self.nnz * BYTES_PER_NNZ + self.rows * 4 + 2 * self.carried * (BYTES_PER_NNZ + 8)
+        return self.stored + self.rows * 4 + 2 * self.carried * (BYTES_PER_NNZ + 8)
 
 
 def estimate_size(graph: Graph) -> SizeEstimate:
-    total, rows, largest = 0, 0, ("", "", 0)
+    """The MLP's non-zeros and the bytes its weights are stored in: a convolution as its
+    kernels and positions (a structured matrix), anything else as CSR."""
+    total, rows, stored, largest = 0, 0, 0, ("", "", 0)
     for node in graph.nodes:
         n_out = graph.values[node.output].size
         nnz = node_nnz(graph, node)
+        nbytes = node_stored_bytes(graph, node, nnz)
         total += nnz
         rows += n_out
-        if nnz > largest[2]:
-            largest = (node.name, node.op, nnz)
-    return SizeEstimate(total, rows, largest, carried_estimate(graph))
+        stored += nbytes
+        if nbytes > largest[2]:
+            largest = (node.name, node.op, nbytes)
+    return SizeEstimate(total, rows, largest, carried_estimate(graph), stored)
+
+
+def node_stored_bytes(graph: Graph, node: Node, nnz: int) -> int:
+    """A convolution: its kernel once, plus two indices an output position and two a tap
+    of each border pattern (at most 3 a spatial axis); anything else: its CSR."""
+    if node.op != "Conv":
+        return nnz * BYTES_PER_NNZ
+    kernel = node.attrs["kernel"]
+    positions = math.prod(graph.shape(node.output)[1:])
+    taps = math.prod(kernel.shape[1:])
+    return kernel.size * 4 + 16 * positions + 16 * taps * 3 ** (kernel.ndim - 2)
 
 
 def layer_levels(node: Node, graph: Graph) -> int:

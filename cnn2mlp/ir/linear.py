@@ -25,7 +25,9 @@ def index_dtype(*sizes: int):
 
 
 def to_csr(w) -> sp.csr_array:
-    return w if isinstance(w, sp.csr_array) else sp.csr_array(w)
+    """Any weight as CSR (a structured one materialized, under the materialize limit)."""
+    from .weights import as_csr
+    return as_csr(w)
 
 
 def diagonal(values: np.ndarray) -> sp.csr_array:
@@ -98,7 +100,7 @@ def linear_map(graph: Graph, node: Node) -> LinearMap | None:
     if node.op == "AveragePool":
         return avgpool_matrix(shape, node.attrs), None
     if node.op == "Dense":
-        return to_csr(node.attrs["weight"]), node.attrs.get("bias")
+        return node.attrs["weight"], node.attrs.get("bias")
     return None
 
 

@@ -8,8 +8,9 @@ import scipy.sparse as sp
 
 from .activations import BY_OP, IDENTITY, apply
 from .graph import Graph, Shape
-from .linear import diagonal, to_csr
+from .linear import diagonal
 from .precision import real
+from .weights import as_csr, astype, is_structured, matvec
 
 
 class NotAnMlpError(ValueError):
@@ -22,7 +23,8 @@ Segment = tuple[int, int, str, float]
 
 @dataclass
 class MlpLayer:
-    weight: sp.csr_array          # (n_out, n_in), float32 (float64 for a double model)
+    #: (n_out, n_in), float32 (float64 for a double model): CSR, or a StructuredMatrix
+    weight: sp.csr_array
     bias: np.ndarray              # (n_out,), the weight's dtype
     activation: str = IDENTITY.name  # "mixed" when ``segments`` gives one per run of neurons
     alpha: float = 0.0            # negative slope of leaky_relu
@@ -32,6 +34,10 @@ class MlpLayer:
     #: reads several side by side: a convolution's channels, a carried shortcut); a hint
     #: for the runtime's structure finder, None when unknown
     input_blocks: tuple[int, ...] | None = None
+
+    def csr(self) -> sp.csr_array:
+        """The layer's matrix as a scipy CSR array (a structured weight materialized)."""
+        return as_csr(self.weight)
 
     @property
     def n_in(self) -> int:
@@ -65,7 +71,8 @@ class Mlp:
             if list(node.inputs) != [current]:
                 raise NotAnMlpError(f"node {node.name} ({node.op}) is not part of a chain")
             if node.op == "Dense":
-                w = to_csr(node.attrs["weight"]).astype(real(), copy=False)
+                w = astype(node.attrs["weight"], real())
+                w = w if is_structured(w) else as_csr(w)
                 b = node.attrs.get("bias")
                 b = np.zeros(w.shape[0], real()) if b is None else np.asarray(b, real())
                 blocks = node.attrs.get("input_blocks")
@@ -99,7 +106,7 @@ class Mlp:
     def forward(self, x: np.ndarray, dtype=np.float64) -> np.ndarray:
         h = np.asarray(x, dtype).reshape(len(x), -1)
         for layer in self.layers:
-            h = np.asarray((layer.weight.astype(dtype) @ h.T).T) + layer.bias.astype(dtype)
+            h = matvec(astype(layer.weight, dtype), h) + layer.bias.astype(dtype)
             h = activate_layer(layer, h)
         return h.reshape((len(x),) + tuple(self.output_shape))
 

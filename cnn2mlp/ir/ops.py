@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import scipy.sparse as sp
 
 from .activations import BY_OP, CATALOGUE, Activation
 from .geometry import combined_mask, gather_windows, window_axes
+from .weights import matvec
 
 if TYPE_CHECKING:  # graph.py looks ops up here: the import goes one way
     from .graph import Node, Shape
@@ -92,7 +92,7 @@ class Dense(Op):
     def evaluate(self, node, xs):
         x = xs[0].reshape(len(xs[0]), -1)
         w, b = node.attrs["weight"], node.attrs.get("bias")
-        y = np.asarray((w @ x.T).T) if sp.issparse(w) else x @ w.T
+        y = matvec(w, x)
         if b is not None:
             y = y + b
         return [y.reshape((len(x),) + self.infer_shape(node, [xs[0].shape[1:]])[0])]

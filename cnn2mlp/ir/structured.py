@@ -4,20 +4,20 @@ A convolution's matrix holds one copy of every kernel for every output position,
 CSR it grows with the image (the CNN's multiply-adds) while the network's parameters do
 not. A :class:`StructuredMatrix` keeps it as parts, each stored as what generates it:
 
-- :class:`ProductGroup`: ``out[rows[k, b]] += sum_t kernels[k, t] * h[shifts[k] + bases[b]
-  + offsets[t]]``, every (kernel, position) pair of a convolution (depthwise and grouped
-  ones shift each kernel's channels; border positions, which lose the taps that fall
-  outside, make groups of their own);
+- :class:`ProductGroup`: ``out[kernel_rows[k] + base_rows[b]] += sum_t kernels[k, taps[t]]
+  * h[shifts[k] + bases[b] + offsets[t]]``, every (kernel, position) pair of a convolution
+  (depthwise and grouped ones shift each kernel's channels). Border positions, which lose
+  the taps that fall outside, make groups of their own that share the kernels and use
+  fewer taps: each kernel is stored once whatever the borders;
 - :class:`CopyRuns`: ``out[rows[i] + j] += weights[i] * h[columns[i] + j]`` for ``j <
   lengths[i]`` (carried values, shortcuts, permutations);
 - :class:`CsrRows`: ``out[rows] += matrix @ h`` for whatever else.
 
-Rows that several parts write add up (a convolution plus its residual). Every operation a
-pass needs keeps the structure where the parts allow it and falls back to CSR rows for
-the part that does not, never to an approximation: row selection (a stride), row and
-column scaling (BatchNorm, a normalization), column remapping (layout changes), and the
-product with another matrix (through CSR, under the size check). ``to_csr`` materializes
-the whole matrix, checked against a byte limit before anything is allocated.
+Rows that several parts write add up (a convolution plus its residual). The operations
+the passes need (``structured_rules.py``) keep the structure where the parts allow it and
+fall back to CSR rows for a part that does not, never to an approximation. ``to_csr``
+materializes the whole matrix, and every fallback its part, checked against a byte limit
+(``materialize_limit``) before anything is allocated.
 
 :func:`conv_structured` builds a convolution's matrix directly in this form, in
 O(parameters + positions), never O(multiply-adds).
@@ -25,125 +25,18 @@ O(parameters + positions), never O(multiply-adds).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import CompileError
 from .geometry import combined_mask, flat_input_pixel, window_axes
+from .structured_rules import (part_arrays, relabel_rows, remap_columns, scale_columns,
+                               scale_rows, select_rows)
+from .structured_parts import (INDEX, CopyRuns, CsrRows, Part, ProductGroup,  # noqa: F401
+                               check_materialize, csr_bytes, csr_parts, materialize_limit)
 
-INDEX = np.int64
-
-
-@dataclass(frozen=True)
-class ProductGroup:
-    """kernels (n_k, taps); offsets (taps,): columns relative to a position's base;
-    bases (n_b,): each position's base column; shifts (n_k,): each kernel's own shift of
-    the bases; rows (n_k, n_b): the output row of each (kernel, position) pair."""
-
-    kernels: np.ndarray
-    offsets: np.ndarray
-    bases: np.ndarray
-    rows: np.ndarray
-    shifts: np.ndarray
-
-    @property
-    def nnz(self) -> int:
-        return self.kernels.size * len(self.bases)
-
-    @property
-    def stored_bytes(self) -> int:
-        return sum(a.nbytes for a in (self.kernels, self.offsets, self.bases, self.rows,
-                                      self.shifts))
-
-    def columns(self) -> np.ndarray:
-        """(n_k, n_b, taps): the column each weight reads (O(nnz): for checks and CSR)."""
-        return (self.shifts[:, None, None] + self.bases[None, :, None]
-                + self.offsets[None, None, :])
-
-    def apply(self, h: np.ndarray, out: np.ndarray) -> None:
-        """``out[rows] += kernels @ patches`` for h (n_in, B), by kernel shift."""
-        kernels = self.kernels.astype(h.dtype, copy=False)
-        index = self.bases[None, :] + self.offsets[:, None]          # (taps, n_b)
-        for shift in np.unique(self.shifts):
-            which = np.flatnonzero(self.shifts == shift)
-            patches = np.take(h, (index + shift).ravel(), axis=0)     # (taps * n_b, B)
-            patches = patches.reshape(len(self.offsets), -1)          # (taps, n_b * B)
-            product = (kernels[which] @ patches).reshape(len(which) * len(self.bases), -1)
-            np.add.at(out, self.rows[which].ravel(), product)
-
-    def to_coo(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(rows, columns, values) of every weight."""
-        n_k, taps, n_b = len(self.kernels), len(self.offsets), len(self.bases)
-        rows = np.broadcast_to(self.rows[:, :, None], (n_k, n_b, taps)).ravel()
-        values = np.broadcast_to(self.kernels[:, None, :], (n_k, n_b, taps)).ravel()
-        return rows, self.columns().ravel(), values
-
-
-@dataclass(frozen=True)
-class CopyRuns:
-    """``out[rows[i] + j] += weights[i] * h[columns[i] + j]`` for ``j < lengths[i]``."""
-
-    rows: np.ndarray
-    columns: np.ndarray
-    lengths: np.ndarray
-    weights: np.ndarray
-
-    @property
-    def nnz(self) -> int:
-        return int(self.lengths.sum())
-
-    @property
-    def stored_bytes(self) -> int:
-        return sum(a.nbytes for a in (self.rows, self.columns, self.lengths, self.weights))
-
-    def apply(self, h: np.ndarray, out: np.ndarray) -> None:
-        for row, column, length, weight in zip(self.rows, self.columns, self.lengths,
-                                               self.weights):
-            out[row:row + length] += h.dtype.type(weight) * h[column:column + length]
-
-    def to_coo(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        step = np.arange(self.nnz) - np.repeat(np.cumsum(self.lengths) - self.lengths,
-                                                self.lengths)
-        return (np.repeat(self.rows, self.lengths) + step,
-                np.repeat(self.columns, self.lengths) + step,
-                np.repeat(self.weights, self.lengths))
-
-
-@dataclass(frozen=True)
-class CsrRows:
-    """``out[rows] += matrix @ h``: rows (n_r,) distinct, matrix (n_r, n_in) CSR."""
-
-    rows: np.ndarray
-    matrix: sp.csr_array
-
-    @property
-    def nnz(self) -> int:
-        return int(self.matrix.nnz)
-
-    @property
-    def stored_bytes(self) -> int:
-        m = self.matrix
-        return self.rows.nbytes + m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
-
-    def apply(self, h: np.ndarray, out: np.ndarray) -> None:
-        out[self.rows] += self.matrix.astype(h.dtype, copy=False) @ h
-
-    def to_coo(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        coo = self.matrix.tocoo()
-        return self.rows[coo.row], coo.col.astype(INDEX), coo.data
-
-
-Part = ProductGroup | CopyRuns | CsrRows
-
-
-def csr_bytes(nnz: int, n_rows: int, itemsize: int) -> int:
-    """What a CSR of ``nnz`` entries takes (int64 indices: the worst case)."""
-    return nnz * (itemsize + 8) + (n_rows + 1) * 8
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StructuredMatrix:
     """An (n_out, n_in) matrix as the sum of its parts (see the module's docstring)."""
 
@@ -160,13 +53,17 @@ class StructuredMatrix:
 
     @property
     def stored_bytes(self) -> int:
-        return sum(p.stored_bytes for p in self.parts)
+        """Bytes of the arrays that generate it, each array its parts share once."""
+        arrays = {id(a): a.nbytes for p in self.parts for a in part_arrays(p)}
+        return sum(arrays.values())
 
     @classmethod
     def from_csr(cls, matrix) -> "StructuredMatrix":
+        """A CSR matrix as parts: its runs of copies (rows of one entry that copy
+        consecutive columns with one weight: carried values, shortcuts) as CopyRuns,
+        the other rows as CSR rows."""
         matrix = sp.csr_array(matrix)
-        rows = np.arange(matrix.shape[0], dtype=INDEX)
-        return cls(tuple(matrix.shape), (CsrRows(rows, matrix),), np.dtype(matrix.dtype))
+        return cls(tuple(matrix.shape), csr_parts(matrix), np.dtype(matrix.dtype))
 
     # ------------------------------------------------------------------ evaluation
     def apply(self, h: np.ndarray) -> np.ndarray:
@@ -181,13 +78,15 @@ class StructuredMatrix:
 
     def to_csr(self, max_bytes: int | None = None) -> sp.csr_array:
         """The whole matrix in CSR (duplicate entries summed), refused with a CompileError
-        before anything is allocated when its bytes would pass ``max_bytes``."""
-        need = csr_bytes(self.nnz, self.shape[0], self.dtype.itemsize)
-        if max_bytes is not None and need > max_bytes:
-            raise CompileError(f"materializing a {self.shape[0]:,}x{self.shape[1]:,} matrix "
-                               f"of {self.nnz:,} non-zeros takes {need / 2**20:,.0f} MiB, "
-                               f"above the limit of {max_bytes / 2**20:,.0f} MiB")
+        before anything is allocated when its bytes would pass ``max_bytes`` (by default
+        the limit of the enclosing ``materialize_limit``)."""
+        check_materialize(self.nnz, self.shape, self.dtype.itemsize, max_bytes)
+        if len(self.parts) == 1 and isinstance(self.parts[0], CsrRows) and \
+                np.array_equal(self.parts[0].rows, np.arange(self.shape[0])):
+            return self.parts[0].matrix.astype(self.dtype, copy=False)
         rows, cols, values = self.coo()
+        if max(self.nnz, *self.shape) < 2**31 - 1:  # int32 indices, as CSR built directly
+            rows, cols = rows.astype(np.int32), cols.astype(np.int32)
         matrix = sp.coo_array((values.astype(self.dtype, copy=False), (rows, cols)),
                               shape=self.shape).tocsr()
         matrix.sum_duplicates()
@@ -199,155 +98,42 @@ class StructuredMatrix:
             return (np.zeros(0, INDEX), np.zeros(0, INDEX), np.zeros(0, self.dtype))
         return tuple(np.concatenate([t[i] for t in triples]) for i in range(3))
 
+    def with_parts(self, parts, shape=None, dtype=None) -> "StructuredMatrix":
+        return StructuredMatrix(tuple(shape or self.shape), tuple(parts),
+                                np.dtype(dtype or self.dtype))
+
     # ------------------------------------------------------------------ what passes do
+    # (the rules for each kind of part are in structured_rules.py)
     def select_rows(self, keep: np.ndarray) -> "StructuredMatrix":
-        """The matrix of rows ``keep`` (distinct, in the new order: new row r is old row
-        ``keep[r]``). A group whose kept pairs are a set of kernels times a set of
-        positions (a stride keeps every kernel at some positions) stays a group."""
-        keep = np.asarray(keep, INDEX)
-        if len(np.unique(keep)) != len(keep):
-            raise ValueError("select_rows takes distinct rows")
-        new_of_old = np.full(self.shape[0], -1, INDEX)
-        new_of_old[keep] = np.arange(len(keep), dtype=INDEX)
-        parts: list[Part] = []
-        for part in self.parts:
-            parts += select_part(part, new_of_old, self.shape[1])
-        return StructuredMatrix((len(keep), self.shape[1]), tuple(parts), self.dtype)
+        """The matrix of rows ``keep`` (distinct: new row r is old row ``keep[r]``)."""
+        return select_rows(self, keep)
+
+    def relabel_rows(self, new_of_old: np.ndarray, n_out: int) -> "StructuredMatrix":
+        """Old row i becomes row ``new_of_old[i]`` of an ``n_out``-row matrix (-1: dropped;
+        the kept rows go to distinct rows): a selection, a stride, a Concat's placement."""
+        return relabel_rows(self, new_of_old, n_out)
 
     def scale_rows(self, scale: np.ndarray) -> "StructuredMatrix":
         """``diag(scale) @ W`` (a BatchNorm after a convolution scales each channel)."""
-        scale = np.asarray(scale)
-        return self.with_parts(scale_part_rows(p, scale, self.shape[1]) for p in self.parts)
+        return scale_rows(self, np.asarray(scale))
 
     def scale_columns(self, scale: np.ndarray) -> "StructuredMatrix":
         """``W @ diag(scale)`` (a per-channel normalization before it)."""
-        scale = np.asarray(scale)
-        return self.with_parts(scale_part_columns(p, scale) for p in self.parts)
+        return scale_columns(self, np.asarray(scale))
 
     def remap_columns(self, new_of_old: np.ndarray, n_in: int) -> "StructuredMatrix":
         """The matrix reading column ``new_of_old[j]`` of an ``n_in``-wide input where it
-        read column ``j`` (a layout change moves whole channels: groups stay groups)."""
-        new_of_old = np.asarray(new_of_old, INDEX)
-        parts = []
-        for part in self.parts:
-            parts += remap_part(part, new_of_old, n_in)
-        return StructuredMatrix((self.shape[0], n_in), tuple(parts), self.dtype)
+        read column ``j`` (-1: the column reads nothing now, its weights are dropped)."""
+        return remap_columns(self, np.asarray(new_of_old, INDEX), n_in)
 
     def matmul(self, other, max_bytes: int | None = None) -> "StructuredMatrix":
-        """``self @ other`` (other a StructuredMatrix or a sparse matrix) through CSR,
-        under the size check; the structure-keeping products come with the passes that
-        use them."""
+        """``self @ other`` through CSR, under the size check (the products that keep
+        structure are in ``ir/weights.py``)."""
         right = other.to_csr(max_bytes) if isinstance(other, StructuredMatrix) else \
             sp.csr_array(other)
         product = sp.csr_array(self.to_csr(max_bytes) @ right)
-        if max_bytes is not None and csr_bytes(product.nnz, product.shape[0],
-                                               self.dtype.itemsize) > max_bytes:
-            raise CompileError(f"the product of two layers has {product.nnz:,} non-zeros, "
-                               f"above the limit of {max_bytes / 2**20:,.0f} MiB")
+        check_materialize(product.nnz, product.shape, self.dtype.itemsize, max_bytes)
         return StructuredMatrix.from_csr(product)
-
-    def with_parts(self, parts) -> "StructuredMatrix":
-        return StructuredMatrix(self.shape, tuple(parts), self.dtype)
-
-
-# ---------------------------------------------------------------------- the parts' rules
-@dataclass(frozen=True)
-class _Triples:
-    """(rows, columns, values) as a part, for the CSR fallback."""
-
-    rows: np.ndarray
-    cols: np.ndarray
-    values: np.ndarray
-
-    def to_coo(self):
-        return self.rows, self.cols, self.values
-
-
-def as_csr_rows(part, n_in: int) -> CsrRows:
-    """Any part (anything with ``to_coo``) as CSR rows over ``n_in`` columns: the
-    fallback, exact."""
-    rows, cols, values = part.to_coo()
-    distinct, inverse = np.unique(rows, return_inverse=True)
-    matrix = sp.coo_array((values, (inverse, cols)), shape=(len(distinct), n_in)).tocsr()
-    matrix.sum_duplicates()
-    return CsrRows(distinct.astype(INDEX), matrix)
-
-
-def select_part(part: Part, new_of_old: np.ndarray, n_in: int) -> list[Part]:
-    if isinstance(part, ProductGroup):
-        kept = new_of_old[part.rows] >= 0                      # (n_k, n_b)
-        kernels, bases = kept.any(axis=1), kept.any(axis=0)
-        if not kept.any():
-            return []
-        if np.array_equal(kept, np.outer(kernels, bases)):   # a product of selections
-            return [ProductGroup(part.kernels[kernels], part.offsets, part.bases[bases],
-                                 new_of_old[part.rows[np.ix_(kernels, bases)]],
-                                 part.shifts[kernels])]
-    elif isinstance(part, CsrRows):
-        kept = new_of_old[part.rows] >= 0
-        return [CsrRows(new_of_old[part.rows[kept]], part.matrix[kept])] if kept.any() else []
-    rows, cols, values = part.to_coo()
-    kept = new_of_old[rows] >= 0
-    if not kept.any():
-        return []
-    return [as_csr_rows(_Triples(new_of_old[rows[kept]], cols[kept], values[kept]), n_in)]
-
-
-def scale_part_rows(part: Part, scale: np.ndarray, n_in: int) -> Part:
-    if isinstance(part, ProductGroup):
-        per_pair = scale[part.rows]                              # (n_k, n_b)
-        if np.all(per_pair == per_pair[:, :1]):                  # one scale a kernel
-            return replace(part, kernels=part.kernels * per_pair[:, :1].astype(
-                part.kernels.dtype))
-    elif isinstance(part, CopyRuns):
-        starts = np.cumsum(part.lengths) - part.lengths
-        per_value = scale[np.repeat(part.rows, part.lengths)
-                          + np.arange(part.nnz) - np.repeat(starts, part.lengths)]
-        first = np.repeat(scale[part.rows], part.lengths)
-        if np.all(per_value == first):                           # one scale a run
-            return replace(part, weights=part.weights * scale[part.rows].astype(
-                part.weights.dtype))
-    elif isinstance(part, CsrRows):
-        factor = scale[part.rows].astype(part.matrix.dtype)
-        return CsrRows(part.rows, sp.csr_array(sp.diags_array(factor) @ part.matrix))
-    return scale_part_rows(as_csr_rows(part, n_in), scale, n_in)
-
-
-def scale_part_columns(part: Part, scale: np.ndarray) -> Part:
-    if isinstance(part, ProductGroup):
-        per_weight = scale[part.columns()]                       # (n_k, n_b, taps)
-        if np.all(per_weight == per_weight[:, :1, :]):           # one scale a (kernel, tap)
-            return replace(part, kernels=part.kernels * per_weight[:, 0, :].astype(
-                part.kernels.dtype))
-    elif isinstance(part, CopyRuns):
-        rows, cols, _ = part.to_coo()
-        per_value = scale[cols]
-        if np.all(per_value == np.repeat(scale[part.columns], part.lengths)):
-            return replace(part, weights=part.weights * scale[part.columns].astype(
-                part.weights.dtype))
-    elif isinstance(part, CsrRows):
-        width = part.matrix.shape[1]
-        factor = scale[:width].astype(part.matrix.dtype)
-        return CsrRows(part.rows, sp.csr_array(part.matrix @ sp.diags_array(factor)))
-    return scale_part_columns(as_csr_rows(part, len(scale)), scale)
-
-
-def remap_part(part: Part, new_of_old: np.ndarray, n_in: int) -> list[Part]:
-    if isinstance(part, ProductGroup):
-        columns = new_of_old[part.columns()]                     # (n_k, n_b, taps)
-        shifts = columns[:, 0, 0] - columns[0, 0, 0]
-        bases = columns[0, :, 0]
-        offsets = columns[0, 0, :] - columns[0, 0, 0]
-        if np.array_equal(columns, shifts[:, None, None] + bases[None, :, None]
-                          + offsets[None, None, :]):
-            return [ProductGroup(part.kernels, offsets, bases, part.rows, shifts)]
-    elif isinstance(part, CsrRows):
-        coo = part.matrix.tocoo()
-        matrix = sp.coo_array((coo.data, (coo.row, new_of_old[coo.col])),
-                              shape=(part.matrix.shape[0], n_in)).tocsr()
-        return [CsrRows(part.rows, matrix)]
-    rows, cols, values = part.to_coo()
-    return [as_csr_rows(_Triples(rows, new_of_old[cols], values), n_in)]
 
 
 # ---------------------------------------------------------------------- convolutions
@@ -356,8 +142,8 @@ def conv_structured(kernel: np.ndarray, bias: np.ndarray | None, in_shape, strid
     """A convolution's matrix as product groups, its bias and its output shape: the
     same matrix as ``conv_matrix`` builds in CSR (rows (o, p), columns (c, pixel)), in
     O(parameters + positions). Positions whose windows lie wholly inside the input form
-    one group per convolution group; border positions, grouped by which taps they keep,
-    form smaller ones."""
+    one group; border positions, grouped by which taps they keep, form smaller ones that
+    share the kernels."""
     c_in, spatial = in_shape[0], tuple(in_shape[1:])
     n_out = kernel.shape[0]
     c_group, per_group = c_in // group, n_out // group
@@ -370,10 +156,11 @@ def conv_structured(kernel: np.ndarray, bias: np.ndarray | None, in_shape, strid
     # pixel[p, u] = base[p] + relative[u] wherever the tap is inside: both are linear in
     # the window's origin and the tap's offset
     relative = window_relative(axes, spatial)
-    base = pixel[np.arange(n_pos), np.argmax(inside, axis=1)] - relative[np.argmax(inside,
-                                                                                   axis=1)]
-    flat_kernels = np.asarray(kernel, dtype).reshape(n_out, c_group * n_off)
-    rows_of = (np.arange(n_out, dtype=INDEX)[:, None] * n_pos)  # row of (o, position 0)
+    first = np.argmax(inside, axis=1)
+    base = pixel[np.arange(n_pos), first] - relative[first]
+    kernels = np.ascontiguousarray(np.asarray(kernel, dtype).reshape(n_out, c_group * n_off))
+    kernel_rows = np.arange(n_out, dtype=INDEX) * n_pos
+    shifts = (np.arange(n_out, dtype=INDEX) // per_group) * (c_group * n_pix)
     patterns, which = np.unique(inside, axis=0, return_inverse=True)
     parts = []
     for index, mask in enumerate(patterns):
@@ -381,12 +168,11 @@ def conv_structured(kernel: np.ndarray, bias: np.ndarray | None, in_shape, strid
         if not len(taps_u):
             continue
         positions = np.flatnonzero(which.ravel() == index).astype(INDEX)
-        taps = (np.arange(c_group)[:, None] * n_off + taps_u[None, :]).ravel()
+        taps = (np.arange(c_group)[:, None] * n_off + taps_u[None, :]).ravel().astype(INDEX)
         offsets = (np.arange(c_group, dtype=INDEX)[:, None] * n_pix
                    + relative[taps_u][None, :]).ravel()
-        shifts = (np.arange(n_out, dtype=INDEX) // per_group) * (c_group * n_pix)
-        parts.append(ProductGroup(flat_kernels[:, taps], offsets, base[positions],
-                                  rows_of + positions[None, :], shifts))
+        parts.append(ProductGroup(kernels, taps, offsets, base[positions], shifts,
+                                  kernel_rows, positions))
     out_bias = None if bias is None else np.repeat(np.asarray(bias, dtype), n_pos)
     matrix = StructuredMatrix((n_out * n_pos, c_in * n_pix), tuple(parts), np.dtype(dtype))
     return matrix, out_bias, (n_out,) + out_spatial

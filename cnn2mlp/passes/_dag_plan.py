@@ -13,7 +13,8 @@ import scipy.sparse as sp
 from ..ir import Graph, Node, get_op
 from ..errors import CompileError
 from ..ir.activations import IDENTITY as IDENTITY_NEURON
-from ..ir.linear import selection, to_csr
+from ..ir import weights
+from ..ir.linear import selection
 from ..ir.ops import sum_coeffs
 from ..ir.precision import real
 from ._compose import nnz, product_nnz_bound
@@ -51,15 +52,13 @@ class Affine:
     def map(self, matrix: sp.csr_array) -> "Affine":
         """``matrix @ self``: a product of two weight matrices is formed in float64 and
         rounded once; an identity term shares ``matrix`` (no copy)."""
-        terms = {s: matrix if m is None else product(matrix, m) for s, m in self.terms.items()}
-        bias = None if self.bias is None else matrix @ np.asarray(self.bias, np.float64)
+        terms = {s: matrix if m is None else weights.product(matrix, m, real())
+                 for s, m in self.terms.items()}
+        bias = None
+        if self.bias is not None:
+            bias = weights.matvec(weights.astype(matrix, np.float64),
+                                  np.asarray(self.bias, np.float64)[None, :])[0]
         return Affine(terms, bias, matrix.shape[0])
-
-
-def product(a: sp.csr_array, b: sp.csr_array) -> sp.csr_array:
-    out = sp.csr_array(a.astype(np.float64) @ b.astype(np.float64))
-    out.sum_duplicates()
-    return out.astype(real())
 
 
 def add_affines(parts: list[tuple[sp.csr_array, Affine]], size: int) -> Affine:
@@ -69,7 +68,7 @@ def add_affines(parts: list[tuple[sp.csr_array, Affine]], size: int) -> Affine:
     for matrix, affine in parts:
         mapped = affine.map(matrix)
         for s, m in mapped.terms.items():
-            terms[s] = m if s not in terms else sp.csr_array(terms[s] + m)
+            terms[s] = m if s not in terms else weights.add(terms[s], m)
         if mapped.bias is not None:
             bias = mapped.bias if bias is None else bias + mapped.bias
     return Affine(terms, bias, size)
@@ -78,8 +77,9 @@ def add_affines(parts: list[tuple[sp.csr_array, Affine]], size: int) -> Affine:
 def linear_affine(graph: Graph, node: Node, args: list[Affine]) -> Affine:
     size = graph.values[node.output].size
     if node.op == "Dense":
-        w = to_csr(node.attrs["weight"]).astype(real(), copy=False)
-        out = args[0].map(w)
+        w = node.attrs["weight"]  # a dense array is read as CSR here (counts, sums)
+        w = w if weights.is_structured(w) else weights.as_csr(w)
+        out = args[0].map(weights.astype(w, real()))
         b = node.attrs.get("bias")
         if b is not None:
             out.bias = np.asarray(b, np.float64) + (0 if out.bias is None else out.bias)
@@ -190,10 +190,10 @@ def plan_layers(graph: Graph, keep: Callable | None = None) -> Plan:
     return Plan(pre, depth, activations, output, last_use, layers, final_linear, kept)
 
 
-def is_light(m: sp.csr_array | None) -> bool:
+def is_light(m) -> bool:
     """A term that reads at most one source entry per value (a selection, placement or
     scaling): reading it costs a reader no more than reading the value itself."""
-    return m is None or not m.nnz or int(np.diff(m.indptr).max()) <= 1
+    return weights.is_light(m)
 
 
 def split_terms(affine: Affine) -> tuple[dict, dict]:
@@ -207,7 +207,7 @@ def heavy_row_index(heavy: dict) -> np.ndarray:
     """The entries of a value that some heavy term reaches."""
     reached = None
     for m in heavy.values():
-        rows = np.diff(m.indptr) > 0
+        rows = weights.row_counts(m) > 0
         reached = rows if reached is None else reached | rows
     return np.flatnonzero(reached)
 
@@ -219,7 +219,7 @@ def heavy_rows(affine: Affine, name: str) -> tuple[Affine, Affine]:
     heavy, light = split_terms(affine)
     rows = heavy_row_index(heavy)
     bias = None if affine.bias is None else np.asarray(affine.bias, np.float64)
-    kept = Affine({s: sp.csr_array(m[rows]) for s, m in heavy.items()},
+    kept = Affine({s: weights.select_rows(m, rows) for s, m in heavy.items()},
                   None if bias is None else bias[rows], len(rows))
     rest_bias = None
     if bias is not None:
@@ -302,11 +302,8 @@ def worth_keeping(graph: Graph, value: str, affine: Affine, depth: dict[str, int
 
 
 def column_counts(w) -> np.ndarray:
-    """Non-zeros in each column of a weight (sparse or dense)."""
-    if sp.issparse(w):
-        w = to_csr(w)
-        return np.bincount(w.indices, minlength=w.shape[1])
-    return np.count_nonzero(w, axis=0)
+    """Non-zeros in each column of a weight (sparse, dense or structured)."""
+    return weights.column_counts(w)
 
 
 #: which linear values each fusion policy keeps as layers

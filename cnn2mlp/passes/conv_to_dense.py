@@ -1,17 +1,21 @@
 from __future__ import annotations
 
 from ..ir import Graph, Node
-from ..ir.conv_matrix import conv_matrix, strided_positions
+from ..ir.conv_matrix import strided_positions
+from ..ir.precision import real
+from ..ir.structured import conv_structured
 from .base import Pass, PassContext, register_pass
 
 
 @register_pass
 class ConvToDense(Pass):
-    """Rewrites each Conv as a Dense whose weight is the convolution's sparse matrix.
+    """Rewrites each Conv as a Dense whose weight is the convolution's matrix, kept as
+    what generates it (``ir/structured.py``: product groups of the kernels and the
+    positions, each kernel stored once).
 
     Row ``(o, *out_pos)`` holds ``K[o, c, *u]`` in column ``(c, *in_pos)`` for every kernel
-    offset ``u`` that lands inside the input; padding contributes nothing. The CSR arrays
-    are built directly, vectorized, in O(non-zeros) time and memory.
+    offset ``u`` that lands inside the input; padding contributes nothing. Built in
+    O(parameters + positions) time and memory, never O(multiply-adds).
 
     Option ``conv-to-dense.fold_stride`` (default True): emit the strided matrix directly.
     When False, emit the stride-1 matrix followed by a Select of the strided positions,
@@ -37,8 +41,8 @@ def lower_conv(graph: Graph, node: Node, direct: bool) -> None:
     in_shape = graph.shape(node.input)
     out_shape = graph.shape(node.output)
     strides = a["strides"] if direct else (1,) * len(a["strides"])
-    weight, bias, full_shape = conv_matrix(a["kernel"], a.get("bias"), in_shape, strides,
-                                           a["pads"], a["dilations"], a["group"])
+    weight, bias, full_shape = conv_structured(a["kernel"], a.get("bias"), in_shape, strides,
+                                               a["pads"], a["dilations"], a["group"], real())
     node.op, node.attrs = "Dense", {"weight": weight, "bias": bias, "out_shape": full_shape}
     if full_shape == out_shape:
         return

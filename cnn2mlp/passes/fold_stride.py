@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Node
-from ..ir.linear import selection, to_csr
+from ..ir.linear import selection
+from ..ir.weights import select_rows
 from ._compose import compose, dense_map, set_dense
 from .base import Pass, PassContext, register_pass
 
@@ -34,7 +35,7 @@ def fold_into_rows(graph: Graph, select: Node) -> bool:
         return False
     idx = select.attrs["indices"]
     w, b = dense_map(source)
-    source.attrs["weight"] = to_csr(w)[idx] if not isinstance(w, np.ndarray) else w[idx]
+    source.attrs["weight"] = select_rows(w, idx)
     source.attrs["bias"] = None if b is None else b[idx]
     source.attrs["out_shape"] = graph.shape(select.output)
     graph.values[source.output].shape = graph.shape(select.output)

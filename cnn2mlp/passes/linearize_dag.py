@@ -11,7 +11,7 @@ from ..ir import activations
 from ..ir.activations import ALPHA_OPS
 from ..ir.analysis import interval_bounds
 from ..ir.cost import BYTES_PER_NNZ
-from ..ir.linear import index_dtype, to_csr
+from ..ir import weights
 from ..ir.precision import real
 from ._dag_plan import KEEPING, Affine, Plan, is_chain, plan_layers
 from .base import Pass, PassContext, register_pass
@@ -108,7 +108,7 @@ class Emitter:
             blocks, placed = self.layer_blocks(k, reads, width)
             self.count_bytes(blocks, k)
             reads, width = self.reconstruction(blocks, placed)
-            weight = sp.vstack([b.weight for b in blocks], format="csr").astype(real())
+            weight = weights.vstack([b.weight for b in blocks], real())
             bias = np.concatenate([b.bias for b in blocks]).astype(real())
             rows = np.concatenate([np.full(b.weight.shape[0], b.carried) for b in blocks])
             segs = segments(blocks)
@@ -124,7 +124,7 @@ class Emitter:
         if plan.final_linear:
             weight, bias = self.combine(plan.output, reads, width)
             current = graph.add_node("Dense", [current], {
-                "weight": weight.astype(real()), "bias": bias.astype(real()),
+                "weight": weights.astype(weight, real()), "bias": bias.astype(real()),
                 "out_shape": out_shape, "input_blocks": input_blocks}, name="output").output
         elif graph.shape(current) != out_shape:
             current = graph.add_node("Reshape", [current], {"shape": out_shape}).output
@@ -136,7 +136,7 @@ class Emitter:
         """Add layer k to the bytes the chain takes, and stop before building it when the
         total would pass --max-bytes (carried values grow with depth: a 300-layer
         staircase whose every value a final Sum reads carries 22 million neurons)."""
-        self.bytes += sum(b.weight.nnz * BYTES_PER_NNZ + b.weight.shape[0] * 8 for b in blocks)
+        self.bytes += sum(stored_size(b.weight) + b.weight.shape[0] * 8 for b in blocks)
         limit = self.ctx.max_bytes
         if limit is not None and self.bytes > limit:
             carried = sum(b.weight.shape[0] for b in blocks if b.carried)
@@ -234,32 +234,27 @@ class Emitter:
         weight = None
         for s, m in affine.terms.items():
             part = read_matrix(reads[s], width) if m is None else place(m, reads[s], width)
-            weight = part if weight is None else sp.csr_array(weight + part)
+            weight = part if weight is None else weights.add(weight, part)
         if weight is None:
             weight = sp.csr_array((affine.size, width), dtype=real())
         bias = np.zeros(affine.size) if affine.bias is None else np.asarray(affine.bias)
         return weight, bias
 
 
-def shift_columns(m: sp.csr_array, offset: int, width: int) -> sp.csr_array:
-    """``m`` with every column moved right by ``offset``, in a matrix ``width`` wide."""
-    m = to_csr(m)
-    dt = index_dtype(width, m.nnz)
-    return sp.csr_array((m.data, m.indices.astype(dt) + dt(offset), m.indptr.astype(dt)),
-                        shape=(m.shape[0], width))
+def stored_size(w) -> int:
+    """Bytes a block's weight takes: a structured one its parts, a CSR one its entries."""
+    return weights.stored_bytes(w) if weights.is_structured(w) else w.nnz * BYTES_PER_NNZ
 
 
-def place(m: sp.csr_array, read, width: int) -> sp.csr_array:
-    """``m @ R``: ``m`` reads a source that the layer holds as the pieces of ``read``."""
-    parts = []
+def place(m, read, width: int):
+    """``m @ R``: ``m`` reads a source that the layer holds as the pieces of ``read`` (a
+    column shift and a scaling; a structured ``m`` stays structured)."""
+    out = None
     for offset, coeff, subset in read[1]:
-        sub = to_csr(m) if subset is None else sp.csr_array(to_csr(m)[:, subset])
-        if coeff != 1.0:
-            sub = sub * real().type(coeff)
-        parts.append(shift_columns(sub, offset, width))
-    out = parts[0]
-    for part in parts[1:]:
-        out = sp.csr_array(out + part)
+        sub = weights.shift_columns(m, offset, width) if subset is None else \
+            weights.select_columns(m, subset, offset, width)
+        sub = weights.scaled(sub, coeff)
+        out = sub if out is None else weights.add(out, sub)
     return out
 
 

@@ -7,6 +7,7 @@ from typing import Callable, Iterable
 
 from ..ir import Graph
 from ..ir.precision import working_precision
+from ..ir.structured import materialize_limit
 from .base import PassContext, get_pass
 
 #: the pipeline every target starts from (each target replaces or adds a few passes:
@@ -113,7 +114,9 @@ class Pipeline:
         which pass starts (progress), ``after_each(name, graph)`` sees each result."""
         ctx = ctx or PassContext()
         report = PipelineReport()
-        with working_precision(graph.dtype):  # weights are rounded to the model's precision
+        # weights are rounded to the model's precision; no matrix is materialized above
+        # --max-bytes
+        with working_precision(graph.dtype), materialize_limit(ctx.max_bytes):
             for index, name in enumerate(self.passes):
                 if before_each is not None:
                     before_each(index, len(self.passes), name)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Node, get_op
-from ..ir.linear import to_csr
+from ..ir import weights
 from ..ir.activations import ALPHA_OPS
 from .base import Pass, PassContext, register_pass
 
@@ -26,9 +26,8 @@ class PruneNeurons(Pass):
         layers = chain_layers(graph)
         removed = 0
         for (dense, act), (reader, _) in reversed(list(zip(layers[:-1], layers[1:]))):
-            w_next = to_csr(reader.attrs["weight"])
-            used = np.bincount(w_next.indices[w_next.data != 0],
-                               minlength=w_next.shape[1]) > 0
+            w_next = reader.attrs["weight"]
+            used = used_columns(w_next)
             if used.all():
                 continue
             keep = np.flatnonzero(used)
@@ -38,8 +37,8 @@ class PruneNeurons(Pass):
                 continue
             removed += w_next.shape[1] - len(keep)
             shrink(graph, dense, act, keep)
-            reader.attrs["weight"] = w_next[:, keep] if not isinstance(
-                reader.attrs["weight"], np.ndarray) else reader.attrs["weight"][:, keep]
+            reader.attrs["weight"] = w_next[:, keep] if isinstance(w_next, np.ndarray) else \
+                weights.select_columns(w_next, keep)
             if reader.attrs.get("input_blocks") is not None:  # the kept columns' blocks
                 reader.attrs["input_blocks"] = tuple(int(v) for v in np.unique(
                     np.searchsorted(keep, reader.attrs["input_blocks"])))
@@ -67,8 +66,7 @@ def chain_layers(graph: Graph) -> list[tuple[Node, Node | None]]:
 
 
 def shrink(graph: Graph, dense: Node, act: Node | None, keep: np.ndarray) -> None:
-    w = dense.attrs["weight"]
-    dense.attrs["weight"] = w[keep] if isinstance(w, np.ndarray) else to_csr(w)[keep]
+    dense.attrs["weight"] = weights.select_rows(dense.attrs["weight"], keep)
     if dense.attrs.get("bias") is not None:
         dense.attrs["bias"] = np.asarray(dense.attrs["bias"])[keep]
     if "carried_rows" in dense.attrs:
@@ -96,3 +94,14 @@ def keep_segments(segments, keep: np.ndarray):
             else:
                 out.append((int(lo), int(hi), op, alpha))
     return out
+
+
+def used_columns(w) -> np.ndarray:
+    """Which columns a weight reads with a non-zero (a structured weight: which it reads
+    at all; a kernel's zero taps are rare enough to keep)."""
+    if isinstance(w, np.ndarray):
+        return np.any(w != 0, axis=0)
+    if weights.is_structured(w):
+        return weights.column_counts(w) > 0
+    w = weights.as_csr(w)
+    return np.bincount(w.indices[w.data != 0], minlength=w.shape[1]) > 0

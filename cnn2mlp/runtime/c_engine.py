@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CompileError
+from ..ir.weights import weight_arrays
 from .c_batched import SAMPLES
 from .c_build import CLibrary, build_library, build_timeout, find_compiler
 from .c_source import c_source
@@ -177,7 +178,7 @@ def mlp_digest(mlp) -> str:
         weight = layer.weight
         digest.update(repr((weight.shape, str(weight.dtype), layer.activation, layer.alpha,
                             layer.segments, layer.carried, layer.input_blocks)).encode())
-        for array in (weight.data, weight.indices, weight.indptr, layer.bias):
+        for array in (*weight_arrays(weight), layer.bias):
             array = np.ascontiguousarray(array)
             digest.update(str(array.dtype).encode())
             digest.update(memoryview(array).cast("B"))

@@ -27,6 +27,8 @@ MIN_SAVED_OVER_COST = 4
 def merge_equal_columns(layer: MlpLayer) -> tuple[MlpLayer, MlpLayer] | None:
     """(summing layer, the layer on the sums) when merging pays, else None."""
     w = layer.weight
+    if not sp.issparse(w):  # a structured weight: its parts are kept as the compiler made them
+        return None
     found = merged_columns(w.data, w.indices, w.indptr, w.shape[1])
     if found is None:
         return None

@@ -24,8 +24,12 @@ import scipy.sparse as sp
 
 from ..ir.activations import BY_CODE, BY_NAME, CATALOGUE
 from ..ir.mlp import MlpLayer
+from ..ir.structured import CopyRuns, ProductGroup, StructuredMatrix
+from ..ir.weights import as_csr, astype, is_structured
 from .columns import runtime_layers
-from .structure import Part, find_parts
+from .structure import (MIN_COPY_RUN, MIN_GROUP_ROWS, MIN_GROUP_WEIGHTS, Part, find_parts,
+                        rows_of)
+from .structure import ProductGroup as RuntimeGroup
 
 #: layers with more non-zeros than this fraction of their entries run as dense products
 #: (measured in benchmarks/bench_runtime.py: CSR loses to a dense kernel above a third)
@@ -48,7 +52,7 @@ class LayerPlan:
     """One layer as the engines run it (arrays in the working precision)."""
 
     source: MlpLayer
-    weight: sp.csr_array
+    weight: "sp.csr_array | StructuredMatrix"
     bias: np.ndarray
     codes: np.ndarray            # activation code per row (the catalogue's)
     alphas: np.ndarray
@@ -92,7 +96,7 @@ def row_activations(layer: MlpLayer) -> tuple[np.ndarray, np.ndarray]:
 
 def plan_layer(layer: MlpLayer, dtype) -> LayerPlan:
     dtype = np.dtype(dtype)
-    w = layer.weight.astype(dtype, copy=False)
+    w = astype(layer.weight, dtype)
     n_out, n_in = w.shape
     codes, alphas = row_activations(layer)
     bias = np.asarray(layer.bias, dtype)
@@ -100,13 +104,15 @@ def plan_layer(layer: MlpLayer, dtype) -> LayerPlan:
     density = w.nnz / max(1, n_out * n_in)
     fits = n_out * n_in * dtype.itemsize <= DENSE_LIMIT
     parts, touched = [], np.ones(n_out, np.int64)
-    if density < ALL_DENSE or not fits:
+    if is_structured(w):  # the parts the compiler kept: no search
+        parts, touched = structured_parts(w)
+    elif density < ALL_DENSE or not fits:
         blocks = None if layer.input_blocks is None else np.asarray(layer.input_blocks)
         parts, touched = find_parts(w.data, w.indices.astype(np.int64),
                                     w.indptr.astype(np.int64), n_in, blocks)
     if fits and density > DENSE_THRESHOLD and (density >= ALL_DENSE or
                                                grouped_share(parts, w.nnz) < GROUPED_ENOUGH):
-        dense = np.ascontiguousarray(w.toarray())
+        dense = np.ascontiguousarray(as_csr(w).toarray())
         parts, touched = [], np.ones(n_out, np.int64)
     shared = touched != 1
     clamped = np.isin(codes, CLAMP_CODES)
@@ -119,6 +125,50 @@ def plan_layer(layer: MlpLayer, dtype) -> LayerPlan:
                      np.flatnonzero(shared), store_bias, lo.astype(dtype),
                      scale.astype(dtype), hi.astype(dtype), shared.astype(np.uint8),
                      finish, finish_bias)
+
+
+def structured_parts(w: StructuredMatrix) -> tuple[list[Part], np.ndarray]:
+    """The runtime's parts of a structured weight, read from its own parts: its product
+    groups and copy runs as they are (those too small for a kernel of their own join the
+    CSR rows), the rest searched as any CSR is. ``touched``: how many parts write each
+    row."""
+    groups, copies, rest = [], [], []
+    for part in w.parts:
+        if isinstance(part, ProductGroup) and len(part.kernels) * len(part.bases) >= \
+                MIN_GROUP_ROWS and len(part.kernels) * len(part.taps) >= MIN_GROUP_WEIGHTS:
+            groups.append(RuntimeGroup(np.ascontiguousarray(part.weights), part.offsets,
+                                       part.bases, part.rows, part.shifts))
+        elif isinstance(part, CopyRuns) and np.all(part.lengths >= MIN_COPY_RUN):
+            copies.append(part)
+        else:
+            rest.append(part)
+    copy_arrays = tuple(np.concatenate([getattr(c, k) for c in copies] or [np.zeros(0)])
+                        .astype(np.int64 if k != "weights" else np.float64)
+                        for k in ("rows", "columns", "lengths", "weights"))
+    parts = [Part(groups, copy_arrays, np.zeros(0, np.int64),
+                  (np.zeros(0, w.dtype), np.zeros(0, np.int64), np.zeros(1, np.int64)))]
+    if rest:
+        matrix = w.with_parts(rest).to_csr()
+        found, _ = find_parts(matrix.data, matrix.indices.astype(np.int64),
+                              matrix.indptr.astype(np.int64), w.shape[1])
+        parts += [without_empty_rows(part) for part in found]
+    touched = np.zeros(w.shape[0], np.int64)
+    for part in parts:
+        for group in part.groups:
+            touched[group.rows.ravel()] += 1
+        for start, length in zip(part.copies[0], part.copies[2]):
+            touched[start:start + length] += 1
+        touched[part.rest_rows] += 1
+    return parts, touched
+
+
+def without_empty_rows(part: Part) -> Part:
+    """The part without the CSR rows it holds no entry of (rows other parts write: the
+    rest's CSR spans every row of the layer)."""
+    data, indices, indptr = part.rest
+    keep = np.flatnonzero(np.diff(indptr) > 0)
+    return Part(part.groups, part.copies, part.rest_rows[keep],
+                rows_of(data, indices, indptr, keep))
 
 
 def grouped_share(parts: list[Part], nnz: int) -> float:

@@ -1,0 +1,129 @@
+"""Format version 4: a convolution's matrix stored as its parts (kernels once), read back
+with every index checked, run by every engine and by the standalone kernel module, and
+the plain CSR layout on request (``--npz-layout plain``)."""
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import onnx
+import pytest
+
+from cnn2mlp.backends.csr import load, read_csr
+from cnn2mlp.backends.npz_reader import ArtifactError
+from cnn2mlp.cli import main
+from cnn2mlp.ir.weights import is_structured
+from cnn2mlp.testing import OnnxBuilder
+
+
+def geo(out, stride=1):
+    return {"kernel_shape": (3, 3), "strides": (stride, stride), "dilations": (1, 1),
+            "pads": (1, 1, 1, 1), "group": 1, "out_channels": out}
+
+
+def residual_model(path, side=12):
+    """conv → relu → conv + shortcut → relu → conv (stride 2) → dense: random negative
+    weights and non-zero biases."""
+    b = OnnxBuilder((3, side, side), opset=13, seed=7)
+    b.conv(geo(8))
+    first = b.activation("Relu")
+    b.conv(geo(8))
+    b.node("Add", [b.current, first])
+    b.activation("Relu")
+    b.conv(geo(6, stride=2))
+    b.activation("Relu")
+    b.flatten()
+    b.dense(5)
+    onnx.save(b.build(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("v4")
+    model = residual_model(folder / "m.onnx")
+    paths = {}
+    for layout in ("structured", "plain"):
+        paths[layout] = folder / f"{layout}.npz"
+        assert main([str(model), "-o", str(paths[layout]), "--npz-layout", layout, "--check",
+                     "20", "--quiet"]) == 0
+    return model, paths
+
+
+def test_the_structured_file_stores_parts_and_computes_what_the_csr_one_does(compiled):
+    _, paths = compiled
+    with zipfile.ZipFile(paths["structured"]) as z:
+        names = z.namelist()
+    assert any(n.endswith(".parts.npy") for n in names)
+    assert any(".kernels0" in n for n in names)
+    mlp, _ = read_csr(paths["structured"])
+    assert any(is_structured(layer.weight) for layer in mlp.layers)
+    plain, _ = read_csr(paths["plain"])
+    assert not any(is_structured(layer.weight) for layer in plain.layers)
+    # a row two parts write (a conv plus its shortcut on the same source) counts an entry
+    # they share twice: at most one a neuron
+    structured_nnz = sum(l.weight.nnz for l in mlp.layers)
+    plain_nnz = sum(l.weight.nnz for l in plain.layers)
+    assert plain_nnz <= structured_nnz <= plain_nnz + sum(l.n_out for l in mlp.layers)
+    x = np.random.default_rng(0).uniform(0, 1, (9, 3, 12, 12)).astype(np.float32)
+    expected = load(paths["plain"], engine="scipy").predict(x)
+    for engine in ("scipy", "numba", "c"):
+        got = load(paths["structured"], engine=engine).predict(x)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_structured_file_is_smaller_at_a_larger_image(tmp_path):
+    model = residual_model(tmp_path / "m.onnx", side=48)
+    sizes = {}
+    for layout in ("structured", "plain"):
+        out = tmp_path / f"{layout}.npz"
+        assert main([str(model), "-o", str(out), "--npz-layout", layout, "--quiet"]) == 0
+        sizes[layout] = out.stat().st_size
+    assert sizes["structured"] * 5 < sizes["plain"]
+
+
+def test_the_kernel_module_runs_a_structured_file(compiled, tmp_path):
+    model, paths = compiled
+    module = tmp_path / "kernel.py"
+    out = tmp_path / "k.npz"
+    assert main([str(model), "-o", str(out), "--kernel-py", str(module), "--quiet"]) == 0
+    namespace: dict = {"__name__": "kernel", "__file__": str(module)}
+    exec(compile(module.read_text(), str(module), "exec"), namespace)
+    x = np.random.default_rng(1).uniform(0, 1, (4, 3, 12, 12)).astype(np.float32)
+    np.testing.assert_allclose(namespace["load"]().predict(x),
+                               load(paths["plain"], engine="scipy").predict(x), rtol=1e-5,
+                               atol=1e-5)
+
+
+def forge(source, target, member, change):
+    """Copy the .npz with one member's array changed."""
+    with np.load(source, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays[member] = change(arrays[member])
+    np.savez(target, **arrays)
+
+
+@pytest.mark.parametrize("field, change, words", [
+    ("bases", lambda a: a + 10**6, "outside"),
+    ("taps", lambda a: a + 10**4, "tap outside"),
+    ("base_rows", lambda a: np.zeros_like(a), "writes a row twice"),
+    ("offsets", lambda a: a[:-1], "do not fit together"),
+])
+def test_a_forged_group_is_refused_by_member(compiled, tmp_path, field, change, words):
+    _, paths = compiled
+    with np.load(paths["structured"], allow_pickle=False) as z:
+        member = next(k for k in z.files if k.endswith(f".{field}") and ".part" in k
+                      and len(z[k]) > 1)
+    bad = tmp_path / "bad.npz"
+    forge(paths["structured"], bad, member, change)
+    with pytest.raises(ArtifactError, match=words) as error:
+        read_csr(bad)
+    assert "layer" in str(error.value)
+
+
+def test_parts_in_an_older_version_are_refused(compiled, tmp_path):
+    _, paths = compiled
+    bad = tmp_path / "old.npz"
+    forge(paths["structured"], bad, "format_version", lambda a: np.array(3))
+    with pytest.raises(ArtifactError, match="not part of format version 3"):
+        read_csr(bad)
