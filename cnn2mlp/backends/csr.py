@@ -39,7 +39,8 @@ from ..errors import CompileError
 from ..ir.activations import BY_NAME, IDENTITY
 from ..ir.graph import GraphMeta
 from ..ir.mlp import Mlp, MlpLayer
-from ..ir.weights import as_csr, is_structured
+from ..ir.structured import StructuredMatrix
+from ..ir.weights import as_csr, csr_bytes, is_structured
 from .npz_parts import bias_members, read_bias, read_structured, structured_members
 from .npz_reader import ArtifactError, SafeNpz
 from .registry import Target, TargetOptions, register_target
@@ -77,6 +78,11 @@ def save_csr(mlp: Mlp, path: str | Path, meta: dict[str, Any] | None = None,
     for i, layer in enumerate(mlp.layers):
         w = layer.weight
         arrays[f"layer{i}.shape"] = np.array(w.shape, np.int64)
+        if layout == "structured":
+            w = smaller_form(w)
+            arrays.update(bias_members(f"layer{i}", layer.bias, mlp.dtype))
+        else:
+            arrays[f"layer{i}.bias"] = np.asarray(layer.bias, mlp.dtype)
         if is_structured(w) and layout == "structured":
             arrays.update(structured_members(f"layer{i}", w, mlp.dtype))
         else:
@@ -84,10 +90,6 @@ def save_csr(mlp: Mlp, path: str | Path, meta: dict[str, Any] | None = None,
             arrays[f"layer{i}.data"] = np.asarray(w.data, mlp.dtype)
             arrays[f"layer{i}.indices"] = w.indices
             arrays[f"layer{i}.indptr"] = w.indptr
-        if is_structured(w) and layout == "structured":
-            arrays.update(bias_members(f"layer{i}", layer.bias, mlp.dtype))
-        else:
-            arrays[f"layer{i}.bias"] = np.asarray(layer.bias, mlp.dtype)
         if layer.input_blocks is not None:
             arrays[f"layer{i}.input_blocks"] = np.array(layer.input_blocks, np.int64)
         if layer.segments is not None:
@@ -98,6 +100,15 @@ def save_csr(mlp: Mlp, path: str | Path, meta: dict[str, Any] | None = None,
                                                           np.float64)
     with atomic_write(path) as handle:
         np.savez(handle, **arrays)
+
+
+def smaller_form(w):
+    """A CSR layer as parts when that stores less (its runs of copies: carried values),
+    else as it is; a structured layer as it is."""
+    if is_structured(w):
+        return w
+    parts = StructuredMatrix.from_csr(w)
+    return parts if parts.stored_bytes < 0.8 * csr_bytes(w) else w
 
 
 def read_csr(path: str | Path, max_bytes: int | None = None) -> tuple[Mlp, dict[str, Any]]:
@@ -247,11 +258,9 @@ def read_layer(npz: SafeNpz, i: int, n_in: int,
     if f"{key}.parts" in npz:
         bias = read_bias(npz, key, n_out, dtype)
         return read_structured(npz, key, (n_out, n_in), dtype), bias
-    sizes = {part: npz.header(f"{key}.{part}")[0] for part in ("data", "indices", "indptr",
-                                                                "bias")}
+    sizes = {part: npz.header(f"{key}.{part}")[0] for part in ("data", "indices", "indptr")}
     (nnz,) = sizes["data"] if len(sizes["data"]) == 1 else (-1,)
-    if sizes["indices"] != (nnz,) or sizes["indptr"] != (n_out + 1,) or \
-            sizes["bias"] != (n_out,):
+    if sizes["indices"] != (nnz,) or sizes["indptr"] != (n_out + 1,):
         raise npz.fail(key, f"arrays do not fit together for {n_out} rows: "
                             + ", ".join(f"{part} {shape}" for part, shape in sizes.items()))
     indptr = npz.integers(f"{key}.indptr", ndim=1)
@@ -262,7 +271,7 @@ def read_layer(npz: SafeNpz, i: int, n_in: int,
     if len(indices) and (indices.min() < 0 or indices.max() >= n_in):
         raise npz.fail(f"{key}.indices", f"holds a column outside 0..{n_in - 1}")
     data = npz.array(f"{key}.data", "f", ndim=1).astype(dtype, copy=False)
-    bias = npz.array(f"{key}.bias", "f", ndim=1).astype(dtype, copy=False)
+    bias = read_bias(npz, key, n_out, dtype)
     index_type = np.int32 if max(n_in, nnz) < 2**31 - 1 else np.int64
     weight = sp.csr_array((data, indices.astype(index_type, copy=False),
                            indptr.astype(index_type, copy=False)), shape=(n_out, n_in))

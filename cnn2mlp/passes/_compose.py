@@ -18,8 +18,23 @@ def nnz(w) -> int:
 
 def fusion_is_cheap(first, second) -> bool:
     """The cost model: fuse when the product's non-zeros (bounded) do not exceed the two
-    factors' together."""
+    factors' together, and a structured factor keeps its structure (a product that would
+    turn a convolution's kernels into CSR stores one copy a position: never cheaper)."""
+    if materializes(second, first):
+        return False
     return product_nnz_bound(second, first) <= nnz(first) + nnz(second)
+
+
+def materializes(a, b) -> bool:
+    """Whether ``a @ b`` would be built as CSR from a structured factor (what
+    ``weights.product`` keeps structured: a structured factor times a light CSR one)."""
+    if weights.is_structured(a) and weights.is_structured(b):
+        return True
+    if weights.is_structured(a):
+        return not weights.is_light(b)
+    if weights.is_structured(b):
+        return not weights.is_light(a)
+    return False
 
 
 def product_nnz_bound(w2, w1) -> int:

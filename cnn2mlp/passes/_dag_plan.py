@@ -17,7 +17,7 @@ from ..ir import weights
 from ..ir.linear import selection
 from ..ir.ops import sum_coeffs
 from ..ir.precision import real
-from ._compose import nnz, product_nnz_bound
+from ._compose import materializes, nnz, product_nnz_bound
 
 #: ops that are linear maps of their inputs once the chain passes ran
 LINEAR_OPS = {"Dense", "Sum", "Concat", "Select", "Reshape", "Identity"}
@@ -268,11 +268,13 @@ def worth_keeping(graph: Graph, value: str, affine: Affine, depth: dict[str, int
     def own(terms) -> int:
         return sum(size if m is None else m.nnz for m in terms.values())
 
-    def composed(terms) -> int:  # what the readers take with these terms composed in
+    def composed(terms) -> float:  # what the readers take with these terms composed in
         total = 0
         for reader, uses in readers:
             if reader.op == "Dense":
                 w = reader.attrs["weight"]
+                if any(m is not None and materializes(w, m) for m in terms.values()):
+                    return float("inf")  # a convolution's kernels copied a position
                 total += uses * sum(nnz(w) if m is None else product_nnz_bound(w, m)
                                     for m in terms.values())
             else:
