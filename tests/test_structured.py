@@ -359,3 +359,38 @@ def test_a_csr_matrix_keeps_its_runs_of_copies_as_copy_runs():
     np.testing.assert_array_equal(structured.to_csr().toarray(), matrix.toarray())
     h = rng.uniform(-1, 1, (40, 3))
     np.testing.assert_allclose(structured.apply(h), matrix @ h)
+
+
+def test_a_channels_last_copy_is_one_strided_run_a_channel():
+    """A map of 4 channels at 12 positions stored channels-last, read channels-first (a
+    Keras layout change), times a per-channel scale: four runs of step 4, not 48 rows."""
+    rng = np.random.default_rng(6)
+    n_c, n_p = 4, 12
+    cols = (np.arange(n_p)[None, :] * n_c + np.arange(n_c)[:, None]).ravel()
+    scale = np.repeat(rng.uniform(0.5, 2, n_c), n_p)
+    matrix = sp.csr_array((scale, cols, np.arange(n_c * n_p + 1)), shape=(n_c * n_p, 60))
+    structured = StructuredMatrix.from_csr(matrix)
+    (runs,) = structured.parts
+    assert isinstance(runs, CopyRuns) and runs.steps.tolist() == [n_c] * n_c
+    np.testing.assert_array_equal(structured.to_csr().toarray(), matrix.toarray())
+    h = rng.uniform(-1, 1, (60, 2))
+    np.testing.assert_allclose(structured.apply(h), matrix @ h)
+    np.testing.assert_allclose(weights.column_counts(structured),
+                               np.bincount(cols, minlength=60))
+
+
+@given(st.integers(0, 2**16), st.integers(1, 60), st.sampled_from([1, 2, 3, -1, 7]))
+def test_any_matrix_of_copies_and_rows_round_trips(seed, n_rows, step):
+    """Single entries in runs of random steps and weights, broken at random, mixed with
+    denser rows: the parts give the same matrix."""
+    rng = np.random.default_rng(seed)
+    n_in = 200
+    cols = (100 + step * np.arange(n_rows)) % n_in
+    cols[rng.random(n_rows) < 0.1] = rng.integers(0, n_in)
+    values = np.where(rng.random(n_rows) < 0.1, rng.uniform(-1, 1, n_rows), 0.5)
+    matrix = sp.csr_array((values, (np.arange(n_rows), cols)), shape=(n_rows, n_in))
+    extra = sp.random_array((n_rows, n_in), density=0.05 * (rng.random() < 0.5), rng=rng,
+                            format="csr")
+    matrix = sp.csr_array(matrix + extra)
+    structured = StructuredMatrix.from_csr(matrix)
+    np.testing.assert_allclose(structured.to_csr().toarray(), matrix.toarray())

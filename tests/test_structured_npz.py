@@ -127,3 +127,23 @@ def test_parts_in_an_older_version_are_refused(compiled, tmp_path):
     forge(paths["structured"], bad, "format_version", lambda a: np.array(3))
     with pytest.raises(ArtifactError, match="not part of format version 3"):
         read_csr(bad)
+
+
+def test_a_forged_copy_step_is_refused(tmp_path):
+    """A strided run whose step walks past the layer's inputs."""
+    from cnn2mlp.backends.csr import save_csr
+    from cnn2mlp.ir.mlp import Mlp, MlpLayer
+    from cnn2mlp.ir.structured import CopyRuns, StructuredMatrix
+
+    runs = CopyRuns(np.array([0]), np.array([1]), np.array([10]), np.array([2.0], np.float32),
+                    np.array([3]))
+    weight = StructuredMatrix((10, 40), (runs,), np.dtype(np.float32))
+    mlp = Mlp([MlpLayer(weight, np.zeros(10, np.float32))], (40,), (10,))
+    good = tmp_path / "good.npz"
+    save_csr(mlp, good)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 40)).astype(np.float32)
+    np.testing.assert_allclose(load(good, engine="scipy").predict(x), 2 * x[:, 1:31:3])
+    bad = tmp_path / "bad.npz"
+    forge(good, bad, "layer0.part0.steps", lambda a: a * 5)
+    with pytest.raises(ArtifactError, match="layer0.part0.columns.*outside"):
+        read_csr(bad)

@@ -7,7 +7,8 @@ Members of layer ``i`` (besides ``layer{i}.shape`` and ``layer{i}.bias``):
 - ``layer{i}.kernels{k}`` (the layer's dtype, 2-D): the kernel arrays its groups share;
 - a group ``j``: ``layer{i}.part{j}.kernel_set`` (which kernel array), ``.taps``,
   ``.offsets``, ``.bases``, ``.shifts``, ``.kernel_rows``, ``.base_rows`` (integers);
-- copies: ``.rows``, ``.columns``, ``.lengths`` (integers) and ``.weights``;
+- copies: ``.rows``, ``.columns``, ``.lengths``, optionally ``.steps`` (integers: a run's
+  column step, 1 when absent) and ``.weights``;
 - CSR rows: ``.rows``, ``.data``, ``.indices``, ``.indptr``;
 - the bias as ``layer{i}.bias``, or as runs of equal values (a convolution's bias is one
   value a channel, a carried neuron's 0): ``layer{i}.bias_values``, ``layer{i}.bias_lengths``.
@@ -52,6 +53,8 @@ def structured_members(key: str, w: StructuredMatrix, dtype) -> dict[str, np.nda
         elif isinstance(part, CopyRuns):
             for field in ("rows", "columns", "lengths"):
                 out[f"{name}.{field}"] = smallest_int(getattr(part, field))
+            if np.any(part.steps != 1):
+                out[f"{name}.steps"] = smallest_int(part.steps)
             out[f"{name}.weights"] = np.asarray(part.weights, dtype)
         else:
             m = part.matrix
@@ -150,21 +153,23 @@ def read_group(npz, key, name, shape, dtype, kernel_sets) -> ProductGroup:
 
 def read_copies(npz, name, shape, dtype) -> CopyRuns:
     rows, columns, lengths = (ints(npz, f"{name}.{f}") for f in ("rows", "columns", "lengths"))
+    steps = ints(npz, f"{name}.steps") if f"{name}.steps" in npz else np.ones(len(rows), INDEX)
     weights = npz.array(f"{name}.weights", "f", ndim=1).astype(dtype, copy=False)
-    if not len(rows) == len(columns) == len(lengths) == len(weights):
+    if not len(rows) == len(columns) == len(lengths) == len(weights) == len(steps):
         raise npz.fail(name, "arrays do not fit together")
     if len(lengths):
         if lengths.min() < 1:
             raise npz.fail(f"{name}.lengths", "holds a run shorter than one")
         check_range(npz, f"{name}.rows", int(rows.min()), int((rows + lengths).max()) - 1,
                     shape[0], "row")
-        check_range(npz, f"{name}.columns", int(columns.min()),
-                    int((columns + lengths).max()) - 1, shape[1], "column")
+        last = columns + steps * (lengths - 1)
+        check_range(npz, f"{name}.columns", int(np.minimum(columns, last).min()),
+                    int(np.maximum(columns, last).max()), shape[1], "column")
         covered = np.repeat(rows, lengths) + np.arange(int(lengths.sum())) - np.repeat(
             np.cumsum(lengths) - lengths, lengths)
         if len(np.unique(covered)) != len(covered):
             raise npz.fail(f"{name}.rows", "writes a row twice")
-    return CopyRuns(rows, columns, lengths, weights)
+    return CopyRuns(rows, columns, lengths, weights, steps)
 
 
 def read_csr_rows(npz, name, shape, dtype) -> CsrRows:

@@ -165,7 +165,8 @@ def _csr_arrays(z, key):
             lengths = z[p + "lengths"].astype(np.int64)
             step = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
             rows.append(np.repeat(z[p + "rows"], lengths) + step)
-            cols.append(np.repeat(z[p + "columns"], lengths) + step)
+            steps = z[p + "steps"] if p + "steps" in z.files else np.ones(len(lengths), np.int64)
+            cols.append(np.repeat(z[p + "columns"], lengths) + np.repeat(steps, lengths) * step)
             values.append(np.repeat(z[p + "weights"], lengths))
         else:
             indptr = z[p + "indptr"]

@@ -112,12 +112,19 @@ class ProductGroup:
 
 @dataclass(frozen=True, eq=False)
 class CopyRuns:
-    """``out[rows[i] + j] += weights[i] * h[columns[i] + j]`` for ``j < lengths[i]``."""
+    """``out[rows[i] + j] += weights[i] * h[columns[i] + steps[i] * j]`` for ``j <
+    lengths[i]``: a run copies consecutive columns (step 1: a carried value, a shortcut)
+    or every ``steps[i]``-th one (a channel of a channels-last map, a stride)."""
 
     rows: np.ndarray
     columns: np.ndarray
     lengths: np.ndarray
     weights: np.ndarray
+    steps: np.ndarray | None = None   # None: every run's step is 1
+
+    def __post_init__(self) -> None:
+        if self.steps is None:
+            object.__setattr__(self, "steps", np.ones(len(self.rows), INDEX))
 
     @property
     def nnz(self) -> int:
@@ -131,7 +138,7 @@ class CopyRuns:
         step = np.arange(self.nnz) - np.repeat(np.cumsum(self.lengths) - self.lengths,
                                                 self.lengths)
         return (np.repeat(self.rows, self.lengths) + step,
-                np.repeat(self.columns, self.lengths) + step,
+                np.repeat(self.columns, self.lengths) + np.repeat(self.steps, self.lengths) * step,
                 np.repeat(self.weights, self.lengths))
 
 
@@ -166,15 +173,12 @@ def csr_parts(matrix: sp.csr_array) -> tuple[Part, ...]:
     single = np.flatnonzero(counts == 1)
     rows, cols = single.astype(INDEX), matrix.indices[matrix.indptr[single]].astype(INDEX)
     values = matrix.data[matrix.indptr[single]]
-    breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(cols) != 1)
-                            | (values[1:] != values[:-1])) + 1
-    starts = np.concatenate([[0], breaks]).astype(INDEX)
-    lengths = np.diff(np.concatenate([starts, [len(single)]])).astype(INDEX)
+    starts, lengths, steps = copy_runs(rows, cols, values)
     keep = lengths >= MIN_COPY_RUN
     if not keep.any():
         return (CsrRows(np.arange(matrix.shape[0], dtype=INDEX), matrix),)
     copies = CopyRuns(rows[starts[keep]], cols[starts[keep]], lengths[keep],
-                      values[starts[keep]])
+                      values[starts[keep]], steps[keep])
     in_run = np.zeros(matrix.shape[0], bool)
     in_run[rows[np.repeat(keep, lengths)]] = True
     others = np.flatnonzero(~in_run & (counts > 0)).astype(INDEX)
@@ -182,3 +186,23 @@ def csr_parts(matrix: sp.csr_array) -> tuple[Part, ...]:
     if len(others):
         parts.append(CsrRows(others, sp.csr_array(matrix[others])))
     return tuple(parts)
+
+
+def copy_runs(rows: np.ndarray, cols: np.ndarray, values: np.ndarray):
+    """(start, length, step) of each run of single entries (sorted by row): consecutive
+    rows, one weight, columns a constant step apart. A run breaks before entry k when the
+    link k-1 -> k does not continue it, or when its step is not that of the link before
+    (if that one linked): every link inside a run then has the run's step."""
+    if not len(rows):
+        empty = np.zeros(0, INDEX)
+        return empty, empty, empty
+    link_step = np.diff(cols)
+    linked = (np.diff(rows) == 1) & (values[1:] == values[:-1])
+    changed = np.concatenate([[False], linked[:-1] & (link_step[1:] != link_step[:-1])])
+    breaks = np.flatnonzero(~linked | changed) + 1
+    starts = np.concatenate([[0], breaks]).astype(INDEX)
+    lengths = np.diff(np.concatenate([starts, [len(rows)]])).astype(INDEX)
+    steps = np.ones(len(starts), INDEX)
+    longer = lengths > 1
+    steps[longer] = link_step[starts[longer]]
+    return starts, lengths, steps

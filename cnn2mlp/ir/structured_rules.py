@@ -259,7 +259,7 @@ def part_arrays(part: Part) -> tuple[np.ndarray, ...]:
         return (part.kernels, part.taps, part.offsets, part.bases, part.shifts,
                 part.kernel_rows, part.base_rows)
     if isinstance(part, CopyRuns):
-        return (part.rows, part.columns, part.lengths, part.weights)
+        return (part.rows, part.columns, part.lengths, part.weights, part.steps)
     m = part.matrix
     return (part.rows, m.data, m.indices, m.indptr, np.array(m.shape, INDEX))
 

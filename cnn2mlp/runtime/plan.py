@@ -138,7 +138,8 @@ def structured_parts(w: StructuredMatrix) -> tuple[list[Part], np.ndarray]:
                 MIN_GROUP_ROWS and len(part.kernels) * len(part.taps) >= MIN_GROUP_WEIGHTS:
             groups.append(RuntimeGroup(np.ascontiguousarray(part.weights), part.offsets,
                                        part.bases, part.rows, part.shifts))
-        elif isinstance(part, CopyRuns) and np.all(part.lengths >= MIN_COPY_RUN):
+        elif isinstance(part, CopyRuns) and np.all(part.lengths >= MIN_COPY_RUN) and \
+                np.all(part.steps == 1):
             copies.append(part)
         else:
             rest.append(part)
