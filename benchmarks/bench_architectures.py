@@ -3,7 +3,7 @@ time and memory, and the MLP's time against onnxruntime running the CNN.
 
 Models: torchvision's architectures at 32×32 as the TorchScript exporter writes them
 (``cnn2mlp.testing.zoo``), keras.applications' MobileNet, MobileNetV2, ResNet50 and
-DenseNet121 at 32×32 (random weights and BatchNorm statistics; needs the tensorflow extra;
+DenseNet121 at 32×32 or ``--size`` (random weights and BatchNorm statistics; needs the tensorflow extra;
 onnxruntime runs tf2onnx's conversion of them), and with ``--onnx-dir`` every ``*.onnx`` of a
 folder (real exports: ``torch.onnx.export(model, x, path, dynamic_axes={"input": {0:
 "batch"}})``).
@@ -20,7 +20,7 @@ Per model, each step in a child process of its own:
 Prints figures and the geometric means against the goals; asserts nothing.
 
     python benchmarks/bench_architectures.py [--quick] [--models a,b] [--onnx-dir DIR]
-        [--no-keras] [--threads 1,2] [--batches 1,16,64] [--engine c|numba|scipy]
+        [--no-keras] [--size 32] [--threads 1,2] [--batches 1,16,64] [--engine c|numba|scipy]
 """
 from __future__ import annotations
 
@@ -42,9 +42,10 @@ BUILD_KERAS = """
 import os, sys, subprocess, numpy as np
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import keras
-name, path, onnx_path = sys.argv[1:4]
+name, path, onnx_path, side = sys.argv[1:5]
 rng = np.random.default_rng(0)
-model = getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), classes=10,
+model = getattr(keras.applications, name)(weights=None, input_shape=(int(side), int(side), 3),
+                                           classes=10,
                                            classifier_activation=None)
 for w in model.weights:
     if "moving_variance" in w.path or "gamma" in w.path:
@@ -201,7 +202,7 @@ def models(args, folder: Path) -> list[tuple[str, Path, Path]]:
             for name in KERAS_APPS:
                 if wanted is None or f"keras:{name}" in wanted or name in wanted:
                     path, onnx_path = folder / f"{name}.keras", folder / f"{name}.tf2onnx.onnx"
-                    child(BUILD_KERAS, name, path, onnx_path)
+                    child(BUILD_KERAS, name, path, onnx_path, str(args.size))
                     found.append((f"keras:{name}", path, onnx_path))
     if args.onnx_dir:
         for path in sorted(Path(args.onnx_dir).glob("*.onnx")):
@@ -219,6 +220,8 @@ def main() -> None:
     parser.add_argument("--models", help="comma-separated names (zoo, keras:Name, file stem)")
     parser.add_argument("--onnx-dir", help="also every *.onnx in this folder")
     parser.add_argument("--no-keras", action="store_true")
+    parser.add_argument("--size", type=int, default=32,
+                        help="keras.applications' input side (default 32; 224 as deployed)")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--batches", default="1,16,64")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter timing rounds")

@@ -151,7 +151,7 @@ def structured_parts(w: StructuredMatrix) -> tuple[list[Part], np.ndarray]:
     if rest:
         matrix = w.with_parts(rest).to_csr()
         found, _ = find_parts(matrix.data, matrix.indices.astype(np.int64),
-                              matrix.indptr.astype(np.int64), w.shape[1])
+                              matrix.indptr.astype(np.int64), w.shape[1], groups=False)
         parts += [without_empty_rows(part) for part in found]
     touched = np.zeros(w.shape[0], np.int64)
     for part in parts:

@@ -60,15 +60,16 @@ class Part:
         self.groups, self.copies, self.rest_rows, self.rest = groups, copies, rest_rows, rest
 
 
-def find_parts(data, indices, indptr, n_in, blocks=None):
+def find_parts(data, indices, indptr, n_in, blocks=None, groups=True):
     """The parts of a CSR matrix, and for each row how many parts write it (a row written
     by several parts is their sum). Rows are grouped whole; when the layer reads several
     input blocks, splitting its rows by block is tried too, and wins when it puts more
     rows in groups, or as many in fewer groups (a convolution plus a shortcut whose column
     depends on the output channel, or a projection of a map of another size, make one
-    small group a position whole, or none)."""
+    small group a position whole, or none). ``groups=False`` looks for copies alone (the
+    rows a structured layer left as CSR, whose groups the compiler already has)."""
     split = blocks is not None and len(blocks) > 2
-    whole = parts_found(data, indices, indptr, np.arange(len(indptr) - 1), None)
+    whole = parts_found(data, indices, indptr, np.arange(len(indptr) - 1), None, groups)
     if not split:
         return whole
     by_block = parts_found(data, indices, indptr, np.arange(len(indptr) - 1), blocks)
@@ -81,7 +82,7 @@ def score(parts):
             -sum(len(part.groups) for part in parts))
 
 
-def parts_found(data, indices, indptr, rows, blocks):
+def parts_found(data, indices, indptr, rows, blocks, search_groups=True):
     """Groups, copies and CSR rows of ``rows``, split by input block first if ``blocks``."""
     n_out = len(indptr) - 1
     touched = np.zeros(n_out, np.int64)
@@ -89,7 +90,8 @@ def parts_found(data, indices, indptr, rows, blocks):
         else [(rows,) + rows_of(data, indices, indptr, rows)]
     result = []
     for block_rows, d, i, p in pieces:
-        groups, rest = find_groups(d, i, p)
+        groups, rest = find_groups(d, i, p) if search_groups else \
+            ([], np.arange(len(p) - 1))
         for g in groups:
             g.rows = block_rows[g.rows]
             touched[g.rows.ravel()] += 1
