@@ -177,7 +177,7 @@ def rewrite(path: Path, arrays: dict) -> None:
     ("layer0.indptr", np.array([0, 8, 4, 12], np.int32), "'layer0.indptr' is not a"),
     ("layer0.shape", np.array([3, 5]), "'layer0.shape' is [3, 5], but the layer before"),
     ("layer1.shape", np.array([2, 4]), "'layer1.shape' is [2, 4]"),
-    ("layer0.bias", np.ones(5, np.float32), "'layer0' arrays do not fit together"),
+    ("layer0.bias", np.ones(5, np.float32), "'layer0.bias' holds 5 values for"),
     ("format_version", np.array(1.5), "'format_version' has dtype float64"),
     ("activations", np.array(["relu", "swish9"]), "unknown activations ['swish9']"),
     ("alphas", np.array([0.0]), "'alphas' has 1 entries for 2 layers"),
