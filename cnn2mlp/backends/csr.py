@@ -406,10 +406,11 @@ class CsrTarget(Target):
         save_csr(mlp, path, provenance, options.npz_layout)
 
     def load(self, mlp: Mlp, path: Path) -> CsrModel:
-        """The written file for --check, on a Python engine (``$CNN2MLP_ENGINE`` if set):
-        the check is of the file's numbers, and building its C code would add seconds to a
-        minute to every compile (the c engine is tested against the others)."""
-        from ..runtime import available_engines
+        """The written file for --check, on the scipy engine (``$CNN2MLP_ENGINE`` if set):
+        the check is of the file's numbers, which every engine computes alike (they are
+        tested against each other); building its C code would add seconds to a minute to
+        every compile, and the compiled engines' prepared copies of the weights would
+        double the check's memory (ResNet50 at 224x224: numba 4.6 GB, scipy 1.7 GB)."""
         from ..runtime.engine import ENGINE_VARIABLE
 
-        return load(path, engine=os.environ.get(ENGINE_VARIABLE) or available_engines()[0])
+        return load(path, engine=os.environ.get(ENGINE_VARIABLE) or "scipy")
