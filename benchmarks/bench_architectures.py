@@ -61,6 +61,7 @@ subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", path +
 COMPILE = """
 import json, sys, time, tracemalloc
 from cnn2mlp.compile import compile_model
+from cnn2mlp.ir.weights import stored_bytes
 model, out, report = sys.argv[1:4]
 start = time.perf_counter()
 result = compile_model(model, out)
@@ -72,8 +73,7 @@ compile_model(model, out)
 peak = tracemalloc.get_traced_memory()[1]
 tracemalloc.stop()
 layers = result.mlp.layers
-arrays = sum(l.weight.data.nbytes + l.weight.indices.nbytes + l.weight.indptr.nbytes
-             + l.bias.nbytes for l in layers)
+arrays = sum(stored_bytes(l.weight) + l.bias.nbytes for l in layers)
 json.dump({"seconds": seconds, "peak": peak, "arrays": arrays, "nnz": result.nnz,
            "multiply_adds": result.multiply_adds, "layers": len(layers),
            "carried": int(sum(l.carried for l in layers))}, open(report, "w"))

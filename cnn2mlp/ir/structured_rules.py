@@ -101,52 +101,64 @@ def relabel_part(part: Part, new_of_old: np.ndarray, n_in: int) -> list[Part]:
 
 
 def scale_rows(m: "StructuredMatrix", scale: np.ndarray) -> "StructuredMatrix":
-    shared: dict[int, np.ndarray] = {}
-    parts = []
-    for part in m.parts:
-        if isinstance(part, ProductGroup):
-            per_pair = scale[part.rows]                          # (n_k, n_b)
-            if np.all(per_pair == per_pair[:, :1]):              # one scale a kernel
-                factor = per_pair[:, 0]
-                key = (id(part.kernels), factor.tobytes())
-                if key not in shared:
-                    shared[key] = part.kernels * factor[:, None].astype(part.kernels.dtype)
-                parts.append(replace(part, kernels=shared[key]))
-                continue
-        if isinstance(part, CopyRuns):
-            rows, _, _ = part.to_coo()
-            if np.all(scale[rows] == np.repeat(scale[part.rows], part.lengths)):
-                parts.append(replace(part, weights=part.weights * scale[part.rows].astype(
-                    part.weights.dtype)))
-                continue
-        part = part if isinstance(part, CsrRows) else as_csr_rows(part, m.shape[1])
+    shared: dict[tuple, np.ndarray] = {}
+
+    def group(part: ProductGroup) -> ProductGroup | None:
+        per_pair = scale[part.rows]                              # (n_k, n_b)
+        if not np.all(per_pair == per_pair[:, :1]):              # one scale a kernel
+            return None
+        factor = per_pair[:, 0]
+        key = (id(part.kernels), factor.tobytes())               # shared kernels stay shared
+        if key not in shared:
+            shared[key] = part.kernels * factor[:, None].astype(part.kernels.dtype)
+        return replace(part, kernels=shared[key])
+
+    def csr(part: CsrRows) -> CsrRows:
         factor = scale[part.rows].astype(part.matrix.dtype)
-        parts.append(CsrRows(part.rows, sp.csr_array(sp.diags_array(factor) @ part.matrix)))
-    return m.with_parts(parts)
+        return CsrRows(part.rows, sp.csr_array(sp.diags_array(factor) @ part.matrix))
+
+    return scale_parts(m, group, lambda runs: scaled_runs(runs, scale, runs.rows,
+                                                          runs.to_coo()[0]), csr)
 
 
 # ------------------------------------------------------------------------------ columns
 def scale_columns(m: "StructuredMatrix", scale: np.ndarray) -> "StructuredMatrix":
+    def group(part: ProductGroup) -> ProductGroup | None:
+        factor = group_column_factor(part, scale)                # one scale a (kernel, tap)
+        if factor is None:
+            return None
+        return replace(part, kernels=part.weights * factor.astype(part.kernels.dtype),
+                       taps=np.arange(len(part.taps), dtype=INDEX))
+
+    def csr(part: CsrRows) -> CsrRows:
+        factor = scale[:part.matrix.shape[1]].astype(part.matrix.dtype)
+        return CsrRows(part.rows, sp.csr_array(part.matrix @ sp.diags_array(factor)))
+
+    return scale_parts(m, group, lambda runs: scaled_runs(runs, scale, runs.columns,
+                                                          runs.to_coo()[1]), csr)
+
+
+def scale_parts(m: "StructuredMatrix", group, runs, csr) -> "StructuredMatrix":
+    """Each part scaled by its kind's rule (``group``, ``runs``: None when the scale breaks
+    the part's structure), or as CSR rows (``csr``) where it does."""
     parts = []
     for part in m.parts:
-        if isinstance(part, ProductGroup):
-            factor = group_column_factor(part, scale)
-            if factor is not None:                               # one scale a (kernel, tap)
-                weights = part.weights * factor.astype(part.kernels.dtype)
-                parts.append(replace(part, kernels=weights,
-                                     taps=np.arange(len(part.taps), dtype=INDEX)))
-                continue
-        if isinstance(part, CopyRuns):
-            _, cols, _ = part.to_coo()
-            if np.all(scale[cols] == np.repeat(scale[part.columns], part.lengths)):
-                parts.append(replace(part, weights=part.weights * scale[part.columns].astype(
-                    part.weights.dtype)))
-                continue
-        part = part if isinstance(part, CsrRows) else as_csr_rows(part, m.shape[1])
-        factor = scale[:part.matrix.shape[1]].astype(part.matrix.dtype)
-        parts.append(CsrRows(part.rows, sp.csr_array(part.matrix @ sp.diags_array(factor))))
+        done = group(part) if isinstance(part, ProductGroup) else \
+            runs(part) if isinstance(part, CopyRuns) else None
+        if done is None:
+            done = csr(part if isinstance(part, CsrRows) else as_csr_rows(part, m.shape[1]))
+        parts.append(done)
     return m.with_parts(parts)
 
+
+def scaled_runs(part: CopyRuns, scale: np.ndarray, firsts: np.ndarray,
+                entries: np.ndarray) -> CopyRuns | None:
+    """The runs with each weight times the scale of its run, when every entry of a run
+    has the scale of the run's first (``firsts``: the first row or column of each run,
+    ``entries``: every entry's); else None."""
+    if not np.all(scale[entries] == np.repeat(scale[firsts], part.lengths)):
+        return None
+    return replace(part, weights=part.weights * scale[firsts].astype(part.weights.dtype))
 
 def group_column_factor(part: ProductGroup, scale: np.ndarray) -> np.ndarray | None:
     """(n_k, t): the scale of each (kernel, tap), when every position agrees; else None."""

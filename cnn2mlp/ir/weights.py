@@ -213,6 +213,15 @@ def light_entries(w) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rows, m.indices[m.indptr[rows]].astype(INDEX), m.data[m.indptr[rows]]
 
 
+def moves(n: int, old: np.ndarray, new: np.ndarray, values: np.ndarray):
+    """(where each of ``n`` rows or columns goes, -1 where none; the scale it takes)."""
+    new_of_old = np.full(n, -1, INDEX)
+    new_of_old[old] = new
+    scale = np.zeros(n)
+    scale[old] = values
+    return new_of_old, scale
+
+
 def product(a, b, dtype):
     """``a @ b``, rounded once to ``dtype``. Two CSR weights multiply in float64 as
     before; a structured factor keeps its structure when the other is light (a selection,
@@ -220,20 +229,14 @@ def product(a, b, dtype):
     if isinstance(b, StructuredMatrix) and not isinstance(a, StructuredMatrix) and is_light(a):
         rows, cols, values = light_entries(a)
         if len(np.unique(cols)) == len(cols):       # each row of b lands on one row
-            new_of_old = np.full(b.shape[0], -1, INDEX)
-            new_of_old[cols] = rows
-            scale = np.zeros(b.shape[0])
-            scale[cols] = values
+            new_of_old, scale = moves(b.shape[0], cols, rows, values)
             kept = b if np.all(values == 1.0) else b.scale_rows(scale)
             return astype(kept.relabel_rows(new_of_old, a.shape[0]), dtype)
     if isinstance(a, StructuredMatrix) and not isinstance(b, StructuredMatrix) and is_light(b):
         # a's column k moves to column cols[k] of the product, scaled by values[k] (two
         # columns landing on one add up; a column b does not read is dropped)
         rows, cols, values = light_entries(b)
-        new_of_old = np.full(a.shape[1], -1, INDEX)
-        new_of_old[rows] = cols
-        scale = np.zeros(a.shape[1])
-        scale[rows] = values
+        new_of_old, scale = moves(a.shape[1], rows, cols, values)
         kept = a if np.all(values == 1.0) else a.scale_columns(scale)
         return astype(kept.remap_columns(new_of_old, b.shape[1]), dtype)
     out = sp.csr_array(as_csr(a).astype(np.float64) @ as_csr(b).astype(np.float64))
