@@ -394,3 +394,31 @@ def test_any_matrix_of_copies_and_rows_round_trips(seed, n_rows, step):
     matrix = sp.csr_array(matrix + extra)
     structured = StructuredMatrix.from_csr(matrix)
     np.testing.assert_allclose(structured.to_csr().toarray(), matrix.toarray())
+
+
+def test_a_selection_that_is_not_a_grid_is_never_taken_for_a_group():
+    """Rows [[0, 1], [2, 3]] relabelled to [[1, -], [2, 0]]: the kept rows factor as
+    kernel + position ([0, 1] + [1, -1]) although a pair was dropped; only the grid test
+    keeps the dropped pair from writing row -1 (the last row)."""
+    kernels = np.array([[1.0, 2.0], [3.0, 4.0]])
+    group = ProductGroup(kernels, np.arange(2), np.array([0, 1]), np.array([0, 2]),
+                         np.zeros(2, np.int64), np.array([0, 2]), np.array([0, 1]))
+    matrix = StructuredMatrix((4, 4), (group,), np.dtype(np.float64))
+    new_of_old = np.array([1, -1, 2, 0])
+    got = matrix.relabel_rows(new_of_old, 3)
+    expected = np.zeros((3, 4))
+    full = dense(matrix)
+    for old, new in enumerate(new_of_old):
+        if new >= 0:
+            expected[new] = full[old]
+    np.testing.assert_array_equal(dense(got), expected)
+
+
+def test_a_left_factor_that_reads_a_row_twice_copies_it_twice():
+    rng = np.random.default_rng(8)
+    conv, _, _ = conv_structured(rng.uniform(-1, 1, (2, 2, 3)), None, (2, 6), (1,), (1, 1),
+                                 (1,), 1, np.float64)
+    left = sp.csr_array((np.array([1.0, -2.0, 0.5]), (np.arange(3), np.array([4, 4, 7]))),
+                        shape=(3, conv.shape[0]))
+    got = weights.product(left, conv, np.float64)
+    np.testing.assert_allclose(dense(got), left.toarray() @ dense(conv))

@@ -442,10 +442,29 @@ MUTANTS: list[tuple[str, str, str, str]] = [
     ("structured: grouped kernels not shifted to their channels", "cnn2mlp/ir/structured.py",
      "shifts = (np.arange(n_out, dtype=INDEX) // per_group) * (c_group * n_pix)",
      "shifts = (np.arange(n_out, dtype=INDEX) // per_group) * 0"),
-    ("structured: any row scaling taken as per kernel", "cnn2mlp/ir/structured.py",
-     "if np.all(per_pair == per_pair[:, :1]):", "if True:"),
-    ("structured: any row selection taken as a grid", "cnn2mlp/ir/structured.py",
+    ("structured: any row scaling taken as per kernel", "cnn2mlp/ir/structured_rules.py",
+     "if not np.all(per_pair == per_pair[:, :1]):", "if False:"),
+    ("structured: any row selection taken as a grid", "cnn2mlp/ir/structured_rules.py",
      "if np.array_equal(kept, np.outer(kernels, bases)):", "if True:"),
+    ("structured: relabelled rows taken as kernel + position", "cnn2mlp/ir/structured_rules.py",
+     "    if np.array_equal(rows, kernel_rows[:, None] + base_rows[None, :]):\n",
+     "    if True:\n"),
+    ("structured: remapped columns taken as affine", "cnn2mlp/ir/structured_rules.py",
+     "if not np.array_equal(columns, shift + bases[:, None] + offsets[None, :]):",
+     "if False:"),
+    ("structured: a left factor reading a row twice relabels", "cnn2mlp/ir/weights.py",
+     "if len(np.unique(cols)) == len(cols):       # each row of b lands on one row",
+     "if True:"),
+    ("structured: a copy run continues past a change of step",
+     "cnn2mlp/ir/structured_parts.py",
+     "breaks = np.flatnonzero(~linked | changed) + 1", "breaks = np.flatnonzero(~linked) + 1"),
+    ("structured: a product that materializes a conv is cheap", "cnn2mlp/passes/_compose.py",
+     "        return not weights.is_light(a)\n", "        return False\n"),
+    ("format 4: a group's columns checked from below only", "cnn2mlp/backends/npz_parts.py",
+     "if low < 0 or high >= n:", "if low < 0:"),
+    ("runtime: copy runs of a structured layer not counted as writers", "cnn2mlp/runtime/plan.py",
+     "        for start, length in zip(part.copies[0], part.copies[2]):\n"
+     "            touched[start:start + length] += 1\n", ""),
 ]
 
 
@@ -459,13 +478,14 @@ def apply(tree: Path, file: str, old: str, new: str) -> None:
 
 
 #: fast, core tests first: with -x, a caught mutant stops within seconds
-ORDER = ["test_pinned.py", "test_c_target.py", "test_c_engine.py", "test_input_domain.py", "test_row_forms.py", "test_hardening.py", "test_passes.py", "test_analysis.py", "test_dag.py", "test_pooling.py",
+ORDER = ["test_structured.py", "test_structured_npz.py", "test_pinned.py", "test_c_target.py", "test_c_engine.py", "test_input_domain.py", "test_row_forms.py", "test_hardening.py", "test_passes.py", "test_analysis.py", "test_dag.py", "test_pooling.py",
          "test_architectures.py",
          "test_activations.py", "test_linear_ops.py", "test_batch_axis.py", "test_precision.py",
          "test_conformance.py", "test_check.py",
          "test_csr_backend.py", "test_hostile_files.py", "test_runtime.py",
          "test_end_to_end.py", "test_realistic.py", "test_cli.py", "test_opencv.py",
-         "test_verifiers.py", "test_keras.py", "test_bad_input.py"]
+         "test_verifiers.py", "test_keras.py", "test_bad_input.py",
+         "test_structured_resolution.py"]
 
 
 def test_files(tree: Path) -> list[str]:
