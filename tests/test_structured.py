@@ -422,3 +422,20 @@ def test_a_left_factor_that_reads_a_row_twice_copies_it_twice():
                         shape=(3, conv.shape[0]))
     got = weights.product(left, conv, np.float64)
     np.testing.assert_allclose(dense(got), left.toarray() @ dense(conv))
+
+
+def test_copy_runs_moved_whole_stay_runs():
+    """A Concat places a carried value's rows further down: its runs move as they are; a
+    selection that splits a run makes CSR rows of it."""
+    runs = CopyRuns(np.array([0, 10]), np.array([5, 0]), np.array([10, 6]),
+                    np.array([1.0, -2.0]), np.array([1, 3]))
+    matrix = StructuredMatrix((16, 20), (runs,), np.dtype(np.float64))
+    moved = matrix.relabel_rows(np.arange(16) + 4, 24)
+    assert [type(p) for p in moved.parts] == [CopyRuns]
+    np.testing.assert_array_equal(dense(moved)[4:20], dense(matrix))
+    assert not dense(moved)[:4].any() and not dense(moved)[20:].any()
+    split = matrix.select_rows(np.arange(0, 16, 2))
+    assert [type(p) for p in split.parts] == [CsrRows]
+    np.testing.assert_array_equal(dense(split), dense(matrix)[::2])
+    flipped = matrix.relabel_rows(np.arange(16)[::-1], 16)   # every row kept, runs reversed
+    np.testing.assert_array_equal(dense(flipped), dense(matrix)[::-1])

@@ -33,8 +33,12 @@ import scipy.sparse as sp
 from .geometry import combined_mask, flat_input_pixel, window_axes
 from .structured_rules import (part_arrays, relabel_rows, remap_columns, scale_columns,
                                scale_rows, select_rows)
-from .structured_parts import (INDEX, CopyRuns, CsrRows, Part, ProductGroup,  # noqa: F401
+from .structured_parts import (INDEX, CopyRuns, CsrRows, Part, ProductGroup,
                                check_materialize, csr_bytes, csr_parts, materialize_limit)
+
+#: the parts and the limit are used through this module (``from .structured import ...``)
+__all__ = ["INDEX", "CopyRuns", "CsrRows", "Part", "ProductGroup", "StructuredMatrix",
+           "check_materialize", "conv_structured", "csr_bytes", "materialize_limit"]
 
 @dataclass(frozen=True, eq=False)
 class StructuredMatrix:

@@ -13,7 +13,12 @@ from dataclasses import replace
 import numpy as np
 import scipy.sparse as sp
 
+from typing import TYPE_CHECKING
+
 from .structured_parts import INDEX, CopyRuns, CsrRows, Part, ProductGroup, check_materialize
+
+if TYPE_CHECKING:  # the matrix module imports these rules
+    from .structured import StructuredMatrix
 
 
 class Shared:
@@ -43,7 +48,7 @@ def as_csr_rows(part: Part, n_in: int, triples=None) -> CsrRows:
 
 
 # ------------------------------------------------------------------------------ rows
-def select_rows(m: "StructuredMatrix", keep) -> "StructuredMatrix":
+def select_rows(m: StructuredMatrix, keep) -> StructuredMatrix:
     keep = np.asarray(keep, INDEX)
     if len(np.unique(keep)) != len(keep):
         raise ValueError("select_rows takes distinct rows")
@@ -52,7 +57,7 @@ def select_rows(m: "StructuredMatrix", keep) -> "StructuredMatrix":
     return relabel_rows(m, new_of_old, len(keep))
 
 
-def relabel_rows(m: "StructuredMatrix", new_of_old, n_out: int) -> "StructuredMatrix":
+def relabel_rows(m: StructuredMatrix, new_of_old, n_out: int) -> StructuredMatrix:
     new_of_old = np.asarray(new_of_old, INDEX)
     parts: list[Part] = []
     for part in m.parts:
@@ -90,7 +95,11 @@ def relabel_part(part: Part, new_of_old: np.ndarray, n_in: int) -> list[Part]:
     elif isinstance(part, CopyRuns):
         rows, cols, values = part.to_coo()
         new = new_of_old[rows]
-        kept = new >= 0
+        firsts = np.repeat(new[np.cumsum(part.lengths) - part.lengths], part.lengths)
+        if np.all(new >= 0) and np.array_equal(new - firsts, rows - np.repeat(part.rows,
+                                                                              part.lengths)):
+            return [replace(part, rows=firsts[np.cumsum(part.lengths) - part.lengths])]
+        kept = new >= 0                                          # a run moved whole, or CSR
         return [as_csr_rows(part, n_in, (new[kept], cols[kept], values[kept]))] \
             if kept.any() else []
     rows, cols, values = as_csr_rows(part, n_in).to_coo()
@@ -100,7 +109,7 @@ def relabel_part(part: Part, new_of_old: np.ndarray, n_in: int) -> list[Part]:
         else []
 
 
-def scale_rows(m: "StructuredMatrix", scale: np.ndarray) -> "StructuredMatrix":
+def scale_rows(m: StructuredMatrix, scale: np.ndarray) -> StructuredMatrix:
     shared: dict[tuple, np.ndarray] = {}
 
     def group(part: ProductGroup) -> ProductGroup | None:
@@ -122,7 +131,7 @@ def scale_rows(m: "StructuredMatrix", scale: np.ndarray) -> "StructuredMatrix":
 
 
 # ------------------------------------------------------------------------------ columns
-def scale_columns(m: "StructuredMatrix", scale: np.ndarray) -> "StructuredMatrix":
+def scale_columns(m: StructuredMatrix, scale: np.ndarray) -> StructuredMatrix:
     def group(part: ProductGroup) -> ProductGroup | None:
         factor = group_column_factor(part, scale)                # one scale a (kernel, tap)
         if factor is None:
@@ -138,7 +147,7 @@ def scale_columns(m: "StructuredMatrix", scale: np.ndarray) -> "StructuredMatrix
                                                           runs.to_coo()[1]), csr)
 
 
-def scale_parts(m: "StructuredMatrix", group, runs, csr) -> "StructuredMatrix":
+def scale_parts(m: StructuredMatrix, group, runs, csr) -> StructuredMatrix:
     """Each part scaled by its kind's rule (``group``, ``runs``: None when the scale breaks
     the part's structure), or as CSR rows (``csr``) where it does."""
     parts = []
@@ -171,7 +180,7 @@ def group_column_factor(part: ProductGroup, scale: np.ndarray) -> np.ndarray | N
     return factor
 
 
-def remap_columns(m: "StructuredMatrix", new_of_old: np.ndarray, n_in: int) -> "StructuredMatrix":
+def remap_columns(m: StructuredMatrix, new_of_old: np.ndarray, n_in: int) -> StructuredMatrix:
     parts = []
     for part in m.parts:
         parts += remap_part(part, new_of_old, n_in)
@@ -223,7 +232,7 @@ def remap_group(part: ProductGroup, new_of_old: np.ndarray):
                    shifts=shifts)
 
 
-def shift_columns(m: "StructuredMatrix", offset: int, width: int) -> "StructuredMatrix":
+def shift_columns(m: StructuredMatrix, offset: int, width: int) -> StructuredMatrix:
     """The matrix with every column moved right by ``offset`` in a ``width``-wide input:
     O(stored), whatever the parts."""
     parts = []
@@ -241,7 +250,7 @@ def shift_columns(m: "StructuredMatrix", offset: int, width: int) -> "Structured
 
 
 # ------------------------------------------------------------------------------ values
-def map_values(m: "StructuredMatrix", fn, dtype=None) -> "StructuredMatrix":
+def map_values(m: StructuredMatrix, fn, dtype=None) -> StructuredMatrix:
     """Every weight through the element-wise ``fn`` (with fn(0) == 0): signs, a scalar
     factor, a precision."""
     kernels = Shared(fn)
@@ -276,7 +285,7 @@ def part_arrays(part: Part) -> tuple[np.ndarray, ...]:
     return (part.rows, m.data, m.indices, m.indptr, np.array(m.shape, INDEX))
 
 
-def row_counts(m: "StructuredMatrix") -> np.ndarray:
+def row_counts(m: StructuredMatrix) -> np.ndarray:
     """Non-zeros each row holds (a row two parts write counts both)."""
     counts = np.zeros(m.shape[0], INDEX)
     for part in m.parts:
@@ -289,7 +298,7 @@ def row_counts(m: "StructuredMatrix") -> np.ndarray:
     return counts
 
 
-def column_counts(m: "StructuredMatrix") -> np.ndarray:
+def column_counts(m: StructuredMatrix) -> np.ndarray:
     """Non-zeros each column holds, in O(distinct shifts × positions × taps) memory."""
     counts = np.zeros(m.shape[1], INDEX)
     for part in m.parts:
@@ -304,7 +313,7 @@ def column_counts(m: "StructuredMatrix") -> np.ndarray:
     return counts
 
 
-def abs_row_sums(m: "StructuredMatrix") -> np.ndarray:
+def abs_row_sums(m: StructuredMatrix) -> np.ndarray:
     sums = np.zeros(m.shape[0])
     for part in m.parts:
         if isinstance(part, ProductGroup):
@@ -317,7 +326,7 @@ def abs_row_sums(m: "StructuredMatrix") -> np.ndarray:
     return sums
 
 
-def vstack(matrices: list["StructuredMatrix"], width: int, dtype) -> "StructuredMatrix":
+def vstack(matrices: list[StructuredMatrix], width: int, dtype) -> StructuredMatrix:
     """The matrices' rows one after another (every part's rows moved down)."""
     parts, start = [], 0
     for m in matrices:

@@ -17,8 +17,6 @@ from .structured_rules import (abs_row_sums as rules_abs_row_sums,
                                shift_columns as rules_shift_columns, vstack as rules_vstack)
 from .structured import INDEX, ProductGroup, StructuredMatrix
 
-Weight = "sp.csr_array | np.ndarray | StructuredMatrix"
-
 
 def is_structured(w) -> bool:
     return isinstance(w, StructuredMatrix)

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-import scipy.sparse as sp
 
 from ..ir import Graph, Node
 from ..ir import weights
