@@ -87,10 +87,11 @@ class GroupRun:
         self.group = group
         self.blocked = BlockedGroup(group, dtype) if group.kernels.size > MIN_BLOCKED_WEIGHTS \
             else None
-        self.direct = (group.kernels.astype(dtype), unsigned(group.offsets),
+        # one array of the kernels for both paths (already in dtype: no copy at all)
+        self.kernels = np.ascontiguousarray(group.kernels, dtype=dtype)
+        self.direct = (self.kernels, unsigned(group.offsets),
                        unsigned(group.bases), unsigned(group.shifts), unsigned(group.rows))
         self.small = group.kernels.size <= DIRECT_MAX_WEIGHTS or group.shifted
-        self.kernels = group.kernels.astype(dtype)
         self.rows = unsigned(group.rows.ravel())
         self.work = group.rows.size * len(group.offsets)
 
