@@ -439,3 +439,19 @@ def test_copy_runs_moved_whole_stay_runs():
     np.testing.assert_array_equal(dense(split), dense(matrix)[::2])
     flipped = matrix.relabel_rows(np.arange(16)[::-1], 16)   # every row kept, runs reversed
     np.testing.assert_array_equal(dense(flipped), dense(matrix)[::-1])
+
+
+def test_csr_rows_that_copy_become_runs_before_writing():
+    """A stride-2 shortcut left as CSR rows in a structured layer: one strided run."""
+    from cnn2mlp.ir.structured_rules import with_copy_runs
+
+    rng = np.random.default_rng(9)
+    conv, _, _ = conv_structured(rng.uniform(-1, 1, (2, 2, 3)), None, (2, 24), (1,), (1, 1),
+                                 (1,), 1, np.float64)
+    rows = np.arange(10, 22)
+    shortcut = sp.csr_array((np.ones(12), 2 * np.arange(12), np.arange(13)), shape=(12, 48))
+    whole = StructuredMatrix(conv.shape, conv.parts + (CsrRows(rows, shortcut),), conv.dtype)
+    compact = with_copy_runs(whole)
+    runs = [p for p in compact.parts if isinstance(p, CopyRuns)]
+    assert len(runs) == 1 and runs[0].steps.tolist() == [2] and runs[0].rows.tolist() == [10]
+    np.testing.assert_array_equal(dense(compact), dense(whole))

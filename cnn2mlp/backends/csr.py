@@ -40,6 +40,7 @@ from ..ir.activations import BY_NAME, IDENTITY
 from ..ir.graph import GraphMeta
 from ..ir.mlp import Mlp, MlpLayer
 from ..ir.structured import StructuredMatrix
+from ..ir.structured_rules import with_copy_runs
 from ..ir.weights import as_csr, csr_bytes, is_structured
 from .npz_parts import bias_members, read_bias, read_structured, structured_members
 from .npz_reader import ArtifactError, SafeNpz
@@ -104,9 +105,9 @@ def save_csr(mlp: Mlp, path: str | Path, meta: dict[str, Any] | None = None,
 
 def smaller_form(w):
     """A CSR layer as parts when that stores less (its runs of copies: carried values),
-    else as it is; a structured layer as it is."""
+    else as it is; a structured layer with the runs of copies in its CSR rows as runs."""
     if is_structured(w):
-        return w
+        return with_copy_runs(w)
     parts = StructuredMatrix.from_csr(w)
     return parts if parts.stored_bytes < 0.8 * csr_bytes(w) else w
 

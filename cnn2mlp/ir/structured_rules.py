@@ -15,7 +15,8 @@ import scipy.sparse as sp
 
 from typing import TYPE_CHECKING
 
-from .structured_parts import INDEX, CopyRuns, CsrRows, Part, ProductGroup, check_materialize
+from .structured_parts import (INDEX, CopyRuns, CsrRows, Part, ProductGroup, check_materialize,
+                               csr_parts)
 
 if TYPE_CHECKING:  # the matrix module imports these rules
     from .structured import StructuredMatrix
@@ -337,3 +338,19 @@ def vstack(matrices: list[StructuredMatrix], width: int, dtype) -> StructuredMat
                 parts.append(replace(part, rows=part.rows + start))
         start += m.shape[0]
     return matrices[0].with_parts(parts, shape=(start, width), dtype=dtype)
+
+
+def with_copy_runs(m: StructuredMatrix) -> StructuredMatrix:
+    """The matrix with the runs of copies in its CSR rows taken out as copy runs (a
+    carried value or a strided shortcut that a sum or a placement left as CSR rows)."""
+    parts: list[Part] = []
+    for part in m.parts:
+        if not isinstance(part, CsrRows):
+            parts.append(part)
+            continue
+        coo = part.matrix.tocoo()
+        placed = sp.coo_array((coo.data, (part.rows[coo.row], coo.col)), shape=m.shape).tocsr()
+        found = csr_parts(placed)
+        parts.extend(found if any(isinstance(f, CopyRuns) for f in found) else (part,))
+    return m.with_parts(parts)
+
