@@ -129,9 +129,9 @@ def plan_layer(layer: MlpLayer, dtype) -> LayerPlan:
 
 def structured_parts(w: StructuredMatrix) -> tuple[list[Part], np.ndarray]:
     """The runtime's parts of a structured weight, read from its own parts: its product
-    groups and copy runs as they are (those too small for a kernel of their own join the
-    CSR rows), the rest searched as any CSR is. ``touched``: how many parts write each
-    row."""
+    groups and step-1 copy runs as they are (those too small for a kernel of their own,
+    and strided runs, join the CSR rows), the CSR rows searched for copies alone: the
+    compiler had their groups. ``touched``: how many parts write each row."""
     groups, copies, rest = [], [], []
     for part in w.parts:
         if isinstance(part, ProductGroup) and len(part.kernels) * len(part.bases) >= \
