@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cnn2mlp.errors import CompileError
+from cnn2mlp.ir import weights
 from cnn2mlp.ir.conv_matrix import conv_matrix
 from cnn2mlp.ir.precision import working_precision
 from cnn2mlp.ir.structured import (CopyRuns, CsrRows, ProductGroup, StructuredMatrix,
@@ -163,11 +164,12 @@ def test_column_remapping(case, whole_channels):
 def test_the_product_with_another_matrix(case):
     structured, csr, rng = case
     other = sp.random_array((structured.shape[1], 5), density=0.5, rng=rng, format="csr")
-    product = structured.matmul(other)
-    same(product.to_csr(), sp.csr_array(csr @ other))
+    product = weights.product(structured, other, structured.dtype)
+    same(weights.as_csr(product), sp.csr_array(csr @ other))
     left = StructuredMatrix.from_csr(sp.random_array((3, structured.shape[0]), density=0.5,
                                                      rng=rng, format="csr"))
-    same(left.matmul(structured).to_csr(), sp.csr_array(left.to_csr() @ csr))
+    same(weights.as_csr(weights.product(left, structured, structured.dtype)),
+         sp.csr_array(left.to_csr() @ csr))
 
 
 def test_copies_and_csr_rows_add_to_a_group():
@@ -223,7 +225,6 @@ def test_to_csr_checks_the_size_before_allocating():
 
 # ----------------------------------------------------------------------------- the algebra
 # (ir/weights.py: what the passes ask of a weight, structured or CSR)
-from cnn2mlp.ir import weights  # noqa: E402
 from cnn2mlp.ir.structured import materialize_limit  # noqa: E402
 
 

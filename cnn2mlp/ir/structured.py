@@ -34,11 +34,11 @@ from .geometry import combined_mask, flat_input_pixel, window_axes
 from .structured_rules import (part_arrays, relabel_rows, remap_columns, scale_columns,
                                scale_rows, select_rows)
 from .structured_parts import (INDEX, CopyRuns, CsrRows, Part, ProductGroup,
-                               check_materialize, csr_bytes, csr_parts, materialize_limit)
+                               check_materialize, csr_bytes_bound, csr_parts, materialize_limit)
 
 #: the parts and the limit are used through this module (``from .structured import ...``)
 __all__ = ["INDEX", "CopyRuns", "CsrRows", "Part", "ProductGroup", "StructuredMatrix",
-           "check_materialize", "conv_structured", "csr_bytes", "materialize_limit"]
+           "check_materialize", "conv_structured", "csr_bytes_bound", "materialize_limit"]
 
 @dataclass(frozen=True, eq=False)
 class StructuredMatrix:
@@ -129,15 +129,6 @@ class StructuredMatrix:
         """The matrix reading column ``new_of_old[j]`` of an ``n_in``-wide input where it
         read column ``j`` (-1: the column reads nothing now, its weights are dropped)."""
         return remap_columns(self, np.asarray(new_of_old, INDEX), n_in)
-
-    def matmul(self, other, max_bytes: int | None = None) -> "StructuredMatrix":
-        """``self @ other`` through CSR, under the size check (the products that keep
-        structure are in ``ir/weights.py``)."""
-        right = other.to_csr(max_bytes) if isinstance(other, StructuredMatrix) else \
-            sp.csr_array(other)
-        product = sp.csr_array(self.to_csr(max_bytes) @ right)
-        check_materialize(product.nnz, product.shape, self.dtype.itemsize, max_bytes)
-        return StructuredMatrix.from_csr(product)
 
 
 # ---------------------------------------------------------------------- convolutions

@@ -32,7 +32,7 @@ def materialize_limit(max_bytes: int | None):
         _LIMIT.reset(token)
 
 
-def csr_bytes(nnz: int, n_rows: int, itemsize: int) -> int:
+def csr_bytes_bound(nnz: int, n_rows: int, itemsize: int) -> int:
     """What a CSR of ``nnz`` entries takes (int64 indices: the worst case)."""
     return nnz * (itemsize + 8) + (n_rows + 1) * 8
 
@@ -40,7 +40,7 @@ def csr_bytes(nnz: int, n_rows: int, itemsize: int) -> int:
 def check_materialize(nnz: int, shape: tuple[int, int], itemsize: int,
                       max_bytes: int | None = None) -> None:
     limit = _LIMIT.get() if max_bytes is None else max_bytes
-    need = csr_bytes(nnz, shape[0], itemsize)
+    need = csr_bytes_bound(nnz, shape[0], itemsize)
     if limit is not None and need > limit:
         raise CompileError(f"materializing a {shape[0]:,}x{shape[1]:,} matrix of {nnz:,} "
                            f"non-zeros takes {need / 2**20:,.0f} MiB, above the limit of "
@@ -69,7 +69,11 @@ class ProductGroup:
 
     @property
     def weights(self) -> np.ndarray:
-        """(n_k, t): the weights this group applies."""
+        """(n_k, t): the weights this group applies (the kernels themselves, not a copy,
+        when it uses every tap in order: a convolution's interior)."""
+        if len(self.taps) == self.kernels.shape[1] and \
+                np.array_equal(self.taps, np.arange(len(self.taps))):
+            return self.kernels
         return self.kernels[:, self.taps]
 
     @property

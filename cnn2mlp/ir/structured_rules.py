@@ -103,7 +103,8 @@ def relabel_part(part: Part, new_of_old: np.ndarray, n_in: int) -> list[Part]:
         kept = new >= 0                                          # a run moved whole, or CSR
         return [as_csr_rows(part, n_in, (new[kept], cols[kept], values[kept]))] \
             if kept.any() else []
-    rows, cols, values = as_csr_rows(part, n_in).to_coo()
+    check_materialize(part.nnz, (part.nnz, n_in), 12)
+    rows, cols, values = part.to_coo()
     new = new_of_old[rows]
     kept = new >= 0
     return [as_csr_rows(part, n_in, (new[kept], cols[kept], values[kept]))] if kept.any() \
@@ -269,9 +270,9 @@ def map_values(m: StructuredMatrix, fn, dtype=None) -> StructuredMatrix:
 
 
 def part_values(part: Part) -> np.ndarray:
-    """The values a part stores (a group's whole kernels: every weight it may apply)."""
+    """The values a part stores (a group's whole kernel array, shared with its siblings)."""
     if isinstance(part, ProductGroup):
-        return part.weights
+        return part.kernels
     return part.weights if isinstance(part, CopyRuns) else part.matrix.data
 
 

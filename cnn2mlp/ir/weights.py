@@ -58,9 +58,9 @@ def stored_bytes(w) -> int:
 
 def weight_values(w) -> np.ndarray:
     """Every stored weight value (for checks: NaN, infinities)."""
-    if isinstance(w, StructuredMatrix):
-        return np.concatenate([np.ravel(part_values(p)) for p in w.parts] or
-                              [np.zeros(0, w.dtype)])
+    if isinstance(w, StructuredMatrix):  # a kernel array its groups share, once
+        arrays = {id(v): np.ravel(v) for v in map(part_values, w.parts)}
+        return np.concatenate(list(arrays.values()) or [np.zeros(0, w.dtype)])
     return w.data if sp.issparse(w) else np.asarray(w)
 
 
