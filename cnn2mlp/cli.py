@@ -185,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--c-prefix", metavar="NAME",
                      help="c: the prefix of the functions and macros (default: the output "
                           "file's name, made a C identifier)")
+    out.add_argument("--c-weights", choices=["auto", "source", "file"], default="auto",
+                     help="c: the weights as static arrays in the source (flash on a "
+                          "microcontroller), in a binary FILE.weights beside it that "
+                          "<prefix>_init reads, or auto (the default): in the source up to "
+                          "4 MiB")
     out.add_argument("--c-self-test", type=int, default=0, metavar="N",
                      help="c: embed N inputs from the input domain and the original's outputs "
                           "for them; <prefix>_self_test() returns the largest relative error")
@@ -236,7 +241,8 @@ def run_cli(args: argparse.Namespace) -> int:
         ctx.options.carry = args.carry
     options = TargetOptions(max_dense_bytes=args.max_dense_bytes, xml_encoding=args.xml_encoding,
                             allow_approximate=args.allow_approximate,
-                            c_prefix=args.c_prefix, npz_layout=args.npz_layout)
+                            c_prefix=args.c_prefix, npz_layout=args.npz_layout,
+                            c_weights=args.c_weights)
     result = compile_model(args.model, None, target=target.name, input_shape=args.input_shape,
                            passes=passes, ctx=ctx, print_ir=args.print_ir_after_all,
                            allow_non_finite=args.allow_non_finite, max_bytes=args.max_bytes,

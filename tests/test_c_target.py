@@ -293,7 +293,32 @@ def test_big_weights_go_to_a_checked_file(tmp_path, monkeypatch):
     weights.unlink()
     with pytest.raises(CompileError, match="init returned -1"):
         CModel(out, result.mlp)
-    assert STATIC_LIMIT == 16 * 2**20
+    assert STATIC_LIMIT == 4 * 2**20
+
+
+def test_the_weights_go_where_c_weights_says(tmp_path, monkeypatch):
+    """--c-weights file: a weights file even for a small model; source: static arrays even
+    above the limit (a microcontroller with a big flash); auto: by size. Each passes
+    --check."""
+    import cnn2mlp.runtime.c_source as c_module
+
+    b = OnnxBuilder((2, 6, 6), seed=9)
+    b.conv(conv(out=4))
+    b.activation("Relu")
+    b.flatten()
+    b.dense(3)
+    path = save(b.build(), tmp_path / "m.onnx")
+    for choice, limit, external in (("file", None, True), ("source", 0, False),
+                                    ("auto", None, False), ("auto", 0, True)):
+        if limit is not None:
+            monkeypatch.setattr(c_module, "STATIC_LIMIT", limit)
+        out = tmp_path / f"{choice}_{limit}" / "m.c"
+        out.parent.mkdir()
+        assert main([str(path), "-o", str(out), "--c-weights", choice, "--check", "5",
+                     "--quiet"]) == 0
+        assert out.with_suffix(".weights").exists() == external, choice
+        assert ("static const float L0_" in out.read_text()) != external
+        monkeypatch.undo()
 
 
 def test_names_from_the_model_never_reach_the_code(tmp_path):

@@ -73,8 +73,9 @@ class CTarget(Target):
                     f"({n_in} values). Output: shape {tuple(mlp.output_shape)}, flattened"
                     + (" (logits: the model's final softmax is not applied)"
                        if meta.logits else "") + ".")
+        limit = {"source": float("inf"), "file": 0}.get(options.c_weights)
         made = c_source(mlp, prefix, c_paths(final)[1].name, contract,
-                        self_test=options.c_self_test)
+                        self_test=options.c_self_test, static_limit=limit)
         Path(path).write_text(made.source)
         header_path.write_text(made.header)
         if made.weights is not None:

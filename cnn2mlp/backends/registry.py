@@ -41,6 +41,8 @@ class TargetOptions:
     npz_layout: str = "structured"
     #: c: the prefix of the generated functions and macros (None: from the file name)
     c_prefix: str | None = None
+    #: c: "source" (static arrays), "file" (a weights file beside it) or "auto" (by size)
+    c_weights: str = "auto"
     #: c: the self-test vectors to embed (a runtime.c_source.SelfTest), or None
     c_self_test: Any = None
 

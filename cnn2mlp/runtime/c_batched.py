@@ -18,6 +18,7 @@ to a bias written first and clamping after.
 """
 from __future__ import annotations
 
+from .c_indices import BiasFill, PairIndex
 from .c_layers import LANES, activation_loop
 from .c_literals import c_number
 
@@ -54,9 +55,9 @@ class BatchedLayerWriter:
         self.k, self.records, self.real = index, records, real
         self.lines: list[str] = []
         self.helpers: list[str] = []
-        #: for a layer whose parts store its rows (``c_layers.stored_clamp``): the bias
-        #: array and the clamp's C arguments; else None (parts add to the bias)
-        self.stored: tuple[str, str] | None = None
+        #: for a layer whose parts store its rows (``c_layers.stored_clamp``): the clamp's
+        #: C arguments; else None (parts add to the bias)
+        self.stored: str | None = None
 
     def emit(self) -> str:
         r = self.real
@@ -80,23 +81,32 @@ class BatchedLayerWriter:
     def accumulators(self, names: str) -> str:
         return f"{self.real} " + ", ".join(f"{names}{l} = 0" for l in range(SAMPLES)) + ";"
 
-    def bias(self, bias: str, n_out: int, clamp) -> None:
+    def bias(self, fill: BiasFill, clamp) -> None:
         """The layer's start: its bias in every row, or nothing when its parts store the
         rows (bias and clamp as they store: one pass over the output, not three; measured:
         MobileNetV2 at batch 16, its 1x1 16 -> 96 expansion 724 -> 582 us)."""
         if clamp is not None:
-            self.stored = (bias, ", ".join(c_number(v, self.real) for v in clamp))
+            self.stored = ", ".join(c_number(v, self.real) for v in clamp)
             return
-        self.lines += [f"    for (i = 0; i < {n_out}; i++)",
-                       f"        for (l = 0; l < {SAMPLES}; l++) z[i * {SAMPLES} + l] = {bias}[i];"]
+        self.lines += fill.lines(self.real, f"for (l = 0; l < {SAMPLES}; l++) "
+                                            f"z[i * {SAMPLES} + l] = v;")
 
-    def store(self, target: str, value: str, row: str) -> str:
-        """``target = value`` with the row's bias and clamp when the parts store, else
-        ``target += value``."""
+    def store(self, target: str, value: str, bias: str) -> str:
+        """``target = value`` with the row's bias (a C expression) and clamp when the parts
+        store, else ``target += value``."""
         if self.stored is None:
             return f"{target} += {value};"
-        bias, clamp = self.stored
-        return f"{target} = clamp_value({value} + {bias}[{row}], {clamp});"
+        return f"{target} = clamp_value({value} + {bias}, {self.stored});"
+
+    @staticmethod
+    def bias_at(bias: PairIndex | None, name: str, lane, position: str) -> str:
+        """A pair's bias past the pointer ``name`` (``bias.pointer``), when the parts store."""
+        return "0" if bias is None else bias.at(name, lane, position)
+
+    def bias_pointer(self, bias: PairIndex | None, name: str, kernel: str,
+                     indent: str) -> list[str]:
+        """Declares the pointer ``name`` to kernel ``kernel``'s biases, when the parts store."""
+        return [] if bias is None else [indent + bias.pointer(name, kernel, self.real)]
 
     def dense(self, w: str, n_out: int, n_in: int) -> None:
         """A dense layer: with the vector extension, DENSE_ROWS rows at a time, each
@@ -118,7 +128,7 @@ class BatchedLayerWriter:
                 "#endif"]
         if together:
             self.helper(body)
-        self.row_sums(n_out, "i", f"j = 0; j < {n_in}; j++", f"{w}[i * {n_in} + j]", "j",
+        self.row_sums(n_out, "i", f"j = 0; j < {n_in}; j++", f"{w}[i * {n_in} + j]", "j", "0",
                       vector_first=together)
 
     def dense_rows(self, w: str, n_in: int, together: int, vectors: int,
@@ -145,11 +155,12 @@ class BatchedLayerWriter:
               "memcpy(zq, &u, sizeof u); }" for q in rows for p in parts],
             "        }", "    }"]
 
-    def row_sums(self, n: int, row: str, terms: str, weight: str, column: str,
+    def row_sums(self, n: int, row: str, terms: str, weight: str, column: str, bias: str,
                  vector_first: int = 0) -> None:
         """For each of ``n`` rows, ``z[row] += weight * h[column]`` over the loop ``terms``
-        (C expressions of ``i``, the row's index, and ``j``, the term's), every sample; with
-        the vector extension, from row ``vector_first`` (the rows before, done already)."""
+        (C expressions of ``i``, the row's index, and ``j``, the term's), every sample, the
+        row's bias ``bias`` when the parts store; with the vector extension, from row
+        ``vector_first`` (the rows before, done already)."""
         r = self.real
         self.helper([
             "#ifdef VECTOR_BYTES",
@@ -158,14 +169,14 @@ class BatchedLayerWriter:
             f"    for (i = 0; i < {n}; i++) {{",
             "#endif",
             f"        {r} *restrict zi = z + (long)({row}) * {SAMPLES};",
-            *self.sample_sums(8, terms, weight, f"h + (long)({column}) * {SAMPLES}", "zi", row),
+            *self.sample_sums(8, terms, weight, f"h + (long)({column}) * {SAMPLES}", "zi", bias),
             "    }"])
 
     def sample_sums(self, indent: int, terms: str, weight: str, inputs: str, target: str,
-                    row: str) -> list[str]:
+                    bias: str) -> list[str]:
         """Every sample's sum over the loop ``terms`` of ``weight`` times the sample's value
-        at ``inputs`` (both C expressions of the loop's variables), stored to ``target`` (the
-        row ``row``'s sixteen values) as ``store`` says: with the vector extension, the
+        at ``inputs`` (both C expressions of the loop's variables), stored to ``target`` (a
+        row's sixteen values, its bias ``bias``) as ``store`` says: with the vector extension, the
         sums in vectors; else one accumulator a sample (GCC 12 left those scalar: sixteen
         scalar multiply-adds a term, measured in the assembly with AVX-512)."""
         r, pad = self.real, " " * indent
@@ -174,7 +185,7 @@ class BatchedLayerWriter:
                   f"{pad}    const {r} v = {weight};",
                   f"{pad}    const {r} *restrict x = {inputs};",
                   pad + "    " + lanes("a{l} += v * x[{l}];"), pad + "}",
-                  pad + lanes(self.store(target + "[{l}]", "a{l}", row))]
+                  pad + lanes(self.store(target + "[{l}]", "a{l}", bias))]
         lines = []
         for keyword, width in (("#if", 64), ("#elif", 32), ("#elif", 16)):
             per = width // (8 if r == "double" else 4)
@@ -190,13 +201,14 @@ class BatchedLayerWriter:
                 pad + "    " + " ".join(f"memcpy(&y{v}, x + {v * per}, sizeof y{v}); a{v} += y{v} * v;"
                                       for v in vectors),
                 pad + "}",
-                pad + " ".join(self.vector_store(f"{target} + {v * per}", f"a{v}", row)
+                pad + " ".join(self.vector_store(f"{target} + {v * per}", f"a{v}", bias)
                                for v in vectors),
                 f"{pad}}}"]
         return lines + ["#else", *scalar, "#endif"]
 
-    def kernels(self, w: str, offsets: str, bases: str, rows: str, blocks: int, taps: int,
-                n_b: int, shift: int, stored: int, tap: str) -> None:
+    def kernels(self, w: str, offsets: str, bases: str, rows: PairIndex,
+                bias: PairIndex | None, blocks: int, taps: int, n_b: int, shift: int,
+                stored: int, tap: str) -> None:
         """Blocks of sixteen kernels with transposed weights (``w[block][tap][16]``), as the
         single-sample code stores them, a few kernels at a time with every sample's sum.
 
@@ -209,22 +221,23 @@ class BatchedLayerWriter:
         head = [
             f"    for (i = 0; i < {blocks}; i++) {{",
             f"        const {r} *restrict w = {w} + i * {stored * LANES};",
-            f"        const int32_t *restrict o = {rows} + i * {LANES * n_b};",
+            "        " + rows.pointer("o", f"i * {LANES}"),
+            *self.bias_pointer(bias, "ob", f"i * {LANES}", "        "),
             f"        for (j = 0; j < {n_b}; j++) {{",
             f"            const {r} *restrict x = h + ({shift}L + {bases}[j]) * {SAMPLES};",
             "            int q;"]
         body = head + ["#if defined(VECTOR_BYTES) && VECTOR_BYTES == 64",
-                       *self.vector_kernels(64, offsets, n_b, taps, tap),
+                       *self.vector_kernels(64, offsets, rows, bias, taps, tap),
                        "#elif defined(VECTOR_BYTES) && VECTOR_BYTES == 32",
-                       *self.vector_kernels(32, offsets, n_b, taps, tap),
+                       *self.vector_kernels(32, offsets, rows, bias, taps, tap),
                        "#elif defined(VECTOR_BYTES)",
-                       *self.vector_kernels(16, offsets, n_b, taps, tap),
-                       "#else", *self.scalar_kernels(offsets, n_b, taps, tap), "#endif",
+                       *self.vector_kernels(16, offsets, rows, bias, taps, tap),
+                       "#else", *self.scalar_kernels(offsets, rows, bias, taps, tap), "#endif",
                        "        }", "    }"]
         self.helper(body)
 
-    def vector_kernels(self, width: int, offsets: str, n_b: int, taps: int,
-                       tap: str) -> list[str]:
+    def vector_kernels(self, width: int, offsets: str, rows: PairIndex,
+                       bias: PairIndex | None, taps: int, tap: str) -> list[str]:
         r = self.real
         per = width // (8 if r == "double" else 4)
         vectors = range(SAMPLES // per)
@@ -232,19 +245,20 @@ class BatchedLayerWriter:
         return [f"            for (q = 0; q < {LANES}; q += {count})",
                 *self.kernel_block(count, per, len(vectors), taps, offsets,
                                    f"w[{tap} * {LANES} + q + {{k}}]",
-                                   f"o[(q + {{k}}) * {n_b} + j]")]
+                                   rows.at("o", "q + {k}", "j"),
+                                   self.bias_at(bias, "ob", "q + {k}", "j"))]
 
-    def vector_store(self, target: str, value: str, row: str) -> str:
+    def vector_store(self, target: str, value: str, bias: str) -> str:
         """The vector ``value`` added to the values at ``target``, or stored there with the
-        row's bias and clamp when the parts store."""
+        row's bias (a C expression) and clamp when the parts store."""
         if self.stored is None:
             return (f"memcpy(&u, {target}, sizeof u); u += {value}; "
                     f"memcpy({target}, &u, sizeof u);")
-        bias, clamp = self.stored
-        return (f"u = clamp_vector({value} + {bias}[{row}], {clamp}); "
+        return (f"u = clamp_vector({value} + {bias}, {self.stored}); "
                 f"memcpy({target}, &u, sizeof u);")
 
-    def scalar_kernels(self, offsets: str, n_b: int, taps: int, tap: str) -> list[str]:
+    def scalar_kernels(self, offsets: str, rows: PairIndex, bias: PairIndex | None, taps: int,
+                       tap: str) -> list[str]:
         r = self.real
         sums = range(KERNELS)
         lines = [f"            for (q = 0; q < {LANES}; q += {KERNELS}) {{"]
@@ -256,16 +270,16 @@ class BatchedLayerWriter:
         lines += [f"                    {{ const {r} wk = wt[{k}]; " + lanes(f"s{k}_{{l}} += wk * xt[{{l}}];")
                   + " }" for k in sums]
         lines.append("                }")
-        lines += [f"                {{ {r} *restrict zk = z + (long)o[(q + {k}) * {n_b} + j] * "
+        lines += [f"                {{ {r} *restrict zk = z + (long){rows.at('o', f'q + {k}', 'j')} * "
                   f"{SAMPLES}; " + lanes(self.store("zk[{l}]", f"s{k}_{{l}}",
-                                                    f"o[(q + {k}) * {n_b} + j]")) + " }"
-                  for k in sums]
+                                                    self.bias_at(bias, "ob", f"q + {k}", "j")))
+                  + " }" for k in sums]
         lines.append("            }")
         return lines
 
     def positions(self, w: str, offsets: str, shifts: str, run_start: str, run_length: str,
-                  run_base: str, run_step: str, rows: str, n_k: int, taps: int, n_b: int,
-                  runs: int, same_positions: bool) -> None:
+                  run_base: str, run_step: str, rows: PairIndex, bias: PairIndex | None,
+                  n_k: int, taps: int, n_b: int, runs: int, same_positions: bool) -> None:
         """Kernels that read positions of their own (depthwise): each kernel, position by
         position, every sample at a time. Kernels that read the same positions (the ones a
         convolution's blocks of sixteen leave over) go a few at a time instead, each input
@@ -281,14 +295,16 @@ class BatchedLayerWriter:
         each = [
             f"    for (i = 0; i < {n_k}; i++) {{",
             f"        const {r} *restrict wi = {w} + i * {taps};",
-            f"        const int32_t *restrict o = {rows} + i * {n_b};",
+            "        " + rows.pointer("o", "i"),
+            *self.bias_pointer(bias, "ob", "i", "        "),
             *head,
             f"            const long base = {shifts}[i] + (long){run_base}[j];",
             "            for (p = 0; p < n; p++) {",
             f"                const {r} *restrict xp = h + (base + p * step) * {SAMPLES};",
-            f"                {r} *restrict zp = z + (long)o[first + p] * {SAMPLES};",
+            f"                {r} *restrict zp = z + (long){rows.at('o', 0, 'first + p')} * {SAMPLES};",
             *self.sample_sums(16, f"t = 0; t < {taps}; t++", "wi[t]",
-                              f"xp + (long){offsets}[t] * {SAMPLES}", "zp", "o[first + p]"),
+                              f"xp + (long){offsets}[t] * {SAMPLES}", "zp",
+                              self.bias_at(bias, "ob", 0, "first + p")),
             "            }", "        }", "    }"]
         if not same_positions or n_k < 2:
             self.helper(each)
@@ -302,22 +318,24 @@ class BatchedLayerWriter:
             "                const long at = first + p;",
             "                int q;"]
         weight = f"{w}[(q + {{k}}) * {taps} + t]"  # w[kernel][tap]
-        row = f"{rows}[(q + {{k}}) * {n_b} + at]"
+        row = rows.at(rows.base, "q + {k}", "at")
+        row_bias = self.bias_at(bias, "" if bias is None else bias.base, "q + {k}", "at")
         for keyword, width in (("#if", 64), ("#elif", 32), ("#else", 16)):
             per = width // (8 if r == "double" else 4)
             vectors = SAMPLES // per
             block = kernels_at_once(width, vectors)
             together += [keyword if width == 16 else f"{keyword} VECTOR_BYTES == {width}",
                          f"                for (q = 0; q + {block} <= {n_k}; q += {block})",
-                         *self.kernel_block(block, per, vectors, taps, offsets, weight, row)]
+                         *self.kernel_block(block, per, vectors, taps, offsets, weight, row,
+                                            row_bias)]
             if n_k % block:
                 together += [f"                q = {n_k - n_k % block};",
                              *self.kernel_block(n_k % block, per, vectors, taps, offsets,
-                                                weight, row)]
+                                                weight, row, row_bias)]
         self.helper(together + ["#endif", "            }", "        }", "#else", *each, "#endif"])
 
     def kernel_block(self, count: int, per: int, vectors: int, taps: int, offsets: str,
-                     weight: str, row: str) -> list[str]:
+                     weight: str, row: str, bias: str) -> list[str]:
         """``count`` kernels from ``q`` at the position ``x`` (their inputs at ``offsets``),
         each sample's sums in ``vectors`` vectors of ``per`` values, stored to their rows:
         ``weight`` and ``row`` are C expressions of kernel ``{k}`` (``q`` and the tap ``t``)."""
@@ -335,11 +353,12 @@ class BatchedLayerWriter:
               + " ".join(f"s{k}_{v} += x{v} * wk;" for v in parts) + " }" for k in kernels],
             "                    }",
             *[f"                    {{ {r} *restrict zk = z + (long){row.format(k=k)} * {SAMPLES}; "
-              + " ".join(self.vector_store(f"zk + {v * per}", f"s{k}_{v}", row.format(k=k))
+              + " ".join(self.vector_store(f"zk + {v * per}", f"s{k}_{v}", bias.format(k=k))
                          for v in parts) + " }" for k in kernels],
             "                }"]
 
-    def copies(self, rows: str, cols: str, lengths: str, w: str, n: int) -> None:
+    def copies(self, rows: str, cols: str, lengths: str, w: str, n: int,
+               bias: str | None) -> None:
         r = self.real
         self.helper([
             f"    for (i = 0; i < {n}; i++) {{",
@@ -347,12 +366,13 @@ class BatchedLayerWriter:
             f"        const {r} *restrict hi = h + (long){cols}[i] * {SAMPLES};",
             f"        const {r} wi = {w}[i];",
             f"        for (j = 0; j < (long){lengths}[i] * {SAMPLES}; j++) "
-            + self.store("zo[j]", "wi * hi[j]", f"{rows}[i] + j / {SAMPLES}"),
+            + self.store("zo[j]", "wi * hi[j]", "0" if bias is None else f"{bias}[i]"),
             "    }"])
 
-    def csr(self, rows: str, values: str, cols: str, ptr: str, n: int) -> None:
+    def csr(self, rows: str, values: str, cols: str, ptr: str, n: int,
+            bias: str | None) -> None:
         self.row_sums(n, f"{rows}[i]", f"j = {ptr}[i]; j < {ptr}[i + 1]; j++", f"{values}[j]",
-                      f"{cols}[j]")
+                      f"{cols}[j]", "0" if bias is None else f"{bias}[i]")
 
     def activation(self, start: int, stop: int, name: str, alpha: float) -> None:
         if self.stored is not None:  # applied as the parts stored

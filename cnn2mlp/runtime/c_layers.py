@@ -18,6 +18,7 @@ import numpy as np
 from ..ir.activations import BY_NAME, IDENTITY
 from ..runtime.plan import LayerPlan
 from ..runtime.structure import ProductGroup
+from .c_indices import PairIndex, base_runs, bias_fill, pair_bias, row_index, run_bias
 from .c_literals import c_number
 
 #: kernels computed together by a convolution's loop (two AVX vectors of float)
@@ -44,22 +45,6 @@ def c_type(array: np.ndarray, real: str) -> str:
     return real if array.dtype.kind == "f" else "int32_t"
 
 
-def base_runs(bases: np.ndarray) -> np.ndarray:
-    """Maximal runs of evenly spaced bases, as rows (first index, length, first base,
-    step): a feature map's row of positions is one run (step 1, or the stride)."""
-    runs, start, n = [], 0, len(bases)
-    while start < n:
-        step = int(bases[start + 1] - bases[start]) if start + 1 < n else 1
-        stop = start + 1
-        while stop < n and bases[stop] - bases[stop - 1] == step:
-            stop += 1
-        if step <= 0:  # keep runs increasing: a lone base is its own run
-            stop, step = start + 1, 1
-        runs.append((start, stop - start, int(bases[start]), step))
-        start = stop
-    return np.array(runs, np.int64).reshape(-1, 4)
-
-
 class LayerWriter:
     """The C function of one planned layer: ``z = f(W h + b)`` for one sample."""
 
@@ -81,12 +66,15 @@ class LayerWriter:
 
     def emit(self) -> str:
         p, r = self.plan, self.real
-        bias = self.weights("bias", p.bias)
-        self.records.append(("bias", {"bias": bias, "n_out": p.n_out,
-                                      "clamp": stored_clamp(p)}))
+        fill = bias_fill(p.bias, self.array, self.weights)
+        clamp = stored_clamp(p)
+        #: the batched code's parts store their rows with their bias: their records say
+        #: where each row's bias is
+        self.stores = clamp is not None
+        self.records.append(("bias", {"fill": fill, "clamp": clamp}))
         self.lines = [f"LAYER void layer{self.k}(const {r} *restrict h, {r} *restrict z)",
                       "{", "    int i, j, t;", "    (void)j; (void)t;",
-                      f"    for (i = 0; i < {p.n_out}; i++) z[i] = {bias}[i];"]
+                      *fill.lines(r, "z[i] = v;")]
         if p.dense is not None:
             self.dense(p.dense)
         pieces = [[piece for group in part.groups for piece in self.pieces(group)]
@@ -206,10 +194,11 @@ class LayerWriter:
         tap = "t" if index is None else f"(long){index}[t]"  # the tap's row of weights
         offsets = self.array("offsets", g.offsets)
         bases = self.array("bases", g.bases)
-        out = self.array("rows", g.rows)
+        rows = row_index(g.rows[:blocked], self.array)
         r, shift = self.real, int(g.shifts[0]) if len(g.shifts) else 0
         self.records.append(("kernels", {"w": transposed, "offsets": offsets, "bases": bases,
-                                         "rows": out, "blocks": blocked // LANES, "taps": taps,
+                                         "rows": rows, "bias": self.pair_bias(g.rows[:blocked]),
+                                         "blocks": blocked // LANES, "taps": taps,
                                          "n_b": n_b, "shift": shift, "stored": stored,
                                          "tap": tap}))
         # the sixteen sums as values of GCC's and clang's vector extension (measured:
@@ -227,13 +216,13 @@ class LayerWriter:
             "{", "    int i, j, t;",
             f"    for (i = 0; i < {blocked // LANES}; i++) {{",
             f"        const {r} *restrict w = {transposed} + (long)i * {stored * LANES};",
-            f"        const int32_t *restrict o = {out} + (long)i * {LANES * n_b};",
+            "        " + rows.pointer("o", f"i * {LANES}"),
             "#if defined(VECTOR_BYTES) && VECTOR_BYTES == 64",
-            *self.vector_sums(64, offsets, bases, shift, taps, n_b, index),
+            *self.vector_sums(64, offsets, bases, shift, taps, n_b, index, rows),
             "#elif defined(VECTOR_BYTES) && VECTOR_BYTES == 32",
-            *self.vector_sums(32, offsets, bases, shift, taps, n_b, index),
+            *self.vector_sums(32, offsets, bases, shift, taps, n_b, index, rows),
             "#elif defined(VECTOR_BYTES)",
-            *self.vector_sums(16, offsets, bases, shift, taps, n_b, index),
+            *self.vector_sums(16, offsets, bases, shift, taps, n_b, index, rows),
             "#else",
             f"        for (j = 0; j < {n_b}; j++) {{",
             f"            const {r} *restrict x = h + {shift} + {bases}[j];",
@@ -243,7 +232,7 @@ class LayerWriter:
             f"                const {r} *restrict wt = w + {tap} * {LANES};",
             "                " + " ".join(f"a{l} += wt[{l}] * xt;" for l in lanes),
             "            }",
-            "            " + " ".join(f"z[o[{l * n_b} + j]] += a{l};" for l in lanes),
+            "            " + " ".join(f"z[{rows.at('o', l, 'j')}] += a{l};" for l in lanes),
             "        }",
             "#endif",
             "    }", "}"]))
@@ -253,14 +242,15 @@ class LayerWriter:
                                                  g.rows[blocked:], g.shifts[blocked:]))
 
     def vector_sums(self, width: int, offsets: str, bases: str, shift: int, taps: int,
-                    n_b: int, index: str | None) -> list[str]:
+                    n_b: int, index: str | None, rows: PairIndex) -> list[str]:
         """The loop over positions with the sixteen sums of a position as vectors of
         ``width`` bytes: as many positions at a time as make eight vectors of sums, then
         the positions left one at a time, each sum in partial sums over every few taps
         (still eight vectors: one chain of dependent multiply-adds waits on each one's
         latency; measured, ResNet18 at batch 1, whose small maps leave one to four
-        positions a group: 1.9-2.1 -> 1.4 ms in all, AVX-512). ``index``: the array of each tap's row of weights,
-        or None (the tap's own)."""
+        positions a group: 1.9-2.1 -> 1.4 ms in all, AVX-512). ``index``: the array of
+        each tap's row of weights, or None (the tap's own); ``rows``: where the block's
+        pairs store, past the pointer ``o``."""
         r = self.real
         per = width // (8 if r == "double" else 4)
         vectors = range(LANES // per)
@@ -270,7 +260,7 @@ class LayerWriter:
             return f"w + {tap if index is None else f'(long){index}[{tap}]'} * {LANES}"
 
         def stores(positions: range, sums: str) -> list[str]:
-            return ["            " + " ".join(f"z[o[{l * n_b} + j + {q}]] += "
+            return ["            " + " ".join(f"z[{rows.at('o', l, f'j + {q}')}] += "
                                              f"{sums.format(q=q, v=l // per)}[{l % per}];"
                                              for l in range(LANES)) for q in positions]
 
@@ -331,34 +321,38 @@ class LayerWriter:
         run_start, run_length, run_base, run_step = (
             self.array(f"run_{what}", column)
             for what, column in zip(("start", "length", "base", "step"), runs.T))
-        out = self.array("rows", g.rows)
+        rows = row_index(g.rows, self.array)
         r = self.real
         self.records.append(("positions", {
             "w": kernels, "offsets": offsets, "shifts": shifts, "run_start": run_start,
-            "run_length": run_length, "run_base": run_base, "run_step": run_step, "rows": out,
+            "run_length": run_length, "run_base": run_base, "run_step": run_step, "rows": rows,
+            "bias": self.pair_bias(g.rows),
             "n_k": n_k, "taps": taps, "n_b": n_b, "runs": len(runs),
             "same_positions": len(np.unique(np.asarray(g.shifts))) == 1}))
         self.lines += [
             f"    for (i = 0; i < {n_k}; i++) {{",
             f"        const {r} *restrict w = {kernels} + (long)i * {taps};",
             f"        const {r} *restrict src = h + {shifts}[i];",
-            f"        const int32_t *restrict o = {out} + (long)i * {n_b};",
+            "        " + rows.pointer("o", "i"),
             f"        for (j = 0; j < {len(runs)}; j++) {{",
             f"            const int first = {run_start}[j], n = {run_length}[j];",
             f"            const int step = {run_step}[j];",
             f"            const {r} *restrict x = src + {run_base}[j];",
-            "            int p = 0, l;",
-            "            for (; p + 8 <= n; p += 8) {",
-            f"                {r} acc[8] = {{0}};",
-            "                const long at = (long)p * step;",
-            f"                for (t = 0; t < {taps}; t++) {{",
-            f"                    const {r} wt = w[t];",
-            f"                    const {r} *restrict xt = x + at + {offsets}[t];",
-            "                    if (step == 1) for (l = 0; l < 8; l++) acc[l] += wt * xt[l];",
-            "                    else for (l = 0; l < 8; l++) acc[l] += wt * xt[(long)l * step];",
-            "                }",
-            "                for (l = 0; l < 8; l++) z[o[first + p + l]] += acc[l];",
-            "            }",
+            "            int p = 0, l;", "            (void)l;",
+            # positions eight at a time where a run is that long (only then: on a smaller
+            # map GCC would see the static rows' array overrun by a loop that never runs)
+            *([] if runs[:, 1].max(initial=0) < 8 else [
+                "            for (; p + 8 <= n; p += 8) {",
+                f"                {r} acc[8] = {{0}};",
+                "                const long at = (long)p * step;",
+                f"                for (t = 0; t < {taps}; t++) {{",
+                f"                    const {r} wt = w[t];",
+                f"                    const {r} *restrict xt = x + at + {offsets}[t];",
+                "                    if (step == 1) for (l = 0; l < 8; l++) acc[l] += wt * xt[l];",
+                "                    else for (l = 0; l < 8; l++) acc[l] += wt * xt[(long)l * step];",
+                "                }",
+                f"                for (l = 0; l < 8; l++) z[{rows.at('o', 0, 'first + p + l')}] += acc[l];",
+                "            }"]),
             "            for (; p < n; p++) {",
             f"                const {r} *restrict xp = x + (long)p * step;",
             f"                {r} acc[8] = {{0}};",
@@ -367,7 +361,7 @@ class LayerWriter:
             f"                    for (l = 0; l < 8; l++) acc[l] += w[t + l] * xp[{offsets}[t + l]];",
             f"                for (; t < {taps}; t++) sum += w[t] * xp[{offsets}[t]];",
             "                for (l = 0; l < 8; l++) sum += acc[l];",
-            "                z[o[first + p]] += sum;",
+            f"                z[{rows.at('o', 0, 'first + p')}] += sum;",
             "            }",
             "        }", "    }"]
 
@@ -377,7 +371,10 @@ class LayerWriter:
         r, c, n_len = self.array("copy_rows", rows), self.array("copy_cols", columns), \
             self.array("copy_lengths", lengths)
         w = self.weights("copy_weights", weights)
-        self.records.append(("copies", {"rows": r, "cols": c, "lengths": n_len, "w": w, "n": n}))
+        bias = self.weights("copy_bias", run_bias(self.plan.bias, rows, lengths)) \
+            if self.stores else None
+        self.records.append(("copies", {"rows": r, "cols": c, "lengths": n_len, "w": w, "n": n,
+                                        "bias": bias}))
         self.lines += [
             f"    for (i = 0; i < {n}; i++) {{",
             f"        {self.real} *restrict zo = z + {r}[i];",
@@ -391,13 +388,20 @@ class LayerWriter:
         values = self.weights("csr_values", data)
         cols = self.array("csr_cols", indices)
         ptr = self.array("csr_ptr", indptr)
+        bias = self.weights("csr_bias", self.plan.bias[np.asarray(rest_rows, np.int64)]) \
+            if self.stores else None
         self.records.append(("csr", {"rows": rows, "values": values, "cols": cols, "ptr": ptr,
-                                     "n": len(rest_rows)}))
+                                     "n": len(rest_rows), "bias": bias}))
         self.lines += [
             f"    for (i = 0; i < {len(rest_rows)}; i++) {{",
             f"        {self.real} acc = 0;",
             f"        for (j = {ptr}[i]; j < {ptr}[i + 1]; j++) acc += {values}[j] * h[{cols}[j]];",
             f"        z[{rows}[i]] += acc;", "    }"]
+
+    def pair_bias(self, rows) -> PairIndex | None:
+        """Where the batched code's store finds the bias of a group's pairs, when it
+        stores."""
+        return pair_bias(self.plan.bias, rows, self.weights) if self.stores else None
 
     def activations(self) -> None:
         layer = self.plan.source
@@ -448,6 +452,9 @@ def stored_clamp(plan: LayerPlan) -> tuple[float, float, float] | None:
     else None: the layer starts from its bias, its parts add, its activations come after."""
     if plan.dense is not None or len(plan.finish) or not plan.n_out:
         return None
+    if any(part.copies is not None and len(part.copies[0]) and
+           run_bias(plan.bias, part.copies[0], part.copies[2]) is None for part in plan.parts):
+        return None  # a copy run whose rows have biases of their own
     ends = [np.unique(a) for a in (plan.lo, plan.scale, plan.hi)]
     if any(len(e) != 1 for e in ends):
         return None

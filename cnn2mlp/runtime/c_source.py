@@ -35,8 +35,10 @@ from .c_weights import (INIT_DOC_EXTERNAL, INIT_DOC_STATIC, INIT_STATIC, externa
                         init_external)
 from .plan import plan_layers
 
-#: weights above this many bytes go to a binary file read by <prefix>_init
-STATIC_LIMIT = 16 * 2**20
+#: weights above this many bytes go to a binary file read by <prefix>_init (--c-weights
+#: auto): a microcontroller's flash holds a few MiB at most, and in the source each float is
+#: a literal of 16 characters (MobileNetV2 at 224x224: 11 MB of weights, a 48 MB source)
+STATIC_LIMIT = 4 * 2**20
 C_KEYWORDS = {
     "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
     "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long", "register",
@@ -107,7 +109,7 @@ class CSource:
 
 
 def c_source(mlp: Mlp, prefix: str, header_name: str, contract: str,
-             static_limit: int | None = None, dtype=None,
+             static_limit: float | None = None, dtype=None,
              self_test: SelfTest | None = None, units: int = 1) -> CSource:
     """The C source, header and (for big models: above ``static_limit`` bytes, default
     STATIC_LIMIT) weights file of ``mlp``, computing in ``dtype`` (default: the MLP's);

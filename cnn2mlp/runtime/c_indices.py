@@ -1,0 +1,150 @@
+"""How the C code finds a planned part's output rows and their biases without an entry per
+neuron.
+
+A convolution's group writes row ``rows[k, b]`` for kernel ``k`` at position ``b``; in the
+matrix's usual layouts that is ``kernel_rows[k] + base_rows[b]`` (an output channel's first
+row plus the position's place in the map). Stored so, a group takes ``n_k + n_b`` indices,
+not ``n_k · n_b``: at 224×224 the per-pair rows and biases were 54 of MobileNetV2's 68 MB
+of C. A bias is usually one value per output channel: the C code fills a layer's bias from
+runs of equal values, and a part that stores its rows with their bias reads it per kernel
+(per copy run, per CSR row). Whatever does not factor keeps an entry per pair, as before:
+the code computes the same sums either way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+#: a bias is filled from runs when they take at most this share of its entries
+RUNS_SHARE = 0.25
+
+
+def base_runs(bases: np.ndarray) -> np.ndarray:
+    """Maximal runs of evenly spaced bases, as rows (first index, length, first base,
+    step): a feature map's row of positions is one run (step 1, or the stride)."""
+    runs, start, n = [], 0, len(bases)
+    while start < n:
+        step = int(bases[start + 1] - bases[start]) if start + 1 < n else 1
+        stop = start + 1
+        while stop < n and bases[stop] - bases[stop - 1] == step:
+            stop += 1
+        if step <= 0:  # keep runs increasing: a lone base is its own run
+            stop, step = start + 1, 1
+        runs.append((start, stop - start, int(bases[start]), step))
+        start = stop
+    return np.array(runs, np.int64).reshape(-1, 4)
+
+
+@dataclass(frozen=True)
+class PairIndex:
+    """A value per (kernel, position) pair of a group, as C arrays: ``full[k * n_b + b]``,
+    or ``by_kernel[k] + by_position[b]``, or ``by_kernel[k]`` alone (``by_position`` None:
+    the same value at every position)."""
+
+    full: str | None
+    by_kernel: str | None
+    by_position: str | None
+    n_b: int
+
+    @property
+    def base(self) -> str:
+        """The array that a pointer to kernel 0's entries points into."""
+        return self.full if self.full is not None else self.by_kernel
+
+    def pointer(self, name: str, kernel: str, ctype: str = "int32_t") -> str:
+        """Declares ``name``, of C type ``ctype``: the entries of kernel ``kernel`` (a C
+        expression) onwards."""
+        step = f" * {self.n_b}" if self.full is not None else ""
+        return f"const {ctype} *restrict {name} = {self.base} + (long)({kernel}){step};"
+
+    def at(self, name: str, lane, position: str) -> str:
+        """The entry of kernel ``lane`` (an int or a C expression) past the pointer
+        ``name``, at the position ``position`` (a C expression)."""
+        if self.full is not None:
+            first = lane * self.n_b if isinstance(lane, int) else f"({lane}) * {self.n_b}"
+            return f"{name}[{first} + {position}]"
+        if self.by_position is None:
+            return f"{name}[{lane}]"
+        return f"({name}[{lane}] + {self.by_position}[{position}])"
+
+
+Add = Callable[[str, np.ndarray], str]
+
+
+def row_index(rows: np.ndarray, add_index: Add) -> PairIndex:
+    """A group's rows (n_k, n_b), factored as kernel row + position row where they are."""
+    rows = np.asarray(rows, np.int64)
+    n_b = rows.shape[1]
+    if rows.size:
+        by_kernel, by_position = rows[:, 0], rows[0] - rows[0, 0]
+        if np.array_equal(rows, by_kernel[:, None] + by_position[None, :]):
+            return PairIndex(None, add_index("kernel_rows", by_kernel),
+                             add_index("base_rows", by_position), n_b)
+    return PairIndex(add_index("rows", rows), None, None, n_b)
+
+
+def pair_bias(bias: np.ndarray, rows: np.ndarray, add_real: Add) -> PairIndex:
+    """The bias of a group's rows: one value a kernel where it is the same at every
+    position (bit for bit: a -0.0 bias would change a -0.0 sum's sign), else one a pair."""
+    values = np.asarray(bias)[np.asarray(rows, np.int64)]
+    n_b = values.shape[1] if values.ndim == 2 else 0
+    if values.size and same_along_rows(values):
+        return PairIndex(None, add_real("kernel_bias", values[:, 0]), None, n_b)
+    return PairIndex(add_real("pair_bias", values), None, None, n_b)
+
+
+def same_along_rows(values: np.ndarray) -> bool:
+    bits = np.ascontiguousarray(values).view(np.uint8).reshape(len(values), values.shape[1], -1)
+    return bool((bits == bits[:, :1]).all())
+
+
+def run_bias(bias: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
+    """Each copy run's bias, where every row of every run has its run's (bit for bit)."""
+    bias = np.ascontiguousarray(bias)
+    starts, lengths = np.asarray(starts, np.int64), np.asarray(lengths, np.int64)
+    first = bias[starts]
+    expanded = np.repeat(first, lengths)
+    run_first = np.cumsum(lengths) - lengths  # each run's first place in the expansion
+    rows = np.arange(int(lengths.sum())) + np.repeat(starts - run_first, lengths)
+    return first if np.array_equal(bias[rows].view(np.uint8),
+                                   expanded.view(np.uint8)) else None
+
+
+@dataclass(frozen=True)
+class BiasFill:
+    """The C loop that writes a layer's bias into its output: from runs of equal values
+    (``values``, each run's end in ``ends``) or from one entry a row (``plain``)."""
+
+    plain: str | None
+    values: str | None
+    ends: str | None
+    n_runs: int
+    n_out: int
+
+    def lines(self, real: str, target: str) -> list[str]:
+        """The loop; ``target`` is the C statement's left side for row ``i``'s value ``v``,
+        a format of ``{i}`` and ``{v}``."""
+        if self.plain is not None:
+            return [f"    for (i = 0; i < {self.n_out}; i++) {{",
+                    f"        const {real} v = {self.plain}[i];",
+                    "        " + target, "    }"]
+        return ["    i = 0;",
+                f"    for (j = 0; j < {self.n_runs}; j++) {{",
+                f"        const {real} v = {self.values}[j];",
+                f"        for (; i < {self.ends}[j]; i++) " + target, "    }"]
+
+
+def bias_fill(bias: np.ndarray, add_index: Add, add_real: Add) -> BiasFill:
+    """The fill of ``bias``: from runs where they take at most RUNS_SHARE of its entries."""
+    bias = np.ascontiguousarray(bias)
+    n = len(bias)
+    bits = bias.view(np.uint8).reshape(n, -1)
+    starts = np.flatnonzero(np.r_[True, (bits[1:] != bits[:-1]).any(axis=1)]) if n else \
+        np.zeros(0, np.int64)
+    if n and len(starts) <= RUNS_SHARE * n:
+        ends = np.r_[starts[1:], n]
+        return BiasFill(None, add_real("bias_values", bias[starts]),
+                        add_index("bias_ends", ends), len(starts), n)
+    return BiasFill(add_real("bias", bias), None, None, 0, n)

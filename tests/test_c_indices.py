@@ -1,0 +1,124 @@
+"""The C code's rows and biases without an entry per neuron (``runtime/c_indices.py``): a
+group's rows as kernel row + position row, a bias filled from runs, and the bias a batched
+store reads per kernel, per copy run and per CSR row; with an entry per pair wherever they
+do not factor. Each form against the MLP's float64 evaluation, at batch 1 (the
+single-sample code) and 16 and 21 (the batched code and the samples left over)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from cnn2mlp.backends.c import CModel
+from cnn2mlp.ir.mlp import Mlp, MlpLayer
+from cnn2mlp.ir.structured import conv_structured
+from cnn2mlp.ir.weights import as_csr, vstack
+from cnn2mlp.runtime.c_build import find_compiler
+from cnn2mlp.runtime.c_indices import bias_fill, pair_bias, row_index, run_bias
+from cnn2mlp.runtime.c_source import c_source
+
+RNG = np.random.default_rng(11)
+
+
+def names():
+    made = []
+
+    def add(what, values):
+        made.append((what, np.asarray(values)))
+        return f"{what}_{len(made)}"
+    return add, made
+
+
+def test_a_convolutions_rows_factor_and_a_permuted_groups_do_not():
+    rows = np.arange(4)[:, None] * 100 + np.array([0, 1, 2, 5, 6])[None, :]
+    add, made = names()
+    index = row_index(rows, add)
+    assert index.full is None and [w for w, _ in made] == ["kernel_rows", "base_rows"]
+    assert made[0][1].tolist() == [0, 100, 200, 300] and made[1][1].tolist() == [0, 1, 2, 5, 6]
+    assert index.at("o", 2, "j") == "(o[2] + base_rows_2[j])"
+    swapped = rows.copy()
+    swapped[1, [0, 1]] = swapped[1, [1, 0]]
+    add, made = names()
+    index = row_index(swapped, add)
+    assert index.full == "rows_1" and made[0][1].size == swapped.size
+    assert index.at("o", 2, "j") == "o[10 + j]"
+
+
+def test_a_bias_per_kernel_only_where_every_position_has_it_bit_for_bit():
+    rows = np.arange(6).reshape(2, 3)
+    add, made = names()
+    assert pair_bias(np.array([1, 1, 1, 2, 2, 2], np.float32), rows, add).by_kernel
+    assert made[0][1].tolist() == [1, 2]
+    add, made = names()
+    signed_zero = np.array([0.0, -0.0, 0.0, 2, 2, 2], np.float32)  # 0.0 == -0.0, not bitwise
+    assert pair_bias(signed_zero, rows, add).full
+    assert made[0][1].shape == (2, 3)
+
+
+def test_a_bias_fills_from_runs_only_when_they_are_few():
+    add, made = names()
+    fill = bias_fill(np.repeat(np.float32([3, -1, 3]), 8), add, add)
+    assert fill.plain is None and fill.n_runs == 3
+    assert [v.tolist() for _, v in made] == [[3, -1, 3], [8, 16, 24]]
+    add, made = names()
+    assert bias_fill(RNG.normal(size=24).astype(np.float32), add, add).plain
+    starts, lengths = np.array([0, 10]), np.array([4, 3])
+    bias = np.zeros(13, np.float32)
+    assert run_bias(bias, starts, lengths).tolist() == [0, 0]
+    bias[12] = 1
+    assert run_bias(bias, starts, lengths) is None
+
+
+def conv_layer(bias_kind: str, permute: bool) -> tuple[MlpLayer, int]:
+    """A 3x3 convolution of 3 channels to 20 on a 9x9 map (a block of sixteen kernels and
+    four left over, border groups), ReLU, its bias per channel or per row; its rows in
+    order, or permuted in a plain CSR matrix (the runtime finds the groups, whose rows do
+    not factor)."""
+    kernel = RNG.normal(size=(20, 3, 3, 3)).astype(np.float32)
+    w, _, out_shape = conv_structured(kernel, None, (3, 9, 9), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    n_out = int(np.prod(out_shape))
+    if permute:
+        w = as_csr(w)[RNG.permutation(n_out)]
+    if bias_kind == "channel":
+        bias = np.repeat(RNG.normal(size=20), n_out // 20).astype(np.float32)
+    else:
+        bias = RNG.normal(size=n_out).astype(np.float32)
+    return MlpLayer(w, bias, "relu"), n_out
+
+
+def depthwise_and_carried(n_in: int) -> MlpLayer:
+    """A depthwise 3x3 convolution of the 20 channels beside their copy (DenseNet's carried
+    values), ReLU: groups of kernels with positions of their own, copy runs, and a few
+    CSR rows, each storing its rows with their bias."""
+    kernel = RNG.normal(size=(20, 1, 3, 3)).astype(np.float32)
+    w, _, _ = conv_structured(kernel, None, (20, 9, 9), (1, 1), (1, 1, 1, 1), (1, 1), 20)
+    structured = vstack([w, sp.eye_array(n_in, format="csr", dtype=np.float32),
+                         sp.random_array((5, n_in), density=0.05, rng=RNG, dtype=np.float32)],
+                        np.float32)
+    bias = np.r_[np.repeat(RNG.normal(size=20), 81), np.zeros(n_in), RNG.normal(size=5)]
+    return MlpLayer(structured, bias.astype(np.float32), "relu")
+
+
+@pytest.mark.skipif(find_compiler() is None, reason="no C compiler (apt install gcc)")
+@pytest.mark.parametrize("bias_kind", ["channel", "row"])
+@pytest.mark.parametrize("permute", [False, True])
+def test_every_form_of_rows_and_bias_computes_the_mlp(tmp_path, bias_kind, permute):
+    first, n_out = conv_layer(bias_kind, permute)
+    second = depthwise_and_carried(n_out)
+    mlp = Mlp([first, second], (3, 9, 9), (second.n_out,))  # every neuron compared
+    made = c_source(mlp, "net", "net.h", "test model", static_limit=1 << 30)
+    source = made.source
+    assert ("L0_rows_" in source) == permute  # the interior group factors unless permuted
+    assert ("L0_bias_values" in source) == (bias_kind == "channel")
+    assert ("L0_pair_bias" in source) == (bias_kind == "row" or permute)
+    for second_layers in ("L1_kernel_rows", "L1_bias_values", "L1_kernel_bias", "L1_copy_bias",
+                          "L1_csr_bias"):
+        assert second_layers in source
+    (tmp_path / "net.c").write_text(source)
+    (tmp_path / "net.h").write_text(made.header)
+    model = CModel(tmp_path / "net.c", mlp)
+    for batch in (1, 16, 21):
+        x = RNG.uniform(-1, 1, (batch, 3, 9, 9)).astype(np.float32)
+        expected = mlp.forward(x.reshape(batch, -1))
+        got = model.predict(x).reshape(batch, -1)
+        assert np.max(np.abs(got - expected) / np.maximum(1, np.abs(expected))) < 1e-5
