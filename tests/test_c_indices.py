@@ -1,21 +1,25 @@
 """The C code's rows and biases without an entry per neuron (``runtime/c_indices.py``): a
 group's rows as kernel row + position row, a bias filled from runs, and the bias a batched
 store reads per kernel, per copy run and per CSR row; with an entry per pair wherever they
-do not factor. Each form against the MLP's float64 evaluation, at batch 1 (the
-single-sample code) and 16 and 21 (the batched code and the samples left over)."""
+do not factor; copy runs with a column step kept as copies in the plan. Each form against
+the MLP's float64 evaluation, at batch 1 (the single-sample code) and 16 and 21 (the
+batched code and the samples left over)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
+import cnn2mlp
 from cnn2mlp.backends.c import CModel
+from cnn2mlp.backends.csr import save_csr
 from cnn2mlp.ir.mlp import Mlp, MlpLayer
-from cnn2mlp.ir.structured import conv_structured
+from cnn2mlp.ir.structured import CopyRuns, StructuredMatrix, conv_structured
 from cnn2mlp.ir.weights import as_csr, vstack
 from cnn2mlp.runtime.c_build import find_compiler
 from cnn2mlp.runtime.c_indices import bias_fill, pair_bias, row_index, run_bias
 from cnn2mlp.runtime.c_source import c_source
+from cnn2mlp.runtime.plan import plan_layer
 
 RNG = np.random.default_rng(11)
 
@@ -122,3 +126,34 @@ def test_every_form_of_rows_and_bias_computes_the_mlp(tmp_path, bias_kind, permu
         expected = mlp.forward(x.reshape(batch, -1))
         got = model.predict(x).reshape(batch, -1)
         assert np.max(np.abs(got - expected) / np.maximum(1, np.abs(expected))) < 1e-5
+
+
+def channels_last_to_first(channels: int, positions: int) -> MlpLayer:
+    """A channels-last map read channels-first (a transpose: each channel one strided copy
+    run of step ``channels``) with weights of its own per channel, ReLU, random biases per
+    channel."""
+    runs = CopyRuns(np.arange(channels) * positions, np.arange(channels),
+                    np.full(channels, positions), RNG.uniform(-2, 2, channels),
+                    np.full(channels, channels))
+    n = channels * positions
+    weight = StructuredMatrix((n, n), (runs,), np.dtype(np.float32))
+    bias = np.repeat(RNG.normal(size=channels), positions).astype(np.float32)
+    return MlpLayer(weight, bias, "relu")
+
+
+@pytest.mark.parametrize("engine", ["c", "numba", "scipy"])
+def test_strided_copy_runs_run_as_copies_in_every_engine(tmp_path, engine):
+    if engine == "c" and find_compiler() is None:
+        pytest.skip("no C compiler (apt install gcc)")
+    layer = channels_last_to_first(6, 40)
+    parts = plan_layer(layer, np.float32).parts
+    assert sum(len(p.rest_rows) for p in parts) == 0  # no CSR row: copies with their step
+    assert sum(int(p.copies[2].sum()) for p in parts) == 240
+    mlp = Mlp([layer], (40, 6), (240,))
+    save_csr(mlp, tmp_path / "t.npz")
+    model = cnn2mlp.load(tmp_path / "t.npz", engine=engine, threads=1)
+    for batch in (1, 16, 21):
+        x = RNG.uniform(-1, 1, (batch, 40, 6)).astype(np.float32)
+        expected = mlp.forward(x.reshape(batch, -1))
+        np.testing.assert_allclose(model.predict(x).reshape(batch, -1), expected,
+                                   rtol=1e-6, atol=1e-6)

@@ -358,15 +358,28 @@ class BatchedLayerWriter:
             "                }"]
 
     def copies(self, rows: str, cols: str, lengths: str, w: str, n: int,
-               bias: str | None) -> None:
+               bias: str | None, steps: str | None) -> None:
         r = self.real
+        stored = self.store("zo[j]", "wi * hi[j]", "0" if bias is None else f"{bias}[i]")
+        if steps is not None:  # a column step: each value's sixteen samples at a time
+            self.helper([
+                f"    for (i = 0; i < {n}; i++) {{",
+                f"        const long step = (long){steps}[i] * {SAMPLES};",
+                f"        const {r} wi = {w}[i];",
+                "        long k;",
+                f"        for (k = 0; k < {lengths}[i]; k++) {{",
+                f"            {r} *restrict zo = z + ((long){rows}[i] + k) * {SAMPLES};",
+                f"            const {r} *restrict hi = h + (long){cols}[i] * {SAMPLES} + k * step;",
+                f"            for (j = 0; j < {SAMPLES}; j++) " + stored,
+                "        }", "    }"])
+            return
         self.helper([
             f"    for (i = 0; i < {n}; i++) {{",
             f"        {r} *restrict zo = z + (long){rows}[i] * {SAMPLES};",
             f"        const {r} *restrict hi = h + (long){cols}[i] * {SAMPLES};",
             f"        const {r} wi = {w}[i];",
             f"        for (j = 0; j < (long){lengths}[i] * {SAMPLES}; j++) "
-            + self.store("zo[j]", "wi * hi[j]", "0" if bias is None else f"{bias}[i]"),
+            + stored,
             "    }"])
 
     def csr(self, rows: str, values: str, cols: str, ptr: str, n: int,

@@ -366,21 +366,25 @@ class LayerWriter:
             "        }", "    }"]
 
     def copies(self, copies) -> None:
-        rows, columns, lengths, weights = copies
+        rows, columns, lengths, weights, steps = copies
         n = len(rows)
         r, c, n_len = self.array("copy_rows", rows), self.array("copy_cols", columns), \
             self.array("copy_lengths", lengths)
         w = self.weights("copy_weights", weights)
+        # a column step other than 1 (a channels-last map read channel by channel) needs
+        # its array; runs of consecutive columns keep the plain loop
+        step = None if np.all(np.asarray(steps) == 1) else self.array("copy_steps", steps)
         bias = self.weights("copy_bias", run_bias(self.plan.bias, rows, lengths)) \
             if self.stores else None
         self.records.append(("copies", {"rows": r, "cols": c, "lengths": n_len, "w": w, "n": n,
-                                        "bias": bias}))
+                                        "bias": bias, "steps": step}))
+        at = "j" if step is None else f"(long)j * {step}[i]"
         self.lines += [
             f"    for (i = 0; i < {n}; i++) {{",
             f"        {self.real} *restrict zo = z + {r}[i];",
             f"        const {self.real} *restrict hi = h + {c}[i];",
             f"        const {self.real} wi = {w}[i];",
-            f"        for (j = 0; j < {n_len}[i]; j++) zo[j] += wi * hi[j];", "    }"]
+            f"        for (j = 0; j < {n_len}[i]; j++) zo[j] += wi * hi[{at}];", "    }"]
 
     def csr(self, rest_rows, rest) -> None:
         data, indices, indptr = rest

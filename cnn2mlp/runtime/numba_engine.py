@@ -121,7 +121,8 @@ class LayerRun:
                 np.arange(n_out)[:, None]), dtype)
         self.every_row = unsigned(np.arange(plan.n_out))
         self.groups = [GroupRun(g, dtype) for part in plan.parts for g in part.groups]
-        self.copies = [(unsigned(c[0]), unsigned(c[1]), unsigned(c[2]), c[3].astype(dtype))
+        self.copies = [(unsigned(c[0]), unsigned(c[1]), unsigned(c[2]), c[3].astype(dtype),
+                        unsigned(c[4]))
                        for c in (part.copies for part in plan.parts) if len(c[0])]
         self.rests = [(part.rest[0].astype(dtype), unsigned(part.rest[1]),
                        unsigned(part.rest[2]), unsigned(part.rest_rows))

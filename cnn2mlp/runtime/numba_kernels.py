@@ -109,16 +109,16 @@ def _csr_rows_vector(data, indices, indptr, rows, x, out, store_bias, lo, scale,
             out[r] += z
 
 
-def _copy_runs(starts, columns, lengths, weights, h, out, store_bias, lo, scale, hi,
+def _copy_runs(starts, columns, lengths, weights, steps, h, out, store_bias, lo, scale, hi,
                accumulate):
-    """Runs of copies: ``out[starts[r] + i] = g(weights[r] * h[columns[r] + i])``: carried
-    values and shortcuts, one multiply a value (no sums)."""
+    """Runs of copies: ``out[starts[r] + i] = g(weights[r] * h[columns[r] + i * steps[r]])``:
+    carried values and shortcuts, one multiply a value (no sums)."""
     batch = out.shape[1]
     for r in prange(len(starts)):
         w = weights[r]
         for i in range(lengths[r]):
             row = starts[r] + np.uint64(i)
-            source, target = h[columns[r] + np.uint64(i)], out[row]
+            source, target = h[columns[r] + np.uint64(i) * steps[r]], out[row]
             add, low, slope, top = store_bias[row], lo[row], scale[row], hi[row]
             if accumulate[row] == 0:
                 for j in range(batch):

@@ -129,23 +129,22 @@ def plan_layer(layer: MlpLayer, dtype) -> LayerPlan:
 
 def structured_parts(w: StructuredMatrix) -> tuple[list[Part], np.ndarray]:
     """The runtime's parts of a structured weight, read from its own parts: its product
-    groups and step-1 copy runs as they are (those too small for a kernel of their own,
-    and strided runs, join the CSR rows), the CSR rows searched for copies alone: the
-    compiler had their groups. ``touched``: how many parts write each row."""
+    groups and copy runs, strided ones too, as they are (those too small for a kernel of
+    their own join the CSR rows), the CSR rows searched for copies alone: the compiler had
+    their groups. ``touched``: how many parts write each row."""
     groups, copies, rest = [], [], []
     for part in w.parts:
         if isinstance(part, ProductGroup) and len(part.kernels) * len(part.bases) >= \
                 MIN_GROUP_ROWS and len(part.kernels) * len(part.taps) >= MIN_GROUP_WEIGHTS:
             groups.append(RuntimeGroup(np.ascontiguousarray(part.weights), part.offsets,
                                        part.bases, part.rows, part.shifts))
-        elif isinstance(part, CopyRuns) and np.all(part.lengths >= MIN_COPY_RUN) and \
-                np.all(part.steps == 1):
+        elif isinstance(part, CopyRuns) and np.all(part.lengths >= MIN_COPY_RUN):
             copies.append(part)
         else:
             rest.append(part)
     copy_arrays = tuple(np.concatenate([getattr(c, k) for c in copies] or [np.zeros(0)])
                         .astype(np.int64 if k != "weights" else np.float64)
-                        for k in ("rows", "columns", "lengths", "weights"))
+                        for k in ("rows", "columns", "lengths", "weights", "steps"))
     parts = [Part(groups, copy_arrays, np.zeros(0, np.int64),
                   (np.zeros(0, w.dtype), np.zeros(0, np.int64), np.zeros(1, np.int64)))]
     if rest:

@@ -13,7 +13,7 @@ one pool of indices, the rows' store rules end to end) and one numba function ru
   vectors (``lanes.py``), 6 (position, column) pairs at a time;
 - ``DIRECT``: a group of kernels that each read their own inputs (depthwise convolutions),
   a loop over the positions a kernel and a tap;
-- ``COPY``: runs of copies; ``CSR``: the other rows.
+- ``COPY``: runs of copies (a column step each); ``CSR``: the other rows.
 
 Every row is stored by the plan's rule (``plan.py``): bias and clamp, or added to.
 """
@@ -89,10 +89,10 @@ class Packer:
         for part in plan.parts:
             for group in part.groups:
                 self.group(group)
-            starts, columns, lengths, weights = part.copies
+            starts, columns, lengths, weights, steps = part.copies
             if len(starts):
                 self.op(COPY, self.i(starts), self.i(columns), self.i(lengths), self.f(weights),
-                        len(starts))
+                        len(starts), self.i(steps))
             if len(part.rest_rows):
                 data, indices, indptr = part.rest
                 self.op(CSR, self.f(data), self.i(indices), self.i(indptr),
@@ -186,12 +186,13 @@ def run_program(ops, fp, ip, rules, accumulate, codes, x, buf0, buf1, nb, scratc
             for r in range(a[5]):
                 ur = np.uint64(r)
                 start, column, w = ip[a[1] + ur], ip[a[2] + ur], fp[a[4] + ur]
+                step = ip[a[6] + ur]
                 for i in range(ip[a[3] + ur]):
                     ui = np.uint64(i)
                     for j in range(nb):
                         uj = np.uint64(j)
-                        store(out, start + ui, uj, w * h[(column + ui) * nb + uj], nb, ro,
-                              rules, accumulate)
+                        store(out, start + ui, uj, w * h[(column + ui * step) * nb + uj], nb,
+                              ro, rules, accumulate)
         elif op == CSR:
             run_csr(a, fp, ip, h, out, nb, ro, rules, accumulate, zero)
         elif op == FINISH:

@@ -52,8 +52,9 @@ class ProductGroup:
 
 class Part:
     """The rows of a layer that one kind of kernel computes from one range of columns:
-    ``groups`` (ProductGroup), ``copies`` (rows, columns, lengths, weights: runs where
-    ``out[rows + i] = weights * h[columns + i]``), and ``csr`` rows (``rest_rows`` with
+    ``groups`` (ProductGroup), ``copies`` (rows, columns, lengths, weights, steps: runs
+    where ``out[rows + i] = weights * h[columns + i * steps]``; a step other than 1 reads
+    a channels-last map channel by channel), and ``csr`` rows (``rest_rows`` with
     their ``(data, indices, indptr)``)."""
 
     def __init__(self, groups, copies, rest_rows, rest):
@@ -98,7 +99,7 @@ def parts_found(data, indices, indptr, rows, blocks, search_groups=True):
         rows_left = block_rows[rest]
         d, i, p = rows_of(d, i, p, rest)
         copies, csr_rows = find_copies(d, i, p, rows_left)
-        for start, _, length, _ in zip(*copies):
+        for start, _, length, *_ in zip(*copies):
             touched[start:start + length] += 1
         touched[rows_left[csr_rows]] += 1
         d, i, p = rows_of(d, i, p, csr_rows)
@@ -133,12 +134,13 @@ def split_by_blocks(data, indices, indptr, rows, blocks):
 def find_copies(data, indices, indptr, rows):
     """Rows with one non-zero, in runs of consecutive rows reading consecutive columns
     with one weight: (copies, the positions of the other rows). ``copies`` is (first
-    row, first column, length, weight) of each run of at least MIN_COPY_RUN."""
+    row, first column, length, weight, column step: 1) of each run of at least
+    MIN_COPY_RUN."""
     counts = np.diff(indptr)
     single = np.flatnonzero(counts == 1)
     empty = np.zeros(0, np.int64)
     if len(single) < MIN_COPY_RUN:
-        return (empty, empty, empty, np.zeros(0)), np.arange(len(rows))
+        return (empty, empty, empty, np.zeros(0), empty), np.arange(len(rows))
     r, c, w = rows[single], indices[indptr[single]], data[indptr[single]]
     breaks = np.flatnonzero((np.diff(r) != 1) | (np.diff(c) != 1) | (w[1:] != w[:-1])) + 1
     starts = np.concatenate([[0], breaks])
@@ -146,7 +148,8 @@ def find_copies(data, indices, indptr, rows):
     keep = lengths >= MIN_COPY_RUN
     in_run = np.repeat(keep, lengths)
     copies = (r[starts[keep]].astype(np.int64), c[starts[keep]].astype(np.int64),
-              lengths[keep].astype(np.int64), w[starts[keep]].astype(np.float64))
+              lengths[keep].astype(np.int64), w[starts[keep]].astype(np.float64),
+              np.ones(int(keep.sum()), np.int64))
     others = np.setdiff1d(np.arange(len(rows)), single[in_run])
     return copies, others
 
@@ -298,9 +301,9 @@ def run_group(group, h, out, add=False):
 
 
 def run_copies(copies, h, out, add=False):
-    """The copy runs of a part: ``out[row + i] (+)= weight * h[column + i]``."""
-    for row, column, length, weight in zip(*copies):
-        values = h[column:column + length] * h.dtype.type(weight)
+    """The copy runs of a part: ``out[row + i] (+)= weight * h[column + i * step]``."""
+    for row, column, length, weight, step in zip(*copies):
+        values = h[column:column + (length - 1) * step + 1:step] * h.dtype.type(weight)
         if add:
             out[row:row + length] += values
         else:
