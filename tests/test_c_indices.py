@@ -7,19 +7,24 @@ batched code and the samples left over)."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import scipy.sparse as sp
 
 import cnn2mlp
 from cnn2mlp.backends.c import CModel
-from cnn2mlp.backends.csr import save_csr
+from cnn2mlp.backends.csr import read_csr, save_csr
+from cnn2mlp.cli import main
 from cnn2mlp.ir.mlp import Mlp, MlpLayer
-from cnn2mlp.ir.structured import CopyRuns, StructuredMatrix, conv_structured
+from cnn2mlp.ir.structured import CopyRuns, CsrRows, StructuredMatrix, conv_structured
+from cnn2mlp.ir.structured import ProductGroup as StructuredGroup
+from cnn2mlp.references import onnx_runner
 from cnn2mlp.ir.weights import as_csr, vstack
 from cnn2mlp.runtime.c_build import find_compiler
 from cnn2mlp.runtime.c_indices import bias_fill, pair_bias, row_index, run_bias
 from cnn2mlp.runtime.c_source import c_source
 from cnn2mlp.runtime.plan import plan_layer
+from cnn2mlp.testing import OnnxBuilder
 
 RNG = np.random.default_rng(11)
 
@@ -157,3 +162,47 @@ def test_strided_copy_runs_run_as_copies_in_every_engine(tmp_path, engine):
         expected = mlp.forward(x.reshape(batch, -1))
         np.testing.assert_allclose(model.predict(x).reshape(batch, -1), expected,
                                    rtol=1e-6, atol=1e-6)
+
+
+def stem_with_max_pool(path):
+    """ResNet's and DenseNet's stem, small: conv, ReLU, a 3x3 stride-2 max pool padded by
+    one, then a convolution and a dense head."""
+    b = OnnxBuilder((3, 48, 48), seed=12)
+    b.conv({"kernel_shape": (3, 3), "strides": (2, 2), "dilations": (1, 1),
+            "pads": (1, 1, 1, 1), "group": 1, "out_channels": 8})
+    b.activation("Relu")
+    b.pool("MaxPool", {"kernel_shape": (3, 3), "strides": (2, 2), "dilations": (1, 1),
+                       "pads": (1, 1, 1, 1), "ceil_mode": 0})
+    b.conv({"kernel_shape": (3, 3), "strides": (1, 1), "dilations": (1, 1),
+            "pads": (1, 1, 1, 1), "group": 1, "out_channels": 6})
+    b.activation("Relu")
+    b.flatten()
+    b.dense(5)
+    onnx.save(b.build(), str(path))
+    return path
+
+
+def test_a_max_pools_tournament_is_stored_and_run_as_groups(tmp_path):
+    """The tournament's first rows (+-1 at a few columns, repeated at every position) are
+    written as one-kernel groups, not CSR, and every engine and the C target run them as
+    groups, computing what onnxruntime computes."""
+    model = stem_with_max_pool(tmp_path / "stem.onnx")
+    assert main([str(model), "-o", str(tmp_path / "stem.npz"), "--quiet"]) == 0
+    mlp, _ = read_csr(tmp_path / "stem.npz")
+    pairs = [p for layer in mlp.layers if isinstance(layer.weight, StructuredMatrix)
+             for p in layer.weight.parts
+             if isinstance(p, StructuredGroup) and len(p.kernels) == 1
+             and set(np.abs(p.kernels).ravel().tolist()) == {1.0}]
+    csr_entries = sum(p.nnz for layer in mlp.layers if isinstance(layer.weight, StructuredMatrix)
+                      for p in layer.weight.parts if isinstance(p, CsrRows))
+    tournament = sum(p.nnz for p in pairs)
+    assert pairs and tournament > csr_entries / 2  # the later levels' rows stay CSR
+    reference = onnx_runner(model)
+    x = RNG.uniform(-1, 1, (21, 3, 48, 48)).astype(np.float32)
+    expected = reference(x)
+    engines = ["numba", "scipy"] + (["c"] if find_compiler() else [])
+    for engine in engines:
+        got = cnn2mlp.load(tmp_path / "stem.npz", engine=engine, threads=1).predict(x)
+        assert np.max(np.abs(got - expected)) < 1e-4 * max(1, np.abs(expected).max()), engine
+    if find_compiler():
+        assert main([str(model), "-o", str(tmp_path / "stem.c"), "--check", "8", "--quiet"]) == 0

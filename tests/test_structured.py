@@ -444,7 +444,7 @@ def test_copy_runs_moved_whole_stay_runs():
 
 def test_csr_rows_that_copy_become_runs_before_writing():
     """A stride-2 shortcut left as CSR rows in a structured layer: one strided run."""
-    from cnn2mlp.ir.structured_rules import with_copy_runs
+    from cnn2mlp.ir.structured_rules import compact_rows
 
     rng = np.random.default_rng(9)
     conv, _, _ = conv_structured(rng.uniform(-1, 1, (2, 2, 3)), None, (2, 24), (1,), (1, 1),
@@ -452,7 +452,36 @@ def test_csr_rows_that_copy_become_runs_before_writing():
     rows = np.arange(10, 22)
     shortcut = sp.csr_array((np.ones(12), 2 * np.arange(12), np.arange(13)), shape=(12, 48))
     whole = StructuredMatrix(conv.shape, conv.parts + (CsrRows(rows, shortcut),), conv.dtype)
-    compact = with_copy_runs(whole)
+    compact = compact_rows(whole)
     runs = [p for p in compact.parts if isinstance(p, CopyRuns)]
     assert len(runs) == 1 and runs[0].steps.tolist() == [2] and runs[0].rows.tolist() == [10]
     np.testing.assert_array_equal(dense(compact), dense(whole))
+
+
+def test_rows_of_a_repeated_pattern_become_one_kernel_groups_before_writing():
+    """A max pool's tournament rows (weights +-1 at a few relative columns) as groups, the
+    rows of other weights (a convolution's) and the rare patterns left as CSR rows; the
+    matrix unchanged, empty rows dropped."""
+    from cnn2mlp.ir.structured_parts import MIN_PATTERN_ROWS
+    from cnn2mlp.ir.weights import compact
+
+    rng = np.random.default_rng(4)
+    n, width = 4 * MIN_PATTERN_ROWS + 40, 900
+    bases = rng.integers(0, 800, n)
+    kind = np.arange(n) % 4
+    entries = []
+    for r in range(n):
+        if kind[r] == 0:   # relu(a - b)
+            entries += [(r, bases[r], 1.0), (r, bases[r] + 1, -1.0)]
+        elif kind[r] == 1:   # a second level: b + relu(a - b) - c
+            entries += [(r, bases[r], 1.0), (r, bases[r] + 3, 1.0), (r, bases[r] + 7, -1.0)]
+        elif kind[r] == 2 and r % 8 == 2:   # weights of their own: stays CSR
+            entries += [(r, bases[r], rng.normal()), (r, bases[r] + 1, rng.normal())]
+    rows, cols, vals = (np.array(v) for v in zip(*entries))
+    matrix = sp.csr_array((vals, (rows, cols)), shape=(n, width))
+    parts = compact(matrix)
+    groups = [p for p in parts.parts if isinstance(p, ProductGroup)]
+    assert sorted(g.kernels.tolist()[0] for g in groups) == [[1.0, -1.0], [1.0, 1.0, -1.0]]
+    left = [p for p in parts.parts if isinstance(p, CsrRows)]
+    assert sum(len(p.rows) for p in left) == len(np.flatnonzero((kind == 2) & (np.arange(n) % 8 == 2)))
+    np.testing.assert_array_equal(dense(parts), matrix.toarray())

@@ -7,6 +7,7 @@ it under the user's names and, for ``--check``, builds and runs it (``CModel``).
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import tempfile
 from pathlib import Path
@@ -17,6 +18,7 @@ from ..errors import CompileError
 from ..ir.activations import IDENTITY
 from ..ir.graph import GraphMeta
 from ..ir.mlp import Mlp
+from ..ir.weights import compact
 from ..runtime.c_build import load_source
 from ..runtime.c_source import c_identifier, c_source
 from .registry import Predictor, Target, TargetOptions, register_target
@@ -74,7 +76,7 @@ class CTarget(Target):
                     + (" (logits: the model's final softmax is not applied)"
                        if meta.logits else "") + ".")
         limit = {"source": float("inf"), "file": 0}.get(options.c_weights)
-        made = c_source(mlp, prefix, c_paths(final)[1].name, contract,
+        made = c_source(compact_layers(mlp), prefix, c_paths(final)[1].name, contract,
                         self_test=options.c_self_test, static_limit=limit)
         Path(path).write_text(made.source)
         header_path.write_text(made.header)
@@ -123,3 +125,11 @@ class CModel(Predictor):
             self.work = np.empty(needed, self.dtype)
         self.library.run(x, out.reshape(len(x), -1), self.work)
         return out
+
+
+def compact_layers(mlp: Mlp) -> Mlp:
+    """The MLP with each weight as ``weights.compact`` stores it in least, as the ``.npz``
+    holds it (a max pool's tournament as groups, carried values as runs): the code the
+    c engine builds from a written ``.npz`` is the code the C target writes."""
+    layers = [dataclasses.replace(layer, weight=compact(layer.weight)) for layer in mlp.layers]
+    return dataclasses.replace(mlp, layers=layers)

@@ -40,8 +40,7 @@ from ..ir.activations import BY_NAME, IDENTITY
 from ..ir.graph import GraphMeta
 from ..ir.mlp import Mlp, MlpLayer
 from ..ir.structured import StructuredMatrix
-from ..ir.structured_rules import with_copy_runs
-from ..ir.weights import as_csr, csr_bytes, is_structured
+from ..ir.weights import as_csr, compact, is_structured
 from .npz_parts import bias_members, read_bias, read_structured, structured_members
 from .npz_reader import ArtifactError, SafeNpz
 from .registry import Target, TargetOptions, register_target
@@ -104,12 +103,8 @@ def save_csr(mlp: Mlp, path: str | Path, meta: dict[str, Any] | None = None,
 
 
 def smaller_form(w):
-    """A CSR layer as parts when that stores less (its runs of copies: carried values),
-    else as it is; a structured layer with the runs of copies in its CSR rows as runs."""
-    if is_structured(w):
-        return with_copy_runs(w)
-    parts = StructuredMatrix.from_csr(w)
-    return parts if parts.stored_bytes < 0.8 * csr_bytes(w) else w
+    """The layer's weight as ``weights.compact`` stores it in least."""
+    return compact(w)
 
 
 def read_csr(path: str | Path, max_bytes: int | None = None) -> tuple[Mlp, dict[str, Any]]:

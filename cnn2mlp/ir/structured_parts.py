@@ -210,3 +210,58 @@ def copy_runs(rows: np.ndarray, cols: np.ndarray, values: np.ndarray):
     longer = lengths > 1
     steps[longer] = link_step[starts[longer]]
     return starts, lengths, steps
+
+
+#: rows of at most this many entries are grouped by their pattern (columns relative to the
+#: first, and weights): a max pool's tournament, an average pool's windows
+PATTERN_TAPS = 9
+#: a pattern fewer rows share stays CSR rows
+MIN_PATTERN_ROWS = 64
+#: the patterns a matrix keeps as groups at most, those of the most rows (each is a loop
+#: of its own in the C code; a tournament's later levels have a pattern per map row)
+MAX_PATTERNS = 16
+
+
+def pattern_groups(matrix: sp.csr_array) -> tuple[list[ProductGroup], np.ndarray]:
+    """The rows of ``matrix`` (2 to PATTERN_TAPS entries) that share their pattern with at
+    least MIN_PATTERN_ROWS others, each pattern a one-kernel product group (its bases the
+    rows' first columns); and a mask of the rows grouped. Only rows whose weights are
+    equal up to sign: the rows of a max pool's tournament (``b + relu(a - b)``) and of an
+    average pool are a few patterns repeated at every position, stored as groups in two
+    numbers a row, not CSR's entries; a convolution's rows left as CSR keep their kernels
+    together for the runtime's search."""
+    matrix = sp.csr_array(matrix)
+    matrix.sort_indices()
+    counts = np.diff(matrix.indptr)
+    grouped = np.zeros(matrix.shape[0], bool)
+    groups: list[ProductGroup] = []
+    left = MAX_PATTERNS
+    for taps in range(2, PATTERN_TAPS + 1):
+        rows = np.flatnonzero(counts == taps).astype(INDEX)
+        if len(rows) < MIN_PATTERN_ROWS:
+            continue
+        at = matrix.indptr[rows][:, None] + np.arange(taps)[None, :]
+        even = np.all(np.abs(matrix.data[at]) == np.abs(matrix.data[at[:, :1]]), axis=1)
+        rows, at = rows[even], at[even]
+        if len(rows) < MIN_PATTERN_ROWS:
+            continue
+        columns = matrix.indices[at].astype(INDEX)
+        values = matrix.data[at]
+        relative = columns - columns[:, :1]
+        bits = np.ascontiguousarray(values).view(np.uint8).reshape(len(rows), -1)
+        keys = np.concatenate([relative.view(np.uint8).reshape(len(rows), -1), bits], axis=1)
+        _, first, inverse, sizes = np.unique(keys, axis=0, return_index=True,
+                                             return_inverse=True, return_counts=True)
+        order = np.argsort(inverse.ravel(), kind="stable")  # each pattern's rows in order
+        ends = np.cumsum(sizes)
+        largest = np.argsort(-sizes, kind="stable")[:left]
+        for pattern in np.sort(largest[sizes[largest] >= MIN_PATTERN_ROWS]):
+            left -= 1
+            members = order[ends[pattern] - sizes[pattern]:ends[pattern]]
+            one = first[pattern]
+            groups.append(ProductGroup(
+                values[one][None, :].copy(), np.arange(taps, dtype=INDEX), relative[one].copy(),
+                columns[members, 0].copy(), np.zeros(1, INDEX), np.zeros(1, INDEX),
+                rows[members].copy()))
+            grouped[rows[members]] = True
+    return groups, grouped

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from typing import TYPE_CHECKING
 
 from .structured_parts import (INDEX, CopyRuns, CsrRows, Part, ProductGroup, check_materialize,
-                               csr_parts)
+                               csr_parts, pattern_groups)
 
 if TYPE_CHECKING:  # the matrix module imports these rules
     from .structured import StructuredMatrix
@@ -341,9 +341,11 @@ def vstack(matrices: list[StructuredMatrix], width: int, dtype) -> StructuredMat
     return matrices[0].with_parts(parts, shape=(start, width), dtype=dtype)
 
 
-def with_copy_runs(m: StructuredMatrix) -> StructuredMatrix:
-    """The matrix with the runs of copies in its CSR rows taken out as copy runs (a
-    carried value or a strided shortcut that a sum or a placement left as CSR rows)."""
+def compact_rows(m: StructuredMatrix) -> StructuredMatrix:
+    """The matrix with its CSR rows stored in less where they can be: runs of copies as
+    copy runs (a carried value or a strided shortcut that a sum or a placement left as CSR
+    rows), rows of a repeated pattern as one-kernel groups (a max pool's tournament, an
+    average pool: ``pattern_groups``), the rest as CSR rows."""
     parts: list[Part] = []
     for part in m.parts:
         if not isinstance(part, CsrRows):
@@ -351,7 +353,19 @@ def with_copy_runs(m: StructuredMatrix) -> StructuredMatrix:
             continue
         coo = part.matrix.tocoo()
         placed = sp.coo_array((coo.data, (part.rows[coo.row], coo.col)), shape=m.shape).tocsr()
-        found = csr_parts(placed)
-        parts.extend(found if any(isinstance(f, CopyRuns) for f in found) else (part,))
+        found: list[Part] = []
+        for piece in csr_parts(placed):
+            found += patterns_of(piece) if isinstance(piece, CsrRows) else [piece]
+        parts.extend(found if any(not isinstance(f, CsrRows) for f in found) else (part,))
     return m.with_parts(parts)
+
+
+def patterns_of(part: CsrRows) -> list[Part]:
+    """The CSR rows' repeated patterns as groups, and the other rows."""
+    groups, grouped = pattern_groups(part.matrix)
+    found: list[Part] = [replace(g, base_rows=part.rows[g.base_rows]) for g in groups]
+    left = np.flatnonzero(~grouped & (np.diff(part.matrix.indptr) > 0))  # empty rows go
+    if len(left):
+        found.append(CsrRows(part.rows[left], sp.csr_array(part.matrix[left])))
+    return found
 

@@ -12,10 +12,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from .structured_rules import (abs_row_sums as rules_abs_row_sums,
-                               column_counts as rules_column_counts, map_values,
+                               column_counts as rules_column_counts, compact_rows, map_values,
                                part_arrays, part_values, row_counts as rules_row_counts,
                                shift_columns as rules_shift_columns, vstack as rules_vstack)
-from .structured import INDEX, ProductGroup, StructuredMatrix
+from .structured import INDEX, CsrRows, ProductGroup, StructuredMatrix
 
 
 def is_structured(w) -> bool:
@@ -54,6 +54,28 @@ def stored_bytes(w) -> int:
     if isinstance(w, StructuredMatrix):
         return w.stored_bytes
     return csr_bytes(w) if sp.issparse(w) else np.asarray(w).nbytes
+
+
+def file_bytes(w: StructuredMatrix) -> int:
+    """What a structured weight's parts take in a file (int32 indices, as the writers
+    store them where they fit), each array its parts share once."""
+    arrays = {id(a): a for p in w.parts for a in part_arrays(p)}
+    return sum(a.size * (4 if a.dtype.kind in "iu" else a.itemsize) for a in arrays.values())
+
+
+def compact(w):
+    """The weight in the form a writer stores in least: a structured weight with its CSR
+    rows' runs of copies and repeated patterns as parts (``compact_rows``); a CSR weight
+    as such parts where they take at most 0.8 of its CSR; else as it is."""
+    if isinstance(w, StructuredMatrix):
+        return compact_rows(w)
+    if not sp.issparse(w):
+        return w
+    m = as_csr(w)
+    whole = StructuredMatrix(m.shape, (CsrRows(np.arange(m.shape[0], dtype=INDEX), m),),
+                             np.dtype(m.dtype))
+    parts = compact_rows(whole)
+    return parts if file_bytes(parts) < 0.8 * csr_bytes(m) else w
 
 
 def weight_values(w) -> np.ndarray:

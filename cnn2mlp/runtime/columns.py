@@ -17,6 +17,8 @@ import scipy.sparse as sp
 
 from ..ir.activations import IDENTITY
 from ..ir.mlp import MlpLayer
+from ..ir.structured import ProductGroup
+from ..ir.weights import as_csr, is_structured
 
 #: merge only when it saves this share of the layer's non-zeros...
 MIN_SAVED_SHARE = 0.2
@@ -27,7 +29,9 @@ MIN_SAVED_OVER_COST = 4
 def merge_equal_columns(layer: MlpLayer) -> tuple[MlpLayer, MlpLayer] | None:
     """(summing layer, the layer on the sums) when merging pays, else None."""
     w = layer.weight
-    if not sp.issparse(w):  # a structured weight: its parts are kept as the compiler made them
+    if is_structured(w) and not any(isinstance(p, ProductGroup) for p in w.parts):
+        w = as_csr(w)  # copies and CSR rows, stored so to take less room: no structure lost
+    if not sp.issparse(w):  # groups: the parts are kept as the compiler made them
         return None
     found = merged_columns(w.data, w.indices, w.indptr, w.shape[1])
     if found is None:

@@ -27,7 +27,7 @@ from ..ir.mlp import MlpLayer
 from ..ir.structured import CopyRuns, ProductGroup, StructuredMatrix
 from ..ir.weights import as_csr, astype, is_structured
 from .columns import runtime_layers
-from .structure import (MIN_COPY_RUN, MIN_GROUP_ROWS, MIN_GROUP_WEIGHTS, Part, find_parts,
+from .structure import (MIN_COPY_RUN, MIN_GROUP_ROWS, Part, find_parts,
                         rows_of)
 from .structure import ProductGroup as RuntimeGroup
 
@@ -130,12 +130,13 @@ def plan_layer(layer: MlpLayer, dtype) -> LayerPlan:
 def structured_parts(w: StructuredMatrix) -> tuple[list[Part], np.ndarray]:
     """The runtime's parts of a structured weight, read from its own parts: its product
     groups and copy runs, strided ones too, as they are (those too small for a kernel of
-    their own join the CSR rows), the CSR rows searched for copies alone: the compiler had
-    their groups. ``touched``: how many parts write each row."""
+    their own join the CSR rows; a group of few weights, a max pool's pairs, is kept: the
+    engines run it position by position), the CSR rows searched for copies alone: the
+    compiler had their groups. ``touched``: how many parts write each row."""
     groups, copies, rest = [], [], []
     for part in w.parts:
         if isinstance(part, ProductGroup) and len(part.kernels) * len(part.bases) >= \
-                MIN_GROUP_ROWS and len(part.kernels) * len(part.taps) >= MIN_GROUP_WEIGHTS:
+                MIN_GROUP_ROWS:
             groups.append(RuntimeGroup(np.ascontiguousarray(part.weights), part.offsets,
                                        part.bases, part.rows, part.shifts))
         elif isinstance(part, CopyRuns) and np.all(part.lengths >= MIN_COPY_RUN):
