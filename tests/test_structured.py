@@ -459,9 +459,9 @@ def test_csr_rows_that_copy_become_runs_before_writing():
 
 
 def test_rows_of_a_repeated_pattern_become_one_kernel_groups_before_writing():
-    """A max pool's tournament rows (weights +-1 at a few relative columns) as groups, the
-    rows of other weights (a convolution's) and the rare patterns left as CSR rows; the
-    matrix unchanged, empty rows dropped."""
+    """A max pool's tournament rows (weights +-1 at a few relative columns) as groups; the
+    rows of unequal weights (a convolution's, repeated or not) left as CSR rows for the
+    runtime's search; the matrix unchanged."""
     from cnn2mlp.ir.structured_parts import MIN_PATTERN_ROWS
     from cnn2mlp.ir.weights import compact
 
@@ -477,11 +477,14 @@ def test_rows_of_a_repeated_pattern_become_one_kernel_groups_before_writing():
             entries += [(r, bases[r], 1.0), (r, bases[r] + 3, 1.0), (r, bases[r] + 7, -1.0)]
         elif kind[r] == 2 and r % 8 == 2:   # weights of their own: stays CSR
             entries += [(r, bases[r], rng.normal()), (r, bases[r] + 1, rng.normal())]
+        elif kind[r] == 3:   # a kernel's weights at every position: left to the runtime
+            entries += [(r, bases[r], 0.5), (r, bases[r] + 1, -2.0)]
     rows, cols, vals = (np.array(v) for v in zip(*entries))
     matrix = sp.csr_array((vals, (rows, cols)), shape=(n, width))
     parts = compact(matrix)
     groups = [p for p in parts.parts if isinstance(p, ProductGroup)]
     assert sorted(g.kernels.tolist()[0] for g in groups) == [[1.0, -1.0], [1.0, 1.0, -1.0]]
     left = [p for p in parts.parts if isinstance(p, CsrRows)]
-    assert sum(len(p.rows) for p in left) == len(np.flatnonzero((kind == 2) & (np.arange(n) % 8 == 2)))
+    kept = ((kind == 2) & (np.arange(n) % 8 == 2)) | (kind == 3)
+    assert sum(len(p.rows) for p in left) == kept.sum()
     np.testing.assert_array_equal(dense(parts), matrix.toarray())
