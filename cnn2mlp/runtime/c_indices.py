@@ -124,8 +124,8 @@ class BiasFill:
     n_out: int
 
     def lines(self, real: str, target: str) -> list[str]:
-        """The loop; ``target`` is the C statement's left side for row ``i``'s value ``v``,
-        a format of ``{i}`` and ``{v}``."""
+        """The loop, ``target`` the C statement that writes row ``i``'s bias ``v`` (the
+        function declares ``i`` and ``j``)."""
         if self.plain is not None:
             return [f"    for (i = 0; i < {self.n_out}; i++) {{",
                     f"        const {real} v = {self.plain}[i];",

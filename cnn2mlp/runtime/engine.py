@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import first_line_of, install_hint
 from ..ir.mlp import Mlp
-from .plan import LayerPlan, plan_layers
+from .plan import LayerPlan, iter_plans
 
 #: engine name → class, filled by the engine modules as they are imported
 ENGINES: dict[str, type["Engine"]] = {}
@@ -51,7 +51,7 @@ class Engine:
         key = np.dtype(dtype)
         if key not in self._plans:
             self._plans[key] = [self.prepare(plan) for plan in
-                                plan_layers(self.mlp.layers, key)]
+                                iter_plans(self.mlp.layers, key)]
         return self._plans[key]
 
     def prepare(self, plan: LayerPlan):

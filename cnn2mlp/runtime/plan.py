@@ -17,6 +17,7 @@ them (``columns.py``). The engines (``numba_engine.py``, ``scipy_engine.py``) ru
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,4 +197,11 @@ def store_clamps(codes, alphas, clamped):
 
 def plan_layers(layers: list[MlpLayer], dtype) -> list[LayerPlan]:
     """Every layer's plan, the summing layers of merged equal columns included."""
-    return [plan_layer(layer, dtype) for layer in runtime_layers(layers)]
+    return list(iter_plans(layers, dtype))
+
+
+def iter_plans(layers: list[MlpLayer], dtype) -> Iterator[LayerPlan]:
+    """The plans one at a time: an engine that keeps less than a plan (its per-row store
+    rules take about 30 bytes a neuron) never holds every layer's at once."""
+    for layer in runtime_layers(layers):
+        yield plan_layer(layer, dtype)
