@@ -30,6 +30,18 @@ def test_bounds_contain_every_value(graph, box):
         assert (value >= lo - slack).all() and (value <= hi + slack).all(), name
 
 
+@given(cnn_graphs(), st.data())
+def test_bounds_kept_for_some_values_are_the_same_and_the_others_freed(graph, data):
+    everything = interval_bounds(graph, -1.0, 2.0)
+    names = [node.output for node in graph.nodes]
+    keep = set(data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=3)))
+    kept = interval_bounds(graph, -1.0, 2.0, keep=keep)
+    assert set(kept) == keep
+    for name in keep:
+        np.testing.assert_array_equal(kept[name][0], everything[name][0])
+        np.testing.assert_array_equal(kept[name][1], everything[name][1])
+
+
 @given(cnn_graphs(layers=("conv", "activation", "batchnorm", "maxpool")))
 def test_nonnegativity_proofs_hold_for_unbounded_inputs(graph):
     bounds = interval_bounds(graph)

@@ -40,7 +40,7 @@ class MaxPoolToRelu(Pass):
         pools = [n for n in graph.nodes if n.op == "MaxPool"]
         if not pools:
             return 0
-        bounds = interval_bounds(graph)
+        bounds = interval_bounds(graph, keep={node.input for node in pools})
         stats = ctx.stats.setdefault(self.name, {"neurons": 0, "relu_layers": 0})
         for node in pools:
             nonneg = (bounds[node.input][0] >= 0).ravel()

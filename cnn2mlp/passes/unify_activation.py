@@ -193,7 +193,7 @@ def make_hidden_layers_nonlinear(graph, layers, activation, alpha) -> None:
 def activate_output(graph, ctx, dense, activation, alpha, out_scale, out_shift):
     """Give the linear output layer the activation, and undo it in the output scale."""
     low, high = input_box(graph, ctx)
-    z_lo, z_hi = interval_bounds(graph, low, high)[dense.output]
+    z_lo, z_hi = interval_bounds(graph, low, high, keep={dense.output})[dense.output]
     z_lo, z_hi = z_lo.ravel(), z_hi.ravel()
     if activation in ("Relu", "LeakyRelu"):
         shift = np.maximum(0.0, -z_lo)
