@@ -33,7 +33,7 @@ from .c_literals import literals
 from .c_self_test import SELF_TEST_DOC, SelfTest, self_test_code
 from .c_weights import (INIT_DOC_EXTERNAL, INIT_DOC_STATIC, INIT_STATIC, external_arrays,
                         init_external)
-from .plan import plan_layers
+from .plan import iter_plans
 
 #: weights above this many bytes go to a binary file read by <prefix>_init (--c-weights
 #: auto): a microcontroller's flash holds a few MiB at most, and in the source each float is
@@ -120,16 +120,20 @@ def c_source(mlp: Mlp, prefix: str, header_name: str, contract: str,
     static_limit = STATIC_LIMIT if static_limit is None else static_limit
     dtype = np.dtype(mlp.dtype if dtype is None else dtype)
     real = "double" if dtype == np.float64 else "float"
-    plans = plan_layers(mlp.layers, dtype)
-    n_in, n_out = plans[0].n_in, plans[-1].n_out
-    width = max(max(p.n_out for p in plans), n_in)
+    n_in, n_out = mlp.layers[0].n_in, mlp.layers[-1].n_out
+    # the runtime's summing layers (equal columns) are narrower than the input they sum
+    width = max(max(layer.n_out for layer in mlp.layers), n_in)
     if 2 * width * SAMPLES >= 2**31:  # a batched buffer's positions are 32-bit ints
         raise CompileError(f"the C target indexes with 32-bit ints, and a layer of {width:,} "
                            "values is too wide for its batched buffers")
     arrays = Arrays(real)
-    writers = [LayerWriter(k, plan, arrays, real) for k, plan in enumerate(plans)]
-    functions = [w.emit() for w in writers]
-    functions += [BatchedLayerWriter(k, w.records, real).emit() for k, w in enumerate(writers)]
+    functions, records = [], []
+    for k, plan in enumerate(iter_plans(mlp.layers, dtype)):  # a plan freed once written
+        writer = LayerWriter(k, plan, arrays, real)
+        functions.append(writer.emit())
+        records.append(writer.records)
+    functions += [BatchedLayerWriter(k, r, real).emit() for k, r in enumerate(records)]
+    n_layers = len(records)
     check_fits_int32(arrays)
     upper = prefix.upper()
     external = arrays.nbytes > static_limit
@@ -141,12 +145,12 @@ def c_source(mlp: Mlp, prefix: str, header_name: str, contract: str,
             f"static const {c_type(a, real)} {name}[{max(1, a.size)}] = {{\n{literals(a)}\n}};"
             for name, a in arrays.items)
     calls, batched = [], []
-    for k in range(len(plans)):
+    for k in range(n_layers):
         src = "x" if k == 0 else ("a" if k % 2 else "b")
         dst = "a" if k % 2 == 0 else "b"
         calls.append(f"            layer{k}({src}, {dst});")
         batched.append(f"        layer{k}_batch({'b' if k % 2 == 0 else 'a'}, {dst});")
-    last = "a" if (len(plans) - 1) % 2 == 0 else "b"
+    last = "a" if (n_layers - 1) % 2 == 0 else "b"
     sizes = dict(upper=upper, real=real, width=width, samples=SAMPLES, quarter=SAMPLES // 4)
     header = HEADER.format(name=header_name, prefix=prefix, n_in=n_in, n_out=n_out,
                            contract=contract, init_doc=INIT_DOC_EXTERNAL if external
@@ -158,7 +162,7 @@ def c_source(mlp: Mlp, prefix: str, header_name: str, contract: str,
         raise ValueError("a source split into units keeps its weights in a file")
     prototypes = "\n".join(
         f"LAYER void layer{k}{kind}(const {real} *restrict h, {real} *restrict z);"
-        for k in range(len(plans)) for kind in ("", "_batch"))
+        for k in range(n_layers) for kind in ("", "_batch"))
     body = SOURCE.format(
         header=header_name, prefix=prefix, mask="int64_t" if real == "double" else "int32_t",
         declarations=declarations, functions=split_units(functions, units),

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 
 from ..ir.activations import IDENTITY
 from ..ir.mlp import MlpLayer
-from ..ir.structured import ProductGroup
+from ..ir.structured import CsrRows, ProductGroup
 from ..ir.weights import as_csr, is_structured
 
 #: merge only when it saves this share of the layer's non-zeros...
@@ -29,8 +29,8 @@ MIN_SAVED_OVER_COST = 4
 def merge_equal_columns(layer: MlpLayer) -> tuple[MlpLayer, MlpLayer] | None:
     """(summing layer, the layer on the sums) when merging pays, else None."""
     w = layer.weight
-    if is_structured(w) and not any(isinstance(p, ProductGroup) for p in w.parts):
-        w = as_csr(w)  # copies and CSR rows, stored so to take less room: no structure lost
+    if is_structured(w) and mostly_csr_rows(w):
+        w = as_csr(w)  # CSR rows and a few copies, stored so to take less room
     if not sp.issparse(w):  # groups: the parts are kept as the compiler made them
         return None
     found = merged_columns(w.data, w.indices, w.indptr, w.shape[1])
@@ -43,6 +43,15 @@ def merge_equal_columns(layer: MlpLayer) -> tuple[MlpLayer, MlpLayer] | None:
     return (MlpLayer(summing, np.zeros(len(first), w.dtype), IDENTITY.name,
                      input_blocks=layer.input_blocks),
             replace(layer, weight=sp.csr_array(w[:, first]), input_blocks=None))
+
+
+def mostly_csr_rows(w) -> bool:
+    """A structured weight without groups whose CSR rows hold most of its entries (a
+    convolution fused with a max pool's recombination): its columns may merge. Layers of
+    copies (DenseNet's carried values, millions of rows) are not searched."""
+    if any(isinstance(p, ProductGroup) for p in w.parts):
+        return False
+    return 2 * sum(p.nnz for p in w.parts if isinstance(p, CsrRows)) >= w.nnz
 
 
 def runtime_layers(layers: list[MlpLayer]) -> list[MlpLayer]:

@@ -401,6 +401,8 @@ MUTANTS: list[tuple[str, str, str, str]] = [
      "even = np.ones(len(rows), bool)"),
     ("structured: a repeated pattern left as CSR rows", "cnn2mlp/ir/structured_rules.py",
      "found += patterns_of(piece) if isinstance(piece, CsrRows) else [piece]", "found += [piece]"),
+    ("runtime: equal columns not merged in a layer of CSR rows stored as parts",
+     "cnn2mlp/runtime/columns.py", "    if is_structured(w) and mostly_csr_rows(w):", "    if False:"),
     ("c: a copy run's stored bias dropped", "cnn2mlp/runtime/c_batched.py",
      'self.store("zo[j]", "wi * hi[j]", "0" if bias is None else f"{bias}[i]")',
      'self.store("zo[j]", "wi * hi[j]", "0")'),
