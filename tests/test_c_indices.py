@@ -167,15 +167,18 @@ def test_strided_copy_runs_run_as_copies_in_every_engine(tmp_path, engine):
 def stem_with_max_pool(path):
     """ResNet's and DenseNet's stem, small: conv, ReLU, a 3x3 stride-2 max pool padded by
     one, then a convolution and a dense head."""
+    def window(stride: int, **more) -> dict:  # 3x3, padded by one
+        return {"kernel_shape": (3, 3), "strides": (stride, stride), "dilations": (1, 1),
+                "pads": (1, 1, 1, 1), **more}
+
     b = OnnxBuilder((3, 48, 48), seed=12)
-    b.conv({"kernel_shape": (3, 3), "strides": (2, 2), "dilations": (1, 1),
-            "pads": (1, 1, 1, 1), "group": 1, "out_channels": 8})
-    b.activation("Relu")
-    b.pool("MaxPool", {"kernel_shape": (3, 3), "strides": (2, 2), "dilations": (1, 1),
-                       "pads": (1, 1, 1, 1), "ceil_mode": 0})
-    b.conv({"kernel_shape": (3, 3), "strides": (1, 1), "dilations": (1, 1),
-            "pads": (1, 1, 1, 1), "group": 1, "out_channels": 6})
-    b.activation("Relu")
+    for layer in (window(2, group=1, out_channels=8), window(2, ceil_mode=0),
+                  window(1, group=1, out_channels=6)):
+        if "ceil_mode" in layer:
+            b.pool("MaxPool", layer)
+        else:
+            b.conv(layer)
+            b.activation("Relu")
     b.flatten()
     b.dense(5)
     onnx.save(b.build(), str(path))

@@ -264,18 +264,23 @@ def test_float64_models_stay_double(tmp_path):
     assert np.max(np.abs(got - reference) / np.maximum(1, np.abs(reference))) <= 1e-12
 
 
+def conv_relu_dense(path: Path, seed: int) -> Path:
+    """A 3x3 convolution of 2 channels to 4 on a 6x6 map, ReLU, a dense layer of 3."""
+    b = OnnxBuilder((2, 6, 6), seed=seed)
+    b.conv(conv(out=4))
+    b.activation("Relu")
+    b.flatten()
+    b.dense(3)
+    return save(b.build(), path)
+
+
 def test_big_weights_go_to_a_checked_file(tmp_path, monkeypatch):
     """Above the static limit, the weights are a file beside the source: init checks its
     size and checksum, and predict refuses to run without it."""
     import cnn2mlp.runtime.c_source as c_module
 
     monkeypatch.setattr(c_module, "STATIC_LIMIT", 0)
-    b = OnnxBuilder((2, 6, 6), seed=6)
-    b.conv(conv(out=4))
-    b.activation("Relu")
-    b.flatten()
-    b.dense(3)
-    path = save(b.build(), tmp_path / "m.onnx")
+    path = conv_relu_dense(tmp_path / "m.onnx", seed=6)
     out = tmp_path / "big.c"
     assert main([str(path), "-o", str(out), "--check", "10", "--quiet"]) == 0
     weights = out.with_suffix(".weights")
@@ -302,12 +307,7 @@ def test_the_weights_go_where_c_weights_says(tmp_path, monkeypatch):
     --check."""
     import cnn2mlp.runtime.c_source as c_module
 
-    b = OnnxBuilder((2, 6, 6), seed=9)
-    b.conv(conv(out=4))
-    b.activation("Relu")
-    b.flatten()
-    b.dense(3)
-    path = save(b.build(), tmp_path / "m.onnx")
+    path = conv_relu_dense(tmp_path / "m.onnx", seed=9)
     for choice, limit, external in (("file", None, True), ("source", 0, False),
                                     ("auto", None, False), ("auto", 0, True)):
         if limit is not None:
