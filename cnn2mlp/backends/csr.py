@@ -39,7 +39,6 @@ from ..errors import CompileError
 from ..ir.activations import BY_NAME, IDENTITY
 from ..ir.graph import GraphMeta
 from ..ir.mlp import Mlp, MlpLayer
-from ..ir.structured import StructuredMatrix
 from ..ir.weights import as_csr, compact, is_structured
 from .npz_parts import bias_members, read_bias, read_structured, structured_members
 from .npz_reader import ArtifactError, SafeNpz
@@ -79,7 +78,7 @@ def save_csr(mlp: Mlp, path: str | Path, meta: dict[str, Any] | None = None,
         w = layer.weight
         arrays[f"layer{i}.shape"] = np.array(w.shape, np.int64)
         if layout == "structured":
-            w = smaller_form(w)
+            w = compact(w)  # copies, patterns and CSR rows as the parts that take least
             arrays.update(bias_members(f"layer{i}", layer.bias, mlp.dtype))
         else:
             arrays[f"layer{i}.bias"] = np.asarray(layer.bias, mlp.dtype)
@@ -100,11 +99,6 @@ def save_csr(mlp: Mlp, path: str | Path, meta: dict[str, Any] | None = None,
                                                           np.float64)
     with atomic_write(path) as handle:
         np.savez(handle, **arrays)
-
-
-def smaller_form(w):
-    """The layer's weight as ``weights.compact`` stores it in least."""
-    return compact(w)
 
 
 def read_csr(path: str | Path, max_bytes: int | None = None) -> tuple[Mlp, dict[str, Any]]:

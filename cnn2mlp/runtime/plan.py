@@ -195,13 +195,9 @@ def store_clamps(codes, alphas, clamped):
     return lo, scale, hi
 
 
-def plan_layers(layers: list[MlpLayer], dtype) -> list[LayerPlan]:
-    """Every layer's plan, the summing layers of merged equal columns included."""
-    return list(iter_plans(layers, dtype))
-
-
 def iter_plans(layers: list[MlpLayer], dtype) -> Iterator[LayerPlan]:
-    """The plans one at a time: an engine that keeps less than a plan (its per-row store
+    """Every layer's plan, the summing layers of merged equal columns included, one at a
+    time: an engine that keeps less than a plan (its per-row store
     rules take about 30 bytes a neuron) never holds every layer's at once."""
     for layer in runtime_layers(layers):
         yield plan_layer(layer, dtype)
