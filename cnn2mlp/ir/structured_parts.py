@@ -231,7 +231,8 @@ def pattern_groups(matrix: sp.csr_array) -> tuple[list[ProductGroup], np.ndarray
     numbers a row, not CSR's entries; a convolution's rows left as CSR keep their kernels
     together for the runtime's search."""
     matrix = sp.csr_array(matrix)
-    matrix.sort_indices()
+    if not matrix.has_sorted_indices:  # a copy: the caller's matrix is left as it is
+        matrix = matrix.sorted_indices()
     counts = np.diff(matrix.indptr)
     grouped = np.zeros(matrix.shape[0], bool)
     groups: list[ProductGroup] = []

@@ -351,13 +351,20 @@ def compact_rows(m: StructuredMatrix) -> StructuredMatrix:
         if not isinstance(part, CsrRows):
             parts.append(part)
             continue
-        coo = part.matrix.tocoo()
-        placed = sp.coo_array((coo.data, (part.rows[coo.row], coo.col)), shape=m.shape).tocsr()
         found: list[Part] = []
-        for piece in csr_parts(placed):
+        for piece in csr_parts(placed_rows(part, m.shape)):
             found += patterns_of(piece) if isinstance(piece, CsrRows) else [piece]
         parts.extend(found if any(not isinstance(f, CsrRows) for f in found) else (part,))
     return m.with_parts(parts)
+
+
+def placed_rows(part: CsrRows, shape: tuple[int, int]) -> sp.csr_array:
+    """The CSR rows at their rows of the whole matrix (the runs of copies are found along
+    its rows); the part's own matrix when it holds every row in order (a CSR layer)."""
+    if len(part.rows) == shape[0] and np.array_equal(part.rows, np.arange(shape[0])):
+        return part.matrix
+    coo = part.matrix.tocoo()
+    return sp.coo_array((coo.data, (part.rows[coo.row], coo.col)), shape=shape).tocsr()
 
 
 def patterns_of(part: CsrRows) -> list[Part]:
