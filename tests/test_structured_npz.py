@@ -121,6 +121,70 @@ def test_a_forged_group_is_refused_by_member(compiled, tmp_path, field, change, 
     assert "layer" in str(error.value)
 
 
+@pytest.fixture(scope="module")
+def with_runs(tmp_path_factory):
+    """A 24×24 model: its groups' positions and rows are long enough to be stored as runs."""
+    folder = tmp_path_factory.mktemp("v5")
+    model = residual_model(folder / "m.onnx", side=24)
+    out = folder / "m.npz"
+    assert main([str(model), "-o", str(out), "--check", "5", "--quiet"]) == 0
+    with np.load(out, allow_pickle=False) as z:
+        runs = [k for k in z.files if k.endswith(".runs")]
+    assert any(k.endswith(".bases.runs") for k in runs), runs
+    return model, out, runs
+
+
+def test_index_runs_load_as_the_arrays_they_hold(with_runs, tmp_path):
+    model, out, runs = with_runs
+    plain = tmp_path / "plain.npz"
+    assert main([str(model), "-o", str(plain), "--npz-layout", "plain", "--quiet"]) == 0
+    x = np.random.default_rng(2).uniform(0, 1, (5, 3, 24, 24)).astype(np.float32)
+    expected = load(plain, engine="scipy").predict(x)
+    for engine in ("scipy", "c"):
+        np.testing.assert_allclose(load(out, engine=engine).predict(x), expected, rtol=1e-5,
+                                   atol=1e-5)
+    module = tmp_path / "kernel.py"
+    assert main([str(model), "-o", str(tmp_path / "k.npz"), "--kernel-py", str(module),
+                 "--quiet"]) == 0
+    namespace: dict = {"__name__": "kernel", "__file__": str(module)}
+    exec(compile(module.read_text(), str(module), "exec"), namespace)
+    np.testing.assert_allclose(namespace["load"]().predict(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_version_4_file_without_runs_loads_as_before(with_runs, tmp_path, monkeypatch):
+    """What the compiler wrote before runs (format version 4: parts, whole index arrays)."""
+    import cnn2mlp.backends.npz_parts as npz_parts
+
+    model, out, _ = with_runs
+    monkeypatch.setattr(npz_parts, "encode", lambda a: None)
+    old = tmp_path / "v4.npz"
+    assert main([str(model), "-o", str(old), "--quiet"]) == 0
+    forge(old, old, "format_version", lambda a: np.array(4))
+    with np.load(old, allow_pickle=False) as z:
+        assert not any(k.endswith(".runs") for k in z.files)
+        assert any(".part" in k for k in z.files)
+    x = np.random.default_rng(3).uniform(0, 1, (4, 3, 24, 24)).astype(np.float32)
+    np.testing.assert_array_equal(load(old, engine="scipy").predict(x),
+                                  load(out, engine="scipy").predict(x))
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda r: np.concatenate([r[:, :2], 0 * r[:, 2:]], axis=1), "run shorter than one"),
+    (lambda r: r[:, :2], r"the format wants \(runs, 3\)"),
+    (lambda r: r.astype(np.int64) + [0, 0, 2**40], "expands to"),
+    (lambda r: r.astype(np.int64) + [2**62, 0, 0], "beyond any index"),
+    (lambda r: np.concatenate([r[:, :1] + 10**6, r[:, 1:]], axis=1), "outside"),
+])
+def test_forged_runs_are_refused_by_member(with_runs, tmp_path, change, words):
+    _, out, runs = with_runs
+    member = next(k for k in runs if k.endswith(".bases.runs"))
+    bad = tmp_path / "bad.npz"
+    forge(out, bad, member, change)
+    with pytest.raises(ArtifactError, match=words) as error:
+        read_csr(bad)
+    assert member.rsplit(".", 2)[0] in str(error.value)
+
+
 def test_parts_in_an_older_version_are_refused(compiled, tmp_path):
     _, paths = compiled
     bad = tmp_path / "old.npz"

@@ -22,6 +22,8 @@ File layout (format ``cnn2mlp-csr``, version 2), every entry a plain array so th
 - version 4: a layer may be stored as the parts that generate its matrix instead of CSR
   (``layer{i}.parts`` and the members ``npz_parts.py`` lists): a convolution's kernels
   once, not once an output position. Versions 1 to 3 load too.
+- version 5: a part's integer member may be stored as arithmetic runs (``<member>.runs``:
+  start, step, length), where that takes less.
 """
 from __future__ import annotations
 
@@ -48,8 +50,8 @@ if TYPE_CHECKING:
     from ..passes.base import PassOptions
 
 FORMAT = "cnn2mlp-csr"
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 #: how a structured layer is written: as its parts, or as the plain CSR it makes
 LAYOUTS = ("structured", "plain")
 
@@ -342,12 +344,12 @@ def kernel_module_source(artifact: str, input_shape) -> str:
     name cannot become code."""
     import inspect
 
-    from ..ir import activations
+    from ..ir import activations, index_runs
     from ..runtime import columns, structure
     from . import standalone
 
     text = inspect.getsource(standalone)
-    settings = {"FORMAT_VERSIONS = (1, 2, 3, 4)": f"FORMAT_VERSIONS = {READABLE_VERSIONS!r}",
+    settings = {"FORMAT_VERSIONS = (1, 2, 3, 4, 5)": f"FORMAT_VERSIONS = {READABLE_VERSIONS!r}",
                 'ARTIFACT = "model.npz"': f"ARTIFACT = {artifact!r}",
                 "INPUT_SHAPE: tuple = ()":
                     f"INPUT_SHAPE = {tuple(int(d) for d in input_shape)!r}"}
@@ -356,7 +358,7 @@ def kernel_module_source(artifact: str, input_shape) -> str:
     begin = text.index("# -- embedded:")
     end = text.index("# -- end embedded\n") + len("# -- end embedded\n")
     embedded = "\n\n".join([activations.embedded_source(), structure.embedded_source(),
-                             columns.embedded_source()])
+                             columns.embedded_source(), index_runs.embedded_source()])
     return text[:begin] + embedded + text[end:]
 
 

@@ -1,4 +1,4 @@
-"""A structured layer in the ``.npz`` (format version 4): its parts as the arrays that
+"""A structured layer in the ``.npz`` (format version 4, 5 with runs): its parts as the arrays that
 generate them, and the reader that checks every index before a part is built.
 
 Members of layer ``i`` (besides ``layer{i}.shape`` and ``layer{i}.bias``):
@@ -10,6 +10,9 @@ Members of layer ``i`` (besides ``layer{i}.shape`` and ``layer{i}.bias``):
 - copies: ``.rows``, ``.columns``, ``.lengths``, optionally ``.steps`` (integers: a run's
   column step, 1 when absent) and ``.weights``;
 - CSR rows: ``.rows``, ``.data``, ``.indices``, ``.indptr``;
+- an integer member of a part may be stored as arithmetic runs instead (format version 5):
+  ``<member>.runs``, rows of (start, step, length), where that takes less
+  (``cnn2mlp.ir.index_runs``; a group's positions and rows, a CSR part's row pointers);
 - the bias as ``layer{i}.bias``, or as runs of equal values (a convolution's bias is one
   value a channel, a carried neuron's 0): ``layer{i}.bias_values``, ``layer{i}.bias_lengths``.
 
@@ -23,7 +26,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..ir.structured import INDEX, CopyRuns, CsrRows, ProductGroup, StructuredMatrix
-from .npz_reader import SafeNpz
+from ..ir.index_runs import encode
+from .npz_reader import RUNS, SafeNpz
 
 KINDS = {ProductGroup: "group", CopyRuns: "copies", CsrRows: "csr"}
 GROUP_FIELDS = ("taps", "offsets", "bases", "shifts", "kernel_rows", "base_rows")
@@ -35,6 +39,13 @@ def smallest_int(a: np.ndarray) -> np.ndarray:
     if a.size and (a.min() < -2**31 or a.max() >= 2**31):
         return a.astype(np.int64)
     return a.astype(np.int32)
+
+
+def index_members(name: str, a: np.ndarray) -> dict[str, np.ndarray]:
+    """An index array as arithmetic runs (``name.runs``) where they take less, else as
+    :func:`smallest_int`."""
+    runs = encode(a)
+    return {name: smallest_int(a)} if runs is None else {f"{name}{RUNS}": smallest_int(runs)}
 
 
 def structured_members(key: str, w: StructuredMatrix, dtype) -> dict[str, np.ndarray]:
@@ -49,19 +60,19 @@ def structured_members(key: str, w: StructuredMatrix, dtype) -> dict[str, np.nda
                     part.kernels, dtype)
             out[f"{name}.kernel_set"] = np.array(kernel_sets[id(part.kernels)], np.int64)
             for field in GROUP_FIELDS:
-                out[f"{name}.{field}"] = smallest_int(getattr(part, field))
+                out.update(index_members(f"{name}.{field}", getattr(part, field)))
         elif isinstance(part, CopyRuns):
             for field in ("rows", "columns", "lengths"):
-                out[f"{name}.{field}"] = smallest_int(getattr(part, field))
+                out.update(index_members(f"{name}.{field}", getattr(part, field)))
             if np.any(part.steps != 1):
-                out[f"{name}.steps"] = smallest_int(part.steps)
+                out.update(index_members(f"{name}.steps", part.steps))
             out[f"{name}.weights"] = np.asarray(part.weights, dtype)
         else:
             m = part.matrix
-            out[f"{name}.rows"] = smallest_int(part.rows)
+            out.update(index_members(f"{name}.rows", part.rows))
             out[f"{name}.data"] = np.asarray(m.data, dtype)
-            out[f"{name}.indices"] = smallest_int(m.indices)
-            out[f"{name}.indptr"] = m.indptr.astype(np.int64)
+            out.update(index_members(f"{name}.indices", m.indices))
+            out.update(index_members(f"{name}.indptr", m.indptr))
     return out
 
 

@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CompileError
+from ..ir.index_runs import expand
+
+#: the suffix of an integer member stored as arithmetic runs
+RUNS = ".runs"
 
 INT64_MAX = 2**63 - 1
 #: a compressed member may inflate this much (plus a MiB) before it counts as a zip bomb
@@ -47,7 +51,8 @@ class SafeNpz:
         self.close()
 
     def __contains__(self, key: str) -> bool:
-        return f"{key}.npy" in self.members
+        """Whether the file holds ``key``, as an array or (an integer array) as runs."""
+        return f"{key}.npy" in self.members or f"{key}{RUNS}.npy" in self.members
 
     def fail(self, key: str, why: str) -> ArtifactError:
         return ArtifactError(f"{self.path}: member {key!r} {why}; recompile the model")
@@ -88,10 +93,34 @@ class SafeNpz:
         check (order, range) is made in a signed type, where ``np.diff`` cannot wrap around
         as it does on unsigned arrays (a decreasing uint64 row pointer passed as
         non-decreasing and crashed the kernels)."""
+        if f"{key}.npy" not in self.members and f"{key}{RUNS}.npy" in self.members and \
+                ndim in (None, 1):
+            return self.runs(key)
         values = self.array(key, "iu", ndim)
         if values.dtype == np.uint64 and values.size and int(values.max()) > INT64_MAX:
             raise self.fail(key, f"holds {int(values.max()):,}, beyond any index or size")
         return values.astype(np.int64)
+
+    def runs(self, key: str) -> np.ndarray:
+        """An integer array stored as arithmetic runs (``key.runs``: rows of start, step,
+        length; ``cnn2mlp.ir.index_runs``), expanded once its size and values are known
+        to be in range."""
+        name = f"{key}{RUNS}"
+        runs = self.integers(name, ndim=2)
+        if runs.shape[1:] != (3,):
+            raise self.fail(name, f"has shape {runs.shape}, the format wants (runs, 3)")
+        starts, steps, lengths = runs[:, 0], runs[:, 1], runs[:, 2]
+        if len(runs) and lengths.min() < 1:
+            raise self.fail(name, "holds a run shorter than one")
+        total = float(lengths.astype(np.float64).sum())
+        if total * 8 > self.max_bytes:
+            raise self.fail(name, f"expands to {total:,.0f} integers, above the limit of "
+                                  f"{self.max_bytes:,} bytes")
+        reach = np.abs(starts.astype(np.float64)) + np.abs(steps.astype(np.float64)) * (
+            lengths - 1)
+        if len(runs) and reach.max() >= 2.0**62:
+            raise self.fail(name, "reaches values beyond any index or size")
+        return expand(runs)
 
     def _info(self, key: str) -> zipfile.ZipInfo:
         info = self.members.get(f"{key}.npy")

@@ -15,7 +15,7 @@ import numpy as np
 
 # The values below are this module's settings; the writer (backends/csr.py, write_kernel)
 # sets them for the artifact it runs, through repr() alone.
-FORMAT_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSIONS = (1, 2, 3, 4, 5)
 ARTIFACT = "model.npz"  # beside this module unless absolute
 INPUT_SHAPE: tuple = ()
 
@@ -24,6 +24,7 @@ INPUT_SHAPE: tuple = ()
 from cnn2mlp.ir.activations import NUMPY_BY_NAME as ACTIVATIONS, relu_np  # noqa: E402
 from cnn2mlp.runtime.columns import merged_columns  # noqa: E402
 from cnn2mlp.runtime.structure import find_parts, run_copies, run_group  # noqa: E402
+from cnn2mlp.ir.index_runs import expand  # noqa: E402
 # -- end embedded
 
 
@@ -141,6 +142,13 @@ def _bias(z, key):
     return z[f"{key}.bias"]
 
 
+def _ints(z, name):
+    """An integer member, stored whole or as arithmetic runs (format version 5)."""
+    if name + ".runs" in z.files:
+        return expand(z[name + ".runs"])
+    return z[name]
+
+
 def _csr_arrays(z, key):
     """(data, indices, indptr) of a layer: as stored, or made from the parts of a
     structured layer (format version 4: see cnn2mlp/backends/npz_parts.py), summing the
@@ -152,26 +160,28 @@ def _csr_arrays(z, key):
     for j, kind in enumerate(z[f"{key}.parts"]):
         p = f"{key}.part{j}."
         if kind == "group":
-            kernels = z[f"{key}.kernels{int(z[p + 'kernel_set'])}"][:, z[p + "taps"]]
-            shifts, bases, offsets = (z[p + k].astype(np.int64) for k in
+            kernels = z[f"{key}.kernels{int(z[p + 'kernel_set'])}"][:, _ints(z, p + "taps")]
+            shifts, bases, offsets = (_ints(z, p + k).astype(np.int64) for k in
                                       ("shifts", "bases", "offsets"))
-            row = z[p + "kernel_rows"][:, None] + z[p + "base_rows"][None, :]
+            row = _ints(z, p + "kernel_rows")[:, None] + _ints(z, p + "base_rows")[None, :]
             n_k, n_b, taps = len(kernels), len(bases), len(offsets)
             rows.append(np.broadcast_to(row[:, :, None], (n_k, n_b, taps)).ravel())
             cols.append((shifts[:, None, None] + bases[None, :, None]
                          + offsets[None, None, :]).ravel())
             values.append(np.broadcast_to(kernels[:, None, :], (n_k, n_b, taps)).ravel())
         elif kind == "copies":
-            lengths = z[p + "lengths"].astype(np.int64)
+            lengths = _ints(z, p + "lengths").astype(np.int64)
             step = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-            rows.append(np.repeat(z[p + "rows"], lengths) + step)
-            steps = z[p + "steps"] if p + "steps" in z.files else np.ones(len(lengths), np.int64)
-            cols.append(np.repeat(z[p + "columns"], lengths) + np.repeat(steps, lengths) * step)
+            rows.append(np.repeat(_ints(z, p + "rows"), lengths) + step)
+            steps = _ints(z, p + "steps") if p + "steps" in z.files or p + "steps.runs" in \
+                z.files else np.ones(len(lengths), np.int64)
+            cols.append(np.repeat(_ints(z, p + "columns"), lengths)
+                        + np.repeat(steps, lengths) * step)
             values.append(np.repeat(z[p + "weights"], lengths))
         else:
-            indptr = z[p + "indptr"]
-            rows.append(np.repeat(z[p + "rows"], np.diff(indptr)))
-            cols.append(z[p + "indices"])
+            indptr = _ints(z, p + "indptr")
+            rows.append(np.repeat(_ints(z, p + "rows"), np.diff(indptr)))
+            cols.append(_ints(z, p + "indices"))
             values.append(z[p + "data"])
     dtype = _bias(z, key).dtype
     flat = np.concatenate([np.zeros(0, np.int64)] + [np.asarray(r, np.int64) * n_in + c

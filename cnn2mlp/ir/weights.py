@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from .index_runs import stored_bytes as index_bytes
 from .structured_rules import (abs_row_sums as rules_abs_row_sums,
                                column_counts as rules_column_counts, compact_rows, map_values,
                                part_arrays, part_values, row_counts as rules_row_counts,
@@ -57,10 +58,10 @@ def stored_bytes(w) -> int:
 
 
 def file_bytes(w: StructuredMatrix) -> int:
-    """What a structured weight's parts take in a file (int32 indices, as the writers
-    store them where they fit), each array its parts share once."""
+    """What a structured weight's parts take in a file (int32 indices, or arithmetic runs
+    where those take less, as the writers store them), each array its parts share once."""
     arrays = {id(a): a for p in w.parts for a in part_arrays(p)}
-    return sum(a.size * (4 if a.dtype.kind in "iu" else a.itemsize) for a in arrays.values())
+    return sum(index_bytes(a) if a.dtype.kind in "iu" else a.nbytes for a in arrays.values())
 
 
 def compact(w):
