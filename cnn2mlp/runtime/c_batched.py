@@ -38,9 +38,10 @@ def kernels_at_once(width: int, vectors: int) -> int:
     return max(1, (16 if width == 64 else VECTOR_REGISTERS) // vectors)
 
 
-def lanes(statement: str) -> str:
-    """``statement`` written out for the samples: ``{l}`` is the sample's index."""
-    return " ".join(statement.format(l=l) for l in range(SAMPLES))
+def lanes(statement: str, sums: str) -> str:
+    """The prelude's lane statement ``statement`` (``LANE_…``) for each of the sixteen
+    samples' sums ``sums{l}``, written out by the preprocessor (``EACH_LANE``)."""
+    return f"EACH_LANE({statement}, {sums})"
 
 
 class BatchedLayerWriter:
@@ -58,6 +59,7 @@ class BatchedLayerWriter:
         #: for a layer whose parts store its rows (``c_layers.stored_clamp``): the clamp's
         #: C arguments; else None (parts add to the bias)
         self.stored: str | None = None
+        self.clamp: tuple[str, str, str] = ("0", "0", "0")  # (lo, scale, hi) when it does
 
     def emit(self) -> str:
         r = self.real
@@ -78,15 +80,26 @@ class BatchedLayerWriter:
             "}"]))
         self.lines.append(f"    {name}(h, z);")
 
-    def accumulators(self, names: str) -> str:
-        return f"{self.real} " + ", ".join(f"{names}{l} = 0" for l in range(SAMPLES)) + ";"
+    @staticmethod
+    def accumulators(names: str) -> str:
+        """``names0`` to ``names15``, one sum a sample, at zero."""
+        return lanes("LANE_ZERO", names)
+
+    def lane_stores(self, sums: str, bias: str) -> str:
+        """The samples' sums ``sums{l}`` to the row at ``zk``, as ``store`` does."""
+        if self.stored is None:
+            return lanes("LANE_ADD_TO_SAMPLE", sums)
+        lo, sc, hi = self.clamp
+        return (f"{{ const {self.real} b = {bias}, lo = {lo}, sc = {sc}, hi = {hi}; "
+                + lanes("LANE_STORE_TO_SAMPLE", sums) + " }")
 
     def bias(self, fill: BiasFill, clamp) -> None:
         """The layer's start: its bias in every row, or nothing when its parts store the
         rows (bias and clamp as they store: one pass over the output, not three; measured:
         MobileNetV2 at batch 16, its 1x1 16 -> 96 expansion 724 -> 582 us)."""
         if clamp is not None:
-            self.stored = ", ".join(c_number(v, self.real) for v in clamp)
+            self.clamp = tuple(c_number(v, self.real) for v in clamp)
+            self.stored = ", ".join(self.clamp)
             return
         self.lines += fill.lines(self.real, f"for (l = 0; l < {SAMPLES}; l++) "
                                             f"z[i * {SAMPLES} + l] = v;")
@@ -184,8 +197,8 @@ class BatchedLayerWriter:
                   f"{pad}for ({terms}) {{",
                   f"{pad}    const {r} v = {weight};",
                   f"{pad}    const {r} *restrict x = {inputs};",
-                  pad + "    " + lanes("a{l} += v * x[{l}];"), pad + "}",
-                  pad + lanes(self.store(target + "[{l}]", "a{l}", bias))]
+                  pad + "    " + lanes("LANE_SAMPLE_TIMES_WEIGHT", "a"), pad + "}",
+                  f"{pad}{{ {r} *restrict zk = {target}; {self.lane_stores('a', bias)} }}"]
         lines = []
         for keyword, width in (("#if", 64), ("#elif", 32), ("#elif", 16)):
             per = width // (8 if r == "double" else 4)
@@ -267,13 +280,13 @@ class BatchedLayerWriter:
             f"                for (t = 0; t < {taps}; t++) {{",
             f"                    const {r} *restrict xt = x + (long){offsets}[t] * {SAMPLES};",
             f"                    const {r} *restrict wt = w + {tap} * {LANES} + q;"]
-        lines += [f"                    {{ const {r} wk = wt[{k}]; " + lanes(f"s{k}_{{l}} += wk * xt[{{l}}];")
-                  + " }" for k in sums]
+        lines += [f"                    {{ const {r} wk = wt[{k}]; "
+                  + lanes("LANE_WEIGHT_TIMES_SAMPLE", f"s{k}_") + " }" for k in sums]
         lines.append("                }")
         lines += [f"                {{ {r} *restrict zk = z + (long){rows.at('o', f'q + {k}', 'j')} * "
-                  f"{SAMPLES}; " + lanes(self.store("zk[{l}]", f"s{k}_{{l}}",
-                                                    self.bias_at(bias, "ob", f"q + {k}", "j")))
-                  + " }" for k in sums]
+                  f"{SAMPLES}; "
+                  + self.lane_stores(f"s{k}_", self.bias_at(bias, "ob", f"q + {k}", "j")) + " }"
+                  for k in sums]
         lines.append("            }")
         return lines
 

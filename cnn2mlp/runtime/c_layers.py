@@ -209,11 +209,10 @@ class LayerWriter:
         # machine's noise, kept for the reason); elsewhere one accumulator
         # variable a lane, written out. The loop vectorizer stays off: it would gather
         # across taps instead
-        lanes = range(LANES)
         name = f"layer{self.k}_group{len(self.helpers)}"
         self.helpers.append("\n".join([
             f"static NO_LOOP_VECTORIZE void {name}(const {r} *restrict h, {r} *restrict z)",
-            "{", "    int i, j, t;",
+            "{", "    int i, j, t, l;", "    (void)l;",
             f"    for (i = 0; i < {blocked // LANES}; i++) {{",
             f"        const {r} *restrict w = {transposed} + (long)i * {stored * LANES};",
             "        " + rows.pointer("o", f"i * {LANES}"),
@@ -226,13 +225,15 @@ class LayerWriter:
             "#else",
             f"        for (j = 0; j < {n_b}; j++) {{",
             f"            const {r} *restrict x = h + {shift} + {bases}[j];",
-            f"            {r} " + ", ".join(f"a{l} = 0" for l in lanes) + ";",
+            "            EACH_LANE(LANE_ZERO, a)",
             f"            for (t = 0; t < {taps}; t++) {{",
             f"                const {r} xt = x[{offsets}[t]];",
             f"                const {r} *restrict wt = w + {tap} * {LANES};",
-            "                " + " ".join(f"a{l} += wt[{l}] * xt;" for l in lanes),
+            "                EACH_LANE(LANE_WEIGHT_TIMES_INPUT, a)",
             "            }",
-            "            " + " ".join(f"z[{rows.at('o', l, 'j')}] += a{l};" for l in lanes),
+            f"#define LANE_ROW(l) {rows.at('o', 'l', 'j')}",
+            "            EACH_LANE(LANE_ADD_TO_ROW, a)",
+            "#undef LANE_ROW",
             "        }",
             "#endif",
             "    }", "}"]))
@@ -260,9 +261,10 @@ class LayerWriter:
             return f"w + {tap if index is None else f'(long){index}[{tap}]'} * {LANES}"
 
         def stores(positions: range, sums: str) -> list[str]:
-            return ["            " + " ".join(f"z[{rows.at('o', l, f'j + {q}')}] += "
-                                             f"{sums.format(q=q, v=l // per)}[{l % per}];"
-                                             for l in range(LANES)) for q in positions]
+            """Each sum's lanes added to their rows: a loop the compiler unrolls."""
+            return [f"            UNROLL_LANES for (l = 0; l < {per}; l++) "
+                    f"z[{rows.at('o', f'l + {v * per}', f'j + {q}')}] += "
+                    f"{sums.format(q=q, v=v)}[l];" for q in positions for v in vectors]
 
         def loop(count: int, step: str) -> list[str]:
             positions = range(count)
@@ -307,8 +309,10 @@ class LayerWriter:
                 "        }"]
 
         lines = ["        j = 0;"]
-        if together > 1:
+        if together > 1 and n_b >= together:  # (no loop that never runs: less to compile)
             lines += loop(together, f"j + {together} <= {n_b}")
+        if together > 1 and n_b % together == 0:
+            return lines
         return lines + single(max(1, 8 // len(vectors)))
 
     def positions_in_lanes(self, g) -> None:

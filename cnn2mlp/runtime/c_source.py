@@ -274,6 +274,27 @@ static inline NO_LOOP_VECTORIZE vector_sum clamp_vector(vector_sum u, {real} lo,
 }}
 #endif
 
+/* A statement for each of sixteen lanes (a block's kernels, a batch's samples), written
+   out by the preprocessor, not in the source: EACH_LANE(F, s) is F(0, s) ... F(15, s), and
+   the compiler sees what it saw when the generator wrote them out (a third of a large
+   model's source was such lines). The statements name their operands: */
+#define EACH_LANE(F, s) F(0, s) F(1, s) F(2, s) F(3, s) F(4, s) F(5, s) F(6, s) F(7, s) \
+    F(8, s) F(9, s) F(10, s) F(11, s) F(12, s) F(13, s) F(14, s) F(15, s)
+#define LANE_ZERO(l, s) {real} s##l = 0;
+#define LANE_WEIGHT_TIMES_INPUT(l, s) s##l += wt[l] * xt;
+#define LANE_WEIGHT_TIMES_SAMPLE(l, s) s##l += wk * xt[l];
+#define LANE_SAMPLE_TIMES_WEIGHT(l, s) s##l += v * x[l];
+#define LANE_ADD_TO_ROW(l, s) z[LANE_ROW(l)] += s##l;
+#define LANE_ADD_TO_SAMPLE(l, s) zk[l] += s##l;
+#define LANE_STORE_TO_SAMPLE(l, s) zk[l] = clamp_value(s##l + b, lo, sc, hi);
+/* a loop over a vector's lanes, unrolled as the statements written out were (GCC 8 and
+   clang know the pragma; only GCC and clang have vectors here) */
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 8)
+#define UNROLL_LANES _Pragma("GCC unroll 16")
+#else
+#define UNROLL_LANES
+#endif
+
 /* the same on one value */
 static inline NO_LOOP_VECTORIZE {real} clamp_value({real} z, {real} lo, {real} scale, {real} hi)
 {{
