@@ -21,29 +21,38 @@ MIN_ENTRIES = 64
 
 def runs_of(a: np.ndarray, most: int | None = None) -> np.ndarray | None:
     """The greedy runs of ``a`` as an (r, 3) int64 array of (start, step, length), each as
-    long as it goes; None when there would be more than ``most``. Vectorised to the runs'
-    count: each run ends where the step it starts with stops (found for every position at
-    once), so the loop visits one position a run."""
+    long as it goes; None when there would be more than ``most``."""
     a = np.asarray(a, np.int64).ravel()
-    n = len(a)
+    bounds = run_bounds(a[:, None], most)
+    if bounds is None:
+        return None
+    starts, lengths = bounds
+    steps = np.where(lengths > 1, a[np.minimum(starts + 1, len(a) - 1)] - a[starts], 1)
+    return np.stack([a[starts], steps, lengths], axis=1).reshape(-1, 3)
+
+
+def run_bounds(columns: np.ndarray, most: int | None = None) -> tuple | None:
+    """(starts, lengths) of the greedy runs of the rows of ``columns`` (n, m): a run goes
+    on while every column steps by what it stepped by at the run's start; None when there
+    would be more than ``most``. Vectorised to the runs' count: each run ends where the
+    step it starts with stops (found for every position at once), so the loop visits one
+    position a run."""
+    n = len(columns)
     if n == 0:
-        return np.zeros((0, 3), np.int64)
-    steps = np.diff(a)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    steps = np.diff(columns, axis=0)
     # last[j]: the last diff index of the stretch of equal diffs that holds diff j
-    change = np.flatnonzero(steps[1:] != steps[:-1])
+    change = np.flatnonzero((steps[1:] != steps[:-1]).any(axis=1))
     stretch_last = np.append(change, n - 2)
     last = stretch_last[np.searchsorted(stretch_last, np.arange(n - 1))]
-    found, start = [], 0
+    starts, start = [], 0
     while start < n:
-        if most is not None and len(found) >= most:
+        if most is not None and len(starts) >= most:
             return None
-        if start == n - 1:
-            found.append((a[start], 1, 1))
-            break
-        end = int(last[start]) + 1   # the run's last element
-        found.append((a[start], steps[start], end - start + 1))
-        start = end + 1
-    return np.array(found, np.int64).reshape(-1, 3)
+        starts.append(start)
+        start = n if start == n - 1 else int(last[start]) + 2
+    first = np.array(starts, np.int64)
+    return first, np.diff(np.append(first, n))
 
 
 def expand(runs: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ to a bias written first and clamping after.
 from __future__ import annotations
 
 from .c_indices import BiasFill, PairIndex
-from .c_layers import LANES, activation_loop
+from .c_layers import LANES, activation_loop, run_row_lines
 from .c_literals import c_number
 
 #: samples computed together
@@ -291,8 +291,9 @@ class BatchedLayerWriter:
         return lines
 
     def positions(self, w: str, offsets: str, shifts: str, run_start: str, run_length: str,
-                  run_base: str, run_step: str, rows: PairIndex, bias: PairIndex | None,
-                  n_k: int, taps: int, n_b: int, runs: int, same_positions: bool) -> None:
+                  run_base: str, run_step: str, run_rows: list[str], rows: PairIndex,
+                  bias: PairIndex | None, n_k: int, taps: int, n_b: int, runs: int,
+                  same_positions: bool) -> None:
         """Kernels that read positions of their own (depthwise): each kernel, position by
         position, every sample at a time. Kernels that read the same positions (the ones a
         convolution's blocks of sixteen leave over) go a few at a time instead, each input
@@ -304,6 +305,7 @@ class BatchedLayerWriter:
             f"        for (j = 0; j < {runs}; j++) {{",
             f"            const long first = {run_start}[j], n = {run_length}[j];",
             f"            const long step = {run_step}[j];",
+            *run_row_lines(run_rows, "            "),
             "            long p;"]
         each = [
             f"    for (i = 0; i < {n_k}; i++) {{",

@@ -18,7 +18,7 @@ import numpy as np
 from ..ir.activations import BY_NAME, IDENTITY
 from ..runtime.plan import LayerPlan
 from ..runtime.structure import ProductGroup
-from .c_indices import PairIndex, base_runs, bias_fill, pair_bias, row_index, run_bias
+from .c_indices import PairIndex, bias_fill, pair_bias, position_index, row_index, run_bias
 from .c_literals import c_number
 
 #: kernels computed together by a convolution's loop (two AVX vectors of float)
@@ -318,18 +318,18 @@ class LayerWriter:
     def positions_in_lanes(self, g) -> None:
         n_k, taps = g.kernels.shape
         n_b = len(g.bases)
-        runs = base_runs(np.asarray(g.bases, np.int64))
         kernels = self.weights("kernels", g.kernels)
         offsets = self.array("offsets", g.offsets)
         shifts = self.array("shifts", g.shifts)
-        run_start, run_length, run_base, run_step = (
-            self.array(f"run_{what}", column)
-            for what, column in zip(("start", "length", "base", "step"), runs.T))
-        rows = row_index(g.rows, self.array)
+        rows, runs = position_index(g.bases, g.rows, self.array)
+        run_start, run_length, run_base, run_step, *run_rows = (
+            self.array(f"run_{what}", column) for what, column in
+            zip(("start", "length", "base", "step", "row", "row_step"), runs.T))
         r = self.real
         self.records.append(("positions", {
             "w": kernels, "offsets": offsets, "shifts": shifts, "run_start": run_start,
-            "run_length": run_length, "run_base": run_base, "run_step": run_step, "rows": rows,
+            "run_length": run_length, "run_base": run_base, "run_step": run_step,
+            "run_rows": run_rows, "rows": rows,
             "bias": self.pair_bias(g.rows),
             "n_k": n_k, "taps": taps, "n_b": n_b, "runs": len(runs),
             "same_positions": len(np.unique(np.asarray(g.shifts))) == 1}))
@@ -341,6 +341,7 @@ class LayerWriter:
             f"        for (j = 0; j < {len(runs)}; j++) {{",
             f"            const int first = {run_start}[j], n = {run_length}[j];",
             f"            const int step = {run_step}[j];",
+            *run_row_lines(run_rows, "            "),
             f"            const {r} *restrict x = src + {run_base}[j];",
             "            int p = 0, l;", "            (void)l;",
             # positions eight at a time where a run is that long (only then: on a smaller
@@ -420,6 +421,13 @@ class LayerWriter:
             self.records.append(("activation", {"start": start, "stop": stop, "name": name,
                                                 "alpha": float(alpha)}))
             self.lines += activation_loop(self.real, start, stop, name, alpha)
+
+
+def run_row_lines(run_rows: list[str], indent: str) -> list[str]:
+    """Declares a run's first row and row step (``PairIndex.by_run``), when it has them."""
+    if not run_rows:
+        return []
+    return [f"{indent}const long row0 = {run_rows[0]}[j], row_step = {run_rows[1]}[j];"]
 
 
 def kernels_within(g: ProductGroup, source: ProductGroup,
