@@ -209,3 +209,29 @@ def test_a_max_pools_tournament_is_stored_and_run_as_groups(tmp_path):
         assert np.max(np.abs(got - expected)) < 1e-4 * max(1, np.abs(expected).max()), engine
     if find_compiler():
         assert main([str(model), "-o", str(tmp_path / "stem.c"), "--check", "8", "--quiet"]) == 0
+
+
+@pytest.mark.skipif(find_compiler() is None, reason="no C compiler (apt install gcc)")
+@pytest.mark.parametrize("static_limit", [1 << 30, 0])  # weights in the source, in a file
+def test_signs_rows_and_positions_computed_not_stored(tmp_path, static_limit):
+    """The stem's C code keeps the tournament's later levels (CSR rows of +-1) as one
+    byte a weight, computes evenly stepping CSR rows and row pointers and a group's rows
+    along its runs of positions, and computes the MLP (float64) at batch 1, 16 and 21."""
+    model = stem_with_max_pool(tmp_path / "stem.onnx")
+    assert main([str(model), "-o", str(tmp_path / "stem.npz"), "--quiet"]) == 0
+    mlp, _ = read_csr(tmp_path / "stem.npz")
+    made = c_source(mlp, "net", "net.h", "test model", static_limit=static_limit)
+    source = made.source
+    assert "(float)L1_csr_signs_" in source  # the tournament's second level
+    assert "row0 + " in source  # rows computed in runs of positions
+    assert "(0L + (long)(i + 1) * " in source  # a row pointer computed
+    (tmp_path / "net.c").write_text(source)
+    (tmp_path / "net.h").write_text(made.header)
+    if made.weights is not None:
+        (tmp_path / "net.weights").write_bytes(made.weights)
+    c_model = CModel(tmp_path / "net.c", mlp)
+    for batch in (1, 16, 21):
+        x = RNG.uniform(-1, 1, (batch, 3, 48, 48)).astype(np.float32)
+        expected = mlp.forward(x.reshape(batch, -1).astype(np.float64))
+        got = c_model.predict(x).reshape(batch, -1)
+        assert np.max(np.abs(got - expected)) < 1e-5 * max(1, np.abs(expected).max())

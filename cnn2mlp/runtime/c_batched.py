@@ -397,10 +397,12 @@ class BatchedLayerWriter:
             + stored,
             "    }"])
 
-    def csr(self, rows: str, values: str, cols: str, ptr: str, n: int,
+    def csr(self, row: str, value: str, cols: str, begin: str, end: str, n: int,
             bias: str | None) -> None:
-        self.row_sums(n, f"{rows}[i]", f"j = {ptr}[i]; j < {ptr}[i + 1]; j++", f"{values}[j]",
-                      f"{cols}[j]", "0" if bias is None else f"{bias}[i]")
+        """CSR rows: ``row``, ``begin``, ``end`` and ``bias`` are C expressions of ``i``,
+        ``value`` one of ``j``."""
+        self.row_sums(n, row, f"j = {begin}; j < {end}; j++", value, f"{cols}[j]",
+                      "0" if bias is None else bias)
 
     def activation(self, start: int, stop: int, name: str, alpha: float) -> None:
         if self.stored is not None:  # applied as the parts stored

@@ -117,6 +117,18 @@ def position_index(bases: np.ndarray, rows: np.ndarray,
     return row_index(rows, add_index), runs
 
 
+def indexed(values: np.ndarray, name: str, add_index: Add) -> str:
+    """``values[{i}]`` as a C expression template (``{i}``: the index, a C expression):
+    arithmetic where the values step evenly (a CSR part's rows and row pointers mostly do:
+    no array then), else an array's entry."""
+    values = np.asarray(values, np.int64)
+    if len(values) > 1:
+        step = int(values[1] - values[0])
+        if np.array_equal(values, values[0] + step * np.arange(len(values))):
+            return f"({int(values[0])}L + (long)({{i}}) * {step})"
+    return f"{add_index(name, values)}[{{i}}]"
+
+
 def factored_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """A group's rows (n_k, n_b) as (kernel rows, position rows) whose sums they are, or
     None."""

@@ -18,7 +18,8 @@ import numpy as np
 from ..ir.activations import BY_NAME, IDENTITY
 from ..runtime.plan import LayerPlan
 from ..runtime.structure import ProductGroup
-from .c_indices import PairIndex, bias_fill, pair_bias, position_index, row_index, run_bias
+from .c_indices import (PairIndex, bias_fill, indexed, pair_bias, position_index, row_index,
+                        run_bias)
 from .c_literals import c_number
 
 #: kernels computed together by a convolution's loop (two AVX vectors of float)
@@ -42,7 +43,9 @@ class Arrays:
 
 
 def c_type(array: np.ndarray, real: str) -> str:
-    return real if array.dtype.kind == "f" else "int32_t"
+    if array.dtype.kind == "f":
+        return real
+    return "int8_t" if array.dtype == np.int8 else "int32_t"
 
 
 class LayerWriter:
@@ -393,19 +396,36 @@ class LayerWriter:
 
     def csr(self, rest_rows, rest) -> None:
         data, indices, indptr = rest
-        rows = self.array("csr_rows", rest_rows)
-        values = self.weights("csr_values", data)
+        row = indexed(rest_rows, "csr_rows", self.array).format(i="i")
+        value = self.csr_values(np.asarray(data))
         cols = self.array("csr_cols", indices)
-        ptr = self.array("csr_ptr", indptr)
-        bias = self.weights("csr_bias", self.plan.bias[np.asarray(rest_rows, np.int64)]) \
+        pointer = indexed(indptr, "csr_ptr", self.array)
+        begin, end = pointer.format(i="i"), pointer.format(i="i + 1")
+        bias = self.row_bias(self.plan.bias[np.asarray(rest_rows, np.int64)]) \
             if self.stores else None
-        self.records.append(("csr", {"rows": rows, "values": values, "cols": cols, "ptr": ptr,
-                                     "n": len(rest_rows), "bias": bias}))
+        self.records.append(("csr", {"row": row, "value": value, "cols": cols,
+                                     "begin": begin, "end": end, "n": len(rest_rows),
+                                     "bias": bias}))
         self.lines += [
             f"    for (i = 0; i < {len(rest_rows)}; i++) {{",
             f"        {self.real} acc = 0;",
-            f"        for (j = {ptr}[i]; j < {ptr}[i + 1]; j++) acc += {values}[j] * h[{cols}[j]];",
-            f"        z[{rows}[i]] += acc;", "    }"]
+            f"        for (j = {begin}; j < {end}; j++) acc += {value} * h[{cols}[j]];",
+            f"        z[{row}] += acc;", "    }"]
+
+    def csr_values(self, data: np.ndarray) -> str:
+        """Entry ``j``'s weight as a C expression: a sign (one byte) where every weight
+        is 1 or -1 (a max pool's tournament: the product is the same), else the weight."""
+        if data.size and np.all(np.abs(data) == 1):
+            return f"({self.real}){self.array('csr_signs', data, np.int8)}[j]"
+        return f"{self.weights('csr_values', data)}[j]"
+
+    def row_bias(self, bias: np.ndarray) -> str:
+        """Row ``i``'s bias as a C expression: one constant where every row has the same
+        (bit for bit), else an array's entry."""
+        bits = np.ascontiguousarray(bias).view(np.uint8).reshape(len(bias), -1)
+        if len(bias) and (bits == bits[:1]).all():
+            return c_number(bias[0], self.real)
+        return f"{self.weights('csr_bias', bias)}[i]"
 
     def pair_bias(self, rows) -> PairIndex | None:
         """Where the batched code's store finds the bias of a group's pairs, when it

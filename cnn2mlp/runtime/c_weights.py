@@ -34,8 +34,7 @@ def external_arrays(arrays: Arrays) -> tuple[str, bytes]:
         pad = (-offset) % 8
         chunks.append(b"\0" * pad)
         offset += pad
-        data = a.astype(a.dtype.newbyteorder("<") if a.dtype.kind == "f" else "<i4",
-                        copy=False).tobytes()
+        data = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()  # int8/32, floats
         lines.append(f"SHARED const {c_type(a, arrays.real)} *{name}; /* @{offset} */")
         chunks.append(data)
         offset += len(data)
