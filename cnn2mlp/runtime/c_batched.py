@@ -76,9 +76,17 @@ class BatchedLayerWriter:
         name = f"layer{self.k}_batch_part{len(self.helpers)}"
         self.helpers.append("\n".join([
             f"static NO_LOOP_VECTORIZE void {name}(const {r} *restrict h, {r} *restrict z)",
-            "{", "    long i, j, t;", "    (void)h; (void)z; (void)i; (void)j; (void)t;", *body,
-            "}"]))
+            "{", "    long i, j, t;", "    (void)h; (void)z; (void)i; (void)j; (void)t;",
+            *self.clamp_constants(), *body, "}"]))
         self.lines.append(f"    {name}(h, z);")
+
+    def clamp_constants(self) -> list[str]:
+        """The clamp's bounds and scale as constants a part's stores name, when it stores."""
+        if self.stored is None:
+            return []
+        lo, sc, hi = self.clamp
+        return [f"    const {self.real} clamp_lo = {lo}, clamp_scale = {sc}, clamp_hi = {hi};",
+                "    (void)clamp_lo; (void)clamp_scale; (void)clamp_hi;"]
 
     @staticmethod
     def accumulators(names: str) -> str:
@@ -89,9 +97,7 @@ class BatchedLayerWriter:
         """The samples' sums ``sums{l}`` to the row at ``zk``, as ``store`` does."""
         if self.stored is None:
             return lanes("LANE_ADD_TO_SAMPLE", sums)
-        lo, sc, hi = self.clamp
-        return (f"{{ const {self.real} b = {bias}, lo = {lo}, sc = {sc}, hi = {hi}; "
-                + lanes("LANE_STORE_TO_SAMPLE", sums) + " }")
+        return f"{{ const {self.real} b = {bias}; " + lanes("LANE_STORE_TO_SAMPLE", sums) + " }"
 
     def bias(self, fill: BiasFill, clamp) -> None:
         """The layer's start: its bias in every row, or nothing when its parts store the
@@ -109,7 +115,7 @@ class BatchedLayerWriter:
         store, else ``target += value``."""
         if self.stored is None:
             return f"{target} += {value};"
-        return f"{target} = clamp_value({value} + {bias}, {self.stored});"
+        return f"{target} = clamp_value({value} + {bias}, CLAMP);"
 
     @staticmethod
     def bias_at(bias: PairIndex | None, name: str, lane, position: str) -> str:
@@ -257,7 +263,7 @@ class BatchedLayerWriter:
         count = kernels_at_once(width, len(vectors))
         return [f"            for (q = 0; q < {LANES}; q += {count})",
                 *self.kernel_block(count, per, len(vectors), taps, offsets,
-                                   f"w[{tap} * {LANES} + q + {{k}}]",
+                                   (f"w + {tap} * {LANES} + q", 1),
                                    rows.at("o", "q + {k}", "j"),
                                    self.bias_at(bias, "ob", "q + {k}", "j"))]
 
@@ -267,8 +273,7 @@ class BatchedLayerWriter:
         if self.stored is None:
             return (f"memcpy(&u, {target}, sizeof u); u += {value}; "
                     f"memcpy({target}, &u, sizeof u);")
-        return (f"u = clamp_vector({value} + {bias}, {self.stored}); "
-                f"memcpy({target}, &u, sizeof u);")
+        return f"u = clamp_vector({value} + {bias}, CLAMP); memcpy({target}, &u, sizeof u);"
 
     def scalar_kernels(self, offsets: str, rows: PairIndex, bias: PairIndex | None, taps: int,
                        tap: str) -> list[str]:
@@ -332,7 +337,7 @@ class BatchedLayerWriter:
             f"                const {r} *restrict x = h + (base + p * step) * {SAMPLES};",
             "                const long at = first + p;",
             "                int q;"]
-        weight = f"{w}[(q + {{k}}) * {taps} + t]"  # w[kernel][tap]
+        weight = (f"{w} + q * {taps} + t", taps)  # w[kernel][tap]
         row = rows.at(rows.base, "q + {k}", "at")
         row_bias = self.bias_at(bias, "" if bias is None else bias.base, "q + {k}", "at")
         for keyword, width in (("#if", 64), ("#elif", 32), ("#else", 16)):
@@ -350,10 +355,12 @@ class BatchedLayerWriter:
         self.helper(together + ["#endif", "            }", "        }", "#else", *each, "#endif"])
 
     def kernel_block(self, count: int, per: int, vectors: int, taps: int, offsets: str,
-                     weight: str, row: str, bias: str) -> list[str]:
+                     weight: tuple[str, int], row: str, bias: str) -> list[str]:
         """``count`` kernels from ``q`` at the position ``x`` (their inputs at ``offsets``),
         each sample's sums in ``vectors`` vectors of ``per`` values, stored to their rows:
-        ``weight`` and ``row`` are C expressions of kernel ``{k}`` (``q`` and the tap ``t``)."""
+        ``weight`` is (kernel ``q``'s weight at tap ``t``, a C pointer expression; the step
+        to the next kernel's), ``row`` a C expression of kernel ``{k}``."""
+        first_weight, weight_step = weight
         r, kernels, parts = self.real, range(count), range(vectors)
         sums = [f"s{k}_{v}" for k in kernels for v in parts]
         return [
@@ -364,7 +371,8 @@ class BatchedLayerWriter:
             f"                        const {r} *restrict xt = x + (long){offsets}[t] * {SAMPLES};",
             "                        " + " ".join(f"memcpy(&x{v}, xt + {v * per}, sizeof x{v});"
                                                 for v in parts),
-            *[f"                        {{ const {r} wk = {weight.format(k=k)}; "
+            f"                        const {r} *restrict wq = {first_weight};",
+            *[f"                        {{ const {r} wk = wq[{k * weight_step}]; "
               + " ".join(f"s{k}_{v} += x{v} * wk;" for v in parts) + " }" for k in kernels],
             "                    }",
             *[f"                    {{ {r} *restrict zk = z + (long){row.format(k=k)} * {SAMPLES}; "

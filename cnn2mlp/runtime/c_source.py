@@ -286,7 +286,9 @@ static inline NO_LOOP_VECTORIZE vector_sum clamp_vector(vector_sum u, {real} lo,
 #define LANE_SAMPLE_TIMES_WEIGHT(l, s) s##l += v * x[l];
 #define LANE_ADD_TO_ROW(l, s) z[LANE_ROW(l)] += s##l;
 #define LANE_ADD_TO_SAMPLE(l, s) zk[l] += s##l;
-#define LANE_STORE_TO_SAMPLE(l, s) zk[l] = clamp_value(s##l + b, lo, sc, hi);
+#define LANE_STORE_TO_SAMPLE(l, s) zk[l] = clamp_value(s##l + b, CLAMP);
+/* a batched part's clamp, as the constants its function declares */
+#define CLAMP clamp_lo, clamp_scale, clamp_hi
 /* a loop over a vector's lanes, unrolled as the statements written out were (GCC 8 and
    clang know the pragma; only GCC and clang have vectors here) */
 #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 8)
