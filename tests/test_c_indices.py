@@ -215,8 +215,9 @@ def test_a_max_pools_tournament_is_stored_and_run_as_groups(tmp_path):
 @pytest.mark.parametrize("static_limit", [1 << 30, 0])  # weights in the source, in a file
 def test_signs_rows_and_positions_computed_not_stored(tmp_path, static_limit):
     """The stem's C code keeps the tournament's later levels (CSR rows of +-1) as one
-    byte a weight, computes evenly stepping CSR rows and row pointers and a group's rows
-    along its runs of positions, and computes the MLP (float64) at batch 1, 16 and 21."""
+    byte a weight, computes evenly stepping CSR rows and row pointers (in runs of rows
+    where they step evenly in parts) and a group's rows along its runs of positions, and
+    computes the MLP (float64) at batch 1, 16 and 21."""
     model = stem_with_max_pool(tmp_path / "stem.onnx")
     assert main([str(model), "-o", str(tmp_path / "stem.npz"), "--quiet"]) == 0
     mlp, _ = read_csr(tmp_path / "stem.npz")
@@ -225,6 +226,7 @@ def test_signs_rows_and_positions_computed_not_stored(tmp_path, static_limit):
     assert "(float)L1_csr_signs_" in source  # the tournament's second level
     assert "row0 + " in source  # rows computed in runs of positions
     assert "(0L + (long)(i + 1) * " in source  # a row pointer computed
+    assert "_csr_run_first_" in source  # CSR rows in runs of evenly stepping rows
     (tmp_path / "net.c").write_text(source)
     (tmp_path / "net.h").write_text(made.header)
     if made.weights is not None:

@@ -13,13 +13,14 @@ is stored twice.
 Each output's sum runs over its terms in the order of the single-sample code's scalar
 form; its vector form and its depthwise positions split some sums into partial sums: both
 paths agree up to float rounding. A layer whose rows each one part writes, with one clamp,
-has its parts store ``clamp(sum + bias)`` (``c_layers.stored_clamp``) instead of adding
+has its parts store ``clamp(sum + bias)`` (``c_activation.stored_clamp``) instead of adding
 to a bias written first and clamping after.
 """
 from __future__ import annotations
 
-from .c_indices import BiasFill, PairIndex
-from .c_layers import LANES, activation_loop, run_row_lines
+from .c_activation import activation_loop
+from .c_indices import BiasFill, PairIndex, run_row_lines
+from .c_layers import LANES
 from .c_literals import c_number
 
 #: samples computed together
@@ -56,7 +57,7 @@ class BatchedLayerWriter:
         self.k, self.records, self.real = index, records, real
         self.lines: list[str] = []
         self.helpers: list[str] = []
-        #: for a layer whose parts store its rows (``c_layers.stored_clamp``): the clamp's
+        #: for a layer whose parts store its rows (``c_activation.stored_clamp``): the clamp's
         #: C arguments; else None (parts add to the bias)
         self.stored: str | None = None
         self.clamp: tuple[str, str, str] = ("0", "0", "0")  # (lo, scale, hi) when it does
@@ -405,12 +406,19 @@ class BatchedLayerWriter:
             + stored,
             "    }"])
 
-    def csr(self, row: str, value: str, cols: str, begin: str, end: str, n: int,
+    def csr(self, row: str, value: str, cols: str, head: list[str], begin: str, end: str,
             bias: str | None) -> None:
-        """CSR rows: ``row``, ``begin``, ``end`` and ``bias`` are C expressions of ``i``,
-        ``value`` one of ``j``."""
-        self.row_sums(n, row, f"j = {begin}; j < {end}; j++", value, f"{cols}[j]",
-                      "0" if bias is None else bias)
+        """CSR rows: the loop ``head`` over them (``c_layers.LayerWriter.csr``, two
+        blocks); ``row``, ``begin``, ``end`` and ``bias`` are C expressions of ``i`` (and
+        a run's fields), ``value`` one of ``j``."""
+        r = self.real
+        self.helper([
+            *head,
+            f"            {r} *restrict zi = z + (long)({row}) * {SAMPLES};",
+            *self.sample_sums(12, f"j = {begin}; j < {end}; j++", value,
+                              f"h + (long)({cols}[j]) * {SAMPLES}", "zi",
+                              "0" if bias is None else bias),
+            "        }", "    }"])
 
     def activation(self, start: int, stop: int, name: str, alpha: float) -> None:
         if self.stored is not None:  # applied as the parts stored

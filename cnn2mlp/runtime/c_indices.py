@@ -204,3 +204,41 @@ def bias_fill(bias: np.ndarray, add_index: Add, add_real: Add) -> BiasFill:
         return BiasFill(None, add_real("bias_values", bias[starts]),
                         add_index("bias_ends", ends), len(starts), n)
     return BiasFill(add_real("bias", bias), None, None, 0, n)
+
+
+#: CSR rows run in runs (``csr_runs``) when there are at most this share of them
+CSR_RUNS_SHARE = 0.125
+#: what a run of CSR rows holds: its first row, length, first output row and step, first
+#: entry, entries a row
+CSR_RUN_FIELDS = ("first", "n", "row0", "row_step", "ptr0", "count")
+
+
+def csr_runs(rows: np.ndarray, indptr: np.ndarray) -> np.ndarray | None:
+    """The CSR rows as runs along which the output rows step evenly and each row holds as
+    many entries (a tournament's rows between its map rows' ends), when there are more
+    than one and at most CSR_RUNS_SHARE of the rows; else None."""
+    rows, indptr = np.asarray(rows, np.int64), np.asarray(indptr, np.int64)
+    if len(rows) < 2:
+        return None
+    counts = np.diff(indptr)
+    bounds = run_bounds(np.stack([rows, indptr[:-1], counts], axis=1),
+                        most=int(CSR_RUNS_SHARE * len(rows)))
+    if bounds is None or len(bounds[0]) < 2:
+        return None
+    first, n = bounds
+    ahead = np.minimum(first + 1, len(rows) - 1)
+    step = np.where(n > 1, rows[ahead] - rows[first], 0)
+    return np.stack([first, n, rows[first], step, indptr[first], counts[first]], axis=1)
+
+
+def run_lines(add_index, runs: np.ndarray, indent: str) -> list[str]:
+    """Declares run ``t``'s fields (CSR_RUN_FIELDS), each from an array of the runs."""
+    return [f"{indent}const long {field} = {add_index(f'csr_run_{field}', column)}[t];"
+            for field, column in zip(CSR_RUN_FIELDS, runs.T)]
+
+
+def run_row_lines(run_rows: list[str], indent: str) -> list[str]:
+    """Declares a run's first row and row step (``PairIndex.by_run``), when it has them."""
+    if not run_rows:
+        return []
+    return [f"{indent}const long row0 = {run_rows[0]}[j], row_step = {run_rows[1]}[j];"]

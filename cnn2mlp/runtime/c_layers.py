@@ -10,16 +10,16 @@ are collected in an ``Arrays``; ``c_source.py`` decides whether they go into the
 into a weights file."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir.activations import BY_NAME, IDENTITY
+from ..ir.activations import IDENTITY
 from ..runtime.plan import LayerPlan
 from ..runtime.structure import ProductGroup
-from .c_indices import (PairIndex, bias_fill, indexed, pair_bias, position_index, row_index,
-                        run_bias)
+from .c_activation import activation_loop, stored_clamp
+from .c_indices import (PairIndex, bias_fill, csr_runs, indexed, pair_bias, position_index,
+                        row_index, run_bias, run_lines, run_row_lines)
 from .c_literals import c_number
 
 #: kernels computed together by a convolution's loop (two AVX vectors of float)
@@ -396,21 +396,29 @@ class LayerWriter:
 
     def csr(self, rest_rows, rest) -> None:
         data, indices, indptr = rest
-        row = indexed(rest_rows, "csr_rows", self.array).format(i="i")
         value = self.csr_values(np.asarray(data))
         cols = self.array("csr_cols", indices)
-        pointer = indexed(indptr, "csr_ptr", self.array)
-        begin, end = pointer.format(i="i"), pointer.format(i="i + 1")
         bias = self.row_bias(self.plan.bias[np.asarray(rest_rows, np.int64)]) \
             if self.stores else None
-        self.records.append(("csr", {"row": row, "value": value, "cols": cols,
-                                     "begin": begin, "end": end, "n": len(rest_rows),
-                                     "bias": bias}))
+        runs = csr_runs(rest_rows, indptr)
+        if runs is not None:  # rows and row pointers computed in runs of rows
+            head = [f"    for (t = 0; t < {len(runs)}; t++) {{",
+                    *run_lines(self.array, runs, "        "),
+                    "        for (i = first; i < first + n; i++) {"]
+            row, begin, end = ("row0 + (i - first) * row_step", "ptr0 + (i - first) * count",
+                               "ptr0 + (i - first + 1) * count")
+        else:
+            row = indexed(rest_rows, "csr_rows", self.array).format(i="i")
+            pointer = indexed(indptr, "csr_ptr", self.array)
+            begin, end = pointer.format(i="i"), pointer.format(i="i + 1")
+            head = ["    {", f"        for (i = 0; i < {len(rest_rows)}; i++) {{"]
+        self.records.append(("csr", {"row": row, "value": value, "cols": cols, "head": head,
+                                     "begin": begin, "end": end, "bias": bias}))
         self.lines += [
-            f"    for (i = 0; i < {len(rest_rows)}; i++) {{",
-            f"        {self.real} acc = 0;",
-            f"        for (j = {begin}; j < {end}; j++) acc += {value} * h[{cols}[j]];",
-            f"        z[{row}] += acc;", "    }"]
+            *head,
+            f"            {self.real} acc = 0;",
+            f"            for (j = {begin}; j < {end}; j++) acc += {value} * h[{cols}[j]];",
+            f"            z[{row}] += acc;", "        }", "    }"]
 
     def csr_values(self, data: np.ndarray) -> str:
         """Entry ``j``'s weight as a C expression: a sign (one byte) where every weight
@@ -443,13 +451,6 @@ class LayerWriter:
             self.lines += activation_loop(self.real, start, stop, name, alpha)
 
 
-def run_row_lines(run_rows: list[str], indent: str) -> list[str]:
-    """Declares a run's first row and row step (``PairIndex.by_run``), when it has them."""
-    if not run_rows:
-        return []
-    return [f"{indent}const long row0 = {run_rows[0]}[j], row_step = {run_rows[1]}[j];"]
-
-
 def kernels_within(g: ProductGroup, source: ProductGroup,
                    columns: dict[bytes, int]) -> tuple[ProductGroup, np.ndarray] | None:
     """``g`` with its kernels in ``source``'s order, and for each of its taps the tap of
@@ -480,46 +481,3 @@ def kernels_within(g: ProductGroup, source: ProductGroup,
     ordered = ProductGroup(kernels, g.offsets, g.bases, np.asarray(g.rows)[order],
                            np.asarray(g.shifts)[order])
     return ordered, np.asarray(taps)
-
-
-def stored_clamp(plan: LayerPlan) -> tuple[float, float, float] | None:
-    """The clamp (lo, scale, hi) every row of the layer takes as its one part stores it,
-    with its bias (``plan.py``'s rule, for a layer whose rows all follow it with one clamp);
-    else None: the layer starts from its bias, its parts add, its activations come after."""
-    if plan.dense is not None or len(plan.finish) or not plan.n_out:
-        return None
-    if any(part.copies is not None and len(part.copies[0]) and
-           run_bias(plan.bias, part.copies[0], part.copies[2]) is None for part in plan.parts):
-        return None  # a copy run whose rows have biases of their own
-    ends = [np.unique(a) for a in (plan.lo, plan.scale, plan.hi)]
-    if any(len(e) != 1 for e in ends):
-        return None
-    return tuple(float(e[0]) for e in ends)
-
-
-def activation_loop(real: str, start: int, stop: int, name: str, alpha: float) -> list[str]:
-    """``z[i] = f(z[i])`` for ``start <= i < stop``, f the catalogue's activation ``name``
-    with the parameter ``alpha``: a clamp (ReLU, leaky and bounded ReLU) without a branch,
-    the others from the catalogue's C expression of z and a."""
-    activation = BY_NAME[name]
-    head = [f"    for (i = {start}; i < {stop}; i++) {{", f"        const {real} z0 = z[i];"]
-    if activation.clamp is None:
-        return head + [f"        const {real} a = {c_number(alpha, real)};", "        (void)a;",
-                       f"        z[i] = ({real})({activation.c.replace('z', 'z0')});", "    }"]
-    lo, scale, hi = (float(v) for v in activation.clamp(float(alpha)))
-    # v = z if z > lo else scale * z, then min(v, hi), keeping a NaN. The product is
-    # computed for every z: a product only one side of a branch needs is kept scalar
-    # and branchy under the default -ftrapping-math; the source also says no-trapping-math
-    # to GCC (measured together: SqueezeNet's first layer at batch 16, 230 400 ReLUs,
-    # 385 -> 263 us)
-    top = c_number(hi, real)
-    store = "v" if hi == float("inf") else f"v > {top} ? {top} : v"
-    return head + [f"        const {real} low = z0 * {c_number(scale, real)};",
-                   f"        const {real} v = z0 > {c_number(lo, real)} ? z0 : low;",
-                   f"        z[i] = {store};", "    }"]
-
-
-def expression_uses_only_z_and_a(expr: str) -> bool:
-    """The catalogue's C expressions name z and a; renaming z to z0 relies on no function
-    name containing a 'z' (checked by a test over the whole catalogue)."""
-    return not re.search(r"[A-Za-y_]z|z[A-Za-z_0-9]", expr)
