@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from cnn2mlp.backends.c import CModel, CTarget
-from cnn2mlp.runtime.c_build import find_compiler
+from cnn2mlp.runtime.c_build import find_compiler, source_units
 from cnn2mlp.runtime.c_activation import expression_uses_only_z_and_a
 from cnn2mlp.runtime.c_layers import kernels_within
 from cnn2mlp.runtime.structure import ProductGroup
@@ -320,6 +320,30 @@ def test_the_weights_go_where_c_weights_says(tmp_path, monkeypatch):
         assert out.with_suffix(".weights").exists() == external, choice
         assert ("static const float L0_" in out.read_text()) != external
         monkeypatch.undo()
+
+
+def test_a_source_written_in_units_builds_in_parallel_and_as_one_program(tmp_path,
+                                                                          monkeypatch):
+    """With its weights in a file, the target is written in units (as many as cores):
+    --check builds them in parallel, a user's compiler without CNN2MLP_UNIT builds one
+    program; both compute what onnxruntime does."""
+    import cnn2mlp.backends.c as c_target
+
+    monkeypatch.setattr(c_target, "build_units", lambda mlp: 3)
+    b = OnnxBuilder((2, 8, 8), seed=13)
+    for _ in range(2):
+        b.conv(conv(out=4))
+        b.activation("Relu")
+    b.flatten()
+    b.dense(3)
+    path = save(b.build(), tmp_path / "m.onnx")
+    out = tmp_path / "m.c"
+    assert main([str(path), "-o", str(out), "--c-weights", "file", "--check", "5",
+                 "--quiet"]) == 0
+    assert source_units(out.read_text()) == 3
+    mlp = compile_model(path).mlp
+    assert_matches_onnxruntime(path, CModel(out, mlp), (2, 8, 8))
+    assert_matches_onnxruntime(path, CModel(out, mlp, units=3), (2, 8, 8))
 
 
 def test_names_from_the_model_never_reach_the_code(tmp_path):

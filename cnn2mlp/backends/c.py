@@ -19,7 +19,7 @@ from ..ir.activations import IDENTITY
 from ..ir.graph import GraphMeta
 from ..ir.mlp import Mlp
 from ..ir.weights import compact
-from ..runtime.c_build import load_source
+from ..runtime.c_build import build_units, load_source, source_units
 from ..runtime.c_source import c_identifier, c_source
 from .registry import Predictor, Target, TargetOptions, register_target
 
@@ -76,8 +76,11 @@ class CTarget(Target):
                     + (" (logits: the model's final softmax is not applied)"
                        if meta.logits else "") + ".")
         limit = {"source": float("inf"), "file": 0}.get(options.c_weights)
+        # written in units, which a build may compile in parallel (as --check does); one
+        # program to a compiler that is given no CNN2MLP_UNIT
         made = c_source(compact_layers(mlp), prefix, c_paths(final)[1].name, contract,
-                        self_test=options.c_self_test, static_limit=limit)
+                        self_test=options.c_self_test, static_limit=limit,
+                        units=build_units(mlp))
         Path(path).write_text(made.source)
         header_path.write_text(made.header)
         if made.weights is not None:
@@ -97,8 +100,9 @@ class CTarget(Target):
                 "gives both as macros"]
 
     def load(self, mlp: Mlp, path: Path) -> Predictor:
-        """Builds the source with the system C compiler and runs it (``--check``)."""
-        return CModel(Path(path), mlp)
+        """Builds the source with the system C compiler, its units in parallel, and runs it
+        (``--check``)."""
+        return CModel(Path(path), mlp, units=source_units(Path(path).read_text()))
 
 
 class CModel(Predictor):
@@ -107,11 +111,11 @@ class CModel(Predictor):
     predicts often would)."""
 
     def __init__(self, source_path: Path, mlp: Mlp, optimize: str = "-O2",
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, units: int = 1) -> None:
         self.folder = tempfile.TemporaryDirectory(prefix="cnn2mlp-c-")
         self.dtype = np.dtype(mlp.dtype)
         self.library = load_source(Path(source_path), self.dtype, Path(self.folder.name),
-                                   optimize, extra)
+                                   optimize, extra, units)
         self.n_in = int(np.prod(mlp.input_shape))
         self.output_shape = tuple(mlp.output_shape)
         self.work = np.empty(0, self.dtype)

@@ -47,6 +47,24 @@ def build_timeout() -> float:
         raise CompileError("CNN2MLP_C_BUILD_TIMEOUT: give a number of seconds") from None
 
 
+#: the most units a build is split into (one a core, at most this many)
+MAX_UNITS = 8
+
+
+def build_units(mlp) -> int:
+    """How many units the model's C code is compiled in at once: one a core, and one for
+    a model of one or two layers (a unit of its own would not pay for the link)."""
+    if len(mlp.layers) <= 2:
+        return 1
+    return max(1, min(os.cpu_count() or 1, MAX_UNITS, len(mlp.layers)))
+
+
+def source_units(source: str) -> int:
+    """How many units a C source is written in (``c_source(units=...)``): 1 if none."""
+    marks = re.findall(r"^#if UNIT_IS\((\d+)\)", source, flags=re.MULTILINE)
+    return max((int(j) for j in marks), default=0) + 1
+
+
 def build_library(source_path: Path, folder: Path, optimize: str = "-O2",
                   extra: list[str] | None = None, units: int = 1) -> Path:
     """Compile the C source (its header and weights beside it, as the target writes them)
@@ -192,10 +210,10 @@ class CLibrary:
 
 
 def load_source(source_path: Path, dtype, folder: Path, optimize: str = "-O2",
-                extra: list[str] | None = None) -> CLibrary:
-    """Build the C source at ``source_path`` (header and weights beside it) in ``folder``
-    and load it."""
-    library = build_library(source_path, folder, optimize, extra)
+                extra: list[str] | None = None, units: int = 1) -> CLibrary:
+    """Build the C source at ``source_path`` (header and weights beside it) in ``folder``,
+    ``units`` compiled in parallel when it is written in units, and load it."""
+    library = build_library(source_path, folder, optimize, extra, units)
     weights = source_path.with_suffix(".weights")
     return CLibrary(library, prefix_of(source_path.read_text()), dtype,
                     weights if weights.exists() else None)

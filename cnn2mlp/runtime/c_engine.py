@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import CompileError
 from ..ir.weights import weight_arrays
 from .c_batched import SAMPLES
-from .c_build import CLibrary, build_library, build_timeout, find_compiler
+from .c_build import CLibrary, build_library, build_timeout, build_units, find_compiler
 from .c_source import c_source
 from .engine import Engine, register_engine
 from .kernel_cache import untrusted, user_cache_dir
@@ -156,18 +156,6 @@ class BuiltModel:
             staged.write_text(file_digest(built))
             os.replace(staged, digest_path(library))
             os.replace(built, library)
-
-
-#: the most units a build is split into (one a core, at most this many)
-MAX_UNITS = 8
-
-
-def build_units(mlp) -> int:
-    """How many units the model's C code is compiled in at once: one a core, and one for
-    a model of one or two layers (a unit of its own would not pay for the link)."""
-    if len(mlp.layers) <= 2:
-        return 1
-    return max(1, min(os.cpu_count() or 1, MAX_UNITS, len(mlp.layers)))
 
 
 def mlp_digest(mlp) -> str:

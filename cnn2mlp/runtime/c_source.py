@@ -116,7 +116,8 @@ def c_source(mlp: Mlp, prefix: str, header_name: str, contract: str,
     with ``self_test``, its vectors and ``<prefix>_self_test()``. ``units`` > 1 splits the
     layers into that many units of about equal code, each compiled on its own with
     ``-DCNN2MLP_UNIT=j`` (unit 0 also holds init and predict): the c engine builds them in
-    parallel. Compiled without it, the source is one whole program as before."""
+    parallel. Compiled without it, the source is one whole program as before. A source
+    that holds its weights is one unit (``source_units`` says how many a source has)."""
     static_limit = STATIC_LIMIT if static_limit is None else static_limit
     dtype = np.dtype(mlp.dtype if dtype is None else dtype)
     real = "double" if dtype == np.float64 else "float"
@@ -158,8 +159,8 @@ def c_source(mlp: Mlp, prefix: str, header_name: str, contract: str,
                            self_test=SELF_TEST_DOC.format(
                                prefix=prefix, n=len(self_test.inputs)) if self_test else "",
                            **sizes)
-    if units > 1 and not external:
-        raise ValueError("a source split into units keeps its weights in a file")
+    if not external:  # units share their weights through the file: one unit here
+        units = 1
     prototypes = "\n".join(
         f"LAYER void layer{k}{kind}(const {real} *restrict h, {real} *restrict z);"
         for k in range(n_layers) for kind in ("", "_batch"))
