@@ -36,3 +36,44 @@ def test_nan_and_infinity():
 def test_shapes_must_agree():
     with pytest.raises(AssertionError, match="shapes differ"):
         compare(np.zeros((2, 3)), np.zeros((3, 2)), TOL)
+
+
+def test_the_artifact_is_let_go_before_the_reference_starts(tmp_path, monkeypatch):
+    """--check runs the written file on every input first and frees it before it starts
+    the original's runtime: their memory never adds up. The result is the same check."""
+    import gc
+    import weakref
+
+    import onnx
+
+    import cnn2mlp.check as check
+    from cnn2mlp.backends import get_target
+    from cnn2mlp.cli import main
+    from cnn2mlp.testing import OnnxBuilder
+
+    b = OnnxBuilder((2, 6, 6), seed=3)
+    b.conv({"kernel_shape": (3, 3), "strides": (1, 1), "dilations": (1, 1),
+            "pads": (1, 1, 1, 1), "group": 1, "out_channels": 4})
+    b.activation("Relu")
+    b.flatten()
+    b.dense(3)
+    onnx.save(b.build(), str(tmp_path / "m.onnx"))
+    loaded, alive_at_reference = [], []
+    target = get_target("csr")
+    real_load, real_runner = type(target).load, check.original_runner
+
+    def load(self, mlp, path):
+        predictor = real_load(self, mlp, path)
+        loaded.append(weakref.ref(predictor))
+        return predictor
+
+    def runner(result, model):
+        gc.collect()
+        alive_at_reference.append(any(ref() is not None for ref in loaded))
+        return real_runner(result, model)
+
+    monkeypatch.setattr(type(target), "load", load)
+    monkeypatch.setattr(check, "original_runner", runner)
+    assert main([str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.npz"), "--check", "40",
+                 "--quiet"]) == 0
+    assert loaded and alive_at_reference == [False]
