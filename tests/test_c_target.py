@@ -265,11 +265,13 @@ def test_float64_models_stay_double(tmp_path):
     assert np.max(np.abs(got - reference) / np.maximum(1, np.abs(reference))) <= 1e-12
 
 
-def conv_relu_dense(path: Path, seed: int) -> Path:
-    """A 3x3 convolution of 2 channels to 4 on a 6x6 map, ReLU, a dense layer of 3."""
-    b = OnnxBuilder((2, 6, 6), seed=seed)
-    b.conv(conv(out=4))
-    b.activation("Relu")
+def conv_relu_dense(path: Path, seed: int, convs: int = 1, side: int = 6) -> Path:
+    """``convs`` 3x3 convolutions to 4 channels each with a ReLU, on a 2-channel map of
+    ``side``, then a dense layer of 3."""
+    b = OnnxBuilder((2, side, side), seed=seed)
+    for _ in range(convs):
+        b.conv(conv(out=4))
+        b.activation("Relu")
     b.flatten()
     b.dense(3)
     return save(b.build(), path)
@@ -330,13 +332,7 @@ def test_a_source_written_in_units_builds_in_parallel_and_as_one_program(tmp_pat
     import cnn2mlp.backends.c as c_target
 
     monkeypatch.setattr(c_target, "build_units", lambda mlp: 3)
-    b = OnnxBuilder((2, 8, 8), seed=13)
-    for _ in range(2):
-        b.conv(conv(out=4))
-        b.activation("Relu")
-    b.flatten()
-    b.dense(3)
-    path = save(b.build(), tmp_path / "m.onnx")
+    path = conv_relu_dense(tmp_path / "m.onnx", seed=13, convs=2, side=8)
     out = tmp_path / "m.c"
     assert main([str(path), "-o", str(out), "--c-weights", "file", "--check", "5",
                  "--quiet"]) == 0

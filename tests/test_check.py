@@ -49,15 +49,9 @@ def test_the_artifact_is_let_go_before_the_reference_starts(tmp_path, monkeypatc
     import cnn2mlp.check as check
     from cnn2mlp.backends import get_target
     from cnn2mlp.cli import main
-    from cnn2mlp.testing import OnnxBuilder
+    from cnn2mlp.testing.zoo import block_model
 
-    b = OnnxBuilder((2, 6, 6), seed=3)
-    b.conv({"kernel_shape": (3, 3), "strides": (1, 1), "dilations": (1, 1),
-            "pads": (1, 1, 1, 1), "group": 1, "out_channels": 4})
-    b.activation("Relu")
-    b.flatten()
-    b.dense(3)
-    onnx.save(b.build(), str(tmp_path / "m.onnx"))
+    onnx.save(block_model("basic_blocks", size=8, seed=3), str(tmp_path / "m.onnx"))
     loaded, alive_at_reference = [], []
     target = get_target("csr")
     real_load, real_runner = type(target).load, check.original_runner
