@@ -237,3 +237,26 @@ def test_signs_rows_and_positions_computed_not_stored(tmp_path, static_limit):
         expected = mlp.forward(x.reshape(batch, -1).astype(np.float64))
         got = c_model.predict(x).reshape(batch, -1)
         assert np.max(np.abs(got - expected)) < 1e-5 * max(1, np.abs(expected).max())
+
+
+@pytest.mark.skipif(find_compiler() is None, reason="no C compiler (apt install gcc)")
+def test_csr_rows_in_runs_keep_each_rows_entries(tmp_path):
+    """CSR rows whose row pointers step evenly up to a row of fewer entries (3, 3, ..., 3,
+    then 2: GoogLeNet's pool branches): each run's rows hold as many entries, the short row
+    starts a run of its own (it was once read as a row of 3)."""
+    n_in, counts = 64, np.array(([3] * 40 + [2]) * 4 + [3] * 40)
+    rows = np.repeat(np.arange(len(counts)), counts)
+    cols = np.concatenate([RNG.choice(n_in, c, replace=False) for c in counts])
+    matrix = sp.csr_array((RNG.uniform(-1, 1, len(cols)).astype(np.float32), (rows, cols)),
+                          shape=(len(counts), n_in))
+    layer = MlpLayer(matrix, RNG.normal(size=len(counts)).astype(np.float32), "relu")
+    mlp = Mlp([layer], (n_in,), (len(counts),))
+    made = c_source(mlp, "net", "net.h", "test model", static_limit=1 << 30)
+    assert "_csr_run_first_" in made.source
+    (tmp_path / "net.c").write_text(made.source)
+    (tmp_path / "net.h").write_text(made.header)
+    model = CModel(tmp_path / "net.c", mlp)
+    for batch in (1, 16, 21):
+        x = RNG.uniform(-1, 1, (batch, n_in)).astype(np.float32)
+        expected = mlp.forward(x.astype(np.float64))
+        assert np.max(np.abs(model.predict(x) - expected)) < 1e-5

@@ -47,3 +47,22 @@ def test_arrays_without_long_runs_or_short_ones_stay_as_they_are():
     assert encode(np.arange(MIN_ENTRIES - 1)) is None
     assert encode(np.arange(MIN_ENTRIES)) is not None
     assert runs_of(scattered, most=10) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 1, 1, 3]), st.sampled_from([1, 2, 2, 3])),
+                max_size=30))
+def test_runs_keep_a_constant_column_constant(rows):
+    """CSR rows in runs (``c_indices.csr_runs``): rows and row pointers step evenly along a
+    run and every row of it holds as many entries, the last one too (a run of 3, 3, 3, 1
+    entries once took the 1 for a 3)."""
+    from cnn2mlp.ir.index_runs import run_bounds
+
+    counts = np.array([c for _, c in rows], np.int64)
+    columns = np.stack([np.cumsum([s for s, _ in rows]), np.cumsum(counts) - counts], axis=1)
+    starts, lengths = run_bounds(columns.reshape(-1, 2), constant=counts)
+    assert lengths.sum() == len(rows) and (len(rows) == 0 or lengths.min() >= 1)
+    for start, length in zip(starts, lengths):
+        piece = columns[start:start + length]
+        assert len(np.unique(counts[start:start + length])) == 1
+        assert len(piece) <= 2 or (np.diff(piece, axis=0) == piece[1] - piece[0]).all()

@@ -31,26 +31,33 @@ def runs_of(a: np.ndarray, most: int | None = None) -> np.ndarray | None:
     return np.stack([a[starts], steps, lengths], axis=1).reshape(-1, 3)
 
 
-def run_bounds(columns: np.ndarray, most: int | None = None) -> tuple | None:
+def run_bounds(columns: np.ndarray, most: int | None = None,
+               constant: np.ndarray | None = None) -> tuple | None:
     """(starts, lengths) of the greedy runs of the rows of ``columns`` (n, m): a run goes
-    on while every column steps by what it stepped by at the run's start; None when there
-    would be more than ``most``. Vectorised to the runs' count: each run ends where the
-    step it starts with stops (found for every position at once), so the loop visits one
-    position a run."""
+    on while every column steps by what it stepped by at the run's start, and ``constant``
+    (n,), if given, keeps one value; None when there would be more than ``most``.
+    Vectorised to the runs' count: each run ends where the step it starts with stops
+    (found for every position at once), so the loop visits one position a run."""
     n = len(columns)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if constant is not None:  # a column too: its stretches of no change hold the runs
+        columns = np.column_stack([columns, constant])
     steps = np.diff(columns, axis=0)
     # last[j]: the last diff index of the stretch of equal diffs that holds diff j
     change = np.flatnonzero((steps[1:] != steps[:-1]).any(axis=1))
     stretch_last = np.append(change, n - 2)
     last = stretch_last[np.searchsorted(stretch_last, np.arange(n - 1))]
+    # a stretch whose constant column changes holds no run of more than one
+    alone = np.zeros(n - 1, bool) if constant is None else np.diff(constant) != 0
     starts, start = [], 0
     while start < n:
         if most is not None and len(starts) >= most:
             return None
         starts.append(start)
-        start = n if start == n - 1 else int(last[start]) + 2
+        if start == n - 1:
+            break
+        start = start + 1 if alone[start] else int(last[start]) + 2
     first = np.array(starts, np.int64)
     return first, np.diff(np.append(first, n))
 

@@ -220,9 +220,9 @@ def csr_runs(rows: np.ndarray, indptr: np.ndarray) -> np.ndarray | None:
     rows, indptr = np.asarray(rows, np.int64), np.asarray(indptr, np.int64)
     if len(rows) < 2:
         return None
-    counts = np.diff(indptr)
-    bounds = run_bounds(np.stack([rows, indptr[:-1], counts], axis=1),
-                        most=int(CSR_RUNS_SHARE * len(rows)))
+    counts = np.diff(indptr)  # one count a run: its rows' entries begin count apart
+    bounds = run_bounds(np.stack([rows, indptr[:-1]], axis=1),
+                        most=int(CSR_RUNS_SHARE * len(rows)), constant=counts)
     if bounds is None or len(bounds[0]) < 2:
         return None
     first, n = bounds
