@@ -27,8 +27,15 @@ def runs_of(a: np.ndarray, most: int | None = None) -> np.ndarray | None:
     if bounds is None:
         return None
     starts, lengths = bounds
-    steps = np.where(lengths > 1, a[np.minimum(starts + 1, len(a) - 1)] - a[starts], 1)
-    return np.stack([a[starts], steps, lengths], axis=1).reshape(-1, 3)
+    return np.stack([a[starts], run_steps(a, starts, lengths), lengths], axis=1).reshape(-1, 3)
+
+
+def run_steps(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+              single: int = 1) -> np.ndarray:
+    """Each run's step in ``values`` (its second value less its first), ``single`` for a
+    run of one value."""
+    ahead = np.minimum(starts + 1, len(values) - 1)
+    return np.where(lengths > 1, values[ahead] - values[starts], single)
 
 
 def run_bounds(columns: np.ndarray, most: int | None = None,

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..ir.index_runs import run_bounds
+from ..ir.index_runs import run_bounds, run_steps
 
 #: a bias is filled from runs when they take at most this share of its entries
 RUNS_SHARE = 0.25
@@ -34,19 +34,16 @@ def base_runs(bases: np.ndarray, position_rows: np.ndarray | None = None) -> np.
         [bases, np.asarray(position_rows, np.int64)], axis=1)
     starts, lengths = run_bounds(columns)
     # keep runs increasing: a run whose bases do not increase is lone bases
-    ahead = np.minimum(starts + 1, len(bases) - 1)
-    falling = (lengths > 1) & (bases[ahead] <= bases[starts])
+    falling = run_steps(bases, starts, lengths) <= 0
     if falling.any():
         spread = np.where(falling, lengths, 1)
         starts = np.repeat(starts, spread) + np.arange(int(spread.sum())) - np.repeat(
             np.cumsum(spread) - spread, spread)
         lengths = np.repeat(np.where(falling, 1, lengths), spread)
-        ahead = np.minimum(starts + 1, len(bases) - 1)
-    single = lengths == 1
-    found = [starts, lengths, bases[starts], np.where(single, 1, bases[ahead] - bases[starts])]
+    found = [starts, lengths, bases[starts], run_steps(bases, starts, lengths)]
     if position_rows is not None:
         rows = columns[:, 1]
-        found += [rows[starts], np.where(single, 0, rows[ahead] - rows[starts])]
+        found += [rows[starts], run_steps(rows, starts, lengths, single=0)]
     return np.stack(found, axis=1).reshape(-1, len(found))
 
 
@@ -226,9 +223,8 @@ def csr_runs(rows: np.ndarray, indptr: np.ndarray) -> np.ndarray | None:
     if bounds is None or len(bounds[0]) < 2:
         return None
     first, n = bounds
-    ahead = np.minimum(first + 1, len(rows) - 1)
-    step = np.where(n > 1, rows[ahead] - rows[first], 0)
-    return np.stack([first, n, rows[first], step, indptr[first], counts[first]], axis=1)
+    return np.stack([first, n, rows[first], run_steps(rows, first, n, single=0),
+                     indptr[first], counts[first]], axis=1)
 
 
 def run_lines(add_index, runs: np.ndarray, indent: str) -> list[str]:

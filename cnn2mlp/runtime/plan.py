@@ -166,8 +166,8 @@ def structured_parts(w: StructuredMatrix) -> tuple[list[Part], np.ndarray]:
 
 
 def pair_rows(rows: np.ndarray, n_out: int) -> np.ndarray:
-    """A group's (kernel, position) rows as int32 where they fit: an entry a neuron the
-    plan keeps for every layer (DenseNet121 at 224×224: 47 M neurons, 376 MB as int64)."""
+    """A group's (kernel, position) rows as int32 where they fit: an entry a grouped
+    neuron, kept for every layer (DenseNet121 at 224×224: 68 -> 34 MB)."""
     return rows.astype(np.int32) if n_out < 2**31 else rows
 
 
