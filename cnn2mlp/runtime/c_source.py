@@ -30,9 +30,11 @@ from ..ir.mlp import Mlp
 from .c_batched import SAMPLES, BatchedLayerWriter
 from .c_layers import Arrays, LayerWriter, c_type
 from .c_literals import literals
+from .c_max import MaxWriter
 from .c_self_test import SELF_TEST_DOC, SelfTest, self_test_code
 from .c_weights import (INIT_DOC_EXTERNAL, INIT_DOC_STATIC, INIT_STATIC, external_arrays,
                         init_external)
+from .max_blocks import MaxLayer
 from .plan import iter_plans
 
 #: weights above this many bytes go to a binary file read by <prefix>_init (--c-weights
@@ -130,10 +132,16 @@ def c_source(mlp: Mlp, prefix: str, header_name: str, contract: str,
     arrays = Arrays(real)
     functions, records = [], []
     for k, plan in enumerate(iter_plans(mlp.layers, dtype)):  # a plan freed once written
+        if isinstance(plan, MaxLayer):
+            writer = MaxWriter(k, plan, arrays, real)
+            functions.append(writer.emit())
+            records.append(writer)
+            continue
         writer = LayerWriter(k, plan, arrays, real)
         functions.append(writer.emit())
         records.append(writer.records)
-    functions += [BatchedLayerWriter(k, r, real).emit() for k, r in enumerate(records)]
+    functions += [r.emit_batched() if isinstance(r, MaxWriter) else
+                  BatchedLayerWriter(k, r, real).emit() for k, r in enumerate(records)]
     n_layers = len(records)
     check_fits_int32(arrays)
     upper = prefix.upper()
@@ -272,6 +280,13 @@ static inline NO_LOOP_VECTORIZE vector_sum clamp_vector(vector_sum u, {real} lo,
     u = (vector_sum)((m & (vector_mask)u) | (~m & (vector_mask)low));
     m = u > hi;
     return (vector_sum)((m & (vector_mask)top) | (~m & (vector_mask)u));
+}}
+
+/* the larger of two vectors' lanes, a NaN in b kept (a max layer's step, c_max.py) */
+static inline vector_sum max_vector(vector_sum a, vector_sum b)
+{{
+    const vector_mask take = (b > a) | (b != b);
+    return (vector_sum)((take & (vector_mask)b) | (~take & (vector_mask)a));
 }}
 #endif
 

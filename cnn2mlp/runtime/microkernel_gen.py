@@ -46,7 +46,7 @@ def store(out, d, value, row, store_bias, lo, scale, hi, accumulate):
         return
     v = value + store_bias[row]
     v = v if v > lo[row] else v * scale[row]
-    out[d] = v if v < hi[row] else hi[row]
+    out[d] = hi[row] if v > hi[row] else v
 
 
 def _blocked_group(weights, blocks, offsets, bases, rows, h, out, store_bias, lo, scale, hi,
@@ -135,7 +135,7 @@ def block_function(rows: int, lanes: int) -> list[str]:
         for j in range(lanes):
             lines.append(f"{indent}    v = a{r}_{j} + add")
             lines.append(f"{indent}    v = v if v > low else v * slope")
-            lines.append(f"{indent}    out[d + np.uint64({j})] = v if v < top else top")
+            lines.append(f"{indent}    out[d + np.uint64({j})] = top if v > top else v")
     return lines
 
 

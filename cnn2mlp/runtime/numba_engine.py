@@ -20,6 +20,7 @@ from . import variants
 from .blocking import LANES, kernel_blocks, schedule
 from .kernel_cache import announce_first_compile
 from .engine import Engine, features_by_batch, register_engine
+from .max_blocks import MaxLayer
 from .plan import LayerPlan
 from .program import Program
 from .structure import ProductGroup, group_patches
@@ -132,6 +133,16 @@ class LayerRun:
             + CSR_COST * sum(len(r[0]) + len(r[3]) for r in self.rests))
 
 
+class MaxRun:
+    """A max layer (``max_blocks.py``) with the arrays its kernel takes: each window
+    shape's runs of rows."""
+
+    def __init__(self, plan: MaxLayer) -> None:
+        self.plan, self.n_out = plan, plan.n_out
+        self.shapes = [(group.runs(), group.offsets.astype(np.int64)) for group in plan.groups]
+        self.work = CSR_COST * sum(len(g.rows) * len(g.offsets) for g in plan.groups)
+
+
 @register_engine
 class NumbaEngine(Engine):
     name = "numba"
@@ -141,8 +152,8 @@ class NumbaEngine(Engine):
         self._local = threading.local()  # each calling thread's buffers
         self._programs: dict[np.dtype, Program] = {}
 
-    def prepare(self, plan: LayerPlan) -> LayerRun:
-        return LayerRun(plan)
+    def prepare(self, plan: LayerPlan) -> "LayerRun | MaxRun":
+        return MaxRun(plan) if isinstance(plan, MaxLayer) else LayerRun(plan)
 
     def run(self, x: np.ndarray, dtype=np.float32) -> np.ndarray:
         import numba
@@ -152,8 +163,15 @@ class NumbaEngine(Engine):
         batch = len(x)
         h = features_by_batch(np.asarray(x, dtype))  # (n_in, B): once
         buffers = self.buffers(max(layer.n_out for layer in layers) * batch, dtype)
-        if batch < LANES:  # small batches: the whole MLP in one compiled call
-            return self.program(dtype).run(h, batch, buffers).T.copy()
+        if batch < LANES:  # small batches: the MLP in one compiled call a stretch of layers
+            for program in self.programs(dtype):
+                if isinstance(program, MaxRun):
+                    out = np.empty((program.n_out, batch), h.dtype)
+                    self.layer(program, h, out, batch, False)
+                    h = out
+                else:
+                    h = program.run(h, batch, buffers)
+            return h.T.copy()
         numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
         for index, layer in enumerate(layers):
             out = buffers[index % 2][:layer.n_out * batch].reshape(-1, batch)
@@ -163,11 +181,21 @@ class NumbaEngine(Engine):
             h = out
         return h.T.copy()
 
-    def program(self, dtype) -> Program:
-        """The packed program for small batches (made at the first one, per precision)."""
+    def programs(self, dtype) -> list:
+        """For small batches: a packed program for each stretch of layers, and the max
+        layers between them (made at the first such batch, per precision)."""
         key = np.dtype(dtype)
         if key not in self._programs:
-            self._programs[key] = Program([layer.plan for layer in self.plans(dtype)], key)
+            stretches: list = []
+            for layer in self.plans(dtype):
+                if isinstance(layer, MaxRun):
+                    stretches.append(layer)
+                elif stretches and isinstance(stretches[-1], list):
+                    stretches[-1].append(layer.plan)
+                else:
+                    stretches.append([layer.plan])
+            self._programs[key] = [s if isinstance(s, MaxRun) else Program(s, key)
+                                   for s in stretches]
         return self._programs[key]
 
     def buffers(self, size: int, dtype) -> list[np.ndarray]:
@@ -185,6 +213,10 @@ class NumbaEngine(Engine):
         def pick(name):  # the threaded or the serial compilation of a kernel
             return getattr(k, name if parallel else name + "_serial")
 
+        if isinstance(layer, MaxRun):
+            for runs, offsets in layer.shapes:
+                pick("max_runs")(runs, offsets, h, out)
+            return
         if len(layer.shared):
             pick("zero_rows")(layer.shared, out)
         if layer.dense is not None:

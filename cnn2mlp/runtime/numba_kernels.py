@@ -39,7 +39,7 @@ def store_row(out, i, acc, batch, store_bias, lo, scale, hi, accumulate):
         for j in range(batch):
             v = acc[j] + add
             v = v if v > low else v * slope
-            row[j] = v if v < top else top
+            row[j] = top if v > top else v
     else:
         for j in range(batch):
             row[j] += acc[j]
@@ -104,7 +104,7 @@ def _csr_rows_vector(data, indices, indptr, rows, x, out, store_bias, lo, scale,
         if accumulate[r] == 0:
             v = z + add
             v = v if v > low else v * slope
-            out[r] = v if v < top else top
+            out[r] = top if v > top else v
         else:
             out[r] += z
 
@@ -124,7 +124,7 @@ def _copy_runs(starts, columns, lengths, weights, steps, h, out, store_bias, lo,
                 for j in range(batch):
                     v = w * source[j] + add
                     v = v if v > low else v * slope
-                    target[j] = v if v < top else top
+                    target[j] = top if v > top else v
                 continue
             for j in range(batch):
                 target[j] += w * source[j]
@@ -194,6 +194,28 @@ def _finish_rows(rows, out, bias, codes, alphas):
 # One function, two compilations: threads for big work, none for small (starting a
 # parallel region costs more than a small part's work). Each has its own cache entries
 # (variants.py).
+def _max_runs(runs, offsets, h, out):
+    """``out[r] = max_t h[b + offsets[t]]`` for each (first row, row step, first base, base
+    step, length) run of a max layer's window shape (``max_blocks.py``), over the batch; a
+    NaN in a window gives NaN."""
+    n_taps, batch = len(offsets), out.shape[1]
+    for i in prange(len(runs)):
+        row, row_step, base = runs[i, 0], runs[i, 1], runs[i, 2]
+        base_step, length = runs[i, 3], runs[i, 4]
+        for p in range(length):
+            r, b = np.uint64(row + p * row_step), base + p * base_step
+            target = out[r]
+            first = h[np.uint64(b + offsets[0])]
+            for j in range(batch):
+                target[j] = first[j]
+            for t in range(1, n_taps):
+                tap = h[np.uint64(b + offsets[t])]
+                for j in range(batch):
+                    v = tap[j]
+                    if v > target[j] or v != v:
+                        target[j] = v
+
+
 csr_rows, csr_rows_serial = threaded_and_serial(_csr_rows, cache=True, nogil=True)
 csr_rows_vector, csr_rows_vector_serial = threaded_and_serial(_csr_rows_vector, cache=True,
                                                               nogil=True)
@@ -202,6 +224,7 @@ group_direct, group_direct_serial = threaded_and_serial(_group_direct, cache=Tru
 store_rows, store_rows_serial = threaded_and_serial(_store_rows, cache=True, nogil=True)
 zero_rows, zero_rows_serial = threaded_and_serial(_zero_rows, cache=True, nogil=True)
 finish_rows, finish_rows_serial = threaded_and_serial(_finish_rows, cache=True, nogil=True)
+max_runs, max_runs_serial = threaded_and_serial(_max_runs, cache=True, nogil=True)
 
 
 @contextmanager

@@ -28,6 +28,7 @@ from ..ir.mlp import MlpLayer
 from ..ir.structured import CopyRuns, ProductGroup, StructuredMatrix
 from ..ir.weights import as_csr, astype, is_structured
 from .columns import runtime_layers
+from .max_blocks import MaxLayer, with_max_layers
 from .structure import (MIN_COPY_RUN, MIN_GROUP_ROWS, Part, find_parts,
                         rows_of)
 from .structure import ProductGroup as RuntimeGroup
@@ -202,9 +203,10 @@ def store_clamps(codes, alphas, clamped):
     return lo, scale, hi
 
 
-def iter_plans(layers: list[MlpLayer], dtype) -> Iterator[LayerPlan]:
-    """Every layer's plan, the summing layers of merged equal columns included, one at a
-    time: an engine that keeps less than a plan (its per-row store
-    rules take about 30 bytes a neuron) never holds every layer's at once."""
-    for layer in runtime_layers(layers):
-        yield plan_layer(layer, dtype)
+def iter_plans(layers: list[MlpLayer], dtype) -> Iterator["LayerPlan | MaxLayer"]:
+    """Every layer's plan, the summing layers of merged equal columns included, and each
+    run of layers that computes a max pool as its MaxLayer (``max_blocks.py``), one at a
+    time: an engine that keeps less than a plan (its per-row store rules take about 30
+    bytes a neuron) never holds every layer's at once."""
+    for layer in with_max_layers(runtime_layers(layers)):
+        yield layer if isinstance(layer, MaxLayer) else plan_layer(layer, dtype)

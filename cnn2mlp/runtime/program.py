@@ -260,7 +260,7 @@ def store(out, row, j, value, nb, ro, rules, accumulate):
     if accumulate[g] == 0:
         v = value + add
         v = v if v > low else v * slope
-        out[d] = v if v < top else top
+        out[d] = top if v > top else v
     else:
         out[d] += value
 

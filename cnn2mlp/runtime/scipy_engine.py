@@ -10,6 +10,7 @@ import scipy.sparse as sp
 
 from ..ir.mlp import MlpLayer, activate_layer
 from .engine import Engine, features_by_batch, register_engine
+from .max_blocks import MaxLayer
 from .plan import LayerPlan
 from .structure import run_copies, run_group
 
@@ -32,6 +33,8 @@ class ScipyEngine(Engine):
     name = "scipy"
 
     def prepare(self, plan: LayerPlan):
+        if isinstance(plan, MaxLayer):
+            return plan, None
         rests = [(part.rest_rows, sp.csr_array(part.rest, shape=(len(part.rest_rows),
                                                                  plan.n_in)))
                  for part in plan.parts if len(part.rest_rows)]
@@ -45,6 +48,8 @@ class ScipyEngine(Engine):
 
     @staticmethod
     def layer(plan: ScipyLayer, rests, h: np.ndarray, dtype) -> np.ndarray:
+        if isinstance(plan, MaxLayer):
+            return plan.apply(h)
         if plan.dense is not None:
             z = plan.dense @ h
         else:
