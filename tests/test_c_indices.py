@@ -221,7 +221,10 @@ def test_signs_rows_and_positions_computed_not_stored(tmp_path, static_limit):
     model = stem_with_max_pool(tmp_path / "stem.onnx")
     assert main([str(model), "-o", str(tmp_path / "stem.npz"), "--quiet"]) == 0
     mlp, _ = read_csr(tmp_path / "stem.npz")
-    made = c_source(mlp, "net", "net.h", "test model", static_limit=static_limit)
+    # the tournament as layers: the runtime runs this pool as a max (test_max_layers.py),
+    # not a pool whose first level shares a layer with other rows (GoogLeNet's inception)
+    made = c_source(mlp, "net", "net.h", "test model", static_limit=static_limit,
+                    max_layers=False)
     source = made.source
     assert "(float)L1_csr_signs_" in source  # the tournament's second level
     assert "row0 + " in source  # rows computed in runs of positions

@@ -112,14 +112,16 @@ class CSource:
 
 def c_source(mlp: Mlp, prefix: str, header_name: str, contract: str,
              static_limit: float | None = None, dtype=None,
-             self_test: SelfTest | None = None, units: int = 1) -> CSource:
+             self_test: SelfTest | None = None, units: int = 1,
+             max_layers: bool = True) -> CSource:
     """The C source, header and (for big models: above ``static_limit`` bytes, default
     STATIC_LIMIT) weights file of ``mlp``, computing in ``dtype`` (default: the MLP's);
     with ``self_test``, its vectors and ``<prefix>_self_test()``. ``units`` > 1 splits the
     layers into that many units of about equal code, each compiled on its own with
     ``-DCNN2MLP_UNIT=j`` (unit 0 also holds init and predict): the c engine builds them in
     parallel. Compiled without it, the source is one whole program as before. A source
-    that holds its weights is one unit (``source_units`` says how many a source has)."""
+    that holds its weights is one unit (``source_units`` says how many a source has).
+    ``max_layers=False`` writes a max pool's tournament as the layers it is (tests)."""
     static_limit = STATIC_LIMIT if static_limit is None else static_limit
     dtype = np.dtype(mlp.dtype if dtype is None else dtype)
     real = "double" if dtype == np.float64 else "float"
@@ -131,7 +133,7 @@ def c_source(mlp: Mlp, prefix: str, header_name: str, contract: str,
                            "values is too wide for its batched buffers")
     arrays = Arrays(real)
     functions, records = [], []
-    for k, plan in enumerate(iter_plans(mlp.layers, dtype)):  # a plan freed once written
+    for k, plan in enumerate(iter_plans(mlp.layers, dtype, max_layers)):  # freed once written
         if isinstance(plan, MaxLayer):
             writer = MaxWriter(k, plan, arrays, real)
             functions.append(writer.emit())

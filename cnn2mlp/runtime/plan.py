@@ -203,10 +203,13 @@ def store_clamps(codes, alphas, clamped):
     return lo, scale, hi
 
 
-def iter_plans(layers: list[MlpLayer], dtype) -> Iterator["LayerPlan | MaxLayer"]:
+def iter_plans(layers: list[MlpLayer], dtype,
+               max_layers: bool = True) -> Iterator["LayerPlan | MaxLayer"]:
     """Every layer's plan, the summing layers of merged equal columns included, and each
-    run of layers that computes a max pool as its MaxLayer (``max_blocks.py``), one at a
-    time: an engine that keeps less than a plan (its per-row store rules take about 30
-    bytes a neuron) never holds every layer's at once."""
-    for layer in with_max_layers(runtime_layers(layers)):
+    run of layers that computes a max pool as its MaxLayer (``max_blocks.py``; with
+    ``max_layers``, else the layers as they are), one at a time: an engine that keeps less
+    than a plan (its per-row store rules take about 30 bytes a neuron) never holds every
+    layer's at once."""
+    planned = runtime_layers(layers)
+    for layer in with_max_layers(planned) if max_layers else planned:
         yield layer if isinstance(layer, MaxLayer) else plan_layer(layer, dtype)
