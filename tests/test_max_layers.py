@@ -237,3 +237,49 @@ def test_nan_and_infinities_in_the_max_layer(engine, relu_first):
         assert has_nan.sum() >= 2 and np.isnan(got[has_nan]).any(axis=1).all()
         finite = ~np.isnan(layers) & ~np.isnan(got)
         np.testing.assert_array_equal(got[finite], layers[finite].astype(np.float32))
+
+
+def stem_onnx(batch) -> "onnx.ModelProto":
+    """A stem as PyTorch exports it (a symbolic or a fixed batch of 1): conv, ReLU, a 3x3
+    stride-2 max pool padded by one, conv, ReLU, a dense head."""
+    from cnn2mlp.testing import OnnxBuilder
+
+    b = OnnxBuilder((3, 16, 16), batch=batch, seed=7)
+    b.conv({"kernel_shape": (3, 3), "strides": (1, 1), "dilations": (1, 1),
+            "pads": (1, 1, 1, 1), "group": 1, "out_channels": 4})
+    b.activation("Relu")
+    b.pool("MaxPool", {"kernel_shape": (3, 3), "strides": (2, 2), "dilations": (1, 1),
+                       "pads": (1, 1, 1, 1), "ceil_mode": 0})
+    b.conv({"kernel_shape": (1, 1), "strides": (1, 1), "dilations": (1, 1),
+            "pads": (0, 0, 0, 0), "group": 1, "out_channels": 3})
+    b.activation("Relu")
+    b.flatten()
+    b.dense(5)
+    return b.build()
+
+
+@pytest.mark.skipif("c" not in ENGINES, reason="no C compiler (apt install gcc)")
+@pytest.mark.parametrize("style", ["symbolic batch", "batch of 1", "no batch axis"])
+def test_the_c_target_writes_the_max_layer_and_passes_its_check(tmp_path, style):
+    """The three kinds of files users bring: the C target holds the pool as a max layer and
+    --check (the written C against onnxruntime) passes. The batchless model's pool reads a
+    convolution's signed values (the two-neuron passes)."""
+    import onnx
+
+    from cnn2mlp.backends.csr import read_csr
+    from cnn2mlp.cli import main
+
+    if style == "no batch axis":
+        from test_batch_axis import rank1_model
+
+        model = rank1_model()
+    else:
+        model = stem_onnx("N" if style == "symbolic batch" else 1)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    assert main([str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.npz"), "--quiet"]) == 0
+    mlp, _ = read_csr(tmp_path / "m.npz")
+    assert max_layers(mlp)
+    assert main([str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.c"), "--check", "8",
+                 "--quiet"]) == 0
+    source = (tmp_path / "m.c").read_text()
+    assert "_max_runs_" in source and "max_vector(m, u)" in source
