@@ -81,14 +81,19 @@ def stem_model(seed: int = 0) -> Mlp:
     return lowered(g)
 
 
+@st.composite
+def max_pools(draw, max_size: int = 8) -> tuple:
+    """(input shape, MaxPool attributes, a ReLU before it or not), 1-D or 2-D."""
+    shape = draw(input_shapes(min_size=3, max_size=max_size))
+    geo = draw(pool_geometries(shape))
+    del geo["count_include_pad"]
+    return shape, geo, draw(st.booleans())
+
+
 @settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
-@given(st.data())
-def test_every_pool_is_found_and_computes_what_its_layers_do(data):
-    shape = data.draw(input_shapes(min_size=3, max_size=8))
-    geo = data.draw(pool_geometries(shape))
-    geo.pop("count_include_pad")
-    relu_first = data.draw(st.booleans())
-    dense_after = data.draw(st.sampled_from([0, 3]))
+@given(max_pools(), st.sampled_from([0, 3]))
+def test_every_pool_is_found_and_computes_what_its_layers_do(pool, dense_after):
+    shape, geo, relu_first = pool
     graph = pool_graph(shape, geo, relu_first, dense_after)
     mlp = lowered(graph)
     found = max_layers(mlp)
@@ -105,8 +110,7 @@ def test_every_pool_is_found_and_computes_what_its_layers_do(data):
 def corrupt(mlp: Mlp, data) -> Mlp:
     """The MLP with one of its pool layers changed in one place: a weight's sign, a weight
     dropped or scaled, a bias, a row's activation."""
-    candidates = [i for i, layer in enumerate(mlp.layers) if layer.weight.nnz <= 8 * layer.n_out
-                  and i < len(mlp.layers)]
+    candidates = [i for i, layer in enumerate(mlp.layers) if layer.weight.nnz <= 8 * layer.n_out]
     index = data.draw(st.sampled_from(candidates))
     layer = mlp.layers[index]
     w = as_csr(layer.weight).copy()
@@ -140,14 +144,11 @@ def row_names(layer: MlpLayer) -> list[str]:
 
 
 @settings(deadline=None, max_examples=80, suppress_health_check=[HealthCheck.too_slow])
-@given(st.data())
-def test_layers_changed_anywhere_are_never_taken_for_a_max(data):
+@given(max_pools(max_size=6), st.data())
+def test_layers_changed_anywhere_are_never_taken_for_a_max(pool, data):
     """Whatever one change makes of a tournament, the runtime's reading of the layers
     computes what they compute: a run is taken only where it is proven to be maxima."""
-    shape = data.draw(input_shapes(min_size=3, max_size=6))
-    geo = data.draw(pool_geometries(shape))
-    geo.pop("count_include_pad")
-    mlp = corrupt(lowered(pool_graph(shape, geo, data.draw(st.booleans()))), data)
+    mlp = corrupt(lowered(pool_graph(*pool)), data)
     rng = np.random.default_rng(2)
     x = rng.normal(size=(6, mlp.layers[0].n_in))
     items = with_max_layers(runtime_layers(mlp.layers))

@@ -150,7 +150,7 @@ class NumbaEngine(Engine):
     def __init__(self, mlp, threads: int) -> None:
         super().__init__(mlp, threads)
         self._local = threading.local()  # each calling thread's buffers
-        self._programs: dict[np.dtype, Program] = {}
+        self._programs: dict[np.dtype, list] = {}  # Programs and the MaxRuns between
 
     def prepare(self, plan: LayerPlan) -> "LayerRun | MaxRun":
         return MaxRun(plan) if isinstance(plan, MaxLayer) else LayerRun(plan)
