@@ -9,6 +9,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import scipy.sparse as sp
 
 import cnn2mlp
@@ -240,3 +242,34 @@ def test_only_defined_members_are_read(tmp_path):
     np.savez(path, **arrays)
     model = cnn2mlp.load(path)
     assert model.predict(np.ones((2, 4))).shape == (2, 2)
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.sampled_from(["<f4", "<f8", "<i4", "<i8", "|i1", "|u1", "|b1", ">f4", "<c8", "<u2"]),
+       st.lists(st.integers(0, 3), max_size=3), st.booleans())
+def test_member_headers_read_as_numpy_reads_them(tmp_path_factory, dtype, shape, fortran):
+    """The headers np.save writes are read by a pattern (numpy's reader evaluates them as
+    literals); any other goes to numpy's reader: either way, the array np.load gives."""
+    from cnn2mlp.backends.npz_reader import SafeNpz
+
+    a = np.arange(int(np.prod(shape))).astype(dtype).reshape(shape, order="F" if fortran
+                                                             else "C")
+    path = tmp_path_factory.mktemp("h") / "m.npz"
+    np.savez(path, m=a)
+    with SafeNpz(path, 2**20) as npz:
+        got = npz.array("m", "fiubc")
+    assert got.dtype == a.dtype and got.shape == a.shape
+    np.testing.assert_array_equal(got, a)
+
+
+def test_a_plain_header_claiming_more_than_its_member_holds_is_refused(tmp_path):
+    from cnn2mlp.backends.npz_reader import SafeNpz
+
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }"
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+    member = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(16)
+    with zipfile.ZipFile(tmp_path / "m.npz", "w") as z:
+        z.writestr("m.npy", member)
+    with SafeNpz(tmp_path / "m.npz", 2**20) as npz:
+        with pytest.raises(ArtifactError, match="claims 4,000,000,000,000 bytes of data"):
+            npz.array("m", "f")
