@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.activations import BY_CODE, BY_NAME
+from ..ir.activations import IDENTITY as IDENTITY_ACTIVATION
+from ..ir.activations import RELU as RELU_ACTIVATION
 from ..ir.index_runs import run_bounds
 from ..ir.mlp import MlpLayer
 from ..ir.weights import as_csr, is_structured
@@ -44,7 +46,9 @@ MAX_ENTRIES = 8
 #: windows of more taps than this are not followed (a global pool over a large map)
 MAX_TAPS = 256
 KIND_M, KIND_R, KIND_N, KIND_D, KIND_X = range(5)
-RELU, IDENTITY = BY_NAME["relu"].code, BY_NAME["identity"].code
+RELU, IDENTITY = RELU_ACTIVATION.code, IDENTITY_ACTIVATION.code
+#: the activations a tournament's rows have
+TOURNAMENT = {RELU_ACTIVATION.name, IDENTITY_ACTIVATION.name}
 
 
 @dataclass
@@ -252,7 +256,7 @@ def may_be_tournament(layer: MlpLayer) -> bool:
         return False
     names = {layer.activation} if layer.segments is None else \
         {name for _, _, name, _ in layer.segments}
-    if not names <= {"relu", "identity"}:
+    if not names <= TOURNAMENT:
         return False
     values = [part_weights(p) for p in layer.weight.parts] if is_structured(layer.weight) \
         else [layer.weight.data]
