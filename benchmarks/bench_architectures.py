@@ -173,6 +173,9 @@ def child(code: str, *args, threads: int | None = None) -> subprocess.CompletedP
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(threads)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # modules byte-compiled once, as an installed package's are (pip compiles them): a
+    # cached start is not a measure of Python compiling cnn2mlp's source each time
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
                           text=True, env=env)
     if proc.returncode != 0:

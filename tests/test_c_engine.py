@@ -108,7 +108,7 @@ def test_a_build_split_into_units_computes_what_one_unit_does(tmp_path, monkeypa
     x = np.random.default_rng(9).uniform(-1, 1, (21, 3, 8, 8)).astype(np.float32)
     outputs = {}
     for units in (1, 3):
-        monkeypatch.setattr(c_engine, "build_units", lambda mlp, units=units: units)
+        monkeypatch.setattr(c_engine, "build_units", lambda layers, units=units: units)
         monkeypatch.setenv("CNN2MLP_C_CACHE", str(tmp_path / f"cache{units}"))
         model = cnn2mlp.load(tmp_path / "m.npz", engine="c")
         outputs[units] = model.predict(x)

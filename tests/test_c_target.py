@@ -331,7 +331,7 @@ def test_a_source_written_in_units_builds_in_parallel_and_as_one_program(tmp_pat
     program; both compute what onnxruntime does."""
     import cnn2mlp.backends.c as c_target
 
-    monkeypatch.setattr(c_target, "build_units", lambda mlp: 3)
+    monkeypatch.setattr(c_target, "build_units", lambda layers: 3)
     path = conv_relu_dense(tmp_path / "m.onnx", seed=13, convs=2, side=8)
     out = tmp_path / "m.c"
     assert main([str(path), "-o", str(out), "--c-weights", "file", "--check", "5",

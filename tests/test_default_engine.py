@@ -1,5 +1,6 @@
 """The default engine: the model's C code where a C compiler works (built once, cached under
-a key made from the MLP's arrays, so a cached load generates no source), numba where not,
+a key made from the file's bytes, so a cached load reads no layer and generates no source),
+numba where not,
 with one line saying why when a build fails; ``CNN2MLP_ENGINE`` and ``engine=`` choose."""
 from __future__ import annotations
 
@@ -119,3 +120,92 @@ def test_the_cache_key_changes_with_the_weights_the_flags_and_the_compiler(artif
     monkeypatch.undo()
     assert c_engine.machine_key(compiler + " ") != c_engine.machine_key(compiler)
     c_engine.machine_key.cache_clear()
+
+
+@needs_cc
+def test_a_cached_load_reads_no_layer_of_the_file(artifact, monkeypatch):
+    """The cache key is the file's digest: a hit runs without reading the layers; the
+    layers are read when asked for, and equal the file's."""
+    from cnn2mlp.backends import csr
+
+    _, out = artifact
+    first = cnn2mlp.load(out, engine="c").predict(inputs())
+    reader = csr.read_layers
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the layers were read")
+
+    monkeypatch.setattr(csr, "read_layers", no_reading)
+    loaded = cnn2mlp.load(out)
+    assert loaded.engine == "c" and loaded.input_shape == (3, 8, 8)
+    np.testing.assert_array_equal(loaded.predict(inputs()), first)
+    monkeypatch.setattr(csr, "read_layers", reader)
+    expected, _ = csr.read_csr(out)
+    assert len(loaded.layers) == len(expected.layers)
+    np.testing.assert_array_equal(loaded.mlp.forward(inputs()), expected.forward(inputs()))
+
+
+@needs_cc
+def test_any_byte_of_the_file_makes_a_new_key(artifact):
+    """Another note in the file's meta (the same arrays) is another file: built again;
+    the same file again is not."""
+    from cnn2mlp.backends import csr
+
+    _, out = artifact
+    cnn2mlp.load(out, engine="c")
+    generated = c_engine.BuiltModel.generated
+    cnn2mlp.load(out, engine="c")
+    assert c_engine.BuiltModel.generated == generated
+    mlp, meta = csr.read_csr(out)
+    other = out.with_name("other.npz")
+    csr.save_csr(mlp, other, {**meta, "source": "elsewhere"})
+    np.testing.assert_array_equal(cnn2mlp.load(other, engine="c").predict(inputs()),
+                                  cnn2mlp.load(out, engine="c").predict(inputs()))
+    assert c_engine.BuiltModel.generated == generated + 1
+
+
+@needs_cc
+def test_a_file_replaced_after_a_cached_load_is_not_read_as_the_loaded_one(artifact):
+    from cnn2mlp.backends import csr
+    from cnn2mlp.backends.npz_reader import ArtifactError
+
+    _, out = artifact
+    cnn2mlp.load(out, engine="c")
+    loaded = cnn2mlp.load(out)
+    mlp, meta = csr.read_csr(out)
+    mlp.layers[0].bias[0] += 1
+    csr.save_csr(mlp, out, meta)
+    with pytest.raises(ArtifactError, match="changed after it was loaded"):
+        loaded.layers
+
+
+@needs_cc
+def test_a_damaged_file_fails_the_default_load_as_itself(artifact, capsys):
+    """Not read at open, a damaged layer still fails the load, with the member named,
+    and is never reported as a build that fell back."""
+    from cnn2mlp.backends import csr
+    from cnn2mlp.backends.npz_reader import ArtifactError
+
+    _, out = artifact
+    mlp, meta = csr.read_csr(out)
+    arrays = dict(np.load(out))
+    damaged = next(k for k in arrays if k.endswith(".shape") and k != "layer0.shape")
+    arrays[damaged] = arrays[damaged] + 1
+    np.savez(out, **arrays)
+    with pytest.raises(ArtifactError, match=f"'{damaged[:-6]}"):
+        cnn2mlp.load(out)
+    assert "could not build" not in capsys.readouterr().err
+
+
+@needs_cc
+def test_a_damaged_cached_weights_file_is_rebuilt_not_run(artifact):
+    _, out = artifact
+    expected = cnn2mlp.load(out, engine="c").predict(inputs())
+    (weights,) = (out.parent / "cache").glob("*.weights")
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    weights.write_bytes(bytes(data))
+    generated = c_engine.BuiltModel.generated
+    got = cnn2mlp.load(out, engine="c").predict(inputs())
+    assert c_engine.BuiltModel.generated == generated + 1
+    np.testing.assert_array_equal(got, expected)

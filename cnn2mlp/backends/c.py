@@ -80,7 +80,7 @@ class CTarget(Target):
         # program to a compiler that is given no CNN2MLP_UNIT
         made = c_source(compact_layers(mlp), prefix, c_paths(final)[1].name, contract,
                         self_test=options.c_self_test, static_limit=limit,
-                        units=build_units(mlp))
+                        units=build_units(len(mlp.layers)))
         Path(path).write_text(made.source)
         header_path.write_text(made.header)
         if made.weights is not None:

@@ -27,11 +27,13 @@ File layout (format ``cnn2mlp-csr``, version 2), every entry a plain array so th
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -40,7 +42,7 @@ from .._io import atomic_write
 from ..errors import CompileError
 from ..ir.activations import BY_NAME, IDENTITY
 from ..ir.graph import GraphMeta
-from ..ir.mlp import Mlp, MlpLayer
+from ..ir.mlp import DeferredMlp, Mlp, MlpLayer, resolve
 from ..ir.weights import as_csr, compact, is_structured
 from .npz_parts import bias_members, read_bias, read_structured, structured_members
 from .npz_reader import ArtifactError, SafeNpz
@@ -108,19 +110,64 @@ def read_csr(path: str | Path, max_bytes: int | None = None) -> tuple[Mlp, dict[
     unpickled, no member is read before its size is checked, only the members the format
     defines are read, and a damaged file raises :class:`ArtifactError` naming the member
     instead of crashing ``predict``."""
-    path = Path(path)
+    path = check_zip(Path(path))
+    with SafeNpz(path, load_limit(max_bytes)) as npz:
+        version = check_format(npz)
+        meta = read_meta(npz)
+        mlp = read_layers(npz, meta, version)
+    return mlp, meta
+
+
+def open_csr(path: str | Path, max_bytes: int | None = None) -> tuple[DeferredMlp, dict]:
+    """A CSR artifact's MLP deferred: the file's digest, its format, notes, shapes,
+    precision and activations read and checked now, its layers when something needs them
+    (a load whose C code is cached never does). The layers are read from the bytes the
+    digest was taken of, or not at all: a file changed since is refused."""
+    path = check_zip(Path(path))
+    limit = load_limit(max_bytes)
+    with open(path, "rb") as handle:
+        digest = stream_digest(handle)
+        with SafeNpz(path, limit, handle) as npz:
+            version = check_format(npz)
+            meta = read_meta(npz)
+            summary = read_summary(npz, version)
+    read = functools.partial(read_unchanged, path, limit, digest)
+    return DeferredMlp(digest, summary.input_shape, summary.output_shape, summary.dtype,
+                       len(summary.activations), read), meta
+
+
+def read_unchanged(path: Path, limit: int, digest: str) -> Mlp:
+    """The layers of the file whose digest was ``digest``, hashed and read through one
+    handle (a file replaced by another since is refused, not read)."""
+    with open(path, "rb") as handle:
+        if stream_digest(handle) != digest:
+            raise ArtifactError(f"{path}: the file changed after it was loaded; load it "
+                                "again")
+        with SafeNpz(path, limit, handle) as npz:
+            return read_layers(npz, read_meta(npz), check_format(npz))
+
+
+def stream_digest(handle: BinaryIO) -> str:
+    """A SHA-256 of the open file's bytes, read in blocks; the handle is left at 0."""
+    digest = hashlib.sha256()
+    for block in iter(functools.partial(handle.read, 2**20), b""):
+        digest.update(block)
+    handle.seek(0)
+    return digest.hexdigest()
+
+
+def check_zip(path: Path) -> Path:
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
     with open(path, "rb") as handle:
         if handle.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
             raise ArtifactError(f"{path}: not a cnn2mlp .npz file (not a zip archive); "
                                 "compile the model with cnn2mlp")
-    limit = max_bytes if max_bytes is not None else default_load_limit()
-    with SafeNpz(path, limit) as npz:
-        version = check_format(npz)
-        meta = read_meta(npz)
-        mlp = read_layers(npz, meta, version)
-    return mlp, meta
+    return path
+
+
+def load_limit(max_bytes: int | None) -> int:
+    return max_bytes if max_bytes is not None else default_load_limit()
 
 
 def default_load_limit() -> int:
@@ -158,7 +205,16 @@ def read_meta(npz: SafeNpz) -> dict[str, Any]:
     return meta
 
 
-def read_layers(npz: SafeNpz, meta: dict[str, Any], version: int) -> Mlp:
+class Summary(NamedTuple):
+    """What a CSR file says of its MLP besides the layers' arrays."""
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    activations: np.ndarray
+    alphas: np.ndarray
+    dtype: np.dtype
+
+
+def read_summary(npz: SafeNpz, version: int) -> Summary:
     input_shape = read_shape(npz, "input_shape")
     output_shape = read_shape(npz, "output_shape")
     activations = npz.array("activations", "U", ndim=1)
@@ -171,7 +227,11 @@ def read_layers(npz: SafeNpz, meta: dict[str, Any], version: int) -> Mlp:
         raise npz.fail("activations", f"names unknown activations {unknown}")
     if not np.isfinite(alphas).all():
         raise npz.fail("alphas", "holds NaN or Inf")
-    dtype = read_dtype(npz)
+    return Summary(input_shape, output_shape, activations, alphas, read_dtype(npz))
+
+
+def read_layers(npz: SafeNpz, meta: dict[str, Any], version: int) -> Mlp:
+    input_shape, output_shape, activations, alphas, dtype = read_summary(npz, version)
     layers, n_in = [], math.prod(input_shape)
     carried = meta.get("carried") if isinstance(meta.get("carried"), list) else []
     for i, (act, alpha) in enumerate(zip(activations, alphas)):
@@ -277,13 +337,19 @@ class CsrModel:
     compiler is found, else numba, else scipy); ``threads`` defaults to
     ``CNN2MLP_THREADS`` or all cores."""
 
-    def __init__(self, mlp: Mlp, meta: dict[str, Any] | None = None,
+    def __init__(self, mlp: Mlp | DeferredMlp, meta: dict[str, Any] | None = None,
                  threads: int | None = None, engine: str | None = None) -> None:
         from ..runtime import make_engine
 
-        self.mlp = mlp
+        self._source = mlp
         self.meta = meta or {}
         self._engine = make_engine(mlp, engine, threads)
+
+    @property
+    def mlp(self) -> Mlp:
+        """The MLP's layers (read from the file at the first use when the engine did not
+        need them)."""
+        return resolve(self._source)
 
     @property
     def engine(self) -> str:
@@ -295,11 +361,11 @@ class CsrModel:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.mlp.input_shape)
+        return tuple(int(d) for d in self._source.input_shape)
 
     @property
     def output_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.mlp.output_shape)
+        return tuple(int(d) for d in self._source.output_shape)
 
     @property
     def layers(self) -> list[MlpLayer]:
@@ -308,11 +374,11 @@ class CsrModel:
     @property
     def dtype(self) -> np.dtype:
         """The precision the model computes in (float64 for a double source model)."""
-        return self.mlp.dtype
+        return self._source.dtype
 
     def predict(self, x: np.ndarray, dtype=None) -> np.ndarray:
         """``dtype`` defaults to the model's own precision."""
-        dtype = self.mlp.dtype if dtype is None else dtype
+        dtype = self.dtype if dtype is None else dtype
         x = np.asarray(x)
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"predict expects (B, {', '.join(map(str, self.input_shape))}); "
@@ -322,7 +388,8 @@ class CsrModel:
 
 
 def load(path: str | Path, threads: int | None = None, engine: str | None = None) -> CsrModel:
-    mlp, meta = read_csr(path)
+    """The artifact, its layers read only if the engine needs them (see :func:`open_csr`)."""
+    mlp, meta = open_csr(path)
     return CsrModel(mlp, meta, threads, engine)
 
 

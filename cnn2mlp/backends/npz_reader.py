@@ -12,6 +12,7 @@ import math
 import re
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -33,11 +34,12 @@ class ArtifactError(CompileError):
 class SafeNpz:
     """The arrays of an ``.npz`` file, read one member at a time with checks."""
 
-    def __init__(self, path: str | Path, max_bytes: int) -> None:
+    def __init__(self, path: str | Path, max_bytes: int, handle: BinaryIO | None = None) -> None:
+        """``handle``: the file, already open (its owner closes it), else ``path`` is opened."""
         self.path = Path(path)
         self.max_bytes = max_bytes
         try:
-            self.zip = zipfile.ZipFile(self.path)
+            self.zip = zipfile.ZipFile(self.path if handle is None else handle)
         except (OSError, zipfile.BadZipFile, ValueError) as exc:
             raise ArtifactError(f"{self.path}: not a cnn2mlp .npz file ({exc})") from exc
         self.members = {info.filename: info for info in self.zip.infolist()}

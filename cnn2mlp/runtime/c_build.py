@@ -51,12 +51,13 @@ def build_timeout() -> float:
 MAX_UNITS = 8
 
 
-def build_units(mlp) -> int:
-    """How many units the model's C code is compiled in at once: one a core, and one for
-    a model of one or two layers (a unit of its own would not pay for the link)."""
-    if len(mlp.layers) <= 2:
+def build_units(layers: int) -> int:
+    """How many units the C code of a model of ``layers`` layers is compiled in at once:
+    one a core, and one for a model of one or two layers (a unit of its own would not pay
+    for the link)."""
+    if layers <= 2:
         return 1
-    return max(1, min(os.cpu_count() or 1, MAX_UNITS, len(mlp.layers)))
+    return max(1, min(os.cpu_count() or 1, MAX_UNITS, layers))
 
 
 def source_units(source: str) -> int:

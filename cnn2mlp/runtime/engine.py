@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from ..errors import first_line_of, install_hint
-from ..ir.mlp import Mlp
+from ..ir.mlp import DeferredMlp, Mlp, resolve
 from .plan import LayerPlan, iter_plans
 
 #: engine name → class, filled by the engine modules as they are imported
@@ -40,10 +40,19 @@ class Engine:
     """Runs an MLP on batches: ``run(x)`` with x (B, n_in) → (B, n_out)."""
 
     name = ""
+    #: whether the engine can run without the layers (its compiled code cached): the
+    #: others read a deferred MLP at once, so that a damaged file fails the load
+    defers_reading = False
 
-    def __init__(self, mlp: Mlp, threads: int) -> None:
-        self.mlp, self.threads = mlp, threads
+    def __init__(self, mlp: Mlp | DeferredMlp, threads: int) -> None:
+        self.source = mlp if self.defers_reading else resolve(mlp)
+        self.threads = threads
         self._plans: dict[np.dtype, list] = {}
+
+    @property
+    def mlp(self) -> Mlp:
+        """The MLP's layers (a deferred one is read at the first use)."""
+        return resolve(self.source)
 
     def plans(self, dtype) -> list:
         """Every layer's plan in this precision, with what this engine prepares from it
@@ -113,7 +122,7 @@ def checked_threads(threads: int | None) -> int:
     return int(threads)
 
 
-def make_engine(mlp: Mlp, engine: str | None = None, threads: int | None = None) -> Engine:
+def make_engine(mlp: Mlp | DeferredMlp, engine: str | None = None, threads: int | None = None) -> Engine:
     """``engine`` ("c", "numba" or "scipy"), else ``$CNN2MLP_ENGINE``, else the default:
     the C engine where a C compiler is found, falling back (with one line on stderr saying
     why) to the first of DEFAULT_ORDER installed if its build fails."""
@@ -134,6 +143,7 @@ def make_engine(mlp: Mlp, engine: str | None = None, threads: int | None = None)
         try:
             return load_engine("c")(mlp, threads)
         except Exception as exc:  # noqa: BLE001 — a default load never fails on the build
+            resolve(mlp)  # a file that cannot be read fails as itself, not as a build
             say_fallback(exc, available_engines()[0])
     return load_engine(available_engines()[0])(mlp, threads)
 
