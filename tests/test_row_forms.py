@@ -1,6 +1,6 @@
 """The row forms real architectures lower to, in the runtime: a convolution plus a shortcut
 from another input block (group plus remainder), depthwise and grouped convolutions
-(shifted groups), carried values (copy runs), a convolution plus a projection of a map of
+(shifted groups, narrower and wider than a block of sixteen kernels), carried values (copy runs), a convolution plus a projection of a map of
 another size. Each is found as such, and runs exactly (against the float64 MLP) at batch 1,
 37 and 64, on 1 and 2 threads, in float32 and float64, in every engine and in the
 standalone kernel module."""
@@ -42,6 +42,13 @@ def grouped(rng):
     return w, None, "relu"
 
 
+def wide_groups(rng):
+    """Two groups of 24 kernels: a block of sixteen of each group's, run in one loop with
+    a shift a block, and eight left over."""
+    w, _ = conv(rng, 48, 48, 5, group=2)
+    return w, None, "relu"
+
+
 def carried(rng):
     """relu(conv(h)) beside identity copies of h: a layer with a carried block."""
     w, _ = conv(rng, 6, 8, 9)
@@ -58,8 +65,8 @@ def projection(rng):
             (0, proj.shape[1], proj.shape[1] + main.shape[1]), "relu")
 
 
-FORMS = {"residual": residual, "depthwise": depthwise, "grouped": grouped, "carried": carried,
-         "projection": projection}
+FORMS = {"residual": residual, "depthwise": depthwise, "grouped": grouped,
+         "wide_groups": wide_groups, "carried": carried, "projection": projection}
 
 
 def layer_of(form, seed=0):
@@ -124,3 +131,23 @@ def test_each_form_in_the_kernel_module(tmp_path, form):
     x = np.random.default_rng(3).normal(size=(5, layer.n_in))
     np.testing.assert_allclose(run_kernel_module(mlp, x, tmp_path), mlp.forward(x),
                                rtol=1e-10, atol=1e-10)
+
+
+def test_a_grouped_convolutions_blocks_are_one_loop_in_the_c_code():
+    """One function for the blocks of every conv group that read the same positions (a
+    shift a block), not one a group: a RegNet's grouped layers had 690 functions."""
+    import re
+
+    from cnn2mlp.runtime.c_source import c_source
+
+    layer = layer_of("wide_groups")
+    mlp = Mlp([layer], (layer.n_in,), (layer.n_out,))
+    source = c_source(mlp, "m", "m.h", "", static_limit=0).source
+    parts, _ = parts_of(layer)
+    geometries = [g for p in parts for g in p.groups]
+    # the interior: a shift a conv group; the borders: a shift a group and a position
+    assert len(np.unique(max(geometries, key=lambda g: len(g.bases)).shifts)) == 2
+    assert sum(len(np.unique(g.shifts)) for g in geometries) == 18
+    helpers = set(re.findall(r"void (layer0_group\d+)\(", source))
+    assert 0 < len(helpers) <= len(geometries)
+    assert "block_shifts" in source

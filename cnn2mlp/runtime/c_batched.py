@@ -225,7 +225,7 @@ class BatchedLayerWriter:
         return lines + ["#else", *scalar, "#endif"]
 
     def kernels(self, w: str, offsets: str, bases: str, rows: PairIndex,
-                bias: PairIndex | None, blocks: int, taps: int, n_b: int, shift: int,
+                bias: PairIndex | None, blocks: int, taps: int, n_b: int, shift: str,
                 stored: int, tap: str) -> None:
         """Blocks of sixteen kernels with transposed weights (``w[block][tap][16]``), as the
         single-sample code stores them, a few kernels at a time with every sample's sum.
@@ -242,7 +242,7 @@ class BatchedLayerWriter:
             "        " + rows.pointer("o", f"i * {LANES}"),
             *self.bias_pointer(bias, "ob", f"i * {LANES}", "        "),
             f"        for (j = 0; j < {n_b}; j++) {{",
-            f"            const {r} *restrict x = h + ({shift}L + {bases}[j]) * {SAMPLES};",
+            f"            const {r} *restrict x = h + ({shift} + {bases}[j]) * {SAMPLES};",
             "            int q;"]
         body = head + ["#if defined(VECTOR_BYTES) && VECTOR_BYTES == 64",
                        *self.vector_kernels(64, offsets, rows, bias, taps, tap),
