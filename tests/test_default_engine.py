@@ -19,16 +19,39 @@ from cnn2mlp.testing.zoo import block_model
 needs_cc = pytest.mark.skipif(find_compiler() is None, reason="no C compiler (apt install gcc)")
 
 
-@pytest.fixture
-def artifact(tmp_path, monkeypatch):
-    """A residual block compiled to .npz; the default engine unpinned, a private cache."""
-    monkeypatch.delenv("CNN2MLP_ENGINE", raising=False)
-    monkeypatch.setenv("CNN2MLP_C_CACHE", str(tmp_path / "cache"))
-    model = tmp_path / "m.onnx"
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """A residual block compiled to .npz once for the module (its C code built once, in
+    the module's cache, by the first test that loads it)."""
+    folder = tmp_path_factory.mktemp("default-engine")
+    model = folder / "m.onnx"
     onnx.save(block_model("basic_blocks", size=8, seed=5), str(model))
-    out = tmp_path / "m.npz"
+    out = folder / "m.npz"
     compile_model(model, out)
-    return model, out
+    return model, out, folder / "cache"
+
+
+@pytest.fixture
+def artifact(compiled, tmp_path, monkeypatch):
+    """The compiled block copied for the test (which may change it); the default engine
+    unpinned; the module's cache, or one of its own for a test that marks it so."""
+    model, out, cache = compiled
+    monkeypatch.delenv("CNN2MLP_ENGINE", raising=False)
+    monkeypatch.setenv("CNN2MLP_C_CACHE", str(cache))
+    copy = tmp_path / "m.npz"
+    copy.write_bytes(out.read_bytes())
+    return model, copy
+
+
+def own_cache(tmp_path, monkeypatch):
+    """A copy of the module's cache for the test alone (one whose files it damages)."""
+    import os
+    import shutil
+
+    own = tmp_path / "cache"
+    shutil.copytree(os.environ["CNN2MLP_C_CACHE"], own)
+    monkeypatch.setenv("CNN2MLP_C_CACHE", str(own))
+    return own
 
 
 def inputs(n=7):
@@ -198,13 +221,13 @@ def test_a_damaged_file_fails_the_default_load_as_itself(artifact, capsys):
 
 
 @needs_cc
-def test_a_damaged_cached_weights_file_is_rebuilt_not_run(artifact):
+def test_a_damaged_cached_weights_file_is_rebuilt_not_run(artifact, tmp_path, monkeypatch):
     _, out = artifact
     expected = cnn2mlp.load(out, engine="c").predict(inputs())
-    (weights,) = (out.parent / "cache").glob("*.weights")
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0x40
-    weights.write_bytes(bytes(data))
+    for weights in own_cache(tmp_path, monkeypatch).glob("*.weights"):  # this model's too
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0x40
+        weights.write_bytes(bytes(data))
     generated = c_engine.BuiltModel.generated
     got = cnn2mlp.load(out, engine="c").predict(inputs())
     assert c_engine.BuiltModel.generated == generated + 1
