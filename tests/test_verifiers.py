@@ -221,54 +221,93 @@ def has_marabou():
         pytest.skip("install the verify extra (maraboupy)")
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_marabou_evaluates_both_formats_like_onnxruntime_on_the_cnn(tmp_path, has_marabou,
-                                                                     kind):
-    src, mlp_onnx, mlp_nnet = compile_for_verifiers(tmp_path, small_cnn(kind))
-    run = onnx_runner(src)
+def evaluation_jobs(folder, kind):
+    """Marabou's evaluation of both MLP files of ``kind`` on three inputs."""
+    src, mlp_onnx, mlp_nnet = compile_for_verifiers(folder, small_cnn(kind))
     inputs = [random_inputs((1, 6, 6), 1, seed=seed) for seed in range(3)]
-    paths = (mlp_onnx, mlp_nnet)
-    results = iter(marabou(*[("evaluate", str(p), x.tolist()) for x in inputs for p in paths]))
-    for x in inputs:
-        reference = run(x).ravel()
-        for path in paths:
-            got = np.array(next(results))
-            assert compare(reference, got, 1e-5).passed, (path.suffix, reference, got)
+    jobs = {(i, path.suffix): ("evaluate", str(path), x.tolist())
+            for i, x in enumerate(inputs) for path in (mlp_onnx, mlp_nnet)}
+    return (src, inputs), jobs
 
 
-@pytest.mark.parametrize("kind", ["plain", "maxpool"])
-def test_marabou_gives_the_same_verdict_on_the_mlp_as_on_the_cnn(tmp_path, has_marabou, kind):
-    """Can the runner-up class reach the top class in the L∞ box around a sample?
-    'unsat': no (robust); 'sat': a counterexample exists. The same on the CNN (which
-    Marabou reads directly) and on both MLP files."""
-    src, mlp_onnx, mlp_nnet = compile_for_verifiers(tmp_path, small_cnn(kind, normalize=False))
+def verdict_jobs(folder, kind):
+    """Can the runner-up class reach the top class in the L-infinity box around a
+    sample, on the CNN (which Marabou reads directly) and on both MLP files?"""
+    src, mlp_onnx, mlp_nnet = compile_for_verifiers(folder, small_cnn(kind, normalize=False))
     x0 = random_inputs((1, 6, 6), 1, seed=1)
     order = np.argsort(-onnx_runner(src)(x0).ravel())
     top, runner = int(order[0]), int(order[1])
-    verdicts = set()
-    for radius in (0.002, 0.3):
-        found = marabou(*[("verdict", str(path), x0.tolist(), radius, top, runner)
-                          for path in (src, mlp_onnx, mlp_nnet)])
-        assert len(set(found)) == 1, (radius, found)
-        verdicts.add(found[0])
-    assert verdicts == {"unsat", "sat"}  # robust in the small box, not in the large one
+    jobs = {(radius, path.name): ("verdict", str(path), x0.tolist(), radius, top, runner)
+            for radius in (0.002, 0.3) for path in (src, mlp_onnx, mlp_nnet)}
+    return None, jobs
 
 
-def test_nnet_input_box_is_what_input_range_says(tmp_path, has_marabou):
-    """The header's minimums and maximums, as Marabou and the project's reader read them:
-    swapped, a verifier would get an empty box and "prove" anything."""
-    from cnn2mlp.backends.nnet import read_input_box
+def box_jobs(folder, _):
+    """The .nnet header's input box of a model compiled with --input-range -1,2."""
     from cnn2mlp.cli import main
 
     b = OnnxBuilder((5,), opset=13, seed=21)
     b.dense(4)
     b.activation("Relu")
     b.dense(2)
-    src, out = tmp_path / "m.onnx", tmp_path / "m.nnet"
+    src, out = folder / "m.onnx", folder / "m.nnet"
     onnx.save(b.build(), str(src))
     assert main([str(src), "-o", str(out), "--input-range", "-1,2", "--check", "8",
                  "--quiet"]) == 0
+    return out, {"box": ("box", str(out))}
+
+
+CASES = [("evaluate", kind, evaluation_jobs) for kind in KINDS] + [
+    ("verdict", kind, verdict_jobs) for kind in ("plain", "maxpool")] + [
+    ("box", "", box_jobs)]
+
+
+@pytest.fixture(scope="module")
+def marabou_results(tmp_path_factory, has_marabou):
+    """Every Marabou call of this module's tests, in one child process (importing
+    maraboupy takes 8 s: a child a call took 90 s of the suite). Per case: what its test
+    needs, and the results by job."""
+    prepared, calls = {}, {}
+    for what, kind, prepare in CASES:
+        context, jobs = prepare(tmp_path_factory.mktemp(f"{what}-{kind}"), kind)
+        prepared[what, kind] = context
+        calls.update({(what, kind, key): call for key, call in jobs.items()})
+    results = dict(zip(calls, marabou(*calls.values())))
+    return {case: (context, {key[2]: value for key, value in results.items()
+                             if key[:2] == case})
+            for case, context in prepared.items()}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_marabou_evaluates_both_formats_like_onnxruntime_on_the_cnn(marabou_results, kind):
+    (src, inputs), results = marabou_results["evaluate", kind]
+    run = onnx_runner(src)
+    for i, x in enumerate(inputs):
+        reference = run(x).ravel()
+        for suffix in (".onnx", ".nnet"):
+            got = np.array(results[i, suffix])
+            assert compare(reference, got, 1e-5).passed, (suffix, reference, got)
+
+
+@pytest.mark.parametrize("kind", ["plain", "maxpool"])
+def test_marabou_gives_the_same_verdict_on_the_mlp_as_on_the_cnn(marabou_results, kind):
+    """'unsat': the runner-up cannot reach the top class (robust); 'sat': a
+    counterexample exists. The same on the CNN and on both MLP files."""
+    _, results = marabou_results["verdict", kind]
+    verdicts = set()
+    for radius in (0.002, 0.3):
+        found = [value for (r, _), value in results.items() if r == radius]
+        assert len(found) == 3 and len(set(found)) == 1, (radius, found)
+        verdicts.add(found[0])
+    assert verdicts == {"unsat", "sat"}  # robust in the small box, not in the large one
+
+
+def test_nnet_input_box_is_what_input_range_says(marabou_results):
+    """The header's minimums and maximums, as Marabou and the project's reader read them:
+    swapped, a verifier would get an empty box and "prove" anything."""
+    from cnn2mlp.backends.nnet import read_input_box
+
+    out, results = marabou_results["box", ""]
     lows, highs = read_input_box(out)
     assert lows.tolist() == [-1.0] * 5 and highs.tolist() == [2.0] * 5
-    (found,) = marabou(("box", str(out)))
-    assert found == [[-1.0] * 5, [2.0] * 5]
+    assert results["box"] == [[-1.0] * 5, [2.0] * 5]
