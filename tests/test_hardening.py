@@ -288,13 +288,13 @@ def test_a_wide_check_stays_bounded(tmp_path):
     b.activation("Relu")
     model, out = save(b, tmp_path), tmp_path / "out.npz"
     peaks = []
-    # the first run compiles the kernels (if no cache has them); then the difference
-    # between 32 and 1000 inputs is the check's batches
-    for n in ("1000", "32", "1000"):
+    # the difference between 32 and 1000 inputs is the check's batches (the check runs
+    # the file on the scipy engine: no kernels to compile in the first run)
+    for n in ("32", "1000"):
         proc, peak = run_cli_peak(model, "-o", out, "--check", n, "--quiet")
         assert proc.returncode == 0, proc.stderr
         peaks.append(peak)
-    assert peaks[2] - peaks[1] < GIB_KIB // 4, peaks
+    assert peaks[1] - peaks[0] < GIB_KIB // 4, peaks
 
 
 # ------------------------------------------------------------------ time
