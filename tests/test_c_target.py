@@ -14,7 +14,7 @@ import pytest
 from cnn2mlp.backends.c import CModel, CTarget
 from cnn2mlp.runtime.c_build import find_compiler, source_units
 from cnn2mlp.runtime.c_activation import expression_uses_only_z_and_a
-from cnn2mlp.runtime.c_layers import kernels_within
+from cnn2mlp.runtime.c_groups import kernels_within
 from cnn2mlp.runtime.structure import ProductGroup
 from cnn2mlp.runtime.c_source import STATIC_LIMIT, c_identifier, c_source
 from cnn2mlp.cli import main

@@ -151,3 +151,43 @@ def test_a_grouped_convolutions_blocks_are_one_loop_in_the_c_code():
     helpers = set(re.findall(r"void (layer0_group\d+)\(", source))
     assert 0 < len(helpers) <= len(geometries)
     assert "block_shifts" in source
+
+
+def group_matrix(groups, shape):
+    """The matrix the product groups make together (each pair's taps added)."""
+    m = np.zeros(shape)
+    for g in groups:
+        for k in range(len(g.kernels)):
+            for b, base in enumerate(g.bases):
+                np.add.at(m[g.rows[k, b]], g.shifts[k] + base + np.asarray(g.offsets),
+                          g.kernels[k])
+    return m
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_groups_of_the_same_rows_merge_into_one_with_the_same_product(seed):
+    """Groups writing the same rows from positions a fixed distance apart (kernels in any
+    order) become one group, others stay as they are; the product is unchanged."""
+    from cnn2mlp.runtime.c_groups import merge_same_rows
+    from cnn2mlp.runtime.structure import ProductGroup
+
+    rng = np.random.default_rng(seed)
+    n_k, n_b = 5, 4
+    rows = rng.permutation(40)[:n_k * n_b].reshape(n_k, n_b)
+    shifts = rng.integers(0, 3, n_k)
+    bases = np.sort(rng.choice(8, n_b, replace=False))
+    groups = []
+    for start in (0, 20, 11):  # the same rows, from three blocks of columns
+        order = rng.permutation(n_k)
+        taps = int(rng.integers(1, 4))
+        groups.append(ProductGroup(rng.normal(size=(n_k, taps))[order],
+                                   np.sort(rng.choice(6, taps, replace=False)),
+                                   bases + start, rows[order], shifts[order]))
+    other_rows = rows + 40  # other rows: not merged
+    groups.append(ProductGroup(rng.normal(size=(n_k, 2)), np.array([0, 1]), bases,
+                               other_rows, shifts))
+    merged = merge_same_rows(groups)
+    assert len(merged) == 2
+    shape = (80, 40)
+    np.testing.assert_allclose(group_matrix(merged, shape), group_matrix(groups, shape),
+                               rtol=1e-12, atol=1e-12)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from .c_activation import activation_loop
 from .c_indices import BiasFill, PairIndex, run_row_lines
-from .c_layers import LANES
+from .c_groups import LANES
 from .c_literals import c_number
 
 #: samples computed together

@@ -18,12 +18,11 @@ from ..ir.activations import IDENTITY
 from ..runtime.plan import LayerPlan
 from ..runtime.structure import ProductGroup
 from .c_activation import activation_loop, stored_clamp
+from .c_groups import LANES, kernels_within, merge_same_rows
 from .c_indices import (PairIndex, bias_fill, csr_runs, indexed, pair_bias, position_index,
                         row_index, run_bias, run_lines, run_row_lines)
 from .c_literals import c_number
 
-#: kernels computed together by a convolution's loop (two AVX vectors of float)
-LANES = 16
 
 
 @dataclass
@@ -80,16 +79,15 @@ class LayerWriter:
                       *fill.lines(r, "z[i] = v;")]
         if p.dense is not None:
             self.dense(p.dense)
-        pieces = [[piece for group in part.groups for piece in self.pieces(group)]
-                  for part in p.parts]
-        stored = self.share_weights([g for each in pieces for kind, g in each
-                                     if kind == "kernels"])
-        for part, each in zip(p.parts, pieces):
-            for kind, group in each:
-                if kind == "kernels":
-                    self.kernels_in_lanes(*stored[id(group)])
-                else:
-                    self.positions_in_lanes(group)
+        groups = merge_same_rows([group for part in p.parts for group in part.groups])
+        pieces = [piece for group in groups for piece in self.pieces(group)]
+        stored = self.share_weights([g for kind, g in pieces if kind == "kernels"])
+        for kind, group in pieces:
+            if kind == "kernels":
+                self.kernels_in_lanes(*stored[id(group)])
+            else:
+                self.positions_in_lanes(group)
+        for part in p.parts:  # every part adds (or stores a row only it writes): any order
             if part.copies is not None and len(part.copies[0]):
                 self.copies(part.copies)
             if len(part.rest_rows):
@@ -470,38 +468,3 @@ class LayerWriter:
             self.records.append(("activation", {"start": start, "stop": stop, "name": name,
                                                 "alpha": float(alpha)}))
             self.lines += activation_loop(self.real, start, stop, name, alpha)
-
-
-def kernels_within(g: ProductGroup, source: ProductGroup,
-                   columns: dict[bytes, int]) -> tuple[ProductGroup, np.ndarray] | None:
-    """``g`` with its kernels in ``source``'s order, and for each of its taps the tap of
-    ``source`` with the same weights in every kernel (``columns``: a tap's weights over
-    ``source``'s blocked kernels, as bytes, to the tap); None unless every kernel of ``g``
-    is one of ``source``'s with some of its taps. Kernels are matched by the weights that
-    one kernel of ``source`` alone has; the columns' bytes then check every weight."""
-    kernels, theirs = np.asarray(g.kernels), np.asarray(source.kernels)
-    n_k = len(kernels)
-    if len(theirs) != n_k or n_k < LANES:
-        return None
-    values, first, counts = np.unique(theirs.ravel(), return_index=True, return_counts=True)
-    owner = np.where(counts == 1, first // theirs.shape[1], -1)  # -1: shared by several
-    at = np.minimum(np.searchsorted(values, kernels), len(values) - 1)
-    owners = np.where(values[at] == kernels, owner[at], -1)
-    match = owners.max(axis=1)
-    if (match < 0).any() or not ((owners == match[:, None]) | (owners < 0)).all():
-        return None
-    if len(np.unique(match)) != n_k:
-        return None
-    order = np.argsort(match)
-    kernels = kernels[order]
-    blocked = n_k - n_k % LANES
-    taps = [columns.get(np.ascontiguousarray(kernels[:blocked, t]).tobytes())
-            for t in range(kernels.shape[1])]
-    if None in taps:
-        return None
-    shifts = np.asarray(g.shifts)[order]
-    per_block = shifts[:blocked].reshape(-1, LANES)
-    if not (per_block == per_block[:, :1]).all():  # a block reads one shift's positions
-        return None
-    ordered = ProductGroup(kernels, g.offsets, g.bases, np.asarray(g.rows)[order], shifts)
-    return ordered, np.asarray(taps)
