@@ -1,9 +1,9 @@
 """The row forms real architectures lower to, in the runtime: a convolution plus a shortcut
 from another input block (group plus remainder), depthwise and grouped convolutions
-(shifted groups, narrower and wider than a block of sixteen kernels), carried values (copy runs), a convolution plus a projection of a map of
-another size. Each is found as such, and runs exactly (against the float64 MLP) at batch 1,
-37 and 64, on 1 and 2 threads, in float32 and float64, in every engine and in the
-standalone kernel module."""
+(shifted groups, narrower and wider than a block of sixteen kernels), carried values
+(copy runs), a convolution plus a projection of a map of another size. Each is found as
+such, and runs exactly (against the float64 MLP) at batch 1, 37 and 64, on 1 and 2
+threads, in float32 and float64, in every engine and in the standalone kernel module."""
 import numpy as np
 import pytest
 import scipy.sparse as sp

@@ -1,7 +1,6 @@
 """The lowered form: a chain of layers ``h = f(W h + b)`` over the flattened sample."""
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -126,19 +125,11 @@ class DeferredMlp:
         self.dtype, self.n_layers = np.dtype(dtype), n_layers
         self._read, self._mlp = read, None
 
-    @property
-    def n_out(self) -> int:
-        return math.prod(self.output_shape)
-
     def get(self) -> Mlp:
         """The MLP, read at the first call."""
         if self._mlp is None:
             self._mlp = self._read()
         return self._mlp
-
-    @property
-    def is_read(self) -> bool:
-        return self._mlp is not None
 
 
 def resolve(mlp: Mlp | DeferredMlp) -> Mlp:

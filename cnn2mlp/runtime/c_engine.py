@@ -5,9 +5,9 @@ The library is built with ``-O3 -march=native -ffp-contract=fast`` (multiply-add
 float rounding changes, never more than the sums' own) and kept in a private cache folder
 beside numba's (``$XDG_CACHE_HOME/cnn2mlp/c``), under a hash of the artifact's bytes, the
 generator, the compiler's version, the flags and the CPU's features: the next load of the
-same artifact on the same machine builds nothing and reads no layer. A batch of at least two blocks of
-``SAMPLES`` spreads over ``threads`` threads, a run of whole blocks each (ctypes lets go of
-the GIL for the call); smaller batches run on one.
+same artifact on the same machine builds nothing and reads no layer. A batch of at least
+two blocks of ``SAMPLES`` spreads over ``threads`` threads, a run of whole blocks each
+(ctypes lets go of the GIL for the call); smaller batches run on one.
 """
 from __future__ import annotations
 

@@ -127,7 +127,8 @@ static void cnn2mlp_sha256(const unsigned char *data, size_t n, unsigned char ou
 
 """
 
-INIT_EXTERNAL = "#ifndef CNN2MLP_WEIGHTS_CHECKED\n" + SHA256 + "#endif\n" + """static unsigned char *blob;
+INIT_EXTERNAL = ("#ifndef CNN2MLP_WEIGHTS_CHECKED\n" + SHA256 + "#endif\n"
+                 + """static unsigned char *blob;
 static char *path_copy;  /* the path init read, for a second call */
 static int ready;
 
@@ -163,4 +164,4 @@ int {prefix}_init(const char *weights_path)
     ready = 1;
     return 0;
 }}
-"""
+""")

@@ -122,7 +122,8 @@ def checked_threads(threads: int | None) -> int:
     return int(threads)
 
 
-def make_engine(mlp: Mlp | DeferredMlp, engine: str | None = None, threads: int | None = None) -> Engine:
+def make_engine(mlp: Mlp | DeferredMlp, engine: str | None = None,
+                threads: int | None = None) -> Engine:
     """``engine`` ("c", "numba" or "scipy"), else ``$CNN2MLP_ENGINE``, else the default:
     the C engine where a C compiler is found, falling back (with one line on stderr saying
     why) to the first of DEFAULT_ORDER installed if its build fails."""
