@@ -34,7 +34,8 @@ def compiled(tmp_path_factory):
 @pytest.fixture
 def artifact(compiled, tmp_path, monkeypatch):
     """The compiled block copied for the test (which may change it); the default engine
-    unpinned; the module's cache, or one of its own for a test that marks it so."""
+    unpinned; the module's cache (a test that damages cached files takes a copy of it:
+    ``own_cache``)."""
     model, out, cache = compiled
     monkeypatch.delenv("CNN2MLP_ENGINE", raising=False)
     monkeypatch.setenv("CNN2MLP_C_CACHE", str(cache))
