@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from cnn2mlp.backends.csr import CsrModel
 from cnn2mlp.ir.conv_matrix import conv_matrix
 from cnn2mlp.ir.mlp import Mlp, MlpLayer
-from cnn2mlp.runtime import available_engines, runnable_engines
+from cnn2mlp.runtime import runnable_engines
 from cnn2mlp.runtime.structure import find_parts
 from cnn2mlp.testing import run_kernel_module
 
