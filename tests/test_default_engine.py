@@ -233,3 +233,29 @@ def test_a_damaged_cached_weights_file_is_rebuilt_not_run(artifact, tmp_path, mo
     got = cnn2mlp.load(out, engine="c").predict(inputs())
     assert c_engine.BuiltModel.generated == generated + 1
     np.testing.assert_array_equal(got, expected)
+
+
+CACHED_LOAD = """
+import sys
+import numpy as np
+import cnn2mlp
+model = cnn2mlp.load(sys.argv[1])
+model.predict(np.zeros((1,) + model.input_shape, np.float32))
+heavy = ("scipy", "cnn2mlp.runtime.c_source", "cnn2mlp.runtime.plan", "cnn2mlp.ir.mlp")
+print(model.engine, sorted(k for k in sys.modules if k.startswith(heavy)))
+"""
+
+
+@needs_cc
+def test_a_cached_load_imports_neither_scipy_nor_the_generator(artifact):
+    """scipy's import alone was a quarter second of a cached start that aims at half a
+    second: a cached load and predict import no scipy, no C generator, no MLP layers."""
+    import subprocess
+    import sys
+
+    _, out = artifact
+    cnn2mlp.load(out, engine="c")  # built, or found in the module's cache
+    proc = subprocess.run([sys.executable, "-c", CACHED_LOAD, str(out)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["c", "[]"], proc.stdout

@@ -36,19 +36,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 import numpy as np
-import scipy.sparse as sp
 
 from .._io import atomic_write
 from ..errors import CompileError
 from ..ir.activations import BY_NAME, IDENTITY
 from ..ir.graph import GraphMeta
-from ..ir.mlp import DeferredMlp, Mlp, MlpLayer, resolve
-from ..ir.weights import as_csr, compact, is_structured
-from .npz_parts import bias_members, read_bias, read_structured, structured_members
+from ..ir.deferred import DeferredMlp, resolve
 from .npz_reader import ArtifactError, SafeNpz
 from .registry import Target, TargetOptions, register_target
 
 if TYPE_CHECKING:
+    import scipy.sparse as sp
+
+    from ..ir.mlp import Mlp, MlpLayer
     from ..passes.base import PassOptions
 
 FORMAT = "cnn2mlp-csr"
@@ -66,6 +66,9 @@ def save_csr(mlp: Mlp, path: str | Path, meta: dict[str, Any] | None = None,
              layout: str = "structured") -> None:
     """Write the MLP; ``layout="plain"`` writes every layer as plain CSR arrays (the raw
     matrices, materialized under the materialize limit)."""
+    from ..ir.weights import as_csr, compact, is_structured
+    from .npz_parts import bias_members, structured_members
+
     arrays: dict[str, np.ndarray] = {
         "format": np.array(FORMAT),
         "format_version": np.array(FORMAT_VERSION),
@@ -231,6 +234,9 @@ def read_summary(npz: SafeNpz, version: int) -> Summary:
 
 
 def read_layers(npz: SafeNpz, meta: dict[str, Any], version: int) -> Mlp:
+    # the layers' modules import scipy: loaded here, not for a load that reads no layer
+    from ..ir.mlp import Mlp, MlpLayer
+
     input_shape, output_shape, activations, alphas, dtype = read_summary(npz, version)
     layers, n_in = [], math.prod(input_shape)
     carried = meta.get("carried") if isinstance(meta.get("carried"), list) else []
@@ -301,6 +307,10 @@ def read_layer(npz: SafeNpz, i: int, n_in: int,
                dtype=np.float32) -> tuple[sp.csr_array, np.ndarray]:
     """One layer's CSR arrays, checked to form a valid (n_out, n_in) matrix before any of
     its data is read."""
+    import scipy.sparse as sp
+
+    from .npz_parts import read_bias, read_structured
+
     key = f"layer{i}"
     shape = npz.integers(f"{key}.shape", ndim=1)
     if len(shape) != 2 or shape[0] <= 0 or int(shape[1]) != n_in:

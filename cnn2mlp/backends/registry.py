@@ -15,7 +15,9 @@ import numpy as np
 
 from ..errors import CompileError
 from ..ir.graph import Graph, GraphMeta
-from ..ir.mlp import Mlp
+
+if TYPE_CHECKING:
+    from ..ir.mlp import Mlp
 
 if TYPE_CHECKING:  # the passes are imported when a pipeline is built, not to load a model
     from ..passes.base import PassContext, PassOptions

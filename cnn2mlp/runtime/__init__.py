@@ -8,6 +8,13 @@ built for this machine by ``c_engine.py``; the C target writes the same code). A
 the same results up to float rounding, for any thread count.
 """
 from .engine import Engine, available_engines, make_engine, runnable_engines
-from .plan import DENSE_THRESHOLD
 
 __all__ = ["Engine", "make_engine", "available_engines", "runnable_engines", "DENSE_THRESHOLD"]
+
+
+def __getattr__(name: str):
+    if name == "DENSE_THRESHOLD":  # plan.py imports scipy: loaded when first asked for
+        from .plan import DENSE_THRESHOLD
+
+        return DENSE_THRESHOLD
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

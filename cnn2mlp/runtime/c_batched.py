@@ -20,11 +20,10 @@ from __future__ import annotations
 
 from .c_activation import activation_loop
 from .c_indices import BiasFill, PairIndex, run_row_lines
+from .c_build import SAMPLES
 from .c_groups import LANES
 from .c_literals import c_number
 
-#: samples computed together
-SAMPLES = 16
 #: rows of a dense layer computed together
 DENSE_ROWS = 4
 #: kernels of a convolution block computed together, each with every sample's sum

@@ -16,6 +16,10 @@ import numpy as np
 
 from ..errors import CompileError, first_line_of
 
+#: samples the C code computes together (``c_batched.py``), and a batch's unit of work
+#: between threads (``c_engine.py``)
+SAMPLES = 16
+
 #: the flags every build uses: the tests hold the generated code to them
 STRICT_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 

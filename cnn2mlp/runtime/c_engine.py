@@ -25,17 +25,19 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import CompileError
-from ..ir.mlp import DeferredMlp, Mlp, layer_count, resolve
-from ..ir.weights import weight_arrays
-from .c_batched import SAMPLES
-from .c_build import CLibrary, build_library, build_timeout, build_units, find_compiler
-from .c_source import c_source
+from ..ir.deferred import DeferredMlp, layer_count, resolve
+from .c_build import (SAMPLES, CLibrary, build_library, build_timeout, build_units,
+                      find_compiler)
 from .engine import Engine, register_engine
 from .kernel_cache import untrusted, user_cache_dir
+
+if TYPE_CHECKING:
+    from ..ir.mlp import Mlp
 
 #: the flags of the engine's build (the tests build the target's code strictly as well)
 #: (the weights file's SHA-256 is checked here, at every load, as the library's is, by
@@ -125,6 +127,8 @@ class BuiltModel:
     def source(self, mlp, dtype):
         """The C source the engine builds: every weight in the weights file, so that the
         source stays small and quick to compile, split into units built in parallel."""
+        from .c_source import c_source  # (the generator loads only when a build needs it)
+
         BuiltModel.generated += 1
         return c_source(mlp, PREFIX, f"{PREFIX}.h", "see cnn2mlp's C target", static_limit=0,
                         dtype=dtype, units=self.units)
@@ -174,6 +178,8 @@ def content_digest(mlp: Mlp | DeferredMlp) -> str:
 def mlp_digest(mlp) -> str:
     """A SHA-256 of everything the MLP computes with: shapes, every layer's CSR arrays,
     biases and activations (numpy hashes the buffers at memory speed)."""
+    from ..ir.weights import weight_arrays
+
     digest = hashlib.sha256(repr((tuple(mlp.input_shape), tuple(mlp.output_shape))).encode())
     for layer in mlp.layers:
         weight = layer.weight

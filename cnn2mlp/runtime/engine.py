@@ -13,12 +13,16 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import first_line_of, install_hint
-from ..ir.mlp import DeferredMlp, Mlp, resolve
-from .plan import LayerPlan, iter_plans
+from ..ir.deferred import DeferredMlp, resolve
+
+if TYPE_CHECKING:
+    from ..ir.mlp import Mlp
+    from .plan import LayerPlan
 
 #: engine name → class, filled by the engine modules as they are imported
 ENGINES: dict[str, type["Engine"]] = {}
@@ -57,6 +61,8 @@ class Engine:
     def plans(self, dtype) -> list:
         """Every layer's plan in this precision, with what this engine prepares from it
         (made once, at the first run in that precision)."""
+        from .plan import iter_plans  # (imports scipy: not needed by a cached c engine)
+
         key = np.dtype(dtype)
         if key not in self._plans:
             self._plans[key] = [self.prepare(plan) for plan in
