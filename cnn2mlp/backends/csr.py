@@ -152,11 +152,9 @@ def read_unchanged(path: Path, limit: int, digest: str) -> Mlp:
 
 def stream_digest(handle: BinaryIO) -> str:
     """A SHA-256 of the open file's bytes, read in blocks; the handle is left at 0."""
-    digest = hashlib.sha256()
-    for block in iter(functools.partial(handle.read, 2**20), b""):
-        digest.update(block)
+    digest = hashlib.file_digest(handle, "sha256").hexdigest()
     handle.seek(0)
-    return digest.hexdigest()
+    return digest
 
 
 def check_zip(path: Path) -> Path:

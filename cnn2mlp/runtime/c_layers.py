@@ -249,9 +249,7 @@ class LayerWriter:
             "#endif",
             "    }", "}"]))
         self.lines.append(f"    {name}(h, z);")
-        if blocked < n_k:  # the kernels left over (pieces() leaves none: kept for safety)
-            self.positions_in_lanes(ProductGroup(g.kernels[blocked:], g.offsets, g.bases,
-                                                 g.rows[blocked:], g.shifts[blocked:]))
+        assert blocked == n_k, "pieces() gives whole blocks of kernels"
 
     def block_shift(self, g: ProductGroup) -> str:
         """The shift of the positions block ``i`` of ``g`` reads, as a C expression: a
