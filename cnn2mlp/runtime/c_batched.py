@@ -163,7 +163,7 @@ class BatchedLayerWriter:
             + ", ".join(f"{s} = {{0}}" for s in sums) + ";",
             f"            for (j = 0; j < {n_in}; j++) {{",
             "                " + " ".join(f"memcpy(&x{p}, h + j * {SAMPLES} + v + {p} * VECTOR_LANES, "
-                                        f"sizeof x{p});" for p in parts),
+                                        f"sizeof x{p}); IN_REGISTER(x{p});" for p in parts),
             *[f"                {{ const {r} wq = {w}[(i + {q}) * {n_in} + j]; "
               + " ".join(f"s{q}_{p} += x{p} * wq;" for p in parts) + " }" for q in rows],
             "            }",
@@ -367,8 +367,8 @@ class BatchedLayerWriter:
             + ", ".join(f"x{v}" for v in parts) + ", u;",
             f"                    for (t = 0; t < {taps}; t++) {{",
             f"                        const {r} *restrict xt = x + (long){offsets}[t] * {SAMPLES};",
-            "                        " + " ".join(f"memcpy(&x{v}, xt + {v * per}, sizeof x{v});"
-                                                for v in parts),
+            "                        " + " ".join(f"memcpy(&x{v}, xt + {v * per}, sizeof x{v}); "
+                                                f"IN_REGISTER(x{v});" for v in parts),
             f"                        const {r} *restrict wq = {first_weight};",
             *[f"                        {{ const {r} wk = wq[{k * weight_step}]; "
               + " ".join(f"s{k}_{v} += x{v} * wk;" for v in parts) + " }" for k in kernels],

@@ -297,6 +297,7 @@ class LayerWriter:
                 f"            for (t = 0; t < {taps}; t++) {{",
                 f"                const int32_t at = {offsets}[t];",
                 *[f"                memcpy(&wt, {weights('t')} + {v * per}, sizeof wt); "
+                  "IN_REGISTER(wt); "
                   + " ".join(f"s{q}_{v} += wt * x{q}[at];" for q in positions)
                   for v in vectors],
                 "            }",
