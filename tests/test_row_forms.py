@@ -1,7 +1,7 @@
 """The row forms real architectures lower to, in the runtime: a convolution plus a shortcut
 from another input block (group plus remainder), depthwise and grouped convolutions
 (shifted groups, narrower and wider than a block of sixteen kernels), carried values
-(copy runs), a convolution plus a projection of a map of another size. Each is found as
+(copy runs), a convolution plus a projection of a map of another size, a big map. Each is found as
 such, and runs exactly (against the float64 MLP) at batch 1, 37 and 64, on 1 and 2
 threads, in float32 and float64, in every engine and in the standalone kernel module."""
 import numpy as np
@@ -65,8 +65,17 @@ def projection(rng):
             (0, proj.shape[1], proj.shape[1] + main.shape[1]), "relu")
 
 
+def big_map(rng):
+    """A map whose inputs outgrow the cache: its positions run in tiles, each by every
+    block of kernels, and its 144 taps in blocks at sixteen samples (c_groups.TILE_BYTES,
+    c_batched.TAP_BLOCK_BYTES)."""
+    w, _ = conv(rng, 16, 32, 40)
+    return w, None, "relu"
+
+
 FORMS = {"residual": residual, "depthwise": depthwise, "grouped": grouped,
-         "wide_groups": wide_groups, "carried": carried, "projection": projection}
+         "wide_groups": wide_groups, "carried": carried, "projection": projection,
+         "big_map": big_map}
 
 
 def layer_of(form, seed=0):
@@ -151,6 +160,25 @@ def test_a_grouped_convolutions_blocks_are_one_loop_in_the_c_code():
     helpers = set(re.findall(r"void (layer0_group\d+)\(", source))
     assert 0 < len(helpers) <= len(geometries)
     assert "block_shifts" in source
+
+
+def test_a_big_maps_positions_run_in_tiles_and_its_taps_in_blocks():
+    """The big map's loops are the ones its test above ran exactly: positions in tiles
+    for one sample and for sixteen, taps in blocks (inputs copied together) at sixteen."""
+    import re
+
+    from cnn2mlp.runtime.c_source import c_source
+
+    layer = layer_of("big_map")
+    mlp = Mlp([layer], (layer.n_in,), (layer.n_out,))
+    source = c_source(mlp, "m", "m.h", "", static_limit=0).source
+    one = "".join(re.findall(r"void layer0_group\d+\(.*?\n}", source, re.S))
+    sixteen = "".join(re.findall(r"void layer0_batch_part\d+\(.*?\n}", source, re.S))
+    # the interior: 38 x 38 positions of 144 taps
+    assert re.search(r"for \(jt = 0; jt < 1444; jt \+= \d+\)", one)
+    assert re.search(r"for \(jt = 0; jt < 1444; jt \+= \d+\)", sixteen)
+    assert re.search(r"for \(tb = 0; tb < 144; tb \+= \d+\)", sixteen)
+    assert "packed + (t - tb)" in sixteen
 
 
 def group_matrix(groups, shape):

@@ -21,7 +21,7 @@ from __future__ import annotations
 from .c_activation import activation_loop
 from .c_indices import BiasFill, PairIndex, run_row_lines
 from .c_build import SAMPLES
-from .c_groups import LANES
+from .c_groups import LANES, position_tile
 from .c_literals import c_number
 
 #: rows of a dense layer computed together
@@ -30,6 +30,8 @@ DENSE_ROWS = 4
 KERNELS = 8
 #: vector registers the accumulators of a block may take (of x86-64's 16 with AVX2)
 VECTOR_REGISTERS = 8
+#: the inputs and weights a block of taps reads, in bytes: within the first-level cache
+TAP_BLOCK_BYTES = 16 * 1024
 
 
 def kernels_at_once(width: int, vectors: int) -> int:
@@ -235,12 +237,18 @@ class BatchedLayerWriter:
         the assembly showed every multiply-add reading and writing the stack); else scalar
         sums, which GCC's SLP vectorizer packs."""
         r = self.real
+        tile = position_tile(n_b, taps * SAMPLES * (8 if r == "double" else 4), 1)
         head = [
+            *([] if tile is None else [
+                "    long jt, end;",
+                f"    for (jt = 0; jt < {n_b}; jt += {tile}) {{",
+                f"    end = jt + {tile} < {n_b} ? jt + {tile} : {n_b};"]),
             f"    for (i = 0; i < {blocks}; i++) {{",
             f"        const {r} *restrict w = {w} + i * {stored * LANES};",
             "        " + rows.pointer("o", f"i * {LANES}"),
             *self.bias_pointer(bias, "ob", f"i * {LANES}", "        "),
-            f"        for (j = 0; j < {n_b}; j++) {{",
+            f"        for (j = {0 if tile is None else 'jt'}; j < {n_b if tile is None else 'end'}; "
+            "j++) {",
             f"            const {r} *restrict x = h + ({shift} + {bases}[j]) * {SAMPLES};",
             "            int q;"]
         body = head + ["#if defined(VECTOR_BYTES) && VECTOR_BYTES == 64",
@@ -250,7 +258,7 @@ class BatchedLayerWriter:
                        "#elif defined(VECTOR_BYTES)",
                        *self.vector_kernels(16, offsets, rows, bias, taps, tap),
                        "#else", *self.scalar_kernels(offsets, rows, bias, taps, tap), "#endif",
-                       "        }", "    }"]
+                       "        }", "    }", *([] if tile is None else ["    }"])]
         self.helper(body)
 
     def vector_kernels(self, width: int, offsets: str, rows: PairIndex,
@@ -259,11 +267,46 @@ class BatchedLayerWriter:
         per = width // (8 if r == "double" else 4)
         vectors = range(SAMPLES // per)
         count = kernels_at_once(width, len(vectors))
-        return [f"            for (q = 0; q < {LANES}; q += {count})",
-                *self.kernel_block(count, per, len(vectors), taps, offsets,
-                                   (f"w + {tap} * {LANES} + q", 1),
-                                   rows.at("o", "q + {k}", "j"),
-                                   self.bias_at(bias, "ob", "q + {k}", "j"))]
+        weight, row = (f"w + {tap} * {LANES} + q", 1), rows.at("o", "q + {k}", "j")
+        row_bias = self.bias_at(bias, "ob", "q + {k}", "j")
+        if count >= LANES:  # one pass over the taps
+            return [f"            for (q = 0; q < {LANES}; q += {count})",
+                    *self.kernel_block(count, per, len(vectors), taps, offsets, weight, row,
+                                       row_bias)]
+        # The block's kernels take several passes over the taps, each reading every
+        # tap's inputs (sixteen samples') and weights. The inputs of one tap of a 1x1
+        # convolution are a channel apart, a power of two on a 32x32 image's maps (4 KiB
+        # at 8x8): they fall into one set of the first-level cache, which holds eight of
+        # them, and every pass read them from the next level. So the taps go in blocks
+        # whose inputs and weights the first-level cache holds, their inputs first copied
+        # next to each other; the sums are kept between blocks (the same sums in the same
+        # order: the results do not change)
+        block = TAP_BLOCK_BYTES // (2 * SAMPLES * (8 if r == "double" else 4))
+        block = -(-taps // -(-taps // block))  # the taps in blocks of about equal size
+        packed = f"packed + (t - tb) * {SAMPLES}"
+        pack = [f"            for (t = tb; t < te; t++) memcpy(packed + (t - tb) * {SAMPLES}, "
+                f"x + (long){offsets}[t] * {SAMPLES}, {SAMPLES} * sizeof *x);"]
+        declare = [f"            {r} packed[{block * SAMPLES}] __attribute__((aligned(64)));"]
+        if block >= taps:
+            return ["            {", *declare, "            const long tb = 0, te = "
+                    f"{taps};", *pack, f"            for (q = 0; q < {LANES}; q += {count})",
+                    *self.kernel_block(count, per, len(vectors), taps, offsets, weight, row,
+                                       row_bias, inputs=packed),
+                    "            }"]
+        return [
+            "            {",
+            f"            vector_sum kept[{LANES * len(vectors)}]; long tb, te;", *declare,
+            "            memset(kept, 0, sizeof kept);",
+            f"            for (tb = 0; tb < {taps}; tb += {block}) {{",
+            f"            te = tb + {block} < {taps} ? tb + {block} : {taps};", *pack,
+            f"            for (q = 0; q < {LANES}; q += {count})",
+            *self.kernel_block(count, per, len(vectors), taps, offsets, weight, row,
+                               row_bias, ("tb", "te"), packed),
+            "            }",
+            f"            for (q = 0; q < {LANES}; q += {count})",
+            *self.kernel_block(count, per, len(vectors), taps, offsets, weight, row,
+                               row_bias, None),
+            "            }"]
 
     def vector_store(self, target: str, value: str, bias: str) -> str:
         """The vector ``value`` added to the values at ``target``, or stored there with the
@@ -353,29 +396,47 @@ class BatchedLayerWriter:
         self.helper(together + ["#endif", "            }", "        }", "#else", *each, "#endif"])
 
     def kernel_block(self, count: int, per: int, vectors: int, taps: int, offsets: str,
-                     weight: tuple[str, int], row: str, bias: str) -> list[str]:
+                     weight: tuple[str, int], row: str, bias: str,
+                     kept: tuple[str, str] | None | str = "",
+                     inputs: str | None = None) -> list[str]:
         """``count`` kernels from ``q`` at the position ``x`` (their inputs at ``offsets``),
         each sample's sums in ``vectors`` vectors of ``per`` values, stored to their rows:
         ``weight`` is (kernel ``q``'s weight at tap ``t``, a C pointer expression; the step
-        to the next kernel's), ``row`` a C expression of kernel ``{k}``."""
+        to the next kernel's), ``row`` a C expression of kernel ``{k}``. With ``kept``,
+        the sums are kept in the array ``kept`` between blocks of taps: (first, end) runs
+        the taps of a block from the kept sums back to them; None stores the kept sums.
+        ``inputs``: where tap ``t``'s inputs are, if not at ``x`` and ``offsets``."""
         first_weight, weight_step = weight
         r, kernels, parts = self.real, range(count), range(vectors)
         sums = [f"s{k}_{v}" for k in kernels for v in parts]
+        slot = {f"s{k}_{v}": f"kept[(q + {k}) * {vectors} + {v}]" for k in kernels for v in parts}
+        stores = [f"                    {{ {r} *restrict zk = z + (long){row.format(k=k)} * "
+                  f"{SAMPLES}; "
+                  + " ".join(self.vector_store(f"zk + {v * per}", f"s{k}_{v}", bias.format(k=k))
+                             for v in parts) + " }" for k in kernels]
+        if kept is None:
+            return ["                {",
+                    "                    vector_sum " + ", ".join(f"{s} = {slot[s]}" for s in sums)
+                    + ", u;", *stores, "                }"]
+        first, end = ("0", taps) if kept == "" else kept
+        start = "{0}" if kept == "" else None
         return [
             "                {",
-            "                    vector_sum " + ", ".join(f"{s} = {{0}}" for s in sums) + ", "
+            "                    vector_sum " + ", ".join(
+                f"{s} = {start or slot[s]}" for s in sums) + ", "
             + ", ".join(f"x{v}" for v in parts) + ", u;",
-            f"                    for (t = 0; t < {taps}; t++) {{",
-            f"                        const {r} *restrict xt = x + (long){offsets}[t] * {SAMPLES};",
+            f"                    for (t = {first}; t < {end}; t++) {{",
+            f"                        const {r} *restrict xt = "
+            f"{inputs or f'x + (long){offsets}[t] * {SAMPLES}'};",
             "                        " + " ".join(f"memcpy(&x{v}, xt + {v * per}, sizeof x{v}); "
                                                 f"IN_REGISTER(x{v});" for v in parts),
             f"                        const {r} *restrict wq = {first_weight};",
             *[f"                        {{ const {r} wk = wq[{k * weight_step}]; "
               + " ".join(f"s{k}_{v} += x{v} * wk;" for v in parts) + " }" for k in kernels],
             "                    }",
-            *[f"                    {{ {r} *restrict zk = z + (long){row.format(k=k)} * {SAMPLES}; "
-              + " ".join(self.vector_store(f"zk + {v * per}", f"s{k}_{v}", bias.format(k=k))
-                         for v in parts) + " }" for k in kernels],
+            *(stores if kept == "" else [
+                "                    " + " ".join(f"{slot[s]} = {s};" for s in sums)
+                + " (void)u;"]),
             "                }"]
 
     def copies(self, rows: str, cols: str, lengths: str, w: str, n: int,

@@ -76,3 +76,19 @@ def kernels_within(g: ProductGroup, source: ProductGroup,
         return None
     ordered = ProductGroup(kernels, g.offsets, g.bases, np.asarray(g.rows)[order], shifts)
     return ordered, np.asarray(taps)
+
+
+#: how much input a convolution's loop reads for a tile of positions, in bytes: on a big
+#: map the loop takes its positions in tiles, each run by every block of kernels, so that
+#: a tile's inputs come from the cache for every block after the first, where the whole
+#: map's came from memory once a block
+TILE_BYTES = 256 * 1024
+
+
+def position_tile(positions: int, bytes_per_position: int, multiple: int) -> int | None:
+    """The positions of a tile (a multiple of ``multiple``), or None where one tile would
+    hold them all (a map whose inputs fit in ``TILE_BYTES``: the loop as it was)."""
+    if positions * bytes_per_position <= TILE_BYTES:
+        return None
+    tile = max(multiple, TILE_BYTES // bytes_per_position // multiple * multiple)
+    return tile if tile < positions else None

@@ -18,10 +18,11 @@ from ..ir.activations import IDENTITY
 from ..runtime.plan import LayerPlan
 from ..runtime.structure import ProductGroup
 from .c_activation import activation_loop, stored_clamp
-from .c_groups import LANES, kernels_within, merge_same_rows
+from .c_groups import LANES, kernels_within, merge_same_rows, position_tile
 from .c_indices import (PairIndex, bias_fill, csr_runs, indexed, pair_bias, position_index,
                         row_index, run_bias, run_lines, run_row_lines)
 from .c_literals import c_number
+from .c_positions import vector_sums
 
 
 
@@ -221,20 +222,25 @@ class LayerWriter:
         # variable a lane, written out. The loop vectorizer stays off: it would gather
         # across taps instead
         name = f"layer{self.k}_group{len(self.helpers)}"
+        tile = position_tile(n_b, taps * (8 if r == "double" else 4), 8)
+        start, end = ("0", n_b) if tile is None else ("jt", "end")
         self.helpers.append("\n".join([
             f"static NO_LOOP_VECTORIZE void {name}(const {r} *restrict h, {r} *restrict z)",
-            "{", "    int i, j, t, l;", "    (void)l;",
+            "{", "    int i, j, t, l, jt = 0, end;", "    (void)l; (void)jt; (void)end;",
+            *([] if tile is None else [
+                f"    for (jt = 0; jt < {n_b}; jt += {tile}) {{",
+                f"    end = jt + {tile} < {n_b} ? jt + {tile} : {n_b};"]),
             f"    for (i = 0; i < {blocked // LANES}; i++) {{",
             f"        const {r} *restrict w = {transposed} + (long)i * {stored * LANES};",
             "        " + rows.pointer("o", f"i * {LANES}"),
             "#if defined(VECTOR_BYTES) && VECTOR_BYTES == 64",
-            *self.vector_sums(64, offsets, bases, shift, taps, n_b, index, rows),
+            *vector_sums(r, 64, offsets, bases, shift, taps, n_b, index, rows, start, end),
             "#elif defined(VECTOR_BYTES) && VECTOR_BYTES == 32",
-            *self.vector_sums(32, offsets, bases, shift, taps, n_b, index, rows),
+            *vector_sums(r, 32, offsets, bases, shift, taps, n_b, index, rows, start, end),
             "#elif defined(VECTOR_BYTES)",
-            *self.vector_sums(16, offsets, bases, shift, taps, n_b, index, rows),
+            *vector_sums(r, 16, offsets, bases, shift, taps, n_b, index, rows, start, end),
             "#else",
-            f"        for (j = 0; j < {n_b}; j++) {{",
+            f"        for (j = {start}; j < {end}; j++) {{",
             f"            const {r} *restrict x = h + {shift} + {bases}[j];",
             "            EACH_LANE(LANE_ZERO, a)",
             f"            for (t = 0; t < {taps}; t++) {{",
@@ -247,7 +253,7 @@ class LayerWriter:
             "#undef LANE_ROW",
             "        }",
             "#endif",
-            "    }", "}"]))
+            "    }", *([] if tile is None else ["    }"]), "}"]))
         self.lines.append(f"    {name}(h, z);")
         assert blocked == n_k, "pieces() gives whole blocks of kernels"
 
@@ -262,79 +268,6 @@ class LayerWriter:
         assert (per_block == per_block[:, :1]).all(), "a block of kernels with two shifts"
         return f"(long){self.array('block_shifts', per_block[:, 0])}[i]"
 
-    def vector_sums(self, width: int, offsets: str, bases: str, shift: str, taps: int,
-                    n_b: int, index: str | None, rows: PairIndex) -> list[str]:
-        """The loop over positions with the sixteen sums of a position as vectors of
-        ``width`` bytes: as many positions at a time as make eight vectors of sums, then
-        the positions left one at a time, each sum in partial sums over every few taps
-        (still eight vectors: one chain of dependent multiply-adds waits on each one's
-        latency; measured, ResNet18 at batch 1, whose small maps leave one to four
-        positions a group: 1.9-2.1 -> 1.4 ms in all, AVX-512). ``index``: the array of
-        each tap's row of weights, or None (the tap's own); ``rows``: where the block's
-        pairs store, past the pointer ``o``."""
-        r = self.real
-        per = width // (8 if r == "double" else 4)
-        vectors = range(LANES // per)
-        together = max(1, 8 // len(vectors))
-
-        def weights(tap: str) -> str:
-            return f"w + {tap if index is None else f'(long){index}[{tap}]'} * {LANES}"
-
-        def stores(positions: range, sums: str) -> list[str]:
-            """Each sum's lanes added to their rows: a loop the compiler unrolls."""
-            return [f"            UNROLL_LANES for (l = 0; l < {per}; l++) "
-                    f"z[{rows.at('o', f'l + {v * per}', f'j + {q}')}] += "
-                    f"{sums.format(q=q, v=v)}[l];" for q in positions for v in vectors]
-
-        def loop(count: int, step: str) -> list[str]:
-            positions = range(count)
-            sums = [f"s{q}_{v}" for q in positions for v in vectors]
-            return [
-                f"        for (; {step}; j += {count}) {{",
-                *[f"            const {r} *restrict x{q} = h + {shift} + {bases}[j + {q}];"
-                  for q in positions],
-                "            vector_sum " + ", ".join(f"{s} = {{0}}" for s in sums) + ", wt;",
-                f"            for (t = 0; t < {taps}; t++) {{",
-                f"                const int32_t at = {offsets}[t];",
-                *[f"                memcpy(&wt, {weights('t')} + {v * per}, sizeof wt); "
-                  "IN_REGISTER(wt); "
-                  + " ".join(f"s{q}_{v} += wt * x{q}[at];" for q in positions)
-                  for v in vectors],
-                "            }",
-                *stores(positions, "s{q}_{v}"),
-                "        }"]
-
-        def single(partial: int) -> list[str]:
-            """One position at a time, tap ``t`` into the partial sums ``p{t % partial}``."""
-            chains = range(partial)
-            sums = [f"p{c}_{v}" for c in chains for v in vectors]
-            step = [f"                {{ const long u = t + {c}; const int32_t at = {offsets}[u]; "
-                    + " ".join(f"memcpy(&wt, {weights('u')} + {v * per}, sizeof wt); "
-                               f"p{c}_{v} += wt * x0[at];" for v in vectors) + " }"
-                    for c in chains]
-            return [
-                f"        for (; j < {n_b}; j++) {{",
-                f"            const {r} *restrict x0 = h + {shift} + {bases}[j];",
-                "            vector_sum " + ", ".join(f"{s} = {{0}}" for s in sums) + ", wt;",
-                f"            for (t = 0; t + {partial} <= {taps}; t += {partial}) {{",
-                *step,
-                "            }",
-                f"            for (; t < {taps}; t++) {{",
-                f"                const long u = t; const int32_t at = {offsets}[u]; "
-                + " ".join(f"memcpy(&wt, {weights('u')} + {v * per}, sizeof wt); "
-                           f"p0_{v} += wt * x0[at];" for v in vectors),
-                "            }",
-                *[f"            p0_{v} = " + " + ".join(f"p{c}_{v}" for c in chains) + ";"
-                  for v in vectors],
-                *stores(range(1), "p0_{v}"),
-                "        }"]
-
-        lines = ["        j = 0;"]
-        if together > 1 and n_b >= together:  # (no loop that never runs: less to compile)
-            lines += loop(together, f"j + {together} <= {n_b}")
-        if together > 1 and n_b % together == 0:
-            return lines
-        return lines + single(max(1, 8 // len(vectors)))
 
     def positions_in_lanes(self, g) -> None:
         n_k, taps = g.kernels.shape
