@@ -303,9 +303,6 @@ class BatchedLayerWriter:
             *self.kernel_block(count, per, len(vectors), taps, offsets, weight, row,
                                row_bias, ("tb", "te"), packed),
             "            }",
-            f"            for (q = 0; q < {LANES}; q += {count})",
-            *self.kernel_block(count, per, len(vectors), taps, offsets, weight, row,
-                               row_bias, None),
             "            }"]
 
     def vector_store(self, target: str, value: str, bias: str) -> str:
@@ -397,14 +394,14 @@ class BatchedLayerWriter:
 
     def kernel_block(self, count: int, per: int, vectors: int, taps: int, offsets: str,
                      weight: tuple[str, int], row: str, bias: str,
-                     kept: tuple[str, str] | None | str = "",
+                     kept: tuple[str, str] | str = "",
                      inputs: str | None = None) -> list[str]:
         """``count`` kernels from ``q`` at the position ``x`` (their inputs at ``offsets``),
         each sample's sums in ``vectors`` vectors of ``per`` values, stored to their rows:
         ``weight`` is (kernel ``q``'s weight at tap ``t``, a C pointer expression; the step
-        to the next kernel's), ``row`` a C expression of kernel ``{k}``. With ``kept``,
-        the sums are kept in the array ``kept`` between blocks of taps: (first, end) runs
-        the taps of a block from the kept sums back to them; None stores the kept sums.
+        to the next kernel's), ``row`` a C expression of kernel ``{k}``. With ``kept``
+        (first, end), the taps of a block, from the sums kept in the array ``kept`` back
+        to it, or to the rows after the last block.
         ``inputs``: where tap ``t``'s inputs are, if not at ``x`` and ``offsets``."""
         first_weight, weight_step = weight
         r, kernels, parts = self.real, range(count), range(vectors)
@@ -414,10 +411,6 @@ class BatchedLayerWriter:
                   f"{SAMPLES}; "
                   + " ".join(self.vector_store(f"zk + {v * per}", f"s{k}_{v}", bias.format(k=k))
                              for v in parts) + " }" for k in kernels]
-        if kept is None:
-            return ["                {",
-                    "                    vector_sum " + ", ".join(f"{s} = {slot[s]}" for s in sums)
-                    + ", u;", *stores, "                }"]
         first, end = ("0", taps) if kept == "" else kept
         start = "{0}" if kept == "" else None
         return [
@@ -435,8 +428,9 @@ class BatchedLayerWriter:
               + " ".join(f"s{k}_{v} += x{v} * wk;" for v in parts) + " }" for k in kernels],
             "                    }",
             *(stores if kept == "" else [
-                "                    " + " ".join(f"{slot[s]} = {s};" for s in sums)
-                + " (void)u;"]),
+                f"                    if ({end} < {taps}) {{ "
+                + " ".join(f"{slot[s]} = {s};" for s in sums) + " } else {", *stores,
+                "                    }"]),
             "                }"]
 
     def copies(self, rows: str, cols: str, lengths: str, w: str, n: int,
