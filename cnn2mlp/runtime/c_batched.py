@@ -394,7 +394,7 @@ class BatchedLayerWriter:
 
     def kernel_block(self, count: int, per: int, vectors: int, taps: int, offsets: str,
                      weight: tuple[str, int], row: str, bias: str,
-                     kept: tuple[str, str] | str = "",
+                     kept: tuple[str, str] | None = None,
                      inputs: str | None = None) -> list[str]:
         """``count`` kernels from ``q`` at the position ``x`` (their inputs at ``offsets``),
         each sample's sums in ``vectors`` vectors of ``per`` values, stored to their rows:
@@ -411,12 +411,11 @@ class BatchedLayerWriter:
                   f"{SAMPLES}; "
                   + " ".join(self.vector_store(f"zk + {v * per}", f"s{k}_{v}", bias.format(k=k))
                              for v in parts) + " }" for k in kernels]
-        first, end = ("0", taps) if kept == "" else kept
-        start = "{0}" if kept == "" else None
+        first, end = ("0", taps) if kept is None else kept
         return [
             "                {",
             "                    vector_sum " + ", ".join(
-                f"{s} = {start or slot[s]}" for s in sums) + ", "
+                f"{s} = {'{0}' if kept is None else slot[s]}" for s in sums) + ", "
             + ", ".join(f"x{v}" for v in parts) + ", u;",
             f"                    for (t = {first}; t < {end}; t++) {{",
             f"                        const {r} *restrict xt = "
@@ -427,7 +426,7 @@ class BatchedLayerWriter:
             *[f"                        {{ const {r} wk = wq[{k * weight_step}]; "
               + " ".join(f"s{k}_{v} += x{v} * wk;" for v in parts) + " }" for k in kernels],
             "                    }",
-            *(stores if kept == "" else [
+            *(stores if kept is None else [
                 f"                    if ({end} < {taps}) {{ "
                 + " ".join(f"{slot[s]} = {s};" for s in sums) + " } else {", *stores,
                 "                    }"]),

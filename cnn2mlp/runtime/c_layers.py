@@ -25,7 +25,6 @@ from .c_literals import c_number
 from .c_positions import vector_sums
 
 
-
 @dataclass
 class Arrays:
     """The constant arrays a source needs, by name, in the order they were added."""
@@ -267,7 +266,6 @@ class LayerWriter:
         per_block = shifts[:blocked].reshape(-1, LANES)
         assert (per_block == per_block[:, :1]).all(), "a block of kernels with two shifts"
         return f"(long){self.array('block_shifts', per_block[:, 0])}[i]"
-
 
     def positions_in_lanes(self, g) -> None:
         n_k, taps = g.kernels.shape

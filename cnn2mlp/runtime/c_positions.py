@@ -2,8 +2,8 @@
 (``c_layers.py``): a block of sixteen kernels' sums in vectors of the machine's width."""
 from __future__ import annotations
 
-from .c_indices import PairIndex
 from .c_groups import LANES
+from .c_indices import PairIndex
 
 
 def vector_sums(real: str, width: int, offsets: str, bases: str, shift: str, taps: int,
@@ -16,7 +16,8 @@ def vector_sums(real: str, width: int, offsets: str, bases: str, shift: str, tap
     latency; measured, ResNet18 at batch 1, whose small maps leave one to four
     positions a group: 1.9-2.1 -> 1.4 ms in all, AVX-512). ``index``: the array of
     each tap's row of weights, or None (the tap's own); ``rows``: where the block's
-    pairs store, past the pointer ``o``."""
+    pairs store, past the pointer ``o``; ``start`` and ``end``: the positions to run
+    (C expressions: a tile's), all ``n_b`` unless given."""
     r = real
     per = width // (8 if r == "double" else 4)
     vectors = range(LANES // per)
