@@ -269,7 +269,7 @@ class BatchedLayerWriter:
         count = kernels_at_once(width, len(vectors))
         weight, row = (f"w + {tap} * {LANES} + q", 1), rows.at("o", "q + {k}", "j")
         row_bias = self.bias_at(bias, "ob", "q + {k}", "j")
-        if count >= LANES:  # one pass over the taps
+        if count >= LANES or width < 32:  # one pass over the taps; or not AVX
             return [f"            for (q = 0; q < {LANES}; q += {count})",
                     *self.kernel_block(count, per, len(vectors), taps, offsets, weight, row,
                                        row_bias)]
@@ -280,7 +280,8 @@ class BatchedLayerWriter:
         # them, and every pass read them from the next level. So the taps go in blocks
         # whose inputs and weights the first-level cache holds, their inputs first copied
         # next to each other; the sums are kept between blocks (the same sums in the same
-        # order: the results do not change)
+        # order: the results do not change). With 32-byte vectors (AVX) only, where it was
+        # measured: 16-byte ones are also a microcontroller's, whose stack is small
         block = TAP_BLOCK_BYTES // (2 * SAMPLES * (8 if r == "double" else 4))
         block = -(-taps // -(-taps // block))  # the taps in blocks of about equal size
         packed = f"packed + (t - tb) * {SAMPLES}"
@@ -406,7 +407,7 @@ class BatchedLayerWriter:
         first_weight, weight_step = weight
         r, kernels, parts = self.real, range(count), range(vectors)
         sums = [f"s{k}_{v}" for k in kernels for v in parts]
-        slot = {f"s{k}_{v}": f"kept[(q + {k}) * {vectors} + {v}]" for k in kernels for v in parts}
+        slot = {f"s{k}_{v}": f"kq[{k * vectors + v}]" for k in kernels for v in parts}
         stores = [f"                    {{ {r} *restrict zk = z + (long){row.format(k=k)} * "
                   f"{SAMPLES}; "
                   + " ".join(self.vector_store(f"zk + {v * per}", f"s{k}_{v}", bias.format(k=k))
@@ -414,6 +415,8 @@ class BatchedLayerWriter:
         first, end = ("0", taps) if kept is None else kept
         return [
             "                {",
+            *([] if kept is None else
+              [f"                    vector_sum *restrict kq = kept + q * {vectors};"]),
             "                    vector_sum " + ", ".join(
                 f"{s} = {'{0}' if kept is None else slot[s]}" for s in sums) + ", "
             + ", ".join(f"x{v}" for v in parts) + ", u;",
