@@ -16,10 +16,9 @@ import numpy as np
 from ..errors import CompileError
 from ..ir.graph import Graph, GraphMeta
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the passes are imported when a pipeline is built, the layers' module
+    # (scipy) when a model is compiled or read: not to load a cached model
     from ..ir.mlp import Mlp
-
-if TYPE_CHECKING:  # the passes are imported when a pipeline is built, not to load a model
     from ..passes.base import PassContext, PassOptions
     from ..passes.pipeline import Pipeline
 

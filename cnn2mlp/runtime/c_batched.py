@@ -19,9 +19,9 @@ to a bias written first and clamping after.
 from __future__ import annotations
 
 from .c_activation import activation_loop
-from .c_indices import BiasFill, PairIndex, run_row_lines
 from .c_build import SAMPLES
 from .c_groups import LANES, position_tile
+from .c_indices import BiasFill, PairIndex, run_row_lines
 from .c_literals import c_number
 
 #: rows of a dense layer computed together
