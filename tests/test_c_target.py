@@ -287,7 +287,7 @@ def test_big_weights_go_to_a_checked_file(tmp_path, monkeypatch):
     out = tmp_path / "big.c"
     assert main([str(path), "-o", str(out), "--check", "10", "--quiet"]) == 0
     weights = out.with_suffix(".weights")
-    assert weights.exists() and "SHARED const float *" in out.read_text()
+    assert weights.exists() and "((const float *)(const void *)(blob + " in out.read_text()
     result = compile_model(path)
     assert_matches_onnxruntime(path, CModel(out, result.mlp), (2, 6, 6))
     data = bytearray(weights.read_bytes())

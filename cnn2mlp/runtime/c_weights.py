@@ -27,28 +27,26 @@ def c_bytes(data: bytes) -> str:
 
 
 def external_arrays(arrays: Arrays) -> tuple[str, bytes]:
-    """Pointer declarations, and the weights file: MAGIC, then each array 8-byte aligned."""
+    """Each array's name as a pointer into the bytes init reads, and the weights file:
+    MAGIC, then each array 8-byte aligned. (Names, not pointer variables that init sets:
+    GCC took seconds over an init of thousands of assignments.)"""
     chunks, offset = [MAGIC], len(MAGIC)
-    lines = []
+    lines = ["SHARED unsigned char *blob;  /* the weights file, read by init */"]
     for name, a in arrays.items:
         pad = (-offset) % 8
         chunks.append(b"\0" * pad)
         offset += pad
         data = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()  # int8/32, floats
-        lines.append(f"SHARED const {c_type(a, arrays.real)} *{name}; /* @{offset} */")
+        lines.append(f"#define {name} ((const {c_type(a, arrays.real)} *)(const void *)"
+                     f"(blob + {offset}))")
         chunks.append(data)
         offset += len(data)
     return "\n".join(lines), b"".join(chunks)
 
 
-def init_external(prefix: str, arrays: Arrays, blob: bytes) -> str:
-    assignments, offset = [], len(MAGIC)
-    for name, a in arrays.items:
-        offset += (-offset) % 8
-        assignments.append(f"    {name} = (const void *)(blob + {offset});")
-        offset += a.nbytes
+def init_external(prefix: str, blob: bytes) -> str:
     return INIT_EXTERNAL.format(prefix=prefix, size=len(blob), digest=c_bytes(digest(blob)),
-                                magic=MAGIC.decode(), assignments="\n".join(assignments))
+                                magic=MAGIC.decode())
 
 
 INIT_DOC_STATIC = """/* The weights are in the source: init does nothing and returns 0 (kept so that code
@@ -128,8 +126,7 @@ static void cnn2mlp_sha256(const unsigned char *data, size_t n, unsigned char ou
 """
 
 INIT_EXTERNAL = ("#ifndef CNN2MLP_WEIGHTS_CHECKED\n" + SHA256 + "#endif\n"
-                 + """static unsigned char *blob;
-static char *path_copy;  /* the path init read, for a second call */
+                 + """static char *path_copy;  /* the path init read, for a second call */
 static int ready;
 
 int {prefix}_init(const char *weights_path)
@@ -157,7 +154,6 @@ int {prefix}_init(const char *weights_path)
         if (memcmp(got, expected, 32) != 0) {{ free(blob); blob = NULL; return -3; }}
     }}
 #endif
-{assignments}
     path_copy = (char *)malloc(strlen(weights_path) + 1);
     if (!path_copy) {{ free(blob); blob = NULL; return -2; }}
     strcpy(path_copy, weights_path);
