@@ -15,6 +15,7 @@ form is left as it is, and a name is taken for an array only if the source decla
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 #: a part's function as the writers write it: its name, its signature's parameters, its body
@@ -31,8 +32,7 @@ class Shared:
     name: str
     parameters: str
     body: str
-    types: list[str]
-    users: int = 0
+    types: tuple[str, ...]
 
     def signature(self) -> str:
         arrays = "".join(f", const {t} *restrict A{j}" for j, t in enumerate(self.types))
@@ -41,12 +41,25 @@ class Shared:
     def definition(self) -> str:
         return f"{self.signature()}\n{{\n{self.body}\n}}"
 
+    def call(self, name: str, arrays: list[str]) -> str:
+        """A part named ``name`` that runs this body on its ``arrays``."""
+        arguments = "".join(f", {a}" for a in arrays)
+        return f"static void {name}({self.parameters})\n{{\n    {self.name}(h, z{arguments});\n}}"
+
 
 @dataclass
 class Sharing:
     """The shared functions of a source, and its parts rewritten to call them."""
     functions: list[str]
     prototypes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Part:
+    """A part's function as found in a chunk, its body with its arrays as arguments."""
+    match: re.Match
+    key: tuple[str, str, tuple[str, ...]]  # parameters, abstracted body, the arrays' types
+    arrays: list[str]
 
 
 def abstracted(body: str, types: dict[str, str]) -> tuple[str, list[str]]:
@@ -65,31 +78,32 @@ def abstracted(body: str, types: dict[str, str]) -> tuple[str, list[str]]:
     return ARRAY_NAME.sub(argument, body), names
 
 
+def parts_of(chunk: str, types: dict[str, str]) -> list[Part]:
+    found = []
+    for match in HELPER.finditer(chunk):
+        body, names = abstracted(match.group(4), types)
+        found.append(Part(match, (match.group(2), body, tuple(types[n] for n in names)), names))
+    return found
+
+
 def share_functions(chunks: list[str], types: dict[str, str]) -> Sharing:
     """``chunks`` (each layer's functions, as the writers wrote them) with every function
     whose body another function also has, but for its arrays (``types``: each array's C
     element type, by name), made a call to one shared copy. The copies come first."""
-    found: dict[tuple[str, str, tuple[str, ...]], Shared] = {}
-    for chunk in chunks:
-        for match in HELPER.finditer(chunk):
-            body, names = abstracted(match.group(4), types)
-            key = (match.group(2), body, tuple(types[n] for n in names))
-            if key not in found:
-                found[key] = Shared(f"shared{len(found)}", match.group(2), body, list(key[2]))
-            found[key].users += 1
-    kept = [s for s in found.values() if s.users > 1]
-    for j, s in enumerate(kept):
-        s.name = f"shared{j}"
-
-    def call(match: re.Match) -> str:
-        body, names = abstracted(match.group(4), types)
-        shared = found[(match.group(2), body, tuple(types[n] for n in names))]
-        if shared.users < 2:
-            return match.group(0)
-        arguments = "".join(f", {n}" for n in names)
-        return (f"static void {match.group(1)}({match.group(2)})\n{{\n"
-                f"    {shared.name}(h, z{arguments});\n}}")
-
-    rewritten = [HELPER.sub(call, chunk) for chunk in chunks]
-    return Sharing([s.definition() for s in kept] + rewritten,
-                   [s.signature() + ";" for s in kept])
+    parts = [parts_of(chunk, types) for chunk in chunks]
+    users = Counter(part.key for found in parts for part in found)
+    shared: dict[tuple, Shared] = {}
+    for key, n in users.items():  # in order of first use
+        if n > 1:
+            shared[key] = Shared(f"shared{len(shared)}", key[0], key[1], key[2])
+    rewritten = []
+    for chunk, found in zip(chunks, parts):
+        pieces, end = [], 0
+        for part in found:
+            if part.key in shared:
+                pieces += [chunk[end:part.match.start()],
+                           shared[part.key].call(part.match.group(1), part.arrays)]
+                end = part.match.end()
+        rewritten.append("".join(pieces) + chunk[end:])
+    return Sharing([s.definition() for s in shared.values()] + rewritten,
+                   [s.signature() + ";" for s in shared.values()])
