@@ -40,6 +40,16 @@ def kernels_at_once(width: int, vectors: int) -> int:
     return max(1, (16 if width == 64 else VECTOR_REGISTERS) // vectors)
 
 
+def kernel_passes(count: int, vectors: int) -> list[tuple[int, int, int]]:
+    """The passes over a block's taps, as (first kernel, end, kernels a pass). AVX2's
+    multiply-add takes five cycles and two start a cycle: ten sums must be in flight to
+    keep it busy, and four kernels of two vectors are eight. Six kernels (twelve sums, the
+    two inputs and a weight: fifteen of the sixteen registers) go twice, then four."""
+    if count == 4 and vectors == 2:
+        return [(0, 12, 6), (12, LANES, 4)]
+    return [(0, LANES, count)]
+
+
 def lanes(statement: str, sums: str) -> str:
     """The prelude's lane statement ``statement`` (``LANE_…``) for each of the sixteen
     samples' sums ``sums{l}``, written out by the preprocessor (``EACH_LANE``)."""
@@ -273,6 +283,13 @@ class BatchedLayerWriter:
             return [f"            for (q = 0; q < {LANES}; q += {count})",
                     *self.kernel_block(count, per, len(vectors), taps, offsets, weight, row,
                                        row_bias)]
+
+        def passes(inputs: str, kept: tuple[str, str] | None = None) -> list[str]:
+            return [line for first, end, n in kernel_passes(count, len(vectors)) for line in (
+                f"            for (q = {first}; q < {end}; q += {n})",
+                *self.kernel_block(n, per, len(vectors), taps, offsets, weight, row,
+                                   row_bias, kept, inputs))]
+
         # The block's kernels take several passes over the taps, each reading every
         # tap's inputs (sixteen samples') and weights. The inputs of one tap of a 1x1
         # convolution are a channel apart, a power of two on a 32x32 image's maps (4 KiB
@@ -290,19 +307,14 @@ class BatchedLayerWriter:
         declare = [f"            {r} packed[{block * SAMPLES}] __attribute__((aligned(64)));"]
         if block >= taps:
             return ["            {", *declare, "            const long tb = 0, te = "
-                    f"{taps};", *pack, f"            for (q = 0; q < {LANES}; q += {count})",
-                    *self.kernel_block(count, per, len(vectors), taps, offsets, weight, row,
-                                       row_bias, inputs=packed),
-                    "            }"]
+                    f"{taps};", *pack, *passes(packed), "            }"]
         return [
             "            {",
             f"            vector_sum kept[{LANES * len(vectors)}]; long tb, te;", *declare,
             "            memset(kept, 0, sizeof kept);",
             f"            for (tb = 0; tb < {taps}; tb += {block}) {{",
             f"            te = tb + {block} < {taps} ? tb + {block} : {taps};", *pack,
-            f"            for (q = 0; q < {LANES}; q += {count})",
-            *self.kernel_block(count, per, len(vectors), taps, offsets, weight, row,
-                               row_bias, ("tb", "te"), packed),
+            *passes(packed, ("tb", "te")),
             "            }",
             "            }"]
 
