@@ -73,9 +73,16 @@ def big_map(rng):
     return w, None, "relu"
 
 
+def wide_map(rng):
+    """A map of 15 x 15 interior positions, not tiled: six positions at a time with AVX2
+    (c_positions.WIDE_POSITIONS), then the three left one at a time."""
+    w, _ = conv(rng, 8, 16, 17)
+    return w, None, "relu"
+
+
 FORMS = {"residual": residual, "depthwise": depthwise, "grouped": grouped,
          "wide_groups": wide_groups, "carried": carried, "projection": projection,
-         "big_map": big_map}
+         "big_map": big_map, "wide_map": wide_map}
 
 
 def layer_of(form, seed=0):
@@ -182,6 +189,22 @@ def test_a_big_maps_positions_run_in_tiles_and_its_taps_in_blocks():
     assert "packed + (t - tb)" in sixteen
     # with AVX2, two passes of six kernels (twelve sums in flight), then one of four
     assert "for (q = 0; q < 12; q += 6)" in sixteen and "for (q = 12; q < 16; q += 4)" in sixteen
+    # one sample with AVX2: six positions at a time, then four, then one
+    assert re.search(r"for \(; j \+ 6 <= end; j \+= 6\)", one)
+    assert re.search(r"for \(; j \+ 4 <= end; j \+= 4\)", one)
+
+
+def test_a_wide_maps_positions_run_six_at_a_time_then_one():
+    import re
+
+    from cnn2mlp.runtime.c_source import c_source
+
+    layer = layer_of("wide_map")
+    source = c_source(Mlp([layer], (layer.n_in,), (layer.n_out,)), "m", "m.h", "",
+                      static_limit=0).source
+    one = "".join(re.findall(r"void layer0_group\d+\(.*?\n}", source, re.S))
+    assert "for (; j + 6 <= 225; j += 6)" in one and "for (; j < 225; j++)" in one
+    assert "for (; j + 4 <= 225; j += 4)" not in one  # three left: no loop of four
 
 
 def group_matrix(groups, shape):

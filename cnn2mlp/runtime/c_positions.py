@@ -5,13 +5,19 @@ from __future__ import annotations
 from .c_groups import LANES
 from .c_indices import PairIndex
 
+#: positions the AVX2 loop runs at once (``wide_loop``), on maps of at least
+#: ``WIDE_MAPS`` positions: measured, ResNet50 at 224x224, one sample, 120 -> 108 ms; at
+#: 32x32, whose maps are smaller, no faster, and more code to build
+WIDE_POSITIONS, WIDE_MAPS = 6, 128
+
 
 def vector_sums(real: str, width: int, offsets: str, bases: str, shift: str, taps: int,
                 n_b: int, index: str | None, rows: PairIndex, start: str = "0",
                 end: str | int | None = None) -> list[str]:
     """The loop over positions with the sixteen sums of a position as vectors of
-    ``width`` bytes: as many positions at a time as make eight vectors of sums, then
-    the positions left one at a time, each sum in partial sums over every few taps
+    ``width`` bytes: with two vectors a position (AVX2), on a big map, six positions at
+    a time (``wide_loop``); as many positions at a time as make eight vectors of sums;
+    then the positions left one at a time, each sum in partial sums over every few taps
     (still eight vectors: one chain of dependent multiply-adds waits on each one's
     latency; measured, ResNet18 at batch 1, whose small maps leave one to four
     positions a group: 1.9-2.1 -> 1.4 ms in all, AVX-512). ``index``: the array of
@@ -50,6 +56,29 @@ def vector_sums(real: str, width: int, offsets: str, bases: str, shift: str, tap
             *stores(positions, "s{q}_{v}"),
             "        }"]
 
+    def wide_loop(count: int, step: str) -> list[str]:
+        """``count`` positions with both vectors of a tap's weights in registers, one
+        input at a time: twelve sums for six positions, the two weights and the input
+        are fifteen of AVX2's sixteen registers (an input kept for both vectors would
+        take six)."""
+        positions = range(count)
+        sums = [f"s{q}_{v}" for q in positions for v in vectors]
+        return [
+            f"        for (; {step}; j += {count}) {{",
+            *[f"            const {r} *restrict x{q} = h + {shift} + {bases}[j + {q}];"
+              for q in positions],
+            "            vector_sum " + ", ".join(f"{s} = {{0}}" for s in sums) + ", "
+            + ", ".join(f"w{v}" for v in vectors) + ";",
+            f"            for (t = 0; t < {taps}; t++) {{",
+            f"                const int32_t at = {offsets}[t];",
+            "                " + " ".join(f"memcpy(&w{v}, {weights('t')} + {v * per}, sizeof w{v}); "
+                                         f"IN_REGISTER(w{v});" for v in vectors),
+            *[f"                {{ const {r} xq = x{q}[at]; "
+              + " ".join(f"s{q}_{v} += w{v} * xq;" for v in vectors) + " }" for q in positions],
+            "            }",
+            *stores(positions, "s{q}_{v}"),
+            "        }"]
+
     def single(partial: int) -> list[str]:
         """One position at a time, tap ``t`` into the partial sums ``p{t % partial}``."""
         chains = range(partial)
@@ -75,10 +104,20 @@ def vector_sums(real: str, width: int, offsets: str, bases: str, shift: str, tap
             *stores(range(1), "p0_{v}"),
             "        }"]
 
+    # a tile's positions (``end`` a C expression) are a multiple of eight, not of six
+    count = n_b if end is None or isinstance(end, int) else None
     end = n_b if end is None else end
     lines = [f"        j = {start};"]
-    if together > 1 and n_b >= together:  # (no loop that never runs: less to compile)
+    # AVX2's multiply-add takes five cycles and two start a cycle: ten sums must be in
+    # flight to keep it busy, and four positions of two vectors are eight
+    wide = WIDE_POSITIONS if len(vectors) == 2 and n_b >= WIDE_MAPS else 0
+    if wide:
+        lines += wide_loop(wide, f"j + {wide} <= {end}")
+    # the positions left: as many as each next loop can run (no loop that never runs:
+    # less to compile)
+    left = n_b if not wide else None if count is None else count % wide
+    if together > 1 and (left is None or left >= together):
         lines += loop(together, f"j + {together} <= {end}")
-    if together > 1 and n_b % together == 0:
+    if together > 1 and left is not None and left % together == 0:
         return lines
     return lines + single(max(1, 8 // len(vectors)))
