@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import CompileError
 from ..ir.deferred import DeferredMlp, layer_count, resolve
+from .c_batching import BLOCKS, ONE, choice_path, kept_choice, measured
 from .c_build import (SAMPLES, CLibrary, build_library, build_timeout, build_units,
                       find_compiler)
 from .engine import Engine, register_engine
@@ -104,6 +105,8 @@ class BuiltModel:
 
     #: how many C sources this process generated (the tests count cache hits with it)
     generated = 0
+    #: how a batch runs: in blocks of SAMPLES or one sample at a time (``c_batching.py``)
+    batching = BLOCKS
 
     def __init__(self, mlp: Mlp | DeferredMlp, dtype) -> None:
         compiler = find_compiler() or "cc"  # the engine checked there is one
@@ -138,10 +141,19 @@ class BuiltModel:
         weights file's SHA-256 and its are kept beside it: a junk, truncated or replaced
         file is built again)."""
         library, weights = cache / f"{key}.so", cache / f"{key}.weights"
-        if not intact(library, weights):
+        built = not intact(library, weights)
+        if built:
             made = self.source(resolve(mlp), dtype)
             self.build(made, cache, library, weights, self.units)
-        return CLibrary(library, PREFIX, dtype, weights if weights.stat().st_size else None)
+        loaded = CLibrary(library, PREFIX, dtype, weights if weights.stat().st_size else None)
+        if built:  # timed once, with the build; kept beside the library
+            self.batching = measured(loaded, mlp.input_shape, mlp.output_shape)
+            staged = choice_path(library).with_name(f"{key}.batching-{os.getpid()}")
+            staged.write_text(self.batching + "\n")
+            os.replace(staged, choice_path(library))
+        else:
+            self.batching = kept_choice(library)
+        return loaded
 
     @staticmethod
     def build(made, cache: Path, library: Path, weights: Path, units: int = 1) -> None:
@@ -256,29 +268,30 @@ class CEngine(Engine):
             return self._built[key]
 
     def run(self, x: np.ndarray, dtype=np.float32) -> np.ndarray:
-        library = self.built(dtype).library
+        built = self.built(dtype)
+        library, block = built.library, 1 if built.batching == ONE else SAMPLES
         x = np.ascontiguousarray(x, library.dtype)
         out = np.empty((len(x), math.prod(self.source.output_shape)), library.dtype)
-        chunks = self.chunks(len(x))
+        chunks = self.chunks(len(x), block)
+        run = self.run_chunk if block > 1 else self.run_one_at_a_time
         if len(chunks) == 1:
-            self.run_chunk(library, x, out)
+            run(library, x, out)
             return out
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cnn2mlp-c")
-        futures = [self._pool.submit(self.run_chunk, library, x[a:b], out[a:b])
-                   for a, b in chunks]
+        futures = [self._pool.submit(run, library, x[a:b], out[a:b]) for a, b in chunks]
         for future in futures:
             future.result()
         return out
 
-    def chunks(self, batch: int) -> list[tuple[int, int]]:
-        """The batch as runs of whole blocks of SAMPLES, one a thread (the last takes the
-        rest): splitting a block would run two padded blocks for one."""
-        blocks = batch // SAMPLES
+    def chunks(self, batch: int, block: int = SAMPLES) -> list[tuple[int, int]]:
+        """The batch as runs of whole blocks of ``block`` samples, one a thread (the last
+        takes the rest): splitting a block would run two padded blocks for one."""
+        blocks = batch // block
         parts = max(1, min(self.threads, blocks))
         if parts == 1:
             return [(0, batch)]
-        bounds = [SAMPLES * (blocks * k // parts) for k in range(parts)] + [batch]
+        bounds = [block * (blocks * k // parts) for k in range(parts)] + [batch]
         return list(zip(bounds[:-1], bounds[1:]))
 
     def run_chunk(self, library: CLibrary, x: np.ndarray, out: np.ndarray) -> None:
@@ -287,3 +300,7 @@ class CEngine(Engine):
         if work is None or work.dtype != library.dtype or work.size < needed:
             work = self._local.work = np.empty(needed, library.dtype)
         library.run(x, out, work)
+
+    def run_one_at_a_time(self, library: CLibrary, x: np.ndarray, out: np.ndarray) -> None:
+        for i in range(len(x)):
+            self.run_chunk(library, x[i:i + 1], out[i:i + 1])
