@@ -7,7 +7,9 @@ beside numba's (``$XDG_CACHE_HOME/cnn2mlp/c``), under a hash of the artifact's b
 generator, the compiler's version, the flags and the CPU's features: the next load of the
 same artifact on the same machine builds nothing and reads no layer. A batch of at least
 two blocks of ``SAMPLES`` spreads over ``threads`` threads, a run of whole blocks each
-(ctypes lets go of the GIL for the call); smaller batches run on one.
+(ctypes lets go of the GIL for the call); smaller batches run on one. A model whose
+batched buffers outgrow the caches may run its samples one at a time instead, as timed
+once at its build (``c_batching.py``).
 """
 from __future__ import annotations
 
@@ -139,7 +141,7 @@ class BuiltModel:
     def load(self, mlp, cache: Path, key: str, dtype) -> CLibrary:
         """The cached library, built first if it is missing or is not what was built (its
         weights file's SHA-256 and its are kept beside it: a junk, truncated or replaced
-        file is built again)."""
+        file is built again), and how it runs a batch: timed with the build, else read."""
         library, weights = cache / f"{key}.so", cache / f"{key}.weights"
         built = not intact(library, weights)
         if built:
