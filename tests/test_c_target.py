@@ -287,7 +287,7 @@ def test_big_weights_go_to_a_checked_file(tmp_path, monkeypatch):
     out = tmp_path / "big.c"
     assert main([str(path), "-o", str(out), "--check", "10", "--quiet"]) == 0
     weights = out.with_suffix(".weights")
-    assert weights.exists() and "((const float *)(const void *)(blob + " in out.read_text()
+    assert weights.exists() and "((const float *)(const void *)(big_blob + " in out.read_text()
     result = compile_model(path)
     assert_matches_onnxruntime(path, CModel(out, result.mlp), (2, 6, 6))
     data = bytearray(weights.read_bytes())
@@ -423,3 +423,25 @@ def test_the_target_is_registered_by_its_suffix():
 
     assert isinstance(target_for("robot.c"), CTarget)
     assert c_source  # the module's entry point for the benchmark
+
+
+def test_two_models_in_units_link_into_one_program(tmp_path):
+    """Each model's own names (its weights' buffer among them) carry its prefix: two
+    models' sources written in units, their weights in files, link into one library."""
+    compiler = find_compiler()
+    if compiler is None:
+        pytest.skip("no C compiler")
+    objects = []
+    for prefix, seed in (("first", 1), ("second", 2)):
+        mlp = compile_model(conv_relu_dense(tmp_path / f"{prefix}.onnx", seed=seed, convs=2)).mlp
+        made = c_source(mlp, prefix, f"{prefix}.h", "", static_limit=0, units=2)
+        assert source_units(made.source) == 2
+        (tmp_path / f"{prefix}.c").write_text(made.source)
+        (tmp_path / f"{prefix}.h").write_text(made.header)
+        for unit in range(2):
+            objects.append(f"{prefix}{unit}.o")
+            subprocess.run([compiler, "-std=c99", "-O1", "-fPIC", f"-DCNN2MLP_UNIT={unit}", "-c",
+                            f"{prefix}.c", "-o", objects[-1]], cwd=tmp_path, check=True)
+    linked = subprocess.run([compiler, "-shared", *objects, "-o", "both.so", "-lm"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert linked.returncode == 0, linked.stderr

@@ -52,6 +52,7 @@ class Sharing:
     """The shared functions of a source, and its parts rewritten to call them."""
     functions: list[str]
     prototypes: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # the shared functions'
 
 
 @dataclass
@@ -106,4 +107,5 @@ def share_functions(chunks: list[str], types: dict[str, str]) -> Sharing:
                 end = part.match.end()
         rewritten.append("".join(pieces) + chunk[end:])
     return Sharing([s.definition() for s in shared.values()] + rewritten,
-                   [s.signature() + ";" for s in shared.values()])
+                   [s.signature() + ";" for s in shared.values()],
+                   [s.name for s in shared.values()])

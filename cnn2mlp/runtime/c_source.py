@@ -104,6 +104,13 @@ def split_units(functions: list[str], units: int) -> str:
                        + "\n#endif" for u, ids in enumerate(chosen) if ids)
 
 
+def unit_names(prefix: str, names: list[str]) -> str:
+    """In a unit's build, the functions units call across carry the model's prefix (they
+    are global there): two models built in units link into one program."""
+    return "\n".join(["#if defined(CNN2MLP_UNIT)",
+                      *(f"#define {name} {prefix}_{name}" for name in names), "#endif"])
+
+
 @dataclass
 class CSource:
     source: str
@@ -151,7 +158,7 @@ def c_source(mlp: Mlp, prefix: str, header_name: str, contract: str,
     external = arrays.nbytes > static_limit
     blob = None
     if external:
-        declarations, blob = external_arrays(arrays)
+        declarations, blob = external_arrays(arrays, prefix)
     else:
         declarations = "\n".join(
             f"static const {c_type(a, real)} {name}[{max(1, a.size)}] = {{\n{literals(a)}\n}};"
@@ -174,6 +181,8 @@ def c_source(mlp: Mlp, prefix: str, header_name: str, contract: str,
         units = 1
     sharing = share_functions(functions, {name: c_type(a, real) for name, a in arrays.items})
     prototypes = "\n".join([
+        unit_names(prefix, [f"layer{k}{kind}" for k in range(n_layers)
+                            for kind in ("", "_batch")] + sharing.names)] + [
         f"LAYER void layer{k}{kind}(const {real} *restrict h, {real} *restrict z);"
         for k in range(n_layers) for kind in ("", "_batch")] + sharing.prototypes)
     body = SOURCE.format(

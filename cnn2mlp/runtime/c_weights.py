@@ -26,19 +26,20 @@ def c_bytes(data: bytes) -> str:
     return ", ".join(f"0x{b:02x}" for b in data)
 
 
-def external_arrays(arrays: Arrays) -> tuple[str, bytes]:
+def external_arrays(arrays: Arrays, prefix: str) -> tuple[str, bytes]:
     """Each array's name as a pointer into the bytes init reads, and the weights file:
     MAGIC, then each array 8-byte aligned. (Names, not pointer variables that init sets:
     GCC took seconds over an init of thousands of assignments.)"""
     chunks, offset = [MAGIC], len(MAGIC)
-    lines = ["SHARED unsigned char *blob;  /* the weights file, read by init */"]
+    # the model's own name: two models' units can be linked into one program
+    lines = [f"SHARED unsigned char *{prefix}_blob;  /* the weights file, read by init */"]
     for name, a in arrays.items:
         pad = (-offset) % 8
         chunks.append(b"\0" * pad)
         offset += pad
         data = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()  # int8/32, floats
         lines.append(f"#define {name} ((const {c_type(a, arrays.real)} *)(const void *)"
-                     f"(blob + {offset}))")
+                     f"({prefix}_blob + {offset}))")
         chunks.append(data)
         offset += len(data)
     return "\n".join(lines), b"".join(chunks)
@@ -137,11 +138,11 @@ int {prefix}_init(const char *weights_path)
     if (!weights_path) return -1;
     f = fopen(weights_path, "rb");
     if (!f) return -1;
-    blob = (unsigned char *)malloc(n + 1);
-    if (!blob) {{ fclose(f); return -2; }}
+    {prefix}_blob = (unsigned char *)malloc(n + 1);
+    if (!{prefix}_blob) {{ fclose(f); return -2; }}
     /* one byte more than expected: a longer file is not this model's */
-    if (fread(blob, 1, n + 1, f) != n || memcmp(blob, "{magic}", 8) != 0) {{
-        fclose(f); free(blob); blob = NULL; return -3;
+    if (fread({prefix}_blob, 1, n + 1, f) != n || memcmp({prefix}_blob, "{magic}", 8) != 0) {{
+        fclose(f); free({prefix}_blob); {prefix}_blob = NULL; return -3;
     }}
     fclose(f);
 #ifndef CNN2MLP_WEIGHTS_CHECKED  /* defined by cnn2mlp's c engine, which checks its cache */
@@ -150,12 +151,12 @@ int {prefix}_init(const char *weights_path)
            between) */
         static const unsigned char expected[32] = {{{digest}}};
         unsigned char got[32];
-        cnn2mlp_sha256(blob, n, got);
-        if (memcmp(got, expected, 32) != 0) {{ free(blob); blob = NULL; return -3; }}
+        cnn2mlp_sha256({prefix}_blob, n, got);
+        if (memcmp(got, expected, 32) != 0) {{ free({prefix}_blob); {prefix}_blob = NULL; return -3; }}
     }}
 #endif
     path_copy = (char *)malloc(strlen(weights_path) + 1);
-    if (!path_copy) {{ free(blob); blob = NULL; return -2; }}
+    if (!path_copy) {{ free({prefix}_blob); {prefix}_blob = NULL; return -2; }}
     strcpy(path_copy, weights_path);
     ready = 1;
     return 0;
