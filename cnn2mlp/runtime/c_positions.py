@@ -110,7 +110,9 @@ def vector_sums(real: str, width: int, offsets: str, bases: str, shift: str, tap
     lines = [f"        j = {start};"]
     # AVX2's multiply-add takes five cycles and two start a cycle: ten sums must be in
     # flight to keep it busy, and four positions of two vectors are eight
-    wide = WIDE_POSITIONS if len(vectors) == 2 and n_b >= WIDE_MAPS else 0
+    # (with 32-byte vectors only, where it was measured: AVX-512's doubles would also
+    # make two vectors a position)
+    wide = WIDE_POSITIONS if width == 32 and len(vectors) == 2 and n_b >= WIDE_MAPS else 0
     if wide:
         lines += wide_loop(wide, f"j + {wide} <= {end}")
     # the positions left: as many as each next loop can run (no loop that never runs:
