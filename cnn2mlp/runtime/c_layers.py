@@ -22,7 +22,17 @@ from .c_groups import LANES, kernels_within, merge_same_rows, position_tile
 from .c_indices import (PairIndex, bias_fill, csr_runs, indexed, pair_bias, position_index,
                         row_index, run_bias, run_lines, run_row_lines)
 from .c_literals import c_number
-from .c_positions import vector_sums
+from .c_planes import Planes, find_planes, plane_floats, plane_lines
+from .c_positions import HALF, half_block, vector_sums
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """Work space a layer's one-sample code may use: ``floats`` values at ``at`` (a C
+    expression, from the layer's output ``z``)."""
+
+    at: str
+    floats: int
 
 
 @dataclass
@@ -50,8 +60,12 @@ def c_type(array: np.ndarray, real: str) -> str:
 class LayerWriter:
     """The C function of one planned layer: ``z = f(W h + b)`` for one sample."""
 
-    def __init__(self, index: int, plan: LayerPlan, arrays: Arrays, real: str) -> None:
+    def __init__(self, index: int, plan: LayerPlan, arrays: Arrays, real: str,
+                 scratch: Scratch | None = None) -> None:
         self.k, self.plan, self.arrays, self.real = index, plan, arrays, real
+        self.scratch = scratch
+        #: values of scratch the layer's planes take (``c_planes.py``)
+        self.plane_floats = 0
         self.lines: list[str] = []
         self.helpers: list[str] = []  # functions of their own the layer calls
         #: each part as (kind, the arrays and sizes it uses): what the batched writer
@@ -82,11 +96,17 @@ class LayerWriter:
         groups = merge_same_rows([group for part in p.parts for group in part.groups])
         pieces = [piece for group in groups for piece in self.pieces(group)]
         stored = self.share_weights([g for kind, g in pieces if kind == "kernels"])
+        planes, in_planes = self.planes([g for kind, g in pieces if kind == "positions"])
         for kind, group in pieces:
             if kind == "kernels":
                 self.kernels_in_lanes(*stored[id(group)])
+            elif id(group) in in_planes:  # the batched code runs them as they are
+                self.positions_in_lanes(group, code=False)
             else:
-                self.positions_in_lanes(group)
+                self.kernels_left(group)
+        for found in planes:
+            self.lines += plane_lines(found, self.real, self.scratch.at, self.array,
+                                      self.weights)
         for part in p.parts:  # every part adds (or stores a row only it writes): any order
             if part.copies is not None and len(part.copies[0]):
                 self.copies(part.copies)
@@ -267,7 +287,39 @@ class LayerWriter:
         assert (per_block == per_block[:, :1]).all(), "a block of kernels with two shifts"
         return f"(long){self.array('block_shifts', per_block[:, 0])}[i]"
 
-    def positions_in_lanes(self, g) -> None:
+    def planes(self, groups: list[ProductGroup]) -> tuple[list[Planes], set[int]]:
+        """The depthwise convolutions among the groups run position by position, as
+        planes where the scratch holds them, and the ids of the groups they replace."""
+        if self.scratch is None or not groups:
+            return [], set()
+        fits = [(p, same) for p, same in find_planes(groups, self.plan.n_in)
+                if p.floats <= self.scratch.floats]
+        self.plane_floats = plane_floats([p for p, _ in fits])
+        return [p for p, _ in fits], {id(g) for _, same in fits for g in same}
+
+    def kernels_left(self, g: ProductGroup) -> None:
+        """A convolution's kernels a block of sixteen leaves over: eight of them in
+        vectors (``half_block``), the rest each on its own."""
+        if g.shifted or len(g.kernels) < HALF:
+            self.positions_in_lanes(g)
+            return
+        first, rest = (ProductGroup(g.kernels[part], g.offsets, g.bases, g.rows[part],
+                                    g.shifts[part]) for part in (slice(HALF), slice(HALF, None)))
+        fallback = self.positions_in_lanes(first, code=False)
+        name = f"layer{self.k}_group{len(self.helpers)}"
+        transposed = self.weights("half_t", np.asarray(first.kernels).T)
+        self.helpers.append(half_block(
+            name, self.real, transposed, self.array("offsets", first.offsets),
+            self.array("bases", first.bases), row_index(first.rows, self.array),
+            self.block_shift(first), first.kernels.shape[1], len(first.bases), fallback))
+        self.lines.append(f"    {name}(h, z);")
+        if len(rest.kernels):
+            self.positions_in_lanes(rest)
+
+    def positions_in_lanes(self, g, code: bool = True) -> list[str]:
+        """Kernels that read positions of their own (or too few for a block), each on its
+        own, positions eight at a time along a run: recorded for the batched code, and
+        written here unless ``code`` is false. Returns the statements."""
         n_k, taps = g.kernels.shape
         n_b = len(g.bases)
         kernels = self.weights("kernels", g.kernels)
@@ -285,7 +337,7 @@ class LayerWriter:
             "bias": self.pair_bias(g.rows),
             "n_k": n_k, "taps": taps, "n_b": n_b, "runs": len(runs),
             "same_positions": len(np.unique(np.asarray(g.shifts))) == 1}))
-        self.lines += [
+        lines = [
             f"    for (i = 0; i < {n_k}; i++) {{",
             f"        const {r} *restrict w = {kernels} + (long)i * {taps};",
             f"        const {r} *restrict src = h + {shifts}[i];",
@@ -321,6 +373,9 @@ class LayerWriter:
             f"                z[{rows.at('o', 0, 'first + p')}] += sum;",
             "            }",
             "        }", "    }"]
+        if code:
+            self.lines += lines
+        return lines
 
     def copies(self, copies) -> None:
         rows, columns, lengths, weights, steps = copies

@@ -2,6 +2,8 @@
 (``c_layers.py``): a block of sixteen kernels' sums in vectors of the machine's width."""
 from __future__ import annotations
 
+import re
+
 from .c_groups import LANES
 from .c_indices import PairIndex
 
@@ -9,11 +11,15 @@ from .c_indices import PairIndex
 #: ``WIDE_MAPS`` positions: measured, ResNet50 at 224x224, one sample, 120 -> 108 ms; at
 #: 32x32, whose maps are smaller, no faster, and more code to build
 WIDE_POSITIONS, WIDE_MAPS = 6, 128
+#: the kernels a half block computes together: the eight a 24-channel projection leaves
+#: over a block of sixteen (MobileNetV2's, each on its own at one sample, were 15 % of
+#: its time at 224x224)
+HALF = 8
 
 
 def vector_sums(real: str, width: int, offsets: str, bases: str, shift: str, taps: int,
                 n_b: int, index: str | None, rows: PairIndex, start: str = "0",
-                end: str | int | None = None) -> list[str]:
+                end: str | int | None = None, lanes: int = LANES) -> list[str]:
     """The loop over positions with the sixteen sums of a position as vectors of
     ``width`` bytes: with two vectors a position (AVX2), on a big map, six positions at
     a time (``wide_loop``); as many positions at a time as make eight vectors of sums;
@@ -23,14 +29,15 @@ def vector_sums(real: str, width: int, offsets: str, bases: str, shift: str, tap
     positions a group: 1.9-2.1 -> 1.4 ms in all, AVX-512). ``index``: the array of
     each tap's row of weights, or None (the tap's own); ``rows``: where the block's
     pairs store, past the pointer ``o``; ``start`` and ``end``: the positions to run
-    (C expressions: a tile's), all ``n_b`` unless given."""
+    (C expressions: a tile's), all ``n_b`` unless given; ``lanes``: the kernels of a
+    block (sixteen, or ``HALF``)."""
     r = real
     per = width // (8 if r == "double" else 4)
-    vectors = range(LANES // per)
+    vectors = range(lanes // per)
     together = max(1, 8 // len(vectors))
 
     def weights(tap: str) -> str:
-        return f"w + {tap if index is None else f'(long){index}[{tap}]'} * {LANES}"
+        return f"w + {tap if index is None else f'(long){index}[{tap}]'} * {lanes}"
 
     def stores(positions: range, sums: str) -> list[str]:
         """Each sum's lanes added to their rows: a loop the compiler unrolls."""
@@ -123,3 +130,32 @@ def vector_sums(real: str, width: int, offsets: str, bases: str, shift: str, tap
     if together > 1 and left is not None and left % together == 0:
         return lines
     return lines + single(max(1, 8 // len(vectors)))
+
+
+def half_block(name: str, real: str, transposed: str, offsets: str, bases: str,
+               rows: PairIndex, shift: str, taps: int, n_b: int, fallback: list[str]) -> str:
+    """A function computing ``HALF`` kernels that read the same positions, their weights
+    ``transposed`` (a tap's eight together), as ``kernels_in_lanes`` computes sixteen:
+    where the machine's vectors hold eight values or fewer (one AVX2 vector of floats);
+    with wider ones (AVX-512's floats) or none, the ``fallback`` statements."""
+    widths = (32, 16) if real == "float" else (64, 32, 16)
+    sums = [line for k, width in enumerate(widths) for line in (
+        f"#{'if' if k == 0 else 'elif'} VECTOR_BYTES == {width}",
+        *vector_sums(real, width, offsets, bases, shift, taps, n_b, None, rows,
+                     lanes=HALF))]
+    body = [f"#if defined(VECTOR_BYTES) && VECTOR_BYTES <= {widths[0]}",
+            "    {",
+            f"        const {real} *restrict w = {transposed};",
+            "        " + rows.pointer("o", "0"),
+            *sums, "#endif",
+            "    }",
+            "#else",
+            *fallback,
+            "#endif"]
+    # each branch reads arrays of its own: where the function is shared (c_sharing.py),
+    # they are its parameters, and the other branch's would be unused
+    arrays = sorted(set(re.findall(r"\bL\d+_\w+\b", "\n".join(body))))
+    return "\n".join([
+        f"static NO_LOOP_VECTORIZE void {name}(const {real} *restrict h, {real} *restrict z)",
+        "{", "    int i, j, t, l;", "    (void)i; (void)j; (void)t; (void)l;",
+        "    " + " ".join(f"(void){a};" for a in arrays), *body, "}"])

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import CompileError
 from ..ir.mlp import Mlp
 from .c_batched import SAMPLES, BatchedLayerWriter
-from .c_layers import Arrays, LayerWriter, c_type
+from .c_layers import Arrays, LayerWriter, Scratch, c_type
 from .c_literals import literals
 from .c_max import MaxWriter
 from .c_self_test import SELF_TEST_DOC, SelfTest, self_test_code
@@ -104,6 +104,16 @@ def split_units(functions: list[str], units: int) -> str:
                        + "\n#endif" for u, ids in enumerate(chosen) if ids)
 
 
+def one_sample_scratch(k: int, width: int) -> Scratch:
+    """The work space layer ``k``'s one-sample code may use, from its output ``z``. One
+    sample's layers use the first ``width`` values of buffers ``a`` (the work's start:
+    even layers write it) and ``b`` (odd layers). In a one-sample work ``b`` is ``a +
+    width`` and the scratch is past both (``work_size`` counts it); in a block's work,
+    whose buffers are ``width * SAMPLES`` long, it is inside the buffer being written,
+    past its first ``width``: ``(SAMPLES - 2) * width`` values either way."""
+    return Scratch(f"z + {2 * width if k % 2 == 0 else width}L", (SAMPLES - 2) * width)
+
+
 def unit_names(prefix: str, names: list[str]) -> str:
     """In a unit's build, the functions units call across carry the model's prefix (they
     are global there): two models built in units link into one program."""
@@ -140,16 +150,17 @@ def c_source(mlp: Mlp, prefix: str, header_name: str, contract: str,
         raise CompileError(f"the C target indexes with 32-bit ints, and a layer of {width:,} "
                            "values is too wide for its batched buffers")
     arrays = Arrays(real)
-    functions, records = [], []
+    functions, records, plane = [], [], 0
     for k, plan in enumerate(iter_plans(mlp.layers, dtype, max_layers)):  # freed once written
         if isinstance(plan, MaxLayer):
             writer = MaxWriter(k, plan, arrays, real)
             functions.append(writer.emit())
             records.append(writer)
             continue
-        writer = LayerWriter(k, plan, arrays, real)
+        writer = LayerWriter(k, plan, arrays, real, one_sample_scratch(k, width))
         functions.append(writer.emit())
         records.append(writer.records)
+        plane = max(plane, writer.plane_floats)
     functions += [r.emit_batched() if isinstance(r, MaxWriter) else
                   BatchedLayerWriter(k, r, real).emit() for k, r in enumerate(records)]
     n_layers = len(records)
@@ -170,7 +181,8 @@ def c_source(mlp: Mlp, prefix: str, header_name: str, contract: str,
         calls.append(f"            layer{k}({src}, {dst});")
         batched.append(f"        layer{k}_batch({'b' if k % 2 == 0 else 'a'}, {dst});")
     last = "a" if (n_layers - 1) % 2 == 0 else "b"
-    sizes = dict(upper=upper, real=real, width=width, samples=SAMPLES, quarter=SAMPLES // 4)
+    sizes = dict(upper=upper, real=real, width=width, samples=SAMPLES, quarter=SAMPLES // 4,
+                 plane=plane)
     header = HEADER.format(name=header_name, prefix=prefix, n_in=n_in, n_out=n_out,
                            contract=contract, init_doc=INIT_DOC_EXTERNAL if external
                            else INIT_DOC_STATIC, weights_bytes=arrays.nbytes,
@@ -218,7 +230,7 @@ extern "C" {{
 /* values of type {real} predict_with's work buffer needs for `batch` samples, at least
    {prefix}_work_size(batch); a constant expression for a constant batch, so that
    `static {real} work[{upper}_WORK_FLOATS(1)];` sizes one at file scope (RAM) */
-#define {upper}_WORK_FLOATS(batch) ((batch) <= {quarter} ? 2 * {width} : 2 * {width} * {samples})
+#define {upper}_WORK_FLOATS(batch) ((batch) <= {quarter} ? 2 * {width} + {plane} : 2 * {width} * {samples})
 
 /* {contract} */
 
@@ -376,7 +388,7 @@ static inline NO_LOOP_VECTORIZE {real} clamp_value({real} z, {real} lo, {real} s
 {init}
 size_t {prefix}_work_size(int batch)
 {{
-    return batch <= {samples} / 4 ? (size_t)2 * {width} : (size_t)2 * {width} * {samples};
+    return batch <= {quarter} ? (size_t)2 * {width} + {plane} : (size_t)2 * {width} * {samples};
 }}
 
 int {prefix}_predict_with(const {real} *in, {real} *out, int batch, {real} *work)
@@ -385,7 +397,8 @@ int {prefix}_predict_with(const {real} *in, {real} *out, int batch, {real} *work
     size_t s, i;
     int l, n;
 {ready}    if (batch < 0) return -3;
-    b = work + {prefix}_work_size(batch) / 2;  /* two buffers, each half the work */
+    /* two buffers; one sample's layers keep a scratch past them (one_sample_scratch) */
+    b = work + (batch <= {quarter} ? (size_t){width} : (size_t){width} * {samples});
     /* {samples} samples at a time, interleaved (value i of sample l at i * {samples} + l),
        the last block padded; a quarter of a block or less goes one sample at a time
        (the single-sample code: measured, faster than a padded block there) */

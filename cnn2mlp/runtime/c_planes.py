@@ -1,0 +1,289 @@
+"""A depthwise convolution at one sample as padded planes, in the C code.
+
+The compiler lowers a depthwise convolution to product groups: its interior positions,
+and each edge and corner with the taps that stay inside the map. The one-sample C code ran
+each group position by position, in runs along a map's row; on the small maps of a 32×32
+network the runs are 1 to 14 positions and the sums were scalar: MobileNetV2's depthwise
+layers took a quarter of its time at batch 1, at about 2.6 G multiply-adds/s.
+
+Here the groups of one such convolution are found whole (``find_planes``): the geometry
+(kernel, dilation, stride, padding, the map's size) is read from the interior group's
+offsets and the positions' rows and columns, then checked against every (kernel,
+position, tap) of every group, each weight equal to the interior kernel's. The C code
+(``plane_lines``) copies a channel's map into a zero-padded plane, its columns split by
+the stride's phase (a stride-2 row then reads contiguous values), and computes each output
+row as vectors of positions, one multiply-add a tap over the whole kernel. A tap a border
+position lacks reads the plane's zero: ``w * 0`` adds nothing (the kernels are checked
+finite), so every sum is its group's sum, in its order, with zeros between.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .c_indices import indexed
+
+#: stride candidates tried along each axis
+MAX_STRIDE = 4
+#: vectors of positions a loop computes at once (then fewer, for the rest): a tap's
+#: multiply-add waits on the last one's result; eight chains (AVX2) start about as many
+#: multiply-adds as the loads feed
+IN_FLIGHT = (8, 4, 1)
+#: the widest vector's lanes for a float (64 bytes): a plane's row has room for its overrun
+WIDEST_LANES = 16
+
+
+@dataclass(frozen=True)
+class Planes:
+    """A depthwise convolution: kernel ``k`` (``kernels[k, u]``, tap ``u = dy * kw + dx``)
+    reads the map whose pixel (iy, ix) is column ``shifts[k] + origin + iy * width + ix``
+    and writes its output position (y, x) to row ``rows[k] + y * out_w + x``."""
+
+    kernels: np.ndarray
+    shifts: np.ndarray
+    rows: np.ndarray
+    kh: int
+    kw: int
+    dilation: int
+    stride_y: int
+    stride_x: int
+    height: int
+    width: int
+    pad_top: int
+    pad_left: int
+    out_h: int
+    out_w: int
+    origin: int
+
+    @property
+    def padded_h(self) -> int:
+        return max(self.pad_top + self.height,
+                   (self.out_h - 1) * self.stride_y + (self.kh - 1) * self.dilation + 1)
+
+    @property
+    def padded_w(self) -> int:
+        return max(self.pad_left + self.width,
+                   (self.out_w - 1) * self.stride_x + (self.kw - 1) * self.dilation + 1)
+
+    @property
+    def pitch(self) -> int:
+        """A phase row's length: room for the widest vectors' reads past the map."""
+        vectors = -(-self.out_w // WIDEST_LANES)
+        return max(-(-self.padded_w // self.stride_x),
+                   vectors * WIDEST_LANES + (self.kw - 1) * self.dilation // self.stride_x)
+
+    @property
+    def floats(self) -> int:
+        """Values of the plane (its scratch)."""
+        return self.padded_h * self.stride_x * self.pitch
+
+    def tap_offset(self, u: int) -> int:
+        """Where tap ``u`` reads in the plane, from output position (0, 0)."""
+        dy, dx = divmod(u, self.kw)
+        row, column = dy * self.dilation, dx * self.dilation
+        return (row * self.stride_x + column % self.stride_x) * self.pitch + \
+            column // self.stride_x
+
+    def inside(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """How many taps of output positions (y, x) fall inside the map."""
+        def along(first, size, n):
+            taps = first[:, None] + np.arange(n) * self.dilation
+            return ((taps >= 0) & (taps < size)).sum(axis=1)
+        return along(y * self.stride_y - self.pad_top, self.height, self.kh) * \
+            along(x * self.stride_x - self.pad_left, self.width, self.kw)
+
+
+def find_planes(groups: list, n_in: int) -> list[tuple[Planes, list]]:
+    """The depthwise convolutions among ``groups`` (the runtime's product groups of one
+    layer, reading ``n_in`` columns), each as planes with the groups it replaces. Groups
+    join when their kernels have the same shifts (one convolution's interior, edges and
+    corners)."""
+    clusters: dict[bytes, list] = {}
+    for g in groups:
+        if g.shifted:
+            clusters.setdefault(np.asarray(g.shifts, np.int64).tobytes(), []).append(g)
+    found = []
+    for same in clusters.values():
+        planes = planes_of(same, n_in)
+        if planes is not None:
+            found.append((planes, same))
+    return found
+
+
+def planes_of(same: list, n_in: int) -> Planes | None:
+    """The convolution ``same`` computes, verified, or None."""
+    rows = [np.asarray(g.rows, np.int64) for g in same]
+    first = np.min([r.min(axis=1) for r in rows], axis=0)
+    positions = []
+    for r in rows:
+        q = r - first[:, None]
+        if not (q == q[:1]).all():
+            return None
+        positions.append(q[0])
+    n_pos = sum(len(q) for q in positions)
+    if not np.array_equal(np.sort(np.concatenate(positions)), np.arange(n_pos)):
+        return None
+    interior = max(range(len(same)), key=lambda i: len(same[i].offsets))
+    g = same[interior]
+    kernels = np.asarray(g.kernels)
+    if not np.isfinite(kernels).all():
+        return None
+    order = np.argsort(np.asarray(g.offsets, np.int64), kind="stable")
+    offsets = np.asarray(g.offsets, np.int64)[order]
+    corner = np.asarray(g.bases, np.int64) + offsets[0]  # tap 0's column, each position
+    shifts = np.asarray(same[0].shifts, np.int64)
+    for kh, kw, dilation, width in kernel_shapes(offsets - offsets[0]):
+        for out_w, sy, sx, start in strides(positions[interior], corner, n_pos, width):
+            for pad_top, pad_left, height in paddings(kh, kw, dilation, n_pos // out_w, sy):
+                origin = start + pad_top * width + pad_left
+                if shifts.min() + origin < 0 or \
+                        shifts.max() + origin + height * width > n_in:
+                    continue
+                planes = Planes(np.ascontiguousarray(kernels[:, order]), shifts, first, kh,
+                                kw, dilation, sy, sx, height, width, pad_top, pad_left,
+                                n_pos // out_w, out_w, int(origin))
+                if all(matches(planes, grp, q) for grp, q in zip(same, positions)):
+                    return planes
+    return None
+
+
+def kernel_shapes(relative: np.ndarray) -> Iterator[tuple[int, int, int, int]]:
+    """(kh, kw, dilation, width) that lay out the taps' columns ``relative`` (sorted, from
+    the first) as a kh×kw window of a map ``width`` columns wide: both sides at least 2."""
+    taps = len(relative)
+    u = np.arange(taps)
+    for kw in range(2, taps // 2 + 1):
+        if taps % kw or relative[1] < 1:
+            continue
+        dilation = int(relative[1])
+        if relative[kw] % dilation:
+            continue
+        width = int(relative[kw]) // dilation
+        if width <= (kw - 1) * dilation:
+            continue
+        if np.array_equal(relative, (u // kw) * dilation * width + (u % kw) * dilation):
+            yield taps // kw, kw, dilation, width
+
+
+def strides(q: np.ndarray, corner: np.ndarray, n_pos: int,
+            width: int) -> Iterator[tuple[int, int, int, int]]:
+    """(out_w, stride_y, stride_x, start) with ``corner = start + y * sy * width + x * sx``
+    at every interior position ``q = y * out_w + x``."""
+    for out_w in (d for d in range(1, n_pos + 1) if n_pos % d == 0):
+        y, x = np.divmod(q, out_w)
+        for sy in range(1, MAX_STRIDE + 1):
+            for sx in range(1, MAX_STRIDE + 1):
+                start = corner - (y * sy * width + x * sx)
+                if (start == start[0]).all():
+                    yield out_w, sy, sx, int(start[0])
+
+
+def paddings(kh: int, kw: int, dilation: int, out_h: int,
+             sy: int) -> Iterator[tuple[int, int, int]]:
+    """(pad_top, pad_left, height): the map's last row read by the last output row's
+    window, at one of its taps."""
+    for pad_top in range((kh - 1) * dilation + 1):
+        for pad_left in range((kw - 1) * dilation + 1):
+            last = (out_h - 1) * sy - pad_top
+            for height in range(max(1, last + 1), last + (kh - 1) * dilation + 2):
+                yield pad_top, pad_left, height
+
+
+def matches(p: Planes, g, q: np.ndarray) -> bool:
+    """Whether group ``g`` (at output positions ``q``) computes what ``p`` computes there:
+    each (position, tap) reads the pixel of one kernel tap inside the map, the same tap at
+    every position, with the interior kernel's weights, and every tap inside is read."""
+    y, x = np.divmod(q, p.out_w)
+    columns = np.asarray(g.bases, np.int64)[:, None] + np.asarray(g.offsets, np.int64)[None]
+    iy, ix = np.divmod(columns - p.origin, p.width)
+    dy = iy - (y * p.stride_y - p.pad_top)[:, None]
+    dx = ix - (x * p.stride_x - p.pad_left)[:, None]
+    d = p.dilation
+    if (dy % d).any() or (dx % d).any() or (iy < 0).any() or (iy >= p.height).any():
+        return False
+    dy, dx = dy // d, dx // d
+    if (dy < 0).any() or (dy >= p.kh).any() or (dx < 0).any() or (dx >= p.kw).any():
+        return False
+    u = dy * p.kw + dx
+    if not (u == u[:1]).all() or len(np.unique(u[0])) != len(u[0]):
+        return False
+    if not (p.inside(y, x) == len(u[0])).all():
+        return False
+    return bool(np.array_equal(np.asarray(g.kernels), p.kernels[:, u[0]]))
+
+
+def plane_lines(p: Planes, real: str, scratch: str,
+                add_index: Callable, add_real: Callable) -> list[str]:
+    """The C statements of ``p`` at one sample, inside a layer function whose input is
+    ``h`` and output ``z``; ``scratch``: a C expression for ``p.floats`` free values."""
+    kernels = add_real("plane_kernels", p.kernels)
+    shift = indexed(p.shifts, "plane_shifts", add_index).format(i="i")
+    row = indexed(p.rows, "plane_rows", add_index).format(i="i")
+    taps = p.kh * p.kw
+    sx, pitch = p.stride_x, p.pitch
+    row_step = p.stride_y * sx * pitch  # from one output row to the next, in the plane
+    offsets = [p.tap_offset(u) for u in range(taps)]
+
+    def at(j: str) -> str:  # vector j's first value in the plane, and in the output
+        return f"(j{j} / nv) * {row_step} + (j{j} % nv) * VECTOR_LANES"
+
+    def block(count: int) -> list[str]:
+        js = range(count)
+        return [
+            f"            for (; j + {count} <= {p.out_h} * nv; j += {count}) {{",
+            *[f"                const int j{a} = j + {a};" for a in js],
+            *[f"                const {real} *restrict p{a} = plane + {at(str(a))};" for a in js],
+            "                vector_sum " + ", ".join(f"s{a} = {{0}}" for a in js) + ", v;",
+            *[f"                memcpy(&v, p{a} + {off}, sizeof v); s{a} += w[{u}] * v;"
+              for u, off in enumerate(offsets) for a in js],
+            *[line for a in js for line in (
+                f"                {{ const int yy = j{a} / nv, xx = (j{a} % nv) * VECTOR_LANES;",
+                f"                  const int n = {p.out_w} - xx < VECTOR_LANES ? "
+                f"{p.out_w} - xx : VECTOR_LANES;",
+                "                  UNROLL_LANES for (l = 0; l < VECTOR_LANES; l++) "
+                f"if (l < n) out[yy * {p.out_w} + xx + l] += s{a}[l]; }}")],
+            "            }"]
+
+    copy = ([f"            memcpy(plane + (long)(y + {p.pad_top}) * {pitch} + {p.pad_left}, "
+             f"src + (long)y * {p.width}, sizeof({real}) * {p.width});"] if sx == 1 else [
+        # the columns of one phase: a strided read the compiler vectorizes
+        line for r in range(min(sx, p.width)) for line in (
+            f"            {{ {real} *restrict to = plane + ((long)(y + {p.pad_top}) * {sx} + "
+            f"{(r + p.pad_left) % sx}) * {pitch} + {(r + p.pad_left) // sx};",
+            f"              for (x = 0; x < {-(-(p.width - r) // sx)}; x++) "
+            f"to[x] = src[(long)y * {p.width} + x * {sx} + {r}]; }}")])
+    return [
+        f"    {{  /* a depthwise {p.kh}x{p.kw} convolution (stride {p.stride_y}x{sx}, dilation"
+        f" {p.dilation}) of {len(p.kernels)} {p.height}x{p.width} maps, as padded planes */",
+        f"        {real} *restrict plane = {scratch};",
+        "        int x, y, l;", "        (void)x; (void)y; (void)l;",
+        f"        memset(plane, 0, sizeof({real}) * {p.floats});",
+        f"        for (i = 0; i < {len(p.kernels)}; i++) {{",
+        f"            const {real} *restrict src = h + {shift} + {p.origin}L;",
+        f"            const {real} *restrict w = {kernels} + (long)i * {taps};",
+        f"            {real} *restrict out = z + {row};",
+        f"            for (y = 0; y < {p.height}; y++) {{", *copy, "            }",
+        "#ifdef VECTOR_BYTES",
+        "            {",
+        f"            const int nv = ({p.out_w} + VECTOR_LANES - 1) / VECTOR_LANES;",
+        "            int j = 0;",
+        *[line for count in IN_FLIGHT for line in block(count)],
+        "            }",
+        "#else",
+        f"            for (y = 0; y < {p.out_h}; y++)",
+        f"                for (x = 0; x < {p.out_w}; x++) {{",
+        f"                    const {real} *restrict at = plane + (long)y * {row_step} + x;",
+        f"                    {real} sum = 0;",
+        *[f"                    sum += w[{u}] * at[{off}];" for u, off in enumerate(offsets)],
+        f"                    out[y * {p.out_w} + x] += sum;",
+        "                }",
+        "#endif",
+        "        }", "    }"]
+
+
+def plane_floats(planes: list[Planes]) -> int:
+    """The scratch a layer's planes need (they run one after another)."""
+    return max((p.floats for p in planes), default=0)
+
