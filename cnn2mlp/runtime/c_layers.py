@@ -100,10 +100,10 @@ class LayerWriter:
         for kind, group in pieces:
             if kind == "kernels":
                 self.kernels_in_lanes(*stored[id(group)])
-            elif id(group) in in_planes:  # the batched code runs them as they are
-                self.positions_in_lanes(group, code=False)
-            else:
+            elif kind == "left":
                 self.kernels_left(group)
+            else:  # the batched code runs a plane's groups as they are
+                self.positions_in_lanes(group, code=id(group) not in in_planes)
         for found in planes:
             self.lines += plane_lines(found, self.real, self.scratch.at, self.array,
                                       self.weights)
@@ -148,8 +148,9 @@ class LayerWriter:
     def pieces(self, g) -> list[tuple[str, ProductGroup]]:
         """``out[rows[k, b]] += sum_t kernels[k, t] h[shifts[k] + bases[b] + offsets[t]]``,
         as the pieces the code computes: ("kernels", a group of kernels that read the same
-        positions, at least sixteen) or ("positions", kernels that read positions of their
-        own, or too few to fill a block).
+        positions, at least sixteen), ("left", the kernels a convolution's blocks leave
+        over) or ("positions", kernels that read positions of their own, or a grouped
+        convolution's left over).
 
         A convolution's kernels all read the same positions: sixteen kernels are computed
         together, tap by tap, as a multiply-add of one input value with sixteen weights
@@ -170,8 +171,12 @@ class LayerWriter:
             blocks.append(chosen[:blocked])
             if blocked < len(chosen):
                 left = chosen[blocked:]
-                found.append(("positions", ProductGroup(g.kernels[left], g.offsets, g.bases,
-                                                        g.rows[left], shifts[left])))
+                # a convolution's kernels left over (a half block may take eight); a
+                # grouped convolution's, a group's each, stay as they were: a function
+                # a group would be many (see below)
+                found.append(("left" if len(values) == 1 else "positions",
+                              ProductGroup(g.kernels[left], g.offsets, g.bases,
+                                           g.rows[left], shifts[left])))
         # the blocks of every shift in one piece, each block with its shift: a grouped
         # convolution is one loop, not one function a group (RegNet's 690 functions made
         # a 12.5 MB source, built in 52 s)
@@ -300,7 +305,7 @@ class LayerWriter:
     def kernels_left(self, g: ProductGroup) -> None:
         """A convolution's kernels a block of sixteen leaves over: eight of them in
         vectors (``half_block``), the rest each on its own."""
-        if g.shifted or len(g.kernels) < HALF:
+        if len(g.kernels) < HALF:
             self.positions_in_lanes(g)
             return
         first, rest = (ProductGroup(g.kernels[part], g.offsets, g.bases, g.rows[part],
