@@ -43,19 +43,28 @@ def one_group(same: list[ProductGroup]) -> ProductGroup:
                         np.concatenate(offsets), first.bases, first.rows, first.shifts)
 
 
-def kernels_within(g: ProductGroup, source: ProductGroup,
-                   columns: dict[bytes, int]) -> tuple[ProductGroup, np.ndarray] | None:
+def kernel_owners(kernels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct weights of ``kernels`` (n_k, taps), sorted, and for each the one
+    kernel that has it, or -1 where several do."""
+    values, first, counts = np.unique(np.asarray(kernels).ravel(), return_index=True,
+                                      return_counts=True)
+    return values, np.where(counts == 1, first // kernels.shape[1], -1)
+
+
+def kernels_within(g: ProductGroup, source: ProductGroup, columns: dict[bytes, int],
+                   owners: tuple[np.ndarray, np.ndarray] | None = None
+                   ) -> tuple[ProductGroup, np.ndarray] | None:
     """``g`` with its kernels in ``source``'s order, and for each of its taps the tap of
     ``source`` with the same weights in every kernel (``columns``: a tap's weights over
     ``source``'s blocked kernels, as bytes, to the tap); None unless every kernel of ``g``
     is one of ``source``'s with some of its taps. Kernels are matched by the weights that
-    one kernel of ``source`` alone has; the columns' bytes then check every weight."""
+    one kernel of ``source`` alone has (``owners``: ``kernel_owners`` of its kernels,
+    computed unless given); the columns' bytes then check every weight."""
     kernels, theirs = np.asarray(g.kernels), np.asarray(source.kernels)
     n_k = len(kernels)
     if len(theirs) != n_k or n_k < LANES:
         return None
-    values, first, counts = np.unique(theirs.ravel(), return_index=True, return_counts=True)
-    owner = np.where(counts == 1, first // theirs.shape[1], -1)  # -1: shared by several
+    values, owner = kernel_owners(theirs) if owners is None else owners
     at = np.minimum(np.searchsorted(values, kernels), len(values) - 1)
     owners = np.where(values[at] == kernels, owner[at], -1)
     match = owners.max(axis=1)

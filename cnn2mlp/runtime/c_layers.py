@@ -18,12 +18,13 @@ from ..ir.activations import IDENTITY
 from ..runtime.plan import LayerPlan
 from ..runtime.structure import ProductGroup
 from .c_activation import activation_loop, stored_clamp
-from .c_groups import LANES, kernels_within, merge_same_rows, position_tile
+from .c_blocks import BlockGroup, blocks_function, union_of
+from .c_groups import LANES, kernel_owners, kernels_within, merge_same_rows, position_tile
 from .c_indices import (PairIndex, bias_fill, csr_runs, indexed, pair_bias, position_index,
                         row_index, run_bias, run_lines, run_row_lines)
 from .c_literals import c_number
 from .c_planes import Planes, find_planes, plane_floats, plane_lines
-from .c_positions import HALF, half_block, vector_sums
+from .c_positions import HALF, half_block
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,17 @@ class Arrays:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for _, a in self.items)
+
+
+def tap_columns(kernels: np.ndarray) -> dict[bytes, int]:
+    """Each tap's weights over the blocked kernels (bytes), to the tap: what
+    ``kernels_within`` finds a group's taps by."""
+    kernels = np.asarray(kernels)
+    blocked = len(kernels) - len(kernels) % LANES
+    index: dict[bytes, int] = {}
+    for t in range(kernels.shape[1]):
+        index.setdefault(np.ascontiguousarray(kernels[:blocked, t]).tobytes(), t)
+    return index
 
 
 def c_type(array: np.ndarray, real: str) -> str:
@@ -97,13 +109,17 @@ class LayerWriter:
         pieces = [piece for group in groups for piece in self.pieces(group)]
         stored = self.share_weights([g for kind, g in pieces if kind == "kernels"])
         planes, in_planes = self.planes([g for kind, g in pieces if kind == "positions"])
+        blocks = []
         for kind, group in pieces:
             if kind == "kernels":
-                self.kernels_in_lanes(*stored[id(group)])
+                ordered, transposed, taps, index = stored[id(group)]
+                blocks.append((self.kernels_in_lanes(ordered, transposed, taps, index),
+                               transposed, taps))
             elif kind == "left":
                 self.kernels_left(group)
             else:  # the batched code runs a plane's groups as they are
                 self.positions_in_lanes(group, code=id(group) not in in_planes)
+        self.block_functions(blocks)
         for found in planes:
             self.lines += plane_lines(found, self.real, self.scratch.at, self.array,
                                       self.weights)
@@ -194,92 +210,80 @@ class LayerWriter:
         and edge was a group of its own, whose weights, stored again, made most of a
         layer's weights (ResNet18's 4x4 maps: 5.4x the kernels' size), read for every
         sample (ResNet18's weights file: 37.8 -> 24.5 MB; its time at batch 1, 4-6 % less).
-        Equal weights are all that is needed: the code computes the same products.
+        Equal weights are all that is needed: the code computes the same products. A map
+        too small for an interior (2×2: four corners of four taps) stores the union of its
+        groups' taps, which they all read (``c_blocks.union_of``).
         Returns, per group (by id): (the group to run, its array, the taps a kernel of
         the array has, the tap index's array or None)."""
         chosen: dict[int, tuple] = {}
-        sources: list[tuple[ProductGroup, str, dict[bytes, int]]] = []
+        sources = []
+        for union, members in union_of(groups):  # a map with no interior: its corners'
+            source = ProductGroup(union, [], [], [])
+            columns, owners = tap_columns(union), kernel_owners(union)
+            if all(kernels_within(g, source, columns, owners) for g in members):
+                sources.append(self.stored_kernels(source))
         for g in sorted(groups, key=lambda g: -g.kernels.shape[1]):
-            for source, name, columns in sources:
-                found = kernels_within(g, source, columns)
+            for source, name, columns, owners in sources:
+                found = kernels_within(g, source, columns, owners)
                 if found is not None:
                     ordered, taps = found
                     chosen[id(g)] = (ordered, name, source.kernels.shape[1],
                                      self.array("taps", taps))
                     break
             else:
-                n_k, taps = g.kernels.shape
-                blocked = n_k - n_k % LANES
-                kernels = np.asarray(g.kernels)
-                name = self.weights("kernels_t", kernels[:blocked].reshape(
-                    blocked // LANES, LANES, taps).transpose(0, 2, 1))
-                index: dict[bytes, int] = {}
-                for t in range(taps):
-                    index.setdefault(np.ascontiguousarray(kernels[:blocked, t]).tobytes(), t)
-                sources.append((g, name, index))
-                chosen[id(g)] = (g, name, taps, None)
+                sources.append(self.stored_kernels(g))
+                chosen[id(g)] = (g, sources[-1][1], g.kernels.shape[1], None)
         return chosen
 
-    def kernels_in_lanes(self, g: ProductGroup, transposed: str, stored: int,
-                         index: str | None) -> None:
-        """Blocks of sixteen kernels of ``g``, their weights the array ``transposed``
-        (``stored`` taps a kernel), the tap ``t``'s at ``index[t]`` when an index is given."""
+    def stored_kernels(self, g: ProductGroup) -> tuple:
+        """``g``'s blocks of kernels stored transposed: the group, the array's name, each
+        tap's weights over the blocked kernels (bytes) to the tap, and who owns each weight
+        (``kernel_owners``): what ``kernels_within`` reads."""
         n_k, taps = g.kernels.shape
-        n_b = len(g.bases)
         blocked = n_k - n_k % LANES
+        kernels = np.asarray(g.kernels)
+        name = self.weights("kernels_t", kernels[:blocked].reshape(
+            blocked // LANES, LANES, taps).transpose(0, 2, 1))
+        return g, name, tap_columns(kernels), kernel_owners(kernels)
+
+    def kernels_in_lanes(self, g: ProductGroup, transposed: str, stored: int,
+                         index: str | None) -> BlockGroup:
+        """Blocks of sixteen kernels of ``g``, their weights the array ``transposed``
+        (``stored`` taps a kernel), the tap ``t``'s at ``index[t]`` when an index is given:
+        recorded for the batched code; ``block_functions`` writes the one-sample code."""
+        n_k, taps = g.kernels.shape
+        assert n_k % LANES == 0, "pieces() gives whole blocks of kernels"
         tap = "t" if index is None else f"(long){index}[t]"  # the tap's row of weights
         offsets = self.array("offsets", g.offsets)
         bases = self.array("bases", g.bases)
-        rows = row_index(g.rows[:blocked], self.array)
-        r, shift = self.real, self.block_shift(g)
+        rows = row_index(g.rows, self.array)
+        shift = self.block_shift(g)
         self.records.append(("kernels", {"w": transposed, "offsets": offsets, "bases": bases,
-                                         "rows": rows, "bias": self.pair_bias(g.rows[:blocked]),
-                                         "blocks": blocked // LANES, "taps": taps,
-                                         "n_b": n_b, "shift": shift, "stored": stored,
-                                         "tap": tap}))
-        # the sixteen sums as values of GCC's and clang's vector extension (measured:
-        # 1.6-1.7x faster at batch 1 than sixteen scalar sums, which GCC 12 leaves scalar:
-        # its SLP vectorizer finds no contiguous store to start from), for a few positions
-        # at once (a tap's weights loaded once for all; eight independent sums hide the
-        # multiply-add's latency: SqueezeNet's first layer 27.6 -> 25.5 us, within this
-        # machine's noise, kept for the reason); elsewhere one accumulator
-        # variable a lane, written out. The loop vectorizer stays off: it would gather
-        # across taps instead
+                                         "rows": rows, "bias": self.pair_bias(g.rows),
+                                         "blocks": n_k // LANES, "taps": taps,
+                                         "n_b": len(g.bases), "shift": shift,
+                                         "stored": stored, "tap": tap}))
+        return BlockGroup(g, offsets, bases, rows, shift, index)
+
+    def block_functions(self, found: list[tuple[BlockGroup, str, int]]) -> None:
+        """The one-sample functions of the blocks ``found`` (each with its weights' array
+        and taps a kernel): the groups of one array on maps that need no tiles in one
+        function, blocks outermost (``c_blocks.py``); a big map's alone, in tiles."""
+        together: dict[tuple, list[BlockGroup]] = {}
+        for b, transposed, stored in found:
+            tile = position_tile(b.positions, b.taps * (8 if self.real == "double" else 4), 8)
+            if tile is None:
+                together.setdefault((transposed, stored, b.blocks), []).append(b)
+            else:
+                self.block_function(transposed, stored, [b], tile)
+        for (transposed, stored, _), members in together.items():
+            self.block_function(transposed, stored, members)
+
+    def block_function(self, transposed: str, stored: int, members: list[BlockGroup],
+                       tile: int | None = None) -> None:
         name = f"layer{self.k}_group{len(self.helpers)}"
-        tile = position_tile(n_b, taps * (8 if r == "double" else 4), 8)
-        start, end = ("0", n_b) if tile is None else ("jt", "end")
-        self.helpers.append("\n".join([
-            f"static NO_LOOP_VECTORIZE void {name}(const {r} *restrict h, {r} *restrict z)",
-            "{", "    int i, j, t, l, jt = 0, end;", "    (void)l; (void)jt; (void)end;",
-            *([] if tile is None else [
-                f"    for (jt = 0; jt < {n_b}; jt += {tile}) {{",
-                f"    end = jt + {tile} < {n_b} ? jt + {tile} : {n_b};"]),
-            f"    for (i = 0; i < {blocked // LANES}; i++) {{",
-            f"        const {r} *restrict w = {transposed} + (long)i * {stored * LANES};",
-            "        " + rows.pointer("o", f"i * {LANES}"),
-            "#if defined(VECTOR_BYTES) && VECTOR_BYTES == 64",
-            *vector_sums(r, 64, offsets, bases, shift, taps, n_b, index, rows, start, end),
-            "#elif defined(VECTOR_BYTES) && VECTOR_BYTES == 32",
-            *vector_sums(r, 32, offsets, bases, shift, taps, n_b, index, rows, start, end),
-            "#elif defined(VECTOR_BYTES)",
-            *vector_sums(r, 16, offsets, bases, shift, taps, n_b, index, rows, start, end),
-            "#else",
-            f"        for (j = {start}; j < {end}; j++) {{",
-            f"            const {r} *restrict x = h + {shift} + {bases}[j];",
-            "            EACH_LANE(LANE_ZERO, a)",
-            f"            for (t = 0; t < {taps}; t++) {{",
-            f"                const {r} xt = x[{offsets}[t]];",
-            f"                const {r} *restrict wt = w + {tap} * {LANES};",
-            "                EACH_LANE(LANE_WEIGHT_TIMES_INPUT, a)",
-            "            }",
-            f"#define LANE_ROW(l) {rows.at('o', 'l', 'j')}",
-            "            EACH_LANE(LANE_ADD_TO_ROW, a)",
-            "#undef LANE_ROW",
-            "        }",
-            "#endif",
-            "    }", *([] if tile is None else ["    }"]), "}"]))
+        self.helpers.append(blocks_function(name, self.real, transposed, stored, members, tile))
         self.lines.append(f"    {name}(h, z);")
-        assert blocked == n_k, "pieces() gives whole blocks of kernels"
 
     def block_shift(self, g: ProductGroup) -> str:
         """The shift of the positions block ``i`` of ``g`` reads, as a C expression: a
