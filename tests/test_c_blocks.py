@@ -13,6 +13,7 @@ import pytest
 from cnn2mlp.backends.c import CModel
 from cnn2mlp.compile import compile_model
 from cnn2mlp.ir.structured import conv_structured
+from cnn2mlp.runtime import c_layers
 from cnn2mlp.runtime.c_blocks import union_of
 from cnn2mlp.runtime.c_build import find_compiler
 from cnn2mlp.runtime.plan import structured_parts
@@ -66,7 +67,9 @@ def small_maps(seed=3):
 @pytest.mark.skipif(find_compiler() is None, reason="no C compiler (apt install gcc)")
 @pytest.mark.parametrize("build", PORTABLE_BUILDS)
 def test_small_maps_groups_run_as_one_function_and_compute_what_onnxruntime_does(
-        tmp_path, build):
+        tmp_path, build, monkeypatch):
+    """(Together whatever their weights' size: a test's are small.)"""
+    monkeypatch.setattr(c_layers, "TOGETHER_ABOVE", 0)
     path = save(small_maps(), tmp_path / "small.onnx")
     result = compile_model(path, tmp_path / "net.c", target="c")
     source = (tmp_path / "net.c").read_text()
@@ -78,3 +81,14 @@ def test_small_maps_groups_run_as_one_function_and_compute_what_onnxruntime_does
     assert len(set(re.findall(r"\bL3_kernels_t_\d+", source))) == 1
     model = CModel(tmp_path / "net.c", result.mlp, extra=BUILDS[build])
     assert_matches_onnxruntime(path, model, (8, 8, 12))
+
+
+@pytest.mark.skipif(find_compiler() is None, reason="no C compiler (apt install gcc)")
+def test_groups_whose_weights_fit_the_cache_keep_a_function_each(tmp_path):
+    path = save(small_maps(), tmp_path / "small.onnx")
+    result = compile_model(path, tmp_path / "net.c", target="c")
+    source = (tmp_path / "net.c").read_text()
+    layer = source[source.index("void layer1(const float *restrict h, float *restrict z)\n{"):]
+    layer = layer[:layer.index("\n}\n")]
+    assert len(re.findall(r"    layer1_group\d+\(h, z\);", layer)) == 9  # a 4x6 map's
+    assert_matches_onnxruntime(path, CModel(tmp_path / "net.c", result.mlp), (8, 8, 12))

@@ -52,6 +52,13 @@ class Arrays:
         return sum(a.nbytes for _, a in self.items)
 
 
+#: a convolution's groups run as one function, blocks outermost, where their weights are
+#: more than this: half of an L2 cache (DenseNet121's 3x3 convolutions at 32x32, 147 KB,
+#: are read from the cache by each group; written together, they shared less code: its
+#: first build 14.0 -> 15.5 s)
+TOGETHER_ABOVE = 256 * 1024
+
+
 def tap_columns(kernels: np.ndarray) -> dict[bytes, int]:
     """Each tap's weights over the blocked kernels (bytes), to the tap: what
     ``kernels_within`` finds a group's taps by."""
@@ -267,16 +274,21 @@ class LayerWriter:
 
     def block_functions(self, found: list[tuple[BlockGroup, str, int]]) -> None:
         """The one-sample functions of the blocks ``found`` (each with its weights' array
-        and taps a kernel): the groups of one array on maps that need no tiles in one
-        function, blocks outermost (``c_blocks.py``); a big map's alone, in tiles."""
+        and taps a kernel): the groups of one array of more than ``TOGETHER_ABOVE`` bytes
+        on maps that need no tiles in one function, blocks outermost (``c_blocks.py``); a
+        big map's alone, in tiles; the others each alone."""
         together: dict[tuple, list[BlockGroup]] = {}
+        size = 8 if self.real == "double" else 4
         for b, transposed, stored in found:
-            tile = position_tile(b.positions, b.taps * (8 if self.real == "double" else 4), 8)
-            if tile is None:
-                together.setdefault((transposed, stored, b.blocks), []).append(b)
-            else:
+            tile = position_tile(b.positions, b.taps * size, 8)
+            if tile is not None:
                 self.block_function(transposed, stored, [b], tile)
-        for (transposed, stored, _), members in together.items():
+            elif b.blocks * stored * LANES * size > TOGETHER_ABOVE:
+                together.setdefault((transposed, stored, b.blocks), []).append(b)
+            else:  # read from the cache by each group: a function each, shared more often
+                together[id(b), None, None] = [b]
+        for members in together.values():
+            b, transposed, stored = next(f for f in found if f[0] is members[0])
             self.block_function(transposed, stored, members)
 
     def block_function(self, transposed: str, stored: int, members: list[BlockGroup],
