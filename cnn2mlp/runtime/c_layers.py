@@ -286,9 +286,8 @@ class LayerWriter:
             elif b.blocks * stored * LANES * size > TOGETHER_ABOVE:
                 together.setdefault((transposed, stored, b.blocks), []).append(b)
             else:  # read from the cache by each group: a function each, shared more often
-                together[id(b), None, None] = [b]
-        for members in together.values():
-            b, transposed, stored = next(f for f in found if f[0] is members[0])
+                self.block_function(transposed, stored, [b])
+        for (transposed, stored, _), members in together.items():
             self.block_function(transposed, stored, members)
 
     def block_function(self, transposed: str, stored: int, members: list[BlockGroup],
