@@ -388,8 +388,9 @@ class CsrModel:
         """``dtype`` defaults to the model's own precision."""
         dtype = self.dtype if dtype is None else dtype
         x = np.asarray(x)
-        if x.shape[1:] != self.input_shape:
-            raise ValueError(f"predict expects (B, {', '.join(map(str, self.input_shape))}); "
+        shape = self.input_shape
+        if x.shape[1:] != shape:
+            raise ValueError(f"predict expects (B, {', '.join(map(str, shape))}); "
                              f"got {x.shape}")
         y = self._engine.run(x.reshape(len(x), -1), dtype)
         return y.reshape((len(x),) + self.output_shape)

@@ -264,6 +264,9 @@ class CEngine(Engine):
 
     def built(self, dtype) -> BuiltModel:
         key = np.dtype(dtype)
+        found = self._built.get(key)  # built already: no lock (a dict's get is atomic)
+        if found is not None:
+            return found
         with self._lock:
             if key not in self._built:
                 self._built[key] = BuiltModel(self.source, key)
@@ -298,7 +301,7 @@ class CEngine(Engine):
 
     def run_chunk(self, library: CLibrary, x: np.ndarray, out: np.ndarray) -> None:
         work = getattr(self._local, "work", None)
-        needed = library.work_size(len(x))
+        needed = library.work_size(len(x))  # cached by the library
         if work is None or work.dtype != library.dtype or work.size < needed:
             work = self._local.work = np.empty(needed, library.dtype)
         library.run(x, out, work)
