@@ -182,8 +182,6 @@ class CLibrary:
             raise CompileError(f"{library}: the built C library does not load "
                                f"({first_line_of(exc)}); delete it to build it again") from None
         self.dtype = np.dtype(dtype)
-        real = ctypes.c_double if self.dtype == np.float64 else ctypes.c_float
-        self.pointer = ctypes.POINTER(real)
         self._run = getattr(self.lib, f"{prefix}_predict_with")
         # the arrays' addresses as integers: ctypes' pointer casts took a tenth of a
         # small model's predict

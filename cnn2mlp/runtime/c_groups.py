@@ -51,6 +51,17 @@ def kernel_owners(kernels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values, np.where(counts == 1, first // kernels.shape[1], -1)
 
 
+def tap_columns(kernels: np.ndarray) -> dict[bytes, int]:
+    """Each tap's weights over the blocked kernels (bytes), to the tap: what
+    ``kernels_within`` finds a group's taps by."""
+    kernels = np.asarray(kernels)
+    blocked = len(kernels) - len(kernels) % LANES
+    index: dict[bytes, int] = {}
+    for t in range(kernels.shape[1]):
+        index.setdefault(np.ascontiguousarray(kernels[:blocked, t]).tobytes(), t)
+    return index
+
+
 def kernels_within(g: ProductGroup, source: ProductGroup, columns: dict[bytes, int],
                    owners: tuple[np.ndarray, np.ndarray] | None = None
                    ) -> tuple[ProductGroup, np.ndarray] | None:

@@ -19,7 +19,8 @@ from ..runtime.plan import LayerPlan
 from ..runtime.structure import ProductGroup
 from .c_activation import activation_loop, stored_clamp
 from .c_blocks import BlockGroup, blocks_function, union_of
-from .c_groups import LANES, kernel_owners, kernels_within, merge_same_rows, position_tile
+from .c_groups import (LANES, kernel_owners, kernels_within, merge_same_rows, position_tile,
+                       tap_columns)
 from .c_indices import (PairIndex, bias_fill, csr_runs, indexed, pair_bias, position_index,
                         row_index, run_bias, run_lines, run_row_lines)
 from .c_literals import c_number
@@ -57,17 +58,6 @@ class Arrays:
 #: are read from the cache by each group; written together, they shared less code: its
 #: first build 14.0 -> 15.5 s)
 TOGETHER_ABOVE = 256 * 1024
-
-
-def tap_columns(kernels: np.ndarray) -> dict[bytes, int]:
-    """Each tap's weights over the blocked kernels (bytes), to the tap: what
-    ``kernels_within`` finds a group's taps by."""
-    kernels = np.asarray(kernels)
-    blocked = len(kernels) - len(kernels) % LANES
-    index: dict[bytes, int] = {}
-    for t in range(kernels.shape[1]):
-        index.setdefault(np.ascontiguousarray(kernels[:blocked, t]).tobytes(), t)
-    return index
 
 
 def c_type(array: np.ndarray, real: str) -> str:
