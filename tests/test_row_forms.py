@@ -68,7 +68,7 @@ def projection(rng):
 def big_map(rng):
     """A map whose inputs outgrow the cache: its positions run in tiles, each by every
     block of kernels, and its 144 taps in blocks at sixteen samples (c_groups.TILE_BYTES,
-    c_batched.TAP_BLOCK_BYTES)."""
+    c_packed.TAP_BLOCK_BYTES)."""
     w, _ = conv(rng, 16, 32, 40)
     return w, None, "relu"
 

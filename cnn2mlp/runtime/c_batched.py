@@ -23,33 +23,10 @@ from .c_build import SAMPLES
 from .c_groups import LANES, position_tile
 from .c_indices import BiasFill, PairIndex, run_row_lines
 from .c_literals import c_number
+from .c_packed import KERNELS, kernels_at_once, packed_kernels
 
 #: rows of a dense layer computed together
 DENSE_ROWS = 4
-#: kernels of a convolution block computed together, each with every sample's sum
-KERNELS = 8
-#: vector registers the accumulators of a block may take (of x86-64's 16 with AVX2)
-VECTOR_REGISTERS = 8
-#: the inputs and weights a block of taps reads, in bytes: within the first-level cache
-TAP_BLOCK_BYTES = 16 * 1024
-
-
-def kernels_at_once(width: int, vectors: int) -> int:
-    """Kernels whose sums (``vectors`` vectors of ``width`` bytes each) stay in registers
-    together, with room for the inputs: AVX-512 has 32 vector registers, AVX2 16."""
-    return max(1, (16 if width == 64 else VECTOR_REGISTERS) // vectors)
-
-
-def kernel_passes(count: int, vectors: int) -> list[tuple[int, int, int]]:
-    """The passes over a block's taps, as (first kernel, end, kernels a pass). AVX2's
-    multiply-add takes five cycles and two start a cycle: ten sums must be in flight to
-    keep it busy, and four kernels of two vectors are eight. Six kernels (twelve sums, the
-    two inputs and a weight: fifteen of the sixteen registers) go twice, then four."""
-    if count == 4 and vectors == 2:
-        return [(0, 12, 6), (12, LANES, 4)]
-    return [(0, LANES, count)]
-
-
 def lanes(statement: str, sums: str) -> str:
     """The prelude's lane statement ``statement`` (``LANE_…``) for each of the sixteen
     samples' sums ``sums{l}``, written out by the preprocessor (``EACH_LANE``)."""
@@ -245,30 +222,32 @@ class BatchedLayerWriter:
         go together as leave the accumulators in registers with room for the inputs (16
         vector registers: 4 kernels of two 32-byte vectors, 2 of four 16-byte ones; with 8,
         the assembly showed every multiply-add reading and writing the stack); else scalar
-        sums, which GCC's SLP vectorizer packs."""
+        sums, which GCC's SLP vectorizer packs. With 32-byte vectors a position's inputs
+        are packed once for a group of blocks (``c_packed.packed_kernels``)."""
         r = self.real
         tile = position_tile(n_b, taps * SAMPLES * (8 if r == "double" else 4), 1)
-        head = [
-            *([] if tile is None else [
-                "    long jt, end;",
-                f"    for (jt = 0; jt < {n_b}; jt += {tile}) {{",
-                f"    end = jt + {tile} < {n_b} ? jt + {tile} : {n_b};"]),
-            f"    for (i = 0; i < {blocks}; i++) {{",
-            f"        const {r} *restrict w = {w} + i * {stored * LANES};",
-            "        " + rows.pointer("o", f"i * {LANES}"),
-            *self.bias_pointer(bias, "ob", f"i * {LANES}", "        "),
-            f"        for (j = {0 if tile is None else 'jt'}; j < {n_b if tile is None else 'end'}; "
-            "j++) {",
-            f"            const {r} *restrict x = h + ({shift} + {bases}[j]) * {SAMPLES};",
-            "            int q;"]
-        body = head + ["#if defined(VECTOR_BYTES) && VECTOR_BYTES == 64",
-                       *self.vector_kernels(64, offsets, rows, bias, taps, tap),
-                       "#elif defined(VECTOR_BYTES) && VECTOR_BYTES == 32",
-                       *self.vector_kernels(32, offsets, rows, bias, taps, tap),
-                       "#elif defined(VECTOR_BYTES)",
-                       *self.vector_kernels(16, offsets, rows, bias, taps, tap),
-                       "#else", *self.scalar_kernels(offsets, rows, bias, taps, tap), "#endif",
-                       "        }", "    }", *([] if tile is None else ["    }"])]
+        positions = ("0", n_b) if tile is None else ("jt", "end")
+        block = [f"        const {r} *restrict w = {w} + i * {stored * LANES};",
+                 "        " + rows.pointer("o", f"i * {LANES}"),
+                 *self.bias_pointer(bias, "ob", f"i * {LANES}", "        ")]
+        position = f"            const {r} *restrict x = h + ({shift} + {bases}[j]) * {SAMPLES};"
+        head = [f"    for (i = 0; i < {blocks}; i++) {{", *block,
+                f"        for (j = {positions[0]}; j < {positions[1]}; j++) {{", position,
+                "            int q;"]
+        body = ([] if tile is None else [
+            "    long jt, end;",
+            f"    for (jt = 0; jt < {n_b}; jt += {tile}) {{",
+            f"    end = jt + {tile} < {n_b} ? jt + {tile} : {n_b};"])
+        body += ["#if defined(VECTOR_BYTES) && VECTOR_BYTES == 32",
+                 *packed_kernels(self, offsets, rows, bias, blocks, taps, tap, block,
+                                 shift, bases, positions),
+                 "#else", *head,
+                 "#if defined(VECTOR_BYTES) && VECTOR_BYTES == 64",
+                 *self.vector_kernels(64, offsets, rows, bias, taps, tap),
+                 "#elif defined(VECTOR_BYTES)",
+                 *self.vector_kernels(16, offsets, rows, bias, taps, tap),
+                 "#else", *self.scalar_kernels(offsets, rows, bias, taps, tap), "#endif",
+                 "        }", "    }", "#endif", *([] if tile is None else ["    }"])]
         self.helper(body)
 
     def vector_kernels(self, width: int, offsets: str, rows: PairIndex,
@@ -279,44 +258,9 @@ class BatchedLayerWriter:
         count = kernels_at_once(width, len(vectors))
         weight, row = (f"w + {tap} * {LANES} + q", 1), rows.at("o", "q + {k}", "j")
         row_bias = self.bias_at(bias, "ob", "q + {k}", "j")
-        if count >= LANES or width < 32:  # one pass over the taps; or not AVX
-            return [f"            for (q = 0; q < {LANES}; q += {count})",
-                    *self.kernel_block(count, per, len(vectors), taps, offsets, weight, row,
-                                       row_bias)]
-
-        def passes(inputs: str, kept: tuple[str, str] | None = None) -> list[str]:
-            return [line for first, end, n in kernel_passes(count, len(vectors)) for line in (
-                f"            for (q = {first}; q < {end}; q += {n})",
-                *self.kernel_block(n, per, len(vectors), taps, offsets, weight, row,
-                                   row_bias, kept, inputs))]
-
-        # The block's kernels take several passes over the taps, each reading every
-        # tap's inputs (sixteen samples') and weights. The inputs of one tap of a 1x1
-        # convolution are a channel apart, a power of two on a 32x32 image's maps (4 KiB
-        # at 8x8): they fall into one set of the first-level cache, which holds eight of
-        # them, and every pass read them from the next level. So the taps go in blocks
-        # whose inputs and weights the first-level cache holds, their inputs first copied
-        # next to each other; the sums are kept between blocks (the same sums in the same
-        # order: the results do not change). With 32-byte vectors (AVX) only, where it was
-        # measured: 16-byte ones are also a microcontroller's, whose stack is small
-        block = TAP_BLOCK_BYTES // (2 * SAMPLES * (8 if r == "double" else 4))
-        block = -(-taps // -(-taps // block))  # the taps in blocks of about equal size
-        packed = f"packed + (t - tb) * {SAMPLES}"
-        pack = [f"            for (t = tb; t < te; t++) memcpy(packed + (t - tb) * {SAMPLES}, "
-                f"x + (long){offsets}[t] * {SAMPLES}, {SAMPLES} * sizeof *x);"]
-        declare = [f"            {r} packed[{block * SAMPLES}] __attribute__((aligned(64)));"]
-        if block >= taps:
-            return ["            {", *declare, "            const long tb = 0, te = "
-                    f"{taps};", *pack, *passes(packed), "            }"]
-        return [
-            "            {",
-            f"            vector_sum kept[{LANES * len(vectors)}]; long tb, te;", *declare,
-            "            memset(kept, 0, sizeof kept);",
-            f"            for (tb = 0; tb < {taps}; tb += {block}) {{",
-            f"            te = tb + {block} < {taps} ? tb + {block} : {taps};", *pack,
-            *passes(packed, ("tb", "te")),
-            "            }",
-            "            }"]
+        return [f"            for (q = 0; q < {LANES}; q += {count})",
+                *self.kernel_block(count, per, len(vectors), taps, offsets, weight, row,
+                                   row_bias)]
 
     def vector_store(self, target: str, value: str, bias: str) -> str:
         """The vector ``value`` added to the values at ``target``, or stored there with the
@@ -407,7 +351,7 @@ class BatchedLayerWriter:
 
     def kernel_block(self, count: int, per: int, vectors: int, taps: int, offsets: str,
                      weight: tuple[str, int], row: str, bias: str,
-                     kept: tuple[str, str] | None = None,
+                     kept: tuple[str, str, str] | None = None,
                      inputs: str | None = None) -> list[str]:
         """``count`` kernels from ``q`` at the position ``x`` (their inputs at ``offsets``),
         each sample's sums in ``vectors`` vectors of ``per`` values, stored to their rows:
@@ -424,11 +368,11 @@ class BatchedLayerWriter:
                   f"{SAMPLES}; "
                   + " ".join(self.vector_store(f"zk + {v * per}", f"s{k}_{v}", bias.format(k=k))
                              for v in parts) + " }" for k in kernels]
-        first, end = ("0", taps) if kept is None else kept
+        first, end, array = ("0", taps, "") if kept is None else kept
         return [
             "                {",
             *([] if kept is None else
-              [f"                    vector_sum *restrict kq = kept + q * {vectors};"]),
+              [f"                    vector_sum *restrict kq = {array} + q * {vectors};"]),
             "                    vector_sum " + ", ".join(
                 f"{s} = {'{0}' if kept is None else slot[s]}" for s in sums) + ", "
             + ", ".join(f"x{v}" for v in parts) + ", u;",
