@@ -172,7 +172,7 @@ def test_a_grouped_convolutions_blocks_are_one_loop_in_the_c_code():
 def test_a_big_maps_positions_run_in_tiles_and_its_taps_in_blocks():
     """The big map's loops are the ones its test above ran exactly: positions in tiles
     for one sample and for sixteen, taps in blocks (inputs copied together) at sixteen,
-    the kernels of a block in passes of six and four."""
+    the kernels of a block in passes of six, five and five."""
     import re
 
     from cnn2mlp.runtime.c_source import c_source
@@ -187,8 +187,9 @@ def test_a_big_maps_positions_run_in_tiles_and_its_taps_in_blocks():
     assert re.search(r"for \(jt = 0; jt < 1444; jt \+= \d+\)", sixteen)
     assert re.search(r"for \(tb = 0; tb < 144; tb \+= \d+\)", sixteen)
     assert "packed + (t - tb)" in sixteen
-    # with AVX2, two passes of six kernels (twelve sums in flight), then one of four
-    assert "for (q = 0; q < 12; q += 6)" in sixteen and "for (q = 12; q < 16; q += 4)" in sixteen
+    # with AVX2, a pass of six kernels (twelve sums in flight), then two of five
+    assert "for (q = 0; q < 6; q += 6)" in sixteen and "for (q = 6; q < 11; q += 5)" in sixteen
+    assert "for (q = 11; q < 16; q += 5)" in sixteen
     # one sample with AVX2: six positions at a time, then four, then one
     assert re.search(r"for \(; j \+ 6 <= end; j \+= 6\)", one)
     assert re.search(r"for \(; j \+ 4 <= end; j \+= 4\)", one)
