@@ -120,3 +120,23 @@ def test_a_build_split_into_units_computes_what_one_unit_does(tmp_path, monkeypa
     np.testing.assert_array_equal(outputs[1], outputs[3])
     expected = onnx_runner(model_path)(x)
     assert np.max(np.abs(outputs[3] - expected) / np.maximum(1, np.abs(expected))) < 1e-4
+
+
+def test_read_only_and_sliced_inputs_give_what_a_fresh_array_gives():
+    """The arrays' addresses come through the buffer protocol, or numpy's ctypes view for
+    a read-only array (``c_build.address``): a view into a larger batch, a read-only one
+    and a fresh copy compute the same."""
+    from cnn2mlp.runtime.c_build import address
+
+    mlp = one_layer(5)
+    model = CsrModel(mlp, engine="c", threads=1)
+    batch = np.random.default_rng(6).normal(size=(40, mlp.layers[0].n_in)).astype(np.float32)
+    expected = model.predict(batch[7:25].copy())
+    frozen = batch.copy()
+    frozen.setflags(write=False)
+    assert np.array_equal(model.predict(frozen[7:25]), expected)
+    assert np.array_equal(model.predict(batch[7:25]), expected)  # a view: its own address
+    assert address(batch[7:25]) == batch[7:25].ctypes.data
+    assert address(frozen[7:25]) == frozen[7:25].ctypes.data
+    np.testing.assert_allclose(expected, mlp.forward(batch[7:25].astype(np.float64)),
+                               rtol=1e-4, atol=1e-4)

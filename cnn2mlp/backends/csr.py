@@ -367,11 +367,11 @@ class CsrModel:
     def threads(self) -> int:
         return self._engine.threads
 
-    @property
+    @functools.cached_property  # read at every predict
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self._source.input_shape)
 
-    @property
+    @functools.cached_property
     def output_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self._source.output_shape)
 

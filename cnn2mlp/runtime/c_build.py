@@ -211,13 +211,24 @@ class CLibrary:
         assert x.flags.c_contiguous and out.flags.c_contiguous and x.dtype == self.dtype
         assert out.dtype == self.dtype and work.dtype == self.dtype
         assert work.size >= self.work_size(len(x)) and out.shape[0] == len(x)
+        x_at, out_at, work_at = address(x), address(out), address(work)
         # the C batch is an int: a larger batch goes in parts (ctypes would wrap it)
         for start in range(0, len(x), MAX_BATCH):
             n = min(MAX_BATCH, len(x) - start)
-            code = self._run(x.ctypes.data + start * x.strides[0],
-                             out.ctypes.data + start * out.strides[0], n, work.ctypes.data)
+            code = self._run(x_at + start * x.strides[0], out_at + start * out.strides[0], n,
+                             work_at)
             if code != 0:
                 raise CompileError(f"the C model's predict returned {code}")
+
+
+def address(array: np.ndarray) -> int:
+    """Where a C-contiguous array's values start: read through the buffer protocol (0.5
+    us), or, for a read-only array, from numpy's ctypes view (2 us: three of those were a
+    tenth of SqueezeNet's predict at batch 1)."""
+    try:
+        return ctypes.addressof(ctypes.c_byte.from_buffer(array))
+    except (TypeError, ValueError):  # read-only, or empty
+        return array.ctypes.data
 
 
 def load_source(source_path: Path, dtype, folder: Path, optimize: str = "-O2",
