@@ -23,10 +23,13 @@ from .c_build import SAMPLES
 from .c_groups import LANES, position_tile
 from .c_indices import BiasFill, PairIndex, run_row_lines
 from .c_literals import c_number
-from .c_packed import KERNELS, kernels_at_once, packed_kernels
+from .c_packed import kernels_at_once, packed_kernels
 
 #: rows of a dense layer computed together
 DENSE_ROWS = 4
+#: kernels of a convolution block computed together without the vector extension, each
+#: with every sample's sum
+KERNELS = 8
 def lanes(statement: str, sums: str) -> str:
     """The prelude's lane statement ``statement`` (``LANE_…``) for each of the sixteen
     samples' sums ``sums{l}``, written out by the preprocessor (``EACH_LANE``)."""

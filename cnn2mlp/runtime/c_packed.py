@@ -12,8 +12,6 @@ from .c_build import SAMPLES
 from .c_groups import LANES
 from .c_indices import PairIndex
 
-#: kernels of a convolution block computed together, each with every sample's sum
-KERNELS = 8
 #: vector registers the accumulators of a block may take (of x86-64's 16 with AVX2)
 VECTOR_REGISTERS = 8
 #: the inputs and weights a block of taps reads, in bytes: within the first-level cache
