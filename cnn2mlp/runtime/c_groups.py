@@ -77,9 +77,9 @@ def kernels_within(g: ProductGroup, source: ProductGroup, columns: dict[bytes, i
         return None
     values, owner = kernel_owners(theirs) if owners is None else owners
     at = np.minimum(np.searchsorted(values, kernels), len(values) - 1)
-    owners = np.where(values[at] == kernels, owner[at], -1)
-    match = owners.max(axis=1)
-    if (match < 0).any() or not ((owners == match[:, None]) | (owners < 0)).all():
+    weight_owner = np.where(values[at] == kernels, owner[at], -1)  # each of g's weights'
+    match = weight_owner.max(axis=1)
+    if (match < 0).any() or not ((weight_owner == match[:, None]) | (weight_owner < 0)).all():
         return None
     if len(np.unique(match)) != n_k:
         return None

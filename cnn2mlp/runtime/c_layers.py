@@ -288,7 +288,8 @@ class LayerWriter:
 
     def block_shift(self, g: ProductGroup) -> str:
         """The shift of the positions block ``i`` of ``g`` reads, as a C expression: a
-        number when every kernel's is the same, else an array's entry (one a block)."""
+        number when every kernel's is the same, else an array's entry (one a block, at
+        ``[i]``: ``c_packed.packed_kernels`` reads that form as positions of a block's own)."""
         shifts = np.asarray(g.shifts)
         blocked = len(shifts) - len(shifts) % LANES
         if not len(shifts) or (shifts == shifts[0]).all():
