@@ -25,6 +25,7 @@ from .c_indices import (PairIndex, bias_fill, csr_runs, indexed, pair_bias, posi
                         row_index, run_bias, run_lines, run_row_lines)
 from .c_literals import c_number
 from .c_planes import Planes, find_planes, plane_floats, plane_lines
+from .c_position_vectors import vectors_function
 from .c_positions import HALF, half_block
 
 
@@ -270,6 +271,8 @@ class LayerWriter:
         together: dict[tuple, list[BlockGroup]] = {}
         size = 8 if self.real == "double" else 4
         for b, transposed, stored in found:
+            if self.vectors_function(transposed, stored, b):
+                continue
             tile = position_tile(b.positions, b.taps * size, 8)
             if tile is not None:
                 self.block_function(transposed, stored, [b], tile)
@@ -279,6 +282,24 @@ class LayerWriter:
                 self.block_function(transposed, stored, [b])
         for (transposed, stored, _), members in together.items():
             self.block_function(transposed, stored, members)
+
+    def vectors_function(self, transposed: str, stored: int, b: BlockGroup) -> bool:
+        """``b`` with its long runs of positions in vectors (``c_position_vectors.py``),
+        if that form takes it."""
+        def rest(positions: np.ndarray) -> BlockGroup:
+            g = b.group
+            part = ProductGroup(g.kernels, g.offsets, np.asarray(g.bases)[positions],
+                                np.asarray(g.rows)[:, positions], g.shifts)
+            return BlockGroup(part, b.offsets, self.array("bases", part.bases),
+                              row_index(part.rows, self.array), b.shift, b.index)
+
+        name = f"layer{self.k}_group{len(self.helpers)}"
+        code = vectors_function(name, self.real, transposed, stored, b, self.array, rest)
+        if code is None:
+            return False
+        self.helpers.append(code)
+        self.lines.append(f"    {name}(h, z);")
+        return True
 
     def block_function(self, transposed: str, stored: int, members: list[BlockGroup],
                        tile: int | None = None) -> None:

@@ -1,0 +1,113 @@
+"""A convolution at one sample on a big map with positions in vectors
+(``runtime/c_position_vectors.py``): four kernels, three vectors of positions at a time,
+over stretches of positions whose inputs and rows step alike. A 1x1 convolution's map is
+one stretch; a 3x3 convolution's interior is one whose gaps (the border positions between
+its rows) are computed and not stored. Every build of the C target, the c engine's
+float64 build, chunks cut inside a stretch, and non-finite inputs at the gaps."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnn2mlp
+from cnn2mlp.backends.c import CModel
+from cnn2mlp.compile import compile_model
+from cnn2mlp.runtime import c_position_vectors
+from cnn2mlp.runtime.c_build import find_compiler
+from cnn2mlp.runtime.c_position_vectors import stretches
+from cnn2mlp.testing import OnnxBuilder
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_c_target import (BUILDS, assert_matches_onnxruntime, conv, cpu_has_avx2,  # noqa: E402
+                           save)
+
+needs_compiler = pytest.mark.skipif(find_compiler() is None,
+                                    reason="no C compiler (apt install gcc)")
+
+SHAPE = (16, 18, 10)
+
+
+def big_map(seed: int):
+    """A 3x3 convolution 16 -> 32 channels on an 18x10 map (its interior: 128 positions of
+    144 taps, 16 rows of 8 two gaps apart: with 16-lane vectors the last few positions'
+    vector holds gaps), a 1x1 convolution 32 -> 48 (180 positions, one stretch: three
+    vectors, then one, then the last few), a strided one."""
+    b = OnnxBuilder(SHAPE, seed=seed)
+    b.conv(conv(out=32))
+    b.activation("Relu")
+    b.conv(conv(k=1, p=0, out=48))
+    b.activation("Relu")
+    b.conv(conv(out=16, s=2))
+    b.activation("Relu")
+    b.flatten()
+    b.dense(5)
+    return b.build()
+
+
+def test_a_stride_one_maps_interior_is_one_stretch_and_a_strided_ones_is_not():
+    side = 6
+    interior = [(y * side + x, (y + 1) * side + x + 1) for y in range(4) for x in range(4)]
+    bases, rows = (np.array(column) for column in zip(*interior))
+    assert stretches(bases, rows) == [(0, 16)]
+    strided = np.arange(0, 16, 2)  # inputs two apart, rows one apart
+    assert stretches(strided, np.arange(8)) == [(k, k + 1) for k in range(8)]
+
+
+@needs_compiler
+@pytest.mark.parametrize("build", BUILDS)
+def test_every_build_computes_what_onnxruntime_does(tmp_path, build):
+    if build == "32-byte vectors" and not cpu_has_avx2():
+        pytest.skip("this machine has no AVX2")
+    path = save(big_map(seed=21), tmp_path / "big.onnx")
+    result = compile_model(path, tmp_path / "net.c", target="c")
+    source = (tmp_path / "net.c").read_text()
+    assert source.count("for (c = 0; c <") == 2  # the two stride-1 convolutions
+    assert "piece_mask" in source  # the 3x3 interior's gaps
+    model = CModel(tmp_path / "net.c", result.mlp, extra=BUILDS[build])
+    assert_matches_onnxruntime(path, model, SHAPE)
+
+
+@needs_compiler
+@pytest.mark.parametrize("chunk_bytes", [None, 1])
+def test_the_c_engines_float64_build_and_chunks_cut_inside_a_stretch(
+        tmp_path, monkeypatch, chunk_bytes):
+    """float64 (a mask of 64-bit lanes); with the smallest chunks, a piece of 48 positions
+    each: the interior's stretch is cut where a row has gaps."""
+    monkeypatch.setenv("CNN2MLP_C_CACHE", str(tmp_path / "cache"))  # a build of its own
+    if chunk_bytes is not None:
+        monkeypatch.setattr(c_position_vectors, "CHUNK_BYTES", chunk_bytes)
+    path = save(big_map(seed=22), tmp_path / "big.onnx")
+    compile_model(path, tmp_path / "big.npz")
+    model = cnn2mlp.load(tmp_path / "big.npz", engine="c")
+    assert model.engine == "c"
+    reference = cnn2mlp.load(tmp_path / "big.npz", engine="scipy")
+    # float32 inputs: the float32 build's only difference is its rounding
+    x = np.random.default_rng(5).uniform(-1, 1, (3,) + SHAPE).astype(np.float32)
+    expected = reference.predict(x.astype(np.float64), np.float64)
+    for dtype, tol in ((np.float64, 1e-10), (np.float32, 1e-4)):
+        got = np.concatenate([model.predict(x[k:k + 1], dtype) for k in range(3)])
+        np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
+
+
+@needs_compiler
+def test_non_finite_inputs_at_the_gaps_stay_where_the_mlp_puts_them(tmp_path, monkeypatch):
+    """An infinity and a NaN in the border columns: the interior's vectors read them for
+    the gaps' sums, which are not stored; the border rows get what the scipy engine
+    gives them, and the rows away from them stay finite."""
+    monkeypatch.setenv("CNN2MLP_C_CACHE", str(tmp_path / "cache"))
+    b = OnnxBuilder(SHAPE, seed=23)
+    b.conv(conv(out=32))  # no activation: the first layer's rows are the output
+    b.flatten()
+    path = save(b.build(), tmp_path / "one.onnx")
+    compile_model(path, tmp_path / "one.npz")
+    model = cnn2mlp.load(tmp_path / "one.npz", engine="c")
+    reference = cnn2mlp.load(tmp_path / "one.npz", engine="scipy")
+    x = np.random.default_rng(6).uniform(-1, 1, (1,) + SHAPE).astype(np.float32)
+    x[0, 3, 5, 0], x[0, 7, 9, 9] = np.inf, np.nan
+    got, expected = model.predict(x), reference.predict(x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)  # NaN where NaN
+    maps = got.reshape(32, 18, 10)
+    assert np.isfinite(maps[:, :, 2:8]).all()
