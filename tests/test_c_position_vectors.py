@@ -3,7 +3,9 @@
 over stretches of positions whose inputs and rows step alike. A 1x1 convolution's map is
 one stretch; a 3x3 convolution's interior is one whose gaps (the border positions between
 its rows) are computed and not stored. Every build of the C target, the c engine's
-float64 build, chunks cut inside a stretch, and non-finite inputs at the gaps."""
+float64 build, chunks cut inside a stretch, and non-finite inputs at the gaps. And with
+many taps, six positions' inputs packed once for every block of kernels
+(``runtime/c_position_panels.py``)."""
 from __future__ import annotations
 
 import sys
@@ -15,7 +17,7 @@ import pytest
 import cnn2mlp
 from cnn2mlp.backends.c import CModel
 from cnn2mlp.compile import compile_model
-from cnn2mlp.runtime import c_position_vectors
+from cnn2mlp.runtime import c_position_panels, c_position_vectors
 from cnn2mlp.runtime.c_build import find_compiler
 from cnn2mlp.runtime.c_position_vectors import stretches
 from cnn2mlp.testing import OnnxBuilder
@@ -111,3 +113,47 @@ def test_non_finite_inputs_at_the_gaps_stay_where_the_mlp_puts_them(tmp_path, mo
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)  # NaN where NaN
     maps = got.reshape(32, 18, 10)
     assert np.isfinite(maps[:, :, 2:8]).all()
+
+
+PANEL_SHAPE = (24, 14, 14)
+
+
+def many_taps(seed: int):
+    """A 3x3 convolution 24 -> 208 channels (216 taps; its interior, 144 positions, in
+    panels of six), a 1x1 convolution 208 -> 64 (208 taps, 196 positions: 32 panels and
+    four positions left), a strided one."""
+    b = OnnxBuilder(PANEL_SHAPE, seed=seed)
+    b.conv(conv(out=208))
+    b.activation("Relu")
+    b.conv(conv(k=1, p=0, out=64))
+    b.activation("Relu")
+    b.conv(conv(out=16, s=2))
+    b.activation("Relu")
+    b.flatten()
+    b.dense(5)
+    return b.build()
+
+
+@needs_compiler
+@pytest.mark.parametrize("tile_bytes", [None, 1])
+def test_packed_panels_give_the_bits_of_the_code_they_replace(tmp_path, monkeypatch,
+                                                              tile_bytes):
+    """With AVX's 32-byte vectors a group of many taps reads its inputs from panels of six
+    positions (``c_position_panels.py``), in tiles (the smallest: one panel a tile): the
+    same sums in the same order as without them, to the bit, and what onnxruntime
+    computes."""
+    if tile_bytes is not None:
+        monkeypatch.setattr(c_position_panels, "TILE_BYTES", tile_bytes)
+    path = save(many_taps(seed=24), tmp_path / "taps.onnx")
+    result = compile_model(path, tmp_path / "panels.c", target="c")
+    assert (tmp_path / "panels.c").read_text().count("float *restrict pk = ") == 2
+    monkeypatch.setattr(c_position_panels, "FEWEST_TAPS", 10 ** 6)
+    compile_model(path, tmp_path / "plain.c", target="c")
+    assert "float *restrict pk = " not in (tmp_path / "plain.c").read_text()
+    build = BUILDS["32-byte vectors, chosen"]
+    panels = CModel(tmp_path / "panels.c", result.mlp, extra=build)
+    plain = CModel(tmp_path / "plain.c", result.mlp, extra=build)
+    x = np.random.default_rng(7).uniform(-1, 1, (3,) + PANEL_SHAPE).astype(np.float32)
+    for k in range(3):  # one sample at a time: the code with panels
+        np.testing.assert_array_equal(panels.predict(x[k:k + 1]), plain.predict(x[k:k + 1]))
+    assert_matches_onnxruntime(path, panels, PANEL_SHAPE)

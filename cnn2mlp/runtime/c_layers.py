@@ -25,6 +25,7 @@ from .c_indices import (PairIndex, bias_fill, csr_runs, indexed, pair_bias, posi
                         row_index, run_bias, run_lines, run_row_lines)
 from .c_literals import c_number
 from .c_planes import Planes, find_planes, plane_floats, plane_lines
+from .c_position_panels import panels_apply, panels_function
 from .c_position_vectors import vectors_function
 from .c_positions import HALF, half_block
 
@@ -32,10 +33,12 @@ from .c_positions import HALF, half_block
 @dataclass(frozen=True)
 class Scratch:
     """Work space a layer's one-sample code may use: ``floats`` values at ``at`` (a C
-    expression, from the layer's output ``z``)."""
+    expression, from the layer's output ``z``); a one-sample work holds what the layers
+    take (``plane_floats``), ``width`` values (the widest layer's) for packed inputs."""
 
     at: str
     floats: int
+    width: int
 
 
 @dataclass
@@ -271,7 +274,7 @@ class LayerWriter:
         together: dict[tuple, list[BlockGroup]] = {}
         size = 8 if self.real == "double" else 4
         for b, transposed, stored in found:
-            if self.vectors_function(transposed, stored, b):
+            if self.own_form(transposed, stored, b):
                 continue
             tile = position_tile(b.positions, b.taps * size, 8)
             if tile is not None:
@@ -283,10 +286,11 @@ class LayerWriter:
         for (transposed, stored, _), members in together.items():
             self.block_function(transposed, stored, members)
 
-    def vectors_function(self, transposed: str, stored: int, b: BlockGroup) -> bool:
-        """``b`` with its long runs of positions in vectors (``c_position_vectors.py``),
-        if that form takes it."""
-        def rest(positions: np.ndarray) -> BlockGroup:
+    def own_form(self, transposed: str, stored: int, b: BlockGroup) -> bool:
+        """``b`` as a function of a form of its own, if one takes it: a big map's
+        stretches of positions in vectors (``c_position_vectors.py``), or many taps'
+        inputs packed in panels of six positions (``c_position_panels.py``)."""
+        def rest(positions: np.ndarray) -> BlockGroup:  # the positions in no stretch
             g = b.group
             part = ProductGroup(g.kernels, g.offsets, np.asarray(g.bases)[positions],
                                 np.asarray(g.rows)[:, positions], g.shifts)
@@ -295,11 +299,15 @@ class LayerWriter:
 
         name = f"layer{self.k}_group{len(self.helpers)}"
         code = vectors_function(name, self.real, transposed, stored, b, self.array, rest)
-        if code is None:
-            return False
-        self.helpers.append(code)
-        self.lines.append(f"    {name}(h, z);")
-        return True
+        tile = None if self.scratch is None else panels_apply(
+            self.real, b, min(self.scratch.floats, self.scratch.width))
+        if code is None and tile is not None:
+            self.plane_floats = max(self.plane_floats, tile * b.taps)
+            code = panels_function(name, transposed, stored, b, self.scratch.at, tile)
+        if code is not None:
+            self.helpers.append(code)
+            self.lines.append(f"    {name}(h, z);")
+        return code is not None
 
     def block_function(self, transposed: str, stored: int, members: list[BlockGroup],
                        tile: int | None = None) -> None:

@@ -111,7 +111,7 @@ def one_sample_scratch(k: int, width: int) -> Scratch:
     width`` and the scratch is past both (``work_size`` counts it); in a block's work,
     whose buffers are ``width * SAMPLES`` long, it is inside the buffer being written,
     past its first ``width``: ``(SAMPLES - 2) * width`` values either way."""
-    return Scratch(f"z + {2 * width if k % 2 == 0 else width}L", (SAMPLES - 2) * width)
+    return Scratch(f"z + {2 * width if k % 2 == 0 else width}L", (SAMPLES - 2) * width, width)
 
 
 def unit_names(prefix: str, names: list[str]) -> str:
