@@ -19,6 +19,7 @@ from cnn2mlp.backends.c import CModel
 from cnn2mlp.compile import compile_model
 from cnn2mlp.runtime import c_position_panels, c_position_vectors
 from cnn2mlp.runtime.c_build import find_compiler
+from cnn2mlp.runtime.c_layers import LayerWriter
 from cnn2mlp.runtime.c_position_vectors import stretches
 from cnn2mlp.testing import OnnxBuilder
 
@@ -68,6 +69,7 @@ def test_every_build_computes_what_onnxruntime_does(tmp_path, build):
     source = (tmp_path / "net.c").read_text()
     assert source.count("for (c = 0; c <") == 2  # the two stride-1 convolutions
     assert "piece_mask" in source  # the 3x3 interior's gaps
+    assert "clamp_vector(a0_0 + b0, CLAMP)" in source  # the 1x1 stores its layer's rows
     model = CModel(tmp_path / "net.c", result.mlp, extra=BUILDS[build])
     assert_matches_onnxruntime(path, model, SHAPE)
 
@@ -157,3 +159,22 @@ def test_packed_panels_give_the_bits_of_the_code_they_replace(tmp_path, monkeypa
     for k in range(3):  # one sample at a time: the code with panels
         np.testing.assert_array_equal(panels.predict(x[k:k + 1]), plain.predict(x[k:k + 1]))
     assert_matches_onnxruntime(path, panels, PANEL_SHAPE)
+
+
+@needs_compiler
+def test_a_layer_its_one_group_stores_gives_the_bits_of_one_that_adds(tmp_path, monkeypatch):
+    """The 1x1 convolution writes each of its layer's rows once: its vectors store them
+    with the bias and the ReLU (no bias written first, no activation pass after), the
+    same bits as adding to the bias and clamping after; so does the scalar build."""
+    path = save(big_map(seed=25), tmp_path / "big.onnx")
+    result = compile_model(path, tmp_path / "stores.c", target="c")
+    assert "clamp_vector(a0_0 + b0, CLAMP)" in (tmp_path / "stores.c").read_text()
+    monkeypatch.setattr(LayerWriter, "stores_alone", lambda *args: None)
+    compile_model(path, tmp_path / "adds.c", target="c")
+    assert "clamp_vector(a0_0" not in (tmp_path / "adds.c").read_text()
+    x = np.random.default_rng(8).uniform(-1, 1, (2,) + SHAPE).astype(np.float32)
+    for build in ("32-byte vectors, chosen", "portable scalars"):
+        stores, adds = (CModel(tmp_path / name, result.mlp, extra=BUILDS[build])
+                        for name in ("stores.c", "adds.c"))
+        for k in range(2):
+            np.testing.assert_array_equal(stores.predict(x[k:k + 1]), adds.predict(x[k:k + 1]))

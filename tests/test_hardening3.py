@@ -234,7 +234,7 @@ def test_a_second_init_with_another_path_is_refused(tmp_path, monkeypatch):
 
 
 def test_index_arrays_beyond_int32_are_refused():
-    from cnn2mlp.runtime.c_layers import Arrays
+    from cnn2mlp.runtime.c_arrays import Arrays
     from cnn2mlp.runtime.c_source import check_fits_int32
 
     arrays = Arrays("float")

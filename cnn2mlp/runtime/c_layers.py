@@ -5,12 +5,12 @@ as loops over a kernel's taps, copied runs, CSR rows, and each run of neurons' a
 expressions).
 
 Every part adds to the layer's output, which starts from the bias, so rows that several
-parts write (a convolution plus its shortcut) need nothing special. The arrays a layer needs
+parts write (a convolution plus its shortcut) need nothing special; a layer whose one group
+writes each row once, in vectors of positions, stores ``clamp(sum + bias)`` instead
+(``c_position_vectors.py``). The arrays a layer needs
 are collected in an ``Arrays``; ``c_source.py`` decides whether they go into the source or
 into a weights file."""
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -18,11 +18,12 @@ from ..ir.activations import IDENTITY
 from ..runtime.plan import LayerPlan
 from ..runtime.structure import ProductGroup
 from .c_activation import activation_loop, stored_clamp
+from .c_arrays import Arrays, Scratch
 from .c_blocks import BlockGroup, blocks_function, union_of
 from .c_groups import (LANES, kernel_owners, kernels_within, merge_same_rows, position_tile,
                        tap_columns)
 from .c_indices import (PairIndex, bias_fill, csr_runs, indexed, pair_bias, position_index,
-                        row_index, run_bias, run_lines, run_row_lines)
+                        row_index, run_bias, run_lines, run_row_lines, same_along_rows)
 from .c_literals import c_number
 from .c_planes import Planes, find_planes, plane_floats, plane_lines
 from .c_position_panels import panels_apply, panels_function
@@ -30,44 +31,11 @@ from .c_position_vectors import vectors_function
 from .c_positions import HALF, half_block
 
 
-@dataclass(frozen=True)
-class Scratch:
-    """Work space a layer's one-sample code may use: ``floats`` values at ``at`` (a C
-    expression, from the layer's output ``z``); a one-sample work holds what the layers
-    take (``plane_floats``), ``width`` values (the widest layer's) for packed inputs."""
-
-    at: str
-    floats: int
-    width: int
-
-
-@dataclass
-class Arrays:
-    """The constant arrays a source needs, by name, in the order they were added."""
-
-    real: str
-    items: list[tuple[str, np.ndarray]] = field(default_factory=list)
-
-    def add(self, name: str, values: np.ndarray) -> str:
-        self.items.append((name, np.ascontiguousarray(values)))
-        return name
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for _, a in self.items)
-
-
 #: a convolution's groups run as one function, blocks outermost, where their weights are
 #: more than this: half of an L2 cache (DenseNet121's 3x3 convolutions at 32x32, 147 KB,
 #: are read from the cache by each group; written together, they shared less code: its
 #: first build 14.0 -> 15.5 s)
 TOGETHER_ABOVE = 256 * 1024
-
-
-def c_type(array: np.ndarray, real: str) -> str:
-    if array.dtype.kind == "f":
-        return real
-    return "int8_t" if array.dtype == np.int8 else "int32_t"
 
 
 class LayerWriter:
@@ -101,14 +69,18 @@ class LayerWriter:
         #: where each row's bias is
         self.stores = clamp is not None
         self.records.append(("bias", {"fill": fill, "clamp": clamp}))
-        self.lines = [f"LAYER void layer{self.k}(const {r} *restrict h, {r} *restrict z)",
-                      "{", "    int i, j, t;", "    (void)j; (void)t;",
-                      *fill.lines(r, "z[i] = v;")]
+        head = [f"LAYER void layer{self.k}(const {r} *restrict h, {r} *restrict z)",
+                "{", "    int i, j, t;", "    (void)i; (void)j; (void)t;"]
+        self.lines = head + fill.lines(r, "z[i] = v;")
         if p.dense is not None:
             self.dense(p.dense)
         groups = merge_same_rows([group for part in p.parts for group in part.groups])
         pieces = [piece for group in groups for piece in self.pieces(group)]
         stored = self.share_weights([g for kind, g in pieces if kind == "kernels"])
+        #: (per-kernel bias, clamp) where one group writes every row once: its stretches
+        #: of positions in vectors may store them with their bias and clamp
+        self.alone = self.stores_alone(clamp, pieces)
+        self.stored_alone = False
         planes, in_planes = self.planes([g for kind, g in pieces if kind == "positions"])
         blocks = []
         for kind, group in pieces:
@@ -129,7 +101,12 @@ class LayerWriter:
                 self.copies(part.copies)
             if len(part.rest_rows):
                 self.csr(part.rest_rows, part.rest)
-        self.activations()
+        if self.stored_alone:  # no bias written first (its arrays unused), no activations
+            unused = [a for a in (fill.plain, fill.values, fill.ends) if a is not None]
+            self.lines = head + ["    " + " ".join(f"(void){a};" for a in unused)] + \
+                self.lines[len(head) + len(fill.lines(r, "")):]
+        else:
+            self.activations()
         self.lines.append("}")
         return "\n\n".join(self.helpers + ["\n".join(self.lines)])
 
@@ -298,7 +275,11 @@ class LayerWriter:
                               row_index(part.rows, self.array), b.shift, b.index)
 
         name = f"layer{self.k}_group{len(self.helpers)}"
-        code = vectors_function(name, self.real, transposed, stored, b, self.array, rest)
+        store = None if self.alone is None else (lambda: self.weights(
+            "kernel_bias", np.asarray(self.plan.bias)[np.asarray(b.group.rows)[:, 0]]),
+            tuple(c_number(v, self.real) for v in self.alone))
+        code, self.stored_alone = vectors_function(name, self.real, transposed, stored, b,
+                                                   self.array, rest, store)
         tile = None if self.scratch is None else panels_apply(
             self.real, b, min(self.scratch.floats, self.scratch.width))
         if code is None and tile is not None:
@@ -308,6 +289,19 @@ class LayerWriter:
             self.helpers.append(code)
             self.lines.append(f"    {name}(h, z);")
         return code is not None
+
+    def stores_alone(self, clamp, pieces) -> tuple | None:
+        """The clamp of a layer whose one group of blocks writes each of its rows once,
+        with a bias a kernel; else None."""
+        p = self.plan
+        if clamp is None or len(pieces) != 1 or pieces[0][0] != "kernels" or any(
+                part.copies is not None and len(part.copies[0]) or len(part.rest_rows)
+                for part in p.parts):
+            return None
+        rows = np.asarray(pieces[0][1].rows, np.int64)
+        covered = rows.size == p.n_out and np.array_equal(np.sort(rows, axis=None),
+                                                          np.arange(p.n_out))
+        return clamp if covered and same_along_rows(np.asarray(p.bias)[rows]) else None
 
     def block_function(self, transposed: str, stored: int, members: list[BlockGroup],
                        tile: int | None = None) -> None:

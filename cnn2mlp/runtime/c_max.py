@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .c_layers import Arrays
+from .c_arrays import Arrays
 from .c_batched import SAMPLES
 from .max_blocks import MaxLayer
 

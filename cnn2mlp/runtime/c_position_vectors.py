@@ -153,9 +153,13 @@ def tile_lines(real: str, b: BlockGroup, vectors: int) -> list[str]:
         "                }"]
 
 
-def add_vector(q: int, v: int, at: str, masked: bool) -> str:
+def add_vector(q: int, v: int, at: str, masked: bool, stores: bool = False) -> str:
     """Sum ``a{q}_{v}`` added to kernel q's rows from position ``at`` on, a vector; where
-    ``masked``, only at the positions the mask ``mk`` holds (the others keep their bits)."""
+    ``masked``, only at the positions the mask ``mk`` holds (the others keep their bits);
+    where it ``stores``, stored with the kernel's bias ``b{q}`` and the clamp instead."""
+    if stores:
+        return (f"{{ const vector_sum u = clamp_vector(a{q}_{v} + b{q}, CLAMP); "
+                f"memcpy(z{q} + {at}, &u, sizeof u); }}")
     if not masked:
         return (f"{{ vector_sum u; memcpy(&u, z{q} + {at}, sizeof u); u += a{q}_{v}; "
                 f"memcpy(z{q} + {at}, &u, sizeof u); }}")
@@ -168,14 +172,16 @@ def add_vector(q: int, v: int, at: str, masked: bool) -> str:
 def vector_lines(real: str, b: BlockGroup, weights: str, stored: int, names: dict[str, str],
                  chunks: int) -> list[str]:
     """The loops over chunks, four kernels, a chunk's pieces and tiles of positions."""
-    r, masked = real, "mask" in names
-    whole = [f"                    {add_vector(q, v, f'p + {v} * VECTOR_LANES', masked)}"
+    r, masked, stores = real, "mask" in names, "bias" in names
+    whole = [f"                    {add_vector(q, v, f'p + {v} * VECTOR_LANES', masked, stores)}"
              for q in range(KERNELS) for v in range(VECTORS)]
-    one = [f"                    {add_vector(q, 0, 'p', masked)}" for q in range(KERNELS)]
+    one = [f"                    {add_vector(q, 0, 'p', masked, stores)}"
+           for q in range(KERNELS)]
     # the piece's last positions, in a vector ending at its end: its lanes from ``skip`` on
     keep = " if (mk[p + l] != 0)" if masked else ""
     last = [f"                    for (l = skip; l < VECTOR_LANES; l++){keep} "
-            f"z{q}[p + l] += a{q}_0[l];" for q in range(KERNELS)]
+            + (f"z{q}[p + l] = clamp_value(a{q}_0[l] + b{q}, CLAMP);" if stores else
+               f"z{q}[p + l] += a{q}_0[l];") for q in range(KERNELS)]
     return [
         f"    for (c = 0; c < {chunks}; c++) {{",
         f"        for (k = 0; k < {len(b.group.kernels)}; k += {KERNELS}) {{",
@@ -188,6 +194,9 @@ def vector_lines(real: str, b: BlockGroup, weights: str, stored: int, names: dic
           if masked else []),
         *[f"                {r} *z{q} = z + {names['kernel_rows']}[k + {q}] + {names['row']}[j];"
           for q in range(KERNELS)],
+        *([f"                const {r} " + ", ".join(f"b{q} = {names['bias']}[k + {q}]"
+                                                     for q in range(KERNELS)) + ";"]
+          if stores else []),
         "                int p = 0, skip;",
         f"                for (; p + {VECTORS} * VECTOR_LANES <= n; p += {VECTORS} * VECTOR_LANES) {{",
         *tile_lines(r, b, VECTORS), *whole, "                }",
@@ -200,25 +209,48 @@ def vector_lines(real: str, b: BlockGroup, weights: str, stored: int, names: dic
         "            }", "        }", "    }"]
 
 
-def blocks_lines(real: str, b: BlockGroup, weights: str, stored: int) -> list[str]:
-    """``b``'s blocks as ``c_blocks`` runs them: sixteen kernels in lanes."""
-    return [f"    for (i = 0; i < {b.blocks}; i++) {{",
-            f"        const {real} *restrict w = {weights} + (long)i * {stored * LANES};",
-            *block_lines(real, b, "0", b.positions), "    }"]
+def blocks_lines(real: str, b: BlockGroup, weights: str, stored: int,
+                 stores: tuple[dict[str, str], int] | None = None) -> list[str]:
+    """``b``'s blocks as ``c_blocks`` runs them: sixteen kernels in lanes. ``stores``:
+    the arrays' names and the pieces of a group that stores its layer's rows (each kernel's
+    rows start from its bias, and take the clamp after)."""
+    blocks = [f"    for (i = 0; i < {b.blocks}; i++) {{",
+              f"        const {real} *restrict w = {weights} + (long)i * {stored * LANES};",
+              *block_lines(real, b, "0", b.positions), "    }"]
+    if stores is None:
+        return blocks
+    names, pieces = stores
+
+    def each_row(statement: str) -> list[str]:
+        return [f"    for (k = 0; k < {len(b.group.kernels)}; k++)",
+                f"        for (j = 0; j < {pieces}; j++)",
+                f"            for (l = 0; l < {names['length']}[j]; l++) {{",
+                f"                {real} *zr = z + {names['kernel_rows']}[k] + "
+                f"{names['row']}[j] + l;", f"                {statement}", "            }"]
+
+    return (each_row(f"*zr = {names['bias']}[k];") + blocks
+            + each_row("*zr = clamp_value(*zr, CLAMP);"))
 
 
 def vectors_function(name: str, real: str, weights: str, stored: int, b: BlockGroup,
                      array: Callable[[str, np.ndarray], str],
-                     rest: Callable[[np.ndarray], BlockGroup]) -> str | None:
+                     rest: Callable[[np.ndarray], BlockGroup],
+                     store: tuple[Callable[[], str], tuple[str, str, str]] | None = None,
+                     ) -> tuple[str | None, bool]:
     """The function computing ``b`` (its weights ``weights``, ``stored`` taps a kernel)
     with its long runs of positions in vectors and the rest as before (``rest`` makes the
-    group of the positions given), or None where this form does not pay. ``array`` adds
-    an index array. Without vectors (no ``VECTOR_BYTES``) the function runs as before."""
+    group of the positions given), or None where this form does not pay; and whether it
+    stores. ``array`` adds an index array. Without vectors (no ``VECTOR_BYTES``) the
+    function runs as before. ``store``: where ``b`` writes each of its layer's rows once,
+    its kernels' biases (a function adding their array) and the clamp (lo, scale, hi):
+    where one stretch without gaps takes every position, the sums are stored with them,
+    and the layer writes no bias first and no activation after."""
     size = 8 if real == "double" else 4
     found = vector_runs(b, size)
     if found is None:
-        return None
+        return None, False
     kernel_rows, pieces = found
+    stores = store is not None and not len(pieces.rest) and pieces.mask is None
     names = {"kernel_rows": array("kernel_rows", kernel_rows),
              "base": array("piece_base", pieces.base), "row": array("piece_row", pieces.row),
              "length": array("piece_length", pieces.length),
@@ -227,10 +259,18 @@ def vectors_function(name: str, real: str, weights: str, stored: int, b: BlockGr
         names["mask"] = array("piece_mask", pieces.mask != 0,
                               np.float64 if real == "double" else np.float32)
         names["mask_at"] = array("piece_mask_at", pieces.mask_at)
+    clamp = []
+    if stores:
+        names["bias"] = store[0]()
+        lo, scale, hi = store[1]
+        clamp = [f"    const {real} clamp_lo = {lo}, clamp_scale = {scale}, clamp_hi = {hi};"]
     left = blocks_lines(real, rest(pieces.rest), weights, stored) if len(pieces.rest) else []
-    body = ["#ifdef VECTOR_BYTES",
+    body = ["#ifdef VECTOR_BYTES", *clamp,
             *vector_lines(real, b, weights, stored, names, len(pieces.chunk_ends)), *left,
-            "#else", *blocks_lines(real, b, weights, stored), "#endif"]
+            "#else", *clamp,
+            *blocks_lines(real, b, weights, stored,
+                          (names, len(pieces.base)) if stores else None),
+            "#endif"]
     # each branch reads arrays of its own: where the function is shared (c_sharing.py),
     # they are its parameters, and the other branch's would be unused
     arrays = sorted(set(re.findall(r"\bL\d+_\w+\b", "\n".join(body))))
@@ -238,4 +278,4 @@ def vectors_function(name: str, real: str, weights: str, stored: int, b: BlockGr
         f"static NO_LOOP_VECTORIZE void {name}(const {real} *restrict h, {real} *restrict z)",
         "{", "    int i, j, t, l, c, k;",
         "    (void)i; (void)j; (void)t; (void)l; (void)c; (void)k;",
-        "    " + " ".join(f"(void){a};" for a in arrays), *body, "}"])
+        "    " + " ".join(f"(void){a};" for a in arrays), *body, "}"]), stores

@@ -28,7 +28,8 @@ import numpy as np
 from ..errors import CompileError
 from ..ir.mlp import Mlp
 from .c_batched import SAMPLES, BatchedLayerWriter
-from .c_layers import Arrays, LayerWriter, Scratch, c_type
+from .c_arrays import Arrays, Scratch, c_type
+from .c_layers import LayerWriter
 from .c_literals import literals
 from .c_max import MaxWriter
 from .c_self_test import SELF_TEST_DOC, SelfTest, self_test_code

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from .c_layers import Arrays, c_type
+from .c_arrays import Arrays, c_type
 
 #: the weights file starts with this tag and the format's version
 MAGIC = b"C2MW0001"
