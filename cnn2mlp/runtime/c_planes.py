@@ -242,7 +242,13 @@ def plane_lines(p: Planes, real: str, scratch: str,
                 f"                {{ const int yy = j{a} / nv, xx = (j{a} % nv) * VECTOR_LANES;",
                 f"                  const int n = {p.out_w} - xx < VECTOR_LANES ? "
                 f"{p.out_w} - xx : VECTOR_LANES;",
-                "                  UNROLL_LANES for (l = 0; l < VECTOR_LANES; l++) "
+                # a whole vector of the row added as one (lane by lane, the stores were
+                # as much work as a 3x3 kernel's nine multiply-adds); the row's last few
+                # lane by lane
+                f"                  if (n == VECTOR_LANES) {{ vector_sum u; "
+                f"memcpy(&u, out + yy * {p.out_w} + xx, sizeof u); u += s{a}; "
+                f"memcpy(out + yy * {p.out_w} + xx, &u, sizeof u); }}",
+                "                  else UNROLL_LANES for (l = 0; l < VECTOR_LANES; l++) "
                 f"if (l < n) out[yy * {p.out_w} + xx + l] += s{a}[l]; }}")],
             "            }"]
 
