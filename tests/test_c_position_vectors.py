@@ -38,10 +38,16 @@ def big_map(seed: int):
     144 taps, 16 rows of 8 two gaps apart: with 16-lane vectors the last few positions'
     vector holds gaps), a 1x1 convolution 32 -> 48 (180 positions, one stretch: three
     vectors, then one, then the last few), a strided one."""
-    b = OnnxBuilder(SHAPE, seed=seed)
-    b.conv(conv(out=32))
+    return three_convolutions(SHAPE, 32, 48, seed)
+
+
+def three_convolutions(shape: tuple[int, int, int], first: int, second: int, seed: int):
+    """3x3 to ``first`` channels, 1x1 to ``second``, 3x3 with stride 2 to 16, each with a
+    ReLU, then a dense layer of 5."""
+    b = OnnxBuilder(shape, seed=seed)
+    b.conv(conv(out=first))
     b.activation("Relu")
-    b.conv(conv(k=1, p=0, out=48))
+    b.conv(conv(k=1, p=0, out=second))
     b.activation("Relu")
     b.conv(conv(out=16, s=2))
     b.activation("Relu")
@@ -124,16 +130,7 @@ def many_taps(seed: int):
     """A 3x3 convolution 24 -> 208 channels (216 taps; its interior, 144 positions, in
     panels of six), a 1x1 convolution 208 -> 64 (208 taps, 196 positions: 32 panels and
     four positions left), a strided one."""
-    b = OnnxBuilder(PANEL_SHAPE, seed=seed)
-    b.conv(conv(out=208))
-    b.activation("Relu")
-    b.conv(conv(k=1, p=0, out=64))
-    b.activation("Relu")
-    b.conv(conv(out=16, s=2))
-    b.activation("Relu")
-    b.flatten()
-    b.dense(5)
-    return b.build()
+    return three_convolutions(PANEL_SHAPE, 208, 64, seed)
 
 
 @needs_compiler
