@@ -67,9 +67,11 @@ def projection(rng):
 
 def big_map(rng):
     """A map whose inputs outgrow the cache: its positions run in tiles, each by every
-    block of kernels, and its 144 taps in blocks at sixteen samples (c_groups.TILE_BYTES,
-    c_packed.TAP_BLOCK_BYTES)."""
-    w, _ = conv(rng, 16, 32, 40)
+    block of kernels, and its 216 taps in blocks at sixteen samples (c_groups.TILE_BYTES,
+    c_packed.TAP_BLOCK_BYTES). More taps than one sample's positions in vectors take, two
+    blocks of kernels, fewer than its packed panels need (c_position_vectors.MOST_TAPS,
+    c_position_panels.FEWEST_BLOCKS)."""
+    w, _ = conv(rng, 24, 32, 40)
     return w, None, "relu"
 
 
@@ -182,10 +184,10 @@ def test_a_big_maps_positions_run_in_tiles_and_its_taps_in_blocks():
     source = c_source(mlp, "m", "m.h", "", static_limit=0).source
     one = "".join(re.findall(r"void layer0_group\d+\(.*?\n}", source, re.S))
     sixteen = "".join(re.findall(r"void layer0_batch_part\d+\(.*?\n}", source, re.S))
-    # the interior: 38 x 38 positions of 144 taps
+    # the interior: 38 x 38 positions of 216 taps
     assert re.search(r"for \(jt = 0; jt < 1444; jt \+= \d+\)", one)
     assert re.search(r"for \(jt = 0; jt < 1444; jt \+= \d+\)", sixteen)
-    assert re.search(r"for \(tb = 0; tb < 144; tb \+= \d+\)", sixteen)
+    assert re.search(r"for \(tb = 0; tb < 216; tb \+= \d+\)", sixteen)
     assert "packed + (t - tb)" in sixteen
     # with AVX2, a pass of six kernels (twelve sums in flight), then two of five
     assert "for (q = 0; q < 6; q += 6)" in sixteen and "for (q = 6; q < 16; q += 5)" in sixteen

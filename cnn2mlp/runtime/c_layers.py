@@ -77,8 +77,8 @@ class LayerWriter:
         groups = merge_same_rows([group for part in p.parts for group in part.groups])
         pieces = [piece for group in groups for piece in self.pieces(group)]
         stored = self.share_weights([g for kind, g in pieces if kind == "kernels"])
-        #: (per-kernel bias, clamp) where one group writes every row once: its stretches
-        #: of positions in vectors may store them with their bias and clamp
+        #: the clamp where one group writes every row once, with a bias a kernel: its
+        #: stretches of positions in vectors may store them with their bias and clamp
         self.alone = self.stores_alone(clamp, pieces)
         self.stored_alone = False
         planes, in_planes = self.planes([g for kind, g in pieces if kind == "positions"])
