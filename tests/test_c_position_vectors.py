@@ -81,6 +81,18 @@ def test_every_build_computes_what_onnxruntime_does(tmp_path, build):
 
 
 @needs_compiler
+def test_a_stretchs_last_piece_shorter_than_a_vector(tmp_path, monkeypatch):
+    """Pieces of 48 positions: the 3x3 interior's stretch (158 positions) leaves a last
+    piece of 14, shorter than a 64-byte vector of floats, whose vector starts in the piece
+    before."""
+    monkeypatch.setattr(c_position_vectors, "CHUNK_BYTES", 1)
+    path = save(big_map(seed=26), tmp_path / "big.onnx")
+    result = compile_model(path, tmp_path / "net.c", target="c")
+    model = CModel(tmp_path / "net.c", result.mlp, extra=BUILDS["64-byte vectors"])
+    assert_matches_onnxruntime(path, model, SHAPE)
+
+
+@needs_compiler
 @pytest.mark.parametrize("chunk_bytes", [None, 1])
 def test_the_c_engines_float64_build_and_chunks_cut_inside_a_stretch(
         tmp_path, monkeypatch, chunk_bytes):

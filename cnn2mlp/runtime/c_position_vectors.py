@@ -133,8 +133,8 @@ def vector_runs(b: BlockGroup, size: int) -> tuple[np.ndarray, Pieces] | None:
 
 
 def tile_lines(real: str, b: BlockGroup, vectors: int) -> list[str]:
-    """Four kernels' sums over ``vectors`` vectors of positions from ``p`` on: the taps,
-    then each sum added to its row (``store`` the statement for kernel q, vector v)."""
+    """Four kernels' sums ``a{q}_{v}`` over ``vectors`` vectors of positions from ``p``
+    on, tap by tap (the caller adds or stores them)."""
     tap = "t" if b.index is None else f"(long){b.index}[t]"
     sums = [f"a{q}_{v}" for q in range(KERNELS) for v in range(vectors)]
     return [
@@ -202,6 +202,8 @@ def vector_lines(real: str, b: BlockGroup, weights: str, stored: int, names: dic
         *tile_lines(r, b, VECTORS), *whole, "                }",
         "                for (; p + VECTOR_LANES <= n; p += VECTOR_LANES) {",
         *tile_lines(r, b, 1), *one, "                }",
+        # (a piece shorter than a vector, a stretch's last, starts its vector in the
+        # stretch's piece before: every stretch is at least SHORTEST_RUN long)
         "                if (p < n) {",
         "                    skip = VECTOR_LANES - (n - p);",
         "                    p = n - VECTOR_LANES;",
