@@ -112,6 +112,15 @@ def block_lines(real: str, b: BlockGroup, start: str, end: str | int) -> list[st
         "#endif"]
 
 
+def each_block(real: str, b: BlockGroup, weights: str, stored: int) -> list[str]:
+    """A loop over ``b``'s blocks, their weights ``weights`` (``stored`` taps a kernel),
+    each block over all of ``b``'s positions (``block_lines``): the code of a form that
+    takes ``b`` where its own does not apply."""
+    return [f"    for (i = 0; i < {b.blocks}; i++) {{",
+            f"        const {real} *restrict w = {weights} + (long)i * {stored * LANES};",
+            *block_lines(real, b, "0", b.positions), "    }"]
+
+
 def blocks_function(name: str, real: str, transposed: str, stored: int,
                     members: list[BlockGroup], tile: int | None = None) -> str:
     """The function computing ``members`` (groups of the same blocks of kernels, their

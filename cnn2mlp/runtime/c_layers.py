@@ -71,7 +71,8 @@ class LayerWriter:
         self.records.append(("bias", {"fill": fill, "clamp": clamp}))
         head = [f"LAYER void layer{self.k}(const {r} *restrict h, {r} *restrict z)",
                 "{", "    int i, j, t;", "    (void)i; (void)j; (void)t;"]
-        self.lines = head + fill.lines(r, "z[i] = v;")
+        filled = fill.lines(r, "z[i] = v;")
+        self.lines = head + filled
         if p.dense is not None:
             self.dense(p.dense)
         groups = merge_same_rows([group for part in p.parts for group in part.groups])
@@ -104,7 +105,7 @@ class LayerWriter:
         if self.stored_alone:  # no bias written first (its arrays unused), no activations
             unused = [a for a in (fill.plain, fill.values, fill.ends) if a is not None]
             self.lines = head + ["    " + " ".join(f"(void){a};" for a in unused)] + \
-                self.lines[len(head) + len(fill.lines(r, "")):]
+                self.lines[len(head) + len(filled):]
         else:
             self.activations()
         self.lines.append("}")

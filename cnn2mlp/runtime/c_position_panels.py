@@ -15,7 +15,7 @@ kernels reads the panels in order. Each sum starts at zero and adds its taps in 
 """
 from __future__ import annotations
 
-from .c_blocks import BlockGroup, block_lines
+from .c_blocks import BlockGroup, each_block
 from .c_groups import LANES
 from .c_positions import WIDE_MAPS, vector_sums
 
@@ -104,7 +104,5 @@ def panels_function(name: str, weights: str, stored: int, b: BlockGroup, scratch
         *panel_lines(b, weights, stored, scratch, tile),
         "#else",
         "    (void)jt; (void)end;",
-        f"    for (i = 0; i < {b.blocks}; i++) {{",
-        f"        const float *restrict w = {weights} + (long)i * {stored * LANES};",
-        *block_lines("float", b, "0", b.positions), "    }",
+        *each_block("float", b, weights, stored),
         "#endif", "}"])

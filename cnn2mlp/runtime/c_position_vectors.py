@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from .c_blocks import BlockGroup, block_lines
+from .c_blocks import BlockGroup, each_block
 from .c_groups import LANES
 from .c_indices import factored_rows
 
@@ -106,7 +106,7 @@ def vector_runs(b: BlockGroup, size: int) -> tuple[np.ndarray, Pieces] | None:
         return None
     per_chunk = max(PIECE, CHUNK_BYTES // (b.taps * size) // PIECE * PIECE)
     found = {"base": [], "row": [], "length": [], "mask_at": [], "chunk_ends": []}
-    masks, held = [], 0
+    masks, held, masked = [], 0, 0  # masked: the mask's entries so far
     for first, end in kept:
         span = int(bases[end - 1] - bases[first] + 1)
         mask = np.zeros(span, np.int32)
@@ -116,12 +116,13 @@ def vector_runs(b: BlockGroup, size: int) -> tuple[np.ndarray, Pieces] | None:
             if held and held + n > per_chunk:
                 found["chunk_ends"].append(len(found["base"]))
                 held = 0
-            found["mask_at"].append(sum(len(m) for m in masks) + cut)
+            found["mask_at"].append(masked + cut)
             found["base"].append(bases[first] + cut)
             found["row"].append(position_rows[first] + cut)
             found["length"].append(n)
             held += n
         masks.append(mask)
+        masked += span
     found["chunk_ends"].append(len(found["base"]))
     covered = np.zeros(len(bases), bool)
     for first, end in kept:
@@ -216,9 +217,7 @@ def blocks_lines(real: str, b: BlockGroup, weights: str, stored: int,
     """``b``'s blocks as ``c_blocks`` runs them: sixteen kernels in lanes. ``stores``:
     the arrays' names and the pieces of a group that stores its layer's rows (each kernel's
     rows start from its bias, and take the clamp after)."""
-    blocks = [f"    for (i = 0; i < {b.blocks}; i++) {{",
-              f"        const {real} *restrict w = {weights} + (long)i * {stored * LANES};",
-              *block_lines(real, b, "0", b.positions), "    }"]
+    blocks = each_block(real, b, weights, stored)
     if stores is None:
         return blocks
     names, pieces = stores
