@@ -13,7 +13,7 @@ import pytest
 from cnn2mlp.backends.c import CModel
 from cnn2mlp.compile import compile_model
 from cnn2mlp.ir.structured import conv_structured
-from cnn2mlp.runtime import c_layers
+from cnn2mlp.runtime import c_layers, c_padded_maps
 from cnn2mlp.runtime.c_blocks import union_of
 from cnn2mlp.runtime.c_build import find_compiler
 from cnn2mlp.runtime.plan import structured_parts
@@ -68,8 +68,10 @@ def small_maps(seed=3):
 @pytest.mark.parametrize("build", PORTABLE_BUILDS)
 def test_small_maps_groups_run_as_one_function_and_compute_what_onnxruntime_does(
         tmp_path, build, monkeypatch):
-    """(Together whatever their weights' size: a test's are small.)"""
+    """(Together whatever their weights' size: a test's are small; not as padded maps,
+    which take such maps where they can: ``test_c_padded_maps.py``.)"""
     monkeypatch.setattr(c_layers, "TOGETHER_ABOVE", 0)
+    monkeypatch.setattr(c_padded_maps, "MOST_POSITIONS", 0)
     path = save(small_maps(), tmp_path / "small.onnx")
     result = compile_model(path, tmp_path / "net.c", target="c")
     source = (tmp_path / "net.c").read_text()
@@ -84,7 +86,8 @@ def test_small_maps_groups_run_as_one_function_and_compute_what_onnxruntime_does
 
 
 @pytest.mark.skipif(find_compiler() is None, reason="no C compiler (apt install gcc)")
-def test_groups_whose_weights_fit_the_cache_keep_a_function_each(tmp_path):
+def test_groups_whose_weights_fit_the_cache_keep_a_function_each(tmp_path, monkeypatch):
+    monkeypatch.setattr(c_padded_maps, "MOST_POSITIONS", 0)  # (not as padded maps)
     path = save(small_maps(), tmp_path / "small.onnx")
     result = compile_model(path, tmp_path / "net.c", target="c")
     source = (tmp_path / "net.c").read_text()

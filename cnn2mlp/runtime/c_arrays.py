@@ -25,9 +25,11 @@ class Arrays:
 
     real: str
     items: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    named: dict[str, np.ndarray] = field(default_factory=dict)
 
     def add(self, name: str, values: np.ndarray) -> str:
         self.items.append((name, np.ascontiguousarray(values)))
+        self.named[name] = self.items[-1][1]
         return name
 
     @property

@@ -68,11 +68,10 @@ def union_of(groups: list[ProductGroup]) -> list[tuple[np.ndarray, list[ProductG
     for same in convolutions.values():
         if len(same) < 2:
             continue
-        # a tap by a random projection of its weights (kernels_within then checks every
-        # weight: a column two taps were taken for would keep the groups as they were)
+        # a tap by its weights, compared exactly (a random projection of them had kept
+        # two copies of a tap where a matrix product rounded two equal columns apart)
         columns = np.concatenate([np.asarray(g.kernels, np.float64) for g in same], axis=1)
-        keys = np.random.default_rng(0).standard_normal(len(columns)) @ columns
-        _, distinct = np.unique(keys, return_index=True)
+        _, distinct = np.unique(columns.T, axis=0, return_index=True)
         widest = max(g.kernels.shape[1] for g in same)
         if widest < len(distinct) < columns.shape[1]:  # no group has all, and it stores less
             union = np.concatenate([np.asarray(g.kernels) for g in same], axis=1)

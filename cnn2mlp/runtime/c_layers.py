@@ -25,6 +25,7 @@ from .c_groups import (LANES, kernel_owners, kernels_within, merge_same_rows, po
 from .c_indices import (PairIndex, bias_fill, csr_runs, indexed, pair_bias, position_index,
                         row_index, run_bias, run_lines, run_row_lines, same_along_rows)
 from .c_literals import c_number
+from .c_padded_maps import padded_functions, padded_maps
 from .c_planes import Planes, find_planes, plane_floats, plane_lines
 from .c_position_panels import panels_apply, panels_function
 from .c_position_vectors import vectors_function
@@ -246,13 +247,22 @@ class LayerWriter:
 
     def block_functions(self, found: list[tuple[BlockGroup, str, int]]) -> None:
         """The one-sample functions of the blocks ``found`` (each with its weights' array
-        and taps a kernel): the groups of one array of more than ``TOGETHER_ABOVE`` bytes
-        on maps that need no tiles in one function, blocks outermost (``c_blocks.py``); a
-        big map's alone, in tiles; the others each alone."""
+        and taps a kernel): a small map's convolution over padded planes
+        (``c_padded_maps.py``); the groups of one array of more than ``TOGETHER_ABOVE``
+        bytes on maps that need no tiles in one function, blocks outermost; a big map's
+        alone, in tiles; the others each alone."""
         together: dict[tuple, list[BlockGroup]] = {}
-        size = 8 if self.real == "double" else 4
+        size, taken = 8 if self.real == "double" else 4, set()
+        for p, transposed, stored, same in padded_maps(
+                found, self.arrays, self.plan.n_in, self.scratch and self.scratch.floats):
+            name = f"layer{self.k}_group{len(self.helpers)}"
+            self.helpers += padded_functions(name, self.real, p, same[0].shift, transposed,
+                                             stored, self.scratch.at, self.array)
+            self.lines.append(f"    {name}(h, z);")
+            self.plane_floats = max(self.plane_floats, p.floats)
+            taken.update(id(b) for b in same)
         for b, transposed, stored in found:
-            if self.own_form(transposed, stored, b):
+            if id(b) in taken or self.own_form(transposed, stored, b):
                 continue
             tile = position_tile(b.positions, b.taps * size, 8)
             if tile is not None:
