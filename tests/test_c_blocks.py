@@ -41,6 +41,18 @@ def test_a_2x2_maps_corners_store_the_union_of_their_taps():
         map(bytes, kernel.astype(np.float32).reshape(16, -1).T))
 
 
+def test_a_union_joins_one_convolutions_groups_not_anothers_written_alike():
+    """A 1x1 convolution's group writes its rows as the corners do (SqueezeNet's 1x1 and
+    3x3 expansions, side by side): it shares no tap with them, and stays out."""
+    _, corners = conv_groups(2)
+    kernel = np.random.default_rng(1).uniform(-1, 1, (16, 16, 1, 1)).astype(np.float32)
+    matrix, _, _ = conv_structured(kernel, None, (16, 2, 2), (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    (pointwise,) = structured_parts(matrix)[0][0].groups
+    (union, members), = union_of(corners + [pointwise])
+    assert {id(g) for g in members} == {id(g) for g in corners}
+    assert union.shape == (16, 16 * 9)
+
+
 def test_a_map_with_an_interior_stores_the_interiors_taps_alone():
     _, groups = conv_groups(4)
     assert union_of(groups) == []

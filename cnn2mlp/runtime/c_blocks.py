@@ -66,17 +66,53 @@ def union_of(groups: list[ProductGroup]) -> list[tuple[np.ndarray, list[ProductG
         convolutions.setdefault(key, []).append(g)
     found = []
     for same in convolutions.values():
-        if len(same) < 2:
+        union = stored_union(same)
+        if union is None:  # the usual case: one group has every tap
             continue
-        # a tap by its weights, compared exactly (a random projection of them had kept
-        # two copies of a tap where a matrix product rounded two equal columns apart)
-        columns = np.concatenate([np.asarray(g.kernels, np.float64) for g in same], axis=1)
-        _, distinct = np.unique(columns.T, axis=0, return_index=True)
-        widest = max(g.kernels.shape[1] for g in same)
-        if widest < len(distinct) < columns.shape[1]:  # no group has all, and it stores less
-            union = np.concatenate([np.asarray(g.kernels) for g in same], axis=1)
-            found.append((np.ascontiguousarray(union[:, np.sort(distinct)]), same))
+        parts = sharing_taps(same)  # one convolution's groups, or several's?
+        found += [(union, same)] if len(parts) == 1 else [
+            (u, part) for part in parts for u in [stored_union(part)] if u is not None]
     return found
+
+
+def stored_union(same: list[ProductGroup]) -> np.ndarray | None:
+    """The kernels with every tap of ``same``'s groups, where none has every tap and they
+    store less so; else None."""
+    if len(same) < 2:
+        return None
+    # a tap by its weights, compared exactly (a random projection of them had kept two
+    # copies of a tap where a matrix product rounded two equal columns apart)
+    columns = np.concatenate([np.asarray(g.kernels, np.float64) for g in same], axis=1)
+    _, distinct = np.unique(columns.T, axis=0, return_index=True)
+    widest = max(g.kernels.shape[1] for g in same)
+    if not widest < len(distinct) < columns.shape[1]:
+        return None
+    union = np.concatenate([np.asarray(g.kernels) for g in same], axis=1)
+    return np.ascontiguousarray(union[:, np.sort(distinct)])
+
+
+def sharing_taps(groups: list[ProductGroup]) -> list[list[ProductGroup]]:
+    """``groups`` in sets that share taps (a column of weights), one way or another: a
+    convolution's edges and corners share taps with each other, and not with another
+    convolution's groups that write rows alike (SqueezeNet's 1x1 and 3x3 expansions,
+    whose union had stored each 3x3 interior kernel with a 1x1 kernel's taps)."""
+    columns = [np.ascontiguousarray(np.asarray(g.kernels, np.float64).T) for g in groups]
+    seen: dict[bytes, int] = {}
+    parent = list(range(len(groups)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, taps in enumerate(columns):
+        for tap in taps:
+            j = seen.setdefault(tap.tobytes(), i)
+            parent[root(i)] = root(j)
+    sets: dict[int, list[ProductGroup]] = {}
+    for i, g in enumerate(groups):
+        sets.setdefault(root(i), []).append(g)
+    return list(sets.values())
 
 
 def block_lines(real: str, b: BlockGroup, start: str, end: str | int) -> list[str]:
