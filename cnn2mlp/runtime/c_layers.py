@@ -20,6 +20,7 @@ from ..runtime.structure import ProductGroup
 from .c_activation import activation_loop, stored_clamp
 from .c_arrays import Arrays, Scratch
 from .c_blocks import BlockGroup, blocks_function, union_of
+from .c_dense import dense_lines
 from .c_groups import (LANES, kernel_owners, kernels_within, merge_same_rows, position_tile,
                        tap_columns)
 from .c_indices import (PairIndex, bias_fill, csr_runs, indexed, pair_bias, position_index,
@@ -116,30 +117,7 @@ class LayerWriter:
         name = self.weights("dense", w)
         n_out, n_in = w.shape
         self.records.append(("dense", {"w": name, "n_out": n_out, "n_in": n_in}))
-        r = self.real
-        # a row's sum in two vectors of partial sums: C forbids the compiler to reorder a
-        # float sum, so it would leave the plain loop scalar (measured: MobileNetV2's
-        # 320 -> 1280 layer 293 us so, 27 us in vectors)
-        self.lines += [
-            f"    for (i = 0; i < {n_out}; i++) {{",
-            f"        const {r} *restrict row = {name} + (long)i * {n_in};",
-            f"        {r} acc = 0;",
-            "#ifdef VECTOR_BYTES",
-            "        {",
-            "            vector_sum s0 = {0}, s1 = {0}, u, v;",
-            f"            for (j = 0; j + 2 * VECTOR_LANES <= {n_in}; j += 2 * VECTOR_LANES) {{",
-            "                memcpy(&u, row + j, sizeof u); memcpy(&v, h + j, sizeof v); s0 += u * v;",
-            "                memcpy(&u, row + j + VECTOR_LANES, sizeof u);",
-            "                memcpy(&v, h + j + VECTOR_LANES, sizeof v); s1 += u * v;",
-            "            }",
-            "            s0 += s1;",
-            "            for (t = 0; t < VECTOR_LANES; t++) acc += s0[t];",
-            "        }",
-            "#else",
-            "        j = 0;",
-            "#endif",
-            f"        for (; j < {n_in}; j++) acc += row[j] * h[j];",
-            "        z[i] += acc;", "    }"]
+        self.lines += dense_lines(self.real, name, n_out, n_in)
 
     def pieces(self, g) -> list[tuple[str, ProductGroup]]:
         """``out[rows[k, b]] += sum_t kernels[k, t] h[shifts[k] + bases[b] + offsets[t]]``,
