@@ -32,6 +32,7 @@ from ..runtime.structure import ProductGroup
 from .c_arrays import Arrays
 from .c_blocks import BlockGroup, blocks_function
 from .c_indices import row_index
+from .c_planes import position_order
 
 #: output positions a map may have, at most: a bigger map's borders are a small share of
 #: it, and its groups keep their forms (the tiles, stretches and panels of big maps)
@@ -120,9 +121,10 @@ class PaddedMap:
 def find_padded(members: list[Member], n_in: int, shift: int) -> PaddedMap | None:
     """The convolution the groups ``members`` (one stored array's blocks, the same
     kernels) compute, verified, or None: reading columns ``shift`` onwards of ``n_in``."""
-    positions = position_order(members)
-    if positions is None or sum(len(q) for q in positions) > MOST_POSITIONS:
+    ordered = position_order([m.group for m in members])
+    if ordered is None or sum(len(q) for q in ordered[1]) > MOST_POSITIONS:
         return None
+    first, positions = ordered
     taps = 1 + max(int(m.index.max()) for m in members)
     kernels = stored_kernels(members, taps)
     if kernels is None or not np.isfinite(kernels).all():
@@ -132,7 +134,6 @@ def find_padded(members: list[Member], n_in: int, shift: int) -> PaddedMap | Non
     origin = min(int(c.min()) for c in columns)
     span = max(int(c.max()) for c in columns) - origin + 1
     n_pos = sum(len(q) for q in positions)
-    first = np.asarray(members[0].group.rows, np.int64)[:, 0] - positions[0][0]
     for p in candidates(taps, span, n_pos):
         p = replace(p, kernels=kernels, first=first, origin=origin)
         if shift + origin < 0 or shift + origin + p.channels * p.channel_step > n_in:
@@ -230,23 +231,6 @@ def inside(p: PaddedMap, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         return ((taps >= 0) & (taps < size)).sum(axis=1)
     return along(y * p.stride_y - p.pad_top, p.height, p.kh) * \
         along(x * p.stride_x - p.pad_left, p.width, p.kw)
-
-
-def position_order(members: list[Member]) -> list[np.ndarray] | None:
-    """Each member's positions' output indices (``row - first[k]``, the same for every
-    kernel), together every index from 0 once; None if not so."""
-    rows = [np.asarray(m.group.rows, np.int64) for m in members]
-    first = np.min([r.min(axis=1) for r in rows], axis=0)
-    positions = []
-    for r in rows:
-        q = r - first[:, None]
-        if not (q == q[:1]).all():
-            return None
-        positions.append(q[0])
-    n_pos = sum(len(q) for q in positions)
-    if not np.array_equal(np.sort(np.concatenate(positions)), np.arange(n_pos)):
-        return None
-    return positions
 
 
 def stored_kernels(members: list[Member], taps: int) -> np.ndarray | None:

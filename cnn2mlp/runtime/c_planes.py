@@ -114,17 +114,11 @@ def find_planes(groups: list, n_in: int) -> list[tuple[Planes, list]]:
 
 def planes_of(same: list, n_in: int) -> Planes | None:
     """The convolution ``same`` computes, verified, or None."""
-    rows = [np.asarray(g.rows, np.int64) for g in same]
-    first = np.min([r.min(axis=1) for r in rows], axis=0)
-    positions = []
-    for r in rows:
-        q = r - first[:, None]
-        if not (q == q[:1]).all():
-            return None
-        positions.append(q[0])
-    n_pos = sum(len(q) for q in positions)
-    if not np.array_equal(np.sort(np.concatenate(positions)), np.arange(n_pos)):
+    ordered = position_order(same)
+    if ordered is None:
         return None
+    first, positions = ordered
+    n_pos = sum(len(q) for q in positions)
     interior = max(range(len(same)), key=lambda i: len(same[i].offsets))
     g = same[interior]
     kernels = np.asarray(g.kernels)
@@ -147,6 +141,24 @@ def planes_of(same: list, n_in: int) -> Planes | None:
                 if all(matches(planes, grp, q) for grp, q in zip(same, positions)):
                     return planes
     return None
+
+
+def position_order(groups: list) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """Each kernel's first row, and each group's positions' output indices (``row -
+    first[k]``, the same for every kernel), together every index from 0 once; None if
+    not so (the groups are not one convolution's)."""
+    rows = [np.asarray(g.rows, np.int64) for g in groups]
+    first = np.min([r.min(axis=1) for r in rows], axis=0)
+    positions = []
+    for r in rows:
+        q = r - first[:, None]
+        if not (q == q[:1]).all():
+            return None
+        positions.append(q[0])
+    n_pos = sum(len(q) for q in positions)
+    if not np.array_equal(np.sort(np.concatenate(positions)), np.arange(n_pos)):
+        return None
+    return first, positions
 
 
 def kernel_shapes(relative: np.ndarray) -> Iterator[tuple[int, int, int, int]]:
