@@ -80,11 +80,16 @@ def stored_union(same: list[ProductGroup]) -> np.ndarray | None:
     store less so; else None."""
     if len(same) < 2:
         return None
-    # a tap by its weights, compared exactly (a random projection of them had kept two
-    # copies of a tap where a matrix product rounded two equal columns apart)
     columns = np.concatenate([np.asarray(g.kernels, np.float64) for g in same], axis=1)
-    _, distinct = np.unique(columns.T, axis=0, return_index=True)
     widest = max(g.kernels.shape[1] for g in same)
+    # a random projection of each tap's weights counts the taps at least once (it may
+    # round two equal columns apart): no more than the widest group's, and one group
+    # has them all; else they are compared exactly (the projection had kept two copies
+    # of a tap)
+    keys = np.random.default_rng(0).standard_normal(len(columns)) @ columns
+    if len(np.unique(keys)) <= widest:
+        return None
+    _, distinct = np.unique(columns.T, axis=0, return_index=True)
     if not widest < len(distinct) < columns.shape[1]:
         return None
     union = np.concatenate([np.asarray(g.kernels) for g in same], axis=1)
