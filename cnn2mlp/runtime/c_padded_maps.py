@@ -6,20 +6,20 @@ tap, and each edge and corner with the taps that stay inside the map. At one sam
 C code ran each group on its own (``c_blocks.py``): the interior four positions at a
 time, an edge's or corner's few positions one at a time, reading the interior kernels'
 weights through a tap index. On a 32x32 network's 8x8, 4x4 and 2x2 maps the borders are
-most positions (28 of an 8x8 map's 64, all of a 2x2 map's), and one position at a time
-with an index runs at about a third of the machine's multiply-adds; a 2x2 map's four
-corners read the weights four times.
+most positions (28 of an 8x8 map's 64, all of a 2x2 map's); DenseNet121's corners there
+ran at about 4 G multiply-adds a second (perf), its interiors at about 33.
 
-Here the groups of one such convolution are found whole (``find_padded``): each group's
-taps are placed in the stored kernels (``F``: a tap's column from its position's window),
-the window read as channels of a ``kh`` x ``kw`` (dilated) kernel on a map ``width``
-columns wide, the positions' windows as rows and columns with strides, and the map's
-padding and height as those under which every group's position has exactly the taps
-inside the map. The C code copies the channels into zero-padded planes (in the
-one-sample scratch) and runs every position with every tap, as one group of the blocks
-of kernels (``c_blocks.blocks_function``). A tap a border position lacks reads a zero:
-``w * 0`` adds nothing, the kernels being checked finite, so every sum is its group's
-sum with zeros between (in another order: within float rounding of it).
+Here the groups of one such convolution (the groups that read one stored array) are
+found whole (``find_padded``). A geometry is tried, the likeliest first (``candidates``:
+the kernel's shape and dilation, the strides, the map's size and channels, its padding),
+and kept where it explains every group (``tap_places``): each column a group's position
+reads is a pixel inside the map at one kernel tap, the same tap at every position, every
+tap inside the map read once, each stored tap one kernel tap. The C code copies the
+channels into zero-padded planes (in the one-sample scratch) and runs every position with
+every tap, as one group of the blocks of kernels (``c_blocks.blocks_function``). A tap a
+border position lacks reads a zero: ``w * 0`` adds nothing, the kernels being checked
+finite, so every sum is its group's sum with zeros between (in another order: within
+float rounding of it).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from ..runtime.structure import ProductGroup
 from .c_arrays import Arrays
 from .c_blocks import BlockGroup, blocks_function
 from .c_indices import row_index
-from .c_planes import position_order
+from .c_planes import position_order, taps_inside
 
 #: output positions a map may have, at most: a bigger map's borders are a small share of
 #: it, and its groups keep their forms (the tiles, stretches and panels of big maps)
@@ -122,18 +122,20 @@ def find_padded(members: list[Member], n_in: int, shift: int) -> PaddedMap | Non
     """The convolution the groups ``members`` (one stored array's blocks, the same
     kernels) compute, verified, or None: reading columns ``shift`` onwards of ``n_in``."""
     ordered = position_order([m.group for m in members])
-    if ordered is None or sum(len(q) for q in ordered[1]) > MOST_POSITIONS:
+    if ordered is None:
         return None
     first, positions = ordered
+    n_pos = sum(len(q) for q in positions)
+    if n_pos > MOST_POSITIONS:
+        return None
     taps = 1 + max(int(m.index.max()) for m in members)
-    kernels = stored_kernels(members, taps)
+    kernels = kernels_read(members, taps)
     if kernels is None or not np.isfinite(kernels).all():
         return None
     columns = [np.asarray(m.group.bases, np.int64)[:, None]
                + np.asarray(m.group.offsets, np.int64)[None, :] for m in members]
     origin = min(int(c.min()) for c in columns)
     span = max(int(c.max()) for c in columns) - origin + 1
-    n_pos = sum(len(q) for q in positions)
     for p in candidates(taps, span, n_pos):
         p = replace(p, kernels=kernels, first=first, origin=origin)
         if shift + origin < 0 or shift + origin + p.channels * p.channel_step > n_in:
@@ -212,7 +214,7 @@ def tap_places(p: PaddedMap, members: list[Member], positions: list[np.ndarray],
         u = (channel * p.kh + dy) * p.kw + dx
         if not (u == u[:1]).all() or len(np.unique(u[0])) != len(u[0]):
             return None
-        if not (inside(p, y, x) * p.channels == len(u[0])).all():
+        if not (taps_inside(p, y, x) * p.channels == len(u[0])).all():
             return None
         known = place[m.index] >= 0
         if not np.array_equal(place[m.index][known], u[0][known]):
@@ -224,16 +226,7 @@ def tap_places(p: PaddedMap, members: list[Member], positions: list[np.ndarray],
     return (c, *np.divmod(rest, p.kw))
 
 
-def inside(p: PaddedMap, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """How many kernel taps of output positions (y, x) fall inside the map, a channel."""
-    def along(first, size, n):
-        taps = first[:, None] + np.arange(n) * p.dilation
-        return ((taps >= 0) & (taps < size)).sum(axis=1)
-    return along(y * p.stride_y - p.pad_top, p.height, p.kh) * \
-        along(x * p.stride_x - p.pad_left, p.width, p.kw)
-
-
-def stored_kernels(members: list[Member], taps: int) -> np.ndarray | None:
+def kernels_read(members: list[Member], taps: int) -> np.ndarray | None:
     """The stored kernels as the members read them, or None if two read a tap's weights
     differently."""
     kernels = np.zeros((len(members[0].group.kernels), taps))

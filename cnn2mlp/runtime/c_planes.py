@@ -88,11 +88,19 @@ class Planes:
 
     def inside(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         """How many taps of output positions (y, x) fall inside the map."""
-        def along(first, size, n):
-            taps = first[:, None] + np.arange(n) * self.dilation
-            return ((taps >= 0) & (taps < size)).sum(axis=1)
-        return along(y * self.stride_y - self.pad_top, self.height, self.kh) * \
-            along(x * self.stride_x - self.pad_left, self.width, self.kw)
+        return taps_inside(self, y, x)
+
+
+def taps_inside(p, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """How many taps of a convolution's output positions (y, x) fall inside its map (a
+    channel's): ``p`` has the map's ``height`` and ``width``, the kernel's ``kh``, ``kw``
+    and ``dilation``, the strides and the top and left padding (``Planes``,
+    ``c_padded_maps.PaddedMap``)."""
+    def along(first, size, n):
+        taps = first[:, None] + np.arange(n) * p.dilation
+        return ((taps >= 0) & (taps < size)).sum(axis=1)
+    return along(y * p.stride_y - p.pad_top, p.height, p.kh) * \
+        along(x * p.stride_x - p.pad_left, p.width, p.kw)
 
 
 def find_planes(groups: list, n_in: int) -> list[tuple[Planes, list]]:
