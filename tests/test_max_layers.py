@@ -107,6 +107,97 @@ def test_every_pool_is_found_and_computes_what_its_layers_do(pool, dense_after):
         np.testing.assert_array_equal(run_items(items, x), want.reshape(5, -1))
 
 
+def zero_padded_pool_graph(shape, zero_pads, geo, relu_first: bool) -> Graph:
+    """A max pool after an explicit zero padding, as Keras writes ResNet50's and
+    DenseNet121's first pool (``ZeroPadding2D`` then ``MaxPooling2D``)."""
+    g = Graph("x", tuple(shape))
+    if relu_first:
+        g.append("Relu")
+    nd = len(shape) - 1
+    g.append("Pad", {"pads": (0, *zero_pads[:nd], 0, *zero_pads[nd:]), "value": 0.0})
+    g.append("MaxPool", geo)
+    return g
+
+
+@st.composite
+def zero_padded_pools(draw) -> tuple:
+    """(input shape, zero pads per spatial axis, the pool on the padded map, a ReLU first)."""
+    shape = draw(input_shapes(min_size=3, max_size=7))
+    nd = len(shape) - 1
+    zero_pads = tuple(draw(st.lists(st.integers(0, 2), min_size=2 * nd, max_size=2 * nd)))
+    padded_shape = (shape[0], *(d + zero_pads[i] + zero_pads[nd + i]
+                                for i, d in enumerate(shape[1:])))
+    geo = draw(pool_geometries(padded_shape))
+    del geo["count_include_pad"]
+    return shape, zero_pads, geo, draw(st.booleans())
+
+
+@settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(zero_padded_pools())
+def test_a_pool_after_a_zero_padding_is_found_where_the_zeros_change_no_maximum(pool):
+    """The padding's zeros are rows that read nothing: after a ReLU a window's zero is no
+    maximum's, and the pool is one max layer (its border windows without the zero); on
+    signed values a zero may be the maximum, and whatever is taken computes what the
+    layers do."""
+    shape, zero_pads, geo, relu_first = pool
+    graph = zero_padded_pool_graph(shape, zero_pads, geo, relu_first)
+    mlp = lowered(graph)
+    x = np.random.default_rng(3).normal(size=(7, mlp.layers[0].n_in))
+    items = with_max_layers(runtime_layers(mlp.layers))
+    np.testing.assert_allclose(run_items(items, x), forward(mlp, x), rtol=1e-12, atol=1e-12)
+    found = max_layers(mlp)
+    every_window_reads_the_map = all(
+        p < k for p, k in zip(zero_pads, 2 * tuple(geo["kernel_shape"])))
+    if relu_first and math.prod(geo["kernel_shape"]) > 1 and every_window_reads_the_map \
+            and not any(geo["pads"]):
+        assert found, "the zero-padded pool's tournament was not found"
+    if found:
+        want = run(graph, x.reshape((7,) + tuple(shape)))
+        np.testing.assert_array_equal(run_items(items, x), want.reshape(7, -1))
+
+
+def keras_stem_model(seed: int = 0) -> Mlp:
+    """Keras's ResNet50 stem at a small size: conv + ReLU, ``ZeroPadding2D(1)``, max pool
+    3x3 stride 2 unpadded, conv 1x1 + ReLU, a classifier; random weights and biases."""
+    rng = np.random.default_rng(seed)
+    g = Graph("x", (3, 10, 10))
+    g.append("Conv", {"kernel": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
+                      "bias": rng.uniform(-1, 1, 4).astype(np.float32), "strides": (1, 1),
+                      "pads": (1, 1, 1, 1), "dilations": (1, 1), "group": 1})
+    g.append("Relu")
+    g.append("Pad", {"pads": (0, 1, 1, 0, 1, 1), "value": 0.0})
+    g.append("MaxPool", {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (0, 0, 0, 0),
+                         "dilations": (1, 1), "ceil_mode": False})
+    g.append("Conv", {"kernel": rng.normal(size=(3, 4, 1, 1)).astype(np.float32),
+                      "bias": rng.uniform(-1, 1, 3).astype(np.float32), "strides": (1, 1),
+                      "pads": (0, 0, 0, 0), "dilations": (1, 1), "group": 1})
+    g.append("Relu")
+    g.append("Dense", {"weight": rng.normal(size=(5, 3 * 5 * 5)).astype(np.float32),
+                       "bias": rng.uniform(-1, 1, 5).astype(np.float32)})
+    return lowered(g)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_engine_runs_a_zero_padded_pool_as_a_max_layer_exactly(engine):
+    mlp = keras_stem_model(seed=5)
+    (found,) = max_layers(mlp)
+    taps = sorted({len(g.offsets) for g in found.groups})
+    assert taps == [4, 6, 9], taps  # the top and left windows hold the padding's zeros
+    model = CsrModel(mlp, threads=1, engine=engine)
+    x = nan_and_inf_inputs(mlp.layers[0].n_in)
+    x[7:] = np.random.default_rng(8).normal(size=(14, mlp.layers[0].n_in))
+    for batch in (1, 21):
+        got = np.concatenate([model.predict(
+            x[i:i + batch].astype(np.float32).reshape((-1,) + mlp.input_shape)).reshape(
+            batch, -1) for i in range(0, 21, batch)])
+        want = forward(mlp, x)
+        finite = np.isfinite(want)
+        np.testing.assert_allclose(got[7:], want[7:], rtol=2e-5, atol=2e-5)
+        # where the layers' values are finite, so are the max layer's, the same
+        np.testing.assert_allclose(got[:7][finite[:7]], want[:7][finite[:7]], rtol=2e-5,
+                                   atol=2e-5)
+
+
 def corrupt(mlp: Mlp, data) -> Mlp:
     """The MLP with one of its pool layers changed in one place: a weight's sign, a weight
     dropped or scaled, a bias, a row's activation."""

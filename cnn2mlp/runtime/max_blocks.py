@@ -27,6 +27,16 @@ The maximum is exact where ``b + relu(a - b)`` rounds (``a - b``, then ``+ b``):
 is the true maximum, within the MLP's float rounding of it. A NaN in a window gives NaN, as
 the layers do; where a window holds infinities and the layers compute ``inf - inf`` (NaN),
 the row form gives the maximum.
+
+A row that reads nothing (no weight, no bias) is the constant zero: a padded map's border,
+where a max pool follows a zero padding (Keras's ``ZeroPadding2D`` before ResNet50's and
+DenseNet121's first pool). An entry that reads it adds an exact zero, and so does one that
+reads ``N(S)`` where ``S`` is proven ``>= 0`` (the tournament passes a value it could not
+prove ``>= 0`` on as ``relu(v) - relu(-v)``; the run's input may be): the reading skips
+both. A border window's ``b + relu(a - 0)`` is then ``b + relu(a)``, which reads as the max
+over the window's values of the map, its zeros left out: exact where they are ``>= 0``
+(``relu(a)`` is ``R`` otherwise, and a run with an ``R`` left is not taken). A window of
+zeros alone is no max of the run's input: a run with one is not taken.
 """
 from __future__ import annotations
 
@@ -46,6 +56,8 @@ MAX_ENTRIES = 8
 #: windows of more taps than this are not followed (a global pool over a large map)
 MAX_TAPS = 256
 KIND_M, KIND_R, KIND_N, KIND_D, KIND_X = range(5)
+#: an entry that reads a neuron known to be zero (in a row's reading only)
+KIND_ZERO = 5
 RELU, IDENTITY = RELU_ACTIVATION.code, IDENTITY_ACTIVATION.code
 #: the activations a tournament's rows have
 TOURNAMENT = {RELU_ACTIVATION.name, IDENTITY_ACTIVATION.name}
@@ -140,11 +152,12 @@ class Reader:
     """Reads the layers of a run, one after another, from the run's input."""
 
     def __init__(self, n_in: int, nonneg: np.ndarray) -> None:
-        self.pad = n_in
-        self.nonneg = np.append(nonneg.astype(bool), True)  # the pad counts as >= 0
+        self.zero, self.pad = zero_and_pad(n_in)
+        # the zero is >= 0, and the pad counts as such
+        self.nonneg = np.append(nonneg.astype(bool), [True, True])
         identity = np.arange(n_in, dtype=np.int64)[:, None]
         self.symbols = Symbols(np.zeros(n_in, np.int8), identity,
-                               np.full((n_in, 1), n_in, np.int64))
+                               np.full((n_in, 1), self.pad, np.int64))
 
     def step(self, data, indices, indptr, codes) -> Symbols | None:
         """The symbols of the next layer (CSR weights of ±1, no bias, ``codes`` per row),
@@ -154,7 +167,7 @@ class Reader:
         if n_out == 0 or lengths.max(initial=0) > MAX_ENTRIES:
             return None
         rows = np.repeat(np.arange(n_out), lengths)
-        kinds = self.symbols.kind[indices]
+        kinds = np.where(self.zero_valued()[indices], KIND_ZERO, self.symbols.kind[indices])
         positive = data > 0
         order = np.lexsort((indices, positive, kinds, rows))
         position = np.arange(len(order)) - indptr[rows]
@@ -181,6 +194,16 @@ class Reader:
         self.symbols = Symbols(kind, trimmed(first, self.pad), trimmed(second, self.pad))
         return self.symbols
 
+    def zero_valued(self) -> np.ndarray:
+        """Per neuron of the last layer read: known to be zero. The constant zero ``M({0})``;
+        ``N(S) = relu(-max S)`` where ``S`` is proven >= 0 (a tournament passes a value it
+        could not prove >= 0 on as ``relu(v) - relu(-v)``; the run's input may be)."""
+        sym = self.symbols
+        only_zero = (sym.first[:, 0] == self.zero) & \
+            ((sym.first[:, 1:] == self.pad).all(axis=1))
+        nonneg_set = self.nonneg[sym.first].all(axis=1)
+        return ((sym.kind == KIND_M) & only_zero) | ((sym.kind == KIND_N) & nonneg_set)
+
     def read_class(self, columns, code, activation):
         """(kind, S, T) for rows whose entries have the same kinds and signs."""
         sym, pad, m = self.symbols, self.pad, len(columns)
@@ -190,6 +213,8 @@ class Reader:
                 break
             kind, coef = (c - 1) // 2, 1 if (c - 1) % 2 else -1
             col = columns[:, p]
+            if kind == KIND_ZERO:  # adds an exact zero
+                continue
             if kind == KIND_M:
                 terms.append(Term(sym.first[col], coef))
             elif kind == KIND_R:
@@ -209,6 +234,9 @@ class Reader:
             terms.append(Term(r.sets, r.coef))
         if pending_n:
             return None
+        if not terms and not pending_d:  # relu(0) and 0 are the constant zero
+            return (np.full(m, KIND_M, np.int8), np.full((m, 1), self.zero, np.int64),
+                    np.full((m, 1), pad, np.int64))
         failed = np.zeros(m, bool)
         for s, t, coef in pending_d:  # relu(max S - max T) + max T = max(S ∪ T)
             matched = np.zeros(m, bool)
@@ -247,6 +275,12 @@ class Reader:
             return None
         kind[failed] = KIND_X
         return kind, result[0], result[1]
+
+
+def zero_and_pad(n_in: int) -> tuple[int, int]:
+    """The indices of the constant zero and of the sets' padding, past a run's ``n_in``
+    inputs (the pad last: a set is sorted, padded at its end)."""
+    return n_in, n_in + 1
 
 
 # ---------------------------------------------------------------- finding the runs
@@ -313,7 +347,8 @@ def block_at(layers: list[MlpLayer], start: int, nonneg: np.ndarray):
         if symbols is None or (symbols.kind == KIND_X).any() or \
                 symbols.first.shape[1] > MAX_TAPS:
             break
-        if (symbols.kind == KIND_M).all() and symbols.first.shape[1] > 1:
+        if (symbols.kind == KIND_M).all() and symbols.first.shape[1] > 1 and \
+                not (symbols.first[:, 0] >= reader.zero).any():  # a window of zeros alone
             best = index, symbols.first
     if best is None:
         return None
@@ -323,7 +358,7 @@ def block_at(layers: list[MlpLayer], start: int, nonneg: np.ndarray):
 
 def max_layer(sets: np.ndarray, n_in: int, replaces: int, nonneg: np.ndarray) -> MaxLayer:
     """The max layer of each row's set of taps, rows grouped by the window's shape."""
-    pad = n_in
+    pad = zero_and_pad(n_in)[1]
     bases = sets[:, 0]
     relative = np.where(sets != pad, sets - bases[:, None], -1)
     shapes, shape_of = np.unique(relative, axis=0, return_inverse=True)
@@ -331,7 +366,7 @@ def max_layer(sets: np.ndarray, n_in: int, replaces: int, nonneg: np.ndarray) ->
     for s, shape in enumerate(shapes):
         rows = np.flatnonzero(shape_of.ravel() == s)
         groups.append(MaxGroup(shape[shape >= 0].astype(np.int64), rows, bases[rows]))
-    window_nonneg = nonneg[np.where(sets == pad, n_in, sets)].all(axis=1)
+    window_nonneg = nonneg[sets].all(axis=1)
     return MaxLayer(n_in, len(sets), groups, replaces, window_nonneg)
 
 
