@@ -8,9 +8,11 @@ from .c_groups import LANES
 from .c_indices import PairIndex
 
 #: positions the AVX2 loop runs at once (``wide_loop``), on maps of at least
-#: ``WIDE_MAPS`` positions: measured, ResNet50 at 224x224, one sample, 120 -> 108 ms; at
-#: 32x32, whose maps are smaller, no faster, and more code to build
-WIDE_POSITIONS, WIDE_MAPS = 6, 128
+#: ``WIDE_MAPS`` positions: measured, ResNet50 at 224x224, one sample, 120 -> 108 ms; from
+#: 128 down to 48 positions (the 7x7 maps of a 224x224 network), MobileNetV2 11.3 -> 10.8
+#: ms and ResNet50 97.5 -> 94 ms (side by side), the 32x32 models as fast and 1.4 % more
+#: source; the 4x4 and 2x2 maps below keep the four-position loop
+WIDE_POSITIONS, WIDE_MAPS = 6, 48
 #: the kernels a half block computes together: the eight a 24-channel projection leaves
 #: over a block of sixteen (MobileNetV2's, each on its own at one sample, were 15 % of
 #: its time at 224x224)
