@@ -203,3 +203,39 @@ def test_the_c_engine_runs_planes_as_the_mlps_layers_do_inf_and_nan_too(tmp_path
     for got in (engine.predict(x), np.concatenate([engine.predict(x[i:i + 1])
                                                    for i in range(len(x))])):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_compiler
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # inf - inf: NaN, expected
+@pytest.mark.parametrize("build", PORTABLE_BUILDS)
+def test_planes_store_their_rows_with_bias_and_clamp_the_same_bits(tmp_path, build,
+                                                                   monkeypatch):
+    """MobileNetV2's blocks with a shortcut: each depthwise layer also carries the block's
+    input. Its planes store their rows as clamp(sum + bias), the carried rows alone start
+    from their bias and no activation pass runs over the planes' rows; the outputs are the
+    bits of the bias written first, the sums added and the clamp applied after, NaN and
+    inf included, and what onnxruntime computes."""
+    from cnn2mlp.runtime import c_layers
+    from cnn2mlp.testing.zoo import block_model
+
+    path = save(block_model("inverted_residual", size=10, seed=3), tmp_path / "ir.onnx")
+    result = compile_model(path, tmp_path / "stored.c", target="c")
+    stored = (tmp_path / "stored.c").read_text()
+    planes = stored.count("as padded planes")
+    assert planes >= 2 and stored.count("            const float b = L") == planes
+    # a depthwise layer that carries: the bias written first from row a on, not from 0
+    assert any("z[0 + i] = v;" not in body and "+ i] = v;" in body and "as padded planes" in body
+               for body in stored.split("\nLAYER void layer")[1:])
+    monkeypatch.setattr(c_layers, "planes_store", lambda found, plan: None)
+    compile_model(path, tmp_path / "added.c", target="c")
+    assert "layer_clamp_vector(s0" not in (tmp_path / "added.c").read_text()
+    models = [CModel(tmp_path / f"{name}.c", result.mlp, extra=BUILDS[build])
+              for name in ("stored", "added")]
+    x = np.random.default_rng(9).uniform(-3, 3, (5, 3, 10, 10)).astype(np.float32)
+    x[1, 0, 4, 4], x[2, 2, 0, 9], x[3, 1, 9, 0] = np.inf, np.nan, -np.inf
+    for batch in (1, 5):  # the one-sample code, and the batched code's
+        got = [np.concatenate([m.predict(x[i:i + batch]) for i in range(0, 5, batch)])
+               for m in models]
+        np.testing.assert_array_equal(got[0], got[1])
+        assert np.isnan(got[0][2]).any()
+    assert_matches_onnxruntime(path, models[0], (3, 10, 10))

@@ -203,6 +203,19 @@ def bias_fill(bias: np.ndarray, add_index: Add, add_real: Add) -> BiasFill:
     return BiasFill(add_real("bias", bias), None, None, 0, n)
 
 
+def fill_outside(fill: BiasFill, bias: np.ndarray, a: int, b: int, add_index: Add,
+                 add_real: Add, real: str) -> list[str]:
+    """The bias written first in every row but ``a`` to ``b`` (stored with their bias by a
+    part); the arrays of ``fill``, the whole layer's (the batched code's), unused here."""
+    unused = [x for x in (fill.plain, fill.values, fill.ends) if x is not None]
+    lines = ["    " + " ".join(f"(void){x};" for x in unused)]
+    for start, stop in ((0, a), (b, len(bias))):
+        if stop > start:
+            lines += bias_fill(bias[start:stop], add_index, add_real).lines(
+                real, f"z[{start} + i] = v;")
+    return lines
+
+
 #: CSR rows run in runs (``csr_runs``) when there are at most this share of them
 CSR_RUNS_SHARE = 0.125
 #: what a run of CSR rows holds: its first row, length, first output row and step, first

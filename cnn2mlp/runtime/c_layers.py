@@ -23,11 +23,12 @@ from .c_blocks import BlockGroup, blocks_function, union_of
 from .c_dense import dense_lines
 from .c_groups import (LANES, kernel_owners, kernels_within, merge_same_rows, position_tile,
                        tap_columns)
-from .c_indices import (PairIndex, bias_fill, csr_runs, indexed, pair_bias, position_index,
-                        row_index, run_bias, run_lines, run_row_lines, same_along_rows)
+from .c_indices import (PairIndex, bias_fill, csr_runs, fill_outside, indexed, pair_bias,
+                        position_index, row_index, run_bias, run_lines, run_row_lines,
+                        same_along_rows)
 from .c_literals import c_number
 from .c_padded_maps import padded_functions, padded_maps
-from .c_planes import Planes, find_planes, plane_floats, plane_lines
+from .c_planes import Planes, find_planes, plane_floats, plane_lines, planes_store
 from .c_position_panels import panels_apply, panels_function
 from .c_position_vectors import vectors_function
 from .c_positions import HALF, half_block
@@ -96,20 +97,25 @@ class LayerWriter:
             else:  # the batched code runs a plane's groups as they are
                 self.positions_in_lanes(group, code=id(group) not in in_planes)
         self.block_functions(blocks)
-        for found in planes:
+        stored_planes = self.planes_store(pieces, planes, in_planes)
+        for n, found in enumerate(planes):
+            store = None if stored_planes is None else (
+                self.weights("plane_bias", stored_planes[0][n]), stored_planes[1])
             self.lines += plane_lines(found, self.real, self.scratch.at, self.array,
-                                      self.weights)
+                                      self.weights, store)
+        #: the rows a part stored with their bias and clamp: no bias first, no activation
+        rows_stored = (0, p.n_out) if self.stored_alone else \
+            None if stored_planes is None else stored_planes[2]
         for part in p.parts:  # every part adds (or stores a row only it writes): any order
             if part.copies is not None and len(part.copies[0]):
                 self.copies(part.copies)
             if len(part.rest_rows):
                 self.csr(part.rest_rows, part.rest)
-        if self.stored_alone:  # no bias written first (its arrays unused), no activations
-            unused = [a for a in (fill.plain, fill.values, fill.ends) if a is not None]
-            self.lines = head + ["    " + " ".join(f"(void){a};" for a in unused)] + \
+        if rows_stored is not None:
+            self.lines = head + fill_outside(fill, p.bias, *rows_stored, self.array,
+                                             self.weights, r) + \
                 self.lines[len(head) + len(filled):]
-        else:
-            self.activations()
+        self.activations(*(rows_stored or (0, 0)))
         self.lines.append("}")
         return "\n\n".join(self.helpers + ["\n".join(self.lines)])
 
@@ -320,6 +326,13 @@ class LayerWriter:
         self.plane_floats = plane_floats([p for p, _ in fits])
         return [p for p, _ in fits], {id(g) for _, same in fits for g in same}
 
+    def planes_store(self, pieces, planes, in_planes) -> tuple | None:
+        """``c_planes.planes_store``'s, where the planes are the layer's only groups."""
+        if any(kind != "positions" or id(g) not in in_planes for kind, g in pieces):
+            return None
+        found = planes_store(planes, self.plan)
+        return found and (found[0], tuple(c_number(v, self.real) for v in found[1]), found[2])
+
     def kernels_left(self, g: ProductGroup) -> None:
         """A convolution's kernels a block of sixteen leaves over: eight of them in
         vectors (``half_block``), the rest each on its own."""
@@ -467,12 +480,16 @@ class LayerWriter:
         stores."""
         return pair_bias(self.plan.bias, rows, self.weights) if self.stores else None
 
-    def activations(self) -> None:
+    def activations(self, a: int, b: int) -> None:
+        """Each run of neurons' activation, but in the rows ``a`` to ``b`` (stored; the
+        batched code's records keep every run)."""
         layer = self.plan.source
         runs = layer.segments or ((0, layer.n_out, layer.activation, layer.alpha),)
-        for start, stop, name, alpha in runs:
-            if name == IDENTITY.name or stop <= start:
+        for run_start, run_stop, name, alpha in runs:
+            if name == IDENTITY.name or run_stop <= run_start:
                 continue
-            self.records.append(("activation", {"start": start, "stop": stop, "name": name,
-                                                "alpha": float(alpha)}))
-            self.lines += activation_loop(self.real, start, stop, name, alpha)
+            self.records.append(("activation", {"start": run_start, "stop": run_stop,
+                                                "name": name, "alpha": float(alpha)}))
+            for start, stop in ((run_start, min(run_stop, a)), (max(run_start, b), run_stop)):
+                if stop > start:
+                    self.lines += activation_loop(self.real, start, stop, name, alpha)
