@@ -211,8 +211,8 @@ def test_the_c_engine_runs_planes_as_the_mlps_layers_do_inf_and_nan_too(tmp_path
 def test_planes_store_their_rows_with_bias_and_clamp_the_same_bits(tmp_path, build,
                                                                    monkeypatch):
     """MobileNetV2's blocks with a shortcut: each depthwise layer also carries the block's
-    input. Its planes store their rows as clamp(sum + bias), the carried rows alone start
-    from their bias and no activation pass runs over the planes' rows; the outputs are the
+    input. Its planes store their rows as clamp(sum + bias), and so do the carried rows'
+    copies: no row starts from its bias, no activation pass runs; the outputs are the
     bits of the bias written first, the sums added and the clamp applied after, NaN and
     inf included, and what onnxruntime computes."""
     from cnn2mlp.runtime import c_layers
@@ -223,10 +223,14 @@ def test_planes_store_their_rows_with_bias_and_clamp_the_same_bits(tmp_path, bui
     stored = (tmp_path / "stored.c").read_text()
     planes = stored.count("as padded planes")
     assert planes >= 2 and stored.count("            const float b = L") == planes
-    # a depthwise layer that carries: the bias written first from row a on, not from 0
-    assert any("z[0 + i] = v;" not in body and "+ i] = v;" in body and "as padded planes" in body
-               for body in stored.split("\nLAYER void layer")[1:])
+    # a depthwise layer that carries: its carried rows stored by their copies, no row
+    # starts from its bias, no activation pass
+    carrying = [body for body in stored.split("\nLAYER void layer")[1:]
+                if "as padded planes" in body and "zo[j] = layer_clamp_value(" in body]
+    assert carrying and all("= v;" not in body and "const float low" not in body
+                            for body in carrying)
     monkeypatch.setattr(c_layers, "planes_store", lambda found, plan: None)
+    monkeypatch.setattr(c_layers, "copies_store", lambda plan: None)
     compile_model(path, tmp_path / "added.c", target="c")
     assert "layer_clamp_vector(s0" not in (tmp_path / "added.c").read_text()
     models = [CModel(tmp_path / f"{name}.c", result.mlp, extra=BUILDS[build])

@@ -194,8 +194,12 @@ def bias_fill(bias: np.ndarray, add_index: Add, add_real: Add) -> BiasFill:
     bias = np.ascontiguousarray(bias)
     n = len(bias)
     bits = bias.view(np.uint8).reshape(n, -1)
-    starts = np.flatnonzero(np.r_[True, (bits[1:] != bits[:-1]).any(axis=1)]) if n else \
-        np.zeros(0, np.int64)
+    # each value's bits as one integer where they are 4 or 8 bytes (one comparison each)
+    bits = bits.view(np.int32 if bits.shape[1] == 4 else np.int64) if bits.shape[1] in (4, 8) \
+        else bits
+    differs = bits[1:] != bits[:-1]
+    differs = differs.any(axis=1) if differs.ndim == 2 else differs.ravel()
+    starts = np.flatnonzero(np.r_[True, differs]) if n else np.zeros(0, np.int64)
     if n and len(starts) <= RUNS_SHARE * n:
         ends = np.r_[starts[1:], n]
         return BiasFill(None, add_real("bias_values", bias[starts]),
@@ -203,16 +207,16 @@ def bias_fill(bias: np.ndarray, add_index: Add, add_real: Add) -> BiasFill:
     return BiasFill(add_real("bias", bias), None, None, 0, n)
 
 
-def fill_outside(fill: BiasFill, bias: np.ndarray, a: int, b: int, add_index: Add,
-                 add_real: Add, real: str) -> list[str]:
-    """The bias written first in every row but ``a`` to ``b`` (stored with their bias by a
-    part); the arrays of ``fill``, the whole layer's (the batched code's), unused here."""
+def fill_ranges(fill: BiasFill, bias: np.ndarray, ranges: list[tuple[int, int]],
+                add_index: Add, add_real: Add, real: str) -> list[str]:
+    """The bias written first in the rows of ``ranges`` only (the others stored with their
+    bias by a part); the arrays of ``fill``, the whole layer's (the batched code's), unused
+    here."""
     unused = [x for x in (fill.plain, fill.values, fill.ends) if x is not None]
     lines = ["    " + " ".join(f"(void){x};" for x in unused)]
-    for start, stop in ((0, a), (b, len(bias))):
-        if stop > start:
-            lines += bias_fill(bias[start:stop], add_index, add_real).lines(
-                real, f"z[{start} + i] = v;")
+    for start, stop in ranges:
+        lines += bias_fill(bias[start:stop], add_index, add_real).lines(
+            real, f"z[{start} + i] = v;")
     return lines
 
 

@@ -20,10 +20,11 @@ from ..runtime.structure import ProductGroup
 from .c_activation import activation_loop, stored_clamp
 from .c_arrays import Arrays, Scratch
 from .c_blocks import BlockGroup, blocks_function, union_of
+from .c_copies import copy_lines
 from .c_dense import dense_lines
 from .c_groups import (LANES, kernel_owners, kernels_within, merge_same_rows, position_tile,
                        tap_columns)
-from .c_indices import (PairIndex, bias_fill, csr_runs, fill_outside, indexed, pair_bias,
+from .c_indices import (PairIndex, bias_fill, csr_runs, fill_ranges, indexed, pair_bias,
                         position_index, row_index, run_bias, run_lines, run_row_lines,
                         same_along_rows)
 from .c_literals import c_number
@@ -31,6 +32,7 @@ from .c_padded_maps import padded_functions, padded_maps
 from .c_planes import Planes, find_planes, plane_floats, plane_lines, planes_store
 from .c_position_panels import panels_apply, panels_function
 from .c_position_vectors import vectors_function
+from .c_stores import MOST_RANGES, copies_store, copy_ranges, merged, outside
 from .c_positions import HALF, half_block
 
 
@@ -103,19 +105,25 @@ class LayerWriter:
                 self.weights("plane_bias", stored_planes[0][n]), stored_planes[1])
             self.lines += plane_lines(found, self.real, self.scratch.at, self.array,
                                       self.weights, store)
-        #: the rows a part stored with their bias and clamp: no bias first, no activation
-        rows_stored = (0, p.n_out) if self.stored_alone else \
-            None if stored_planes is None else stored_planes[2]
+        #: the rows parts store with their bias and clamp: no bias first, no activation
+        stored = [(0, p.n_out)] if self.stored_alone else \
+            [] if stored_planes is None else [stored_planes[2]]
+        copies = copies_store(p)
+        if copies is not None and len(outside(0, p.n_out, merged(stored + copy_ranges(p)))) \
+                <= MOST_RANGES:
+            stored = merged(stored + copy_ranges(p))
+        else:
+            copies = None
         for part in p.parts:  # every part adds (or stores a row only it writes): any order
             if part.copies is not None and len(part.copies[0]):
-                self.copies(part.copies)
+                self.copies(part.copies, copies)
             if len(part.rest_rows):
                 self.csr(part.rest_rows, part.rest)
-        if rows_stored is not None:
-            self.lines = head + fill_outside(fill, p.bias, *rows_stored, self.array,
-                                             self.weights, r) + \
+        if stored:
+            self.lines = head + fill_ranges(fill, p.bias, outside(0, p.n_out, stored),
+                                            self.array, self.weights, r) + \
                 self.lines[len(head) + len(filled):]
-        self.activations(*(rows_stored or (0, 0)))
+        self.activations(stored)
         self.lines.append("}")
         return "\n\n".join(self.helpers + ["\n".join(self.lines)])
 
@@ -413,7 +421,9 @@ class LayerWriter:
             self.lines += lines
         return lines
 
-    def copies(self, copies) -> None:
+    def copies(self, copies, store: tuple | None = None) -> None:
+        """The copy runs, adding to their rows; with ``store`` (each run's bias and clamp,
+        ``c_stores.copies_store``), storing ``clamp(w * h + bias)`` instead."""
         rows, columns, lengths, weights, steps = copies
         n = len(rows)
         r, c, n_len = self.array("copy_rows", rows), self.array("copy_cols", columns), \
@@ -426,13 +436,8 @@ class LayerWriter:
             if self.stores else None
         self.records.append(("copies", {"rows": r, "cols": c, "lengths": n_len, "w": w, "n": n,
                                         "bias": bias, "steps": step}))
-        at = "j" if step is None else f"(long)j * {step}[i]"
-        self.lines += [
-            f"    for (i = 0; i < {n}; i++) {{",
-            f"        {self.real} *restrict zo = z + {r}[i];",
-            f"        const {self.real} *restrict hi = h + {c}[i];",
-            f"        const {self.real} wi = {w}[i];",
-            f"        for (j = 0; j < {n_len}[i]; j++) zo[j] += wi * hi[{at}];", "    }"]
+        self.lines += copy_lines(self.real, copies, store, self.array, self.weights,
+                                 (r, c, n_len, w, step))
 
     def csr(self, rest_rows, rest) -> None:
         data, indices, indptr = rest
@@ -480,8 +485,8 @@ class LayerWriter:
         stores."""
         return pair_bias(self.plan.bias, rows, self.weights) if self.stores else None
 
-    def activations(self, a: int, b: int) -> None:
-        """Each run of neurons' activation, but in the rows ``a`` to ``b`` (stored; the
+    def activations(self, stored: list[tuple[int, int]]) -> None:
+        """Each run of neurons' activation, but in the rows ``stored`` (merged ranges; the
         batched code's records keep every run)."""
         layer = self.plan.source
         runs = layer.segments or ((0, layer.n_out, layer.activation, layer.alpha),)
@@ -490,6 +495,5 @@ class LayerWriter:
                 continue
             self.records.append(("activation", {"start": run_start, "stop": run_stop,
                                                 "name": name, "alpha": float(alpha)}))
-            for start, stop in ((run_start, min(run_stop, a)), (max(run_start, b), run_stop)):
-                if stop > start:
-                    self.lines += activation_loop(self.real, start, stop, name, alpha)
+            for start, stop in outside(run_start, run_stop, stored):
+                self.lines += activation_loop(self.real, start, stop, name, alpha)
