@@ -64,21 +64,33 @@ def run_items(items, x: np.ndarray) -> np.ndarray:
 def stem_model(seed: int = 0) -> Mlp:
     """A ResNet stem at a small size: conv 3x3 + ReLU, max pool 3x3 stride 2 pad 1 (borders
     of 4 and 6 taps), conv 1x1, ReLU, a classifier: random weights, non-zero biases."""
+    return lowered(stem_graph(9, 6, 5, 4, pool_pads=1, zero_padding=0, seed=seed))
+
+
+def stem_graph(side: int, channels: int, after: int, classes: int, pool_pads: int,
+               zero_padding: int, seed: int) -> Graph:
+    """conv 3x3 (``channels``) + ReLU, [a zero padding,] a 3x3 stride-2 max pool, conv
+    1x1 (``after``) + ReLU, a dense classifier: random weights and biases."""
     rng = np.random.default_rng(seed)
-    g = Graph("x", (3, 9, 9))
-    g.append("Conv", {"kernel": rng.normal(size=(6, 3, 3, 3)).astype(np.float32),
-                      "bias": rng.uniform(-1, 1, 6).astype(np.float32), "strides": (1, 1),
-                      "pads": (1, 1, 1, 1), "dilations": (1, 1), "group": 1})
+    g = Graph("x", (3, side, side))
+    g.append("Conv", {"kernel": rng.normal(size=(channels, 3, 3, 3)).astype(np.float32),
+                      "bias": rng.uniform(-1, 1, channels).astype(np.float32),
+                      "strides": (1, 1), "pads": (1, 1, 1, 1), "dilations": (1, 1),
+                      "group": 1})
     g.append("Relu")
-    g.append("MaxPool", {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1),
+    if zero_padding:
+        p = zero_padding
+        g.append("Pad", {"pads": (0, p, p, 0, p, p), "value": 0.0})
+    g.append("MaxPool", {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (pool_pads,) * 4,
                          "dilations": (1, 1), "ceil_mode": False})
-    g.append("Conv", {"kernel": rng.normal(size=(5, 6, 1, 1)).astype(np.float32),
-                      "bias": rng.uniform(-1, 1, 5).astype(np.float32), "strides": (1, 1),
+    g.append("Conv", {"kernel": rng.normal(size=(after, channels, 1, 1)).astype(np.float32),
+                      "bias": rng.uniform(-1, 1, after).astype(np.float32), "strides": (1, 1),
                       "pads": (0, 0, 0, 0), "dilations": (1, 1), "group": 1})
     g.append("Relu")
-    g.append("Dense", {"weight": rng.normal(size=(4, 5 * 5 * 5)).astype(np.float32),
-                       "bias": rng.uniform(-1, 1, 4).astype(np.float32)})
-    return lowered(g)
+    n = after * math.prod(g.shape(g.output)[1:])
+    g.append("Dense", {"weight": rng.normal(size=(classes, n)).astype(np.float32),
+                       "bias": rng.uniform(-1, 1, classes).astype(np.float32)})
+    return g
 
 
 @st.composite
@@ -159,22 +171,7 @@ def test_a_pool_after_a_zero_padding_is_found_where_the_zeros_change_no_maximum(
 def keras_stem_model(seed: int = 0) -> Mlp:
     """Keras's ResNet50 stem at a small size: conv + ReLU, ``ZeroPadding2D(1)``, max pool
     3x3 stride 2 unpadded, conv 1x1 + ReLU, a classifier; random weights and biases."""
-    rng = np.random.default_rng(seed)
-    g = Graph("x", (3, 10, 10))
-    g.append("Conv", {"kernel": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
-                      "bias": rng.uniform(-1, 1, 4).astype(np.float32), "strides": (1, 1),
-                      "pads": (1, 1, 1, 1), "dilations": (1, 1), "group": 1})
-    g.append("Relu")
-    g.append("Pad", {"pads": (0, 1, 1, 0, 1, 1), "value": 0.0})
-    g.append("MaxPool", {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (0, 0, 0, 0),
-                         "dilations": (1, 1), "ceil_mode": False})
-    g.append("Conv", {"kernel": rng.normal(size=(3, 4, 1, 1)).astype(np.float32),
-                      "bias": rng.uniform(-1, 1, 3).astype(np.float32), "strides": (1, 1),
-                      "pads": (0, 0, 0, 0), "dilations": (1, 1), "group": 1})
-    g.append("Relu")
-    g.append("Dense", {"weight": rng.normal(size=(5, 3 * 5 * 5)).astype(np.float32),
-                       "bias": rng.uniform(-1, 1, 5).astype(np.float32)})
-    return lowered(g)
+    return lowered(stem_graph(10, 4, 3, 5, pool_pads=0, zero_padding=1, seed=seed))
 
 
 @pytest.mark.parametrize("engine", ENGINES)
