@@ -4,10 +4,11 @@ A layer's function starts from its bias in every row, its parts add to their row
 activations run after, one pass over the output each. Where one part alone writes a row,
 it may instead store ``clamp(sum + bias)``: the same bits (the sum added to the bias, then
 the same clamp) in one pass. The parts that do (``c_planes.planes_store``, the copies
-here, a group's stretches in ``c_position_vectors``) say which rows they store; the
-layer's bias is then written first, and its activations run, only in the rows left
-(``outside``). DenseNet121's layers that carry its features (a copy, and a BatchNorm and
-ReLU of each channel) were a fifth of its time at 224x224, batch 1, in those passes.
+here; a lone group's stretches in ``c_position_vectors`` store the whole layer) say which
+rows they store; the layer's bias is then written first, and its activations run, only in
+the rows left (``outside``). DenseNet121's layer functions' own loops (the bias, its
+carried features' copies and each channel's BatchNorm and ReLU, the activations) were a
+fifth of its time at 224x224, batch 1.
 """
 from __future__ import annotations
 
