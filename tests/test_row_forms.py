@@ -247,3 +247,14 @@ def test_groups_of_the_same_rows_merge_into_one_with_the_same_product(seed):
     shape = (80, 40)
     np.testing.assert_allclose(group_matrix(merged, shape), group_matrix(groups, shape),
                                rtol=1e-12, atol=1e-12)
+
+
+def test_small_maps_run_six_positions_at_a_time_only_where_no_loop_of_four_is_left():
+    """A 7x7 map (8 x 6 + 1) runs six at a time, the one left alone; an 8x8 map (10 x 6 +
+    4) would need the four-position loop too and keeps it alone; 128 positions and more
+    always run six at a time."""
+    from cnn2mlp.runtime.c_positions import wide_map
+
+    assert [n for n in range(40, 140) if wide_map(n)] == \
+        [n for n in range(48, 128) if n % 6 < 4] + list(range(128, 140))
+    assert wide_map(49) and wide_map(54) and not wide_map(64) and not wide_map(47)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from .c_blocks import BlockGroup, each_block
 from .c_groups import LANES
-from .c_positions import WIDE_MAPS, vector_sums
+from .c_positions import vector_sums, wide_map
 
 #: positions a panel holds: twelve sums (two vectors of eight kernels each), the two
 #: vectors of weights and an input are fifteen of AVX2's sixteen registers
@@ -26,10 +26,6 @@ PANEL = 6
 TILE_BYTES = 192 * 1024
 #: a group with this many taps or fewer keeps the code it had (its inputs are few lines)
 FEWEST_TAPS = 192
-#: positions a group must have, at least: the six-position loop's own bound (a smaller
-#: map runs four positions at a time; with panels, ResNet18 at 32x32, whose 8x8 maps'
-#: interiors have 36 positions, took 2.0 -> 2.2 ms at batch 1)
-FEWEST_POSITIONS = WIDE_MAPS
 #: blocks of kernels a group must have, at least: packing a tap's input is a load and a
 #: store, worth it where many blocks read it (DenseNet121's 3x3 convolutions of 32
 #: kernels at 224x224, two blocks, took 16 -> 19 % of its time at batch 1 with panels)
@@ -39,9 +35,11 @@ FEWEST_BLOCKS = 4
 def panels_apply(real: str, b: BlockGroup, scratch_floats: int) -> int | None:
     """The positions of a tile for ``b`` (a multiple of six), or None where this form does
     not apply: double values, few taps, positions or blocks, a shift a block of its own,
-    or too little scratch."""
+    or too little scratch. The map must run six positions at a time
+    (``c_positions.wide_map``), the panels' own width: with panels, ResNet18 at 32x32,
+    whose 8x8 maps' interiors have 36 positions, took 2.0 -> 2.2 ms at batch 1."""
     if (real != "float" or b.taps <= FEWEST_TAPS or "[i]" in b.shift
-            or b.positions < FEWEST_POSITIONS or b.blocks < FEWEST_BLOCKS):
+            or not wide_map(b.positions) or b.blocks < FEWEST_BLOCKS):
         return None
     tile = max(PANEL, TILE_BYTES // (4 * b.taps * PANEL) * PANEL)
     tile = min(tile, b.positions - b.positions % PANEL)

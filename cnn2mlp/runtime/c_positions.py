@@ -8,11 +8,23 @@ from .c_groups import LANES
 from .c_indices import PairIndex
 
 #: positions the AVX2 loop runs at once (``wide_loop``), on maps of at least
-#: ``WIDE_MAPS`` positions: measured, ResNet50 at 224x224, one sample, 120 -> 108 ms; from
-#: 128 down to 48 positions (the 7x7 maps of a 224x224 network), MobileNetV2 11.3 -> 10.8
-#: ms and ResNet50 97.5 -> 94 ms (side by side), the 32x32 models as fast and 1.4 % more
-#: source; the 4x4 and 2x2 maps below keep the four-position loop
-WIDE_POSITIONS, WIDE_MAPS = 6, 48
+#: ``WIDE_MAPS`` positions: measured, ResNet50 at 224x224, one sample, 120 -> 108 ms; at
+#: 32x32, whose maps are smaller, no faster, and more code to build
+WIDE_POSITIONS, WIDE_MAPS = 6, 128
+#: smaller maps from this many positions run six at a time where that leaves fewer than
+#: the four-position loop takes (a 7x7 map, 8 x 6 + 1: that loop's code is not written);
+#: measured, MobileNetV2 at 224x224 11.3 -> 10.8 ms and ResNet50 97.5 -> 94 ms with the
+#: panels below (``c_position_panels``); on the 8x8 maps of a 32x32 network (64 = 10 x 6
+#: + 4) it would add code and no speed (DenseNet121's first build 15.3 -> 15.6 s)
+SMALLEST_WIDE = 48
+
+
+def wide_map(positions: int) -> bool:
+    """Whether a group's map of ``positions`` runs six positions at a time."""
+    return positions >= WIDE_MAPS or (positions >= SMALLEST_WIDE
+                                      and positions % WIDE_POSITIONS < 4)
+
+
 #: the kernels a half block computes together: the eight a 24-channel projection leaves
 #: over a block of sixteen (MobileNetV2's, each on its own at one sample, were 15 % of
 #: its time at 224x224)
@@ -121,7 +133,7 @@ def vector_sums(real: str, width: int, offsets: str, bases: str, shift: str, tap
     # flight to keep it busy, and four positions of two vectors are eight
     # (with 32-byte vectors only, where it was measured: AVX-512's doubles would also
     # make two vectors a position)
-    wide = WIDE_POSITIONS if width == 32 and len(vectors) == 2 and n_b >= WIDE_MAPS else 0
+    wide = WIDE_POSITIONS if width == 32 and len(vectors) == 2 and wide_map(n_b) else 0
     if wide:
         lines += wide_loop(wide, f"j + {wide} <= {end}")
     # the positions left: as many as each next loop can run (no loop that never runs:
