@@ -189,17 +189,20 @@ class BiasFill:
                 f"        for (; i < {self.ends}[j]; i++) " + target, "    }"]
 
 
+def float_bits(values: np.ndarray) -> np.ndarray:
+    """A float32 or float64 array's values as integers of their bits (-0.0 is not 0.0, a
+    NaN equals itself): one comparison a value."""
+    values = np.ascontiguousarray(values)
+    return values.view(np.int64 if values.itemsize == 8 else np.int32)
+
+
 def bias_fill(bias: np.ndarray, add_index: Add, add_real: Add) -> BiasFill:
     """The fill of ``bias``: from runs where they take at most RUNS_SHARE of its entries."""
     bias = np.ascontiguousarray(bias)
     n = len(bias)
-    bits = bias.view(np.uint8).reshape(n, -1)
-    # each value's bits as one integer where they are 4 or 8 bytes (one comparison each)
-    bits = bits.view(np.int32 if bits.shape[1] == 4 else np.int64) if bits.shape[1] in (4, 8) \
-        else bits
-    differs = bits[1:] != bits[:-1]
-    differs = differs.any(axis=1) if differs.ndim == 2 else differs.ravel()
-    starts = np.flatnonzero(np.r_[True, differs]) if n else np.zeros(0, np.int64)
+    bits = float_bits(bias)
+    starts = np.flatnonzero(np.r_[True, bits[1:] != bits[:-1]]) if n else \
+        np.zeros(0, np.int64)
     if n and len(starts) <= RUNS_SHARE * n:
         ends = np.r_[starts[1:], n]
         return BiasFill(None, add_real("bias_values", bias[starts]),

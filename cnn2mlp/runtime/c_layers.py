@@ -32,7 +32,7 @@ from .c_padded_maps import padded_functions, padded_maps
 from .c_planes import Planes, find_planes, plane_floats, plane_lines, planes_store
 from .c_position_panels import panels_apply, panels_function
 from .c_position_vectors import vectors_function
-from .c_stores import MOST_RANGES, copies_store, copy_ranges, merged, outside
+from .c_stores import MOST_RANGES, copies_store, merged, outside
 from .c_positions import HALF, half_block
 
 
@@ -109,11 +109,10 @@ class LayerWriter:
         stored = [(0, p.n_out)] if self.stored_alone else \
             [] if stored_planes is None else [stored_planes[2]]
         copies = copies_store(p)
-        if copies is not None and len(outside(0, p.n_out, merged(stored + copy_ranges(p)))) \
-                <= MOST_RANGES:
-            stored = merged(stored + copy_ranges(p))
-        else:
-            copies = None
+        with_copies = None if copies is None else merged(stored + copies[1])
+        if with_copies is not None and len(outside(0, p.n_out, with_copies)) <= MOST_RANGES:
+            stored = with_copies
+        copies = copies[0] if stored is with_copies else None
         for part in p.parts:  # every part adds (or stores a row only it writes): any order
             if part.copies is not None and len(part.copies[0]):
                 self.copies(part.copies, copies)

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .c_indices import indexed
+from .c_indices import float_bits, indexed
 
 #: stride candidates tried along each axis
 MAX_STRIDE = 4
@@ -245,7 +245,7 @@ def stored_biases(found: list[Planes],
     if not len(every) or not np.array_equal(every, np.arange(every[0], every[0] + len(every))):
         return None
     biases = [np.asarray(bias)[r] for r in rows]
-    if any(not (bits(b) == bits(b[:, :1])).all() for b in biases):
+    if any(not (float_bits(b) == float_bits(b[:, :1])).all() for b in biases):
         return None
     return [b[:, 0] for b in biases], int(every[0]), int(every[0]) + len(every)
 
@@ -268,12 +268,6 @@ def planes_store(found: list[Planes], plan) -> tuple | None:
     if any(len(c) != 1 for c in clamp):
         return None
     return biases[0], tuple(float(c[0]) for c in clamp), (a, b)
-
-
-def bits(values: np.ndarray) -> np.ndarray:
-    """A float array's bits, each value's as one integer (-0.0 is not 0.0)."""
-    return np.ascontiguousarray(values).view(np.int64 if values.dtype == np.float64
-                                             else np.int32)
 
 
 def plane_lines(p: Planes, real: str, scratch: str, add_index: Callable, add_real: Callable,

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from .c_indices import float_bits
+
 
 #: ranges of rows left to start from the bias: beyond, the stores are not taken (a fill
 #: and an activation loop each, in the code)
 MOST_RANGES = 16
 
 
-def copies_store(plan) -> tuple[np.ndarray, ...] | None:
-    """Each copy run's (bias, lo, scale, hi), where every run's rows are its part's alone
-    (``plan.accumulate`` is 0), finished by no pass after and each run has one bias and
-    one clamp; else None."""
+def copies_store(plan) -> tuple[tuple[np.ndarray, ...], list[tuple[int, int]]] | None:
+    """Each copy run's (bias, lo, scale, hi) and the runs' rows as ranges, where every
+    run's rows are its part's alone (``plan.accumulate`` is 0), finished by no pass after
+    and each run has one bias and one clamp; else None."""
     runs = [part.copies for part in plan.parts
             if part.copies is not None and len(part.copies[0])]
     if plan.dense is not None or len(runs) != 1:
@@ -37,24 +39,18 @@ def copies_store(plan) -> tuple[np.ndarray, ...] | None:
     values = [np.ascontiguousarray(v) for v in (plan.bias, plan.lo, plan.scale, plan.hi)]
     changes = np.zeros(plan.n_out, bool)  # a row whose bias or clamp is not the last row's
     for v in values:
-        bits = v.view(np.int64 if v.itemsize == 8 else np.int32)
+        bits = float_bits(v)
         changes[1:] |= bits[1:] != bits[:-1]
     if counted(changes, starts + 1, lengths - 1).any():
         return None
-    return tuple(v[starts] for v in values)
+    return tuple(v[starts] for v in values), [
+        (int(r), int(r) + int(n)) for r, n in zip(starts, lengths)]
 
 
 def counted(flags: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """How many of ``flags`` each run (``starts``, ``lengths``) holds."""
     total = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
     return total[starts + lengths] - total[starts]
-
-
-def copy_ranges(plan) -> list[tuple[int, int]]:
-    """The rows of the layer's copy runs, as ranges."""
-    (rows, _, lengths, _, _), = [part.copies for part in plan.parts
-                                 if part.copies is not None and len(part.copies[0])]
-    return [(int(r), int(r) + int(n)) for r, n in zip(rows, lengths)]
 
 
 def merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
