@@ -14,7 +14,7 @@ import pytest
 from cnn2mlp.backends.c import CModel, CTarget
 from cnn2mlp.runtime.c_build import find_compiler, source_units
 from cnn2mlp.runtime.c_activation import expression_uses_only_z_and_a
-from cnn2mlp.runtime.c_groups import kernels_within
+from cnn2mlp.runtime.c_groups import KernelIndex, kernels_within
 from cnn2mlp.runtime.structure import ProductGroup
 from cnn2mlp.runtime.c_source import STATIC_LIMIT, c_identifier, c_source
 from cnn2mlp.cli import main
@@ -127,18 +127,36 @@ def test_border_kernels_share_the_stored_weights_only_where_every_weight_is_ther
     rng = np.random.default_rng(3)
     full = rng.normal(size=(32, 9)).astype(np.float32)
     source = ProductGroup(full, np.arange(9), np.arange(4), np.arange(128).reshape(32, 4))
-    columns = {np.ascontiguousarray(full[:, t]).tobytes(): t for t in range(9)}
     order, taps = rng.permutation(32), np.array([4, 5, 7, 8])  # a corner: four taps
     corner = ProductGroup(full[order][:, taps], np.arange(4), np.arange(1),
                           np.arange(200, 232)[order].reshape(32, 1))
-    ordered, found = kernels_within(corner, source, columns)
+    ordered, found = kernels_within(corner, KernelIndex(source.kernels))
     assert np.array_equal(found, taps)
     assert np.array_equal(ordered.kernels, full[:, taps])  # each kernel with its row
     assert np.array_equal(ordered.rows.ravel(), np.arange(200, 232))
     mixed = full[:, taps].copy()
     mixed[0, [0, 1]] = mixed[0, [1, 0]]  # kernel 0 has the weights, at other taps
     assert kernels_within(ProductGroup(mixed, np.arange(4), np.arange(1),
-                                       np.arange(32).reshape(32, 1)), source, columns) is None
+                                       np.arange(32).reshape(32, 1)), KernelIndex(full)) is None
+
+
+def test_kernels_named_by_a_few_taps_still_have_every_weight_checked():
+    """The first taps name a kernel; a weight of another kernel at a later tap, in a
+    blocked kernel or in one left over from the blocks, still refuses the sharing."""
+    rng = np.random.default_rng(4)
+    full = rng.normal(size=(40, 9)).astype(np.float32)  # two blocks and eight left over
+    index = KernelIndex(full)
+
+    def group(kernels):
+        return ProductGroup(kernels, np.arange(9), np.arange(1), np.arange(40).reshape(40, 1))
+
+    order = rng.permutation(40)
+    ordered, taps = kernels_within(group(full[order]), index)
+    assert np.array_equal(taps, np.arange(9)) and np.array_equal(ordered.kernels, full)
+    for kernel in (0, 35):  # blocked, left over
+        borrowed = full.copy()
+        borrowed[kernel, 8] = full[kernel + 1, 8]
+        assert kernels_within(group(borrowed), index) is None
 
 
 SANITIZED_DRIVER = r"""

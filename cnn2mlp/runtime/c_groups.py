@@ -3,6 +3,8 @@ rows made one, and a group's kernels matched to those of a group stored already,
 their weights are stored once."""
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 
 from .structure import ProductGroup
@@ -46,48 +48,103 @@ def one_group(same: list[ProductGroup]) -> ProductGroup:
 def kernel_owners(kernels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct weights of ``kernels`` (n_k, taps), sorted, and for each the one
     kernel that has it, or -1 where several do."""
-    values, first, counts = np.unique(np.asarray(kernels).ravel(), return_index=True,
-                                      return_counts=True)
-    return values, np.where(counts == 1, first // kernels.shape[1], -1)
+    flat = np.asarray(kernels).ravel()
+    order = np.argsort(flat)  # not np.unique's stable sort: a lone weight's place is one
+    ordered = flat[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    counts = np.diff(np.append(starts, len(ordered)))
+    return ordered[starts], np.where(counts == 1, order[starts] // kernels.shape[1], -1)
+
+
+def tap_bytes(kernels: np.ndarray) -> list[bytes]:
+    """Each tap's weights over the blocked kernels of ``kernels`` (n_k, taps), as bytes."""
+    blocked = len(kernels) - len(kernels) % LANES
+    return [tap.tobytes() for tap in np.ascontiguousarray(np.asarray(kernels)[:blocked].T)]
 
 
 def tap_columns(kernels: np.ndarray) -> dict[bytes, int]:
     """Each tap's weights over the blocked kernels (bytes), to the tap: what
     ``kernels_within`` finds a group's taps by."""
-    kernels = np.asarray(kernels)
-    blocked = len(kernels) - len(kernels) % LANES
     index: dict[bytes, int] = {}
-    for t in range(kernels.shape[1]):
-        index.setdefault(np.ascontiguousarray(kernels[:blocked, t]).tobytes(), t)
+    for t, tap in enumerate(tap_bytes(kernels)):
+        index.setdefault(tap, t)
     return index
 
 
-def kernels_within(g: ProductGroup, source: ProductGroup, columns: dict[bytes, int],
-                   owners: tuple[np.ndarray, np.ndarray] | None = None
-                   ) -> tuple[ProductGroup, np.ndarray] | None:
-    """``g`` with its kernels in ``source``'s order, and for each of its taps the tap of
-    ``source`` with the same weights in every kernel (``columns``: a tap's weights over
-    ``source``'s blocked kernels, as bytes, to the tap); None unless every kernel of ``g``
-    is one of ``source``'s with some of its taps. Kernels are matched by the weights that
-    one kernel of ``source`` alone has (``owners``: ``kernel_owners`` of its kernels,
-    computed unless given); the columns' bytes then check every weight."""
-    kernels, theirs = np.asarray(g.kernels), np.asarray(source.kernels)
-    n_k = len(kernels)
-    if len(theirs) != n_k or n_k < LANES:
-        return None
-    values, owner = kernel_owners(theirs) if owners is None else owners
+class KernelIndex:
+    """A stored group's kernels, indexed for ``kernels_within``: each tap's weights to the
+    tap (``tap_columns``) and each weight's owner (``kernel_owners``), each computed when
+    first asked. Most stored groups (a 1x1 convolution's, a map's interior where no border
+    has as many kernels) are never asked: indexing them all was a quarter of
+    DenseNet121's source generation."""
+
+    def __init__(self, kernels: np.ndarray) -> None:
+        self.kernels = np.asarray(kernels)
+
+    @cached_property
+    def columns(self) -> dict[bytes, int]:
+        return tap_columns(self.kernels)
+
+    @cached_property
+    def owners(self) -> tuple[np.ndarray, np.ndarray]:
+        return kernel_owners(self.kernels)
+
+
+#: taps of each kernel whose weights' owners match it first: almost every weight of a
+#: kernel is its own (random-like floats), so a few name it, and the taps' bytes then check
+#: every weight of the blocked kernels
+SAMPLE_TAPS = 4
+
+
+def weight_owners(kernels: np.ndarray, owners: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """For each weight of ``kernels``, the one kernel of the index (``kernel_owners``)
+    that has it, -1 where several do or none."""
+    values, owner = owners
     at = np.minimum(np.searchsorted(values, kernels), len(values) - 1)
-    weight_owner = np.where(values[at] == kernels, owner[at], -1)  # each of g's weights'
+    return np.where(values[at] == kernels, owner[at], -1)
+
+
+def matched_kernels(kernels: np.ndarray, owners: tuple[np.ndarray, np.ndarray],
+                    taps: slice = slice(None)) -> np.ndarray | None:
+    """For each kernel, the index's kernel whose weights its weights at ``taps`` are (a
+    weight several kernels have counts for any), or None where one has none of them or
+    another kernel's."""
+    if not len(kernels):
+        return np.zeros(0, np.int64)
+    weight_owner = weight_owners(kernels[:, taps], owners)
     match = weight_owner.max(axis=1)
     if (match < 0).any() or not ((weight_owner == match[:, None]) | (weight_owner < 0)).all():
         return None
+    return match
+
+
+def kernels_within(g: ProductGroup, index: KernelIndex
+                   ) -> tuple[ProductGroup, np.ndarray] | None:
+    """``g`` with its kernels in the order of ``index``'s, and for each of its taps the tap
+    of ``index`` with the same weights in every kernel; None unless every kernel of ``g``
+    is one of the index's with some of its taps. Kernels are matched by the weights that
+    one kernel of the index alone has; the taps' bytes then check every weight of the
+    blocked kernels (the kernels left over have every weight matched)."""
+    kernels = np.asarray(g.kernels)
+    n_k = len(kernels)
+    if len(index.kernels) != n_k or n_k < LANES:
+        return None
+    blocked = n_k - n_k % LANES
+    # a few taps name a blocked kernel (every tap where they do not); the bytes below
+    # check every weight of those, as matching every weight would have
+    match = matched_kernels(kernels[:blocked], index.owners, slice(SAMPLE_TAPS))
+    if match is None:
+        match = matched_kernels(kernels[:blocked], index.owners)
+    left = matched_kernels(kernels[blocked:], index.owners)
+    if match is None or left is None:
+        return None
+    match = np.concatenate([match, left])
     if len(np.unique(match)) != n_k:
         return None
     order = np.argsort(match)
     kernels = kernels[order]
-    blocked = n_k - n_k % LANES
-    taps = [columns.get(np.ascontiguousarray(kernels[:blocked, t]).tobytes())
-            for t in range(kernels.shape[1])]
+    columns = index.columns
+    taps = [columns.get(tap) for tap in tap_bytes(kernels)]
     if None in taps:
         return None
     shifts = np.asarray(g.shifts)[order]

@@ -22,8 +22,7 @@ from .c_arrays import Arrays, Scratch
 from .c_blocks import BlockGroup, blocks_function, union_of
 from .c_copies import copy_lines
 from .c_dense import dense_lines
-from .c_groups import (LANES, kernel_owners, kernels_within, merge_same_rows, position_tile,
-                       tap_columns)
+from .c_groups import LANES, KernelIndex, kernels_within, merge_same_rows, position_tile
 from .c_indices import (PairIndex, bias_fill, csr_runs, fill_ranges, indexed, pair_bias,
                         position_index, row_index, run_bias, run_lines, run_row_lines,
                         same_along_rows)
@@ -190,12 +189,12 @@ class LayerWriter:
         sources = []
         for union, members in union_of(groups):  # a map with no interior: its corners'
             source = ProductGroup(union, [], [], [])
-            columns, owners = tap_columns(union), kernel_owners(union)
-            if all(kernels_within(g, source, columns, owners) for g in members):
-                sources.append(self.stored_kernels(source))
+            index = KernelIndex(union)
+            if all(kernels_within(g, index) for g in members):
+                sources.append(self.stored_kernels(source, index))
         for g in sorted(groups, key=lambda g: -g.kernels.shape[1]):
-            for source, name, columns, owners in sources:
-                found = kernels_within(g, source, columns, owners)
+            for source, name, index in sources:
+                found = kernels_within(g, index)
                 if found is not None:
                     ordered, taps = found
                     chosen[id(g)] = (ordered, name, source.kernels.shape[1],
@@ -206,16 +205,15 @@ class LayerWriter:
                 chosen[id(g)] = (g, sources[-1][1], g.kernels.shape[1], None)
         return chosen
 
-    def stored_kernels(self, g: ProductGroup) -> tuple:
-        """``g``'s blocks of kernels stored transposed: the group, the array's name, each
-        tap's weights over the blocked kernels (bytes) to the tap, and who owns each weight
-        (``kernel_owners``): what ``kernels_within`` reads."""
+    def stored_kernels(self, g: ProductGroup, index: KernelIndex | None = None) -> tuple:
+        """``g``'s blocks of kernels stored transposed: the group, the array's name, and
+        the kernels' index (``KernelIndex``): what ``kernels_within`` reads."""
         n_k, taps = g.kernels.shape
         blocked = n_k - n_k % LANES
         kernels = np.asarray(g.kernels)
         name = self.weights("kernels_t", kernels[:blocked].reshape(
             blocked // LANES, LANES, taps).transpose(0, 2, 1))
-        return g, name, tap_columns(kernels), kernel_owners(kernels)
+        return g, name, index or KernelIndex(kernels)
 
     def kernels_in_lanes(self, g: ProductGroup, transposed: str, stored: int,
                          index: str | None) -> BlockGroup:
