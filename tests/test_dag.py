@@ -490,3 +490,32 @@ def test_progress_line_on_a_terminal_only(monkeypatch):
         progress.step(4, 17, "conv-to-dense")
         progress.done()
         assert ("[ 5/17] conv-to-dense" in stream.getvalue()) == shown
+
+
+def keras_dense_block(layers: int = 2) -> tuple[onnx.ModelProto, int]:
+    """DenseNet as Keras writes it (tf2onnx): the stem's max pool read by the first dense
+    layer's BatchNorm and by one Concat, each layer joined to the features once
+    (``x = concat([x, layer(x)])``); and the pool's output size."""
+    from cnn2mlp.testing.zoo import Net
+    net = Net(size=16, seed=5)
+    x = net.max_pool(net.conv_relu("input", 8, 3, 2), 3, 2, 1)
+    pool_size = int(np.prod(net.shapes[x]))
+    for _ in range(layers):
+        x = net.concat([x, net.dense_layer(x, 4, bottleneck=2)])
+    return net.build(net.classifier(net.relu(net.batchnorm(x)), 5), "keras_dense"), pool_size
+
+
+def test_a_pool_joined_to_deeper_features_is_kept_once_not_carried_as_its_tournament():
+    """The max pool's output ``b + relu(a - b)`` read by a BatchNorm and by the Concat
+    that joins it to the next layer's features: composed, both its tournament's neurons
+    are read by the BatchNorm and carried to the Concat's layer (two a value); kept, one
+    neuron a value is. The size model counts what the Concat holds (Keras' DenseNet121 at
+    224x224: the pool, now one max layer in the C code, and 86 -> 82 ms at batch 1)."""
+    model, pool_size = keras_dense_block()
+    runtime = compile_to_model(model)
+    assert_equivalent(model, runtime, n=16)
+    layers = runtime.mlp.layers
+    kept = [i for i, layer in enumerate(layers)
+            if layer.n_out == pool_size and layer.activation == "identity"]
+    assert kept, [(layer.n_out, layer.activation) for layer in layers]
+    assert [layer.carried for layer in layers[kept[0] + 1:kept[0] + 3]] == [pool_size] * 2

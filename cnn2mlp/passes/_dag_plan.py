@@ -142,6 +142,7 @@ def plan_layers(graph: Graph, keep: Callable | None = None) -> Plan:
     activations: dict[str, Node] = {}
     depth = {graph.input: 0}
     sizes = {graph.input: graph.values[graph.input].size}  # of every source
+    levels = value_levels(graph, live_ids)
     for node in graph.nodes:
         if id(node) not in live_ids:  # nodes the output does not need get no neurons
             continue
@@ -157,7 +158,8 @@ def plan_layers(graph: Graph, keep: Callable | None = None) -> Plan:
         elif node.op in LINEAR_OPS:
             out = node.output
             memo[out] = linear_affine(graph, node, args)
-            part = keep(graph, out, memo[out], depth, sizes, live_ids) if keep else None
+            part = keep(graph, out, memo[out], depth, sizes, live_ids, levels) if keep \
+                else None
             if part is not None:  # the kept part becomes a source; the rest stays composed
                 name = out if part == "whole" else f"{out}.kept"
                 kept_part, rest = (memo[out], None) if part == "whole" else \
@@ -230,8 +232,25 @@ def heavy_rows(affine: Affine, name: str) -> tuple[Affine, Affine]:
     return kept, Affine({**light, name: placement}, rest_bias, affine.size)
 
 
+def value_levels(graph: Graph, live_ids: set[int]) -> dict[str, int]:
+    """For each value, the most activations on a path from the input to it: its layer
+    before any linear value is kept, which says how much deeper a join's other inputs
+    are than one of its inputs."""
+    levels = {graph.input: 0}
+    for node in graph.nodes:
+        if id(node) not in live_ids:
+            continue
+        level = max((levels.get(i, 0) for i in node.inputs), default=0)
+        if get_op(node.op).activation and node.op != IDENTITY:
+            level += 1
+        for out in node.outputs:
+            levels[out] = level
+    return levels
+
+
 def every_dense(graph: Graph, value: str, affine: Affine, depth: dict[str, int],
-                sizes: dict[str, int], live_ids: set[int]) -> str | None:
+                sizes: dict[str, int], live_ids: set[int],
+                levels: dict[str, int]) -> str | None:
     """The unfused lowering: every Dense output that something reads is a layer."""
     producer = graph.producer(value)
     if producer is not None and producer.op == "Dense" and value != graph.output and \
@@ -241,7 +260,8 @@ def every_dense(graph: Graph, value: str, affine: Affine, depth: dict[str, int],
 
 
 def worth_keeping(graph: Graph, value: str, affine: Affine, depth: dict[str, int],
-                  sizes: dict[str, int], live_ids: set[int]) -> str | None:
+                  sizes: dict[str, int], live_ids: set[int],
+                  levels: dict[str, int]) -> str | None:
     """The size model: whether to keep ``value`` ("whole"), its heavy part ("heavy"), or
     nothing (None: compose it into its readers), whichever takes the fewest non-zeros.
 
@@ -253,8 +273,10 @@ def worth_keeping(graph: Graph, value: str, affine: Affine, depth: dict[str, int
     one source entry per value, on the entries they reach) leaves the light terms
     composed, and its layer can come earlier. So a linear bottleneck (1×1 projection, a
     residual join, the next 1×1 expansion) is not multiplied out, and a value read by
-    several later layers (a DenseNet feature) is computed once. Ties go to composing
-    (fewer layers).
+    several later layers (a DenseNet feature) is computed once. A Concat whose other
+    inputs are deeper than the value (a DenseNet feature, which the next dense layers'
+    outputs join) holds what it reads until their layer: composed, the value's sources are
+    carried those layers; kept, the value alone is. Ties go to composing (fewer layers).
     """
     readers = [(c, sum(1 for i in c.inputs if i == value)) for c in graph.consumers(value)
                if id(c) in live_ids]
@@ -295,11 +317,20 @@ def worth_keeping(graph: Graph, value: str, affine: Affine, depth: dict[str, int
         top = 1 + max((depth[s] for s in terms), default=0)
         return sum(sizes[s] * max(0, top - 1 - depth[s]) for s in terms)
 
-    costs = [(composed(affine.terms), None),
-             (own(affine.terms) + read(None) + carried(affine.terms), "whole")]
+    # layers a Concat reader holds the value (or its sources) for its deeper inputs
+    joined = sum(uses * max(0, max(levels[i] for i in reader.inputs) - levels[value])
+                 for reader, uses in readers if reader.op == "Concat")
+
+    def held(terms) -> int:  # the sources, carried those layers
+        return joined * sum(sizes[s] for s in terms)
+
+    costs = [(composed(affine.terms) + held(affine.terms), None),
+             (own(affine.terms) + read(None) + carried(affine.terms) + joined * size,
+              "whole")]
     if light:
         rows = heavy_row_index(heavy)
-        costs.append((own(heavy) + read(rows) + composed(light) + carried(heavy), "heavy"))
+        costs.append((own(heavy) + read(rows) + composed(light) + carried(heavy) +
+                      joined * len(rows) + held(light), "heavy"))
     return min(costs, key=lambda c: c[0])[1]
 
 
