@@ -17,7 +17,7 @@ from cnn2mlp.ir.mlp import Mlp, MlpLayer
 from cnn2mlp.ir.weights import as_csr
 from cnn2mlp.runtime import runnable_engines
 from cnn2mlp.runtime.columns import runtime_layers
-from cnn2mlp.runtime.max_blocks import MaxLayer, with_max_layers
+from cnn2mlp.runtime.max_blocks import MaxLayer, row_classes, with_max_layers
 from cnn2mlp.testing import input_shapes, pool_geometries
 
 ENGINES = runnable_engines()
@@ -375,3 +375,15 @@ def test_the_c_target_writes_the_max_layer_and_passes_its_check(tmp_path, style)
                  "--quiet"]) == 0
     source = (tmp_path / "m.c").read_text()
     assert "_max_runs_" in source and "max_vector(m, u)" in source
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 200), st.integers(1, 9), st.integers(0, 2 ** 31))
+def test_window_shapes_are_the_distinct_rows_in_numpys_order(n, taps, seed):
+    """The windows' shapes found through a hash of each row are np.unique's, in its order,
+    with each row's class."""
+    rows = np.random.default_rng(seed).integers(-1, 4, size=(n, taps))
+    shapes, shape_of = row_classes(rows)
+    expected, expected_of = np.unique(rows, axis=0, return_inverse=True)
+    assert np.array_equal(shapes, expected)
+    assert np.array_equal(shape_of.ravel(), expected_of.ravel())
