@@ -5,6 +5,7 @@ not compute maxima is never taken for one."""
 import math
 
 import numpy as np
+import onnx
 import pytest
 import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
