@@ -308,8 +308,7 @@ def plane_lines(p: Planes, real: str, scratch: str, add_index: Callable, add_rea
                 # as much work as a 3x3 kernel's nine multiply-adds); the row's last few
                 # lane by lane
                 f"                  if (n == VECTOR_LANES) {{ {add_vector(a)} }}",
-                "                  else UNROLL_LANES for (l = 0; l < VECTOR_LANES; l++) "
-                f"if (l < n) {add_value(f'out[yy * {p.out_w} + xx + l]', f's{a}[l]')} }}")],
+                f"                  else {{ {partial(a)} }} }}")],
             "            }"]
 
     def add_vector(a: int) -> str:
@@ -321,6 +320,14 @@ def plane_lines(p: Planes, real: str, scratch: str, add_index: Callable, add_rea
 
     def add_value(to: str, value: str) -> str:
         return f"{to} = layer_clamp_value({value} + b, CLAMP);" if store else f"{to} += {value};"
+
+    def partial(a: int) -> str:  # the row's last few lanes: clamped as one vector
+        to = f"out[yy * {p.out_w} + xx + l]"
+        lanes = "UNROLL_LANES for (l = 0; l < VECTOR_LANES; l++) if (l < n) "
+        if store:
+            return (f"const vector_sum u = layer_clamp_vector(s{a} + b, CLAMP); "
+                    f"{lanes}{to} = u[l];")
+        return f"{lanes}{to} += s{a}[l];"
 
     copy = ([f"            memcpy(plane + (long)(y + {p.pad_top}) * {pitch} + {p.pad_left}, "
              f"src + (long)y * {p.width}, sizeof({real}) * {p.width});"] if sx == 1 else [
