@@ -81,6 +81,30 @@ def test_every_build_computes_what_onnxruntime_does(tmp_path, build):
 
 
 @needs_compiler
+@pytest.mark.parametrize("build", BUILDS)
+def test_eight_kernels_left_over_from_the_blocks_take_vectors_of_positions(tmp_path, build):
+    """24 and 40 channels: the eight kernels a convolution's blocks of sixteen leave over
+    run four at a time over vectors of positions too (their weights a block of eight, a
+    tap's together), where they ran eight kernels in a vector; every build, at batch 21,
+    3 and 1, against the MLP in float64 (outputs up to ~360: onnxruntime's float32 is
+    itself 8e-05 off, a few small outputs' relative error above the usual 1e-4)."""
+    if build == "32-byte vectors" and not cpu_has_avx2():
+        pytest.skip("this machine has no AVX2")
+    path = save(three_convolutions(SHAPE, 24, 40, seed=29), tmp_path / "left.onnx")
+    result = compile_model(path, tmp_path / "net.c", target="c")
+    source = (tmp_path / "net.c").read_text()
+    assert source.count("(long)(k / 8) * ") == 2  # the 3x3's and the 1x1's eight
+    model = CModel(tmp_path / "net.c", result.mlp, extra=BUILDS[build])
+    compile_model(path, tmp_path / "net.npz")
+    x = np.random.default_rng(7).uniform(-1, 1, (21,) + SHAPE).astype(np.float32)
+    expected = cnn2mlp.load(tmp_path / "net.npz", engine="scipy").predict(
+        x.astype(np.float64), np.float64)
+    for got in (model.predict(x), model.predict(x[:3]), model.predict(x[3:4])):
+        want = expected[:len(got)] if len(got) > 1 else expected[3:4]
+        assert np.abs(got - want).max() <= 2e-6 * np.abs(expected).max()
+
+
+@needs_compiler
 def test_a_stretchs_last_piece_shorter_than_a_vector(tmp_path, monkeypatch):
     """Pieces of 48 positions: the 3x3 interior's stretch (158 positions) leaves a last
     piece of 14, shorter than a 64-byte vector of floats, whose vector starts in the piece

@@ -126,8 +126,7 @@ class LayerWriter:
         return "\n\n".join(self.helpers + ["\n".join(self.lines)])
 
     def dense(self, w: np.ndarray) -> None:
-        name = self.weights("dense", w)
-        n_out, n_in = w.shape
+        name, (n_out, n_in) = self.weights("dense", w), w.shape
         self.records.append(("dense", {"w": name, "n_out": n_out, "n_in": n_in}))
         self.lines += dense_lines(self.real, name, n_out, n_in)
 
@@ -339,8 +338,9 @@ class LayerWriter:
         return found and (found[0], tuple(c_number(v, self.real) for v in found[1]), found[2])
 
     def kernels_left(self, g: ProductGroup) -> None:
-        """A convolution's kernels a block of sixteen leaves over: eight of them in
-        vectors (``half_block``), the rest each on its own."""
+        """A convolution's kernels a block of sixteen leaves over: eight in vectors, of
+        positions on a big map (``vectors_function``, reading no position index), else of
+        kernels (``half_block``); the rest each on its own."""
         if len(g.kernels) < HALF:
             self.positions_in_lanes(g)
             return
@@ -349,10 +349,14 @@ class LayerWriter:
         fallback = self.positions_in_lanes(first, code=False)
         name = f"layer{self.k}_group{len(self.helpers)}"
         transposed = self.weights("half_t", np.asarray(first.kernels).T)
-        self.helpers.append(half_block(
-            name, self.real, transposed, self.array("offsets", first.offsets),
-            self.array("bases", first.bases), row_index(first.rows, self.array),
-            self.block_shift(first), first.kernels.shape[1], len(first.bases), fallback))
+        offsets, shift = self.array("offsets", first.offsets), self.block_shift(first)
+        code = vectors_function(name, self.real, transposed, first.kernels.shape[1],
+                                BlockGroup(first, offsets, "", None, shift, None),
+                                self.array, None, lanes=HALF, fallback=fallback)[0]
+        self.helpers.append(code or half_block(
+            name, self.real, transposed, offsets, self.array("bases", first.bases),
+            row_index(first.rows, self.array), shift, first.kernels.shape[1],
+            len(first.bases), fallback))
         self.lines.append(f"    {name}(h, z);")
         if len(rest.kernels):
             self.positions_in_lanes(rest)

@@ -133,9 +133,9 @@ def vector_runs(b: BlockGroup, size: int) -> tuple[np.ndarray, Pieces] | None:
                               rest=np.flatnonzero(~covered))
 
 
-def tile_lines(real: str, b: BlockGroup, vectors: int) -> list[str]:
+def tile_lines(real: str, b: BlockGroup, vectors: int, lanes: int = LANES) -> list[str]:
     """Four kernels' sums ``a{q}_{v}`` over ``vectors`` vectors of positions from ``p``
-    on, tap by tap (the caller adds or stores them)."""
+    on, tap by tap (the caller adds or stores them); a tap's weights are ``lanes`` apart."""
     tap = "t" if b.index is None else f"(long){b.index}[t]"
     sums = [f"a{q}_{v}" for q in range(KERNELS) for v in range(vectors)]
     return [
@@ -143,7 +143,7 @@ def tile_lines(real: str, b: BlockGroup, vectors: int) -> list[str]:
         + ", ".join(f"x{v}" for v in range(vectors)) + ";",
         f"                for (t = 0; t < {b.taps}; t++) {{",
         f"                    const {real} *restrict xt = x + {b.offsets}[t] + p;",
-        f"                    const {real} *restrict wt = w + {tap} * {LANES};",
+        f"                    const {real} *restrict wt = w + {tap} * {lanes};",
         *[f"                    memcpy(&x{v}, xt + {v} * VECTOR_LANES, sizeof x{v});"
           for v in range(vectors)],
         # a vector times a scalar: the scalar broadcast (``{0} + w`` would be an add:
@@ -171,8 +171,9 @@ def add_vector(q: int, v: int, at: str, masked: bool, stores: bool = False) -> s
 
 
 def vector_lines(real: str, b: BlockGroup, weights: str, stored: int, names: dict[str, str],
-                 chunks: int) -> list[str]:
-    """The loops over chunks, four kernels, a chunk's pieces and tiles of positions."""
+                 chunks: int, lanes: int = LANES) -> list[str]:
+    """The loops over chunks, four kernels, a chunk's pieces and tiles of positions (the
+    weights in blocks of ``lanes`` kernels, a tap's together)."""
     r, masked, stores = real, "mask" in names, "bias" in names
     whole = [f"                    {add_vector(q, v, f'p + {v} * VECTOR_LANES', masked, stores)}"
              for q in range(KERNELS) for v in range(VECTORS)]
@@ -186,8 +187,8 @@ def vector_lines(real: str, b: BlockGroup, weights: str, stored: int, names: dic
     return [
         f"    for (c = 0; c < {chunks}; c++) {{",
         f"        for (k = 0; k < {len(b.group.kernels)}; k += {KERNELS}) {{",
-        f"            const {r} *restrict w = {weights} + (long)(k / {LANES}) * {stored * LANES}"
-        f" + k % {LANES};",
+        f"            const {r} *restrict w = {weights} + (long)(k / {lanes}) * {stored * lanes}"
+        f" + k % {lanes};",
         f"            for (j = c ? {names['ends']}[c - 1] : 0; j < {names['ends']}[c]; j++) {{",
         f"                const int n = {names['length']}[j];",
         f"                const {r} *restrict x = h + {b.shift} + {names['base']}[j];",
@@ -200,15 +201,15 @@ def vector_lines(real: str, b: BlockGroup, weights: str, stored: int, names: dic
           if stores else []),
         "                int p = 0, skip;",
         f"                for (; p + {VECTORS} * VECTOR_LANES <= n; p += {VECTORS} * VECTOR_LANES) {{",
-        *tile_lines(r, b, VECTORS), *whole, "                }",
+        *tile_lines(r, b, VECTORS, lanes), *whole, "                }",
         "                for (; p + VECTOR_LANES <= n; p += VECTOR_LANES) {",
-        *tile_lines(r, b, 1), *one, "                }",
+        *tile_lines(r, b, 1, lanes), *one, "                }",
         # (a piece shorter than a vector, a stretch's last, starts its vector in the
         # stretch's piece before: every stretch is at least SHORTEST_RUN long)
         "                if (p < n) {",
         "                    skip = VECTOR_LANES - (n - p);",
         "                    p = n - VECTOR_LANES;",
-        *tile_lines(r, b, 1), *last, "                }",
+        *tile_lines(r, b, 1, lanes), *last, "                }",
         "            }", "        }", "    }"]
 
 
@@ -235,8 +236,9 @@ def blocks_lines(real: str, b: BlockGroup, weights: str, stored: int,
 
 def vectors_function(name: str, real: str, weights: str, stored: int, b: BlockGroup,
                      array: Callable[[str, np.ndarray], str],
-                     rest: Callable[[np.ndarray], BlockGroup],
+                     rest: Callable[[np.ndarray], BlockGroup] | None,
                      store: tuple[Callable[[], str], tuple[str, str, str]] | None = None,
+                     lanes: int = LANES, fallback: list[str] | None = None,
                      ) -> tuple[str | None, bool]:
     """The function computing ``b`` (its weights ``weights``, ``stored`` taps a kernel)
     with its long runs of positions in vectors and the rest as before (``rest`` makes the
@@ -245,10 +247,13 @@ def vectors_function(name: str, real: str, weights: str, stored: int, b: BlockGr
     function runs as before. ``store``: where ``b`` writes each of its layer's rows once,
     its kernels' biases (a function adding their array) and the clamp (lo, scale, hi):
     where one stretch without gaps takes every position, the sums are stored with them,
-    and the layer writes no bias first and no activation after."""
+    and the layer writes no bias first and no activation after. ``lanes``: kernels a
+    block of the weights holds (a convolution's eight left over from its blocks, one
+    block); with ``fallback``, the statements that compute ``b`` without vectors, and
+    ``b`` takes this form only where its stretches have every position (no ``rest``)."""
     size = 8 if real == "double" else 4
     found = vector_runs(b, size)
-    if found is None:
+    if found is None or fallback is not None and len(found[1].rest):
         return None, False
     kernel_rows, pieces = found
     stores = store is not None and not len(pieces.rest) and pieces.mask is None
@@ -266,12 +271,11 @@ def vectors_function(name: str, real: str, weights: str, stored: int, b: BlockGr
         lo, scale, hi = store[1]
         clamp = [f"    const {real} clamp_lo = {lo}, clamp_scale = {scale}, clamp_hi = {hi};"]
     left = blocks_lines(real, rest(pieces.rest), weights, stored) if len(pieces.rest) else []
+    without = fallback if fallback is not None else [*clamp, *blocks_lines(
+        real, b, weights, stored, (names, len(pieces.base)) if stores else None)]
     body = ["#ifdef VECTOR_BYTES", *clamp,
-            *vector_lines(real, b, weights, stored, names, len(pieces.chunk_ends)), *left,
-            "#else", *clamp,
-            *blocks_lines(real, b, weights, stored,
-                          (names, len(pieces.base)) if stores else None),
-            "#endif"]
+            *vector_lines(real, b, weights, stored, names, len(pieces.chunk_ends), lanes),
+            *left, "#else", *without, "#endif"]
     # each branch reads arrays of its own: where the function is shared (c_sharing.py),
     # they are its parameters, and the other branch's would be unused
     arrays = sorted(set(re.findall(r"\bL\d+_\w+\b", "\n".join(body))))
