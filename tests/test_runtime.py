@@ -277,6 +277,28 @@ def test_equal_columns_and_only_those_share_a_class():
     assert classes.max() + 1 == 6 - 1 + 9
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 30), st.integers(2, 30), st.integers(0, 2**32 - 1))
+def test_the_quick_equal_columns_test_never_misses_a_pair(n_out, n_in, seed):
+    """Two equal columns (the same rows with the same stored values, explicit zeros
+    included) always make the quick test say "maybe": it hashes each column's count and
+    sums, which are the same bits for equal columns."""
+    from cnn2mlp.runtime.columns import may_have_equal_columns
+
+    rng = np.random.default_rng(seed)
+    w = sp.random(n_out, n_in, density=0.3, random_state=seed, format="coo")
+    rows, cols = w.row[w.col != 1], w.col[w.col != 1]
+    data = rng.integers(-2, 3, len(rows)).astype(np.float32)  # zeros stored too
+    first = cols == 0  # column 1 a copy of column 0, stored entries and all
+    rows, cols = np.r_[rows, rows[first]], np.r_[cols, np.ones(first.sum(), cols.dtype)]
+    w = sp.csr_array((np.r_[data, data[first]], (rows, cols)), shape=(n_out, n_in))
+    assert may_have_equal_columns(w.data, w.indices, w.indptr, n_in)
+    distinct = sp.csr_array(np.eye(n_in, dtype=np.float32)[:n_out])  # no pair when square
+    if n_out >= n_in:
+        assert not may_have_equal_columns(distinct.data, distinct.indices, distinct.indptr,
+                                          n_in)
+
+
 def test_a_hash_collision_never_merges_unequal_columns():
     from cnn2mlp.runtime.columns import confirm_equal
 

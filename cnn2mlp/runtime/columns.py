@@ -94,7 +94,13 @@ def may_have_equal_columns(data, indices, indptr, n_in):
     summary = np.stack([np.bincount(columns, minlength=n_in),
                         np.bincount(columns, weights=data, minlength=n_in),
                         np.bincount(columns, weights=rows, minlength=n_in)], axis=1)
-    return len(np.unique(summary, axis=0)) < n_in
+    # the three as one hash of their bits (equal columns' are the same bits: a collision
+    # only says "maybe"): np.unique of the rows had sorted them, 0.85 s a 1.2 M-column layer
+    bits = np.ascontiguousarray(summary.astype(np.float64)).view(np.uint64)
+    with np.errstate(over="ignore"):
+        keys = (bits * np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9],
+                                np.uint64)).sum(axis=1, dtype=np.uint64)
+    return len(np.unique(keys)) < n_in
 
 
 def column_classes(data, indices, indptr, n_in):
