@@ -171,3 +171,41 @@ def test_default_pipeline_gives_an_mlp(graph, policy):
     get_target("csr").pipeline().run(after, PassContext(fusion=policy))
     mlp = Mlp.from_graph(after, graph.shape(graph.output))
     assert_equivalent(graph, mlp, n=6, rtol=1e-5)
+
+
+def relu6_chain(tmp_path):
+    """A chain (no branch: linearize-dag leaves it alone) of convolutions each with ReLU6
+    as Clip(0, 6), a depthwise one among them, then a dense layer: three Dense nodes."""
+    import onnx
+
+    from cnn2mlp.testing import OnnxBuilder
+
+    b = OnnxBuilder((3, 6, 6), seed=4)
+    relu6 = [b.const(np.float32(0)), b.const(np.float32(6))]
+    b.conv({"kernel_shape": (3, 3), "strides": (1, 1), "dilations": (1, 1),
+            "pads": (1, 1, 1, 1), "group": 1, "out_channels": 4})
+    b.node("Clip", [b.current] + relu6)
+    b.conv({"kernel_shape": (3, 3), "strides": (2, 2), "dilations": (1, 1),
+            "pads": (1, 1, 1, 1), "group": 4, "out_channels": 4})
+    b.node("Clip", [b.current] + relu6)
+    b.flatten()
+    b.dense(5)
+    path = tmp_path / "relu6_chain.onnx"
+    onnx.save(b.build(), str(path))
+    return path
+
+
+def test_a_chains_relu6_adds_no_identity_layer(tmp_path):
+    """clip-to-bounded-relu keeps the Clip's name with an Identity after the BoundedRelu;
+    in a chain each was an identity matrix of a layer of its own (Keras's MobileNet at
+    32x32: 55 layers for 28, and for the dense targets a dense identity matrix each)."""
+    from cnn2mlp.compile import compile_model
+    from cnn2mlp.references import onnx_runner
+
+    path = relu6_chain(tmp_path)
+    for out in ("net.npz", "net.onnx"):
+        result = compile_model(path, tmp_path / out)
+        assert len(result.mlp.layers) == 3, out
+        x = np.random.default_rng(0).uniform(-1, 1, (7, 3, 6, 6)).astype(np.float32)
+        np.testing.assert_allclose(result.mlp.forward(x), onnx_runner(path)(x), rtol=1e-5,
+                                   atol=1e-5)

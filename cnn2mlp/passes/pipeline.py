@@ -29,6 +29,10 @@ CORE_PIPELINE: list[str] = [
     "lower-linear",
     # again: a Reshape read by a broadcasting AddConst goes once that is a Dense
     "layout-to-permutation",
+    # again: the lowerings keep a node's output name with an Identity (ReLU6 as
+    # BoundedRelu then Identity); in a chain, which linearize-dag leaves alone, each would
+    # be a layer of its own (an identity matrix, one more pass through memory)
+    "eliminate-identity",
     "fuse-dense",
     "linearize-dag",
     "prune-neurons",
