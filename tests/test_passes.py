@@ -7,7 +7,7 @@ from cnn2mlp.ir import Graph, run
 from cnn2mlp.ir.mlp import Mlp
 from cnn2mlp.ir.weights import as_csr
 from cnn2mlp.backends import get_target
-from cnn2mlp.passes import PassContext, PassOptions, Pipeline, get_pass
+from cnn2mlp.passes import PassContext, PassOptions, get_pass
 from cnn2mlp.testing import assert_equivalent, cnn_graphs
 
 CONV_ONLY = ("conv",)
