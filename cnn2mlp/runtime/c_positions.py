@@ -37,7 +37,8 @@ def vector_sums(real: str, width: int, offsets: str, bases: str, shift: str, tap
     """The loop over positions with the sixteen sums of a position as vectors of
     ``width`` bytes: with two vectors a position (AVX2), on a big map, six positions at
     a time (``wide_loop``); as many positions at a time as make eight vectors of sums;
-    then the positions left one at a time, each sum in partial sums over every few taps
+    then the positions left, together where their count is known (``few``), else one at
+    a time, each sum in partial sums over every few taps
     (still eight vectors: one chain of dependent multiply-adds waits on each one's
     latency; measured, ResNet18 at batch 1, whose small maps leave one to four
     positions a group: 1.9-2.1 -> 1.4 ms in all, AVX-512). ``index``: the array of
@@ -100,17 +101,22 @@ def vector_sums(real: str, width: int, offsets: str, bases: str, shift: str, tap
             *stores(positions, "s{q}_{v}"),
             "        }"]
 
-    def single(partial: int) -> list[str]:
-        """One position at a time, tap ``t`` into the partial sums ``p{t % partial}``."""
-        chains = range(partial)
-        sums = [f"p{c}_{v}" for c in chains for v in vectors]
+    def few(count: int, partial: int) -> list[str]:
+        """``count`` positions at a time (one: to the end), tap ``t`` into the partial
+        sums ``p{t % partial}``, each tap's weights read once for them all."""
+        chains, positions = range(partial), range(count)
+        sums = [f"p{c}_{q}_{v}" for c in chains for q in positions for v in vectors]
         step = [f"                {{ const long u = t + {c}; const int32_t at = {offsets}[u]; "
                 + " ".join(f"memcpy(&wt, {weights('u')} + {v * per}, sizeof wt); "
-                           f"p{c}_{v} += wt * x0[at];" for v in vectors) + " }"
+                           + " ".join(f"p{c}_{q}_{v} += wt * x{q}[at];" for q in positions)
+                           for v in vectors) + " }"
                 for c in chains]
+        head = (f"for (; j < {end}; j++)" if count == 1 else
+                f"for (; j + {count} <= {end}; j += {count})")
         return [
-            f"        for (; j < {end}; j++) {{",
-            f"            const {r} *restrict x0 = h + {shift} + {bases}[j];",
+            f"        {head} {{",
+            *[f"            const {r} *restrict x{q} = h + {shift} + {bases}[j + {q}];"
+              for q in positions],
             "            vector_sum " + ", ".join(f"{s} = {{0}}" for s in sums) + ", wt;",
             f"            for (t = 0; t + {partial} <= {taps}; t += {partial}) {{",
             *step,
@@ -118,11 +124,12 @@ def vector_sums(real: str, width: int, offsets: str, bases: str, shift: str, tap
             f"            for (; t < {taps}; t++) {{",
             f"                const long u = t; const int32_t at = {offsets}[u]; "
             + " ".join(f"memcpy(&wt, {weights('u')} + {v * per}, sizeof wt); "
-                       f"p0_{v} += wt * x0[at];" for v in vectors),
+                       + " ".join(f"p0_{q}_{v} += wt * x{q}[at];" for q in positions)
+                       for v in vectors),
             "            }",
-            *[f"            p0_{v} = " + " + ".join(f"p{c}_{v}" for c in chains) + ";"
-              for v in vectors],
-            *stores(range(1), "p0_{v}"),
+            *[f"            p0_{q}_{v} = " + " + ".join(f"p{c}_{q}_{v}" for c in chains) + ";"
+              for q in positions for v in vectors],
+            *stores(positions, "p0_{q}_{v}"),
             "        }"]
 
     # a tile's positions (``end`` a C expression) are a multiple of eight, not of six
@@ -141,9 +148,17 @@ def vector_sums(real: str, width: int, offsets: str, bases: str, shift: str, tap
     left = n_b if not wide else None if count is None else count % wide
     if together > 1 and (left is None or left >= together):
         lines += loop(together, f"j + {together} <= {end}")
-    if together > 1 and left is not None and left % together == 0:
+    rest = None if left is None else left % together
+    if together > 1 and rest == 0:
         return lines
-    return lines + single(max(1, 8 // len(vectors)))
+    if rest is not None and rest > 1:
+        # the few positions a map leaves (a 2x2 map's four, with AVX-512's one vector a
+        # position) together, in fewer partial sums each: one at a time read the
+        # block's weights once for each (measured: Keras's MobileNet at 32x32, one
+        # sample, its 2x2 maps' 1x1 convolutions at 14 GB/s of weights, the dense
+        # layers beside them at 28-36)
+        return lines + few(rest, -(-8 // (rest * len(vectors))))
+    return lines + few(1, max(1, 8 // len(vectors)))
 
 
 def half_block(name: str, real: str, transposed: str, offsets: str, bases: str,
