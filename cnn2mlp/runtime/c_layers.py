@@ -23,9 +23,9 @@ from .c_blocks import BlockGroup, blocks_function, union_of
 from .c_copies import copy_lines
 from .c_dense import dense_lines
 from .c_groups import LANES, KernelIndex, kernels_within, merge_same_rows, position_tile
-from .c_indices import (PairIndex, bias_fill, csr_runs, fill_ranges, indexed, pair_bias,
-                        position_index, row_index, run_bias, run_lines, run_row_lines,
-                        same_along_rows)
+from .c_indices import (PairIndex, bias_fill, csr_row_sum, csr_runs, fill_ranges, indexed,
+                        pair_bias, position_index, row_index, run_bias, run_lines,
+                        run_row_lines, same_along_rows)
 from .c_literals import c_number
 from .c_padded_maps import padded_functions, padded_maps
 from .c_planes import Planes, find_planes, plane_floats, plane_lines, planes_store
@@ -460,11 +460,8 @@ class LayerWriter:
             head = ["    {", f"        for (i = 0; i < {len(rest_rows)}; i++) {{"]
         self.records.append(("csr", {"row": row, "value": value, "cols": cols, "head": head,
                                      "begin": begin, "end": end, "bias": bias}))
-        self.lines += [
-            *head,
-            f"            {self.real} acc = 0;",
-            f"            for (j = {begin}; j < {end}; j++) acc += {value} * h[{cols}[j]];",
-            f"            z[{row}] += acc;", "        }", "    }"]
+        self.lines += [*head, *csr_row_sum(self.real, value, cols, begin, end),
+                       f"            z[{row}] += (a0 + a1) + (a2 + a3);", "        }", "    }"]
 
     def csr_values(self, data: np.ndarray) -> str:
         """Entry ``j``'s weight as a C expression: a sign (one byte) where every weight
