@@ -148,6 +148,8 @@ def vector_sums(real: str, width: int, offsets: str, bases: str, shift: str, tap
     left = n_b if not wide else None if count is None else count % wide
     if together > 1 and (left is None or left >= together):
         lines += loop(together, f"j + {together} <= {end}")
+    # ``left`` counts the positions past the wide loop: ``start`` is 0, or past the
+    # panels of six that a wide map's positions fill (``c_position_panels``)
     rest = None if left is None else left % together
     if together > 1 and rest == 0:
         return lines
