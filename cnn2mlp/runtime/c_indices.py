@@ -269,7 +269,10 @@ CSR_SUMS = 4
 def csr_row_sum(real: str, value: str, cols: str, begin: str, end: str) -> list[str]:
     """A CSR row's terms ``value * h[cols[j]]`` for ``j`` in [begin, end) (C expressions;
     ``value`` an entry ``[j]`` of an array) into ``a0`` to ``a3``, term ``j`` into
-    ``a{(j - begin) % 4}``: the row's sum is ``(a0 + a1) + (a2 + a3)``."""
+    ``a{(j - begin) % 4}``: the row's sum is ``(a0 + a1) + (a2 + a3)``. (Measured side by
+    side on ShuffleNetV2 at 32x32, batch 1, against this form: stepping ``j`` term by term
+    2-3 % slower; the last terms as three ``if (j + k < end)`` statements 1.8x slower, GCC
+    vectorizing them differently.)"""
     sums = range(CSR_SUMS)
 
     def term(k: int) -> str:
