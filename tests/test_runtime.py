@@ -472,6 +472,42 @@ def test_threaded_and_serial_kernels_have_their_own_cache_entries():
         assert threaded.targetoptions.get("parallel") and not serial.targetoptions.get("parallel")
 
 
+@pytest.mark.skipif("numba" not in ENGINES, reason="install the fast extra (numba)")
+def test_each_signature_of_the_blocked_kernel_compiles_with_the_vectorizer(monkeypatch):
+    """Only a compile reads numba's SLP setting; a call with index arrays of a new dtype is
+    a new signature, compiled then. It must compile with the vectorizer on (without it the
+    kernel runs 9x slower), so the first call of every signature sets it."""
+    from numba.core import config
+
+    from cnn2mlp.runtime import microkernel
+    from cnn2mlp.runtime import numba_kernels as k
+
+    seen = []
+    monkeypatch.setattr(microkernel, "blocked_group_serial",
+                        lambda *args: seen.append((args[4].dtype, config.SLP_VECTORIZE)))
+    monkeypatch.setattr(k, "_compiled_blocked", set())
+    h, out = np.zeros((3, 16), np.float32), np.zeros((2, 16), np.float32)
+    index = np.zeros(2, np.uint64)
+    for rows in (np.zeros((2, 1), np.uint64), np.zeros((2, 1), np.uint32)):
+        k.blocked_group(False, (1, 1), np.zeros(2, np.float32), np.zeros((1, 4), np.uint64),
+                        index, index, rows, h, out, *[np.zeros(2, np.float32)] * 4,
+                        np.zeros(2, np.uint8))
+    assert seen == [(np.uint64, 1), (np.uint32, 1)]
+
+
+def test_blocked_groups_index_with_64_bits_whatever_the_plan():
+    """One signature of the blocked kernel for int32 and int64 plans alike (each more is a
+    compile of its own: 5 s, and 50 s before its stores were a loop)."""
+    from cnn2mlp.runtime.numba_engine import BlockedGroup
+    from cnn2mlp.runtime.structure import ProductGroup
+
+    for kind in (np.int32, np.int64):
+        group = ProductGroup(np.ones((2, 3), np.float32), np.arange(3, dtype=kind),
+                             np.arange(4, dtype=kind), np.arange(8, dtype=kind).reshape(2, 4))
+        arrays = BlockedGroup(group, np.float32).arrays
+        assert [a.dtype for a in arrays[1:]] == [np.uint64] * 4
+
+
 def test_bench_times_the_cnn_engines_a_user_would_pick_instead(capsys):
     """OpenVINO and OpenCV's dnn on the CNN, when installed, next to onnxruntime; every
     row's time against the fastest of them."""

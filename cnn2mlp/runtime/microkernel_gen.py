@@ -106,6 +106,7 @@ def block_function(rows: int, lanes: int) -> list[str]:
     lines = ["", "", "@njit(**FLAGS)",
              f"def block_{rows}x{lanes}(weights, start, k0, offsets, taps, bases, shift, first, stop, h, nb, j0,",
              "                count, out, rows, store_bias, lo, scale, hi, accumulate, zero):",
+             f"    sums = np.empty({rows * lanes}, h.dtype)",
              "    for b in range(first, stop):",
              "        base = np.uint64(bases[b]) + shift",
              "        for c in range(count):",
@@ -124,18 +125,26 @@ def block_function(rows: int, lanes: int) -> list[str]:
         lines.append(f"{inner}w{r} = weights[q + np.uint64({r})]")
         for j in range(lanes):
             lines.append(f"{inner}a{r}_{j} += w{r} * x{j}")
+    # the sums go through a small array and are stored row by row in a loop, its body the
+    # row's lanes written out (SLP packs them as it packs the sums): all the rows written
+    # out took LLVM 40 s to compile for the 16x16 block, this 3 s, and it runs as fast
     for r in range(rows):
-        lines.append(f"{indent}row = rows[k0 + np.uint64({r}), b]")
-        lines.append(f"{indent}d = row * nb + u0")
-        lines.append(f"{indent}if accumulate[row]:")
-        for j in range(lanes):
-            lines.append(f"{indent}    out[d + np.uint64({j})] += a{r}_{j}")
-        lines.append(f"{indent}else:")
-        lines.append(f"{indent}    add, low, slope, top = store_bias[row], lo[row], scale[row], hi[row]")
-        for j in range(lanes):
-            lines.append(f"{indent}    v = a{r}_{j} + add")
-            lines.append(f"{indent}    v = v if v > low else v * slope")
-            lines.append(f"{indent}    out[d + np.uint64({j})] = top if v > top else v")
+        lines.append(f"{indent}" + "; ".join(f"sums[{r * lanes + j}] = a{r}_{j}" for j in range(lanes)))
+    lines += [f"{indent}for r in range({rows}):",
+              f"{indent}    row = rows[k0 + np.uint64(r), b]",
+              f"{indent}    d = row * nb + u0",
+              f"{indent}    s = np.uint64(r * {lanes})",
+              # every load before any store: ``out`` might alias ``sums`` for all LLVM knows
+              f"{indent}    " + ", ".join(f"z{j}" for j in range(lanes)) + " = "
+              + ", ".join(f"sums[s + np.uint64({j})]" for j in range(lanes)),
+              f"{indent}    if accumulate[row]:"]
+    lines += [f"{indent}        out[d + np.uint64({j})] += z{j}" for j in range(lanes)]
+    lines += [f"{indent}    else:",
+              f"{indent}        add, low, slope, top = store_bias[row], lo[row], scale[row], hi[row]"]
+    for j in range(lanes):
+        lines += [f"{indent}        v = z{j} + add",
+                  f"{indent}        v = v if v > low else v * slope",
+                  f"{indent}        out[d + np.uint64({j})] = top if v > top else v"]
     return lines
 
 

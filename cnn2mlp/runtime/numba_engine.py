@@ -51,6 +51,13 @@ def unsigned(a: np.ndarray) -> np.ndarray:
     return a.view(kind) if kind is not None else a.astype(np.uint64)
 
 
+def index64(a: np.ndarray) -> np.ndarray:
+    """Unsigned 64-bit indices: a small array's copy, so that a kernel compiles once for
+    every plan (int32 and int64 rows had made numba compile the blocked kernel twice, 50 s
+    each on a cold cache)."""
+    return np.ascontiguousarray(a, np.uint64)
+
+
 class BlockedGroup:
     """A row group's arrays for the register-blocked kernel: its blocks of kernels (first
     kernel, size, start of its weights, shift: a block's kernels share a shift), the
@@ -68,8 +75,9 @@ class BlockedGroup:
                 blocks.append((k0, size, start, int(shifts[k0])))
                 packed.append(group.kernels[k0:k0 + size].T.astype(dtype).ravel())
                 start += size * taps
+        # 64-bit indices whatever the plan's (small arrays): one compiled kernel for all
         self.arrays = (np.concatenate(packed), np.array(blocks, np.uint64).reshape(-1, 4),
-                       unsigned(group.offsets), unsigned(group.bases), unsigned(group.rows))
+                       index64(group.offsets), index64(group.bases), index64(group.rows))
         self.n_blocks, self.n_bases = len(blocks), len(group.bases)
         # the input rows the group reads: from its lowest to its highest
         self.span = int(group.bases.max() - group.bases.min() + group.offsets.max()

@@ -242,8 +242,10 @@ def slp_vectorizer():
         config.SLP_VECTORIZE = before
 
 
-#: (parallel, dtype) pairs whose blocked kernel is compiled (or loaded from the cache):
-#: their calls skip setting the vectorizer (1.4 µs a call, 4% of a small model's time)
+#: (parallel, value and index dtypes) whose blocked kernel is compiled (or loaded from the
+#: cache): their calls skip setting the vectorizer (1.4 µs a call, 4% of a small model's
+#: time). The index dtypes are in the key because each is a signature of its own: keyed by
+#: the value dtype alone, a second signature compiled without the vectorizer, 9x slower.
 _compiled_blocked: set = set()
 
 
@@ -256,7 +258,7 @@ def blocked_group(parallel: bool, run: tuple[int, int], weights, blocks, offsets
     kind = h.dtype.type
     args = (weights, blocks, offsets, bases, rows, h.reshape(-1), out.reshape(-1), store_bias,
             lo, scale, hi, accumulate, h.shape[1], kind(0), run[0], run[1])
-    key = (parallel, h.dtype)
+    key = (parallel, h.dtype, rows.dtype, bases.dtype, offsets.dtype)
     if key in _compiled_blocked:
         kernel(*args)
         return
