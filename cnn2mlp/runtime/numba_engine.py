@@ -53,8 +53,8 @@ def unsigned(a: np.ndarray) -> np.ndarray:
 
 def index64(a: np.ndarray) -> np.ndarray:
     """Unsigned 64-bit indices: a small array's copy, so that a kernel compiles once for
-    every plan (int32 and int64 rows had made numba compile the blocked kernel twice, 50 s
-    each on a cold cache)."""
+    every plan (a convolution's int32 rows and a dense layer's int64 ones had made numba
+    compile the blocked kernel twice)."""
     return np.ascontiguousarray(a, np.uint64)
 
 
