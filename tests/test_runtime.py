@@ -495,6 +495,7 @@ def test_each_signature_of_the_blocked_kernel_compiles_with_the_vectorizer(monke
     assert seen == [(np.uint64, 1), (np.uint32, 1)]
 
 
+@pytest.mark.skipif("numba" not in ENGINES, reason="install the fast extra (numba)")
 def test_blocked_groups_index_with_64_bits_whatever_the_plan():
     """One signature of the blocked kernel for int32 and int64 plans alike (each more is a
     compile of its own: 5 s, and 50 s before its stores were a loop)."""
