@@ -264,12 +264,14 @@ def run_row_lines(run_rows: list[str], indent: str) -> list[str]:
 #: (ShuffleNetV2 at 32x32: its 1x1 stage's shuffled 464-row layers, 116-232 entries a
 #: row, ran at 1.35 G multiply-adds/s in one sum)
 CSR_SUMS = 4
+#: the row's sum of its partial sums, in the order every form of the row adds them
+CSR_TOTAL = "(a0 + a1) + (a2 + a3)"
 
 
 def csr_row_sum(real: str, value: str, cols: str, begin: str, end: str) -> list[str]:
     """A CSR row's terms ``value * h[cols[j]]`` for ``j`` in [begin, end) (C expressions;
     ``value`` an entry ``[j]`` of an array) into ``a0`` to ``a3``, term ``j`` into
-    ``a{(j - begin) % 4}``: the row's sum is ``(a0 + a1) + (a2 + a3)``. (Measured side by
+    ``a{(j - begin) % 4}``: the row's sum is ``CSR_TOTAL``. (Measured side by
     side on ShuffleNetV2 at 32x32, batch 1, against this form: stepping ``j`` term by term
     2-3 % slower; the last terms as three ``if (j + k < end)`` statements 1.8x slower, GCC
     vectorizing them differently.)"""

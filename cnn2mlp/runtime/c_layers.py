@@ -23,8 +23,8 @@ from .c_blocks import BlockGroup, blocks_function, union_of
 from .c_copies import copy_lines
 from .c_dense import dense_lines
 from .c_groups import LANES, KernelIndex, kernels_within, merge_same_rows, position_tile
-from .c_indices import (PairIndex, bias_fill, csr_row_sum, csr_runs, fill_ranges, indexed,
-                        pair_bias, position_index, row_index, run_bias, run_lines,
+from .c_indices import (CSR_TOTAL, PairIndex, bias_fill, csr_row_sum, csr_runs, fill_ranges,
+                        indexed, pair_bias, position_index, row_index, run_bias, run_lines,
                         run_row_lines, same_along_rows)
 from .c_literals import c_number
 from .c_padded_maps import padded_functions, padded_maps
@@ -461,7 +461,7 @@ class LayerWriter:
         self.records.append(("csr", {"row": row, "value": value, "cols": cols, "head": head,
                                      "begin": begin, "end": end, "bias": bias}))
         self.lines += [*head, *csr_row_sum(self.real, value, cols, begin, end),
-                       f"            z[{row}] += (a0 + a1) + (a2 + a3);", "        }", "    }"]
+                       f"            z[{row}] += {CSR_TOTAL};", "        }", "    }"]
 
     def csr_values(self, data: np.ndarray) -> str:
         """Entry ``j``'s weight as a C expression: a sign (one byte) where every weight
